@@ -1,0 +1,85 @@
+"""The Celery app: three queues, late acks, prefetch 1, time limits under the visibility timeout.
+
+Queues: ``default`` (exports, reapers, bookkeeping), ``gpu`` (inference) and ``gpu-train``
+(training). Routing is by task name, so a task module never names a queue itself.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from celery import Celery
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
+
+app = Celery("pickwise")
+
+QUEUES = ("default", "gpu", "gpu-train")
+TASK_ROUTES = {
+    "generation.tasks.*": {"queue": "gpu"},
+    "rlhf.tasks.train_*": {"queue": "gpu-train"},
+    "rlhf.tasks.finetune_*": {"queue": "gpu-train"},
+    "*": {"queue": "default"},
+}
+
+
+def build_config(settings: Any) -> dict[str, Any]:
+    """Celery configuration derived from Django settings (pure, so tests can inspect it)."""
+    broker = settings.CELERY_BROKER_URL
+    transport_options: dict[str, Any] = {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
+    result_backend = settings.CELERY_RESULT_BACKEND
+    if broker.startswith("filesystem://"):
+        folder = settings.CELERY_BROKER_DIR
+        for sub in ("queue", "processed", "results"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        transport_options.update(
+            data_folder_in=str(folder / "queue"),
+            data_folder_out=str(folder / "queue"),
+            processed_folder=str(folder / "processed"),
+            store_processed=False,
+        )
+        result_backend = result_backend or f"file://{folder / 'results'}"
+    elif broker.startswith(("redis://", "rediss://")):
+        result_backend = result_backend or broker
+    return {
+        "broker_url": broker,
+        "result_backend": result_backend or None,
+        "broker_transport_options": transport_options,
+        "result_backend_transport_options": {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT},
+        "broker_connection_retry_on_startup": True,
+        "task_queues": [Queue(name) for name in QUEUES],
+        "task_default_queue": "default",
+        "task_routes": TASK_ROUTES,
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": False,
+        "worker_prefetch_multiplier": 1,
+        "task_time_limit": settings.CELERY_TASK_TIME_LIMIT,
+        "task_soft_time_limit": settings.CELERY_TASK_TIME_LIMIT - 30,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "result_expires": 24 * 3600,
+        "task_track_started": True,
+        "worker_send_task_events": True,
+        "task_send_sent_event": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+        "beat_schedule": {
+            "run-lease-reapers": {
+                "task": "core.tasks.run_reapers",
+                "schedule": float(settings.REAPER_INTERVAL_SECONDS),
+            },
+        },
+    }
+
+
+def _configure() -> None:
+    from django.conf import settings
+
+    app.conf.update(build_config(settings))
+
+
+_configure()
+app.autodiscover_tasks()

@@ -1,0 +1,248 @@
+"""Pickwise settings, read from the environment (see config/env.py and the README table).
+
+Two modes:
+- development (the default): SQLite, media on local disk, an embedded filesystem Celery
+  broker, DEBUG on. Nothing else has to run.
+- production (``PICKWISE_ENV=production``): ``SECRET_KEY`` is required, DEBUG is off, and
+  ``DATABASE_URL`` / ``CELERY_BROKER_URL`` point at PostgreSQL and Redis.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from config.env import env_bool, env_choice, env_int, env_list, env_str, env_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+# --- mode -------------------------------------------------------------------------------
+PICKWISE_ENV = env_choice(
+    "PICKWISE_ENV", "development", "development or production; production requires SECRET_KEY",
+    ("development", "production"),
+)
+PRODUCTION = PICKWISE_ENV == "production"
+VAR_DIR = Path(env_str("PICKWISE_VAR_DIR", str(BASE_DIR / "var"), "Directory for the embedded defaults' data"))
+
+_DEV_SECRET = "dev-insecure-pickwise-key-change-me-0123456789abcdefghijklmnop"  # noqa: S105
+SECRET_KEY = env_str("SECRET_KEY", "", "Django secret key; required in production") or (
+    "" if PRODUCTION else _DEV_SECRET
+)
+if PRODUCTION and (not SECRET_KEY or SECRET_KEY == _DEV_SECRET):
+    raise ImproperlyConfigured("SECRET_KEY: must be set to a private value when PICKWISE_ENV=production")
+if PRODUCTION and len(SECRET_KEY) < 50:
+    raise ImproperlyConfigured("SECRET_KEY: must be at least 50 characters in production")
+
+DEBUG = env_bool("DEBUG", not PRODUCTION, "Django debug pages; only for local hosts")
+ALLOWED_HOSTS = env_list(
+    "ALLOWED_HOSTS", "localhost,127.0.0.1,[::1],testserver", "Comma-separated host names served"
+)
+_LOCAL_HOSTS = {"localhost", "127.0.0.1", "[::1]", "testserver", "0.0.0.0"}  # noqa: S104
+if DEBUG and any(host not in _LOCAL_HOSTS and not host.endswith(".localhost") for host in ALLOWED_HOSTS):
+    raise ImproperlyConfigured(
+        "DEBUG: must be off when ALLOWED_HOSTS names a public host "
+        f"({', '.join(h for h in ALLOWED_HOSTS if h not in _LOCAL_HOSTS)})"
+    )
+if PRODUCTION and DEBUG:
+    raise ImproperlyConfigured("DEBUG: must be off when PICKWISE_ENV=production")
+CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "", "Origins (scheme://host) allowed to POST forms")
+
+# --- applications -----------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.humanize",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_htmx",
+    "template_partials",
+    "core",
+    "annotate",
+    "generation",
+    "rlhf",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+]
+
+if PRODUCTION:  # runserver serves static files in development
+    MIDDLEWARE.insert(1, "whitenoise.middleware.WhiteNoiseMiddleware")
+
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "core.context_processors.roles",
+            ],
+        },
+    },
+]
+
+# --- database ---------------------------------------------------------------------------
+_DEFAULT_DB = f"sqlite:///{VAR_DIR / 'pickwise.sqlite3'}"
+DATABASE_URL = env_url(
+    "DATABASE_URL", _DEFAULT_DB, "postgres://user:pass@host:5432/db in production; SQLite by default",
+    schemes=("sqlite", "postgres", "postgresql", "pgsql"),
+)
+try:
+    DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60, conn_health_checks=True)}
+except ValueError as exc:  # pragma: no cover - env_url catches the common cases first
+    raise ImproperlyConfigured(f"DATABASE_URL: {exc}") from None
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["CONN_MAX_AGE"] = 0
+    DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- auth -------------------------------------------------------------------------------
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "login"
+LOGIN_REDIRECT_URL = "home"
+LOGOUT_REDIRECT_URL = "login"
+
+# --- i18n / time ------------------------------------------------------------------------
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = env_str("TIME_ZONE", "UTC", "Time zone for display; storage is always UTC")
+USE_I18N = True
+USE_TZ = True
+
+# --- static and media -------------------------------------------------------------------
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "staticfiles"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+MEDIA_URL = "media/"
+MEDIA_ROOT = Path(env_str("MEDIA_ROOT", str(VAR_DIR / "media"), "Local media directory (no S3 bucket set)"))
+
+AWS_STORAGE_BUCKET_NAME = env_str("AWS_STORAGE_BUCKET_NAME", "", "S3 bucket for media; empty = local disk")
+AWS_S3_ENDPOINT_URL = env_str("AWS_S3_ENDPOINT_URL", "", "S3-compatible endpoint (MinIO, R2, ...)")
+AWS_S3_REGION_NAME = env_str("AWS_S3_REGION_NAME", "", "S3 region")
+AWS_ACCESS_KEY_ID = env_str("AWS_ACCESS_KEY_ID", "", "S3 access key")
+AWS_SECRET_ACCESS_KEY = env_str("AWS_SECRET_ACCESS_KEY", "", "S3 secret key")
+if AWS_STORAGE_BUCKET_NAME:
+    if not (AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY):
+        raise ImproperlyConfigured(
+            "AWS_ACCESS_KEY_ID: S3 media needs AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
+        )
+    AWS_DEFAULT_ACL = None
+    AWS_QUERYSTRING_AUTH = True
+    AWS_QUERYSTRING_EXPIRE = 3600
+    _media_backend = {"BACKEND": "storages.backends.s3.S3Storage", "OPTIONS": {"file_overwrite": True}}
+else:
+    _media_backend = {"BACKEND": "django.core.files.storage.FileSystemStorage"}
+STORAGES = {
+    "default": _media_backend,
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
+}
+
+# --- Celery -----------------------------------------------------------------------------
+CELERY_BROKER_URL = env_url(
+    "CELERY_BROKER_URL", "filesystem://", "redis://host:6379/0 in production; embedded broker by default",
+    schemes=("redis", "rediss", "filesystem", "memory", "amqp"),
+)
+CELERY_RESULT_BACKEND = env_str(
+    "CELERY_RESULT_BACKEND", "", "Result store; defaults to the Redis broker, or files next to the embedded one"
+)
+CELERY_VISIBILITY_TIMEOUT = env_int(
+    "CELERY_VISIBILITY_TIMEOUT", 7200, "Seconds before Redis redelivers an unacked task", minimum=60
+)
+CELERY_TASK_TIME_LIMIT = env_int(
+    "CELERY_TASK_TIME_LIMIT", 3600, "Hard time limit (s) of a task; below the visibility timeout", minimum=10
+)
+CELERY_TRAIN_TIME_LIMIT = env_int(
+    "CELERY_TRAIN_TIME_LIMIT", 6600, "Hard time limit (s) of a training task", minimum=10
+)
+if max(CELERY_TASK_TIME_LIMIT, CELERY_TRAIN_TIME_LIMIT) >= CELERY_VISIBILITY_TIMEOUT:
+    raise ImproperlyConfigured(
+        "CELERY_TASK_TIME_LIMIT: task time limits must stay below CELERY_VISIBILITY_TIMEOUT"
+    )
+CELERY_BROKER_DIR = VAR_DIR / "broker"
+REAPER_INTERVAL_SECONDS = env_int("REAPER_INTERVAL_SECONDS", 60, "How often beat runs the lease reapers", minimum=5)
+
+# --- ML ---------------------------------------------------------------------------------
+PICKWISE_DEVICE = env_choice(
+    "PICKWISE_DEVICE", "auto", "Inference/training device: auto, cuda, mps or cpu", ("auto", "cuda", "mps", "cpu")
+)
+PICKWISE_MODEL_CACHE_DIR = Path(
+    env_str("PICKWISE_MODEL_CACHE_DIR", str(VAR_DIR / "models"), "Where run outputs and hub caches live")
+)
+
+# --- DRF --------------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        # Token first, so an unauthenticated API call gets 401 with WWW-Authenticate.
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "core.api.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Pickwise API",
+    "DESCRIPTION": "Rank generated images, export preferences, train reward models and fine-tune.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+# --- security (production) --------------------------------------------------------------
+_ssl_redirect = env_bool("SECURE_SSL_REDIRECT", True, "Redirect HTTP to HTTPS (production only)")
+_hsts_seconds = env_int("SECURE_HSTS_SECONDS", 31536000, "HSTS max-age (production only)", minimum=0)
+if PRODUCTION:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = _ssl_redirect
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$"]  # load balancers probe over plain HTTP
+    SECURE_HSTS_SECONDS = _hsts_seconds
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_CONTENT_TYPE_NOSNIFF = True
+    SECURE_REFERRER_POLICY = "same-origin"
+X_FRAME_OPTIONS = "DENY"
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO", "Root log level")},
+}

@@ -1,0 +1,3 @@
+from __future__ import annotations
+
+# Admin registrations arrive with this app's models.

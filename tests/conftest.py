@@ -1,0 +1,104 @@
+"""Shared fixtures: users in each role, a project they belong to, API clients, a real worker."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from rest_framework.test import APIClient
+
+from core.roles import Role
+from tests.factories import MembershipFactory, ProjectFactory, UserFactory
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def admin_user(db):
+    return UserFactory(username="alice-admin", role=Role.ADMIN)
+
+
+@pytest.fixture
+def annotator(db):
+    return UserFactory(username="anna-annotator", role=Role.ANNOTATOR)
+
+
+@pytest.fixture
+def ml_engineer(db):
+    return UserFactory(username="mel-ml", role=Role.ML_ENGINEER)
+
+
+@pytest.fixture
+def project(admin_user, annotator, ml_engineer):
+    """A project where each of the three users is a member in their own role."""
+    project = ProjectFactory(name="Shapes", created_by=admin_user)
+    MembershipFactory(project=project, user=admin_user, role=Role.ADMIN)
+    MembershipFactory(project=project, user=annotator, role=Role.ANNOTATOR)
+    MembershipFactory(project=project, user=ml_engineer, role=Role.ML_ENGINEER)
+    return project
+
+
+@pytest.fixture
+def other_project(db):
+    """A project none of the fixture users belongs to."""
+    project = ProjectFactory(name="Someone else's")
+    MembershipFactory(project=project, role=Role.ANNOTATOR)
+    return project
+
+
+@pytest.fixture
+def api_client() -> APIClient:
+    return APIClient()
+
+
+def _worker_env(database_name: str) -> dict[str, str]:
+    from django.conf import settings
+
+    env = dict(os.environ)
+    db = settings.DATABASES["default"]
+    if db["ENGINE"].endswith("postgresql"):
+        env["DATABASE_URL"] = (
+            f"postgres://{db['USER']}:{db.get('PASSWORD') or ''}@{db['HOST']}:{db['PORT']}/{database_name}"
+        )
+    return env
+
+
+@pytest.fixture(scope="session")
+def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subprocess.Popen[bytes]]:
+    """A real ``celery worker`` process on all three queues, talking to the test database."""
+    from django.conf import settings
+    from django.db import connection
+
+    if not settings.CELERY_BROKER_URL.startswith("redis"):
+        pytest.fail("worker tests need CELERY_BROKER_URL to point at Redis; run them through `make test`")
+    with django_db_blocker.unblock():
+        database_name = connection.settings_dict["NAME"]
+    log = open(Path(settings.VAR_DIR) / "celery-worker.log", "ab")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu,gpu-train",
+         "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO", "-n", "pytest@%h"],
+        cwd=ROOT, env=_worker_env(database_name), stdout=log, stderr=subprocess.STDOUT,
+    )
+    from config.celery import app
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"celery worker exited with {proc.returncode}; see {log.name}")
+        if app.control.ping(timeout=1.0):
+            break
+    else:
+        proc.kill()
+        pytest.fail("celery worker did not answer a ping within 60 s")
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()

@@ -1,0 +1,103 @@
+"""No Docker engine runs here, so the compose stack is checked by reading it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import dj_database_url
+import yaml
+
+from config.celery import QUEUES
+from config.env import REGISTRY
+
+DOCKER = Path(__file__).resolve().parents[2] / "docker"
+ROOT = DOCKER.parent
+
+
+def compose() -> dict:
+    return yaml.safe_load((DOCKER / "compose.yml").read_text())
+
+
+def env_file(name: str) -> dict[str, str]:
+    pairs = {}
+    for line in (DOCKER / name).read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            pairs[key.strip()] = value.strip()
+    return pairs
+
+
+def test_every_role_of_the_stack_is_a_service():
+    services = compose()["services"]
+    assert {"postgres", "redis", "web", "worker-default", "worker-gpu", "worker-train", "beat", "flower"} <= set(
+        services
+    )
+    for name in ("postgres", "redis", "web", "worker-default", "worker-gpu", "worker-train"):
+        assert "healthcheck" in services[name], f"{name} has no health check"
+
+
+def test_builds_point_at_existing_dockerfiles_and_gpu_workers_use_cuda():
+    services = compose()["services"]
+    for name, service in services.items():
+        if "build" in service:
+            dockerfile = (DOCKER / service["build"]["context"] / service["build"]["dockerfile"]).resolve()
+            assert dockerfile.is_file(), f"{name}: {dockerfile} missing"
+    for name in ("worker-gpu", "worker-train"):
+        assert services[name]["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+        devices = services[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert devices[0]["capabilities"] == ["gpu"]
+    gpu_dockerfile = (DOCKER / "Dockerfile.gpu").read_text()
+    assert gpu_dockerfile.startswith("#") and "FROM nvidia/cuda:" in gpu_dockerfile
+    assert "torch==2.13.0" in gpu_dockerfile
+
+
+def test_workers_consume_exactly_the_configured_queues():
+    services = compose()["services"]
+    consumed = set()
+    for name in ("worker-default", "worker-gpu", "worker-train"):
+        command = services[name]["command"]
+        consumed |= set(command[command.index("-Q") + 1].split(","))
+    assert consumed == set(QUEUES)
+
+
+def test_named_volumes_are_declared():
+    data = compose()
+    declared = set(data["volumes"])
+    for name, service in data["services"].items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":")[0]
+            assert source in declared, f"{name} mounts undeclared volume {source}"
+
+
+def test_env_files_exist_and_name_only_real_settings():
+    data = compose()
+    for name, service in data["services"].items():
+        for filename in service.get("env_file", []):
+            assert (DOCKER / filename).is_file(), f"{name}: env file {filename} missing"
+        for key in service.get("environment", {}):
+            assert key in REGISTRY, f"{name} sets {key}, which the settings never read"
+    app_env = env_file("pickwise.env")
+    unknown = sorted(set(app_env) - set(REGISTRY))
+    assert not unknown, f"pickwise.env sets keys the settings never read: {unknown}"
+    assert app_env["PICKWISE_ENV"] == "production"
+
+
+def test_database_and_broker_urls_point_at_the_compose_services():
+    app_env = env_file("pickwise.env")
+    pg_env = env_file("postgres.env")
+    db = dj_database_url.parse(app_env["DATABASE_URL"])
+    assert db["HOST"] == "postgres" and db["PORT"] == 5432
+    assert (db["USER"], db["PASSWORD"], db["NAME"]) == (
+        pg_env["POSTGRES_USER"], pg_env["POSTGRES_PASSWORD"], pg_env["POSTGRES_DB"]
+    )
+    assert re.fullmatch(r"redis://redis:6379/\d+", app_env["CELERY_BROKER_URL"])
+    assert int(app_env["CELERY_TASK_TIME_LIMIT"]) < int(app_env["CELERY_VISIBILITY_TIMEOUT"])
+
+
+def test_images_install_the_pinned_requirements():
+    pins = (ROOT / "requirements.txt").read_text()
+    assert "torch==2.13.0" in pins
+    for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
+        text = (DOCKER / dockerfile).read_text()
+        assert "pip install -r requirements.txt" in text

@@ -1,0 +1,108 @@
+"""Settings load in both modes, and each misconfiguration names its key."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from config.env import REGISTRY
+
+ROOT = Path(__file__).resolve().parents[2]
+PROD_SECRET = "x" * 20 + "-prod-secret-for-tests-" + "y" * 20
+
+
+def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if k not in REGISTRY}
+    clean.update(env)
+    clean["DJANGO_SETTINGS_MODULE"] = "config.settings"
+    return subprocess.run(  # noqa: S603
+        [sys.executable, "-c", code], cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120
+    )
+
+
+def settings_probe(**env: str) -> subprocess.CompletedProcess[str]:
+    return run_python(
+        "import django; django.setup(); from django.conf import settings as s; "
+        "print(s.DATABASES['default']['ENGINE'], s.CELERY_BROKER_URL, s.DEBUG, "
+        "s.STORAGES['default']['BACKEND'])",
+        **env,
+    )
+
+
+def test_development_defaults_need_nothing(tmp_path):
+    result = settings_probe(PICKWISE_VAR_DIR=str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    engine, broker, debug, storage = result.stdout.split()
+    assert engine == "django.db.backends.sqlite3"
+    assert broker == "filesystem://"
+    assert debug == "True"
+    assert storage == "django.core.files.storage.FileSystemStorage"
+    assert (tmp_path / "broker" / "queue").is_dir()
+
+
+def test_production_mode_with_postgres_redis_and_s3(tmp_path):
+    result = settings_probe(
+        PICKWISE_ENV="production", SECRET_KEY=PROD_SECRET, ALLOWED_HOSTS="pickwise.example.org",
+        DATABASE_URL="postgres://u:p@db.internal:5432/pickwise", CELERY_BROKER_URL="redis://redis:6379/0",
+        AWS_STORAGE_BUCKET_NAME="media", AWS_ACCESS_KEY_ID="key", AWS_SECRET_ACCESS_KEY="secret",
+        PICKWISE_VAR_DIR=str(tmp_path),
+    )
+    assert result.returncode == 0, result.stderr
+    engine, broker, debug, storage = result.stdout.split()
+    assert engine == "django.db.backends.postgresql"
+    assert broker == "redis://redis:6379/0"
+    assert debug == "False"
+    assert storage == "storages.backends.s3.S3Storage"
+
+
+@pytest.mark.parametrize(
+    ("env", "key"),
+    [
+        ({"PICKWISE_ENV": "production"}, "SECRET_KEY"),
+        ({"PICKWISE_ENV": "production", "SECRET_KEY": "short"}, "SECRET_KEY"),
+        ({"DATABASE_URL": "mysql://u@h/db"}, "DATABASE_URL"),
+        ({"DATABASE_URL": "postgres:///nohost"}, "DATABASE_URL"),
+        ({"CELERY_BROKER_URL": "kafka://broker:9092"}, "CELERY_BROKER_URL"),
+        ({"DEBUG": "true", "ALLOWED_HOSTS": "pickwise.example.org"}, "DEBUG"),
+        ({"DEBUG": "maybe"}, "DEBUG"),
+        ({"PICKWISE_DEVICE": "tpu"}, "PICKWISE_DEVICE"),
+        ({"CELERY_TASK_TIME_LIMIT": "9000"}, "CELERY_TASK_TIME_LIMIT"),
+        ({"AWS_STORAGE_BUCKET_NAME": "media"}, "AWS_ACCESS_KEY_ID"),
+    ],
+)
+def test_misconfiguration_stops_startup_naming_the_key(tmp_path, env, key):
+    result = settings_probe(PICKWISE_VAR_DIR=str(tmp_path), **env)
+    assert result.returncode != 0
+    assert "ImproperlyConfigured" in result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.split("ImproperlyConfigured: ", 1)[1].startswith(f"{key}:"), message
+
+
+def test_check_deploy_is_clean_in_production_mode(tmp_path):
+    clean = {k: v for k, v in os.environ.items() if k not in REGISTRY}
+    clean.update(
+        PICKWISE_ENV="production", SECRET_KEY=PROD_SECRET, ALLOWED_HOSTS="pickwise.example.org",
+        PICKWISE_VAR_DIR=str(tmp_path),
+    )
+    result = subprocess.run(  # noqa: S603
+        [sys.executable, "manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        cwd=ROOT, env=clean, capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def test_readme_documents_every_setting():
+    import config.settings  # noqa: F401 - fills the registry
+
+    readme = (ROOT / "README.md").read_text()
+    rows = dict(re.findall(r"^\| `([A-Z0-9_]+)` \| `([^`]*)` \|", readme, flags=re.MULTILINE))
+    missing = sorted(set(REGISTRY) - set(rows))
+    assert not missing, f"README's settings table lacks {missing}"
+    unknown = sorted(set(rows) - set(REGISTRY))
+    assert not unknown, f"README documents settings the code never reads: {unknown}"
