@@ -32,12 +32,13 @@ def build_config(settings: Any) -> dict[str, Any]:
     result_backend = settings.CELERY_RESULT_BACKEND
     if broker.startswith("filesystem://"):
         folder = settings.CELERY_BROKER_DIR
-        for sub in ("queue", "processed", "results"):
+        for sub in ("queue", "processed", "results", "control"):
             (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options.update(
             data_folder_in=str(folder / "queue"),
             data_folder_out=str(folder / "queue"),
             processed_folder=str(folder / "processed"),
+            control_folder=str(folder / "control"),
             store_processed=False,
         )
         result_backend = result_backend or f"file://{folder / 'results'}"
