@@ -7,7 +7,8 @@ from django.contrib.auth.management import create_permissions
 from django.db import migrations
 from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
-from core.roles import GROUP_NAMES, GROUP_PERMISSIONS
+from annotate.role_groups import sync_role_groups
+from core.roles import GROUP_NAMES
 
 
 def create_role_groups(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
@@ -16,15 +17,7 @@ def create_role_groups(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> N
         app_config.models_module = True
         create_permissions(app_config, apps=apps, verbosity=0)
         app_config.models_module = None
-    Group = apps.get_model("auth", "Group")
-    Permission = apps.get_model("auth", "Permission")
-    for role, group_name in GROUP_NAMES.items():
-        group, _ = Group.objects.get_or_create(name=group_name)
-        perms = []
-        for dotted in GROUP_PERMISSIONS[role]:
-            app_label, codename = dotted.split(".")
-            perms.append(Permission.objects.get(content_type__app_label=app_label, codename=codename))
-        group.permissions.set(perms)
+    sync_role_groups(group_model=apps.get_model("auth", "Group"), permission_model=apps.get_model("auth", "Permission"))
 
 
 def remove_role_groups(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
