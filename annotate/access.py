@@ -6,17 +6,17 @@ membership role in that project allows it. Superusers may do everything.
 
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.http import Http404
 
 from annotate.models import Project, ProjectMembership
 from core.exceptions import PermissionDeniedError
 from core.roles import ACTION_PERMISSIONS, ROLE_ACTIONS
 
-User = AbstractBaseUser | AnonymousUser
+AnyUser = User | AnonymousUser
 
 
-def membership_role(*, user: User, project: Project) -> str | None:
+def membership_role(*, user: AnyUser, project: Project) -> str | None:
     if not user.is_authenticated:
         return None
     cached = getattr(project, "_membership_roles", None)
@@ -27,7 +27,7 @@ def membership_role(*, user: User, project: Project) -> str | None:
     )
 
 
-def can(*, user: User, action: str, project: Project) -> bool:
+def can(*, user: AnyUser, action: str, project: Project) -> bool:
     if action not in ACTION_PERMISSIONS:
         raise ValueError(f"unknown project action {action!r}")
     if not user.is_authenticated or not user.is_active:
@@ -40,7 +40,7 @@ def can(*, user: User, action: str, project: Project) -> bool:
     return role is not None and action in ROLE_ACTIONS[role]
 
 
-def require(*, user: User, action: str, project: Project) -> None:
+def require(*, user: AnyUser, action: str, project: Project) -> None:
     """Raise 404 to non-members (a project's existence is private) and 403 to members who lack the right."""
     if not can(user=user, action="view", project=project):
         raise Http404("No such project")

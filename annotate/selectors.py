@@ -1,12 +1,12 @@
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db.models import QuerySet
 
 from annotate.models import Project
 
 
-def projects_for_user(*, user: AbstractBaseUser | AnonymousUser, include_archived: bool = False) -> QuerySet[Project]:
+def projects_for_user(*, user: User | AnonymousUser, include_archived: bool = False) -> QuerySet[Project]:
     """The projects ``user`` belongs to (every project for a superuser)."""
     if not user.is_authenticated:
         return Project.objects.none()
@@ -16,6 +16,6 @@ def projects_for_user(*, user: AbstractBaseUser | AnonymousUser, include_archive
     return queryset.select_related("created_by").order_by("-created_at")
 
 
-def project_for_user(*, user: AbstractBaseUser | AnonymousUser, project_id: int) -> Project:
+def project_for_user(*, user: User | AnonymousUser, project_id: int) -> Project:
     """One project ``user`` may see; ``Project.DoesNotExist`` otherwise (never reveals others)."""
     return projects_for_user(user=user, include_archived=True).get(pk=project_id)

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -10,7 +10,7 @@ from core.roles import Role
 
 
 @transaction.atomic
-def project_create(*, name: str, description: str = "", created_by: AbstractBaseUser) -> Project:
+def project_create(*, name: str, description: str = "", created_by: User) -> Project:
     name = name.strip()
     if not name:
         raise ApplicationError("A project needs a name.", field="name")
@@ -22,7 +22,7 @@ def project_create(*, name: str, description: str = "", created_by: AbstractBase
 
 
 @transaction.atomic
-def membership_set(*, project: Project, user: AbstractBaseUser, role: str) -> ProjectMembership:
+def membership_set(*, project: Project, user: User, role: str) -> ProjectMembership:
     if role not in Role.values:
         raise ApplicationError(f"Unknown role {role!r}; expected one of {', '.join(Role.values)}.", field="role")
     membership, _ = ProjectMembership.objects.update_or_create(project=project, user=user, defaults={"role": role})
