@@ -4,8 +4,11 @@
 # Installs Debian's postgresql, redis-server and chromium when they are missing.
 set -euo pipefail
 
-PG_PORT="${PICKWISE_TEST_PG_PORT:-55432}"
-REDIS_PORT="${PICKWISE_TEST_REDIS_PORT:-56379}"
+# Fixed high ports; when one is taken (another suite running beside this one), the next free one.
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+first_free_port() { local p="$1"; while ! port_free "$p"; do p=$((p + 1)); done; echo "$p"; }
+PG_PORT="$(first_free_port "${PICKWISE_TEST_PG_PORT:-55432}")"
+REDIS_PORT="$(first_free_port "${PICKWISE_TEST_REDIS_PORT:-56379}")"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
