@@ -1,0 +1,234 @@
+"""Streaming writers for the export formats. Rows arrive in batches; nothing holds the whole table.
+
+- ``pickapic``: Pick-a-Pic v2 schema Parquet (``caption``, ``jpg_0``, ``jpg_1``, ``label_0``,
+  ``label_1``, ``model_0``, ``model_1``, user and ranking ids) plus our provenance columns;
+  diffusers' Diffusion-DPO example reads it as is.
+- ``listwise``: one row per ranking, images in ranked order with their rank and tie group.
+- ``jsonl``: pairs with image paths or URLs, one JSON object a line.
+- ``hf``: a Hugging Face ``datasets`` dataset saved to disk, images as the ``Image`` feature.
+- ``trl``: trl's preference format (``prompt`` / ``chosen`` / ``rejected``), images as ``Image``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+ExportFormat = Literal["pickapic", "listwise", "jsonl", "hf", "trl"]
+FORMATS: tuple[str, ...] = ("pickapic", "listwise", "jsonl", "hf", "trl")
+
+PAIR_SCHEMA = pa.schema(
+    [
+        ("caption", pa.string()),
+        ("jpg_0", pa.binary()),
+        ("jpg_1", pa.binary()),
+        ("label_0", pa.float64()),
+        ("label_1", pa.float64()),
+        ("model_0", pa.string()),
+        ("model_1", pa.string()),
+        ("user_id", pa.int64()),
+        ("ranking_id", pa.int64()),
+        ("image_0_uid", pa.string()),
+        ("image_1_uid", pa.string()),
+        ("image_0_url", pa.string()),
+        ("image_1_url", pa.string()),
+        ("are_different", pa.bool_()),
+        ("has_label", pa.bool_()),
+        ("best_image_uid", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        # provenance and export bookkeeping
+        ("prompt_id", pa.string()),
+        ("task_id", pa.int64()),
+        ("template_version_id", pa.int64()),
+        ("model_version_id_0", pa.int64()),
+        ("model_version_id_1", pa.int64()),
+        ("seed_0", pa.int64()),
+        ("seed_1", pa.int64()),
+        ("params_0", pa.string()),
+        ("params_1", pa.string()),
+        ("sha256_0", pa.string()),
+        ("sha256_1", pa.string()),
+        ("tie", pa.bool_()),
+        ("weight", pa.float64()),
+        ("split", pa.string()),
+    ]
+)
+
+LISTWISE_IMAGE = pa.struct(
+    [
+        ("image_uid", pa.string()),
+        ("image_url", pa.string()),
+        ("rank", pa.int32()),  # 1 = best; tied images share a rank; unranked images have null
+        ("model", pa.string()),
+        ("model_version_id", pa.int64()),
+        ("seed", pa.int64()),
+        ("sha256", pa.string()),
+        ("jpg", pa.binary()),
+    ]
+)
+LISTWISE_SCHEMA = pa.schema(
+    [
+        ("ranking_id", pa.int64()),
+        ("task_id", pa.int64()),
+        ("prompt_id", pa.string()),
+        ("caption", pa.string()),
+        ("user_id", pa.int64()),
+        ("template_version_id", pa.int64()),
+        ("images", pa.list_(LISTWISE_IMAGE)),
+        ("has_ties", pa.bool_()),
+        ("rationale", pa.string()),
+        ("ratings", pa.string()),  # JSON {image_uid: {rating_component: value}}
+        ("flags", pa.string()),  # JSON {image_uid: [flag, ...]}
+        ("created_at", pa.timestamp("us", tz="UTC")),
+        ("split", pa.string()),
+    ]
+)
+
+
+class ParquetRowWriter:
+    """Append rows (dicts) to a Parquet file, one row group per ``row_group_size`` rows."""
+
+    def __init__(self, path: Path, schema: pa.Schema, *, row_group_size: int = 10_000) -> None:
+        self.path = path
+        self.schema = schema
+        self.row_group_size = row_group_size
+        self.rows = 0
+        self._buffer: list[dict[str, Any]] = []
+        self._writer = pq.ParquetWriter(str(path), schema, compression="zstd")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self.row_group_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer:
+            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
+            self.rows += len(self._buffer)
+            self._buffer = []
+
+    def close(self) -> None:
+        self.flush()
+        self._writer.close()
+
+    def __enter__(self) -> ParquetRowWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class JsonlWriter:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.rows = 0
+        self._file = path.open("w", encoding="utf-8")
+
+    def write(self, row: dict[str, Any]) -> None:
+        self._file.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        self.rows += 1
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> JsonlWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def jsonl_row(pair_row: dict[str, Any]) -> dict[str, Any]:
+    """A pair row without image bytes, for the lightweight JSONL format."""
+    return {k: v for k, v in pair_row.items() if k not in ("jpg_0", "jpg_1")}
+
+
+def save_hf_pairs(
+    rows: Callable[[], Iterator[dict[str, Any]]], directory: Path, *, image_loader: Callable[[str], bytes]
+) -> int:
+    """A ``datasets`` dataset with the pair columns, images as the ``Image`` feature, saved to disk."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "caption": datasets.Value("string"),
+            "image_0": datasets.Image(),
+            "image_1": datasets.Image(),
+            "label_0": datasets.Value("float64"),
+            "label_1": datasets.Value("float64"),
+            "model_0": datasets.Value("string"),
+            "model_1": datasets.Value("string"),
+            "image_0_uid": datasets.Value("string"),
+            "image_1_uid": datasets.Value("string"),
+            "ranking_id": datasets.Value("int64"),
+            "user_id": datasets.Value("int64"),
+            "tie": datasets.Value("bool"),
+            "weight": datasets.Value("float64"),
+            "split": datasets.Value("string"),
+        }
+    )
+
+    def generate() -> Iterator[dict[str, Any]]:
+        for row in rows():
+            yield {
+                **{k: row[k] for k in features if k in row},
+                "image_0": {"bytes": image_loader(row["image_0_url"]), "path": None},
+                "image_1": {"bytes": image_loader(row["image_1_url"]), "path": None},
+            }
+
+    return _save_generated(generate, features, directory)
+
+
+def save_trl_preferences(
+    rows: Callable[[], Iterator[dict[str, Any]]], directory: Path, *, image_loader: Callable[[str], bytes]
+) -> int:
+    """trl's preference format: ``prompt``, ``chosen``, ``rejected`` (images), strict pairs only."""
+    import datasets
+
+    features = datasets.Features(
+        {
+            "prompt": datasets.Value("string"),
+            "chosen": datasets.Image(),
+            "rejected": datasets.Image(),
+            "weight": datasets.Value("float64"),
+            "split": datasets.Value("string"),
+        }
+    )
+
+    def generate() -> Iterator[dict[str, Any]]:
+        for row in rows():
+            if row["tie"]:
+                continue
+            chosen, rejected = ("0", "1") if row["label_0"] > row["label_1"] else ("1", "0")
+            yield {
+                "prompt": row["caption"],
+                "chosen": {"bytes": image_loader(row[f"image_{chosen}_url"]), "path": None},
+                "rejected": {"bytes": image_loader(row[f"image_{rejected}_url"]), "path": None},
+                "weight": row["weight"],
+                "split": row["split"],
+            }
+
+    return _save_generated(generate, features, directory)
+
+
+def _save_generated(generate: Callable[[], Iterator[dict[str, Any]]], features: Any, directory: Path) -> int:
+    import shutil
+
+    import datasets
+
+    if next(generate(), None) is None:
+        dataset = datasets.Dataset.from_dict({name: [] for name in features}, features=features)
+    else:
+        # The generator streams rows into Arrow files on disk; its cache lives beside the export.
+        cache = directory.parent / f".{directory.name}-cache"
+        dataset = datasets.Dataset.from_generator(generate, features=features, cache_dir=str(cache))
+        dataset.save_to_disk(str(directory))
+        shutil.rmtree(cache, ignore_errors=True)
+        return len(dataset)
+    dataset.save_to_disk(str(directory))
+    return len(dataset)
