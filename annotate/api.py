@@ -17,8 +17,12 @@ class ProjectSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = Project
-        fields = ["id", "name", "description", "archived_at", "created_at", "role"]
-        read_only_fields = ["id", "archived_at", "created_at", "role"]
+        fields = ["id", "name", "description", "archived_at", "created_at", "role",
+                  # workflow settings (issue 4); change them through /api/projects/<id>/settings/
+                  "instructions", "template_version", "images_per_task", "overlap", "task_order", "gold_rate",
+                  "lease_seconds"]
+        read_only_fields = ["id", "archived_at", "created_at", "role", "instructions", "template_version",
+                            "images_per_task", "overlap", "task_order", "gold_rate", "lease_seconds"]
 
     def get_role(self, project: Project) -> str | None:
         roles_by_project = self.context.get("roles_by_project", {})

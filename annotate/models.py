@@ -7,6 +7,11 @@ from core.models import TimeStampedModel
 from core.roles import Role
 
 
+class TaskOrder(models.TextChoices):
+    SEQUENTIAL = "sequential", "Sequential (import order)"
+    RANDOM = "random", "Random"
+
+
 class Project(TimeStampedModel):
     name = models.CharField(max_length=200)
     description = models.TextField(blank=True)
@@ -17,6 +22,23 @@ class Project(TimeStampedModel):
     members = models.ManyToManyField(
         settings.AUTH_USER_MODEL, through="ProjectMembership", related_name="projects"
     )
+    # --- workflow settings (issue 4) ---
+    instructions = models.TextField(blank=True)
+    # The published template version annotators see; a submitted annotation records its own.
+    template_version = models.ForeignKey(
+        "AnnotationTemplateVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="projects"
+    )
+    images_per_task = models.PositiveSmallIntegerField(default=4)
+    # k: how many different annotators rank each (non-gold) task.
+    overlap = models.PositiveSmallIntegerField(default=1)
+    task_order = models.CharField(max_length=20, choices=TaskOrder.choices, default=TaskOrder.SEQUENTIAL)
+    # Share (0..1) of handed-out tasks that are gold tasks with a known ranking.
+    gold_rate = models.FloatField(default=0.0)
+    # How long a handed-out task stays reserved for its annotator before the reaper frees it.
+    lease_seconds = models.PositiveIntegerField(default=900)
+    # Defaults for the Generate button (scheduler, steps, guidance, width, height, ...).
+    generation_settings = models.JSONField(default=dict, blank=True)
+    model_versions = models.ManyToManyField("generation.ModelVersion", blank=True, related_name="projects")
 
     class Meta:
         ordering = ["-created_at"]
@@ -28,6 +50,16 @@ class Project(TimeStampedModel):
         ]
         constraints = [
             models.CheckConstraint(condition=~models.Q(name=""), name="project_name_not_empty"),
+            models.CheckConstraint(
+                condition=models.Q(images_per_task__gte=1, images_per_task__lte=16),
+                name="project_images_per_task_range",
+            ),
+            models.CheckConstraint(condition=models.Q(overlap__gte=1, overlap__lte=100), name="project_overlap_range"),
+            models.CheckConstraint(condition=models.Q(task_order__in=TaskOrder.values), name="project_task_order_valid"),
+            models.CheckConstraint(
+                condition=models.Q(gold_rate__gte=0, gold_rate__lte=1), name="project_gold_rate_range"
+            ),
+            models.CheckConstraint(condition=models.Q(lease_seconds__gte=10), name="project_lease_seconds_min"),
         ]
 
     def __str__(self) -> str:
@@ -116,3 +148,246 @@ class AnnotationTemplateVersion(TimeStampedModel):
     @property
     def is_published(self) -> bool:
         return self.status == self.Status.PUBLISHED
+
+
+
+# --- annotation workflow (issue 4): prompt sets, tasks, assignments, annotations -------------
+
+
+class PromptSource(models.TextChoices):
+    IMPORT = "import", "Imported file"
+    API = "api", "API"
+    ANNOTATOR = "annotator", "Typed by an annotator"
+
+
+class PromptSet(TimeStampedModel):
+    """One uploaded file (or API batch) of prompts; every prompt of it became a task."""
+
+    class Format(models.TextChoices):
+        CSV = "csv", "CSV"
+        JSONL = "jsonl", "JSON lines"
+        TXT = "txt", "Plain text"
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompt_sets")
+    name = models.CharField(max_length=200)
+    source_format = models.CharField(max_length=10, choices=Format.choices)
+    prompt_count = models.PositiveIntegerField(default=0)
+    duplicate_count = models.PositiveIntegerField(default=0)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(source_format__in=["csv", "jsonl", "txt"]),
+                                   name="promptset_format_valid"),
+            models.CheckConstraint(condition=~models.Q(name=""), name="promptset_name_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class Prompt(TimeStampedModel):
+    """A prompt of a project; unique per project by the sha256 of its text."""
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="prompts")
+    prompt_set = models.ForeignKey(
+        PromptSet, null=True, blank=True, on_delete=models.SET_NULL, related_name="prompts"
+    )
+    text = models.TextField()
+    text_sha256 = models.CharField(max_length=64)
+    negative_prompt = models.TextField(blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    tags = models.JSONField(default=list, blank=True)
+    metadata = models.JSONField(default=dict, blank=True)
+    source = models.CharField(max_length=20, choices=PromptSource.choices, default=PromptSource.IMPORT)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["pk"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "text_sha256"], name="prompt_unique_text_per_project"),
+            models.CheckConstraint(condition=models.Q(source__in=PromptSource.values), name="prompt_source_valid"),
+            models.CheckConstraint(condition=~models.Q(text=""), name="prompt_text_not_empty"),
+        ]
+
+    def __str__(self) -> str:
+        return self.text[:60]
+
+
+class AnnotationTask(TimeStampedModel):
+    """One prompt with its candidate images, to be ranked by ``project.overlap`` annotators.
+
+    ``taken_count`` counts the active leases plus the submitted annotations (at most
+    ``project.overlap``); ``is_open`` is ``taken_count < project.overlap`` kept in the row so
+    the queue's partial index only holds tasks that still need annotators. Gold tasks carry
+    a known ``gold_ranking`` (same representation as ``Annotation.ranking``), are offered to
+    every annotator once and never count towards the overlap.
+    """
+
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="tasks")
+    prompt = models.ForeignKey(Prompt, on_delete=models.PROTECT, related_name="tasks")
+    position = models.BigIntegerField(help_text="Sequential queue order (import order).")
+    random_key = models.IntegerField(help_text="Random queue order.")
+    is_gold = models.BooleanField(default=False)
+    gold_ranking = models.JSONField(null=True, blank=True)
+    taken_count = models.PositiveSmallIntegerField(default=0)
+    is_open = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    images = models.ManyToManyField(
+        "generation.GeneratedImage", through="TaskImage", related_name="annotation_tasks"
+    )
+
+    class Meta:
+        ordering = ["project", "position"]
+        indexes = [
+            models.Index(fields=["project", "position"], condition=models.Q(is_open=True, is_gold=False),
+                         name="task_queue_sequential_idx"),
+            models.Index(fields=["project", "random_key"], condition=models.Q(is_open=True, is_gold=False),
+                         name="task_queue_random_idx"),
+            models.Index(fields=["project", "is_gold"], name="task_project_gold_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "position"], name="task_position_unique_per_project"),
+            models.CheckConstraint(
+                condition=models.Q(is_gold=False, gold_ranking__isnull=True)
+                | models.Q(is_gold=True, gold_ranking__isnull=False),
+                name="task_gold_has_ranking",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Task {self.pk} of project {self.project_id}"
+
+
+class TaskImage(models.Model):
+    """A candidate image of a task, at a fixed display position."""
+
+    task = models.ForeignKey(AnnotationTask, on_delete=models.CASCADE, related_name="task_images")
+    image = models.ForeignKey("generation.GeneratedImage", on_delete=models.PROTECT, related_name="task_images")
+    position = models.PositiveSmallIntegerField()
+
+    class Meta:
+        ordering = ["task", "position"]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "image"], name="taskimage_image_once_per_task"),
+            models.UniqueConstraint(fields=["task", "position"], name="taskimage_position_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Image {self.image_id} of task {self.task_id} at {self.position}"
+
+
+class AssignmentStatus(models.TextChoices):
+    ACTIVE = "active", "Leased"
+    SUBMITTED = "submitted", "Submitted"
+    SKIPPED = "skipped", "Skipped"
+    EXPIRED = "expired", "Lease expired"
+    RELEASED = "released", "Released"
+    REJECTED = "rejected", "Rejected in review"
+
+
+class TaskAssignment(TimeStampedModel):
+    """A task handed to one annotator: at most once per (task, annotator), one active lease per
+    annotator and project. ``created_at`` is when it was handed out."""
+
+    task = models.ForeignKey(AnnotationTask, on_delete=models.CASCADE, related_name="assignments")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="assignments")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="assignments")
+    status = models.CharField(max_length=20, choices=AssignmentStatus.choices, default=AssignmentStatus.ACTIVE)
+    # The template version the task was shown with; the annotation records the same one.
+    template_version = models.ForeignKey(
+        AnnotationTemplateVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="+"
+    )
+    lease_expires_at = models.DateTimeField()
+    skip_reason = models.CharField(max_length=500, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["lease_expires_at"], condition=models.Q(status="active"),
+                         name="assignment_lease_idx"),
+            models.Index(fields=["project", "annotator", "status"], name="assignment_annotator_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "annotator"], name="assignment_once_per_task_and_annotator"),
+            models.UniqueConstraint(fields=["project", "annotator"], condition=models.Q(status="active"),
+                                    name="assignment_one_active_per_annotator"),
+            models.CheckConstraint(condition=models.Q(status__in=AssignmentStatus.values),
+                                   name="assignment_status_valid"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Task {self.task_id} → {self.annotator_id} ({self.status})"
+
+
+class AnnotationStatus(models.TextChoices):
+    SUBMITTED = "submitted", "Submitted"
+    SUPERSEDED = "superseded", "Superseded by an amendment"
+    REJECTED = "rejected", "Rejected in review"
+
+
+class Annotation(TimeStampedModel):
+    """One annotator's answer to one task: the ranking, plus the template's other answers.
+
+    ``ranking`` is a list of tie groups of ``GeneratedImage`` ids (UUID strings), best first:
+    ``[["<id-a>"], ["<id-b>", "<id-c>"], ["<id-d>"]]`` means a beat b and c (tied), which beat
+    d. Partial rankings (when the template allows them) leave images out; best-of-N answers
+    hold one group (the winners). ``answers`` maps other component names to their values
+    (ratings ``{image_id: score}``, flags ``{image_id: [flag, ...]}``, selects, texts).
+    ``template_version`` is the exact version the annotator saw.
+
+    Amending creates a new row pointing at the old one (``supersedes``) and marks the old one
+    superseded, so history is kept; at most one row per (task, annotator) is ``submitted``.
+    Rejected rows stay, and the task goes back to the queue for another annotator.
+    """
+
+    task = models.ForeignKey(AnnotationTask, on_delete=models.CASCADE, related_name="annotations")
+    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="annotations")
+    annotator = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="annotations")
+    assignment = models.ForeignKey(TaskAssignment, on_delete=models.CASCADE, related_name="annotations")
+    template_version = models.ForeignKey(
+        AnnotationTemplateVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="annotations"
+    )
+    status = models.CharField(max_length=20, choices=AnnotationStatus.choices, default=AnnotationStatus.SUBMITTED)
+    ranking = models.JSONField()
+    answers = models.JSONField(default=dict, blank=True)
+    rationale = models.TextField(blank=True)
+    duration_ms = models.PositiveIntegerField(null=True, blank=True)
+    idempotency_key = models.CharField(max_length=100)
+    supersedes = models.OneToOneField(
+        "self", null=True, blank=True, on_delete=models.PROTECT, related_name="superseded_by"
+    )
+    reviewed_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    reviewed_at = models.DateTimeField(null=True, blank=True)
+    review_note = models.CharField(max_length=1000, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["project", "status", "created_at"], name="annotation_project_status_idx"),
+            models.Index(fields=["project", "annotator", "status"], name="annotation_annotator_idx"),
+        ]
+        constraints = [
+            models.UniqueConstraint(fields=["annotator", "idempotency_key"], name="annotation_idempotency_key"),
+            models.UniqueConstraint(fields=["task", "annotator"], condition=models.Q(status="submitted"),
+                                    name="annotation_one_submitted_per_task_and_annotator"),
+            models.CheckConstraint(condition=models.Q(status__in=AnnotationStatus.values),
+                                   name="annotation_status_valid"),
+            models.CheckConstraint(condition=~models.Q(idempotency_key=""), name="annotation_idempotency_key_set"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Annotation {self.pk} of task {self.task_id} by {self.annotator_id} ({self.status})"
+
+    def ranked_image_ids(self) -> list[str]:
+        return [image for group in self.ranking for image in group]

@@ -39,6 +39,7 @@ def project_create(request: HttpRequest) -> HttpResponse:
 def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
     try:
         project = selectors.project_for_user(user=request.user, project_id=project_id)
+        project = Project.objects.select_related("template_version__template").get(pk=project.pk)
     except Project.DoesNotExist:
         raise Http404("No such project") from None
     can = {action: access.can(user=request.user, action=action, project=project)

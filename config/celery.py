@@ -21,6 +21,7 @@ TASK_ROUTES = {
     "generation.tasks.*": {"queue": "gpu"},
     "rlhf.tasks.train_*": {"queue": "gpu-train"},
     "rlhf.tasks.finetune_*": {"queue": "gpu-train"},
+    "rlhf.tasks.score_*": {"queue": "gpu"},
     "*": {"queue": "default"},
 }
 

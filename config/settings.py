@@ -199,6 +199,44 @@ PICKWISE_DEVICE = env_choice(
 PICKWISE_MODEL_CACHE_DIR = Path(
     env_str("PICKWISE_MODEL_CACHE_DIR", str(VAR_DIR / "models"), "Where run outputs and hub caches live")
 )
+PICKWISE_EXPORT_DIR = Path(
+    env_str("PICKWISE_EXPORT_DIR", str(VAR_DIR / "exports"), "Where preference exports are written")
+)
+EXPORT_MAX_PAIRS = env_int("EXPORT_MAX_PAIRS", 50_000_000, "Refuse exports with more pairs than this", minimum=1)
+
+# --- generation (generation/) -------------------------------------------------------------
+GENERATION_BATCH_LIMIT = env_int(
+    "GENERATION_BATCH_LIMIT", 8, "Most images a gpu worker renders in one coalesced pipeline call", minimum=1
+)
+GENERATION_PIPELINE_CACHE_SIZE = env_int(
+    "GENERATION_PIPELINE_CACHE_SIZE", 1, "Base pipelines a gpu worker process keeps loaded (LRU)", minimum=1
+)
+GENERATION_LEASE_SECONDS = env_int(
+    "GENERATION_LEASE_SECONDS", 300, "Lease (s) of a running job; renewed by progress, reaped when expired",
+    minimum=2,
+)
+GENERATION_TORCH_THREADS = env_int(
+    "GENERATION_TORCH_THREADS", 0, "CPU threads torch may use in a gpu worker process; 0 = torch's default",
+    minimum=0,
+)
+GENERATION_MAX_ATTEMPTS = env_int(
+    "GENERATION_MAX_ATTEMPTS", 3, "Times a job is started before an expired lease fails it", minimum=1
+)
+GENERATION_MAX_IMAGES_PER_JOB = env_int(
+    "GENERATION_MAX_IMAGES_PER_JOB", 8, "Most images one generation request may ask for", minimum=1
+)
+GENERATION_MAX_QUEUED_JOBS_PER_USER = env_int(
+    "GENERATION_MAX_QUEUED_JOBS_PER_USER", 10, "Most unfinished generation jobs one user may have", minimum=1
+)
+GENERATION_RATE_LIMIT_PER_MINUTE = env_int(
+    "GENERATION_RATE_LIMIT_PER_MINUTE", 30, "Most generation jobs one user may create per minute", minimum=1
+)
+GENERATION_MAX_PROMPT_CHARS = env_int(
+    "GENERATION_MAX_PROMPT_CHARS", 1000, "Longest prompt (characters) a generation job accepts", minimum=1
+)
+GENERATION_MAX_IMAGE_SIDE = env_int(
+    "GENERATION_MAX_IMAGE_SIDE", 1024, "Largest width or height (pixels) a generation job accepts", minimum=8
+)
 
 # --- DRF --------------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -221,6 +259,13 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several models have a ``status`` field; name each enum after its model.
+    "ENUM_NAME_OVERRIDES": {
+        "AnnotationTemplateVersionStatus": "annotate.models.AnnotationTemplateVersion.Status",
+        "JobStatusEnum": "generation.models.JobStatus",
+        "AnnotationStatusEnum": "annotate.models.AnnotationStatus",
+        "AssignmentStatusEnum": "annotate.models.AssignmentStatus",
+    },
 }
 
 # --- security (production) --------------------------------------------------------------

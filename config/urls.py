@@ -8,10 +8,20 @@ from rest_framework.authtoken.views import obtain_auth_token
 from rest_framework.routers import DefaultRouter
 
 from annotate import api as annotate_api
+from annotate import template_api, workflow_api
 from core import views as core_views
+from generation.urls import api_urlpatterns as generation_api
+from rlhf import api as rlhf_api
+from rlhf import run_api
 
 router = DefaultRouter()
 router.register("projects", annotate_api.ProjectViewSet, basename="project")
+router.register("templates", template_api.AnnotationTemplateViewSet, basename="annotation-template")
+router.register("exports", rlhf_api.ExportViewSet, basename="export")
+router.register("reward-runs", run_api.RewardRunViewSet, basename="reward-run")
+router.register("reward-models", run_api.RewardVersionViewSet, basename="reward-model")
+router.register("finetune-runs", run_api.FineTuneRunViewSet, basename="finetune-run")
+router.register("template-versions", template_api.AnnotationTemplateVersionViewSet, basename="annotation-template-version")
 
 urlpatterns = [
     path("", core_views.home, name="home"),
@@ -25,6 +35,8 @@ urlpatterns = [
     path("api/token/", obtain_auth_token, name="api-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/", include(generation_api)),
+    path("api/", include(workflow_api.urlpatterns)),
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),
 ]

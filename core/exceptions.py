@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
+
 
 class ApplicationError(Exception):
     """A rule of the domain was broken; ``message`` is safe to show to the user.
@@ -27,5 +29,5 @@ class ApplicationError(Exception):
         return body
 
 
-class PermissionDeniedError(ApplicationError):
-    """The user may not do this to this object."""
+class PermissionDeniedError(ApplicationError, PermissionDenied):
+    """The user may not do this to this object (a 403 in views and in the API)."""

@@ -1,3 +1,226 @@
+"""Model versions, generation jobs and the images they produce (with full provenance).
+
+A ``ModelVersion`` is either a base text-to-image pipeline (a local diffusers directory or a hub
+id) or a LoRA adapter on a parent version. A ``GenerationJob`` asks for ``num_images`` images of
+one prompt, one stored seed per image. Each ``GeneratedImage`` records everything needed to make
+the same pixels again: model version, prompt, the exact parameters, seed and the runtime.
+"""
+
 from __future__ import annotations
 
-# Models arrive with the issues that need them; see the README architecture section.
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+from core.models import TimeStampedModel
+from generation.inference import SCHEDULERS, GenerationParams
+
+
+class ModelKind(models.TextChoices):
+    BASE = "base", "Base pipeline"
+    LORA = "lora", "LoRA adapter on a parent version"
+
+
+class DType(models.TextChoices):
+    FLOAT32 = "float32", "float32"
+    FLOAT16 = "float16", "float16"
+    BFLOAT16 = "bfloat16", "bfloat16"
+
+
+Scheduler = models.TextChoices("Scheduler", [(name, name) for name in SCHEDULERS])  # type: ignore[misc]
+
+
+class ModelVersion(TimeStampedModel):
+    # Unique, human-readable name shown in the Select ("shapes-v1", "sd15-dpo-round2").
+    name = models.SlugField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    kind = models.CharField(max_length=10, choices=ModelKind.choices, default=ModelKind.BASE)
+    # Base versions: a local diffusers directory (absolute, or relative to the repository) or a hub id.
+    source = models.CharField(max_length=500, blank=True)
+    # LoRA versions: the version the adapter was trained on, the adapter's path and its weight.
+    parent = models.ForeignKey("self", null=True, blank=True, on_delete=models.PROTECT, related_name="children")
+    lora_path = models.CharField(max_length=500, blank=True)
+    lora_scale = models.FloatField(default=1.0)
+    dtype = models.CharField(max_length=10, choices=DType.choices, default=DType.FLOAT16)
+    # Default sampling parameters; a job may override each within the validated ranges.
+    default_scheduler = models.CharField(max_length=20, choices=Scheduler.choices, default="dpmpp_2m")
+    default_steps = models.PositiveSmallIntegerField(default=30)
+    default_guidance = models.FloatField(default=7.0)
+    default_width = models.PositiveIntegerField(default=512)
+    default_height = models.PositiveIntegerField(default=512)
+    default_negative_prompt = models.TextField(blank=True)
+    enabled = models.BooleanField(default=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(kind__in=ModelKind.values), name="modelversion_kind_valid"),
+            models.CheckConstraint(condition=models.Q(dtype__in=DType.values), name="modelversion_dtype_valid"),
+            models.CheckConstraint(
+                condition=models.Q(default_scheduler__in=list(SCHEDULERS)), name="modelversion_scheduler_valid"
+            ),
+            models.CheckConstraint(
+                condition=(
+                    models.Q(kind=ModelKind.BASE, parent__isnull=True, lora_path="") & ~models.Q(source="")
+                )
+                | (models.Q(kind=ModelKind.LORA, parent__isnull=False) & ~models.Q(lora_path="")),
+                name="modelversion_base_has_source_lora_has_parent",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(default_steps__gte=1, default_steps__lte=150), name="modelversion_steps_range"
+            ),
+            models.CheckConstraint(
+                condition=models.Q(default_guidance__gte=0, default_guidance__lte=30),
+                name="modelversion_guidance_range",
+            ),
+            models.CheckConstraint(
+                condition=models.Q(lora_scale__gte=0, lora_scale__lte=10), name="modelversion_lora_scale_range"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def is_lora(self) -> bool:
+        return self.kind == ModelKind.LORA
+
+    @property
+    def cache_key(self) -> str:
+        """Pipeline-cache key and peft adapter name."""
+        return f"mv-{self.pk}"
+
+    def default_params(self) -> GenerationParams:
+        return GenerationParams(
+            scheduler=self.default_scheduler,  # type: ignore[arg-type]
+            steps=self.default_steps,
+            guidance=self.default_guidance,
+            width=self.default_width,
+            height=self.default_height,
+            negative_prompt=self.default_negative_prompt,
+        )
+
+
+class JobStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    SUCCEEDED = "succeeded", "Succeeded"
+    FAILED = "failed", "Failed"
+    CANCELLED = "cancelled", "Cancelled"
+
+
+ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+
+
+class GenerationJob(TimeStampedModel):
+    # The project the images belong to (who may see them); null for an ML engineer's own jobs.
+    project = models.ForeignKey(
+        "annotate.Project", null=True, blank=True, on_delete=models.CASCADE, related_name="generation_jobs"
+    )
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="generation_jobs"
+    )
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="jobs")
+    prompt = models.TextField()
+    # GenerationParams.to_dict(), resolved against the model version's defaults at creation.
+    params = models.JSONField()
+    # sha256 of the canonical JSON of ``params``: jobs with equal model version + hash are coalesced.
+    params_hash = models.CharField(max_length=64)
+    num_images = models.PositiveSmallIntegerField()
+    # One seed per image, given by the caller or drawn at creation.
+    seeds = models.JSONField()
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    attempts = models.PositiveSmallIntegerField(default=0)
+    max_attempts = models.PositiveSmallIntegerField(default=3)
+    # The claim: who runs the job and until when (renewed by progress heartbeats).
+    lease_token = models.UUIDField(null=True, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    leased_by = models.CharField(max_length=200, blank=True)
+    # How many images the claiming batch held (all coalesced jobs share one lease token).
+    batch_images = models.PositiveSmallIntegerField(default=0)
+    progress = models.FloatField(default=0.0)
+    error = models.TextField(blank=True)
+    idempotency_key = models.CharField(max_length=100, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        indexes = [
+            models.Index(fields=["status", "model_version", "params_hash"], name="genjob_coalesce_idx"),
+            models.Index(fields=["created_by", "status"], name="genjob_user_status_idx"),
+            models.Index(fields=["status", "lease_expires_at"], name="genjob_lease_idx"),
+        ]
+        constraints = [
+            models.CheckConstraint(condition=models.Q(status__in=JobStatus.values), name="genjob_status_valid"),
+            models.CheckConstraint(condition=models.Q(num_images__gte=1), name="genjob_num_images_positive"),
+            models.CheckConstraint(
+                condition=models.Q(progress__gte=0, progress__lte=1), name="genjob_progress_range"
+            ),
+            models.CheckConstraint(
+                condition=~models.Q(status=JobStatus.RUNNING)
+                | models.Q(lease_expires_at__isnull=False, lease_token__isnull=False),
+                name="genjob_running_has_lease",
+            ),
+            models.UniqueConstraint(
+                fields=["created_by", "idempotency_key"],
+                condition=~models.Q(idempotency_key=""),
+                name="genjob_one_per_idempotency_key",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Job {self.pk} ({self.status}): {self.prompt[:40]}"
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status in FINAL_STATUSES
+
+    @property
+    def storage_prefix(self) -> str:
+        return f"generated/{self.pk}/"
+
+    def storage_key(self, index: int, seed: int) -> str:
+        """Deterministic: a re-run after a crash writes the same key (and overwrites, never duplicates)."""
+        return f"{self.storage_prefix}{index}-{seed}.png"
+
+    def generation_params(self) -> GenerationParams:
+        return GenerationParams.from_dict(self.params)
+
+
+class GeneratedImage(TimeStampedModel):
+    # Random, so image URLs cannot be enumerated (they are permission-checked as well).
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    job = models.ForeignKey(GenerationJob, on_delete=models.CASCADE, related_name="images")
+    # Position in the job (0..num_images-1); the job's seeds[index] made it.
+    index = models.PositiveSmallIntegerField()
+    # Provenance, copied so the image stands on its own: the same inputs give the same pixels.
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="images")
+    prompt = models.TextField()
+    seed = models.BigIntegerField()
+    params = models.JSONField()
+    # Device, dtype and library versions that made it (exact reproduction needs the same ones).
+    runtime = models.JSONField(default=dict)
+    storage_key = models.CharField(max_length=300, unique=True)
+    sha256 = models.CharField(max_length=64)
+    width = models.PositiveIntegerField()
+    height = models.PositiveIntegerField()
+    size_bytes = models.PositiveIntegerField()
+    # This image's share of its pipeline call, and how many images that call made.
+    generation_seconds = models.FloatField()
+    batch_size = models.PositiveSmallIntegerField(default=1)
+
+    class Meta:
+        ordering = ["job", "index"]
+        constraints = [
+            models.UniqueConstraint(fields=["job", "index"], name="genimage_one_per_job_index"),
+            models.CheckConstraint(condition=models.Q(seed__gte=0), name="genimage_seed_nonnegative"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Image {self.job_id}/{self.index} seed {self.seed}"

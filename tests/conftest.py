@@ -115,8 +115,8 @@ def browser():
     """Debian's Chromium driven by Playwright (never a downloaded browser)."""
     from playwright.sync_api import sync_playwright
 
-    # Playwright's sync API runs an event loop in this thread; the ORM calls that tests make
-    # between browser steps are still plain synchronous calls.
+    # Playwright's sync API keeps an event loop running in this thread for the whole session;
+    # the ORM calls that tests (and database teardown) make meanwhile are plain synchronous calls.
     os.environ.setdefault("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)

@@ -38,9 +38,10 @@ run_pg() {
 }
 
 cleanup() {
-  run_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -m immediate stop >/dev/null 2>&1 || true
-  if [ -f "$WORK/redis/redis.pid" ]; then kill "$(cat "$WORK/redis/redis.pid")" 2>/dev/null || true; fi
-  rm -rf "$WORK"
+  # Never let a cleanup step change the suite's exit status.
+  redis-cli -p "$REDIS_PORT" shutdown nosave >/dev/null 2>&1 || true
+  run_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -m immediate -w stop >/dev/null 2>&1 || true
+  rm -rf "$WORK" 2>/dev/null || true
 }
 trap cleanup EXIT
 

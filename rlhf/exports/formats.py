@@ -35,8 +35,10 @@ PAIR_SCHEMA = pa.schema(
         ("ranking_id", pa.int64()),
         ("image_0_uid", pa.string()),
         ("image_1_uid", pa.string()),
-        ("image_0_url", pa.string()),
+        ("image_0_url", pa.string()),  # the permission-checked app URL of the image
         ("image_1_url", pa.string()),
+        ("image_0_path", pa.string()),  # the storage key (relative to MEDIA_ROOT or the bucket)
+        ("image_1_path", pa.string()),
         ("are_different", pa.bool_()),
         ("has_label", pa.bool_()),
         ("best_image_uid", pa.string()),
@@ -56,21 +58,26 @@ PAIR_SCHEMA = pa.schema(
         ("tie", pa.bool_()),
         ("weight", pa.float64()),
         ("split", pa.string()),
+        # how every annotator of the task judged this pair, and the task's agreement
+        ("votes_0", pa.int32()),
+        ("votes_1", pa.int32()),
+        ("votes_tie", pa.int32()),
+        ("majority_uid", pa.string()),
+        ("task_agreement", pa.float64()),
     ]
 )
 
-LISTWISE_IMAGE = pa.struct(
+IMAGE_STRENGTH_SCHEMA = pa.schema(
     [
         ("image_uid", pa.string()),
-        ("image_url", pa.string()),
-        ("rank", pa.int32()),  # 1 = best; tied images share a rank; unranked images have null
-        ("model", pa.string()),
-        ("model_version_id", pa.int64()),
-        ("seed", pa.int64()),
-        ("sha256", pa.string()),
-        ("jpg", pa.binary()),
+        ("bt_strength", pa.float64()),
+        ("bt_log_strength", pa.float64()),
+        ("comparisons", pa.int64()),
     ]
 )
+
+# One row per ranking; the list columns are parallel, best image first. ``images`` and ``ranks``
+# are what rlhf.training.data reads for listwise (Plackett-Luce, choose-one) reward training.
 LISTWISE_SCHEMA = pa.schema(
     [
         ("ranking_id", pa.int64()),
@@ -79,11 +86,21 @@ LISTWISE_SCHEMA = pa.schema(
         ("caption", pa.string()),
         ("user_id", pa.int64()),
         ("template_version_id", pa.int64()),
-        ("images", pa.list_(LISTWISE_IMAGE)),
+        ("images", pa.list_(pa.binary())),  # image bytes (null entries when exported without bytes)
+        ("ranks", pa.list_(pa.int32())),  # 0 = best; tied images share a rank; unranked images rank last
+        ("ranked", pa.list_(pa.bool_())),  # false for images the annotator left unranked
+        ("image_uids", pa.list_(pa.string())),
+        ("image_urls", pa.list_(pa.string())),
+        ("image_paths", pa.list_(pa.string())),
+        ("models", pa.list_(pa.string())),
+        ("model_version_ids", pa.list_(pa.int64())),
+        ("seeds", pa.list_(pa.int64())),
+        ("sha256s", pa.list_(pa.string())),
         ("has_ties", pa.bool_()),
         ("rationale", pa.string()),
-        ("ratings", pa.string()),  # JSON {image_uid: {rating_component: value}}
-        ("flags", pa.string()),  # JSON {image_uid: [flag, ...]}
+        ("ratings", pa.string()),  # JSON {component: {image_uid: value}}
+        ("flags", pa.string()),  # JSON {component: {image_uid: [flag, ...]}}
+        ("weight", pa.float64()),
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("split", pa.string()),
     ]
@@ -108,7 +125,9 @@ class ParquetRowWriter:
 
     def flush(self) -> None:
         if self._buffer:
-            self._writer.write_table(pa.Table.from_pylist(self._buffer, schema=self.schema))
+            buffer = self._buffer
+            columns = [pa.array([row.get(f.name) for row in buffer], type=f.type) for f in self.schema]
+            self._writer.write_table(pa.Table.from_arrays(columns, schema=self.schema))
             self.rows += len(self._buffer)
             self._buffer = []
 
@@ -177,8 +196,8 @@ def save_hf_pairs(
         for row in rows():
             yield {
                 **{k: row[k] for k in features if k in row},
-                "image_0": {"bytes": image_loader(row["image_0_url"]), "path": None},
-                "image_1": {"bytes": image_loader(row["image_1_url"]), "path": None},
+                "image_0": {"bytes": image_loader(row["image_0_path"]), "path": None},
+                "image_1": {"bytes": image_loader(row["image_1_path"]), "path": None},
             }
 
     return _save_generated(generate, features, directory)
@@ -207,8 +226,8 @@ def save_trl_preferences(
             chosen, rejected = ("0", "1") if row["label_0"] > row["label_1"] else ("1", "0")
             yield {
                 "prompt": row["caption"],
-                "chosen": {"bytes": image_loader(row[f"image_{chosen}_url"]), "path": None},
-                "rejected": {"bytes": image_loader(row[f"image_{rejected}_url"]), "path": None},
+                "chosen": {"bytes": image_loader(row[f"image_{chosen}_path"]), "path": None},
+                "rejected": {"bytes": image_loader(row[f"image_{rejected}_path"]), "path": None},
                 "weight": row["weight"],
                 "split": row["split"],
             }

@@ -25,16 +25,16 @@ TIE_POLICIES: tuple[str, ...] = ("drop", "soft", "mark")
 
 @dataclass(frozen=True)
 class Pair:
-    image_0: int  # the preferred image for a strict pair (label_0 = 1)
-    image_1: int
+    image_0: Hashable  # the preferred image for a strict pair (label_0 = 1); int or UUID string
+    image_1: Hashable
     label_0: float
     label_1: float
     tie: bool
     weight: float = 1.0
 
 
-def validate_groups(groups: Sequence[Sequence[int]], unranked: Iterable[int] = ()) -> None:
-    seen: set[int] = set()
+def validate_groups(groups: Sequence[Sequence[Hashable]], unranked: Iterable[Hashable] = ()) -> None:
+    seen: set[Hashable] = set()
     for index, group in enumerate(groups):
         if not group:
             raise ValueError(f"group {index} of the ranking is empty")
@@ -49,7 +49,7 @@ def validate_groups(groups: Sequence[Sequence[int]], unranked: Iterable[int] = (
 
 
 def expand_ranking(
-    groups: Sequence[Sequence[int]], *, tie_policy: TiePolicy, unranked: Sequence[int] = ()
+    groups: Sequence[Sequence[Hashable]], *, tie_policy: TiePolicy, unranked: Sequence[Hashable] = ()
 ) -> list[Pair]:
     """All C(N,2) pairs the ranking decides (fewer for ties under ``drop`` and for unranked images)."""
     if tie_policy not in TIE_POLICIES:

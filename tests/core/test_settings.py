@@ -14,10 +14,12 @@ from config.env import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
 PROD_SECRET = "x" * 20 + "-prod-secret-for-tests-" + "y" * 20
+# Set by the browser fixture for Playwright's event loop; never part of a deployment.
+NOT_INHERITED = {*REGISTRY, "DJANGO_ALLOW_ASYNC_UNSAFE"}
 
 
 def run_python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
-    clean = {k: v for k, v in os.environ.items() if k not in REGISTRY}
+    clean = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     clean.update(env)
     clean["DJANGO_SETTINGS_MODULE"] = "config.settings"
     return subprocess.run(  # noqa: S603
@@ -84,7 +86,7 @@ def test_misconfiguration_stops_startup_naming_the_key(tmp_path, env, key):
 
 
 def test_check_deploy_is_clean_in_production_mode(tmp_path):
-    clean = {k: v for k, v in os.environ.items() if k not in REGISTRY}
+    clean = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     clean.update(
         PICKWISE_ENV="production", SECRET_KEY=PROD_SECRET, ALLOWED_HOSTS="pickwise.example.org",
         PICKWISE_VAR_DIR=str(tmp_path),

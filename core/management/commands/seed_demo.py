@@ -18,6 +18,7 @@ DEMO_USERS: tuple[tuple[str, str, str], ...] = (
     ("demo-ml", "pickwise-ml", Role.ML_ENGINEER),
 )
 DEMO_PROJECT = "Shapes world demo"
+DEMO_MODEL = "shapes-v1"
 
 
 class Command(BaseCommand):
@@ -35,9 +36,34 @@ class Command(BaseCommand):
             )
             for role, user in users.items():
                 ProjectMembership.objects.update_or_create(project=project, user=user, defaults={"role": role})
+            self._demo_model(users[Role.ADMIN])
         self.stdout.write(self.style.SUCCESS("Demo logins (username / password):"))
         for username, password, role in DEMO_USERS:
             self.stdout.write(f"  {Role(role).label:<14} {username} / {password}")
+
+    def _demo_model(self, admin: Any) -> None:
+        """Register the shipped shapes-world model as the enabled demo version, once its weights exist."""
+        import json
+        from pathlib import Path
+
+        from django.conf import settings
+
+        from generation.models import ModelVersion
+        from generation.services import model_version_register
+
+        weights = Path(settings.BASE_DIR) / "generation" / "weights" / "shapes"
+        if not (weights / "model_index.json").is_file() or ModelVersion.objects.filter(name=DEMO_MODEL).exists():
+            return
+        unet_config = weights / "unet" / "config.json"
+        side = 64
+        if unet_config.is_file():
+            side = int(json.loads(unet_config.read_text()).get("sample_size", 8)) * 8
+        model_version_register(
+            name=DEMO_MODEL, source="generation/weights/shapes", dtype="float32", scheduler="ddim", steps=25,
+            guidance=5.0, width=side, height=side, description="The built-in shapes-world model.",
+            created_by=admin,
+        )
+        self.stdout.write(f"Registered the demo model version {DEMO_MODEL}.")
 
     def _user(self, username: str, password: str, role: str) -> Any:
         user_model = get_user_model()

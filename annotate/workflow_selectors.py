@@ -1,0 +1,430 @@
+"""Reads for the annotation workflow: access in one query, the annotator's task, review and stats.
+
+Every selector here runs a fixed number of queries whatever the number of tasks, images,
+annotators or annotations (lists are fetched with ``select_related``/``prefetch_related``
+or computed in one aggregate).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import lru_cache
+from typing import Any
+
+from django.contrib.auth.models import AnonymousUser, Group, Permission, User
+from django.contrib.contenttypes.models import ContentType
+from django.db.models import (
+    BigIntegerField,
+    BooleanField,
+    CharField,
+    Count,
+    Exists,
+    OuterRef,
+    Prefetch,
+    Q,
+    QuerySet,
+)
+from django.db.models.expressions import RawSQL
+from django.http import Http404
+from django.urls import NoReverseMatch, reverse
+
+from annotate import agreement
+from annotate import components as catalogue
+from annotate.models import (
+    Annotation,
+    AnnotationStatus,
+    AnnotationTask,
+    AnnotationTemplateVersion,
+    AssignmentStatus,
+    Project,
+    ProjectMembership,
+    PromptSet,
+    TaskAssignment,
+    TaskImage,
+)
+from core.exceptions import PermissionDeniedError
+from core.roles import ACTION_PERMISSIONS, ROLE_ACTIONS
+
+AnyUser = User | AnonymousUser
+
+# The ranking rules when a project has no template (or its template has no Ranking component).
+DEFAULT_RANKING_COMPONENT: dict[str, Any] = {
+    "type": "ranking",
+    "name": "ranking",
+    "config": {"label": "Rank the images", "images": "images", "mode": "full", "allow_ties": False,
+               "allow_partial": False},
+}
+
+
+# --- access ---------------------------------------------------------------------------------
+
+
+def _perm_sql(user_id: int, permission: str) -> RawSQL:
+    """Whether the user holds ``permission`` directly or through a group (plain SQL: cheap to compile)."""
+    app_label, codename = permission.split(".", 1)
+    perm, ct = Permission._meta.db_table, ContentType._meta.db_table
+    group_perms = Group.permissions.through._meta.db_table
+    user_groups, user_perms = User.groups.through._meta.db_table, User.user_permissions.through._meta.db_table
+    # Table names come from model metadata; every value is a bound parameter.
+    sql = (
+        f"SELECT 1 FROM {perm} p JOIN {ct} ct ON ct.id = p.content_type_id "  # noqa: S608
+        f"WHERE ct.app_label = %s AND p.codename = %s AND ("
+        f"EXISTS (SELECT 1 FROM {group_perms} gp JOIN {user_groups} ug ON ug.group_id = gp.group_id "
+        f"WHERE gp.permission_id = p.id AND ug.user_id = %s) OR "
+        f"EXISTS (SELECT 1 FROM {user_perms} up WHERE up.permission_id = p.id AND up.user_id = %s))"
+    )
+    return RawSQL(f"EXISTS ({sql})", (app_label, codename, user_id, user_id),  # noqa: S611 - no user input
+                  output_field=BooleanField())
+
+
+def project_for_action(*, user: AnyUser, project_id: int, action: str, with_active_lease: bool = False) -> Project:
+    """The project, in one query, when ``user`` may do ``action`` in it (same rules as ``access.require``).
+
+    Non-members (and unknown ids) get ``Http404``; members without the right get
+    ``PermissionDeniedError``. The project comes with its template version joined and the
+    user's role cached for ``access.can``.
+    """
+    if action not in ACTION_PERMISSIONS:
+        raise ValueError(f"unknown project action {action!r}")
+    if not user.is_authenticated or not user.is_active:
+        raise Http404("No such project")
+    project_table = Project._meta.db_table
+    queryset = Project.objects.select_related("template_version").filter(pk=project_id)
+    if with_active_lease:  # saves the queue a query: the caller's current lease in this project, if any
+        queryset = queryset.annotate(active_assignment_id=RawSQL(  # noqa: S611 - bound parameters only
+            f"SELECT a.id FROM {TaskAssignment._meta.db_table} a WHERE a.project_id = {project_table}.id "  # noqa: S608
+            "AND a.annotator_id = %s AND a.status = %s LIMIT 1", (user.pk, AssignmentStatus.ACTIVE.value),
+            output_field=BigIntegerField()))
+    if not user.is_superuser:
+        queryset = queryset.annotate(
+            member_role=RawSQL(  # noqa: S611 - bound parameters only
+                f"SELECT m.role FROM {ProjectMembership._meta.db_table} m "  # noqa: S608 - table names only
+                f"WHERE m.project_id = {project_table}.id AND m.user_id = %s", (user.pk,),
+                output_field=CharField()),
+            may_view=_perm_sql(user.pk, ACTION_PERMISSIONS["view"]),
+            may_act=_perm_sql(user.pk, ACTION_PERMISSIONS[action]),
+        )
+    project = queryset.first()
+    if project is None:
+        raise Http404("No such project")
+    if user.is_superuser:
+        project._membership_roles = {}  # type: ignore[attr-defined]
+        return project
+    role = project.member_role  # type: ignore[attr-defined]
+    project._membership_roles = {user.pk: role}  # type: ignore[attr-defined]
+    if role is None or not project.may_view or "view" not in ROLE_ACTIONS[role]:  # type: ignore[attr-defined]
+        raise Http404("No such project")
+    if not project.may_act or action not in ROLE_ACTIONS[role]:  # type: ignore[attr-defined]
+        raise PermissionDeniedError(f"You may not {action} in project {project.name!r}.")
+    return project
+
+
+# --- template rules -------------------------------------------------------------------------
+
+
+@lru_cache(maxsize=256)
+def _normalised_schema(version_id: int, schema_json: str) -> dict[str, Any]:
+    import json
+
+    return catalogue.normalise_schema(json.loads(schema_json))
+
+
+# What annotators see when a project has no template version yet: the task's images, a full
+# ranking without ties, and an optional rationale.
+DEFAULT_SCHEMA: dict[str, Any] = catalogue.normalise_schema({
+    "schema_version": catalogue.SCHEMA_VERSION,
+    "components": [
+        {"type": "images", "name": "images", "config": {"source": "task", "count": 4, "blind": True}},
+        {"type": "ranking", "name": "ranking", "config": {"images": "images", "mode": "full"}},
+        {"type": "text", "name": "rationale", "config": {"label": "Rationale", "required": False}},
+    ],
+})
+
+
+def template_schema(version: AnnotationTemplateVersion | None) -> dict[str, Any]:
+    """The version's normalised schema (cached: published versions never change)."""
+    if version is None:
+        return DEFAULT_SCHEMA
+    import json
+
+    if version.is_published:
+        return _normalised_schema(version.pk, json.dumps(version.schema, sort_keys=True))
+    return catalogue.normalise_schema(version.schema)
+
+
+def ranking_component(version: AnnotationTemplateVersion | None) -> dict[str, Any]:
+    """The template's first Ranking component (or the default: full ranking, no ties, no partial)."""
+    for component in template_schema(version)["components"]:
+        if component["type"] == "ranking":
+            return component
+    return DEFAULT_RANKING_COMPONENT
+
+
+def components_of(version: AnnotationTemplateVersion | None, *types: str) -> list[dict[str, Any]]:
+    return [c for c in template_schema(version)["components"] if not types or c["type"] in types]
+
+
+# --- images -----------------------------------------------------------------------------------
+
+
+def image_url(image_id: Any) -> str:
+    """Where the browser loads an image (the generation app's permission-checked view)."""
+    try:
+        return reverse("generation:image", args=[image_id])
+    except NoReverseMatch:
+        return f"/generation/images/{image_id}.png"
+
+
+def task_image_ids(*, task_id: int) -> list[str]:
+    """The task's image ids (strings), in display order: one query."""
+    return [str(pk) for pk in
+            TaskImage.objects.filter(task_id=task_id).order_by("position").values_list("image_id", flat=True)]
+
+
+# --- the annotator's side ---------------------------------------------------------------------
+
+
+def active_assignment(*, project: Project, user: AnyUser) -> TaskAssignment | None:
+    """The annotator's current lease in ``project`` (with task and prompt), or None: one query."""
+    return (
+        TaskAssignment.objects.filter(project=project, annotator=user.pk, status=AssignmentStatus.ACTIVE)
+        .select_related("task__prompt", "template_version")
+        .first()
+    )
+
+
+def task_images(*, task_id: int) -> list[dict[str, Any]]:
+    """``[{"id", "url", "position", "width", "height"}]`` in display order: one query."""
+    rows = (
+        TaskImage.objects.filter(task_id=task_id)
+        .order_by("position")
+        .values_list("image_id", "position", "image__width", "image__height")
+    )
+    return [
+        {"id": str(image_id), "url": image_url(image_id), "position": position, "width": width, "height": height}
+        for image_id, position, width, height in rows
+    ]
+
+
+@dataclass
+class Progress:
+    done: int
+    remaining: int
+
+    @property
+    def total(self) -> int:
+        return self.done + self.remaining
+
+
+def annotator_progress(*, project: Project, user: AnyUser) -> Progress:
+    """Submitted by the annotator, and open tasks they could still take: one query."""
+    mine = TaskAssignment.objects.filter(task=OuterRef("pk"), annotator=user.pk)
+    counts = AnnotationTask.objects.filter(project=project).aggregate(
+        remaining=Count("pk", filter=Q(is_open=True, is_gold=False) & ~Q(Exists(mine))),
+        done=Count(
+            "pk",
+            filter=Q(Exists(mine.filter(status=AssignmentStatus.SUBMITTED))),
+        ),
+    )
+    return Progress(done=counts["done"] or 0, remaining=counts["remaining"] or 0)
+
+
+def recent_annotations(*, project: Project, user: AnyUser, limit: int = 20) -> QuerySet[Annotation]:
+    """The annotator's latest submitted answers (to review and amend), newest first."""
+    return (
+        Annotation.objects.filter(project=project, annotator=user.pk, status=AnnotationStatus.SUBMITTED)
+        .select_related("task__prompt")
+        .order_by("-created_at", "-pk")[:limit]
+    )
+
+
+def annotation_for_annotator(*, project: Project, user: AnyUser, annotation_id: int) -> Annotation:
+    """One of the annotator's own annotations in ``project`` (404 otherwise), with its history."""
+    annotation = (
+        Annotation.objects.filter(project=project, annotator=user.pk, pk=annotation_id)
+        .select_related("task__prompt", "template_version", "supersedes")
+        .first()
+    )
+    if annotation is None:
+        raise Http404("No such annotation")
+    return annotation
+
+
+def annotation_history(*, annotation: Annotation) -> list[Annotation]:
+    """The amendment chain of ``annotation`` (it first, then what it superseded): one query."""
+    rows = {
+        a.pk: a
+        for a in Annotation.objects.filter(task_id=annotation.task_id, annotator_id=annotation.annotator_id)
+    }
+    chain: list[Annotation] = []
+    current: Annotation | None = rows.get(annotation.pk)
+    while current is not None:
+        chain.append(current)
+        current = rows.get(current.supersedes_id) if current.supersedes_id else None
+    return chain
+
+
+# --- lists (API and pages) ------------------------------------------------------------------
+
+
+def prompt_sets(*, project: Project) -> QuerySet[PromptSet]:
+    return PromptSet.objects.filter(project=project).select_related("created_by").order_by("-created_at", "-pk")
+
+
+def tasks_for_review(*, project: Project) -> QuerySet[AnnotationTask]:
+    """Tasks with prompt, images and every non-superseded annotation (annotator joined)."""
+    return (
+        AnnotationTask.objects.filter(project=project)
+        .select_related("prompt")
+        .prefetch_related(
+            Prefetch("task_images", queryset=TaskImage.objects.order_by("position")),
+            Prefetch(
+                "annotations",
+                queryset=Annotation.objects.exclude(status=AnnotationStatus.SUPERSEDED)
+                .select_related("annotator")
+                .order_by("created_at", "pk"),
+            ),
+        )
+        .annotate(
+            submitted_count=Count("annotations", filter=Q(annotations__status=AnnotationStatus.SUBMITTED))
+        )
+        .order_by("position")
+    )
+
+
+def annotations_for_project(*, project: Project) -> QuerySet[Annotation]:
+    return (
+        Annotation.objects.filter(project=project)
+        .select_related("annotator", "task__prompt")
+        .order_by("-created_at", "-pk")
+    )
+
+
+# --- stats and agreement --------------------------------------------------------------------
+
+
+@dataclass
+class AnnotatorStats:
+    user_id: int
+    username: str
+    tasks_done: int = 0
+    rejected: int = 0
+    skipped: int = 0
+    median_seconds: float | None = None
+    consensus_tau: float | None = None
+    gold_accuracy: float | None = None
+    gold_count: int = 0
+    durations: list[float] = field(default_factory=list, repr=False)
+
+
+@dataclass
+class ProjectAgreement:
+    annotators: list[AnnotatorStats]
+    pairwise: list[dict[str, Any]]  # per annotator pair: tasks in common, agreement, tau
+    task_w: list[dict[str, Any]]  # per task: id, prompt, raters, W
+    mean_pairwise_agreement: float | None
+    mean_tau: float | None
+    mean_w: float | None
+
+
+def project_agreement(*, project: Project) -> ProjectAgreement:
+    """Per-annotator stats and project agreement from the submitted annotations: three queries.
+
+    * consensus tau: for each task with 2+ rankings, tau-b between the annotator's ranking
+      and the Borda consensus of the *other* annotators, averaged over tasks;
+    * gold accuracy: mean pairwise agreement with the gold ranking over the gold tasks done;
+    * pairwise: per annotator pair, mean pairwise agreement and mean tau-b over common tasks;
+    * W: Kendall's W (tie-corrected) per task with 2+ rankings, over the task's images.
+    """
+    rows = list(
+        Annotation.objects.filter(project=project, status=AnnotationStatus.SUBMITTED)
+        .values_list("task_id", "annotator_id", "annotator__username", "ranking", "duration_ms",
+                     "task__is_gold", "task__gold_ranking", "task__prompt__text")
+    )
+    outcomes = (
+        TaskAssignment.objects.filter(project=project, status__in=[AssignmentStatus.SKIPPED,
+                                                                   AssignmentStatus.REJECTED])
+        .values_list("annotator_id", "annotator__username", "status")
+        .annotate(n=Count("pk"))
+    )
+    images_by_task: dict[int, list[str]] = {}
+    for task_id, image_id in TaskImage.objects.filter(task__project=project).order_by(
+        "task_id", "position"
+    ).values_list("task_id", "image_id"):
+        images_by_task.setdefault(task_id, []).append(str(image_id))
+
+    stats: dict[int, AnnotatorStats] = {}
+    by_task: dict[int, dict[int, Any]] = {}
+    prompts: dict[int, str] = {}
+    gold_scores: dict[int, list[float]] = {}
+    for task_id, user_id, username, ranking, duration_ms, is_gold, gold_ranking, prompt in rows:
+        entry = stats.setdefault(user_id, AnnotatorStats(user_id, username))
+        entry.tasks_done += 1
+        if duration_ms is not None:
+            entry.durations.append(duration_ms / 1000)
+        if is_gold:
+            score = agreement.pairwise_agreement(ranking, gold_ranking)
+            if score is not None:
+                gold_scores.setdefault(user_id, []).append(score)
+            continue
+        by_task.setdefault(task_id, {})[user_id] = ranking
+        prompts[task_id] = prompt
+    for user_id, username, status, n in outcomes:
+        entry = stats.setdefault(user_id, AnnotatorStats(user_id, username))
+        if status == AssignmentStatus.REJECTED:
+            entry.rejected += n
+        else:
+            entry.skipped += n
+
+    consensus_taus: dict[int, list[float | None]] = {}
+    pair_scores: dict[tuple[int, int], dict[str, list[float | None]]] = {}
+    task_w: list[dict[str, Any]] = []
+    for task_id, rankings in by_task.items():
+        if len(rankings) < 2:
+            continue
+        items = images_by_task.get(task_id)
+        users = sorted(rankings)
+        for user_id in users:
+            others = [rankings[other] for other in users if other != user_id]
+            consensus_taus.setdefault(user_id, []).append(
+                agreement.kendall_tau_b(rankings[user_id], agreement.consensus(others, items))
+            )
+        for i, a in enumerate(users):
+            for b in users[i + 1:]:
+                scores = pair_scores.setdefault((a, b), {"agreement": [], "tau": []})
+                scores["agreement"].append(agreement.pairwise_agreement(rankings[a], rankings[b]))
+                scores["tau"].append(agreement.kendall_tau_b(rankings[a], rankings[b]))
+        task_w.append({"task_id": task_id, "prompt": prompts[task_id], "raters": len(users),
+                       "w": agreement.kendalls_w([rankings[u] for u in users], items)})
+
+    for user_id, entry in stats.items():
+        entry.median_seconds = agreement.median_or_none(entry.durations)
+        entry.consensus_tau = agreement.mean_or_none(consensus_taus.get(user_id, []))
+        golds = gold_scores.get(user_id, [])
+        entry.gold_count = len(golds)
+        entry.gold_accuracy = agreement.mean_or_none(golds)
+    names = {user_id: entry.username for user_id, entry in stats.items()}
+    pairwise = [
+        {"a": names[a], "b": names[b], "a_id": a, "b_id": b, "tasks": len(scores["agreement"]),
+         "agreement": agreement.mean_or_none(scores["agreement"]), "tau": agreement.mean_or_none(scores["tau"])}
+        for (a, b), scores in sorted(pair_scores.items())
+    ]
+    task_w.sort(key=lambda row: row["task_id"])
+    return ProjectAgreement(
+        annotators=sorted(stats.values(), key=lambda s: s.username),
+        pairwise=pairwise,
+        task_w=task_w,
+        mean_pairwise_agreement=agreement.mean_or_none([p["agreement"] for p in pairwise]),
+        mean_tau=agreement.mean_or_none([p["tau"] for p in pairwise]),
+        mean_w=agreement.mean_or_none([row["w"] for row in task_w]),
+    )
+
+
+def images_for_tasks(*, task_ids: list[int]) -> dict[int, list[dict[str, Any]]]:
+    """Task id -> its images (``{"id", "url"}``) in display order: one query for any number of tasks."""
+    result: dict[int, list[dict[str, Any]]] = {}
+    for task_id, image_id in TaskImage.objects.filter(task_id__in=task_ids).order_by(
+        "task_id", "position"
+    ).values_list("task_id", "image_id"):
+        result.setdefault(task_id, []).append({"id": str(image_id), "url": image_url(image_id)})
+    return result

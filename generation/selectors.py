@@ -1,0 +1,126 @@
+"""Reads of the generation app: model versions for the Select, jobs and images a user may see,
+queue positions and the status payload the API and the progress partial show."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.db.models import Prefetch, Q, QuerySet
+from django.urls import reverse
+
+from annotate import access
+from annotate.models import Project
+from generation.models import GeneratedImage, GenerationJob, JobStatus, ModelVersion
+
+User = AbstractBaseUser | AnonymousUser
+
+
+def model_versions_enabled() -> QuerySet[ModelVersion]:
+    """Enabled versions, for the template's model Select and the API."""
+    return ModelVersion.objects.filter(enabled=True).select_related("parent").order_by("name")
+
+
+def model_version_choices() -> list[tuple[int, str]]:
+    """``(id, name)`` pairs of the enabled versions, ready for a form's ChoiceField."""
+    return list(model_versions_enabled().values_list("pk", "name"))
+
+
+def model_version_get(*, name: str) -> ModelVersion:
+    return ModelVersion.objects.select_related("parent").get(name=name)
+
+
+def _visible_jobs(user: User) -> QuerySet[GenerationJob]:
+    if not user.is_authenticated:
+        return GenerationJob.objects.none()
+    if getattr(user, "is_superuser", False):
+        return GenerationJob.objects.all()
+    member_projects = Project.objects.filter(memberships__user=user)
+    return GenerationJob.objects.filter(Q(created_by=user) | Q(project__in=member_projects))
+
+
+def jobs_for_user(*, user: User, project: Project | None = None) -> QuerySet[GenerationJob]:
+    """Jobs the user asked for, or that belong to a project they are a member of."""
+    queryset = _visible_jobs(user)
+    if project is not None:
+        queryset = queryset.filter(project=project)
+    return queryset.select_related("model_version", "project", "created_by").prefetch_related(
+        Prefetch("images", queryset=GeneratedImage.objects.order_by("index"))
+    )
+
+
+def job_for_user(*, user: User, job_id: int) -> GenerationJob:
+    """One job the user may see; ``GenerationJob.DoesNotExist`` otherwise (never reveals others')."""
+    job = jobs_for_user(user=user).get(pk=job_id)
+    if job.project is not None and job.created_by_id != user.pk and not access.can(
+        user=user, action="view", project=job.project
+    ):
+        raise GenerationJob.DoesNotExist
+    return job
+
+
+def image_for_user(*, user: User, image_id: Any) -> GeneratedImage:
+    """An image the user may see: they asked for it, or may view its job's project."""
+    image = GeneratedImage.objects.select_related("job__project").get(pk=image_id)
+    if not user.is_authenticated:
+        raise GeneratedImage.DoesNotExist
+    job = image.job
+    if job.created_by_id == user.pk or getattr(user, "is_superuser", False):
+        return image
+    if job.project is not None and access.can(user=user, action="view", project=job.project):
+        return image
+    raise GeneratedImage.DoesNotExist
+
+
+def image_url(image: GeneratedImage) -> str:
+    """The permission-checked URL of a stored image (``/generation/images/<id>.png``)."""
+    return reverse("generation:image", args=[image.pk])
+
+
+def queue_position(job: GenerationJob) -> int:
+    """How many queued jobs are ahead of ``job`` (0 when it runs or is next); -1 once it has ended."""
+    if job.status == JobStatus.RUNNING:
+        return 0
+    if job.status != JobStatus.QUEUED:
+        return -1
+    return GenerationJob.objects.filter(status=JobStatus.QUEUED, pk__lt=job.pk).count()
+
+
+def job_status(job: GenerationJob) -> dict[str, Any]:
+    """The JSON-ready status of a job (API payload and progress partial context)."""
+    images = sorted(job.images.all(), key=lambda image: image.index)
+    return {
+        "id": job.pk,
+        "status": job.status,
+        "finished": job.is_finished,
+        "progress": round(job.progress, 4),
+        "queue_position": queue_position(job),
+        "attempts": job.attempts,
+        "error": job.error,
+        "prompt": job.prompt,
+        "model_version": job.model_version.name,
+        "project": job.project_id,
+        "num_images": job.num_images,
+        "seeds": job.seeds,
+        "params": job.params,
+        "created_at": job.created_at.isoformat(),
+        "started_at": job.started_at.isoformat() if job.started_at else None,
+        "finished_at": job.finished_at.isoformat() if job.finished_at else None,
+        "images": [
+            {
+                "id": str(image.pk),
+                "index": image.index,
+                "url": image_url(image),
+                "seed": image.seed,
+                "sha256": image.sha256,
+                "width": image.width,
+                "height": image.height,
+                "params": image.params,
+                "model_version": job.model_version.name,
+                "generation_seconds": round(image.generation_seconds, 4),
+                "batch_size": image.batch_size,
+                "runtime": image.runtime,
+            }
+            for image in images
+        ],
+    }

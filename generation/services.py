@@ -1,0 +1,587 @@
+"""Every write of the generation app: model versions, jobs (create, claim, heartbeat, finish, fail,
+release, reap, cancel) and stored images.
+
+The job life cycle: ``queued`` -> ``running`` (claimed under a lease token, possibly together with
+other queued jobs of the same model version and parameters) -> ``succeeded`` / ``failed``, or back to
+``queued`` when the lease expires (the reaper) or storage is unavailable (a release), until
+``max_attempts`` claims have been used up.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, fields
+from datetime import timedelta
+from io import BytesIO
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import get_user_model
+from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
+from django.db import transaction
+from django.db.models import Count, F
+from django.db.models.functions import Coalesce
+from django.utils import timezone
+from PIL import Image
+
+from annotate import access
+from annotate.models import Project
+from core import roles
+from core.exceptions import ApplicationError, PermissionDeniedError
+from core.locks import lock_objects
+from generation.inference import MAX_SEED, GenerationParams, draw_seed, sha256_hex
+from generation.models import (
+    ACTIVE_STATUSES,
+    GeneratedImage,
+    GenerationJob,
+    JobStatus,
+    ModelKind,
+    ModelVersion,
+)
+
+logger = logging.getLogger(__name__)
+
+_PARAM_FIELDS = tuple(f.name for f in fields(GenerationParams))
+
+# Storage writes are retried in place this many times, sleeping base * 2**n seconds in between.
+STORAGE_TRIES = 4
+STORAGE_BACKOFF_S = 0.25
+
+
+class RateLimitedError(ApplicationError):
+    """Too many generation requests; ``retry_after`` says when the next one may succeed (seconds)."""
+
+    def __init__(self, message: str, *, retry_after: int) -> None:
+        super().__init__(message, field="rate", extra={"retry_after": retry_after})
+        self.retry_after = retry_after
+
+
+class TransientStorageError(Exception):
+    """Media storage failed repeatedly; the job goes back to the queue and the task retries later."""
+
+
+class LeaseLost(Exception):  # noqa: N818 - a signal, not an error
+    """The job's lease was taken back (reaped or cancelled) while this worker was running it."""
+
+
+def _transient_storage_errors() -> tuple[type[BaseException], ...]:
+    errors: list[type[BaseException]] = [OSError]
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        errors += [BotoCoreError, ClientError]
+    except ImportError:  # pragma: no cover - botocore ships with django-storages[s3]
+        pass
+    return tuple(errors)
+
+
+def params_hash(params: GenerationParams) -> str:
+    """Stable hash of the parameters: jobs with equal model version and hash are coalesced."""
+    return hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
+
+
+# --- model versions ----------------------------------------------------------------------------------
+
+
+@transaction.atomic
+def model_version_register(
+    *,
+    name: str,
+    source: str = "",
+    parent: ModelVersion | None = None,
+    lora_path: str = "",
+    lora_scale: float = 1.0,
+    dtype: str = "float16",
+    scheduler: str = "dpmpp_2m",
+    steps: int = 30,
+    guidance: float = 7.0,
+    width: int = 512,
+    height: int = 512,
+    negative_prompt: str = "",
+    enabled: bool = True,
+    description: str = "",
+    created_by: AbstractBaseUser | None = None,
+    update: bool = False,
+) -> ModelVersion:
+    """Create (or with ``update=True`` replace the settings of) the model version called ``name``.
+
+    A base version names ``source`` (a diffusers directory or hub id); a LoRA version names ``parent``
+    and ``lora_path`` and inherits the parent's dtype. Whether the weights load is checked by the
+    ``register_model_version`` command, not here (that needs the device).
+    """
+    name = name.strip()
+    if not name or len(name) > 100 or not all(c.isalnum() or c in "-_." for c in name):
+        raise ApplicationError("A model version name is 1-100 letters, digits, '-', '_' or '.'.", field="name")
+    existing = ModelVersion.objects.select_for_update().filter(name=name).first()
+    if existing is not None and not update:
+        raise ApplicationError(f"A model version named {name!r} exists already.", field="name")
+    if parent is not None:
+        if not lora_path:
+            raise ApplicationError("A LoRA version needs the path of its adapter weights.", field="lora_path")
+        if source:
+            raise ApplicationError("A LoRA version takes its source from its parent.", field="source")
+        dtype = _root(parent).dtype
+    elif not source:
+        raise ApplicationError("A base version needs a source: a local path or a hub id.", field="source")
+    elif lora_path:
+        raise ApplicationError("LoRA weights need a parent version.", field="parent")
+    if dtype not in ("float32", "float16", "bfloat16"):
+        raise ApplicationError(f"Unknown dtype {dtype!r}.", field="dtype")
+    defaults = _validated_params(
+        {"scheduler": scheduler, "steps": steps, "guidance": guidance, "width": width, "height": height,
+         "negative_prompt": negative_prompt}
+    )
+    if not 0 <= lora_scale <= 10:
+        raise ApplicationError("lora_scale must be in [0, 10].", field="lora_scale")
+    values: dict[str, Any] = {
+        "kind": ModelKind.LORA if parent is not None else ModelKind.BASE,
+        "source": source if parent is None else "",
+        "parent": parent,
+        "lora_path": lora_path,
+        "lora_scale": lora_scale,
+        "dtype": dtype,
+        "default_scheduler": defaults.scheduler,
+        "default_steps": defaults.steps,
+        "default_guidance": defaults.guidance,
+        "default_width": defaults.width,
+        "default_height": defaults.height,
+        "default_negative_prompt": defaults.negative_prompt,
+        "enabled": enabled,
+        "description": description,
+    }
+    if existing is None:
+        return ModelVersion.objects.create(name=name, created_by=created_by, **values)
+    if parent is not None and parent.pk == existing.pk:
+        raise ApplicationError("A version cannot be its own parent.", field="parent")
+    for key, value in values.items():
+        setattr(existing, key, value)
+    existing.save()
+    return existing
+
+
+@transaction.atomic
+def model_version_set_enabled(*, version: ModelVersion, enabled: bool) -> ModelVersion:
+    version.enabled = enabled
+    version.save(update_fields=["enabled", "updated_at"])
+    return version
+
+
+def _root(version: ModelVersion) -> ModelVersion:
+    while version.parent_id is not None:
+        version = version.parent  # type: ignore[assignment]
+    return version
+
+
+# --- creating and cancelling jobs -------------------------------------------------------------------
+
+
+def _validated_params(values: dict[str, Any]) -> GenerationParams:
+    try:
+        params = GenerationParams.from_dict(values)
+    except ValueError as exc:
+        message = str(exc)
+        first = message.split(" ", 1)[0].rstrip(":")
+        raise ApplicationError(
+            message[0].upper() + message[1:] + ".", field=first if first in _PARAM_FIELDS else "params"
+        ) from None
+    limit = settings.GENERATION_MAX_IMAGE_SIDE
+    for side in ("width", "height"):
+        if getattr(params, side) > limit:
+            raise ApplicationError(f"{side.capitalize()} must be at most {limit} pixels.", field=side)
+    return params
+
+
+def _seeds(seeds: list[int] | None, num_images: int) -> list[int]:
+    if seeds is None:
+        return [draw_seed() for _ in range(num_images)]
+    if len(seeds) != num_images:
+        raise ApplicationError(f"Give one seed per image ({num_images}), not {len(seeds)}.", field="seeds")
+    for seed in seeds:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+            raise ApplicationError(f"Seeds are integers in [0, {MAX_SEED}]; got {seed!r}.", field="seeds")
+    return list(seeds)
+
+
+@transaction.atomic
+def generation_job_create(
+    *,
+    user: AbstractBaseUser,
+    model_version: ModelVersion,
+    prompt: str,
+    num_images: int | None = None,
+    seeds: list[int] | None = None,
+    params: dict[str, Any] | None = None,
+    project: Project | None = None,
+    idempotency_key: str = "",
+) -> GenerationJob:
+    """Queue a generation job and enqueue its task once the transaction commits.
+
+    ``params`` overrides the model version's defaults (scheduler, steps, guidance, width, height,
+    negative_prompt). ``seeds`` gives one seed per image; missing seeds are drawn and stored. A
+    repeated ``idempotency_key`` returns the job it created the first time.
+    """
+    from generation.tasks import run_generation
+
+    if project is not None:
+        access.require(user=user, action="view", project=project)
+        if project.is_archived:
+            raise ApplicationError("This project is archived.", field="project")
+    elif not (getattr(user, "is_superuser", False) or user.has_perm(roles.TRAIN)):
+        raise PermissionDeniedError("Generating outside a project needs the ML engineer role.")
+    if len(idempotency_key) > 100:
+        raise ApplicationError("An idempotency key is at most 100 characters.", field="idempotency_key")
+
+    # One user's creates run one at a time, so the limits below count exactly.
+    get_user_model().objects.select_for_update().filter(pk=user.pk).first()
+    if idempotency_key:
+        earlier = GenerationJob.objects.filter(created_by=user, idempotency_key=idempotency_key).first()
+        if earlier is not None:
+            return earlier
+
+    if not model_version.enabled:
+        raise ApplicationError(f"Model version {model_version.name!r} is disabled.", field="model_version")
+    prompt = (prompt or "").strip()
+    if not prompt:
+        raise ApplicationError("Write a prompt.", field="prompt")
+    if len(prompt) > settings.GENERATION_MAX_PROMPT_CHARS:
+        raise ApplicationError(
+            f"A prompt is at most {settings.GENERATION_MAX_PROMPT_CHARS} characters (this one has {len(prompt)}).",
+            field="prompt",
+        )
+    if num_images is None:
+        num_images = len(seeds) if seeds else 1
+    cap = settings.GENERATION_MAX_IMAGES_PER_JOB
+    if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= cap:
+        raise ApplicationError(f"Ask for between 1 and {cap} images per request.", field="num_images")
+    overrides = dict(params or {})
+    unknown = sorted(set(overrides) - set(_PARAM_FIELDS))
+    if unknown:
+        raise ApplicationError(f"Unknown parameter {unknown[0]!r}.", field=unknown[0])
+    resolved = _validated_params({**model_version.default_params().to_dict(), **overrides})
+    seed_list = _seeds(seeds, num_images)
+
+    now = timezone.now()
+    recent = GenerationJob.objects.filter(created_by=user, created_at__gte=now - timedelta(minutes=1))
+    limit = settings.GENERATION_RATE_LIMIT_PER_MINUTE
+    if recent.count() >= limit:
+        oldest = recent.order_by("created_at").values_list("created_at", flat=True).first() or now
+        retry_after = max(1, int((oldest + timedelta(minutes=1) - now).total_seconds()) + 1)
+        raise RateLimitedError(
+            f"You may start at most {limit} generation requests a minute; try again in {retry_after} s.",
+            retry_after=retry_after,
+        )
+    active_cap = settings.GENERATION_MAX_QUEUED_JOBS_PER_USER
+    if GenerationJob.objects.filter(created_by=user, status__in=ACTIVE_STATUSES).count() >= active_cap:
+        raise ApplicationError(
+            f"You have {active_cap} generation requests waiting already; wait until one finishes.",
+            field="queue",
+        )
+
+    job = GenerationJob.objects.create(
+        project=project,
+        created_by=user,
+        model_version=model_version,
+        prompt=prompt,
+        params=resolved.to_dict(),
+        params_hash=params_hash(resolved),
+        num_images=num_images,
+        seeds=seed_list,
+        max_attempts=settings.GENERATION_MAX_ATTEMPTS,
+        idempotency_key=idempotency_key,
+    )
+    run_generation.delay_on_commit(job.pk)
+    return job
+
+
+@transaction.atomic
+def generation_job_cancel(*, job: GenerationJob, user: AbstractBaseUser | AnonymousUser) -> GenerationJob:
+    """Cancel a job that has not finished; a worker running it stops at its next progress write."""
+    [job] = lock_objects(GenerationJob.objects.filter(pk=job.pk))
+    if job.created_by_id != user.pk and not getattr(user, "is_superuser", False):
+        raise PermissionDeniedError("Only the person who asked for these images may cancel them.")
+    if job.is_finished:
+        raise ApplicationError(f"This job has {job.status} already.", field="status")
+    job.status = JobStatus.CANCELLED
+    job.lease_expires_at = None
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "lease_expires_at", "finished_at", "updated_at"])
+    return job
+
+
+# --- the worker's side: claim, heartbeat, store, finish ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    token: uuid.UUID
+    jobs: list[GenerationJob]
+    params: GenerationParams
+    # job id -> indices that still lack an image
+    missing: dict[int, list[int]]
+
+
+def _existing_indices(job_ids: list[int]) -> dict[int, set[int]]:
+    found: dict[int, set[int]] = {pk: set() for pk in job_ids}
+    for job_id, index in GeneratedImage.objects.filter(job_id__in=job_ids).values_list("job_id", "index"):
+        found[job_id].add(index)
+    return found
+
+
+def _delete_orphans(job: GenerationJob) -> int:
+    """Delete files under the job's storage prefix that no image row points at (a crash's leftovers)."""
+    try:
+        _, files = default_storage.listdir(job.storage_prefix)
+    except FileNotFoundError:
+        return 0
+    keep = set(GeneratedImage.objects.filter(job=job).values_list("storage_key", flat=True))
+    deleted = 0
+    for filename in files:
+        key = f"{job.storage_prefix}{filename}"
+        if key not in keep:
+            default_storage.delete(key)
+            deleted += 1
+    if deleted:
+        logger.info("job %s: deleted %d orphan file(s)", job.pk, deleted)
+    return deleted
+
+
+@transaction.atomic
+def generation_jobs_claim(*, job_id: int, worker: str, batch_limit: int) -> Claim | None:
+    """Claim ``job_id`` plus queued jobs with the same model version and parameters, up to
+    ``batch_limit`` missing images in all, under one lease; None when the job is not queued (done,
+    cancelled, or claimed by someone else)."""
+    lead = (
+        GenerationJob.objects.select_for_update(skip_locked=True)
+        .filter(pk=job_id, status=JobStatus.QUEUED)
+        .first()
+    )
+    if lead is None:
+        return None
+    # Companions are locked in primary-key order; rows another claimer holds are skipped, not waited on.
+    companions = (
+        GenerationJob.objects.filter(
+            status=JobStatus.QUEUED, model_version_id=lead.model_version_id, params_hash=lead.params_hash
+        )
+        .exclude(pk=lead.pk)
+        .select_for_update(skip_locked=True)
+        .order_by("pk")
+    )
+    candidates = [lead, *companions[: 4 * batch_limit]]
+    existing = _existing_indices([job.pk for job in candidates])
+    claimed: list[GenerationJob] = []
+    missing: dict[int, list[int]] = {}
+    total = 0
+    for job in candidates:
+        todo = [i for i in range(job.num_images) if i not in existing[job.pk]]
+        if claimed and total + len(todo) > batch_limit:
+            continue
+        claimed.append(job)
+        missing[job.pk] = todo
+        total += len(todo)
+    token = uuid.uuid4()
+    now = timezone.now()
+    GenerationJob.objects.filter(pk__in=[job.pk for job in claimed]).update(
+        status=JobStatus.RUNNING,
+        attempts=F("attempts") + 1,
+        lease_token=token,
+        lease_expires_at=now + timedelta(seconds=settings.GENERATION_LEASE_SECONDS),
+        leased_by=worker[:200],
+        batch_images=min(total, 32767),
+        started_at=Coalesce("started_at", now),
+        error="",
+        updated_at=now,
+    )
+    jobs = list(GenerationJob.objects.filter(pk__in=missing).select_related("model_version").order_by("pk"))
+    for job in jobs:
+        _delete_orphans(job)
+    return Claim(token=token, jobs=jobs, params=lead.generation_params(), missing=missing)
+
+
+def generation_jobs_heartbeat(*, token: uuid.UUID, progress: float) -> bool:
+    """Record progress and renew the lease of every job under ``token``; False when none is ours any more."""
+    now = timezone.now()
+    updated = GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING).update(
+        progress=max(0.0, min(1.0, progress)),
+        lease_expires_at=now + timedelta(seconds=settings.GENERATION_LEASE_SECONDS),
+        updated_at=now,
+    )
+    return updated > 0
+
+
+def _save_file(key: str, data: bytes) -> None:
+    """Write ``data`` under exactly ``key`` (overwriting), retrying transient failures with backoff."""
+    transient = _transient_storage_errors()
+    for attempt in range(STORAGE_TRIES):
+        try:
+            if default_storage.exists(key):
+                default_storage.delete(key)
+            name = default_storage.save(key, ContentFile(data))
+            if name != key:
+                default_storage.delete(name)
+                raise OSError(f"storage saved {key!r} as {name!r}")
+            return
+        except transient as exc:
+            if attempt == STORAGE_TRIES - 1:
+                raise TransientStorageError(f"Could not store {key}: {exc}") from exc
+            logger.warning("storing %s failed (%s); retrying", key, exc)
+            time.sleep(STORAGE_BACKOFF_S * 2**attempt)
+
+
+def generated_image_store(
+    *,
+    job: GenerationJob,
+    index: int,
+    seed: int,
+    token: uuid.UUID,
+    png: bytes,
+    runtime: dict[str, str],
+    generation_seconds: float,
+    batch_size: int,
+) -> GeneratedImage:
+    """Write the file under its deterministic key, then its row (unique per job and index).
+
+    A crash between the two leaves an orphan file that the next claim deletes (or overwrites).
+    """
+    key = job.storage_key(index, seed)
+    _save_file(key, png)
+    width, height = Image.open(BytesIO(png)).size
+    with transaction.atomic():
+        current = GenerationJob.objects.select_for_update().filter(pk=job.pk).first()
+        if current is None or current.lease_token != token or current.status != JobStatus.RUNNING:
+            raise LeaseLost(f"job {job.pk} is no longer leased to {token}")
+        image, _ = GeneratedImage.objects.get_or_create(
+            job=job,
+            index=index,
+            defaults={
+                "model_version_id": job.model_version_id,
+                "prompt": job.prompt,
+                "seed": seed,
+                "params": job.params,
+                "runtime": runtime,
+                "storage_key": key,
+                "sha256": sha256_hex(png),
+                "width": width,
+                "height": height,
+                "size_bytes": len(png),
+                "generation_seconds": generation_seconds,
+                "batch_size": batch_size,
+            },
+        )
+    return image
+
+
+@transaction.atomic
+def generation_jobs_finish(*, token: uuid.UUID) -> list[GenerationJob]:
+    """Mark the jobs under ``token`` succeeded (each has all its images by now)."""
+    jobs = lock_objects(GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING))
+    counts = dict(
+        GeneratedImage.objects.filter(job__in=jobs).values("job_id").annotate(n=Count("pk")).values_list("job_id", "n")
+    )
+    now = timezone.now()
+    for job in jobs:
+        if counts.get(job.pk, 0) >= job.num_images:
+            job.status, job.progress, job.finished_at = JobStatus.SUCCEEDED, 1.0, now
+        else:  # cannot happen unless rows were deleted mid-run; try again
+            job.status = JobStatus.QUEUED
+            _enqueue_on_commit([job.pk])
+        job.lease_expires_at = None
+        job.save(update_fields=["status", "progress", "finished_at", "lease_expires_at", "updated_at"])
+    return jobs
+
+
+@transaction.atomic
+def generation_jobs_fail(*, token: uuid.UUID, error: str) -> list[GenerationJob]:
+    """Mark the jobs under ``token`` failed with a readable reason (pipeline error, out of memory)."""
+    jobs = lock_objects(GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING))
+    for job in jobs:
+        _fail(job, error)
+    return jobs
+
+
+@transaction.atomic
+def generation_job_fail_unclaimed(*, job_id: int, error: str) -> None:
+    """Fail a queued job that cannot start at all (its model does not load)."""
+    for job in lock_objects(GenerationJob.objects.filter(pk=job_id, status=JobStatus.QUEUED)):
+        _fail(job, error)
+
+
+def _fail(job: GenerationJob, error: str) -> None:
+    job.status = JobStatus.FAILED
+    job.error = error[:2000]
+    job.lease_expires_at = None
+    job.finished_at = timezone.now()
+    job.save(update_fields=["status", "error", "lease_expires_at", "finished_at", "updated_at"])
+    _delete_orphans(job)
+
+
+@transaction.atomic
+def generation_jobs_release(*, token: uuid.UUID, lead_job_id: int) -> list[GenerationJob]:
+    """Put the jobs under ``token`` back in the queue (storage was unavailable); stored images stay.
+
+    The lead job's task retries itself later; the coalesced companions get tasks of their own.
+    """
+    jobs = lock_objects(GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING))
+    for job in jobs:
+        job.status, job.lease_token, job.lease_expires_at = JobStatus.QUEUED, None, None
+        job.save(update_fields=["status", "lease_token", "lease_expires_at", "updated_at"])
+    _enqueue_on_commit([job.pk for job in jobs if job.pk != lead_job_id])
+    return jobs
+
+
+def _enqueue_on_commit(job_ids: list[int]) -> None:
+    from generation.tasks import run_generation
+
+    for job_id in job_ids:
+        run_generation.delay_on_commit(job_id)
+
+
+@transaction.atomic
+def generation_jobs_reap_expired() -> int:
+    """Re-queue running jobs whose lease expired (their worker died) or fail them after max_attempts."""
+    expired = lock_objects(
+        GenerationJob.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=timezone.now()),
+        skip_locked=True,
+    )
+    requeue: list[int] = []
+    for job in expired:
+        if job.attempts >= job.max_attempts:
+            _fail(
+                job,
+                f"The worker stopped {job.attempts} times while making these images "
+                f"(last on {job.leased_by or 'an unknown worker'}); giving up.",
+            )
+            continue
+        job.status, job.lease_token, job.lease_expires_at = JobStatus.QUEUED, None, None
+        job.save(update_fields=["status", "lease_token", "lease_expires_at", "updated_at"])
+        requeue.append(job.pk)
+    _enqueue_on_commit(requeue)
+    if expired:
+        logger.info("reaped %d expired generation lease(s); re-queued %d", len(expired), len(requeue))
+    return len(expired)
+
+
+__all__ = [
+    "Claim",
+    "LeaseLost",
+    "RateLimitedError",
+    "TransientStorageError",
+    "generated_image_store",
+    "generation_job_cancel",
+    "generation_job_create",
+    "generation_job_fail_unclaimed",
+    "generation_jobs_claim",
+    "generation_jobs_fail",
+    "generation_jobs_finish",
+    "generation_jobs_heartbeat",
+    "generation_jobs_reap_expired",
+    "generation_jobs_release",
+    "model_version_register",
+    "model_version_set_enabled",
+    "params_hash",
+]

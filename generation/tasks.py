@@ -1,0 +1,36 @@
+"""Celery tasks of the generation app (queue ``gpu``, routed by name in config/celery.py).
+
+``run_generation(job_id)`` is thin: the work lives in ``generation.worker.run_job``. It takes an id,
+re-fetches, claims under a lease (coalescing queued jobs with the same model version and parameters),
+renders only the missing images and writes them under deterministic keys, so a redelivered or
+re-queued task is a no-op once the job is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from core.tasks import pickwise_task, register_reaper
+from generation import services, worker
+
+# Storage outages: retry the task this many times, waiting 5, 10, 20, ... seconds (at most 5 minutes).
+STORAGE_RETRIES = 5
+
+
+@pickwise_task(name="generation.tasks.run_generation", bind=True, max_retries=STORAGE_RETRIES)
+def run_generation(self: Any, job_id: int) -> dict[str, Any]:
+    try:
+        result = worker.run_job(job_id)
+    except services.TransientStorageError as exc:
+        if self.request.retries >= STORAGE_RETRIES:
+            services.generation_job_fail_unclaimed(job_id=job_id, error=f"Media storage is unavailable: {exc}")
+            return {"job_id": job_id, "outcome": "failed"}
+        raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries)) from exc
+    return asdict(result)
+
+
+@register_reaper("generation.expired_leases")
+def reap_generation_leases() -> int:
+    """Beat (core.tasks.run_reapers) calls this: re-queue or fail jobs whose worker died."""
+    return services.generation_jobs_reap_expired()

@@ -1,0 +1,51 @@
+"""Celery tasks of the rlhf app. Names starting ``train_``/``finetune_`` route to ``gpu-train``."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from core.tasks import pickwise_task
+
+
+@pickwise_task(name="rlhf.tasks.export_preferences")
+def export_preferences(export_id: int) -> dict[str, object]:
+    from rlhf.export_services import preference_export_build
+
+    export = preference_export_build(export_id=export_id)
+    if export is None:
+        return {"export": export_id, "status": "missing"}
+    return {"export": export.pk, "status": export.status, "pairs": export.pairs}
+
+
+# --- reward models, fine-tunes and scoring (issues 7 and 8) ---------------------------------------------
+# ``train_*``/``finetune_*`` route to gpu-train, ``score_*`` to gpu (config/celery.py). Each task is one
+# service call: it re-fetches the run, claims it under a row lock and returns early when it is done.
+
+_TRAIN_LIMITS = {"time_limit": settings.CELERY_TRAIN_TIME_LIMIT,
+                 "soft_time_limit": max(1, settings.CELERY_TRAIN_TIME_LIMIT - 60)}
+
+
+@pickwise_task(name="rlhf.tasks.train_reward_model", **_TRAIN_LIMITS)
+def train_reward_model(run_id: int) -> dict[str, object]:
+    from rlhf.run_services import reward_run_execute
+
+    run = reward_run_execute(run_id=run_id)
+    return {"run": run_id, "status": run.status if run else "missing"}
+
+
+@pickwise_task(name="rlhf.tasks.finetune_model", **_TRAIN_LIMITS)
+def finetune_model(run_id: int) -> dict[str, object]:
+    from rlhf.run_services import finetune_run_execute
+
+    run = finetune_run_execute(run_id=run_id)
+    return {"run": run_id, "status": run.status if run else "missing"}
+
+
+@pickwise_task(name="rlhf.tasks.score_images")
+def score_images(reward_version_id: int, image_ids: list[str], prompt: str | None = None,
+                 store: bool = True) -> dict[str, object]:
+    from rlhf.run_services import image_scores_compute
+
+    scores = image_scores_compute(reward_version_id=reward_version_id, image_ids=image_ids, prompt=prompt,
+                                  store=store)
+    return {"reward_version": reward_version_id, "scores": scores}

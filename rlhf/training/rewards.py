@@ -1,0 +1,93 @@
+"""Reward functions for DDPO: a typed Protocol and an explicit registry, validated when a config is built.
+
+Built-ins: ``brightness`` (mean grey level in [0, 1]), ``jpeg_compressibility`` (minus the JPEG size in
+kB at quality 95, as in DDPO) and ``reward_model`` (a PickScore-style checkpoint from
+:mod:`rlhf.training.reward_train`; needs a path argument). Register more with :func:`register_reward`.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+from PIL import Image
+
+
+class RewardFunction(Protocol):
+    def __call__(self, images: list[Image.Image], prompts: list[str]) -> np.ndarray | list[float]: ...
+
+
+# A factory gets the config's reward argument (a path for "reward_model", None for the built-ins).
+RewardFactory = Callable[[str | None], RewardFunction]
+
+
+def brightness(images: list[Image.Image], prompts: list[str]) -> np.ndarray:
+    return np.array([np.asarray(im.convert("L"), dtype=np.float64).mean() / 255.0 for im in images])
+
+
+def jpeg_compressibility(images: list[Image.Image], prompts: list[str]) -> np.ndarray:
+    sizes = []
+    for im in images:
+        buffer = io.BytesIO()
+        im.convert("RGB").save(buffer, format="JPEG", quality=95)
+        sizes.append(buffer.tell() / 1000.0)
+    return -np.array(sizes)
+
+
+class RewardModelReward:
+    """Scores with a reward-model checkpoint, loaded on first use (so building a config stays cheap)."""
+
+    def __init__(self, path: str, batch_size: int = 32) -> None:
+        self.path, self.batch_size = path, batch_size
+        self._model: object | None = None
+
+    def __call__(self, images: list[Image.Image], prompts: list[str]) -> np.ndarray:
+        from rlhf.training.reward_model import RewardModel, load_reward_model, score
+
+        if self._model is None:
+            self._model = load_reward_model(self.path)
+        assert isinstance(self._model, RewardModel)
+        return np.array(score(self._model, prompts, images, self.batch_size))
+
+
+def _no_argument(name: str, fn: RewardFunction) -> RewardFactory:
+    def factory(argument: str | None) -> RewardFunction:
+        if argument:
+            raise ValueError(f"reward {name!r} takes no argument, got {argument!r}")
+        return fn
+
+    return factory
+
+
+def _reward_model_factory(argument: str | None) -> RewardFunction:
+    if not argument:
+        raise ValueError("reward 'reward_model' needs reward_arg: the path of a reward-model checkpoint")
+    path = Path(argument)
+    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+        raise ValueError(
+            f"reward_arg {argument!r} is not a reward-model checkpoint (config.json + model.safetensors)"
+        )
+    return RewardModelReward(argument)
+
+
+REWARD_FUNCTIONS: dict[str, RewardFactory] = {
+    "brightness": _no_argument("brightness", brightness),
+    "jpeg_compressibility": _no_argument("jpeg_compressibility", jpeg_compressibility),
+    "reward_model": _reward_model_factory,
+}
+
+
+def register_reward(name: str, factory: RewardFactory) -> None:
+    if name in REWARD_FUNCTIONS:
+        raise ValueError(f"reward {name!r} is already registered")
+    REWARD_FUNCTIONS[name] = factory
+
+
+def build_reward(name: str, argument: str | None = None) -> RewardFunction:
+    """The reward function for a name; ValueError naming the choices for an unknown one."""
+    if name not in REWARD_FUNCTIONS:
+        raise ValueError(f"reward must be one of {sorted(REWARD_FUNCTIONS)}, not {name!r}")
+    return REWARD_FUNCTIONS[name](argument)

@@ -1,0 +1,159 @@
+"""Synthetic preference exports with a known answer (the brighter image wins), for tests, demos and benches.
+
+The files follow the export schemas read by :mod:`rlhf.training.data`, so they exercise the same path a
+real export does.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+CAPTIONS = ("a red ball", "a small house", "two cats", "a green tree", "the sea at noon", "a blue car")
+
+
+def brightness_image(rng: np.random.Generator, level: float, size: tuple[int, int] = (36, 32)) -> bytes:
+    """PNG bytes of a random smooth texture whose mean brightness is about ``level`` (0..1)."""
+    w, h = size
+    coarse = rng.uniform(-0.2, 0.2, size=(4, 4, 3))
+    texture = np.kron(coarse, np.ones((h // 4 + 1, w // 4 + 1, 1)))[:h, :w]
+    pixels = np.clip(level + texture + rng.normal(0, 0.03, size=(h, w, 3)), 0, 1)
+    buffer = io.BytesIO()
+    Image.fromarray((pixels * 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _split(i: int, n: int) -> str:
+    return "train" if i < 0.7 * n else ("validation" if i < 0.85 * n else "test")
+
+
+def write_brightness_pairs(path: Path, n: int, *, seed: int = 0, tie_fraction: float = 0.1) -> Path:
+    """A Pick-a-Pic-schema pairwise table of ``n`` rows: 70/15/15 train/validation/test.
+
+    Decided pairs differ in brightness by at least 0.1 and the brighter image wins; about
+    ``tie_fraction`` of the rows are ties (0.5/0.5) between images of equal brightness.
+    """
+    rng = np.random.default_rng(seed)
+    rows: dict[str, list[object]] = {k: [] for k in (
+        "caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1", "weight", "split", "prompt_id",
+    )}  # fmt: skip
+    for i in range(n):
+        caption_index = int(rng.integers(len(CAPTIONS)))
+        b0 = float(rng.uniform(0.15, 0.85))
+        if rng.uniform() < tie_fraction:
+            b1, label_0 = b0, 0.5
+        else:
+            b1 = float(rng.uniform(0.15, 0.85))
+            while abs(b1 - b0) < 0.1:
+                b1 = float(rng.uniform(0.15, 0.85))
+            label_0 = 1.0 if b0 > b1 else 0.0
+        rows["caption"].append(CAPTIONS[caption_index])
+        rows["jpg_0"].append(brightness_image(rng, b0))
+        rows["jpg_1"].append(brightness_image(rng, b1))
+        rows["label_0"].append(label_0)
+        rows["label_1"].append(1.0 - label_0)
+        rows["model_0"].append(f"v{int(rng.integers(2)) + 1}")
+        rows["model_1"].append(f"v{int(rng.integers(2)) + 1}")
+        rows["weight"].append(1.0)
+        rows["split"].append(_split(i, n))
+        rows["prompt_id"].append(f"p{caption_index}")
+    table = pa.table(
+        {k: pa.array(v, type=pa.binary()) if k.startswith("jpg") else v for k, v in rows.items()}
+    )
+    pq.write_table(table, path, row_group_size=64)
+    return Path(path)
+
+
+def write_brightness_lists(path: Path, n: int, *, k: int = 3, seed: int = 0) -> Path:
+    """A listwise table of ``n`` prompts with ``k`` images each, best (brightest) first; equal levels tie."""
+    rng = np.random.default_rng(seed)
+    prompts, images, ranks, splits, prompt_ids = [], [], [], [], []
+    levels = np.linspace(0.15, 0.85, 6)
+    for i in range(n):
+        chosen = np.sort(rng.choice(levels, size=k, replace=True))[::-1]
+        distinct = sorted(set(chosen.tolist()), reverse=True)
+        prompts.append(CAPTIONS[i % len(CAPTIONS)])
+        images.append([brightness_image(rng, float(b)) for b in chosen])
+        ranks.append([distinct.index(float(b)) for b in chosen])
+        splits.append(_split(i, n))
+        prompt_ids.append(f"p{i % len(CAPTIONS)}")
+    table = pa.table(
+        {
+            "prompt": prompts,
+            "images": pa.array(images, type=pa.list_(pa.binary())),
+            "ranks": pa.array(ranks, type=pa.list_(pa.int32())),
+            "split": splits,
+            "prompt_id": prompt_ids,
+        }
+    )
+    pq.write_table(table, path, row_group_size=64)
+    return Path(path)
+
+
+def image_brightness(image: Image.Image) -> float:
+    return float(np.asarray(image.convert("L"), dtype=np.float64).mean() / 255.0)
+
+
+def write_generated_brightness_pairs(
+    images: list[Image.Image], prompts: list[str], path: Path, *, export_id: str = "synthetic"
+) -> Path:
+    """Pair consecutive images of the same prompt (0-1, 2-3, ...); the brighter one wins. All rows train."""
+    rows: dict[str, list[object]] = {k: [] for k in (
+        "caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1", "weight", "split", "prompt_id",
+    )}  # fmt: skip
+    for i in range(0, len(images) - 1, 2):
+        if prompts[i] != prompts[i + 1]:
+            raise ValueError(f"images {i} and {i + 1} have different prompts")
+        encoded = []
+        for image in images[i : i + 2]:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            encoded.append(buffer.getvalue())
+        label_0 = 1.0 if image_brightness(images[i]) > image_brightness(images[i + 1]) else 0.0
+        for key, value in zip(rows, (
+            prompts[i], encoded[0], encoded[1], label_0, 1.0 - label_0, export_id, export_id, 1.0, "train", prompts[i],
+        ), strict=True):  # fmt: skip
+            rows[key].append(value)
+    table = pa.table(
+        {k: pa.array(v, type=pa.binary()) if k.startswith("jpg") else v for k, v in rows.items()}
+    )
+    pq.write_table(table, path)
+    return Path(path)
+
+
+def fit_tiny_vae(
+    pipeline_dir: Path, *, steps: int = 80, seed: int = 0, lr: float = 1e-2, batch: int = 8
+) -> Path:
+    """Fit a tiny pipeline's randomly initialised VAE to reconstruct textured images, in place.
+
+    A random VAE decodes every latent to nearly the same grey, so no fine-tune can change an image's
+    brightness. A few hundred reconstruction steps (seconds on a CPU) make decoded brightness follow
+    the latents, which brightness-reward learning tests need. The UNet and text encoder are untouched.
+    """
+    import torch
+    from diffusers import AutoencoderKL
+
+    vae = AutoencoderKL.from_pretrained(Path(pipeline_dir), subfolder="vae")
+    side = int(vae.config.sample_size)
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
+    vae.train()
+    for _ in range(steps):
+        level = rng.uniform(0.05, 0.95, size=(batch, 1, 1, 1))
+        coarse = np.kron(rng.uniform(-0.2, 0.2, size=(batch, 3, 4, 4)), np.ones((1, 1, side // 4, side // 4)))
+        x = torch.from_numpy(np.clip(level + coarse, 0, 1) * 2 - 1).float()
+        posterior = vae.encode(x).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        loss = torch.nn.functional.mse_loss(recon, x) + 1e-6 * posterior.kl().mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    vae.eval()
+    vae.save_pretrained(Path(pipeline_dir) / "vae", safe_serialization=True)
+    return Path(pipeline_dir)

@@ -1,0 +1,229 @@
+"""DDIM log-probabilities and DDPO (sampling, reward registry, training)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DDIMScheduler
+from PIL import Image
+from transformers.utils import logging as hf_logging
+
+from generation.tiny import build_tiny_pipeline
+from rlhf.training.checkpoint import read_metadata
+from rlhf.training.ddim import (
+    ddim_step_mean_std,
+    ddim_step_with_logprob,
+    encode_prompts,
+    guided_noise,
+    sample_with_logprob,
+)
+from rlhf.training.ddpo import tiny_ddpo_preset, to_pil, train_ddpo
+from rlhf.training.lora import eval_images, load_pipeline
+from rlhf.training.reward_model import build_tiny_clip
+from rlhf.training.rewards import brightness, build_reward, jpeg_compressibility
+from rlhf.training.synthetic import fit_tiny_vae
+
+hf_logging.disable_progress_bar()
+PROMPTS = ("a cat", "a dog", "a red house", "a tree")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    # Two shared cores: a second intra-op thread makes these small kernels ~10x slower under load.
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return build_tiny_pipeline(tmp_path_factory.mktemp("sd") / "base", seed=0)
+
+
+def scheduler(steps: int = 10, **overrides: object) -> DDIMScheduler:
+    config: dict[str, object] = {
+        "beta_start": 0.00085,
+        "beta_end": 0.012,
+        "beta_schedule": "scaled_linear",
+        "clip_sample": False,
+        "set_alpha_to_one": False,
+        "steps_offset": 1,
+    }
+    s = DDIMScheduler(**{**config, **overrides})
+    s.set_timesteps(steps)
+    return s
+
+
+@pytest.mark.parametrize("step_index", [0, 5, 9])
+def test_ddim_log_prob_is_the_gaussian_density_of_the_drawn_sample(step_index: int) -> None:
+    sched = scheduler()
+    t = sched.timesteps[step_index]
+    gen = torch.Generator().manual_seed(step_index)
+    sample = torch.randn(2, 4, 3, 3, generator=gen)
+    eps = torch.randn(2, 4, 3, 3, generator=gen)
+    eta = 0.7
+    prev, log_prob = ddim_step_with_logprob(
+        sched, eps, t, sample, eta, generator=torch.Generator().manual_seed(1)
+    )
+
+    # the mean and std by hand from DDIM's eq. 12/16
+    a_t = sched.alphas_cumprod[t]
+    prev_t = int(t) - 1000 // 10
+    a_prev = sched.alphas_cumprod[prev_t] if prev_t >= 0 else sched.final_alpha_cumprod
+    x0 = (sample - math.sqrt(1 - a_t) * eps) / math.sqrt(a_t)
+    sigma = eta * math.sqrt((1 - a_prev) / (1 - a_t) * (1 - a_t / a_prev))
+    mean = math.sqrt(a_prev) * x0 + math.sqrt(1 - a_prev - sigma**2) * eps
+    expected = torch.distributions.Normal(mean, sigma).log_prob(prev).sum(dim=(1, 2, 3))
+    torch.testing.assert_close(log_prob, expected, rtol=1e-5, atol=1e-4)
+
+    # the same step as diffusers' own DDIMScheduler.step with the same noise
+    noise = (prev - mean) / sigma
+    reference = sched.step(eps, t, sample, eta=eta, variance_noise=noise).prev_sample
+    torch.testing.assert_close(prev, reference, rtol=1e-5, atol=1e-5)
+
+    # given a sample, the log-prob is recomputed, not redrawn; "mean" averages over the 36 elements
+    again, lp = ddim_step_with_logprob(sched, eps, t, sample, eta, prev_sample=prev, reduction="mean")
+    assert torch.equal(again, prev)
+    torch.testing.assert_close(lp, expected / 36, rtol=1e-5, atol=1e-5)
+
+
+def test_ddim_step_accepts_per_sample_timesteps() -> None:
+    sched = scheduler()
+    sample, eps = torch.randn(2, 4, 2, 2), torch.randn(2, 4, 2, 2)
+    t = sched.timesteps[[1, 4]]
+    mean, std = ddim_step_mean_std(sched, eps, t, sample, eta=1.0)
+    for i in range(2):
+        m_i, s_i = ddim_step_mean_std(sched, eps[i : i + 1], t[i], sample[i : i + 1], eta=1.0)
+        torch.testing.assert_close(mean[i : i + 1], m_i)
+        torch.testing.assert_close(std[i : i + 1], s_i)
+
+
+def test_ddim_log_prob_needs_eta_and_variance() -> None:
+    sched = scheduler()
+    x = torch.randn(1, 4, 2, 2)
+    with pytest.raises(ValueError, match="eta"):
+        ddim_step_with_logprob(sched, x, sched.timesteps[0], x, eta=0.0)
+    last = scheduler(set_alpha_to_one=True)
+    with pytest.raises(ValueError, match="zero variance"):
+        ddim_step_with_logprob(last, x, last.timesteps[-1], x, eta=1.0)
+
+
+# --------------------------------------------------------------------------------------------- rewards
+def test_builtin_rewards() -> None:
+    dark, bright = Image.new("RGB", (8, 8), (10, 10, 10)), Image.new("RGB", (8, 8), (250, 250, 250))
+    assert list(brightness([dark, bright], ["a", "b"])) == pytest.approx([10 / 255, 250 / 255])
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
+    flat, busy = jpeg_compressibility([dark, noisy], ["a", "b"])
+    assert flat > busy and busy < 0
+
+
+def test_reward_registry_validates_names_and_arguments(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="reward must be one of"):
+        build_reward("aesthetic")
+    with pytest.raises(ValueError, match="takes no argument"):
+        build_reward("brightness", "x")
+    with pytest.raises(ValueError, match="needs reward_arg"):
+        build_reward("reward_model")
+    with pytest.raises(ValueError, match="not a reward-model checkpoint"):
+        build_reward("reward_model", str(tmp_path))
+    fn = build_reward("reward_model", str(build_tiny_clip(tmp_path / "rm")))
+    scores = fn([Image.new("RGB", (32, 32), (200, 0, 0))] * 2, ["a red ball", "two cats"])
+    assert len(scores) == 2 and scores[0] != scores[1]
+
+
+def test_ddpo_config_validation(tiny_base: Path) -> None:
+    with pytest.raises(ValueError, match="reward: reward must be one of"):
+        tiny_ddpo_preset(str(tiny_base), PROMPTS, reward="nope")
+    with pytest.raises(ValueError, match="base_model"):
+        tiny_ddpo_preset("/no/such", PROMPTS)
+    with pytest.raises(ValueError, match="eta"):
+        tiny_ddpo_preset(str(tiny_base), PROMPTS, eta=0.0)
+    with pytest.raises(ValueError, match="timestep_fraction"):
+        tiny_ddpo_preset(str(tiny_base), PROMPTS, timestep_fraction=1.5)
+    with pytest.raises(ValueError, match="prompts"):
+        tiny_ddpo_preset(str(tiny_base), ())
+    assert tiny_ddpo_preset(str(tiny_base), PROMPTS).reward_id == "brightness"
+
+
+# --------------------------------------------------------------------------------------------- sampling
+def test_sampling_records_trajectories_with_consistent_log_probs(tiny_base: Path) -> None:
+    pipe = load_pipeline(tiny_base)
+    sched = DDIMScheduler.from_config(pipe.scheduler.config)
+    traj = sample_with_logprob(
+        pipe, sched, ["a cat", "a dog"], seeds=[1, 2], num_steps=4, guidance_scale=3.0, eta=1.0, resolution=32
+    )
+    assert traj.latents.shape == (2, 5, 4, 4, 4) and traj.log_probs.shape == (2, 4)
+    assert traj.images.shape == (2, 3, 32, 32)
+    # recomputing a step's log-prob from the stored latents gives the recorded value (ratio 1 at the start)
+    with torch.no_grad():
+        cond = encode_prompts(pipe, ["a cat", "a dog"])
+        uncond = encode_prompts(pipe, ["", ""])
+        t = traj.timesteps[2]
+        eps = guided_noise(pipe.unet, traj.latents[:, 2], t, cond, uncond, 3.0)
+        _, lp = ddim_step_with_logprob(
+            sched, eps, t, traj.latents[:, 2], 1.0, prev_sample=traj.latents[:, 3], reduction="mean"
+        )
+    torch.testing.assert_close(lp, traj.log_probs[:, 2], rtol=1e-4, atol=1e-4)
+    # a trajectory depends only on its own seed
+    alone = sample_with_logprob(
+        pipe, sched, ["a dog"], seeds=[2], num_steps=4, guidance_scale=3.0, eta=1.0, resolution=32
+    )
+    torch.testing.assert_close(alone.latents[0], traj.latents[1], rtol=1e-4, atol=1e-4)
+
+
+# --------------------------------------------------------------------------------------------- training
+def test_ddpo_runs_stops_resumes_and_saves_loadable_lora(tiny_base: Path, tmp_path: Path) -> None:
+    config = tiny_ddpo_preset(
+        str(tiny_base), PROMPTS, iterations=2, prompts_per_iteration=2, images_per_prompt=2, sample_steps=3,
+        kl_coef=0.1, train_batch_size=4,
+    )  # fmt: skip
+    logged: list[dict[str, float]] = []
+    first = train_ddpo(
+        config, tmp_path / "run", on_log=lambda s, m: logged.append(dict(m)), should_stop=lambda: True
+    )
+    assert first.stopped and first.step == 1
+    assert {"reward_mean", "loss", "approx_kl", "clip_fraction", "kl"} <= set(logged[0])
+    assert logged[0]["kl"] >= 0
+    done = train_ddpo(config, tmp_path / "run")
+    assert not done.stopped and done.step == 2
+    meta = read_metadata(done.lora_dir)
+    assert (
+        meta["reward_id"] == "brightness" and meta["seed"] == 0 and meta["step"] == 2 and "git_commit" in meta
+    )
+    assert (done.lora_dir / "pytorch_lora_weights.safetensors").is_file()
+    pipe = load_pipeline(tiny_base, done.lora_dir)
+    assert len(eval_images(pipe, ["a cat"], [0], num_inference_steps=2)) == 1
+
+
+@pytest.mark.slow
+def test_ddpo_with_brightness_reward_raises_mean_reward(tmp_path: Path) -> None:
+    # VAE fitted briefly so decoded brightness follows the latents (see test_dpo.py).
+    base = fit_tiny_vae(build_tiny_pipeline(tmp_path / "base", seed=0))
+    rewards: list[float] = []
+    config = tiny_ddpo_preset(str(base), PROMPTS, lr=1e-2, iterations=15, inner_epochs=2)
+    result = train_ddpo(config, tmp_path / "run", on_log=lambda s, m: rewards.append(m["reward_mean"]))
+    assert np.mean(rewards[-4:]) > np.mean(rewards[:4])
+
+    held_out = [PROMPTS[i % 4] for i in range(32)]
+    seeds = list(range(10_000, 10_032))
+
+    def mean_brightness(pipe: object) -> np.ndarray:
+        sched = DDIMScheduler.from_config(pipe.scheduler.config)  # type: ignore[attr-defined]
+        traj = sample_with_logprob(
+            pipe, sched, held_out, seeds=seeds, num_steps=config.sample_steps,
+            guidance_scale=config.guidance_scale, eta=config.eta, resolution=config.resolution,
+        )  # fmt: skip
+        return np.asarray(brightness(to_pil(traj.images), held_out))
+
+    diff = mean_brightness(load_pipeline(base, result.lora_dir)) - mean_brightness(load_pipeline(base))
+    t_stat = diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff)))
+    print(
+        f"DDPO brightness gain {diff.mean():.4f} (paired t = {t_stat:.1f}); reward {rewards[0]:.3f} -> {rewards[-1]:.3f}"
+    )
+    assert diff.mean() > 0.03 and t_stat > 3, (diff.mean(), t_stat)

@@ -1,0 +1,352 @@
+"""Fine-tune runs: DPO on a real worker registers a LoRA that generates, DDPO in-process, resume, failures,
+validation, permissions, pages."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from generation import services as generation_services
+from generation import worker as generation_worker
+from generation.models import GeneratedImage, ModelKind, ModelVersion
+from generation.selectors import model_versions_enabled
+from rlhf import run_services
+from rlhf.models import FineTuneRun, RunStatus
+from tests.factories import PASSWORD, api_client_for
+from tests.rlhf.conftest import build_export
+
+DPO_FAST = {"max_steps": 3, "batch_size": 4}
+ONE_PROMPT = ["a shape number 1"]  # one evaluation prompt x two seeds keeps the grids cheap
+DDPO_FAST = {
+    "iterations": 2,
+    "prompts_per_iteration": 2,
+    "images_per_prompt": 2,
+    "sample_steps": 3,
+    "train_batch_size": 4,
+}
+
+
+def dpo(user, base, export, **kwargs):
+    kwargs.setdefault("hyperparameters", DPO_FAST)
+    kwargs.setdefault("eval_prompts", ONE_PROMPT)
+    return run_services.finetune_run_create(
+        user=user, base_version=base, method="dpo", export=export, **kwargs
+    )
+
+
+def generate(user, version, project, seed=7):
+    """One image through the generation service and worker (here, or on the real worker if it claims it first)."""
+    job = generation_services.generation_job_create(
+        user=user, model_version=version, project=project, prompt="a shape number 1", seeds=[seed]
+    )
+    generation_worker.run_job(job.pk)
+    deadline = time.monotonic() + 120
+    while not job.is_finished:
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+        job.refresh_from_db()
+    assert job.status == "succeeded", job.error
+    return GeneratedImage.objects.get(job=job)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_dpo_on_a_real_worker_registers_a_lora_that_generates(
+    celery_worker_process, ranked, ml_engineer, annotator, tiny_base
+):
+    export = build_export(ranked, ml_engineer, format="pickapic", worker=True)
+    api = api_client_for(ml_engineer)
+    created = api.post(
+        "/api/finetune-runs/",
+        {
+            "base_version": "tiny-base",
+            "method": "dpo",
+            "export": export.pk,
+            "preset": "tiny",
+            "hyperparameters": DPO_FAST,
+            "eval_prompts": ONE_PROMPT,
+        },
+        format="json",
+    )
+    assert created.status_code == 201, created.content
+    url = f"/api/finetune-runs/{created.json()['id']}/"
+    deadline = time.monotonic() + 300
+    while (body := api.get(url).json())["status"] in ("queued", "running"):
+        assert time.monotonic() < deadline, body
+        time.sleep(0.5)
+    assert body["status"] == "succeeded", body["error"]
+    assert body["step"] == 3 and "implicit_accuracy" in body["history"][-1]
+    run = FineTuneRun.objects.get(pk=body["id"])
+    version = run.result_version
+    assert version.kind == ModelKind.LORA and version.parent == tiny_base and version.enabled
+    assert version.name == f"tiny-base-dpo-{run.pk}" and f"export {export.pk}" in version.description
+    assert (Path(version.lora_path) / "pytorch_lora_weights.safetensors").is_file()
+    assert version in model_versions_enabled()  # so it appears in the template's model Select
+    assert run.lineage["base_version"]["name"] == "tiny-base" and run.lineage["export"] == export.pk
+    assert [g["label"] for g in run.eval_grids] == ["base", "final"]
+
+    base_image, lora_image = generate(ml_engineer, tiny_base, ranked), generate(ml_engineer, version, ranked)
+    assert lora_image.model_version == version and base_image.sha256 != lora_image.sha256
+
+    browser = Client()
+    assert browser.login(username=ml_engineer.username, password=PASSWORD)
+    page = browser.get(f"/ml/finetune-runs/{run.pk}/").content.decode()
+    assert version.name in page and page.count("<img") == 2 * len(run.eval_grids[0]["images"])
+    picture = browser.get(f"/ml/finetune-runs/{run.pk}/images/final/0.png")
+    assert picture.status_code == 200 and picture["Content-Type"] == "image/png"
+    assert browser.get(f"/ml/finetune-runs/{run.pk}/images/final/99.png").status_code == 404
+    browser.logout()
+    assert browser.login(username=annotator.username, password=PASSWORD)
+    assert browser.get(f"/ml/finetune-runs/{run.pk}/images/final/0.png").status_code == 403
+
+
+def test_ddpo_with_the_brightness_reward_in_process(ranked, ml_engineer, tiny_base, model_cache):
+    run = run_services.finetune_run_create(
+        user=ml_engineer,
+        base_version=tiny_base,
+        method="ddpo",
+        project=ranked,
+        reward_name="brightness",
+        prompt_source="project",
+        hyperparameters={**DDPO_FAST, "iterations": 1},
+        eval_prompts=ONE_PROMPT,
+    )
+    assert len(run.config["prompts"]) == 10
+    run = run_services.finetune_run_execute(run_id=run.pk)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert [p["step"] for p in run.history] == [1] and "reward_mean" in run.history[-1]
+    assert run.result_version.parent == tiny_base and "brightness" in run.result_version.description
+    assert Path(run.result_version.lora_path).is_relative_to(model_cache)
+
+
+class WorkerKilled(BaseException):
+    """Stands in for SIGKILL: not an Exception, so nothing marks the run failed."""
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_when_retried(
+    pairs_export, ml_engineer, tiny_base, model_cache, django_capture_on_commit_callbacks
+):
+    run = dpo(
+        ml_engineer,
+        tiny_base,
+        pairs_export,
+        hyperparameters={**DPO_FAST, "max_steps": 4, "checkpoint_every": 2},
+    )
+
+    def die_at_step_3(step, metrics):
+        if step == 3:
+            raise WorkerKilled
+
+    with pytest.raises(WorkerKilled):
+        run_services.finetune_run_execute(run_id=run.pk, echo=die_at_step_3)
+    run.refresh_from_db()
+    assert run.status == RunStatus.RUNNING and run.attempts == 1
+    assert (run_services.finetune_run_dir(run) / "checkpoints" / "checkpoint-2").is_dir()
+    # A redelivered task while the heartbeat is fresh does not start a second copy; an API retry refuses too.
+    assert run_services.finetune_run_execute(run_id=run.pk).attempts == 1
+    with django_capture_on_commit_callbacks(execute=False):
+        busy = api_client_for(ml_engineer).post(f"/api/finetune-runs/{run.pk}/retry/")
+    assert busy.status_code == 400 and busy.json()["field"] == "status"
+    FineTuneRun.objects.filter(pk=run.pk).update(heartbeat_at=None)  # the worker is gone
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        retried = api_client_for(ml_engineer).post(f"/api/finetune-runs/{run.pk}/retry/")
+    assert retried.status_code == 200 and len(callbacks) == 1
+    seen: list[int] = []
+    run = run_services.finetune_run_execute(run_id=run.pk, echo=lambda step, metrics: seen.append(step))
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert seen == [3, 4] and run.attempts == 2 and [p["step"] for p in run.history] == [1, 2, 3, 4]
+
+
+def test_nan_fails_the_run_and_registers_nothing(pairs_export, ml_engineer, tiny_base, model_cache, monkeypatch):
+    from rlhf.training import dpo as dpo_module
+
+    def diverge(*args, **kwargs):
+        raise FloatingPointError("DPO loss became nan at step 2; lower lr or beta")
+
+    monkeypatch.setattr(dpo_module, "train_dpo", diverge)
+    run = run_services.finetune_run_execute(run_id=dpo(ml_engineer, tiny_base, pairs_export).pk)
+    assert run.status == RunStatus.FAILED and "diverged" in run.error and "lower lr or beta" in run.error
+    assert run.result_version is None and ModelVersion.objects.filter(kind=ModelKind.LORA).count() == 0
+    assert not run_services.finetune_lora_dir(run).exists()
+
+
+def test_out_of_memory_is_named_as_such():
+    import torch
+
+    assert run_services.failure_reason(torch.cuda.OutOfMemoryError("CUDA out of memory")).startswith("Out of memory")
+    assert run_services.failure_reason(RuntimeError("CUDA out of memory. Tried")).startswith("Out of memory")
+    assert run_services.failure_reason(ValueError("bad")) == "ValueError: bad"
+
+
+def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
+    ranked, ml_engineer, tiny_base, tmp_path, django_capture_on_commit_callbacks
+):
+    from generation.tiny import build_tiny_lora
+
+    good = build_export(ranked, ml_engineer, format="pickapic")
+    empty = build_export(ranked, ml_engineer, format="pickapic", date_from="2001-01-01", date_to="2001-01-02")
+    lora = generation_services.model_version_register(
+        name="tiny-lora",
+        parent=tiny_base,
+        lora_path=str(build_tiny_lora(Path(tiny_base.source), tmp_path / "l")),
+    )
+    hub = generation_services.model_version_register(name="hub-model", source="nobody/not-a-model")
+    no_unet_dir = tmp_path / "no-unet"
+    no_unet_dir.mkdir()
+    (no_unet_dir / "model_index.json").write_text("{}")
+    no_unet = generation_services.model_version_register(name="no-unet", source=str(no_unet_dir))
+    base = {"base_version": tiny_base.pk, "method": "dpo", "export": good.pk}
+    ddpo = {
+        "base_version": tiny_base.pk,
+        "method": "ddpo",
+        "project": ranked.pk,
+        "reward": "brightness",
+        "prompt_source": "project",
+    }
+    cases = [
+        ({**base, "base_version": "no-such-version"}, "base_version"),
+        ({**base, "base_version": lora.pk}, "base_version"),
+        ({**base, "base_version": hub.pk}, "base_version"),
+        ({**base, "base_version": no_unet.pk}, "base_version"),
+        ({**base, "method": "ppo"}, "method"),
+        ({**base, "export": None, "project": ranked.pk}, "export"),
+        ({**base, "export": empty.pk}, "export"),
+        ({**base, "export": 999999}, "export"),
+        ({**base, "preset": "sdxl"}, "preset"),
+        ({**base, "hyperparameters": {"lr": -1}}, "lr"),
+        ({**base, "hyperparameters": {"resolution": 33}}, "resolution"),
+        ({**base, "hyperparameters": {"max_steps": 0}}, "max_steps"),
+        ({**base, "hyperparameters": {"base_model": "/tmp"}}, "base_model"),
+        ({**ddpo, "reward": ""}, "reward"),
+        ({**ddpo, "reward": "aesthetics"}, "reward"),
+        ({**ddpo, "reward": "", "reward_version": 999999}, "reward_version"),
+        ({**ddpo, "prompt_source": "dreams"}, "prompt_source"),
+        ({**ddpo, "prompt_source": "export"}, "export"),
+        ({**ddpo, "hyperparameters": {"iterations": 0}}, "iterations"),
+    ]
+    api = api_client_for(ml_engineer)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        for payload, field in cases:
+            response = api.post("/api/finetune-runs/", payload, format="json")
+            assert response.status_code == 400, (payload, response.content)
+            assert response.json()["field"] == field, (payload, response.json())
+    assert not callbacks and not FineTuneRun.objects.exists()
+
+
+def test_permissions_pages_and_cancel(
+    pairs_export,
+    ml_engineer,
+    admin_user,
+    annotator,
+    outsider,
+    tiny_base,
+    client,
+    model_cache,
+    django_capture_on_commit_callbacks,
+):
+    payload = {
+        "base_version": tiny_base.pk,
+        "method": "dpo",
+        "export": pairs_export.pk,
+        "hyperparameters": DPO_FAST,
+    }
+    with django_capture_on_commit_callbacks(execute=False):
+        assert (
+            api_client_for(annotator).post("/api/finetune-runs/", payload, format="json").status_code == 403
+        )
+        assert api_client_for(outsider).post("/api/finetune-runs/", payload, format="json").status_code == 404
+        assert (
+            api_client_for(admin_user).post("/api/finetune-runs/", payload, format="json").status_code == 201
+        )
+        run = dpo(ml_engineer, tiny_base, pairs_export)
+    for user, expected in ((annotator, 403), (outsider, 404)):
+        api = api_client_for(user)
+        assert api.get(f"/api/finetune-runs/{run.pk}/").status_code == expected
+        assert api.post(f"/api/finetune-runs/{run.pk}/cancel/").status_code == expected
+        assert api.post(f"/api/finetune-runs/{run.pk}/retry/").status_code == expected
+        assert api.get("/api/finetune-runs/").json()["results"] == []
+        browser = Client()
+        assert browser.login(username=user.username, password=PASSWORD)
+        assert browser.get(f"/ml/finetune-runs/{run.pk}/").status_code == expected
+        assert browser.post(f"/ml/finetune-runs/{run.pk}/cancel/").status_code == expected
+        assert (
+            browser.get(f"/ml/projects/{pairs_export.project_id}/finetune-runs/new/").status_code == expected
+        )
+
+    assert client.login(username=ml_engineer.username, password=PASSWORD)
+    full = client.get(f"/ml/finetune-runs/{run.pk}/").content.decode()
+    assert "<html" in full and 'hx-trigger="every 2s"' in full
+    fragment = client.get(f"/ml/finetune-runs/{run.pk}/", HTTP_HX_REQUEST="true")
+    assert fragment.status_code == 200 and "<html" not in fragment.content.decode()
+    assert client.post(f"/ml/finetune-runs/{run.pk}/cancel/").status_code == 303
+    done = client.get(f"/ml/finetune-runs/{run.pk}/", HTTP_HX_REQUEST="true")
+    assert done.status_code == 286 and b"hx-trigger" not in done.content
+    assert (
+        run_services.finetune_run_execute(run_id=run.pk).status == RunStatus.CANCELLED
+    )  # no-op once finished
+    url = f"/ml/projects/{pairs_export.project_id}/finetune-runs/new/"
+    assert client.get(url).status_code == 200
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        ok = client.post(
+            url,
+            {
+                "base_version": tiny_base.pk,
+                "method": "dpo",
+                "export": pairs_export.pk,
+                "preset": "tiny",
+                "hyperparameters": "max_steps = 2",
+            },
+        )
+        bad = client.post(
+            url,
+            {"base_version": tiny_base.pk, "method": "ddpo", "preset": "tiny", "prompt_source": "project"},
+        )
+    assert ok.status_code == 303 and len(callbacks) == 1
+    assert bad.status_code == 400 and "Unknown reward" in bad.content.decode()
+    assert client.get("/ml/finetune-runs/").status_code == 200
+
+
+def test_management_command_fine_tunes_in_process(ranked, tiny_base, model_cache, capsys):
+    from django.core.management import CommandError, call_command
+
+    call_command(
+        "finetune",
+        "--base",
+        "tiny-base",
+        "--method",
+        "ddpo",
+        "--project",
+        str(ranked.pk),
+        "--reward",
+        "brightness",
+        "--prompt-source",
+        "project",
+        "--set",
+        "iterations=1",
+        "--set",
+        "prompts_per_iteration=2",
+        "--set",
+        "images_per_prompt=2",
+        "--set",
+        "sample_steps=2",
+        "--set",
+        "train_batch_size=4",
+    )
+    assert "succeeded" in capsys.readouterr().out
+    assert FineTuneRun.objects.get().result_version.name.startswith("tiny-base-ddpo-")
+    with pytest.raises(CommandError, match="base_version"):
+        call_command(
+            "finetune",
+            "--base",
+            "tiny-base-ddpo-" + str(FineTuneRun.objects.get().pk),
+            "--method",
+            "ddpo",
+            "--reward",
+            "brightness",
+            "--prompt-source",
+            "project",
+            "--project",
+            str(ranked.pk),
+        )
