@@ -3,6 +3,7 @@ from __future__ import annotations
 from django.urls import path
 
 from rlhf import run_views, views
+from rlhf.loop import views as loop_views
 
 app_name = "rlhf"
 
@@ -23,4 +24,9 @@ urlpatterns = [
     path("finetune-runs/<int:run_id>/retry/", run_views.finetune_run_retry, name="finetune_run_retry"),
     path("finetune-runs/<int:run_id>/images/<slug:label>/<int:index>.png", run_views.finetune_run_image,
          name="finetune_run_image"),
+    # the closed loop (issue 10)
+    path("projects/<int:project_id>/rounds/", loop_views.round_timeline, name="round_timeline"),
+    path("projects/<int:project_id>/arena/", loop_views.arena_vote, name="arena_vote"),
+    path("projects/<int:project_id>/arena/results/", loop_views.arena_results, name="arena_results"),
+    path("evaluations/<int:evaluation_id>/", loop_views.evaluation_detail, name="evaluation_detail"),
 ]

@@ -1,7 +1,8 @@
 """Reward functions for DDPO: a typed Protocol and an explicit registry, validated when a config is built.
 
 Built-ins: ``brightness`` (mean grey level in [0, 1]), ``jpeg_compressibility`` (minus the JPEG size in
-kB at quality 95, as in DDPO) and ``reward_model`` (a PickScore-style checkpoint from
+kB at quality 95, as in DDPO), ``shapes_adherence`` (the shapes-world judge's share of the caption's
+attributes an image gets right, in [0, 1]) and ``reward_model`` (a PickScore-style checkpoint from
 :mod:`rlhf.training.reward_train`; needs a path argument). Register more with :func:`register_reward`.
 """
 
@@ -35,6 +36,21 @@ def jpeg_compressibility(images: list[Image.Image], prompts: list[str]) -> np.nd
         im.convert("RGB").save(buffer, format="JPEG", quality=95)
         sizes.append(buffer.tell() / 1000.0)
     return -np.array(sizes)
+
+
+def shapes_adherence(images: list[Image.Image], prompts: list[str]) -> np.ndarray:
+    """Partial credit for prompt adherence in the shapes world: the judge's correct attributes
+    (shape, colour, size, position of each object, the object count and the background) over all
+    of them. Dense, unlike the judge's all-or-nothing ``overall``, so RL gets a gradient."""
+    from generation.shapes.judge import judge
+
+    scores = []
+    for image, prompt in zip(images, prompts, strict=True):
+        verdict = judge(image, prompt)
+        checks = [ok for attributes in verdict.objects for ok in attributes.values()]
+        checks += [verdict.count, verdict.background]
+        scores.append(sum(checks) / len(checks))
+    return np.array(scores, dtype=np.float64)
 
 
 class RewardModelReward:
@@ -76,6 +92,7 @@ def _reward_model_factory(argument: str | None) -> RewardFunction:
 REWARD_FUNCTIONS: dict[str, RewardFactory] = {
     "brightness": _no_argument("brightness", brightness),
     "jpeg_compressibility": _no_argument("jpeg_compressibility", jpeg_compressibility),
+    "shapes_adherence": _no_argument("shapes_adherence", shapes_adherence),
     "reward_model": _reward_model_factory,
 }
 

@@ -227,3 +227,16 @@ def test_ddpo_with_brightness_reward_raises_mean_reward(tmp_path: Path) -> None:
         f"DDPO brightness gain {diff.mean():.4f} (paired t = {t_stat:.1f}); reward {rewards[0]:.3f} -> {rewards[-1]:.3f}"
     )
     assert diff.mean() > 0.03 and t_stat > 3, (diff.mean(), t_stat)
+
+
+def test_shapes_adherence_reward_gives_partial_credit_by_the_judge():
+    from generation.shapes.world import parse_caption, render
+    from rlhf.training.rewards import build_reward
+
+    reward = build_reward("shapes_adherence")
+    caption = "a large red circle at the top left on a white background"
+    truth = Image.fromarray(render(parse_caption(caption)))
+    blank = Image.new("RGB", truth.size, (255, 255, 255))
+    scores = reward([truth, blank], [caption, caption])
+    assert scores[0] == pytest.approx(1.0)
+    assert 0.0 < scores[1] < 0.5  # only the background is right

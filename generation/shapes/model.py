@@ -1,0 +1,233 @@
+"""The shapes-world text-to-image model: a standard diffusers StableDiffusionPipeline, built small.
+
+VAE (AutoencoderKL, factor-8: 64x64x3 images <-> 8x8xC latents), UNet2DConditionModel with
+cross-attention in every block, a tiny CLIPTextModel and the world's word-level CLIPTokenizer.
+Built from config with random weights here; trained by ``generation.shapes.train``; the trained
+pipeline ships in ``WEIGHTS_DIR`` and loads with ``StableDiffusionPipeline.from_pretrained``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    UNet2DConditionModel,
+)
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from generation.shapes.tokenizer import MAX_LENGTH, build_tokenizer
+
+WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "shapes"
+DEFAULT_STEPS = 20  # inference steps for the shipped scheduler (DPM-Solver++)
+DEFAULT_GUIDANCE = 4.0  # classifier-free guidance scale the bench and demo use
+
+PredictionType = Literal["v_prediction", "epsilon", "sample"]
+PREDICTION_TYPES: tuple[str, ...] = ("v_prediction", "epsilon", "sample")
+BetaSchedule = Literal["squaredcos_cap_v2", "scaled_linear", "linear"]
+BETA_SCHEDULES: tuple[str, ...] = ("squaredcos_cap_v2", "scaled_linear", "linear")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the three networks and the noise schedule."""
+
+    # VAE: four levels -> downsampling factor 8 (64x64 images, 8x8 latents)
+    vae_channels: tuple[int, ...] = (8, 16, 32, 64)
+    latent_channels: int = 8
+    # UNet on 8x8 latents: three levels (8x8, 4x4, 2x2), cross-attention everywhere
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    unet_layers_per_block: int = 1
+    unet_heads: int = 4  # diffusers' legacy `attention_head_dim` (it is the number of heads)
+    # text encoder: a tiny causal CLIP transformer over the world's words
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    # diffusion
+    prediction_type: PredictionType = "v_prediction"
+    beta_schedule: BetaSchedule = "squaredcos_cap_v2"
+    num_train_timesteps: int = 1000
+
+    def __post_init__(self) -> None:
+        if self.prediction_type not in PREDICTION_TYPES:
+            raise ValueError(
+                f"prediction_type must be one of {PREDICTION_TYPES}, not {self.prediction_type!r}"
+            )
+        if self.beta_schedule not in BETA_SCHEDULES:
+            raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, not {self.beta_schedule!r}")
+        if len(self.vae_channels) != 4:
+            raise ValueError("vae_channels needs four levels (factor-8 downsampling)")
+
+
+def tiny_config() -> ModelConfig:
+    """A very small preset for fast tests of the code path (not for quality)."""
+    return ModelConfig(
+        vae_channels=(8, 8, 8, 16),
+        latent_channels=4,
+        unet_channels=(16, 16, 32),
+        text_width=32,
+        text_layers=1,
+    )
+
+
+def build_vae(cfg: ModelConfig) -> AutoencoderKL:
+    n = len(cfg.vae_channels)
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * n,
+        up_block_types=("UpDecoderBlock2D",) * n,
+        block_out_channels=cfg.vae_channels,
+        layers_per_block=1,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=8,
+        sample_size=64,
+    )
+
+
+def build_unet(cfg: ModelConfig) -> UNet2DConditionModel:
+    n = len(cfg.unet_channels)
+    return UNet2DConditionModel(
+        sample_size=8,
+        in_channels=cfg.latent_channels,
+        out_channels=cfg.latent_channels,
+        down_block_types=("CrossAttnDownBlock2D",) * n,
+        up_block_types=("CrossAttnUpBlock2D",) * n,
+        block_out_channels=cfg.unet_channels,
+        layers_per_block=cfg.unet_layers_per_block,
+        cross_attention_dim=cfg.text_width,
+        attention_head_dim=cfg.unet_heads,
+        norm_num_groups=16,
+    )
+
+
+def build_text_encoder(cfg: ModelConfig, tokenizer: CLIPTokenizer) -> CLIPTextModel:
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=cfg.text_width,
+        intermediate_size=cfg.text_width * 4,
+        num_hidden_layers=cfg.text_layers,
+        num_attention_heads=cfg.text_heads,
+        max_position_embeddings=MAX_LENGTH,
+        projection_dim=cfg.text_width,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return CLIPTextModel(config)
+
+
+def build_train_scheduler(cfg: ModelConfig) -> DDPMScheduler:
+    return DDPMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+        clip_sample=False,
+        steps_offset=1,
+    )
+
+
+def build_inference_scheduler(cfg: ModelConfig) -> DPMSolverMultistepScheduler:
+    """The shipped default: DPM-Solver++ (2nd order), good in DEFAULT_STEPS steps."""
+    return DPMSolverMultistepScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        steps_offset=1,
+    )
+
+
+def build_ddim_scheduler(cfg: ModelConfig) -> DDIMScheduler:
+    return DDIMScheduler(
+        num_train_timesteps=cfg.num_train_timesteps,
+        beta_schedule=cfg.beta_schedule,
+        prediction_type=cfg.prediction_type,
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+
+
+def build_pipeline(cfg: ModelConfig, seed: int = 0) -> StableDiffusionPipeline:
+    """A random-weight pipeline of the shipped shape (the baseline the trained one must beat)."""
+    torch.manual_seed(seed)
+    tokenizer = build_tokenizer()
+    return assemble_pipeline(
+        cfg,
+        vae=build_vae(cfg),
+        unet=build_unet(cfg),
+        text_encoder=build_text_encoder(cfg, tokenizer),
+        tokenizer=tokenizer,
+    )
+
+
+def assemble_pipeline(
+    cfg: ModelConfig,
+    *,
+    vae: AutoencoderKL,
+    unet: UNet2DConditionModel,
+    text_encoder: CLIPTextModel,
+    tokenizer: CLIPTokenizer,
+) -> StableDiffusionPipeline:
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=build_inference_scheduler(cfg),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def load_pipeline(path: str | Path = WEIGHTS_DIR) -> StableDiffusionPipeline:
+    """Load a shapes pipeline from a directory (fp32 on CPU), progress bar off."""
+    pipe = StableDiffusionPipeline.from_pretrained(str(path), dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def random_pipeline_like(path: str | Path = WEIGHTS_DIR, seed: int = 0) -> StableDiffusionPipeline:
+    """A pipeline with the same configs (and scheduler, tokenizer) as the one at path, randomly initialised."""
+    path = Path(path)
+    torch.manual_seed(seed)
+    pipe = StableDiffusionPipeline(
+        vae=AutoencoderKL.from_config(AutoencoderKL.load_config(path / "vae")),
+        text_encoder=CLIPTextModel(CLIPTextConfig.from_pretrained(path / "text_encoder")),
+        tokenizer=CLIPTokenizer.from_pretrained(path / "tokenizer"),
+        unet=UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(path / "unet")),
+        scheduler=DPMSolverMultistepScheduler.from_pretrained(path / "scheduler"),
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def generate(
+    pipe: StableDiffusionPipeline,
+    captions: list[str],
+    *,
+    seed: int = 0,
+    steps: int = DEFAULT_STEPS,
+    guidance: float = DEFAULT_GUIDANCE,
+) -> list[Image.Image]:
+    """Images for captions at the shipped defaults, deterministic from the seed."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.inference_mode():
+        out = pipe(captions, num_inference_steps=steps, guidance_scale=guidance, generator=generator)
+    return list(out.images)

@@ -1,0 +1,13 @@
+"""The closed loop (issue 10), one module per concern:
+
+- :mod:`rlhf.loop.simulate`: simulated annotators that work a project's queue through the same
+  services as the browser (next task, generate, rank, rationale, submit);
+- :mod:`rlhf.loop.arena`: the blind arena (comparisons, votes, win rate with a Wilson interval and
+  a Bradley-Terry leaderboard);
+- :mod:`rlhf.loop.evaluate`: a model version against its parent on held-out prompts with fixed seeds;
+- :mod:`rlhf.loop.rounds`: rounds chaining generation, annotation, export, reward model, fine-tune;
+- :mod:`rlhf.loop.stats`: the Django-free statistics the three above share;
+- :mod:`rlhf.loop.views`: the pages (round timeline, arena, evaluation report).
+
+Preference functions themselves live in :mod:`rlhf.preferences` (Django-free).
+"""

@@ -1,0 +1,163 @@
+"""The blind arena: pairs of images of one prompt and seed from two model versions, voted A/B/tie.
+
+Each voter sees a comparison's two images in an order drawn per (comparison, voter) from a keyed hash,
+so a reload shows the same order and nobody can tell which side is which version. Results: a
+head-to-head win rate with a Wilson 95% interval for every pair of versions, and a Bradley-Terry
+(Elo-style) leaderboard across all the versions compared (:mod:`rlhf.loop.stats`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.contrib.auth.models import User
+from django.db import IntegrityError, transaction
+from django.db.models import Exists, OuterRef
+
+from annotate.access import can
+from annotate.models import Project
+from core.exceptions import ApplicationError, PermissionDeniedError
+from generation.models import GeneratedImage, ModelVersion
+from rlhf.loop import stats
+from rlhf.models import Arena, ArenaComparison, ArenaVote
+
+
+def _require(user: User, action: str, project: Project) -> None:
+    if not can(user=user, action="view", project=project) or not can(user=user, action=action, project=project):
+        raise PermissionDeniedError(f"You may not {action} in project {project.name!r}.")
+
+
+@transaction.atomic
+def arena_create(*, project: Project, user: User | None, versions: Sequence[ModelVersion]) -> Arena:
+    """Make ``project`` an arena between ``versions`` (``user=None``: trusted code)."""
+    if user is not None:
+        _require(user, "manage", project)
+    if len({v.pk for v in versions}) < 2:
+        raise ApplicationError("An arena compares at least two model versions.", field="versions")
+    arena, _ = Arena.objects.get_or_create(project=project, defaults={"created_by": user})
+    arena.versions.add(*versions)
+    return arena
+
+
+@transaction.atomic
+def arena_comparison_add(*, arena: Arena, prompt: str, seed: int, image_a: GeneratedImage,
+                         image_b: GeneratedImage) -> ArenaComparison:
+    """One comparison of two images of ``prompt`` and ``seed`` by two of the arena's versions."""
+    if image_a.model_version_id == image_b.model_version_id:
+        raise ApplicationError("The two images must come from two model versions.", field="images")
+    for image in (image_a, image_b):
+        if image.seed != seed or image.prompt != prompt:
+            raise ApplicationError("Both images must be of the comparison's prompt and seed.", field="images")
+    if image_a.model_version_id > image_b.model_version_id:
+        image_a, image_b = image_b, image_a
+    comparison, _ = ArenaComparison.objects.get_or_create(
+        arena=arena, prompt=prompt, seed=seed, version_a_id=image_a.model_version_id,
+        version_b_id=image_b.model_version_id, defaults={"image_a": image_a, "image_b": image_b},
+    )
+    return comparison
+
+
+def arena_comparisons_generate(*, arena: Arena, user: User, prompts: Sequence[str], seeds: Sequence[int],
+                               params: dict[str, Any] | None = None) -> list[ArenaComparison]:
+    """Render every prompt x seed with every version of the arena (generation jobs run in this process,
+    for commands and the bench) and add a comparison for every pair of versions."""
+    from generation import services as generation_services
+    from generation import worker
+
+    versions = list(arena.versions.order_by("pk"))
+    made: list[ArenaComparison] = []
+    for prompt in prompts:
+        images: dict[int, dict[int, GeneratedImage]] = {}
+        digest = hashlib.sha256(f"{prompt}|{list(seeds)}".encode()).hexdigest()[:40]
+        for version in versions:
+            job = generation_services.generation_job_create(
+                user=user, model_version=version, prompt=prompt, seeds=list(seeds), params=params,
+                project=arena.project, idempotency_key=f"arena-{arena.pk}-{version.pk}-{digest}",
+            )
+            worker.run_job(job.pk)
+            job.refresh_from_db()
+            if job.status != "succeeded":
+                raise ApplicationError(f"Generation job {job.pk} {job.status}: {job.error}", field="generation")
+            images[version.pk] = {image.seed: image for image in job.images.all()}
+        for first, second in itertools.combinations(versions, 2):
+            for seed in seeds:
+                made.append(arena_comparison_add(arena=arena, prompt=prompt, seed=seed,
+                                                 image_a=images[first.pk][seed], image_b=images[second.pk][seed]))
+    return made
+
+
+def a_shown_left(*, comparison_id: int, voter_id: int) -> bool:
+    """The blind order: a keyed hash of (comparison, voter), stable across reloads, unguessable."""
+    digest = hashlib.sha256(f"{settings.SECRET_KEY}|arena|{comparison_id}|{voter_id}".encode()).digest()
+    return digest[0] % 2 == 0
+
+
+@dataclass(frozen=True)
+class Matchup:
+    comparison: ArenaComparison
+    left: GeneratedImage
+    right: GeneratedImage
+    a_left: bool
+
+
+def arena_next(*, arena: Arena, user: User) -> Matchup | None:
+    """The next comparison ``user`` has not voted on, with its images in the voter's blind order."""
+    _require(user, "annotate", arena.project)
+    voted = ArenaVote.objects.filter(comparison=OuterRef("pk"), voter=user.pk)
+    comparison = (ArenaComparison.objects.filter(arena=arena).filter(~Exists(voted))
+                  .select_related("image_a", "image_b").order_by("pk").first())
+    if comparison is None:
+        return None
+    a_left = a_shown_left(comparison_id=comparison.pk, voter_id=user.pk)
+    left, right = (comparison.image_a, comparison.image_b) if a_left else (comparison.image_b, comparison.image_a)
+    return Matchup(comparison=comparison, left=left, right=right, a_left=a_left)
+
+
+@transaction.atomic
+def arena_vote(*, arena: Arena, user: User, comparison_id: int, choice: str) -> ArenaVote:
+    """Record ``choice`` ("left", "right" or "tie", as the voter saw it); a repeated vote returns the first."""
+    _require(user, "annotate", arena.project)
+    if choice not in ("left", "right", "tie"):
+        raise ApplicationError("Vote left, right or tie.", field="choice")
+    comparison = ArenaComparison.objects.filter(arena=arena, pk=comparison_id).first()
+    if comparison is None:
+        raise ApplicationError("No such comparison in this arena.", field="comparison")
+    earlier = ArenaVote.objects.filter(comparison=comparison, voter=user.pk).first()
+    if earlier is not None:
+        return earlier
+    a_left = a_shown_left(comparison_id=comparison.pk, voter_id=user.pk)
+    winner = "tie" if choice == "tie" else ("a" if (choice == "left") == a_left else "b")
+    try:
+        with transaction.atomic():
+            return ArenaVote.objects.create(comparison=comparison, voter=user, winner=winner, a_shown_left=a_left)
+    except IntegrityError:  # a concurrent double click
+        return ArenaVote.objects.get(comparison=comparison, voter=user.pk)
+
+
+@dataclass(frozen=True)
+class ArenaResults:
+    leaderboard: list[dict[str, Any]]
+    head_to_head: list[dict[str, Any]]
+    votes: int
+
+
+def arena_results(*, arena: Arena) -> ArenaResults:
+    """Leaderboard (Bradley-Terry, Elo scale) and head-to-head win rates with Wilson 95% intervals."""
+    rows = ArenaVote.objects.filter(comparison__arena=arena).values_list(
+        "comparison__version_a_id", "comparison__version_b_id", "winner")
+    votes = [stats.Vote(a, b, winner) for a, b, winner in rows]
+    names = dict(ModelVersion.objects.filter(arenas=arena).values_list("pk", "name"))
+    board = [{"version": names.get(row.version, row.version), "version_id": row.version,
+              "rating": row.rating, "strength": row.strength, "wins": row.wins, "losses": row.losses,
+              "ties": row.ties, "games": row.games} for row in stats.leaderboard(votes)]
+    pairs = sorted({(v.a, v.b) for v in votes})
+    h2h = []
+    for a, b in pairs:
+        rate = stats.head_to_head(votes, b, a)  # the newer version (higher id) against the older
+        h2h.append({"version": names.get(b, b), "against": names.get(a, a), **rate.as_dict()})
+    return ArenaResults(leaderboard=board, head_to_head=h2h, votes=len(votes))

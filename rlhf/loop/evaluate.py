@@ -1,0 +1,139 @@
+"""A model version against a baseline (its parent by default) on held-out prompts with fixed seeds.
+
+Both versions render every prompt x seed with the same generation parameters; each pair of images
+(same prompt, same seed) is scored by the preference function (or a reward model), judged by the
+shapes-world judge when the prompts are shapes captions, and compared: the paired win rate with its
+Wilson 95% interval says how often the version beats the baseline on the preference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.utils import timezone
+from PIL import Image
+
+from annotate.models import Project
+from core.exceptions import ApplicationError
+from generation.models import ModelVersion
+from rlhf.loop import stats
+from rlhf.models import RunStatus, VersionEvaluation
+from rlhf.preferences import build_preference
+
+HELD_OUT_SEED = 1_000_003  # captions drawn with this seed are never a round's prompts (rounds use 0..)
+
+
+def held_out_captions(n: int, *, split: str = "any") -> list[str]:
+    from generation.shapes.world import prompt_captions
+
+    return prompt_captions(n, seed=HELD_OUT_SEED, split=split)  # type: ignore[arg-type]
+
+
+def render(version: ModelVersion, prompts: Sequence[str], seeds: Sequence[int], *,
+           params: dict[str, Any] | None = None, batch: int = 8) -> list[Image.Image]:
+    """Every prompt x seed (prompt-major) by ``version`` with its default params (plus ``params``)."""
+    from generation import inference, worker
+
+    cache = worker.pipeline_cache()
+    spec = worker.spec_for(version, device_type=cache.device.type)
+    loaded = cache.get(spec)
+    resolved = inference.GenerationParams.from_dict({**version.default_params().to_dict(), **(params or {})})
+    requests = [inference.GenerationRequest(prompt=p, seeds=list(seeds), params=resolved, spec=spec)
+                for p in prompts]
+    rows = inference.generate_batch(loaded, requests, max_batch=batch)
+    return [generated.image for row in rows for generated in row]
+
+
+def _adherence(images: Sequence[Image.Image], captions: Sequence[str]) -> float | None:
+    from generation.shapes.judge import judge_many
+    from generation.shapes.world import parse_caption
+
+    try:
+        for caption in set(captions):
+            parse_caption(caption)
+    except ValueError:
+        return None  # not shapes-world captions: the judge does not apply
+    return float(judge_many(list(images), list(captions))["overall"])
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    n: int
+    score_name: str
+    score_version: float
+    score_baseline: float
+    win: stats.WinRate
+    adherence_version: float | None
+    adherence_baseline: float | None
+
+    def as_dict(self) -> dict[str, Any]:
+        delta = (None if self.adherence_version is None or self.adherence_baseline is None
+                 else self.adherence_version - self.adherence_baseline)
+        return {"n": self.n, "score_name": self.score_name, "score_version": self.score_version,
+                "score_baseline": self.score_baseline, "score_delta": self.score_version - self.score_baseline,
+                "win_rate": self.win.as_dict(), "adherence_version": self.adherence_version,
+                "adherence_baseline": self.adherence_baseline, "adherence_delta": delta}
+
+
+def compare(new: Sequence[Image.Image], old: Sequence[Image.Image], captions: Sequence[str], *,
+            scorer: Any, score_name: str) -> EvaluationResult:
+    """Paired comparison of two image lists (same captions and seeds, in the same order)."""
+    new_scores = np.asarray(scorer(list(new), list(captions)), dtype=float)
+    old_scores = np.asarray(scorer(list(old), list(captions)), dtype=float)
+    return EvaluationResult(
+        n=len(captions), score_name=score_name, score_version=float(new_scores.mean()),
+        score_baseline=float(old_scores.mean()), win=stats.paired_win_rate(new_scores, old_scores),
+        adherence_version=_adherence(new, captions), adherence_baseline=_adherence(old, captions),
+    )
+
+
+def scorer_for(*, preference: str = "", reward_path: str = "") -> tuple[Any, str]:
+    """A batch scorer ``(images, prompts) -> scores``: a preference function, or a reward model's scores."""
+    if reward_path:
+        from rlhf.training.rewards import build_reward
+
+        return build_reward("reward_model", reward_path), "reward model"
+    fn = build_preference(preference)
+    return (lambda images, prompts: [float(fn(i, p)) for i, p in zip(images, prompts, strict=True)]), preference
+
+
+@transaction.atomic
+def _save(evaluation_id: int, **fields: Any) -> None:
+    VersionEvaluation.objects.filter(pk=evaluation_id).update(**fields, updated_at=timezone.now())
+
+
+def version_evaluation_run(
+    *, version: ModelVersion, user: User | None, baseline: ModelVersion | None = None, project: Project | None = None,
+    preference: str = "larger_shapes", reward_version: Any = None, prompts: Sequence[str] | None = None,
+    n_prompts: int = 64, seeds: Sequence[int] = (0,), params: dict[str, Any] | None = None,
+) -> VersionEvaluation:
+    """Evaluate ``version`` against ``baseline`` (its parent by default) in this process; returns the row."""
+    baseline = baseline or version.parent
+    if baseline is None:
+        raise ApplicationError(f"{version.name} has no parent; name a baseline version.", field="baseline")
+    try:
+        scorer, score_name = scorer_for(preference=preference if reward_version is None else "",
+                                        reward_path=reward_version.path if reward_version is not None else "")
+    except ValueError as exc:
+        raise ApplicationError(str(exc), field="preference") from None
+    captions = list(prompts) if prompts else held_out_captions(n_prompts)
+    config = {"preference": score_name if reward_version is None else f"reward_version:{reward_version.pk}",
+              "prompts": captions, "seeds": list(seeds), "params": params or {}}
+    evaluation = VersionEvaluation.objects.create(version=version, baseline=baseline, project=project,
+                                                  created_by=user, config=config, status=RunStatus.RUNNING)
+    try:
+        pairs = [c for c in captions for _ in seeds]
+        new = render(version, captions, seeds, params=params)
+        old = render(baseline, captions, seeds, params=params)
+        result = compare(new, old, pairs, scorer=scorer, score_name=score_name)
+    except Exception as exc:
+        _save(evaluation.pk, status=RunStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now())
+        raise
+    _save(evaluation.pk, status=RunStatus.SUCCEEDED, results=result.as_dict(), finished_at=timezone.now())
+    evaluation.refresh_from_db()
+    return evaluation

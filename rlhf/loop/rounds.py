@@ -1,0 +1,251 @@
+"""Rounds: prompts -> generation with the current version -> annotation -> export -> reward model
+(optional) -> fine-tune -> a new version, the current one of the next round.
+
+Every stage goes through the product's own services (generation jobs run in this process through
+:func:`generation.worker.run_job`; runs through ``*_run_execute``), so a round is what a team would
+do by hand, in one call. ``round_run`` is for commands, the bench and tests: it blocks.
+
+The fine-tune service trains LoRAs on *base* versions only, so a round after the first trains a fresh
+LoRA on the root base version with the cumulative export of every round so far; its lineage (the
+fine-tune run's ``lineage["round"]`` and the round's ``input_version``) records where it came from.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+from django.contrib.auth.models import User
+from django.db import transaction
+from django.db.models import Max
+from django.utils import timezone
+
+from annotate.models import Project
+from annotate.workflow_selectors import project_agreement
+from annotate.workflow_services import project_update_settings, task_create
+from core.exceptions import ApplicationError
+from generation.models import ModelVersion
+from rlhf.models import FineTuneRun, LoopRound, RunStatus
+from rlhf.preferences import SimulationConfig
+
+Method = Literal["dpo", "ddpo"]
+
+
+@dataclass(frozen=True)
+class RoundConfig:
+    """One round's recipe."""
+
+    prompts: int = 200  # shapes-world captions generated and ranked this round
+    prompt_seed: int = 0  # captions come from prompt_captions(prompts, prompt_seed + round number, "train")
+    images_per_prompt: int = 4
+    annotators: int = 3  # simulated annotators (overlap = this many rankings per prompt)
+    preference: str = "larger_shapes"  # rlhf.preferences name or dotted path
+    temperature: float = 0.02
+    method: Method = "dpo"
+    reward_model: bool = False  # train a reward model on the export (DDPO then optimises it)
+    reward_hyperparameters: dict[str, Any] = field(default_factory=dict)
+    hyperparameters: dict[str, Any] = field(default_factory=dict)  # fine-tune overrides
+    eval_prompts: int = 64  # held-out captions of the round's evaluation (0 = skip it)
+    eval_seeds: tuple[int, ...] = (0,)
+
+    def __post_init__(self) -> None:
+        if self.method not in ("dpo", "ddpo"):
+            raise ValueError(f"method must be dpo or ddpo, not {self.method!r}")
+        if self.method == "ddpo" and not self.reward_model:
+            raise ValueError("DDPO in a round optimises the round's reward model: set reward_model")
+        for name in ("prompts", "images_per_prompt", "annotators"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.images_per_prompt < 2:
+            raise ValueError("images_per_prompt must be at least 2 to rank")
+        SimulationConfig(preference=self.preference, temperature=self.temperature)  # validates both
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "eval_seeds": list(self.eval_seeds)}
+
+
+def project_current_version(*, project: Project) -> ModelVersion | None:
+    """The output of the project's last finished round (None before the first)."""
+    last = (LoopRound.objects.filter(project=project, status=RunStatus.SUCCEEDED, output_version__isnull=False)
+            .select_related("output_version").order_by("-number").first())
+    return last.output_version if last is not None else None
+
+
+def rounds_for_project(*, project: Project) -> list[LoopRound]:
+    return list(LoopRound.objects.filter(project=project)
+                .select_related("input_version", "output_version").order_by("number"))
+
+
+@transaction.atomic
+def loop_round_create(*, project: Project, user: User | None, config: RoundConfig,
+                      start_version: ModelVersion | None = None) -> LoopRound:
+    """The project's next round, from its current version (or ``start_version`` before the first round)."""
+    Project.objects.select_for_update().filter(pk=project.pk).first()
+    current = project_current_version(project=project) or start_version
+    if current is None:
+        raise ApplicationError("The first round needs a start version.", field="version")
+    number = (LoopRound.objects.filter(project=project).aggregate(m=Max("number"))["m"] or 0) + 1
+    return LoopRound.objects.create(project=project, number=number, created_by=user, input_version=current,
+                                    config=config.as_dict())
+
+
+def _stage(loop_round: LoopRound, stage: str, **fields: Any) -> None:
+    for key, value in fields.items():
+        setattr(loop_round, key, value)
+    loop_round.stage = stage
+    loop_round.save()
+
+
+def _root(version: ModelVersion) -> ModelVersion:
+    while version.parent_id is not None:
+        version = version.parent  # type: ignore[assignment]
+    return version
+
+
+def _generate_tasks(*, loop_round: LoopRound, project: Project, user: User, captions: list[str],
+                    images: int) -> int:
+    from generation import services as generation_services
+    from generation import worker
+
+    made = 0
+    for i, caption in enumerate(captions):
+        while True:
+            try:
+                job = generation_services.generation_job_create(
+                    user=user, model_version=loop_round.input_version, prompt=caption, num_images=images,
+                    params=project.generation_settings or None, project=project,
+                    idempotency_key=f"round-{loop_round.pk}-{i}",
+                )
+                break
+            except generation_services.RateLimitedError as exc:
+                time.sleep(exc.retry_after)
+        worker.run_job(job.pk)
+        job.refresh_from_db()
+        if job.status != "succeeded":
+            raise ApplicationError(f"Generation job {job.pk} {job.status}: {job.error}", field="generation")
+        image_ids = [image.pk for image in sorted(job.images.all(), key=lambda image: image.index)]
+        task_create(project=project, prompt_text=caption, created_by=user, image_ids=image_ids)
+        made += images
+    return made
+
+
+def round_run(*, project: Project, user: User, config: RoundConfig, start_version: ModelVersion | None = None,
+              log: Any = None) -> LoopRound:
+    """Create the project's next round and run every stage of it in this process; returns the round."""
+    from generation.shapes.world import prompt_captions
+    from rlhf import run_services
+    from rlhf.export_services import export_request_parse, preference_export_build, preference_export_create
+    from rlhf.loop.evaluate import held_out_captions, version_evaluation_run
+    from rlhf.loop.simulate import annotators_simulate, simulated_annotators_ensure
+
+    def say(message: str) -> None:
+        if log is not None:
+            log(message)
+
+    loop_round = loop_round_create(project=project, user=user, config=config, start_version=start_version)
+    timings: dict[str, float] = {}
+    stats: dict[str, Any] = {}
+    clock = time.monotonic()
+
+    def lap(name: str) -> None:
+        nonlocal clock
+        now = time.monotonic()
+        timings[name] = round(now - clock, 2)
+        clock = now
+
+    _stage(loop_round, LoopRound.Stage.GENERATION, status=RunStatus.RUNNING, started_at=timezone.now())
+    try:
+        current = loop_round.input_version
+        project = project_update_settings(project=project, overlap=config.annotators,
+                                          images_per_task=config.images_per_prompt, model_version_ids=[current.pk])
+        captions = prompt_captions(config.prompts, seed=config.prompt_seed + loop_round.number, split="train")
+        say(f"round {loop_round.number}: generating {len(captions)} x {config.images_per_prompt} with {current}")
+        stats["images"] = _generate_tasks(loop_round=loop_round, project=project, user=user, captions=captions,
+                                          images=config.images_per_prompt)
+        lap("generation")
+
+        _stage(loop_round, LoopRound.Stage.ANNOTATION)
+        users = simulated_annotators_ensure(project=project, count=config.annotators)
+        report = annotators_simulate(project=project, users=users, config=SimulationConfig(
+            preference=config.preference, temperature=config.temperature, seed=loop_round.number * 1000))
+        stats["annotations"] = report.annotations
+        agreement = project_agreement(project=project)
+        stats["agreement"] = agreement.mean_pairwise_agreement
+        lap("annotation")
+        say(f"round {loop_round.number}: {report.annotations} annotations, agreement {stats['agreement']}")
+
+        _stage(loop_round, LoopRound.Stage.EXPORT)
+        export = preference_export_create(project=project, user=user, request=export_request_parse(
+            {"format": "pickapic", "split_train": 0.9, "split_validation": 0.1, "split_test": 0.0,
+             "name": f"round {loop_round.number}"}))
+        export = preference_export_build(export_id=export.pk)
+        if export is None or export.status != RunStatus.SUCCEEDED:
+            raise ApplicationError(f"The export failed: {getattr(export, 'error', '')}", field="export")
+        stats["pairs"] = export.pairs
+        lap("export")
+
+        reward_version = None
+        if config.reward_model:
+            _stage(loop_round, LoopRound.Stage.REWARD, export=export)
+            reward_run = run_services.reward_run_create(user=user, export=export, preset="tiny",
+                                                        hyperparameters=config.reward_hyperparameters,
+                                                        name=f"round {loop_round.number}", enqueue=False)
+            loop_round.reward_run = reward_run
+            reward_run = run_services.reward_run_execute(run_id=reward_run.pk)
+            if reward_run is None or reward_run.status != RunStatus.SUCCEEDED:
+                raise ApplicationError(f"The reward run failed: {getattr(reward_run, 'error', '')}", field="reward")
+            loop_round.reward_run = reward_run
+            reward_version = reward_run.registered_version
+            stats["reward_accuracy"] = reward_version.metrics.get("validation_accuracy")
+            lap("reward")
+
+        _stage(loop_round, LoopRound.Stage.FINETUNE, export=export)
+        base = _root(current)
+        finetune = run_services.finetune_run_create(
+            user=user, base_version=base, method=config.method, project=project,
+            export=export if config.method == "dpo" else None,
+            reward_version=reward_version if config.method == "ddpo" else None,
+            prompt_source="project" if config.method == "ddpo" else "",
+            hyperparameters=config.hyperparameters, eval_prompts=captions[:1],
+            name=f"round {loop_round.number}", enqueue=False,
+        )
+        FineTuneRun.objects.filter(pk=finetune.pk).update(lineage={
+            **finetune.lineage, "round": {"id": loop_round.pk, "number": loop_round.number,
+                                          "input_version": current.pk}})
+        loop_round.finetune_run = finetune
+        finetune = run_services.finetune_run_execute(run_id=finetune.pk)
+        if finetune is None or finetune.status != RunStatus.SUCCEEDED or finetune.result_version is None:
+            raise ApplicationError(f"The fine-tune failed: {getattr(finetune, 'error', '')}", field="finetune")
+        loop_round.finetune_run = finetune
+        new = finetune.result_version
+        lap("finetune")
+
+        if config.eval_prompts:
+            _stage(loop_round, LoopRound.Stage.EVALUATION, output_version=new)
+            evaluation = version_evaluation_run(
+                version=new, baseline=current, user=user, project=project, preference=config.preference,
+                prompts=held_out_captions(config.eval_prompts), seeds=config.eval_seeds,
+                params=project.generation_settings or None)
+            stats["evaluation"] = evaluation.pk
+            stats.update({k: evaluation.results.get(k) for k in (
+                "score_version", "score_baseline", "score_delta", "adherence_version", "adherence_baseline",
+                "adherence_delta")})
+            stats["win_rate"] = evaluation.results.get("win_rate")
+            lap("evaluation")
+
+        project_update_settings(project=project, model_version_ids=[new.pk])
+        _stage(loop_round, LoopRound.Stage.DONE, output_version=new, status=RunStatus.SUCCEEDED,
+               finished_at=timezone.now(), stats={**stats, "seconds": timings})
+        say(f"round {loop_round.number}: new current version {new}")
+    except Exception as exc:
+        loop_round.status, loop_round.error = RunStatus.FAILED, str(exc)[:2000]
+        loop_round.finished_at = timezone.now()
+        loop_round.stats = {**stats, "seconds": timings}
+        loop_round.save()
+        raise
+    return loop_round
+
+
+__all__ = ["RoundConfig", "loop_round_create", "project_current_version", "round_run", "rounds_for_project"
+           ]

@@ -1,0 +1,128 @@
+"""Statistics of the loop, Django-free: Wilson intervals, paired win rates, a Bradley-Terry leaderboard."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import asdict, dataclass
+
+from rlhf.exports.aggregate import fit_bradley_terry
+from rlhf.exports.pairs import Pair
+
+Z95 = 1.959963984540054
+
+
+def wilson_interval(successes: float, n: float, *, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval of a proportion (``successes`` may be fractional: a tie counts half)."""
+    if n <= 0:
+        return (0.0, 1.0)
+    p = successes / n
+    denominator = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denominator
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denominator
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+@dataclass(frozen=True)
+class WinRate:
+    """A against B: ``rate = (wins + ties / 2) / n`` with its Wilson 95% interval."""
+
+    wins: int
+    losses: int
+    ties: int
+    rate: float
+    low: float
+    high: float
+
+    @property
+    def n(self) -> int:
+        return self.wins + self.losses + self.ties
+
+    def as_dict(self) -> dict[str, float | int]:
+        return {**asdict(self), "n": self.n}
+
+
+def win_rate(wins: int, losses: int, ties: int = 0) -> WinRate:
+    n = wins + losses + ties
+    successes = wins + 0.5 * ties
+    rate = successes / n if n else 0.5
+    low, high = wilson_interval(successes, n)
+    return WinRate(wins=wins, losses=losses, ties=ties, rate=rate, low=low, high=high)
+
+
+def paired_win_rate(new: Sequence[float], old: Sequence[float], *, tolerance: float = 1e-9) -> WinRate:
+    """``new[i]`` against ``old[i]`` (the same prompt and seed): wins, losses, ties within ``tolerance``."""
+    if len(new) != len(old):
+        raise ValueError(f"{len(new)} new scores but {len(old)} old ones")
+    wins = sum(1 for a, b in zip(new, old, strict=True) if a - b > tolerance)
+    losses = sum(1 for a, b in zip(new, old, strict=True) if b - a > tolerance)
+    return win_rate(wins, losses, len(new) - wins - losses)
+
+
+@dataclass(frozen=True)
+class Vote:
+    """One arena vote: ``winner`` is ``"a"``, ``"b"`` or ``"tie"``."""
+
+    a: Hashable
+    b: Hashable
+    winner: str
+
+
+@dataclass(frozen=True)
+class LeaderboardRow:
+    version: Hashable
+    rating: float  # Elo-style: 400 * log10(strength) + 1000
+    strength: float
+    wins: int
+    losses: int
+    ties: int
+
+    @property
+    def games(self) -> int:
+        return self.wins + self.losses + self.ties
+
+
+def leaderboard(votes: Iterable[Vote], *, prior: float = 0.1) -> list[LeaderboardRow]:
+    """A Bradley-Terry fit over every version compared (ties count half each way), best first.
+
+    The rating is on the Elo scale (400 points = ten-fold odds), centred at 1000.
+    """
+    votes = list(votes)
+    pairs = []
+    record: dict[Hashable, list[int]] = {}
+    for vote in votes:
+        if vote.winner not in ("a", "b", "tie"):
+            raise ValueError(f"unknown winner {vote.winner!r}")
+        for version in (vote.a, vote.b):
+            record.setdefault(version, [0, 0, 0])
+        if vote.winner == "tie":
+            pairs.append(Pair(vote.a, vote.b, 0.5, 0.5, True))
+            record[vote.a][2] += 1
+            record[vote.b][2] += 1
+        else:
+            winner, loser = (vote.a, vote.b) if vote.winner == "a" else (vote.b, vote.a)
+            pairs.append(Pair(winner, loser, 1.0, 0.0, False))
+            record[winner][0] += 1
+            record[loser][1] += 1
+    fit = fit_bradley_terry(pairs, prior=prior)
+    rows = [
+        LeaderboardRow(version=v, strength=s, rating=1000.0 + 400.0 * math.log10(s),
+                       wins=record[v][0], losses=record[v][1], ties=record[v][2])
+        for v, s in fit.strengths.items()
+    ]
+    return sorted(rows, key=lambda row: (-row.strength, str(row.version)))
+
+
+def head_to_head(votes: Iterable[Vote], first: Hashable, second: Hashable) -> WinRate:
+    """``first`` against ``second`` over the votes between exactly those two."""
+    wins = losses = ties = 0
+    for vote in votes:
+        if {vote.a, vote.b} != {first, second}:
+            continue
+        if vote.winner == "tie":
+            ties += 1
+        elif (vote.winner == "a") == (vote.a == first):
+            wins += 1
+        else:
+            losses += 1
+    return win_rate(wins, losses, ties)

@@ -1,0 +1,96 @@
+"""Pages of the loop: a project's round timeline, the blind arena and its results, an evaluation report."""
+
+from __future__ import annotations
+
+from django.contrib.auth.decorators import login_required
+from django.http import Http404, HttpRequest, HttpResponse
+from django.shortcuts import get_object_or_404
+from django.urls import reverse
+from django.views.decorators.http import require_http_methods
+
+from annotate import access
+from annotate.models import Project
+from annotate.selectors import project_for_user
+from annotate.workflow_selectors import image_url
+from core.charts import Chart, Series, line_chart_svg
+from core.exceptions import ApplicationError
+from core.htmx import redirect_after_post, render_page_or_partial
+from rlhf.loop import arena as arena_services
+from rlhf.loop.rounds import rounds_for_project
+from rlhf.models import Arena, VersionEvaluation
+
+
+def _project(request: HttpRequest, project_id: int, action: str) -> Project:
+    try:
+        project = project_for_user(user=request.user, project_id=project_id)
+    except Project.DoesNotExist:
+        raise Http404("No such project") from None
+    access.require(user=request.user, action=action, project=project)
+    return project
+
+
+def _rounds_chart(rounds: list) -> str:
+    """Preference and adherence of each round's new version, by round (needs two finished rounds)."""
+    done = [r for r in rounds if r.stats.get("score_version") is not None]
+    if len(done) < 2:
+        return ""
+    chart = Chart(title="Each round's new version", x_label="round", markers=True, series=[
+        Series("preference score", [(r.number, r.stats.get("score_version")) for r in done]),
+        Series("adherence", [(r.number, r.stats.get("adherence_version")) for r in done], dashed=True),
+    ])
+    return line_chart_svg(chart)
+
+
+@login_required
+def round_timeline(request: HttpRequest, project_id: int) -> HttpResponse:
+    """The project's rounds as a timeline: data size, agreement, reward accuracy, preference/adherence change."""
+    project = _project(request, project_id, "view")
+    rounds = rounds_for_project(project=project)
+    return render_page_or_partial(request, "rlhf/round_timeline.html", "timeline",
+                                  {"project": project, "rounds": rounds, "chart": _rounds_chart(rounds)})
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def arena_vote(request: HttpRequest, project_id: int) -> HttpResponse:
+    """The blind arena: two images, no labels, A / tie / B."""
+    project = _project(request, project_id, "annotate")
+    arena = get_object_or_404(Arena, project=project)
+    error = None
+    if request.method == "POST":
+        try:
+            arena_services.arena_vote(arena=arena, user=request.user,
+                                      comparison_id=int(request.POST.get("comparison") or 0),
+                                      choice=request.POST.get("choice", ""))
+            return redirect_after_post(request, reverse("rlhf:arena_vote", args=[project.pk]))
+        except (ApplicationError, ValueError) as exc:
+            error = str(exc)
+    matchup = arena_services.arena_next(arena=arena, user=request.user)
+    context = {"project": project, "matchup": matchup, "error": error,
+               "left_url": image_url(matchup.left.pk) if matchup else "",
+               "right_url": image_url(matchup.right.pk) if matchup else ""}
+    return render_page_or_partial(request, "rlhf/arena_vote.html", "matchup", context)
+
+
+@login_required
+def arena_results(request: HttpRequest, project_id: int) -> HttpResponse:
+    project = _project(request, project_id, "view")
+    arena = get_object_or_404(Arena, project=project)
+    if not (access.can(user=request.user, action="train", project=project)
+            or access.can(user=request.user, action="manage", project=project)):
+        raise Http404("No such arena")  # voters never see which version won while they vote
+    results = arena_services.arena_results(arena=arena)
+    return render_page_or_partial(request, "rlhf/arena_results.html", "results",
+                                  {"project": project, "results": results})
+
+
+@login_required
+def evaluation_detail(request: HttpRequest, evaluation_id: int) -> HttpResponse:
+    evaluation = get_object_or_404(VersionEvaluation.objects.select_related("version", "baseline", "project"),
+                                   pk=evaluation_id)
+    if evaluation.project is not None:
+        _project(request, evaluation.project_id, "view")
+    elif not request.user.has_perm("annotate.train_models"):
+        raise Http404("No such evaluation")
+    return render_page_or_partial(request, "rlhf/evaluation_detail.html", "report",
+                                  {"evaluation": evaluation, "results": evaluation.results})
