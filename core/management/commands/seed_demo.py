@@ -37,6 +37,7 @@ class Command(BaseCommand):
             for role, user in users.items():
                 ProjectMembership.objects.update_or_create(project=project, user=user, defaults={"role": role})
             self._demo_model(users[Role.ADMIN])
+            self._demo_workflow(project, users[Role.ADMIN])
         self.stdout.write(self.style.SUCCESS("Demo logins (username / password):"))
         for username, password, role in DEMO_USERS:
             self.stdout.write(f"  {Role(role).label:<14} {username} / {password}")
@@ -64,6 +65,30 @@ class Command(BaseCommand):
             created_by=admin,
         )
         self.stdout.write(f"Registered the demo model version {DEMO_MODEL}.")
+
+    def _demo_workflow(self, project: Project, admin: Any) -> None:
+        """The RLHF preset as the project's published template, and a prompt set of the shapes world."""
+        from annotate import template_services, workflow_services
+        from generation.models import ModelVersion
+        from generation.shapes.world import prompt_captions
+
+        if project.template_version is None:
+            template = template_services.template_create_from_preset(
+                project=project, preset="rlhf_image_generation", created_by=admin
+            )
+            version = template_services.template_version_publish(template=template, created_by=admin)
+            workflow_services.project_update_settings(project=project, template_version=version, images_per_task=4)
+        demo_model = ModelVersion.objects.filter(name=DEMO_MODEL).first()
+        if demo_model is not None and not project.model_versions.filter(pk=demo_model.pk).exists():
+            offered = [*project.model_versions.values_list("pk", flat=True), demo_model.pk]
+            workflow_services.project_update_settings(project=project, model_version_ids=offered)
+        if not project.prompts.exists():
+            captions = "\n".join(prompt_captions(40, seed=1)).encode()
+            report = workflow_services.prompt_set_import(
+                project=project, data=captions, filename="shapes-world.txt", created_by=admin,
+                name="Shapes world captions",
+            )
+            self.stdout.write(f"Imported {report.created} demo prompts.")
 
     def _user(self, username: str, password: str, role: str) -> Any:
         user_model = get_user_model()
