@@ -81,7 +81,9 @@ def main() -> None:
     parser.add_argument("--baseline-n", type=int, default=100)
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core CPU)")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: fastest on a shared 2-core CPU)"
+    )
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -2,7 +2,10 @@
 
 Phases (each resumable; a finished phase is skipped on restart):
 1. VAE: AutoencoderKL on freshly rendered images (random crops first, which are 4x cheaper,
-   then full 64x64 images); saved to ``<run_dir>/vae`` with its latent scaling factor.
+   then full 64x64 images; shape pixels weigh ``shape_weight``); saved to ``<run_dir>/vae`` with
+   its latent scaling factor.
+1b. Decoder (optional, ``--finetune-decoder STEPS``, may run alongside phase 3): the decoder alone
+   trains further with the encoder frozen, into ``<run_dir>/vae_ft``; export prefers it.
 2. Cache: a pool of rendered training examples is encoded once by the frozen VAE
    (``<run_dir>/cache.pt``: latents and token ids).
 3. Diffusion: UNet and text encoder from scratch on the cached latents, v-prediction, caption
@@ -10,6 +13,12 @@ Phases (each resumable; a finished phase is skipped on restart):
    ``ckpt_every`` steps and a run restarts from it. Stops at ``steps`` or after ``max_minutes``.
 Then ``export_pipeline`` writes a diffusers directory (EMA weights) that
 ``StableDiffusionPipeline.from_pretrained`` loads.
+
+The recipe run on the shared 2-core CPU (the weights ship in generation/weights/shapes/ once exported)::
+
+    python -m generation.shapes.train --preset cpu                      # phases 1-3, about 95 minutes
+    python -m generation.shapes.train --preset cpu --finetune-decoder 6000 --max-minutes 45   # alongside phase 3
+    python -m generation.shapes.train --preset cpu --export generation/weights/shapes
 """
 
 from __future__ import annotations
