@@ -60,8 +60,8 @@ class Command(BaseCommand):
         if unet_config.is_file():
             side = int(json.loads(unet_config.read_text()).get("sample_size", 8)) * 8
         model_version_register(
-            name=DEMO_MODEL, source="generation/weights/shapes", dtype="float32", scheduler="ddim", steps=25,
-            guidance=5.0, width=side, height=side, description="The built-in shapes-world model.",
+            name=DEMO_MODEL, source="generation/weights/shapes", dtype="float32", scheduler="dpmpp_2m", steps=12,
+            guidance=2.5, width=side, height=side, description="The built-in shapes-world model.",
             created_by=admin,
         )
         self.stdout.write(f"Registered the demo model version {DEMO_MODEL}.")
