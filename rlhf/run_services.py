@@ -598,7 +598,8 @@ def agreement_ceiling_of(path: Path) -> dict[str, Any] | None:
 # --- reward-model runs: the task body -------------------------------------------------------------------
 
 
-def _reward_data_path(run: RewardModelRun, output_dir: Path) -> Path:
+def _run_data_path(run: RewardModelRun | FineTuneRun) -> Path:
+    """The Parquet a run trains on: its export's data file, or the path it was started with."""
     if run.export is None:
         return Path(run.data_path)
     # Both export formats are in the trainer's layout (rankings.parquet: images best first, 0-based ranks).
@@ -629,7 +630,7 @@ def reward_run_execute(*, run_id: int, echo: OnLog | None = None) -> RewardModel
         shutil.rmtree(output_dir, ignore_errors=True)  # leftovers of an earlier database's run with this id
     try:
         config = reward_config_from_run(run)
-        data_path = _reward_data_path(run, output_dir)
+        data_path = _run_data_path(run)
         rows = count_rows(data_path, "train")
         total = config.epochs * math.ceil(rows / (config.batch_size * config.grad_accum))
         total = min(total, config.max_steps) if config.max_steps else total
@@ -888,13 +889,6 @@ def _save_grid(run_id: int, grid: dict[str, Any]) -> None:
         run.save(update_fields=["eval_grids", "updated_at"])
 
 
-def _finetune_data_path(run: FineTuneRun, output_dir: Path) -> Path:
-    if run.export is None:
-        return Path(run.data_path)
-    # Both export formats are in the trainer's layout (rankings.parquet: images best first, 0-based ranks).
-    return export_data_path(run.export)
-
-
 def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneRun | None:
     """Fine-tune, render the evaluation grids, copy the LoRA and register it; a no-op for a finished run."""
     from rlhf.training.ddpo import train_ddpo
@@ -918,7 +912,7 @@ def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneR
         progress = RunProgress(FineTuneRun, run, total_steps=total, resume_step=_resume_step(output_dir), echo=echo,
                                checkpoint_every=config.checkpoint_every)
         if run.method == FineTuneRun.Method.DPO:
-            result = train_dpo(config, _finetune_data_path(run, output_dir), output_dir, on_log=progress.on_log,
+            result = train_dpo(config, _run_data_path(run), output_dir, on_log=progress.on_log,
                                should_stop=progress.should_stop, resume=True)
         else:
             result = train_ddpo(config, output_dir, on_log=progress.on_log, should_stop=progress.should_stop,
