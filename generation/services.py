@@ -16,7 +16,6 @@ import time
 import uuid
 from dataclasses import dataclass, fields
 from datetime import timedelta
-from io import BytesIO
 from typing import Any
 
 from django.conf import settings
@@ -28,7 +27,6 @@ from django.db import transaction
 from django.db.models import Count, F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-from PIL import Image
 
 from annotate import access
 from annotate.models import Project
@@ -433,47 +431,51 @@ def _save_file(key: str, data: bytes) -> None:
             time.sleep(STORAGE_BACKOFF_S * 2**attempt)
 
 
-def generated_image_store(
-    *,
-    job: GenerationJob,
-    index: int,
-    seed: int,
-    token: uuid.UUID,
-    png: bytes,
-    runtime: dict[str, str],
-    generation_seconds: float,
-    batch_size: int,
-) -> GeneratedImage:
-    """Write the file under its deterministic key, then its row (unique per job and index).
+@dataclass(frozen=True)
+class ImageToStore:
+    """One rendered image of a claimed job, as the worker hands it over."""
 
-    A crash between the two leaves an orphan file that the next claim deletes (or overwrites).
+    job: GenerationJob
+    index: int
+    seed: int
+    png: bytes
+    width: int
+    height: int
+    generation_seconds: float
+    batch_size: int
+
+
+def generated_images_store(*, token: uuid.UUID, images: list[ImageToStore], runtime: dict[str, str]
+                           ) -> list[GeneratedImage]:
+    """Write each file under its deterministic key, then all their rows in one transaction.
+
+    The rows are written only while every job involved is still leased to ``token`` (else
+    ``LeaseLost``, and nothing is written). A row that already exists (a retried chunk) is kept as
+    it is. A crash between the files and the rows leaves orphan files that the next claim deletes
+    (or overwrites).
     """
-    key = job.storage_key(index, seed)
-    _save_file(key, png)
-    width, height = Image.open(BytesIO(png)).size
-    with transaction.atomic():
-        current = GenerationJob.objects.select_for_update().filter(pk=job.pk).first()
-        if current is None or current.lease_token != token or current.status != JobStatus.RUNNING:
-            raise LeaseLost(f"job {job.pk} is no longer leased to {token}")
-        image, _ = GeneratedImage.objects.get_or_create(
-            job=job,
-            index=index,
-            defaults={
-                "model_version_id": job.model_version_id,
-                "prompt": job.prompt,
-                "seed": seed,
-                "params": job.params,
-                "runtime": runtime,
-                "storage_key": key,
-                "sha256": sha256_hex(png),
-                "width": width,
-                "height": height,
-                "size_bytes": len(png),
-                "generation_seconds": generation_seconds,
-                "batch_size": batch_size,
-            },
+    if not images:
+        return []
+    keys = [item.job.storage_key(item.index, item.seed) for item in images]
+    for key, item in zip(keys, images, strict=True):
+        _save_file(key, item.png)
+    rows = [
+        GeneratedImage(
+            job=item.job, index=item.index, model_version_id=item.job.model_version_id, prompt=item.job.prompt,
+            seed=item.seed, params=item.job.params, runtime=runtime, storage_key=key, sha256=sha256_hex(item.png),
+            width=item.width, height=item.height, size_bytes=len(item.png),
+            generation_seconds=item.generation_seconds, batch_size=item.batch_size,
         )
-    return image
+        for key, item in zip(keys, images, strict=True)
+    ]
+    job_ids = {item.job.pk for item in images}
+    with transaction.atomic():
+        held = set(GenerationJob.objects.select_for_update().filter(
+            pk__in=job_ids, lease_token=token, status=JobStatus.RUNNING).values_list("pk", flat=True))
+        if held != job_ids:
+            raise LeaseLost(f"job(s) {sorted(job_ids - held)} are no longer leased to {token}")
+        GeneratedImage.objects.bulk_create(rows, ignore_conflicts=True)
+    return rows
 
 
 @transaction.atomic
@@ -571,7 +573,8 @@ __all__ = [
     "LeaseLost",
     "RateLimitedError",
     "TransientStorageError",
-    "generated_image_store",
+    "ImageToStore",
+    "generated_images_store",
     "generation_job_cancel",
     "generation_job_create",
     "generation_job_fail_unclaimed",

@@ -200,15 +200,16 @@ def run_job(job_id: int, *, batch_limit: int | None = None) -> RunResult:
             # shape (a power of two) so that the same shape reproduces the same pixels later.
             shape = batch_shape(chunk_images, batch_limit)
             rows = inference.generate_batch(loaded, requests, callback=on_progress, max_batch=shape)
-            for (pk, items), images in zip(by_job.items(), rows, strict=True):
-                for (index, seed), generated in zip(items, images, strict=True):
-                    services.generated_image_store(
-                        job=jobs_by_pk[pk], index=index, seed=seed, token=claim.token,
-                        png=inference.image_to_png_bytes(generated.image),
-                        runtime={**runtime, "batch_shape": shape},
-                        generation_seconds=generated.elapsed_s, batch_size=generated.batch_size,
-                    )
-                    result.images_written += 1
+            services.generated_images_store(token=claim.token, runtime={**runtime, "batch_shape": shape}, images=[
+                services.ImageToStore(
+                    job=jobs_by_pk[pk], index=index, seed=seed, png=inference.image_to_png_bytes(generated.image),
+                    width=generated.image.width, height=generated.image.height,
+                    generation_seconds=generated.elapsed_s, batch_size=generated.batch_size,
+                )
+                for (pk, items), images in zip(by_job.items(), rows, strict=True)
+                for (index, seed), generated in zip(items, images, strict=True)
+            ])
+            result.images_written += chunk_images
             done_steps += chunk_images * claim.params.steps
     except services.LeaseLost:
         logger.warning("job %s: lease lost mid-run; another worker owns it now", job_id)
