@@ -174,7 +174,9 @@ class FineTuneRun(TimeStampedModel):
 
     Works in ``PICKWISE_MODEL_CACHE_DIR/runs/finetune-<id>`` (resumable checkpoints); a finished run
     copies its LoRA to ``PICKWISE_MODEL_CACHE_DIR/loras/finetune-<id>`` and registers ``result_version``.
-    ``eval_grids`` holds the evaluation images (``[{"label", "step", "images": [{"prompt", "seed", "key"}]}]``).
+    ``eval_grids`` holds the evaluation images (``[{"label", "step", "images": [{"prompt", "seed", "key"}]}]``),
+    labelled ``base``, ``step-<N>`` (one per periodic checkpoint) and ``final``; a checkpoint grid whose
+    rendering failed has no images and an ``error``.
     """
 
     class Method(models.TextChoices):

@@ -181,14 +181,31 @@ def reward_run_summary(run: RewardModelRun) -> dict[str, Any]:
     return {"test": test, "validation": validation, "ceiling": ceiling, "by_model": by_model}
 
 
+def grid_order(grid: dict[str, Any]) -> tuple[int, int]:
+    """Sort key of a run's evaluation grids: base, then the checkpoints by step, then final."""
+    return {"base": 0, "final": 2}.get(grid["label"], 1), int(grid["step"])
+
+
 def finetune_grids(run: FineTuneRun) -> list[dict[str, Any]]:
-    """Base and fine-tuned images side by side: one row per (prompt, seed), one column per grid."""
-    grids = sorted(run.eval_grids or [], key=lambda g: (g["label"] != "base", g["step"]))
+    """Base, checkpoint and final images side by side: one row per (prompt, seed), one column per grid.
+
+    Columns are in :func:`grid_order`, each ``{"label", "step", "title", "error"}``; a row's ``cells``
+    line up with them (None where a grid has no image for the row, e.g. its rendering failed).
+    """
+    grids = sorted(run.eval_grids or [], key=grid_order)
     if not grids:
         return []
-    rows: dict[int, dict[str, Any]] = {}
+    unit = "iteration" if run.method == FineTuneRun.Method.DDPO else "step"
+    columns = []
     for grid in grids:
-        for image in grid["images"]:
-            row = rows.setdefault(image["index"], {"prompt": image["prompt"], "seed": image["seed"], "cells": []})
-            row["cells"].append({"label": grid["label"], "step": grid["step"], "index": image["index"]})
-    return [{"labels": [(g["label"], g["step"]) for g in grids], "rows": [rows[i] for i in sorted(rows)]}]
+        at = f"{unit} {grid['step']}"
+        title = {"base": "base", "final": f"final ({at})"}.get(grid["label"], at)
+        columns.append({"label": grid["label"], "step": grid["step"], "title": title, "error": grid.get("error", "")})
+    rows: dict[int, dict[str, Any]] = {}
+    for image in (image for grid in grids for image in grid["images"]):
+        rows.setdefault(image["index"], {"prompt": image["prompt"], "seed": image["seed"]})
+    present = [{image["index"] for image in grid["images"]} for grid in grids]
+    for index, row in rows.items():
+        row["cells"] = [{"label": grid["label"], "index": index} if index in has else None
+                        for grid, has in zip(grids, present, strict=True)]
+    return [{"columns": columns, "rows": [rows[i] for i in sorted(rows)]}]

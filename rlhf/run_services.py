@@ -14,6 +14,7 @@ directory before anything is registered; a run that fails registers nothing.
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -50,6 +51,7 @@ from rlhf.models import (
     RewardModelVersion,
     RunStatus,
 )
+from rlhf.run_selectors import grid_order
 
 logger = logging.getLogger(__name__)
 
@@ -852,8 +854,18 @@ def finetune_config_from_run(run: FineTuneRun) -> Any:
     return ddpo.DDPOConfig(**data)
 
 
+def checkpoint_grid_label(step: int) -> str:
+    """The label (and storage-key segment) of the grid rendered from the checkpoint at ``step``."""
+    return f"step-{step}"
+
+
 def _render_grid(run: FineTuneRun, base_dir: Path, lora_dir: Path | None, label: str, step: int) -> dict[str, Any]:
-    """Render the fixed evaluation prompts x seeds and store them under deterministic keys."""
+    """Render the fixed evaluation prompts x seeds and store them under deterministic keys.
+
+    Every image is sampled from its own CPU generator seeded with its evaluation seed
+    (``lora.eval_images``), so grids are comparable across checkpoints and never draw from the global
+    random state.
+    """
     from generation.inference import image_to_png_bytes, resolve_device
     from rlhf.training.lora import eval_images, load_pipeline
 
@@ -883,14 +895,56 @@ def _store(key: str, data: bytes) -> None:
 
 
 def _save_grid(run_id: int, grid: dict[str, Any]) -> None:
+    """Add or replace (by label) one grid; the list stays in :func:`grid_order`."""
     with transaction.atomic():
         run = FineTuneRun.objects.select_for_update().get(pk=run_id)
-        run.eval_grids = [g for g in run.eval_grids if g["label"] != grid["label"]] + [grid]
+        run.eval_grids = sorted([g for g in run.eval_grids if g["label"] != grid["label"]] + [grid], key=grid_order)
         run.save(update_fields=["eval_grids", "updated_at"])
 
 
+def _render_checkpoint_grid(run: FineTuneRun, base_dir: Path, lora_dir: Path, step: int) -> None:
+    """Render and save the grid of the checkpoint at ``step``; a failure is recorded on the grid, not raised.
+
+    A checkpoint grid is a preview: running out of memory (or any other error) while rendering it must
+    not end a training run that is otherwise fine. The grid is saved with ``images: []`` and ``error``
+    (shown on the run page, and counted as rendered so a resume does not retry it), the traceback goes
+    to the log, and training carries on. Errors in training itself still fail the run.
+    """
+    label = checkpoint_grid_label(step)
+    try:
+        grid = _render_grid(run, base_dir, lora_dir, label, step)
+    except Exception as exc:
+        logger.exception("fine-tune run %s: rendering the grid of checkpoint %s failed", run.pk, step)
+        grid = {"label": label, "step": step, "images": [], "error": failure_reason(exc)}
+    _save_grid(run.pk, grid)
+    gc.collect()  # the pipeline (and, after a failure, the traceback's frames holding it) before the cache
+    _free_memory()
+
+
+def _wants_checkpoint_grid(step: int, *, checkpoint_every: int, total: int) -> bool:
+    """Periodic checkpoints before the last step get a grid (the last step's weights get "final")."""
+    return bool(checkpoint_every) and step % checkpoint_every == 0 and 0 < step < total
+
+
+def _render_missing_checkpoint_grids(run: FineTuneRun, base_dir: Path, output_dir: Path, *,
+                                     checkpoint_every: int, total: int) -> None:
+    """On resume: grids of checkpoints written before the worker died but not yet rendered."""
+    from rlhf.training.checkpoint import list_checkpoints, read_metadata
+
+    rendered = {g["label"] for g in FineTuneRun.objects.get(pk=run.pk).eval_grids}
+    for directory in list_checkpoints(output_dir):
+        step = int(read_metadata(directory)["step"])
+        if (_wants_checkpoint_grid(step, checkpoint_every=checkpoint_every, total=total)
+                and checkpoint_grid_label(step) not in rendered):
+            _render_checkpoint_grid(run, base_dir, directory, step)
+
+
 def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneRun | None:
-    """Fine-tune, render the evaluation grids, copy the LoRA and register it; a no-op for a finished run."""
+    """Fine-tune, render the evaluation grids, copy the LoRA and register it; a no-op for a finished run.
+
+    Grids: "base" before training, "step-<N>" from each periodic checkpoint while training runs (so the
+    page shows them as they come), "final" from the finished LoRA; all with the same prompts and seeds.
+    """
     from rlhf.training.ddpo import train_ddpo
     from rlhf.training.dpo import train_dpo
 
@@ -909,14 +963,23 @@ def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneR
             _save_grid(run.pk, _render_grid(run, base_dir, None, "base", 0))
         total = config.max_steps if run.method == FineTuneRun.Method.DPO else config.iterations
         FineTuneRun.objects.filter(pk=run.pk).update(total_steps=total)
+        _render_missing_checkpoint_grids(run, base_dir, output_dir, checkpoint_every=config.checkpoint_every,
+                                         total=total)
         progress = RunProgress(FineTuneRun, run, total_steps=total, resume_step=_resume_step(output_dir), echo=echo,
                                checkpoint_every=config.checkpoint_every)
+
+        def on_checkpoint(step: int, directory: Path) -> None:
+            if not progress.stopped and _wants_checkpoint_grid(step, checkpoint_every=config.checkpoint_every,
+                                                               total=total):
+                _render_checkpoint_grid(run, base_dir, directory, step)
+                progress.flush(force=True)  # a fresh heartbeat after rendering (and a cancel seen sooner)
+
         if run.method == FineTuneRun.Method.DPO:
             result = train_dpo(config, _run_data_path(run), output_dir, on_log=progress.on_log,
-                               should_stop=progress.should_stop, resume=True)
+                               should_stop=progress.should_stop, on_checkpoint=on_checkpoint, resume=True)
         else:
             result = train_ddpo(config, output_dir, on_log=progress.on_log, should_stop=progress.should_stop,
-                                resume=True)
+                                on_checkpoint=on_checkpoint, resume=True)
         progress.flush(force=True)
         if result.stopped:
             _run_fail(FineTuneRun, run_id, "Stopped before the end.")  # only if it was not cancelled

@@ -4,7 +4,8 @@ Entry points (dataclass configs and paths in, plain results out):
 
 - ``reward_train.train_reward_model(config, data_path, output_dir, on_log=, should_stop=)``,
   ``reward_model.load_reward_model(path)`` + ``reward_model.score(model, prompts, images)``
-- ``dpo.train_dpo(config, data_path, output_dir, on_log=, should_stop=)`` (Diffusion-DPO, LoRA)
-- ``ddpo.train_ddpo(config, output_dir, on_log=, should_stop=)`` (DDPO, LoRA, registered reward functions)
+- ``dpo.train_dpo(config, data_path, output_dir, on_log=, should_stop=, on_checkpoint=)`` (Diffusion-DPO, LoRA)
+- ``ddpo.train_ddpo(config, output_dir, on_log=, should_stop=, on_checkpoint=)`` (DDPO, LoRA, registered
+  reward functions); ``on_checkpoint(step, checkpoint_dir)``: see ``callbacks``
 - ``lora.load_pipeline(base, lora_dir)`` + ``lora.eval_images(pipe, prompts, seeds)`` for checkpoint grids
 """

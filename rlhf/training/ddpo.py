@@ -24,6 +24,7 @@ from diffusers import DDIMScheduler
 from diffusers.training_utils import cast_training_params
 from PIL import Image
 
+from rlhf.training.callbacks import OnCheckpoint, notify_checkpoint
 from rlhf.training.checkpoint import (
     STATE_DIR,
     checkpoint_dir,
@@ -150,12 +151,15 @@ def train_ddpo(
     *,
     on_log: OnLog | None = None,
     should_stop: ShouldStop | None = None,
+    on_checkpoint: OnCheckpoint | None = None,
     resume: bool = True,
     reward_fn: RewardFunction | None = None,
 ) -> FineTuneResult:
     """Run DDPO; ``on_log(iteration, metrics)`` after each iteration, ``should_stop()`` polled after each.
 
-    ``reward_fn`` overrides the registry lookup (the config still names and validates its reward).
+    ``on_checkpoint(iteration, checkpoint_dir)`` after every checkpoint under ``checkpoints/`` is written,
+    as in :func:`rlhf.training.dpo.train_dpo`. ``reward_fn`` overrides the registry lookup (the config
+    still names and validates its reward).
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
@@ -305,6 +309,8 @@ def train_ddpo(
         if stopped or due or iteration >= config.iterations:
             checkpoint(checkpoint_dir(output_dir, iteration), True, last)
             prune_checkpoints(output_dir, config.keep_last)
+            if accelerator.is_main_process:
+                notify_checkpoint(on_checkpoint, iteration, checkpoint_dir(output_dir, iteration))
 
     if stopped:
         return FineTuneResult(checkpoint_dir(output_dir, iteration), iteration, True, last)

@@ -32,6 +32,7 @@ from diffusers.training_utils import cast_training_params
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
+from rlhf.training.callbacks import OnCheckpoint, notify_checkpoint
 from rlhf.training.checkpoint import (
     STATE_DIR,
     checkpoint_dir,
@@ -227,13 +228,17 @@ def train_dpo(
     *,
     on_log: OnLog | None = None,
     should_stop: ShouldStop | None = None,
+    on_checkpoint: OnCheckpoint | None = None,
     resume: bool = True,
 ) -> FineTuneResult:
     """Run Diffusion-DPO on the export's train split; returns where the final (or stop) LoRA is.
 
     ``on_log(step, {"loss", "implicit_accuracy", "mse_chosen", "lr", "s_per_step"})`` after every
     optimisation step; ``should_stop()`` polled after every step (saves a checkpoint, returns
-    ``stopped=True``). A non-finite loss raises FloatingPointError.
+    ``stopped=True``). ``on_checkpoint(step, checkpoint_dir)`` after every checkpoint under
+    ``checkpoints/`` is written (periodic, last-step and stop ones; not ``final/``), on the main process,
+    under saved random state (:mod:`rlhf.training.callbacks`); its time is left out of ``s_per_step``.
+    A non-finite loss raises FloatingPointError.
     """
     data_path, output_dir = Path(data_path), Path(output_dir)
     if not data_path.is_file():
@@ -365,6 +370,10 @@ def train_dpo(
             ):
                 checkpoint(checkpoint_dir(output_dir, step), True, last)
                 prune_checkpoints(output_dir, config.keep_last)
+                if accelerator.is_main_process:
+                    started = time.perf_counter()
+                    notify_checkpoint(on_checkpoint, step, checkpoint_dir(output_dir, step))
+                    tick += time.perf_counter() - started  # the callback's time is not the next step's
             if stopped or step >= config.max_steps:
                 break
         else:

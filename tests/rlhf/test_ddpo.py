@@ -184,14 +184,22 @@ def test_ddpo_runs_stops_resumes_and_saves_loadable_lora(tiny_base: Path, tmp_pa
         kl_coef=0.1, train_batch_size=4,
     )  # fmt: skip
     logged: list[dict[str, float]] = []
+    checkpoints: list[tuple[int, str]] = []
+
+    def on_checkpoint(step: int, directory: Path) -> None:
+        assert (directory / "pytorch_lora_weights.safetensors").is_file()
+        checkpoints.append((step, directory.name))
+
     first = train_ddpo(
-        config, tmp_path / "run", on_log=lambda s, m: logged.append(dict(m)), should_stop=lambda: True
-    )
-    assert first.stopped and first.step == 1
+        config, tmp_path / "run", on_log=lambda s, m: logged.append(dict(m)), should_stop=lambda: True,
+        on_checkpoint=on_checkpoint,
+    )  # fmt: skip
+    assert first.stopped and first.step == 1 and checkpoints == [(1, "checkpoint-1")]
     assert {"reward_mean", "loss", "approx_kl", "clip_fraction", "kl"} <= set(logged[0])
     assert logged[0]["kl"] >= 0
-    done = train_ddpo(config, tmp_path / "run")
+    done = train_ddpo(config, tmp_path / "run", on_checkpoint=on_checkpoint)
     assert not done.stopped and done.step == 2
+    assert checkpoints == [(1, "checkpoint-1"), (2, "checkpoint-2")]
     meta = read_metadata(done.lora_dir)
     assert (
         meta["reward_id"] == "brightness" and meta["seed"] == 0 and meta["step"] == 2 and "git_commit" in meta

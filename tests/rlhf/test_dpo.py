@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from safetensors.torch import load_file
 from transformers.utils import logging as hf_logging
 
 from generation.tiny import build_tiny_pipeline
+from rlhf.training.callbacks import notify_checkpoint
 from rlhf.training.checkpoint import list_checkpoints, read_metadata
 from rlhf.training.data import PreferenceDataset
 from rlhf.training.ddim import sample_with_logprob
@@ -106,17 +108,28 @@ def test_dpo_stop_resume_matches_uninterrupted_run(tiny_base: Path, pairs: Path,
         str(tiny_base), max_steps=3, batch_size=4, checkpoint_every=2, export_id="exp-7", seed=3
     )
     logged: list[dict[str, float]] = []
+    calls: list[tuple[str, int]] = []
+
+    def on_checkpoint(step: int, directory: Path) -> None:
+        # called once the directory is complete: weights and metadata are there
+        assert (directory / "pytorch_lora_weights.safetensors").is_file()
+        assert read_metadata(directory)["step"] == step
+        calls.append((directory.parent.parent.name, step))
+        torch.rand(1000), np.random.rand(1000), random.random()  # must not change training
+
     first = train_dpo(
-        config, pairs, tmp_path / "run", on_log=lambda s, m: logged.append(dict(m)), should_stop=lambda: True
-    )
-    assert first.stopped and first.step == 1
+        config, pairs, tmp_path / "run", on_log=lambda s, m: logged.append(dict(m)), should_stop=lambda: True,
+        on_checkpoint=on_checkpoint,
+    )  # fmt: skip
+    assert first.stopped and first.step == 1 and calls == [("run", 1)]
     assert {"loss", "implicit_accuracy", "lr", "s_per_step"} <= set(logged[0])
     assert logged[0]["loss"] == pytest.approx(
         np.log(2), abs=1e-3
     )  # LoRA B starts at zero: policy == reference
-    resumed = train_dpo(config, pairs, tmp_path / "run")
+    resumed = train_dpo(config, pairs, tmp_path / "run", on_checkpoint=on_checkpoint)
     straight = train_dpo(config, pairs, tmp_path / "straight")
     assert resumed.step == straight.step == 3
+    assert calls == [("run", 1), ("run", 2), ("run", 3)]  # not for final/, which has the same weights as 3
     a = load_file(resumed.lora_dir / "pytorch_lora_weights.safetensors")
     b = load_file(straight.lora_dir / "pytorch_lora_weights.safetensors")
     assert a.keys() == b.keys() and len(a) > 0
@@ -130,6 +143,24 @@ def test_dpo_stop_resume_matches_uninterrupted_run(tiny_base: Path, pairs: Path,
     meta = read_metadata(resumed.lora_dir)
     assert meta["export_id"] == "exp-7" and meta["seed"] == 3 and meta["step"] == 3 and meta["kind"] == "dpo"
     assert meta["config"]["beta"] == config.beta and "git_commit" in meta
+
+
+def test_checkpoint_callback_leaves_the_global_random_state_as_it_found_it(tmp_path: Path) -> None:
+    seen: list[tuple[int, Path]] = []
+
+    def noisy(step: int, directory: Path) -> None:
+        seen.append((step, directory))
+        torch.manual_seed(99), np.random.seed(99), random.seed(99)
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    expected = (torch.rand(3), np.random.rand(3), random.random())
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    notify_checkpoint(noisy, 7, tmp_path)
+    notify_checkpoint(None, 8, tmp_path)
+    got = (torch.rand(3), np.random.rand(3), random.random())
+    assert seen == [(7, tmp_path)]
+    torch.testing.assert_close(got[0], expected[0])
+    assert np.array_equal(got[1], expected[1]) and got[2] == expected[2]
 
 
 def brightness_of(pipe: object, prompts: list[str], seeds: list[int]) -> np.ndarray:

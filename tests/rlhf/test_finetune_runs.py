@@ -3,6 +3,7 @@ validation, permissions, pages."""
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -27,6 +28,17 @@ DDPO_FAST = {
     "sample_steps": 3,
     "train_batch_size": 4,
 }
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # Two shared cores: a second intra-op thread makes the tiny pipeline's kernels many times slower under load.
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def dpo(user, base, export, **kwargs):
@@ -125,9 +137,34 @@ class WorkerKilled(BaseException):
     """Stands in for SIGKILL: not an Exception, so nothing marks the run failed."""
 
 
+def count_renders(monkeypatch, die_on=()):
+    """Record the label of every grid rendered; the first render of a label in ``die_on`` kills the worker."""
+    real, rendered = run_services._render_grid, []
+
+    def render(run, base_dir, lora_dir, label, step):
+        rendered.append(label)
+        if label in die_on and rendered.count(label) == 1:
+            raise WorkerKilled
+        return real(run, base_dir, lora_dir, label, step)
+
+    monkeypatch.setattr(run_services, "_render_grid", render)
+    return rendered
+
+
+def grid_steps(run):
+    return [(g["label"], g["step"]) for g in run.eval_grids]
+
+
+def cell_sources(page, run_id):
+    """The grid labels of each table row's images, in column order."""
+    rows = re.findall(r"<tr><td>.*?</tr>", page, flags=re.S)
+    return [re.findall(rf"/ml/finetune-runs/{run_id}/images/([\w-]+)/\d+\.png", row) for row in rows]
+
+
 def test_a_killed_run_resumes_from_its_last_checkpoint_when_retried(
-    pairs_export, ml_engineer, tiny_base, model_cache, django_capture_on_commit_callbacks
+    pairs_export, ml_engineer, tiny_base, model_cache, django_capture_on_commit_callbacks, monkeypatch
 ):
+    rendered = count_renders(monkeypatch)
     run = dpo(
         ml_engineer,
         tiny_base,
@@ -143,6 +180,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_when_retried(
         run_services.finetune_run_execute(run_id=run.pk, echo=die_at_step_3)
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING and run.attempts == 1
+    assert grid_steps(run) == [("base", 0), ("step-2", 2)]  # checkpoint 2's grid, before the worker died
     assert (run_services.finetune_run_dir(run) / "checkpoints" / "checkpoint-2").is_dir()
     # A redelivered task while the heartbeat is fresh does not start a second copy; an API retry refuses too.
     assert run_services.finetune_run_execute(run_id=run.pk).attempts == 1
@@ -157,6 +195,104 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_when_retried(
     run = run_services.finetune_run_execute(run_id=run.pk, echo=lambda step, metrics: seen.append(step))
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert seen == [3, 4] and run.attempts == 2 and [p["step"] for p in run.history] == [1, 2, 3, 4]
+    # each grid rendered once, none duplicated; the last checkpoint (step 4 of 4) is the "final" grid
+    assert grid_steps(run) == [("base", 0), ("step-2", 2), ("final", 4)]
+    assert rendered == ["base", "step-2", "final"]
+
+
+def test_a_grid_the_dead_worker_did_not_render_is_rendered_on_resume_once(
+    pairs_export, ml_engineer, tiny_base, model_cache, monkeypatch
+):
+    rendered = count_renders(monkeypatch, die_on=["step-1"])
+    hyperparameters = {**DPO_FAST, "max_steps": 2, "checkpoint_every": 1}
+    run = dpo(ml_engineer, tiny_base, pairs_export, hyperparameters=hyperparameters)
+    with pytest.raises(WorkerKilled):  # checkpoint 1 is on disk; the worker died rendering its grid
+        run_services.finetune_run_execute(run_id=run.pk)
+    run.refresh_from_db()
+    assert grid_steps(run) == [("base", 0)]
+    FineTuneRun.objects.filter(pk=run.pk).update(heartbeat_at=None)
+    run = run_services.finetune_run_execute(run_id=run.pk)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert grid_steps(run) == [("base", 0), ("step-1", 1), ("final", 2)]
+    assert rendered == ["base", "step-1", "step-1", "final"]  # the killed try, then once on resume
+
+
+def test_a_checkpoint_grid_that_fails_to_render_is_shown_as_such_and_training_goes_on(
+    pairs_export, ml_engineer, tiny_base, model_cache, monkeypatch, client
+):
+    real = run_services._render_grid
+
+    def out_of_memory(run, base_dir, lora_dir, label, step):
+        if label == "step-1":
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(run, base_dir, lora_dir, label, step)
+
+    monkeypatch.setattr(run_services, "_render_grid", out_of_memory)
+    hyperparameters = {**DPO_FAST, "max_steps": 2, "checkpoint_every": 1}
+    run = dpo(ml_engineer, tiny_base, pairs_export, hyperparameters=hyperparameters)
+    run = run_services.finetune_run_execute(run_id=run.pk)
+    assert run.status == RunStatus.SUCCEEDED and run.result_version is not None, run.error
+    assert grid_steps(run) == [("base", 0), ("step-1", 1), ("final", 2)]
+    failed = run.eval_grids[1]
+    assert failed["images"] == [] and failed["error"].startswith("Out of memory")
+    assert client.login(username=ml_engineer.username, password=PASSWORD)
+    page = client.get(f"/ml/finetune-runs/{run.pk}/").content.decode()
+    assert "Not rendered: Out of memory" in page and "/images/step-1/" not in page
+    assert page.count("/images/final/") == page.count("/images/base/") == len(ONE_PROMPT) * 2
+
+
+def test_a_training_error_after_a_checkpoint_grid_still_fails_the_run(
+    pairs_export, ml_engineer, tiny_base, model_cache, monkeypatch
+):
+    """Only rendering is forgiven: a NaN in training (raised right after checkpoint 1's grid) fails the run."""
+    run = dpo(ml_engineer, tiny_base, pairs_export, hyperparameters={**DPO_FAST, "checkpoint_every": 1})
+
+    def diverge(step, metrics):
+        if step == 2:
+            raise FloatingPointError("DPO loss became nan at step 2; lower lr or beta")
+
+    run = run_services.finetune_run_execute(run_id=run.pk, echo=diverge)
+    assert run.status == RunStatus.FAILED and "diverged" in run.error and run.result_version is None
+    assert grid_steps(run) == [("base", 0), ("step-1", 1)]
+
+
+def test_checkpoint_grids_appear_on_the_page_while_the_run_trains(
+    pairs_export, ml_engineer, tiny_base, model_cache, client
+):
+    prompts = ["a shape number 1", "a shape number 2"]
+    run = dpo(
+        ml_engineer,
+        tiny_base,
+        pairs_export,
+        hyperparameters={**DPO_FAST, "max_steps": 3, "checkpoint_every": 1},
+        eval_prompts=prompts,
+    )
+    assert client.login(username=ml_engineer.username, password=PASSWORD)
+    url = f"/ml/finetune-runs/{run.pk}/"
+    polled: list[str] = []
+
+    def poll(step, metrics):
+        if step == 2:  # checkpoint 1 and its grid are written; what the page's htmx poll gets now
+            polled.append(client.get(url, HTTP_HX_REQUEST="true").content.decode())
+
+    run = run_services.finetune_run_execute(run_id=run.pk, echo=poll)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert 'hx-trigger="every 2s"' in polled[0] and "<html" not in polled[0]
+    assert cell_sources(polled[0], run.pk) == [["base", "step-1"]] * 4
+    assert grid_steps(run) == [("base", 0), ("step-1", 1), ("step-2", 2), ("final", 3)]
+    labels = ["base", "step-1", "step-2", "final"]
+    page = client.get(url).content.decode()
+    headers = re.findall(r"<th>([^<]*)", page)
+    assert headers == ["Prompt", "Seed", "base", "step 1", "step 2", "final (step 3)"]
+    assert cell_sources(page, run.pk) == [labels] * 4  # one row per (prompt, seed), one column per grid
+    rows = re.findall(r"<tr><td>([^<]*)</td><td>(\d+)</td>", page)
+    assert rows == [(p, str(seed)) for p in prompts for seed in run_services.EVAL_SEEDS]
+    for grid in run.eval_grids:
+        assert [(i["prompt"], str(i["seed"])) for i in grid["images"]] == rows
+        for image in grid["images"]:
+            served = client.get(f"{url}images/{grid['label']}/{image['index']}.png")
+            assert served.status_code == 200 and served["Content-Type"] == "image/png"
+            assert b"".join(served.streaming_content).startswith(b"\x89PNG")
 
 
 def test_nan_fails_the_run_and_registers_nothing(pairs_export, ml_engineer, tiny_base, model_cache, monkeypatch):
