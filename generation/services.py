@@ -361,17 +361,20 @@ def generation_jobs_claim(*, job_id: int, worker: str, batch_limit: int) -> Clai
     )
     if lead is None:
         return None
-    # Companions are locked in primary-key order; rows another claimer holds are skipped, not waited on.
-    companions = (
-        GenerationJob.objects.filter(
-            status=JobStatus.QUEUED, model_version_id=lead.model_version_id, params_hash=lead.params_hash
+    existing = _existing_indices([lead.pk])
+    candidates = [lead]
+    if lead.num_images - len(existing[lead.pk]) < batch_limit:  # room left in the batch: look for companions
+        # Companions are locked in primary-key order; rows another claimer holds are skipped, not waited on.
+        companions = list(
+            GenerationJob.objects.filter(
+                status=JobStatus.QUEUED, model_version_id=lead.model_version_id, params_hash=lead.params_hash
+            )
+            .exclude(pk=lead.pk)
+            .select_for_update(skip_locked=True)
+            .order_by("pk")[: 4 * batch_limit]
         )
-        .exclude(pk=lead.pk)
-        .select_for_update(skip_locked=True)
-        .order_by("pk")
-    )
-    candidates = [lead, *companions[: 4 * batch_limit]]
-    existing = _existing_indices([job.pk for job in candidates])
+        existing.update(_existing_indices([job.pk for job in companions]))
+        candidates.extend(companions)
     claimed: list[GenerationJob] = []
     missing: dict[int, list[int]] = {}
     total = 0
