@@ -730,11 +730,21 @@ def _ddpo_prompts(*, prompt_source: str, project: Project | None, export: Prefer
     return prompts
 
 
+def native_resolution(version: ModelVersion) -> int | None:
+    """The square size a base version generates at by default (None when it is not square)."""
+    width, height = version.default_width, version.default_height
+    return width if width and width == height else None
+
+
 def finetune_config_build(
     *, method: str, preset: str, base_dir: Path, hyperparameters: Mapping[str, Any], export_id: str = "",
-    prompts: tuple[str, ...] = (), reward: str = "", reward_arg: str | None = None,
+    prompts: tuple[str, ...] = (), reward: str = "", reward_arg: str | None = None, resolution: int | None = None,
 ) -> Any:
-    """A validated ``DPOConfig`` or ``DDPOConfig``; every problem names its field."""
+    """A validated ``DPOConfig`` or ``DDPOConfig``; every problem names its field.
+
+    ``resolution`` (the base version's native size) replaces the preset's unless the hyper-parameters
+    set one: a model trained or sampled away from its native size learns the wrong thing.
+    """
     from rlhf.training import ddpo, dpo
 
     if preset not in FineTuneRun.Preset.values:
@@ -743,14 +753,15 @@ def finetune_config_build(
     cpu = settings.PICKWISE_DEVICE == "cpu"
     rename = {"base_model": "base_version", "reward": "reward", "reward_arg": "reward_version",
               "prompts": "prompt_source"}
+    native = {"resolution": resolution} if resolution else {}
     if method == FineTuneRun.Method.DPO:
         preset_fn = dpo.tiny_dpo_preset if preset == "tiny" else dpo.sd15_dpo_preset
         return _build_config(lambda **kw: preset_fn(str(base_dir), **kw), dpo.DPOConfig,
-                             {"export_id": export_id, "cpu": cpu}, hyperparameters,
+                             {"export_id": export_id, "cpu": cpu, **native}, hyperparameters,
                              protected={"base_model", "export_id", "cpu"}, rename=rename)
-    preset_fn = ddpo.tiny_ddpo_preset if preset == "tiny" else ddpo.sd15_ddpo_preset
-    return _build_config(lambda **kw: preset_fn(str(base_dir), prompts, **kw), ddpo.DDPOConfig,
-                         {"reward": reward, "reward_arg": reward_arg, "cpu": cpu}, hyperparameters,
+    ddpo_preset_fn = ddpo.tiny_ddpo_preset if preset == "tiny" else ddpo.sd15_ddpo_preset
+    return _build_config(lambda **kw: ddpo_preset_fn(str(base_dir), prompts, **kw), ddpo.DDPOConfig,
+                         {"reward": reward, "reward_arg": reward_arg, "cpu": cpu, **native}, hyperparameters,
                          protected={"base_model", "prompts", "reward", "reward_arg", "cpu"}, rename=rename)
 
 
@@ -801,6 +812,7 @@ def finetune_run_create(
         else:
             raise ApplicationError("DPO trains on preference pairs: pick an export.", field="export")
         config = finetune_config_build(method=method, preset=preset, base_dir=base_dir, hyperparameters=overrides,
+                                       resolution=native_resolution(base_version),
                                        export_id=str(export.pk) if export is not None else Path(data_path).name)
         prompts: tuple[str, ...] = tuple(data_captions)
     else:
@@ -822,7 +834,8 @@ def finetune_run_create(
             _check_export(export, formats=(PreferenceExport.Format.PICKAPIC, PreferenceExport.Format.LISTWISE))
         prompts = _ddpo_prompts(prompt_source=prompt_source, project=project, export=export)
         config = finetune_config_build(method=method, preset=preset, base_dir=base_dir, hyperparameters=overrides,
-                                       prompts=prompts, reward=reward, reward_arg=reward_arg)
+                                       resolution=native_resolution(base_version), prompts=prompts, reward=reward,
+                                       reward_arg=reward_arg)
     chosen = [p.strip() for p in (eval_prompts or []) if p and p.strip()][:MAX_EVAL_PROMPTS]
     eval_list = chosen or list(prompts[:MAX_EVAL_PROMPTS]) or ["a photo"]
     config_json = _config_dict(config)

@@ -139,6 +139,18 @@ def tiny_ddpo_preset(base_model: str, prompts: tuple[str, ...], **overrides: Any
     return DDPOConfig(base_model=base_model, prompts=prompts, **{**base, **overrides})
 
 
+def ddpo_scheduler(config: Any) -> DDIMScheduler:
+    """The DDIM sampler DDPO trains through, from any scheduler config of the pipeline.
+
+    Every step must have a density, the last one included: "leading" timestep spacing (the last
+    timestep is ``steps_offset`` >= 1, never 0) and the final alpha taken from ``alphas_cumprod[0]``
+    rather than 1, as Stable Diffusion 1.x ships them. A pipeline saved with "linspace" spacing or
+    ``set_alpha_to_one=True`` would otherwise end on a zero-variance step.
+    """
+    return DDIMScheduler.from_config(config, timestep_spacing="leading", set_alpha_to_one=False,
+                                     steps_offset=max(1, int(config.get("steps_offset", 1) or 1)))
+
+
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [0, 1] -> PIL images (uint8, rounded)."""
     array = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
@@ -189,7 +201,7 @@ def train_ddpo(
         targets=config.lora_targets,
     )
     cast_training_params(pipe.unet, dtype=torch.float32)
-    scheduler = DDIMScheduler.from_config(pipe.scheduler.config)
+    scheduler = ddpo_scheduler(pipe.scheduler.config)
     optimizer = torch.optim.AdamW(lora_parameters(pipe.unet), lr=config.lr, weight_decay=config.weight_decay)
     register_lora_state_hooks(accelerator, accelerator.unwrap_model)
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)

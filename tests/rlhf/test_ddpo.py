@@ -22,7 +22,7 @@ from rlhf.training.ddim import (
     guided_noise,
     sample_with_logprob,
 )
-from rlhf.training.ddpo import tiny_ddpo_preset, to_pil, train_ddpo
+from rlhf.training.ddpo import ddpo_scheduler, tiny_ddpo_preset, to_pil, train_ddpo
 from rlhf.training.lora import eval_images, load_pipeline
 from rlhf.training.reward_model import build_tiny_clip
 from rlhf.training.rewards import brightness, build_reward, jpeg_compressibility
@@ -112,6 +112,21 @@ def test_ddim_log_prob_needs_eta_and_variance() -> None:
     last = scheduler(set_alpha_to_one=True)
     with pytest.raises(ValueError, match="zero variance"):
         ddim_step_with_logprob(last, x, last.timesteps[-1], x, eta=1.0)
+
+
+@pytest.mark.parametrize("saved", [
+    {"timestep_spacing": "linspace", "set_alpha_to_one": True, "steps_offset": 1},  # the shipped shapes model's
+    {"timestep_spacing": "leading", "set_alpha_to_one": False, "steps_offset": 1},  # Stable Diffusion 1.x's
+])
+def test_ddpo_sampler_has_a_density_at_every_step_whatever_the_saved_scheduler(saved: dict) -> None:
+    config = DDIMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction", **saved).config
+    sched = ddpo_scheduler(config)
+    sched.set_timesteps(12)
+    x = torch.randn(1, 4, 2, 2)
+    for t in sched.timesteps:  # the last one included: no zero-variance step
+        _, std = ddim_step_mean_std(sched, x, t, x, eta=1.0)
+        assert float(std.min()) > 0, f"zero variance at t={int(t)}"
+    assert sched.config.prediction_type == "v_prediction"
 
 
 # --------------------------------------------------------------------------------------------- rewards

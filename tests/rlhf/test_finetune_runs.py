@@ -486,3 +486,15 @@ def test_management_command_fine_tunes_in_process(ranked, tiny_base, model_cache
             "--project",
             str(ranked.pk),
         )
+
+
+def test_runs_train_at_the_base_versions_native_size_unless_told_otherwise(pairs_export, ml_engineer, tiny_base_dir,
+                                                                          model_cache):
+    wide = generation_services.model_version_register(name="tiny-48", source=str(tiny_base_dir), dtype="float32",
+                                                      width=48, height=48)
+    assert dpo(ml_engineer, wide, pairs_export, hyperparameters={}).config["resolution"] == 48
+    assert dpo(ml_engineer, wide, pairs_export, hyperparameters={"resolution": 32}).config["resolution"] == 32
+    ddpo = run_services.finetune_run_create(user=ml_engineer, base_version=wide, method="ddpo",
+                                            project=pairs_export.project, reward_name="brightness",
+                                            prompt_source="project", enqueue=False)
+    assert ddpo.config["resolution"] == 48
