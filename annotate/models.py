@@ -39,6 +39,12 @@ class Project(TimeStampedModel):
     # Defaults for the Generate button (scheduler, steps, guidance, width, height, ...).
     generation_settings = models.JSONField(default=dict, blank=True)
     model_versions = models.ManyToManyField("generation.ModelVersion", blank=True, related_name="projects")
+    # When set, the annotator's page shows a task's images by this reward model's stored score
+    # (highest first); new tasks' images are queued for scoring with it. A string reference:
+    # rlhf imports annotate, never the other way round at import time.
+    presort_reward_version = models.ForeignKey(
+        "rlhf.RewardModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="presorted_projects"
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -46,6 +46,7 @@ urlpatterns = [
     path("<int:project_id>/settings/", workflow_views.project_settings, name="project_settings"),
     path("<int:project_id>/review/", workflow_views.review_tasks, name="review_tasks"),
     path("<int:project_id>/review/stats/", workflow_views.review_stats, name="review_stats"),
+    path("<int:project_id>/review/score/", workflow_views.review_score, name="review_score"),
     path("<int:project_id>/review/annotations/<int:annotation_id>/reject/", workflow_views.review_reject,
          name="review_reject"),
 ]

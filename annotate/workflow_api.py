@@ -36,6 +36,7 @@ from annotate.models import (
 )
 from annotate.workflow_services import Submission
 from core.exceptions import ApplicationError
+from rlhf.models import RewardModelVersion
 
 RANKING_HELP = (
     'Tie groups of image ids, best first: [["<a>"], ["<b>", "<c>"], ["<d>"]] means a beat b and c (tied), '
@@ -144,12 +145,16 @@ class SettingsSerializer(serializers.ModelSerializer):
         queryset=AnnotationTemplateVersion.objects.all(), allow_null=True, required=False)
     model_versions = serializers.PrimaryKeyRelatedField(many=True, read_only=True)
     model_version_ids = serializers.ListField(child=serializers.IntegerField(), write_only=True, required=False)
+    presort_reward_version = serializers.PrimaryKeyRelatedField(
+        queryset=RewardModelVersion.objects.all(), allow_null=True, required=False,
+        help_text="A reward model you may use: annotators see each task's images by its stored score, highest "
+                  "first; null turns pre-sorting off")
 
     class Meta:
         model = Project
         fields = ["id", "name", "description", "instructions", "template_version", "images_per_task", "overlap",
                   "task_order", "gold_rate", "lease_seconds", "generation_settings", "model_versions",
-                  "model_version_ids", "archived_at"]
+                  "model_version_ids", "presort_reward_version", "archived_at"]
         read_only_fields = ["id", "name", "archived_at", "model_versions"]
 
 
@@ -457,7 +462,10 @@ def project_settings(request: Request, project_id: int) -> Response:
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
         data["template_version"] = data.get("template_version", "unchanged")
-        project = workflow_services.project_update_settings(project=project, **data)
+        if "presort_reward_version" in data:
+            version = data.pop("presort_reward_version")
+            data["presort_reward_version_id"] = version.pk if version is not None else None
+        project = workflow_services.project_update_settings(project=project, user=request.user, **data)
     return Response(SettingsSerializer(project).data)
 
 

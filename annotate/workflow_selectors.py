@@ -7,6 +7,7 @@ or computed in one aggregate).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -28,7 +29,7 @@ from django.db.models.expressions import RawSQL
 from django.http import Http404
 from django.urls import NoReverseMatch, reverse
 
-from annotate import agreement
+from annotate import agreement, model_agreement
 from annotate import components as catalogue
 from annotate.models import (
     Annotation,
@@ -206,6 +207,31 @@ def task_images(*, task_id: int) -> list[dict[str, Any]]:
     ]
 
 
+def image_scores(*, reward_version_id: int, image_ids: Sequence[Any]) -> dict[str, float]:
+    """Stored reward-model scores ``{image id: score}`` (one query); images not scored yet are absent."""
+    from rlhf.models import ImageScore  # rlhf imports annotate: import lazily
+
+    if not image_ids:
+        return {}
+    return {str(image_id): score for image_id, score in ImageScore.objects.filter(
+        reward_version_id=reward_version_id, image_id__in=list(image_ids)).values_list("image_id", "score")}
+
+
+def task_images_for_annotator(*, project: Project, task_id: int) -> list[dict[str, Any]]:
+    """:func:`task_images`, ordered by the project's pre-sort reward model when it has one.
+
+    Highest stored score first; images without a score keep their display order after the
+    scored ones. Two queries at most; the ranking an annotator submits names image ids, so the
+    order shown changes nothing stored.
+    """
+    images = task_images(task_id=task_id)
+    if project.presort_reward_version_id is None or len(images) < 2:
+        return images
+    scores = image_scores(reward_version_id=project.presort_reward_version_id,
+                          image_ids=[image["id"] for image in images])
+    return model_agreement.order_by_score(images, scores, key=lambda image: image["id"])
+
+
 @dataclass
 class Progress:
     done: int
@@ -290,6 +316,21 @@ def tasks_for_review(*, project: Project) -> QuerySet[AnnotationTask]:
         )
         .order_by("position")
     )
+
+
+def review_task_ids(*, project: Project, page: Any, per_page: int) -> list[int]:
+    """The ids of the tasks on one page of :func:`tasks_for_review` (same order, same paging): two queries."""
+    from django.core.paginator import Paginator
+
+    ids = AnnotationTask.objects.filter(project=project).order_by("position").values_list("pk", flat=True)
+    return list(Paginator(ids, per_page).get_page(page).object_list)
+
+
+def reward_versions_for_review(*, user: AnyUser) -> QuerySet[Any]:
+    """The reward-model versions ``user`` may score with (``rlhf.run_selectors.reward_versions_for_user``)."""
+    from rlhf.run_selectors import reward_versions_for_user  # rlhf imports annotate: import lazily
+
+    return reward_versions_for_user(user=user)
 
 
 def annotations_for_project(*, project: Project) -> QuerySet[Annotation]:

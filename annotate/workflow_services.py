@@ -67,9 +67,18 @@ def project_update_settings(
     lease_seconds: int | None = None,
     generation_settings: dict[str, Any] | None = None,
     model_version_ids: Sequence[int] | None = None,
+    presort_reward_version_id: int | None | str = "unchanged",
+    user: User | None = None,
 ) -> Project:
-    """Change a project's workflow settings; ``None`` leaves a setting as it is."""
+    """Change a project's workflow settings; ``None`` leaves a setting as it is.
+
+    ``presort_reward_version_id`` (``None`` turns pre-sorting off) must name a reward model
+    ``user`` may use (``user=None`` is trusted code); keeping the current one needs no right.
+    """
     project = Project.objects.select_for_update().get(pk=project.pk)
+    if presort_reward_version_id != "unchanged":
+        project.presort_reward_version_id = _check_presort_version(
+            project=project, version_id=presort_reward_version_id, user=user)
     if description is not None:
         project.description = description
     if instructions is not None:
@@ -123,6 +132,69 @@ def project_update_settings(
             is_open=ExpressionWrapper(Q(taken_count__lt=project.overlap), output_field=BooleanField())
         )
     return project
+
+
+def _check_presort_version(*, project: Project, version_id: Any, user: User | None) -> int | None:
+    if version_id is None or version_id == "":
+        return None
+    try:
+        version_id = int(version_id)
+    except (TypeError, ValueError):
+        raise ApplicationError("Choose a reward model by its id.", field="presort_reward_version") from None
+    if version_id == project.presort_reward_version_id:
+        return version_id
+    from rlhf.models import RewardModelVersion  # rlhf imports annotate: import lazily
+    from rlhf.run_selectors import reward_versions_for_user
+
+    versions = RewardModelVersion.objects.all() if user is None else reward_versions_for_user(user=user)
+    if not versions.filter(pk=version_id).exists():
+        raise ApplicationError("Choose a reward model you may use.", field="presort_reward_version")
+    return version_id
+
+
+# --- reward-model scores of task images -------------------------------------------------------
+
+
+def _queue_presort_scoring(*, project: Project, image_ids: Sequence[Any]) -> None:
+    """Queue the pre-sort reward model's scoring of new task images (sent when the transaction commits)."""
+    if project.presort_reward_version_id is None or not image_ids:
+        return
+    from rlhf import run_services
+    from rlhf.models import RewardModelVersion
+
+    version = RewardModelVersion.objects.filter(pk=project.presort_reward_version_id).first()
+    if version is not None:
+        # Trusted: the version was checked when it was chosen, the images when they joined the task.
+        run_services.image_scores_request(user=None, reward_version=version, image_ids=list(image_ids))
+
+
+@transaction.atomic
+def task_images_score_request(*, project: Project, user: User, reward_version_id: int,
+                              task_ids: Sequence[int]) -> list[str]:
+    """Queue scoring (``rlhf.tasks.score_images``) of the images of ``task_ids`` in ``project`` that
+    ``reward_version_id`` has not scored yet; returns the queued image ids.
+
+    ``user`` must review the project and may use the reward model (``reward``); the work is sent
+    when the transaction commits, in requests of at most ``MAX_SCORE_IMAGES`` images.
+    """
+    from annotate import access
+    from rlhf import run_services
+    from rlhf.run_selectors import reward_versions_for_user
+
+    access.require(user=user, action="review", project=project)
+    version = reward_versions_for_user(user=user).filter(pk=reward_version_id).first()
+    if version is None:
+        raise ApplicationError("Choose a reward model you may use.", field="reward")
+    image_ids = list(dict.fromkeys(str(pk) for pk in TaskImage.objects.filter(
+        task__project=project, task_id__in=list(task_ids)).order_by("task_id", "position")
+        .values_list("image_id", flat=True)))
+    queued: list[str] = []
+    size = run_services.MAX_SCORE_IMAGES
+    for start in range(0, len(image_ids), size):
+        # The images are this project's task images, which its reviewers may see.
+        queued += run_services.image_scores_request(user=None, reward_version=version,
+                                                    image_ids=image_ids[start:start + size])
+    return queued
 
 
 # --- prompts and tasks ----------------------------------------------------------------------
@@ -246,6 +318,7 @@ def task_create(
     )
     (task,) = _tasks_for_prompts(project=project, prompts=[prompt], created_by=created_by)
     TaskImage.objects.bulk_create(TaskImage(task=task, image_id=image_id, position=i) for i, image_id in enumerate(ids))
+    _queue_presort_scoring(project=project, image_ids=ids)
     if gold_ranking is not None:
         task_set_gold(task=task, ranking=gold_ranking)
         task.refresh_from_db()
@@ -261,6 +334,7 @@ def task_set_images(*, task: AnnotationTask, image_ids: Sequence[Any]) -> Annota
     ids = _check_images(project=task.project, image_ids=image_ids)
     TaskImage.objects.filter(task=task).delete()
     TaskImage.objects.bulk_create(TaskImage(task=task, image_id=image_id, position=i) for i, image_id in enumerate(ids))
+    _queue_presort_scoring(project=task.project, image_ids=ids)
     return task
 
 
@@ -568,5 +642,5 @@ def annotation_reject(*, project: Project, annotation_id: int, reviewer: User, n
 __all__ = [
     "AMEND_WINDOW", "ImportReport", "PromptImportError", "Submission", "annotation_amend", "annotation_reject",
     "annotation_submit", "answers_from_form", "project_update_settings", "prompt_set_import", "task_create",
-    "task_create_typed", "task_set_gold", "task_set_images",
+    "task_create_typed", "task_images_score_request", "task_set_gold", "task_set_images",
 ]

@@ -12,7 +12,9 @@ import string
 from collections.abc import Callable
 from functools import wraps
 from typing import Any
+from urllib.parse import urlencode
 
+from django.contrib import messages
 from django.contrib.auth.decorators import login_required
 from django.core.paginator import Paginator
 from django.http import HttpRequest, HttpResponse
@@ -20,8 +22,8 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from annotate import queue, workflow_selectors, workflow_services
-from annotate.models import AnnotationTemplateVersion, Project, TaskOrder
+from annotate import agreement, model_agreement, queue, workflow_selectors, workflow_services
+from annotate.models import AnnotationStatus, AnnotationTemplateVersion, Project, TaskOrder
 from annotate.queue import Handout
 from annotate.template_selectors import annotation_form_components
 from annotate.workflow_services import Submission
@@ -56,7 +58,8 @@ def letters_by_image(images: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 def ranking_display(ranking: list[list[str]], by_id: dict[str, dict[str, Any]]) -> list[list[dict[str, Any]]]:
     """Tie groups of ``{"id", "letter", "url"}`` for templates."""
-    return [[by_id.get(image, {"id": image, "letter": "?", "url": ""}) for image in group] for group in ranking]
+    return [[by_id.get(image, {"id": image, "letter": "?", "url": "", "score": None}) for image in group]
+            for group in ranking]
 
 
 # --- the annotator's page ---------------------------------------------------------------------
@@ -77,7 +80,7 @@ def _task_context(request: HttpRequest, project: Project, handout: Handout, *,
         return context
     assignment = handout.assignment
     version = assignment.template_version
-    images = workflow_selectors.task_images(task_id=handout.task.pk)
+    images = workflow_selectors.task_images_for_annotator(project=project, task_id=handout.task.pk)
     schema = workflow_selectors.template_schema(version)
     items = annotation_form_components(schema=schema, images=images, prompt=handout.task.prompt.text)
     has_prompt_input = any(c["type"] == "prompt_input" for c in items)
@@ -253,8 +256,11 @@ def project_settings(request: HttpRequest, project: Project) -> HttpResponse:
                 if version_id and version is None:
                     raise ApplicationError("Choose one of this project's published versions.",
                                            field="template_version")
+                presort = post.get("presort_reward_version")
                 workflow_services.project_update_settings(
-                    project=project, description=post.get("description", ""),
+                    project=project, user=request.user,
+                    presort_reward_version_id="unchanged" if presort is None else (presort or None),
+                    description=post.get("description", ""),
                     instructions=post.get("instructions", ""), template_version=version,
                     images_per_task=_int(post, "images_per_task"), overlap=_int(post, "overlap"),
                     task_order=post.get("task_order") or None, gold_rate=_float(post, "gold_rate"),
@@ -267,10 +273,15 @@ def project_settings(request: HttpRequest, project: Project) -> HttpResponse:
             return redirect_after_post(request, reverse("annotate:project_settings", args=[project.pk]))
     from generation.models import ModelVersion
 
+    reward_versions = list(workflow_selectors.reward_versions_for_review(user=request.user))
+    current = project.presort_reward_version
+    if current is not None and current.pk not in {v.pk for v in reward_versions}:
+        reward_versions.insert(0, current)  # chosen by another admin: shown, and kept when saving
     return render(request, "annotate/project_settings.html", {
         "project": project, "versions": versions, "orders": TaskOrder.choices, "error": error,
         "model_versions": ModelVersion.objects.filter(enabled=True).order_by("name"),
         "chosen_versions": set(project.model_versions.values_list("pk", flat=True)),
+        "reward_versions": reward_versions,
     }, status=400 if error else 200)
 
 
@@ -296,24 +307,103 @@ def _float(post: Any, key: str) -> float | None:
 # --- review (project admins) ------------------------------------------------------------------
 
 
+REVIEW_PAGE_SIZE = 25
+
+
+def _chosen_reward(value: str, versions: list[Any]) -> Any:
+    """The reward version picked with ``?reward=<id>`` among those the user may use (None: none picked)."""
+    if not value:
+        return None
+    chosen = next((v for v in versions if str(v.pk) == value), None)
+    if chosen is None:
+        raise ApplicationError("Choose one of the reward models listed.", field="reward")
+    return chosen
+
+
+def _model_comparison(by_id: dict[str, dict[str, Any]], annotations: list[Any],
+                      scores: dict[str, float]) -> dict[str, Any]:
+    """The reward model's ordering of a task's images and where it disagrees with the humans.
+
+    ``pairs`` are the disagreements with the Borda consensus of the submitted rankings (each
+    annotation gets its own in ``by_annotation``); a tie on the human side is no disagreement.
+    """
+    items = list(by_id)
+
+    def display(pairs: list[tuple[Any, Any]]) -> list[dict[str, Any]]:
+        return [{"preferred": by_id[a], "other": by_id[b]} for a, b in pairs]
+
+    submitted = [a.ranking for a in annotations if a.status == AnnotationStatus.SUBMITTED]
+    consensus = agreement.consensus(submitted, items) if submitted else None
+    pairs = display(model_agreement.disagreeing_pairs(consensus, scores, items)) if consensus else []
+    return {
+        "order": ranking_display(model_agreement.model_ranking(scores, items), by_id),
+        "unscored": [image for image in by_id.values() if image["score"] is None],
+        "consensus": ranking_display(consensus, by_id) if consensus else None,
+        "pairs": pairs,
+        "by_annotation": {a.pk: display(model_agreement.disagreeing_pairs(a.ranking, scores, items))
+                          for a in annotations},
+    }
+
+
 @require_GET
 @project_view("review")
 def review_tasks(request: HttpRequest, project: Project) -> HttpResponse:
-    """Every task with every annotator's ranking side by side (paginated; fixed query count per page)."""
-    page = Paginator(workflow_selectors.tasks_for_review(project=project), 25).get_page(request.GET.get("page"))
-    rows = []
-    for task in page.object_list:
-        images = [{"id": str(ti.image_id), "url": workflow_selectors.image_url(ti.image_id)}
-                  for ti in task.task_images.all()]
+    """Every task with every annotator's ranking side by side (paginated; fixed query count per page).
+
+    With ``?reward=<id>`` each task also shows that reward model's stored scores, its ordering and
+    the pairs where it disagrees with the annotators (highlighted and counted).
+    """
+    page = Paginator(workflow_selectors.tasks_for_review(project=project), REVIEW_PAGE_SIZE).get_page(
+        request.GET.get("page"))
+    reward_versions = list(workflow_selectors.reward_versions_for_review(user=request.user))
+    error: ApplicationError | None = None
+    try:
+        reward = _chosen_reward(request.GET.get("reward", ""), reward_versions)
+    except ApplicationError as exc:
+        reward, error = None, exc
+    tasks = list(page.object_list)
+    scores = workflow_selectors.image_scores(
+        reward_version_id=reward.pk, image_ids=[ti.image_id for task in tasks for ti in task.task_images.all()]
+    ) if reward is not None else {}
+    rows, unscored = [], 0
+    for task in tasks:
+        images = [{"id": str(ti.image_id), "url": workflow_selectors.image_url(ti.image_id),
+                   "score": scores.get(str(ti.image_id))} for ti in task.task_images.all()]
         by_id = letters_by_image(images)
+        annotations = list(task.annotations.all())
+        model = _model_comparison(by_id, annotations, scores) if reward is not None else None
+        unscored += len(model["unscored"]) if model else 0
         rows.append({
-            "task": task, "images": list(by_id.values()),
-            "annotations": [{"annotation": a, "ranking": ranking_display(a.ranking, by_id)}
-                            for a in task.annotations.all()],
+            "task": task, "images": list(by_id.values()), "model": model,
+            "annotations": [{"annotation": a, "ranking": ranking_display(a.ranking, by_id),
+                             "model_pairs": model["by_annotation"][a.pk] if model else []}
+                            for a in annotations],
             "gold": ranking_display(task.gold_ranking, by_id) if task.gold_ranking else None,
         })
-    return render_page_or_partial(request, "annotate/review_tasks.html", "rows",
-                                  {"project": project, "page": page, "rows": rows})
+    return render_page_or_partial(request, "annotate/review_tasks.html", "rows", {
+        "project": project, "page": page, "rows": rows, "reward_versions": reward_versions, "reward": reward,
+        "unscored": unscored, "error": error,
+    }, status=400 if error else 200)
+
+
+@require_POST
+@project_view("review")
+def review_score(request: HttpRequest, project: Project) -> HttpResponse:
+    """Queue the chosen reward model's scoring of the images of one review page's tasks (PRG)."""
+    reward, page = request.POST.get("reward", ""), request.POST.get("page", "1")
+    try:
+        if not reward.isdigit():
+            raise ApplicationError("Choose a reward model first.", field="reward")
+        task_ids = workflow_selectors.review_task_ids(project=project, page=page, per_page=REVIEW_PAGE_SIZE)
+        queued = workflow_services.task_images_score_request(
+            project=project, user=request.user, reward_version_id=int(reward), task_ids=task_ids)
+    except ApplicationError as exc:
+        messages.error(request, exc.message)
+    else:
+        messages.success(request, f"Queued {len(queued)} image(s) for scoring; reload the page to see the scores."
+                         if queued else "Every image on this page is scored already.")
+    query = urlencode({"reward": reward, "page": page} if reward.isdigit() else {"page": page})
+    return redirect_after_post(request, f"{reverse('annotate:review_tasks', args=[project.pk])}?{query}")
 
 
 @require_POST
