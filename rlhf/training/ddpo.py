@@ -139,7 +139,7 @@ def tiny_ddpo_preset(base_model: str, prompts: tuple[str, ...], **overrides: Any
     return DDPOConfig(base_model=base_model, prompts=prompts, **{**base, **overrides})
 
 
-def ddpo_scheduler(config: Any) -> DDIMScheduler:
+def ddpo_scheduler(config: Any) -> Any:  # a DDIMScheduler (diffusers types its mixins loosely)
     """The DDIM sampler DDPO trains through, from any scheduler config of the pipeline.
 
     Every step must have a density, the last one included: "leading" timestep spacing (the last
