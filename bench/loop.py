@@ -69,10 +69,10 @@ def report(title: str, stats: dict, seconds: float | None = None, *, adherence_g
     if seconds is not None:
         line("end to end (minutes, target < 30)", f"{seconds / 60:.1f}", seconds < 30 * 60)
     win = stats.get("win_rate") or {}
-    if win:
-        line("paired preference win rate (target >= 0.65, CI low > 0.5)",
+    if win:  # a target only for the preference rounds; the judge run reports it for information
+        line("paired preference win rate" + (" (target >= 0.65, CI low > 0.5)" if adherence_gain is None else ""),
              f"{win['rate']:.3f} [{win['low']:.3f}, {win['high']:.3f}] n={win['n']}",
-             win["rate"] >= 0.65 and win["low"] > 0.5)
+             win["rate"] >= 0.65 and win["low"] > 0.5 if adherence_gain is None else None)
     delta = stats.get("adherence_delta")
     if delta is not None:
         if adherence_gain is None:
