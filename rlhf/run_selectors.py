@@ -11,11 +11,11 @@ from django.http import Http404
 from annotate import access
 from annotate.models import AnnotationTask, Project
 from annotate.selectors import projects_for_user
+from annotate.workflow_selectors import image_scores
 from core.charts import Chart, Series, chart_context
 from generation.models import ModelKind, ModelVersion
 from rlhf.models import (
     FineTuneRun,
-    ImageScore,
     PreferenceExport,
     RewardModelRun,
     RewardModelVersion,
@@ -100,26 +100,14 @@ def finetune_run_get(*, run_id: int) -> FineTuneRun:
 
 
 def scores_for_task(task: AnnotationTask, reward_version: RewardModelVersion) -> dict[str, float | None]:
-    """``{image id: score or None}`` for the task's images under ``reward_version`` (one query).
+    """``{image id: score or None}`` for the task's images under ``reward_version``, in task order.
 
-    Scores come from background scoring (``run_services.image_scores_request``); an image not scored
-    yet maps to None. The review page can show these next to each image.
+    Scores come from background scoring (``run_services.image_scores_request``), read through the
+    review page's query (``annotate.workflow_selectors.image_scores``); an image not scored yet maps to None.
     """
     image_ids = [str(i) for i in task.task_images.order_by("position").values_list("image_id", flat=True)]
-    found = dict(
-        ImageScore.objects.filter(reward_version=reward_version, image_id__in=image_ids)
-        .values_list("image_id", "score")
-    )
-    return {image_id: found.get(image_id, found.get(_uuid(image_id))) for image_id in image_ids}
-
-
-def _uuid(value: str) -> Any:
-    import uuid
-
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return value
+    found = image_scores(reward_version_id=reward_version.pk, image_ids=image_ids)
+    return {image_id: found.get(image_id) for image_id in image_ids}
 
 
 # --- charts -----------------------------------------------------------------------------------------------
