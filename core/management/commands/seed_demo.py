@@ -55,10 +55,10 @@ class Command(BaseCommand):
         weights = Path(settings.BASE_DIR) / "generation" / "weights" / "shapes"
         if not (weights / "model_index.json").is_file() or ModelVersion.objects.filter(name=DEMO_MODEL).exists():
             return
-        unet_config = weights / "unet" / "config.json"
-        side = 64
-        if unet_config.is_file():
-            side = int(json.loads(unet_config.read_text()).get("sample_size", 8)) * 8
+        vae_config = weights / "vae" / "config.json"
+        side = 64  # the VAE's sample_size is the image side it was built for
+        if vae_config.is_file():
+            side = int(json.loads(vae_config.read_text()).get("sample_size", side))
         model_version_register(
             name=DEMO_MODEL, source="generation/weights/shapes", dtype="float32", scheduler="dpmpp_2m", steps=12,
             guidance=2.5, width=side, height=side, description="The built-in shapes-world model.",
