@@ -34,7 +34,7 @@ from generation.inference import (  # noqa: E402
     ModelSpec,
     PipelineCache,
     generate_batch,
-    image_to_png_bytes,
+    images_to_png_bytes,
     sha256_hex,
 )
 from generation.tiny import TINY_TOKENIZER_DIR  # noqa: E402
@@ -126,7 +126,7 @@ def worker_core(loaded, requests: list[GenerationRequest], *, max_batch: int, de
     sync(device)
     started = time.perf_counter()
     rows = generate_batch(loaded, requests, max_batch=max_batch)
-    digests = [sha256_hex(image_to_png_bytes(g.image)) for row in rows for g in row]
+    digests = [sha256_hex(png) for png in images_to_png_bytes([g.image for row in rows for g in row])]
     sync(device)
     elapsed = time.perf_counter() - started
     assert len(digests) == sum(len(r.seeds) for r in requests)

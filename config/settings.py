@@ -208,6 +208,11 @@ EXPORT_MAX_PAIRS = env_int("EXPORT_MAX_PAIRS", 50_000_000, "Refuse exports with 
 GENERATION_BATCH_LIMIT = env_int(
     "GENERATION_BATCH_LIMIT", 8, "Most images a gpu worker renders in one coalesced pipeline call", minimum=1
 )
+GENERATION_DRAIN_CLAIMS = env_int(
+    "GENERATION_DRAIN_CLAIMS", 8,
+    "Queued jobs of the same model version a gpu worker claims after its own, before its next task (0: none)",
+    minimum=0,
+)
 GENERATION_PIPELINE_CACHE_SIZE = env_int(
     "GENERATION_PIPELINE_CACHE_SIZE", 1, "Base pipelines a gpu worker process keeps loaded (LRU)", minimum=1
 )

@@ -77,6 +77,16 @@ def image_url(image: GeneratedImage) -> str:
     return reverse("generation:image", args=[image.pk])
 
 
+def next_queued_job_id(*, model_version_id: int) -> int | None:
+    """The oldest queued job of a model version (a worker that has it loaded takes it next)."""
+    return (
+        GenerationJob.objects.filter(model_version_id=model_version_id, status=JobStatus.QUEUED)
+        .order_by("created_at", "pk")
+        .values_list("pk", flat=True)
+        .first()
+    )
+
+
 def queue_position(job: GenerationJob) -> int:
     """How many queued jobs are ahead of ``job`` (0 when it runs or is next); -1 once it has ended."""
     if job.status == JobStatus.RUNNING:

@@ -3,13 +3,16 @@
 ``run_generation(job_id)`` is thin: the work lives in ``generation.worker.run_job``. It takes an id,
 re-fetches, claims under a lease (coalescing queued jobs with the same model version and parameters),
 renders only the missing images and writes them under deterministic keys, so a redelivered or
-re-queued task is a no-op once the job is done.
+re-queued task is a no-op once the job is done. After a success it drains up to
+``GENERATION_DRAIN_CLAIMS`` more queued jobs of the same model version while the model is loaded.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
 from typing import Any
+
+from django.conf import settings
 
 from core.tasks import pickwise_task, register_reaper
 from generation import services, worker
@@ -27,7 +30,10 @@ def run_generation(self: Any, job_id: int) -> dict[str, Any]:
             services.generation_job_fail_unclaimed(job_id=job_id, error=f"Media storage is unavailable: {exc}")
             return {"job_id": job_id, "outcome": "failed"}
         raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries)) from exc
-    return asdict(result)
+    drained = []
+    if result.outcome == "succeeded" and result.model_version_id is not None and settings.GENERATION_DRAIN_CLAIMS:
+        drained = worker.drain_queue(model_version_id=result.model_version_id, claims=settings.GENERATION_DRAIN_CLAIMS)
+    return {**asdict(result), "drained": [asdict(r) for r in drained]}
 
 
 @register_reaper("generation.expired_leases")

@@ -5,6 +5,8 @@
 - ``run_job(job_id)`` is the whole of one Celery task: load the model, claim the job plus the queued
   jobs it can be coalesced with, render only the missing images in batches, store each under its
   deterministic key, record it, and finish the claimed jobs. Every write goes through services.
+- ``drain_queue(model_version_id)`` runs more queued jobs of a loaded model version in the same task,
+  so a busy GPU never waits for the broker between claims.
 - ``reproduce_image(image)`` renders a stored image again from its provenance.
 """
 
@@ -129,6 +131,7 @@ def worker_name() -> str:
 @dataclass
 class RunResult:
     job_id: int
+    model_version_id: int | None = None
     claimed: list[int] = field(default_factory=list)
     images_written: int = 0
     outcome: str = "skipped"
@@ -147,6 +150,7 @@ def run_job(job_id: int, *, batch_limit: int | None = None) -> RunResult:
     job = GenerationJob.objects.select_related("model_version").filter(pk=job_id).first()
     if job is None or job.status != "queued":
         return result
+    result.model_version_id = job.model_version_id
 
     # Load before claiming, so a slow first load never eats into the lease.
     try:
@@ -200,14 +204,19 @@ def run_job(job_id: int, *, batch_limit: int | None = None) -> RunResult:
             # shape (a power of two) so that the same shape reproduces the same pixels later.
             shape = batch_shape(chunk_images, batch_limit)
             rows = inference.generate_batch(loaded, requests, callback=on_progress, max_batch=shape)
-            services.generated_images_store(token=claim.token, runtime={**runtime, "batch_shape": shape}, images=[
-                services.ImageToStore(
-                    job=jobs_by_pk[pk], index=index, seed=seed, png=inference.image_to_png_bytes(generated.image),
-                    width=generated.image.width, height=generated.image.height,
-                    generation_seconds=generated.elapsed_s, batch_size=generated.batch_size,
-                )
+            made = [
+                (jobs_by_pk[pk], index, seed, generated)
                 for (pk, items), images in zip(by_job.items(), rows, strict=True)
                 for (index, seed), generated in zip(items, images, strict=True)
+            ]
+            pngs = inference.images_to_png_bytes([generated.image for *_, generated in made])
+            services.generated_images_store(token=claim.token, runtime={**runtime, "batch_shape": shape}, images=[
+                services.ImageToStore(
+                    job=made_job, index=index, seed=seed, png=png, width=generated.image.width,
+                    height=generated.image.height, generation_seconds=generated.elapsed_s,
+                    batch_size=generated.batch_size,
+                )
+                for (made_job, index, seed, generated), png in zip(made, pngs, strict=True)
             ])
             result.images_written += chunk_images
             done_steps += chunk_images * claim.params.steps
@@ -225,6 +234,32 @@ def run_job(job_id: int, *, batch_limit: int | None = None) -> RunResult:
     services.generation_jobs_finish(token=claim.token)
     result.outcome = "succeeded"
     return result
+
+
+def drain_queue(*, model_version_id: int, claims: int) -> list[RunResult]:
+    """Run up to ``claims`` more queued jobs of this model version, oldest first, while it is loaded.
+
+    Each is an ordinary ``run_job`` (claim, coalesce, render, store); the jobs' own task messages find
+    them done and return at once. Stops at the first claim that does not succeed. A storage outage
+    puts that job back with a task of its own (its message may already be spent) and stops draining.
+    """
+    from generation import selectors, services
+    from generation.tasks import run_generation
+
+    results: list[RunResult] = []
+    while len(results) < claims:
+        job_id = selectors.next_queued_job_id(model_version_id=model_version_id)
+        if job_id is None:
+            break
+        try:
+            result = run_job(job_id)
+        except services.TransientStorageError:
+            run_generation.delay(job_id)
+            break
+        results.append(result)
+        if result.outcome != "succeeded":
+            break
+    return results
 
 
 def reproduce_image(image: GeneratedImage) -> bytes:

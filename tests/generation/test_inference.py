@@ -28,6 +28,7 @@ from generation.inference import (
     draw_seed,
     generate_batch,
     image_to_png_bytes,
+    images_to_png_bytes,
     load_pipeline,
     pipeline_errors,
     resolve_device,
@@ -422,6 +423,12 @@ def test_png_bytes_depend_only_on_pixels() -> None:
     assert data.startswith(b"\x89PNG") and b"tIME" not in data and b"tEXt" not in data
     assert Image.open(io.BytesIO(data)).getpixel((0, 0)) == (10, 20, 30)
     assert sha256_hex(b"") == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
+
+
+def test_parallel_png_encoding_keeps_order_and_bytes() -> None:
+    images = [Image.new("RGB", (64, 48), (i * 20, 255 - i * 20, 7)) for i in range(10)]
+    assert images_to_png_bytes(images) == [image_to_png_bytes(image) for image in images]
+    assert images_to_png_bytes(images[:1]) == [image_to_png_bytes(images[0])] and images_to_png_bytes([]) == []
 
 
 def test_draw_seed_range() -> None:

@@ -14,7 +14,7 @@ from django.utils import timezone
 
 from core.exceptions import ApplicationError, PermissionDeniedError
 from core.tasks import registered_reapers
-from generation import inference, services, worker
+from generation import inference, services, tasks, worker
 from generation.models import GeneratedImage, GenerationJob, JobStatus
 from tests.generation.conftest import TINY_DEFAULTS
 
@@ -143,6 +143,24 @@ def test_three_queued_jobs_become_one_batched_forward_pass(annotator, project, t
     assert [worker.run_job(j.pk).outcome for j in jobs[1:]] == ["skipped", "skipped"]
     other.refresh_from_db()
     assert other.status == JobStatus.QUEUED
+
+
+def test_the_task_drains_queued_jobs_of_its_loaded_model_up_to_the_limit(annotator, project, tiny_version):
+    # Different steps: no coalescing, so each job is a claim of its own.
+    jobs = [create(annotator, tiny_version, project, params={"steps": steps}) for steps in (2, 3, 4, 5)]
+    with override_settings(GENERATION_DRAIN_CLAIMS=2):
+        outcome = tasks.run_generation.apply(args=[jobs[0].pk]).get()
+    assert outcome["outcome"] == "succeeded" and outcome["claimed"] == [jobs[0].pk]
+    assert [(d["job_id"], d["outcome"]) for d in outcome["drained"]] == [
+        (jobs[1].pk, "succeeded"), (jobs[2].pk, "succeeded")
+    ]
+    statuses = [GenerationJob.objects.get(pk=j.pk).status for j in jobs]
+    assert statuses == [JobStatus.SUCCEEDED] * 3 + [JobStatus.QUEUED]
+    assert [GenerationJob.objects.get(pk=j.pk).images.count() for j in jobs] == [1, 1, 1, 0]
+    # The drained jobs' own messages find them done; the fourth still gets rendered by its own.
+    assert [worker.run_job(j.pk).outcome for j in jobs[1:]] == ["skipped", "skipped", "succeeded"]
+    with override_settings(GENERATION_DRAIN_CLAIMS=0):
+        assert tasks.run_generation.apply(args=[jobs[3].pk]).get()["drained"] == []
 
 
 def test_batch_limit_splits_work_into_chunks(annotator, project, tiny_version):
