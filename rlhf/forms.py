@@ -2,6 +2,7 @@ from __future__ import annotations
 
 from django import forms
 
+from generation.models import ModelVersion
 from rlhf.models import PreferenceExport
 
 
@@ -26,3 +27,27 @@ class ExportForm(forms.Form):
     split_validation = forms.FloatField(initial=0.1, min_value=0, max_value=1)
     split_test = forms.FloatField(initial=0.1, min_value=0, max_value=1)
     split_seed = forms.IntegerField(initial=0)
+
+
+class RoundStartForm(forms.Form):
+    """Start a round of the loop from the timeline (simulated annotators rank; ``RoundConfig`` validates)."""
+
+    method = forms.ChoiceField(choices=[("dpo", "Diffusion-DPO on the round's pairs"),
+                                        ("ddpo", "DDPO against a reward model trained on the round")])
+    prompts = forms.IntegerField(initial=200, min_value=1, max_value=5000, help_text="Shapes-world captions")
+    images_per_prompt = forms.IntegerField(initial=4, min_value=2, max_value=8)
+    annotators = forms.IntegerField(initial=3, min_value=1, max_value=20, help_text="Simulated annotators")
+    preference = forms.ChoiceField(help_text="What the simulated annotators prefer")
+    temperature = forms.FloatField(initial=0.02, min_value=0.0, max_value=10.0,
+                                   help_text="Bradley-Terry noise of their choices")
+    start_version = forms.ModelChoiceField(queryset=ModelVersion.objects.none(), required=False,
+                                           help_text="The first round's model; later rounds use the last output")
+
+    def __init__(self, *args: object, preferences: list[str], versions: object, first_round: bool,
+                 **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fields["preference"].choices = [(name, name.replace("_", " ")) for name in preferences]
+        self.fields["start_version"].queryset = versions
+        self.fields["start_version"].required = first_round
+        if not first_round:
+            self.fields["start_version"].widget = forms.HiddenInput()

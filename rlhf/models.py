@@ -294,6 +294,12 @@ class LoopRound(TimeStampedModel):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
 
+    @property
+    def stage_index(self) -> int:
+        """How many of the stages before Done this round has passed (for its progress bar)."""
+        stages = list(self.Stage.values)
+        return stages.index(self.stage) if self.stage in stages else 0
+
     class Meta:
         ordering = ["project", "number"]
         constraints = [

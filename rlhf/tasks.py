@@ -49,3 +49,12 @@ def score_images(reward_version_id: int, image_ids: list[str], prompt: str | Non
     scores = image_scores_compute(reward_version_id=reward_version_id, image_ids=image_ids, prompt=prompt,
                                   store=store)
     return {"reward_version": reward_version_id, "scores": scores}
+
+
+@pickwise_task(name="rlhf.tasks.finetune_loop_round", **_TRAIN_LIMITS)
+def finetune_loop_round(round_id: int) -> dict[str, object]:
+    """A round started from the timeline: generation, simulated annotation, export, training, evaluation."""
+    from rlhf.loop.rounds import loop_round_execute
+
+    loop_round = loop_round_execute(round_id=round_id)
+    return {"round": round_id, "status": loop_round.status if loop_round else "missing"}

@@ -26,6 +26,7 @@ urlpatterns = [
          name="finetune_run_image"),
     # the closed loop (issue 10)
     path("projects/<int:project_id>/rounds/", loop_views.round_timeline, name="round_timeline"),
+    path("projects/<int:project_id>/rounds/start/", loop_views.round_start, name="round_start"),
     path("projects/<int:project_id>/arena/", loop_views.arena_vote, name="arena_vote"),
     path("projects/<int:project_id>/arena/results/", loop_views.arena_results, name="arena_results"),
     path("evaluations/<int:evaluation_id>/", loop_views.evaluation_detail, name="evaluation_detail"),

@@ -4,6 +4,8 @@
 Every stage goes through the product's own services (generation jobs run in this process through
 :func:`generation.worker.run_job`; runs through ``*_run_execute``), so a round is what a team would
 do by hand, in one call. ``round_run`` is for commands, the bench and tests: it blocks.
+``loop_round_start`` (the timeline's Start button) queues the round for the ``gpu-train`` task
+``rlhf.tasks.finetune_loop_round``, which runs ``loop_round_execute``.
 
 The fine-tune service trains LoRAs on *base* versions only, so a round after the first trains a fresh
 LoRA on the root base version with the cumulative export of every round so far; its lineage (the
@@ -130,9 +132,39 @@ def _generate_tasks(*, loop_round: LoopRound, project: Project, user: User, capt
     return made
 
 
+def round_config_from_dict(data: dict[str, Any]) -> RoundConfig:
+    """The RoundConfig a round stored (``LoopRound.config``)."""
+    return RoundConfig(**{**data, "eval_seeds": tuple(data.get("eval_seeds", (0,)))})
+
+
+def loop_round_start(*, project: Project, user: User, config: RoundConfig,
+                     start_version: ModelVersion | None = None) -> LoopRound:
+    """Queue the project's next round for a gpu-train worker (the Start button); one unfinished round at a time."""
+    from annotate import access
+    from rlhf.tasks import finetune_loop_round
+
+    access.require(user=user, action="train", project=project)
+    with transaction.atomic():
+        Project.objects.select_for_update().filter(pk=project.pk).first()
+        if LoopRound.objects.filter(project=project, status__in=(RunStatus.QUEUED, RunStatus.RUNNING)).exists():
+            raise ApplicationError("A round of this project is still queued or running.", field="round")
+        loop_round = loop_round_create(project=project, user=user, config=config, start_version=start_version)
+        finetune_loop_round.delay_on_commit(loop_round.pk)
+    return loop_round
+
+
 def round_run(*, project: Project, user: User, config: RoundConfig, start_version: ModelVersion | None = None,
               log: Any = None) -> LoopRound:
     """Create the project's next round and run every stage of it in this process; returns the round."""
+    loop_round = loop_round_create(project=project, user=user, config=config, start_version=start_version)
+    return loop_round_execute(round_id=loop_round.pk, log=log) or loop_round
+
+
+def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
+    """Run every stage of a queued round in this process (commands, the bench, the gpu-train task).
+
+    A round that is no longer queued (done, failed, or taken by another worker) is returned as it is.
+    """
     from generation.shapes.world import prompt_captions
     from rlhf import run_services
     from rlhf.export_services import export_request_parse, preference_export_build, preference_export_create
@@ -143,7 +175,14 @@ def round_run(*, project: Project, user: User, config: RoundConfig, start_versio
         if log is not None:
             log(message)
 
-    loop_round = loop_round_create(project=project, user=user, config=config, start_version=start_version)
+    with transaction.atomic():
+        loop_round = (LoopRound.objects.select_for_update(of=("self",))
+                      .select_related("project", "input_version", "created_by")
+                      .filter(pk=round_id).first())
+        if loop_round is None or loop_round.status != RunStatus.QUEUED:
+            return loop_round
+        _stage(loop_round, LoopRound.Stage.GENERATION, status=RunStatus.RUNNING, started_at=timezone.now())
+    project, user, config = loop_round.project, loop_round.created_by, round_config_from_dict(loop_round.config)
     timings: dict[str, float] = {}
     stats: dict[str, Any] = {}
     clock = time.monotonic()
@@ -154,8 +193,9 @@ def round_run(*, project: Project, user: User, config: RoundConfig, start_versio
         timings[name] = round(now - clock, 2)
         clock = now
 
-    _stage(loop_round, LoopRound.Stage.GENERATION, status=RunStatus.RUNNING, started_at=timezone.now())
     try:
+        if user is None:
+            raise ApplicationError("The round's creator no longer exists.", field="round")
         current = loop_round.input_version
         project = project_update_settings(project=project, overlap=config.annotators,
                                           images_per_task=config.images_per_prompt, model_version_ids=[current.pk])
@@ -247,5 +287,5 @@ def round_run(*, project: Project, user: User, config: RoundConfig, start_versio
     return loop_round
 
 
-__all__ = ["RoundConfig", "loop_round_create", "project_current_version", "round_run", "rounds_for_project"
-           ]
+__all__ = ["RoundConfig", "loop_round_create", "loop_round_execute", "loop_round_start", "project_current_version",
+           "round_config_from_dict", "round_run", "rounds_for_project"]

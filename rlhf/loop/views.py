@@ -7,6 +7,7 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
+from django_htmx.http import HttpResponseStopPolling
 
 from annotate import access
 from annotate.models import Project
@@ -15,9 +16,12 @@ from annotate.workflow_selectors import image_url
 from core.charts import Chart, Series, line_chart_svg
 from core.exceptions import ApplicationError
 from core.htmx import redirect_after_post, render_page_or_partial
+from rlhf import run_selectors
+from rlhf.forms import RoundStartForm
 from rlhf.loop import arena as arena_services
-from rlhf.loop.rounds import rounds_for_project
-from rlhf.models import Arena, VersionEvaluation
+from rlhf.loop.rounds import RoundConfig, loop_round_start, project_current_version, rounds_for_project
+from rlhf.models import Arena, RunStatus, VersionEvaluation
+from rlhf.preferences import PREFERENCES
 
 
 def _project(request: HttpRequest, project_id: int, action: str) -> Project:
@@ -41,13 +45,57 @@ def _rounds_chart(rounds: list) -> str:
     return line_chart_svg(chart)
 
 
+def _round_form(request: HttpRequest, project: Project) -> RoundStartForm | None:
+    """The Start-a-round form for users who may train in this project (None for everyone else)."""
+    if not access.can(user=request.user, action="train", project=project):
+        return None
+    return RoundStartForm(request.POST if request.method == "POST" else None, preferences=sorted(PREFERENCES),
+                          versions=run_selectors.base_versions(),
+                          first_round=project_current_version(project=project) is None)
+
+
+def _timeline(request: HttpRequest, project: Project, form: RoundStartForm | None, status: int = 200
+              ) -> HttpResponse:
+    rounds = rounds_for_project(project=project)
+    running = any(r.status in (RunStatus.QUEUED, RunStatus.RUNNING) for r in rounds)
+    context = {"project": project, "rounds": rounds, "chart": _rounds_chart(rounds), "form": form,
+               "running": running}
+    response = render_page_or_partial(request, "rlhf/round_timeline.html", "timeline", context)
+    response.status_code = status
+    if getattr(request, "htmx", False) and request.method == "GET" and not running:
+        return HttpResponseStopPolling(response.content)  # nothing left to follow
+    return response
+
+
 @login_required
 def round_timeline(request: HttpRequest, project_id: int) -> HttpResponse:
     """The project's rounds as a timeline: data size, agreement, reward accuracy, preference/adherence change."""
     project = _project(request, project_id, "view")
-    rounds = rounds_for_project(project=project)
-    return render_page_or_partial(request, "rlhf/round_timeline.html", "timeline",
-                                  {"project": project, "rounds": rounds, "chart": _rounds_chart(rounds)})
+    return _timeline(request, project, _round_form(request, project))
+
+
+@login_required
+@require_http_methods(["POST"])
+def round_start(request: HttpRequest, project_id: int) -> HttpResponse:
+    """Queue the project's next round (simulated annotators) for a gpu-train worker."""
+    project = _project(request, project_id, "train")
+    form = _round_form(request, project)
+    if form is not None and form.is_valid():
+        data = form.cleaned_data
+        try:
+            config = RoundConfig(prompts=data["prompts"], images_per_prompt=data["images_per_prompt"],
+                                 annotators=data["annotators"], preference=data["preference"],
+                                 temperature=data["temperature"], method=data["method"],
+                                 reward_model=data["method"] == "ddpo")
+            loop_round_start(project=project, user=request.user, config=config,
+                             start_version=data["start_version"])
+        except ValueError as exc:
+            form.add_error(None, str(exc))
+        except ApplicationError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            return redirect_after_post(request, reverse("rlhf:round_timeline", args=[project.pk]))
+    return _timeline(request, project, form, status=400)
 
 
 @login_required

@@ -8,6 +8,7 @@ from django.test import Client
 from annotate import template_services
 from annotate.models import Annotation, AnnotationTask
 from annotate.workflow_services import project_update_settings
+from rlhf import tasks
 from rlhf.loop.rounds import RoundConfig, project_current_version, round_run
 from rlhf.models import LoopRound, RunStatus, VersionEvaluation
 from tests.factories import PASSWORD
@@ -59,6 +60,49 @@ def test_reduced_round_runs_every_stage(project, admin_user, ml_engineer, tiny_b
     report = browser.get(f"/ml/evaluations/{evaluation.pk}/").content.decode()
     assert "win rate" in report.lower() and new.name in report
     assert LoopRound.objects.filter(project=project).count() == 1
+    # The gpu-train task of a round that already ran returns it as it is.
+    assert tasks.finetune_loop_round(loop_round.pk) == {"round": loop_round.pk, "status": "succeeded"}
+    assert LoopRound.objects.get(pk=loop_round.pk).output_version == new
+
+
+def test_start_button_queues_one_round_for_the_train_worker(
+    project, annotator, ml_engineer, tiny_base, django_capture_on_commit_callbacks
+):
+    url = f"/ml/projects/{project.pk}/rounds/start/"
+    valid = {"method": "dpo", "prompts": 20, "images_per_prompt": 4, "annotators": 3,
+             "preference": "larger_shapes", "temperature": 0.02, "start_version": tiny_base.pk}
+    people = Client()
+    assert people.login(username=annotator.username, password=PASSWORD)
+    assert people.post(url, valid).status_code in (403, 404)
+    assert "Start a round" not in people.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
+
+    browser = Client()
+    assert browser.login(username=ml_engineer.username, password=PASSWORD)
+    page = browser.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
+    assert "Start a round" in page and 'name="start_version"' in page
+    # Bad input: a field error, nothing queued.
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = browser.post(url, {**valid, "prompts": 0})
+    assert response.status_code == 400 and "Prompts:" in response.content.decode()
+    first = browser.post(url, {**valid, "start_version": ""})
+    assert first.status_code == 400 and "Start version:" in first.content.decode()
+    assert callbacks == [] and not LoopRound.objects.filter(project=project).exists()
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert browser.post(url, {**valid, "method": "ddpo"}).status_code == 303
+    loop_round = LoopRound.objects.get(project=project)
+    assert (loop_round.status, loop_round.stage, loop_round.input_version) == ("queued", "pending", tiny_base)
+    assert loop_round.config["method"] == "ddpo" and loop_round.config["reward_model"] is True
+    assert loop_round.config["prompts"] == 20 and loop_round.created_by == ml_engineer
+    assert len(callbacks) == 1  # rlhf.tasks.finetune_loop_round, on commit
+    # The page follows it (htmx polling) and a second start waits for it to end.
+    page = browser.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
+    assert 'hx-trigger="every 3s"' in page and "<progress" in page
+    again = browser.post(url, valid)
+    assert again.status_code == 400 and "still queued or running" in again.content.decode()
+    assert LoopRound.objects.filter(project=project).count() == 1
+    LoopRound.objects.filter(pk=loop_round.pk).update(status="failed")
+    assert browser.get(f"/ml/projects/{project.pk}/rounds/", HTTP_HX_REQUEST="true").status_code == 286
 
 
 def test_evaluate_version_command(tiny_base, model_cache, tiny_base_dir, tmp_path, capsys):
