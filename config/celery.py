@@ -22,6 +22,7 @@ TASK_ROUTES = {
     "rlhf.tasks.train_*": {"queue": "gpu-train"},
     "rlhf.tasks.finetune_*": {"queue": "gpu-train"},
     "rlhf.tasks.score_*": {"queue": "gpu"},
+    "rlhf.tasks.arena_*": {"queue": "gpu"},
     "*": {"queue": "default"},
 }
 

@@ -51,3 +51,46 @@ class RoundStartForm(forms.Form):
         self.fields["start_version"].required = first_round
         if not first_round:
             self.fields["start_version"].widget = forms.HiddenInput()
+
+
+class ArenaSetupForm(forms.Form):
+    """Make a project a blind arena between model versions (``arena_setup`` validates the rest)."""
+
+    versions = forms.ModelMultipleChoiceField(queryset=ModelVersion.objects.none(),
+                                              widget=forms.CheckboxSelectMultiple,
+                                              help_text="Two or more versions; voters never see which is which")
+    prompts = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 6}),
+                              help_text="One prompt per line")
+    held_out_captions = forms.IntegerField(required=False, min_value=0, max_value=500, initial=0,
+                                           help_text="Or add this many held-out shapes-world captions")
+    seeds = forms.CharField(initial="0,1", help_text="Comma-separated; every version renders each prompt with each")
+
+    def __init__(self, *args: object, versions: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.fields["versions"].queryset = versions
+
+    def clean_seeds(self) -> list[int]:
+        seeds = []
+        for part in self.cleaned_data["seeds"].split(","):
+            if part.strip():
+                try:
+                    seeds.append(int(part))
+                except ValueError:
+                    raise forms.ValidationError(f"{part.strip()!r} is not a whole number.") from None
+        return seeds
+
+    def clean_prompts(self) -> list[str]:
+        prompts = []
+        for number, line in enumerate(self.cleaned_data["prompts"].splitlines(), start=1):
+            if len(line.strip()) > 1000:
+                raise forms.ValidationError(f"Line {number}: a prompt has at most 1000 characters.")
+            if line.strip():
+                prompts.append(line.strip())
+        return prompts
+
+    def prompt_list(self) -> list[str]:
+        """The typed prompts, then the held-out captions asked for."""
+        from rlhf.loop.evaluate import held_out_captions
+
+        count = self.cleaned_data["held_out_captions"] or 0
+        return self.cleaned_data["prompts"] + (held_out_captions(count) if count else [])

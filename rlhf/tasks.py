@@ -58,3 +58,20 @@ def finetune_loop_round(round_id: int) -> dict[str, object]:
 
     loop_round = loop_round_execute(round_id=round_id)
     return {"round": round_id, "status": loop_round.status if loop_round else "missing"}
+
+
+@pickwise_task(name="rlhf.tasks.arena_generate_comparisons")
+def arena_generate_comparisons(arena_id: int, user_id: int, prompts: list[str], seeds: list[int]
+                               ) -> dict[str, object]:
+    """Render an arena's prompts x seeds with each of its versions and add the comparisons (idempotent)."""
+    from django.contrib.auth import get_user_model
+
+    from rlhf.loop.arena import arena_comparisons_generate
+    from rlhf.models import Arena
+
+    arena = Arena.objects.select_related("project").filter(pk=arena_id).first()
+    user = get_user_model().objects.filter(pk=user_id).first()
+    if arena is None or user is None:
+        return {"arena": arena_id, "status": "missing"}
+    made = arena_comparisons_generate(arena=arena, user=user, prompts=prompts, seeds=seeds)
+    return {"arena": arena_id, "status": "succeeded", "comparisons": len(made)}

@@ -29,5 +29,6 @@ urlpatterns = [
     path("projects/<int:project_id>/rounds/start/", loop_views.round_start, name="round_start"),
     path("projects/<int:project_id>/arena/", loop_views.arena_vote, name="arena_vote"),
     path("projects/<int:project_id>/arena/results/", loop_views.arena_results, name="arena_results"),
+    path("projects/<int:project_id>/arena/setup/", loop_views.arena_setup, name="arena_setup"),
     path("evaluations/<int:evaluation_id>/", loop_views.evaluation_detail, name="evaluation_detail"),
 ]

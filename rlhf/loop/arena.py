@@ -44,6 +44,34 @@ def arena_create(*, project: Project, user: User | None, versions: Sequence[Mode
     return arena
 
 
+ARENA_MAX_PROMPTS = 500
+ARENA_MAX_SEEDS = 8
+
+
+def arena_setup(*, project: Project, user: User, versions: Sequence[ModelVersion], prompts: Sequence[str],
+                seeds: Sequence[int]) -> Arena:
+    """Make ``project`` an arena between ``versions`` and queue the rendering of every prompt x seed by every
+    version on a gpu worker (``rlhf.tasks.arena_generate_comparisons``); comparisons appear as images land."""
+    from rlhf.tasks import arena_generate_comparisons
+
+    _require(user, "manage", project)
+    if not prompts:
+        raise ApplicationError("Give at least one prompt.", field="prompts")
+    if len(prompts) > ARENA_MAX_PROMPTS:
+        raise ApplicationError(f"At most {ARENA_MAX_PROMPTS} prompts, not {len(prompts)}.", field="prompts")
+    for number, prompt in enumerate(prompts, start=1):
+        if not prompt.strip() or len(prompt) > 1000:
+            raise ApplicationError(f"Prompt {number}: a prompt has 1 to 1000 characters.", field="prompts")
+    if not seeds or len(seeds) > ARENA_MAX_SEEDS or len(set(seeds)) != len(seeds):
+        raise ApplicationError(f"Give 1 to {ARENA_MAX_SEEDS} different seeds.", field="seeds")
+    if any(seed < 0 for seed in seeds):
+        raise ApplicationError("Seeds are whole numbers from 0.", field="seeds")
+    with transaction.atomic():
+        arena = arena_create(project=project, user=user, versions=versions)
+        arena_generate_comparisons.delay_on_commit(arena.pk, user.pk, [p.strip() for p in prompts], list(seeds))
+    return arena
+
+
 @transaction.atomic
 def arena_comparison_add(*, arena: Arena, prompt: str, seed: int, image_a: GeneratedImage,
                          image_b: GeneratedImage) -> ArenaComparison:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required
 from django.http import Http404, HttpRequest, HttpResponse
-from django.shortcuts import get_object_or_404
+from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseStopPolling
@@ -17,7 +17,7 @@ from core.charts import Chart, Series, line_chart_svg
 from core.exceptions import ApplicationError
 from core.htmx import redirect_after_post, render_page_or_partial
 from rlhf import run_selectors
-from rlhf.forms import RoundStartForm
+from rlhf.forms import ArenaSetupForm, RoundStartForm
 from rlhf.loop import arena as arena_services
 from rlhf.loop.rounds import RoundConfig, loop_round_start, project_current_version, rounds_for_project
 from rlhf.models import Arena, RunStatus, VersionEvaluation
@@ -118,6 +118,31 @@ def arena_vote(request: HttpRequest, project_id: int) -> HttpResponse:
                "left_url": image_url(matchup.left.pk) if matchup else "",
                "right_url": image_url(matchup.right.pk) if matchup else ""}
     return render_page_or_partial(request, "rlhf/arena_vote.html", "matchup", context)
+
+
+@login_required
+@require_http_methods(["GET", "POST"])
+def arena_setup(request: HttpRequest, project_id: int) -> HttpResponse:
+    """Project admins make the project a blind arena between model versions; rendering runs on a gpu worker."""
+    from generation.models import GenerationJob, JobStatus
+    from generation.selectors import model_versions_enabled
+
+    project = _project(request, project_id, "manage")
+    form = ArenaSetupForm(request.POST or None, versions=model_versions_enabled())
+    if request.method == "POST" and form.is_valid():
+        try:
+            arena_services.arena_setup(project=project, user=request.user, versions=form.cleaned_data["versions"],
+                                       prompts=form.prompt_list(), seeds=form.cleaned_data["seeds"])
+        except ApplicationError as exc:
+            form.add_error(exc.field if exc.field in form.fields else None, exc.message)
+        else:
+            return redirect_after_post(request, reverse("rlhf:arena_setup", args=[project.pk]))
+    arena = Arena.objects.filter(project=project).prefetch_related("versions").first()
+    context = {"project": project, "form": form, "arena": arena,
+               "comparisons": arena.comparisons.count() if arena else 0,
+               "pending_jobs": GenerationJob.objects.filter(
+                   project=project, status__in=(JobStatus.QUEUED, JobStatus.RUNNING)).count()}
+    return render(request, "rlhf/arena_setup.html", context, status=400 if form.errors else 200)
 
 
 @login_required

@@ -11,7 +11,7 @@ from core.exceptions import PermissionDeniedError
 from generation.models import GeneratedImage, GenerationJob, ModelVersion
 from rlhf.loop import stats
 from rlhf.loop.arena import arena_comparison_add, arena_create, arena_next, arena_results, arena_vote
-from rlhf.models import ArenaVote
+from rlhf.models import Arena, ArenaVote
 from tests.factories import PASSWORD
 
 PROMPT = "a large red circle in the center on a white background"
@@ -117,3 +117,48 @@ def test_arena_pages(project, admin_user, annotator, ml_engineer):
     assert browser.login(username=ml_engineer.username, password=PASSWORD)
     results = browser.get(f"/ml/projects/{project.pk}/arena/results/").content.decode()
     assert "arena-c" in results and "arena-d" in results and "Leaderboard" in results
+
+
+def test_admins_set_up_an_arena_in_the_browser_and_a_gpu_task_fills_it(
+    project, admin_user, annotator, tiny_base, tiny_base_dir, django_capture_on_commit_callbacks
+):
+    from generation.services import model_version_register
+    from rlhf import tasks
+    from tests.rlhf.conftest import TINY_GENERATION
+
+    other = model_version_register(name="tiny-other", source=str(tiny_base_dir), dtype="float32",
+                                   **{**TINY_GENERATION, "guidance": 2.0})
+    url = f"/ml/projects/{project.pk}/arena/setup/"
+    valid = {"versions": [tiny_base.pk, other.pk], "prompts": "a red circle\n\na blue square\n", "seeds": "3, 4"}
+    voter = Client()
+    assert voter.login(username=annotator.username, password=PASSWORD)
+    assert voter.get(url).status_code in (403, 404) and voter.post(url, valid).status_code in (403, 404)
+
+    browser = Client()
+    assert browser.login(username=admin_user.username, password=PASSWORD)
+    assert "Make this project an arena" in browser.get(url).content.decode()
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        one = browser.post(url, {**valid, "versions": [tiny_base.pk]})
+        bad_seed = browser.post(url, {**valid, "seeds": "3, x"})
+        long_line = browser.post(url, {**valid, "prompts": "ok\n" + "y" * 1001})
+        empty = browser.post(url, {**valid, "prompts": ""})
+    assert one.status_code == 400 and "at least two model versions" in one.content.decode()
+    assert bad_seed.status_code == 400 and "Seeds: &#x27;x&#x27; is not a whole number" in bad_seed.content.decode()
+    assert long_line.status_code == 400 and "Line 2: a prompt has at most 1000 characters" in long_line.content.decode()
+    assert empty.status_code == 400 and "Give at least one prompt" in empty.content.decode()
+    assert callbacks == [] and not Arena.objects.filter(project=project).exists()
+
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        assert browser.post(url, valid).status_code == 303
+    arena = Arena.objects.get(project=project)
+    assert set(arena.versions.all()) == {tiny_base, other} and len(callbacks) == 1
+    # What the queued gpu task does (run here in the test process); a repeat adds nothing.
+    prompts, seeds = ["a red circle", "a blue square"], [3, 4]
+    assert tasks.arena_generate_comparisons(arena.pk, admin_user.pk, prompts, seeds)["comparisons"] == 4
+    assert tasks.arena_generate_comparisons(arena.pk, admin_user.pk, prompts, seeds)["comparisons"] == 4
+    assert arena.comparisons.count() == 4
+    page = browser.get(url).content.decode()
+    assert "This project is an arena" in page and "4 comparisons ready" in page
+    matchup = arena_next(arena=arena, user=annotator)
+    assert {matchup.left.model_version_id, matchup.right.model_version_id} == {tiny_base.pk, other.pk}
+    assert matchup.left.seed == matchup.right.seed and matchup.left.prompt == matchup.right.prompt
