@@ -335,7 +335,7 @@ def train_reward_model(
     )
     set_seed(config.seed)
     backbone = (
-        build_tiny_clip(output_dir / "backbone-tiny", seed=config.seed)
+        build_tiny_clip(output_dir / "backbone-tiny", seed=config.seed, image_size=config.image_size or 32)
         if config.backbone == "tiny"
         else Path(config.backbone)
     )

@@ -219,3 +219,11 @@ def test_listwise_losses_train_on_listwise_exports(loss: str, tmp_path: Path) ->
     result = train_reward_model(small(loss=loss, max_steps=2), path, tmp_path / "run")  # type: ignore[arg-type]
     assert result.step == 2 and result.last_metrics["loss"] == pytest.approx(result.last_metrics["loss"])
     assert result.test is not None and result.test.pairs == 3 * count_rows(path, "test")  # 3 pairs per list
+
+
+def test_tiny_backbone_is_built_at_the_configured_image_size(pairs: Path, tmp_path: Path) -> None:
+    result = train_reward_model(small(max_steps=1, image_size=48), pairs, tmp_path / "run")
+    model = load_reward_model(result.model_dir)
+    assert model.transform.image_size == 48
+    assert model.clip.config.vision_config.image_size == 48
+    assert len(score(model, ["a red square"], images(1))) == 1
