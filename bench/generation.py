@@ -6,7 +6,8 @@ Run it against private PostgreSQL and Redis (as the tests do):
     bash tests/services.sh .venv/bin/python bench/generation.py [--images 64] [--steps 30] [--side 64]
 
 (a) images/s through the whole path (API call -> Celery worker process -> stored PNG + row) against a
-    plain diffusers loop over the same prompts and seeds at the same batch size, as a ratio.
+    plain diffusers loop over the same prompts and seeds at the same batch size, as a ratio: the two
+    alternate --repeats times and each path run is divided by the mean of the plain runs around it.
 (b) 16 concurrent single-image jobs: a worker that coalesces (batch limit 8) against one that runs one
     job at a time (batch limit 1).
 (c) CUDA only: (a) and (b) again with PICKWISE_DEVICE=cuda (skipped, and said so, without CUDA).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -113,14 +115,19 @@ def whole_path(client, prompts: list[str], seeds: list[list[int]], params: dict,
     proc = start_worker(batch_limit=batch_limit, device=device)
     try:
         wait_done(submit(client, ["warm-up"], [seeds[0][:1]], params))  # loads the pipeline
-        started = time.perf_counter()
-        ids = submit(client, prompts, seeds, params)
-        wait_done(ids)
-        elapsed = time.perf_counter() - started
-        breakdown(ids, elapsed)
-        return sum(map(len, seeds)) / elapsed
+        return timed_path(client, prompts, seeds, params)
     finally:
         stop_worker(proc)
+
+
+def timed_path(client, prompts: list[str], seeds: list[list[int]], params: dict) -> float:
+    """Images/s of submitting the jobs through the API until the running worker has stored them all."""
+    started = time.perf_counter()
+    ids = submit(client, prompts, seeds, params)
+    wait_done(ids)
+    elapsed = time.perf_counter() - started
+    breakdown(ids, elapsed)
+    return sum(map(len, seeds)) / elapsed
 
 
 def breakdown(job_ids: list[int], elapsed: float) -> None:
@@ -151,14 +158,28 @@ def section(client, model_dir: Path, args: argparse.Namespace, device: str) -> N
     seeds = [[1000 * i + k for k in range(batch)] for i in range(jobs)]
 
     torch.set_num_threads(1)
-    # The plain loop runs before and after the whole path; their mean cancels slow drifts in machine load.
-    before = plain_loop(model_dir, prompts, seeds, params, device)
-    full = whole_path(client, prompts, seeds, params, batch_limit=batch, device=device)
-    after = plain_loop(model_dir, prompts, seeds, params, device)
-    plain = (before + after) / 2
-    print(f"[{device}] (a) {jobs} jobs x {batch} images, {args.side}px, {args.steps} steps, batch {batch}:")
-    print(f"      plain diffusers loop  {plain:8.2f} images/s   (before {before:.2f}, after {after:.2f})")
-    print(f"      API -> Celery -> PNG  {full:8.2f} images/s   ratio {full / plain:.3f}  (target >= 0.9)")
+    # The machine's speed drifts by 10-20% over a minute here, so the two sides alternate (plain, path,
+    # plain, path, ...) on fresh prompts and each path run is compared with the mean of its neighbours.
+    proc = start_worker(batch_limit=batch, device=device)
+    try:
+        wait_done(submit(client, ["warm-up"], [seeds[0][:1]], params))  # loads the pipeline
+        plains = [plain_loop(model_dir, prompts, seeds, params, device)]
+        paths, ratios = [], []
+        for repeat in range(args.repeats):
+            fresh = [f"{prompt} r{repeat}" for prompt in prompts]
+            paths.append(timed_path(client, fresh, seeds, params))
+            plains.append(plain_loop(model_dir, prompts, seeds, params, device))
+            ratios.append(paths[-1] / ((plains[-2] + plains[-1]) / 2))
+    finally:
+        stop_worker(proc)
+    print(f"[{device}] (a) {jobs} jobs x {batch} images, {args.side}px, {args.steps} steps, batch {batch}, "
+          f"{args.repeats} alternating repeats:")
+    print(f"      plain diffusers loop  {statistics.median(plains):8.2f} images/s   (runs: "
+          f"{', '.join(f'{v:.2f}' for v in plains)})")
+    print(f"      API -> Celery -> PNG  {statistics.median(paths):8.2f} images/s   (runs: "
+          f"{', '.join(f'{v:.2f}' for v in paths)})")
+    print(f"      ratio to the neighbouring plain runs: {', '.join(f'{r:.3f}' for r in ratios)}; "
+          f"median {statistics.median(ratios):.3f}  (target >= 0.9)")
 
     singles = [f"a blue square {i}" for i in range(16)]
     single_seeds = [[i] for i in range(16)]
@@ -175,6 +196,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--steps", type=int, default=30)
     parser.add_argument("--side", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=5, help="alternating plain/path runs in (a)")
     args = parser.parse_args()
 
     import django
