@@ -90,6 +90,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sections", nargs="+", choices=("dpo", "ddpo", "judge"), default=["dpo", "ddpo", "judge"])
     parser.add_argument("--temperature", type=float, default=TEMPERATURE)
+    parser.add_argument("--judge-reward", default="shapes_adherence", choices=("shapes_adherence", "shapes_overall"),
+                        help="DDPO's reward in the judge section")
     parser.add_argument("--prompts", type=int, default=200, help="captions per round (and held-out captions)")
     for name, default in (("dpo", DPO), ("reward", REWARD), ("ddpo", DDPO_REWARD_MODEL), ("judge", DDPO_JUDGE)):
         parser.add_argument(f"--{name}", type=json.loads, default=default, metavar="JSON",
@@ -117,7 +119,7 @@ def main() -> int:
     base = model_version_register(name="shapes", source=str(WEIGHTS), dtype="float32", scheduler="dpmpp_2m",
                                   steps=12, guidance=2.5, width=64, height=64)
     print(f"recipes: temperature {args.temperature}, DPO {args.dpo}, reward model {args.reward}, "
-          f"DDPO on it {args.ddpo}, DDPO on the judge {args.judge}")
+          f"DDPO on it {args.ddpo}, DDPO on the judge ({args.judge_reward}) {args.judge}")
 
     def project(name: str):
         made = project_create(name=name, created_by=admin)
@@ -149,7 +151,7 @@ def main() -> int:
             task_create(project=judge_project, prompt_text=caption, created_by=admin)
         started = time.monotonic()
         run = run_services.finetune_run_create(user=admin, base_version=base, method="ddpo", project=judge_project,
-                                               reward_name="shapes_adherence", prompt_source="project",
+                                               reward_name=args.judge_reward, prompt_source="project",
                                                hyperparameters=args.judge, enqueue=False)
         run = run_services.finetune_run_execute(run_id=run.pk)
         if run is None or run.result_version is None:

@@ -2,7 +2,8 @@
 
 Built-ins: ``brightness`` (mean grey level in [0, 1]), ``jpeg_compressibility`` (minus the JPEG size in
 kB at quality 95, as in DDPO), ``shapes_adherence`` (the shapes-world judge's share of the caption's
-attributes an image gets right, in [0, 1]) and ``reward_model`` (a PickScore-style checkpoint from
+attributes an image gets right, in [0, 1]), ``shapes_overall`` (the judge's all-or-nothing verdict,
+with partial credit only below it) and ``reward_model`` (a PickScore-style checkpoint from
 :mod:`rlhf.training.reward_train`; needs a path argument). Register more with :func:`register_reward`.
 """
 
@@ -53,6 +54,18 @@ def shapes_adherence(images: list[Image.Image], prompts: list[str]) -> np.ndarra
     return np.array(scores, dtype=np.float64)
 
 
+OVERALL_BONUS = 1.0  # shapes_overall: what an image with every attribute right earns on top of its partial credit
+PARTIAL_WEIGHT = 0.25  # shapes_overall: the weight of partial credit, below any fully right image
+
+
+def shapes_overall(images: list[Image.Image], prompts: list[str]) -> np.ndarray:
+    """The judge's overall verdict (every attribute right) as the reward, partial credit breaking ties
+    among the wrong images only: 1.25 for a right image, at most 0.25 otherwise. Unlike
+    ``shapes_adherence`` it never pays for one attribute (bigger, easier shapes) at another's expense."""
+    partial = shapes_adherence(images, prompts)
+    return np.where(partial >= 1.0, OVERALL_BONUS + PARTIAL_WEIGHT, PARTIAL_WEIGHT * partial)
+
+
 class RewardModelReward:
     """Scores with a reward-model checkpoint, loaded on first use (so building a config stays cheap)."""
 
@@ -93,6 +106,7 @@ REWARD_FUNCTIONS: dict[str, RewardFactory] = {
     "brightness": _no_argument("brightness", brightness),
     "jpeg_compressibility": _no_argument("jpeg_compressibility", jpeg_compressibility),
     "shapes_adherence": _no_argument("shapes_adherence", shapes_adherence),
+    "shapes_overall": _no_argument("shapes_overall", shapes_overall),
     "reward_model": _reward_model_factory,
 }
 

@@ -263,3 +263,17 @@ def test_shapes_adherence_reward_gives_partial_credit_by_the_judge():
     scores = reward([truth, blank], [caption, caption])
     assert scores[0] == pytest.approx(1.0)
     assert 0.0 < scores[1] < 0.5  # only the background is right
+
+
+def test_shapes_overall_reward_ranks_every_right_image_above_any_partly_right_one():
+    from generation.shapes.world import parse_caption, render
+    from rlhf.training.rewards import build_reward
+
+    reward = build_reward("shapes_overall")
+    caption = "a large red circle at the top left on a white background"
+    truth = Image.fromarray(render(parse_caption(caption)))
+    wrong_size = Image.fromarray(render(parse_caption("a small red circle at the top left on a white background")))
+    blank = Image.new("RGB", truth.size, (255, 255, 255))
+    right, almost, nothing = reward([truth, wrong_size, blank], [caption] * 3)
+    assert right == pytest.approx(1.25)
+    assert 0.0 < nothing < almost < 0.25  # partial credit orders the wrong ones, below any right one
