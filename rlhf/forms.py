@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from typing import Any
+
 from django import forms
+from django.db.models import QuerySet
 
 from generation.models import ModelVersion
 from rlhf.models import PreferenceExport
@@ -43,9 +46,9 @@ class RoundStartForm(forms.Form):
     start_version = forms.ModelChoiceField(queryset=ModelVersion.objects.none(), required=False,
                                            help_text="The first round's model; later rounds use the last output")
 
-    def __init__(self, *args: object, preferences: list[str], versions: object, first_round: bool,
-                 **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, preferences: list[str], versions: QuerySet[ModelVersion], first_round: bool,
+                 **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.fields["preference"].choices = [(name, name.replace("_", " ")) for name in preferences]
         self.fields["start_version"].queryset = versions
         self.fields["start_version"].required = first_round
@@ -65,8 +68,8 @@ class ArenaSetupForm(forms.Form):
                                            help_text="Or add this many held-out shapes-world captions")
     seeds = forms.CharField(initial="0,1", help_text="Comma-separated; every version renders each prompt with each")
 
-    def __init__(self, *args: object, versions: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+    def __init__(self, *args: Any, versions: QuerySet[ModelVersion], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.fields["versions"].queryset = versions
 
     def clean_seeds(self) -> list[int]:
