@@ -4,6 +4,7 @@
 # 1. trains the shapes-world model with the `gpu` preset and exports it to $OUT as a split tarball
 #    (shapes_export.tgz.aa, .ab, ...: `cat $OUT/shapes_export.tgz.* | tar xz` gives shapes_export/);
 # 2. runs bench/generation_gpu.py (issue 5 (c)).
+# About 8 minutes in all on an H200: give the device call its 600 s limit.
 # Python packages missing there travel as wheels in .whl/ (see bench/README.md) and are installed first.
 set -u
 OUT=${OUT:-var/gpu_checks}
@@ -20,7 +21,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
 
 started=$(date +%s)
-timeout $((${SHAPES_MINUTES%.*} * 60 + 240)) $PY -m generation.shapes.train --preset gpu --run-dir /tmp/shapes_run \
+timeout $((${SHAPES_MINUTES%.*} * 60 + 200)) $PY -m generation.shapes.train --preset gpu --run-dir /tmp/shapes_run \
     --max-minutes "$SHAPES_MINUTES" >"$OUT/shapes_train.log" 2>&1
 echo "shapes training: exit $?, $(($(date +%s) - started)) s"; grep -v "it/s\]" "$OUT/shapes_train.log" | tail -8
 if $PY -m generation.shapes.train --preset gpu --run-dir /tmp/shapes_run --export /tmp/shapes_export >>"$OUT/shapes_train.log" 2>&1; then
@@ -30,5 +31,5 @@ else
     echo "shapes export failed"; tail -20 "$OUT/shapes_train.log"
 fi
 
-timeout 200 $PY -m bench.generation_gpu --json "$OUT/generation_gpu.json" >"$OUT/generation_gpu.log" 2>&1
+timeout 150 $PY -m bench.generation_gpu --json "$OUT/generation_gpu.json" >"$OUT/generation_gpu.log" 2>&1
 echo "generation bench: exit $?"; grep -v "Loading\|it/s\]" "$OUT/generation_gpu.log" | tail -14
