@@ -16,6 +16,16 @@ from annotate.models import AnnotationTask, Project
 from generation.models import GeneratedImage, GenerationJob, ModelVersion
 
 _counter = itertools.count(1)
+# A template of four task images and a full ranking that allows ties.
+RANK_SCHEMA = {
+    "schema_version": 1,
+    "components": [
+        {"type": "images", "name": "images", "config": {"source": "task", "count": 4}},
+        {"type": "ranking", "name": "ranking",
+         "config": {"images": "images", "mode": "full", "allow_ties": True, "allow_partial": False}},
+    ],
+}
+
 _COLORS = [(220, 40, 40), (40, 160, 60), (40, 80, 220), (230, 200, 40), (150, 60, 200), (30, 190, 190)]
 
 

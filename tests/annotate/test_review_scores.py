@@ -12,18 +12,10 @@ from annotate import queue, template_services, workflow_services
 from annotate.models import Annotation
 from annotate.workflow_services import Submission
 from rlhf.models import ImageScore, RewardModelVersion
-from tests.annotate.factories_workflow import task_with_images, tasks_with_images
+from tests.annotate.factories_workflow import RANK_SCHEMA, task_with_images, tasks_with_images
 from tests.factories import PASSWORD, api_client_for
 
 HX = {"HTTP_HX_REQUEST": "true"}
-TIES_SCHEMA = {
-    "schema_version": 1,
-    "components": [
-        {"type": "images", "name": "images", "config": {"source": "task", "count": 4}},
-        {"type": "ranking", "name": "ranking",
-         "config": {"images": "images", "mode": "full", "allow_ties": True, "allow_partial": False}},
-    ],
-}
 
 
 def login(client, user):
@@ -87,7 +79,7 @@ def test_review_shows_scores_the_models_order_and_where_it_disagrees(
 
 def test_a_tied_ranking_does_not_disagree_and_an_agreeing_model_says_so(client, project, admin_user, annotator):
     template = template_services.template_create(project=project, name="Rank with ties", created_by=admin_user,
-                                                 schema=TIES_SCHEMA, strict=True)
+                                                 schema=RANK_SCHEMA, strict=True)
     workflow_services.project_update_settings(project=project, template_version=(
         template_services.template_version_publish(template=template, created_by=admin_user)))
     project.refresh_from_db()

@@ -9,17 +9,9 @@ import pytest
 from annotate import queue, template_services
 from annotate.workflow_services import Submission, annotation_submit
 from core.roles import Role
-from tests.annotate.factories_workflow import task_with_images
+from tests.annotate.factories_workflow import RANK_SCHEMA, task_with_images
 from tests.factories import MembershipFactory, UserFactory
 
-RANK_SCHEMA = {
-    "schema_version": 1,
-    "components": [
-        {"type": "images", "name": "images", "config": {"source": "task", "count": 4}},
-        {"type": "ranking", "name": "ranking",
-         "config": {"images": "images", "mode": "full", "allow_ties": True, "allow_partial": False}},
-    ],
-}
 TINY_GENERATION = {"scheduler": "ddim", "steps": 4, "guidance": 5.0, "width": 32, "height": 32}
 
 

@@ -11,8 +11,9 @@ from annotate.workflow_services import project_update_settings
 from rlhf import tasks
 from rlhf.loop.rounds import RoundConfig, project_current_version, round_run
 from rlhf.models import LoopRound, RunStatus, VersionEvaluation
+from tests.annotate.factories_workflow import RANK_SCHEMA
 from tests.factories import PASSWORD
-from tests.rlhf.conftest import RANK_SCHEMA, TINY_GENERATION
+from tests.rlhf.conftest import TINY_GENERATION
 
 DPO_FAST = {"max_steps": 2, "batch_size": 4}
 

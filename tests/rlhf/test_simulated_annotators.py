@@ -22,9 +22,9 @@ from rlhf.preferences import (
     noisy_ranking,
     shape_centred,
 )
-from tests.annotate.factories_workflow import task_with_images
+from tests.annotate.factories_workflow import RANK_SCHEMA, task_with_images
 from tests.factories import MembershipFactory, UserFactory
-from tests.rlhf.conftest import RANK_SCHEMA, TINY_GENERATION
+from tests.rlhf.conftest import TINY_GENERATION
 
 
 def square(side: int, *, at: tuple[int, int] = (32, 32), colour=(220, 30, 30), size: int = 64) -> Image.Image:
