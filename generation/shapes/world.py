@@ -156,6 +156,14 @@ def prompt_captions(n: int, seed: int = 0, split: Split = "any") -> list[str]:
     return [s.caption for s in sample_scenes(n, seed, split)]
 
 
+HELD_OUT_SEED = 1_000_003  # captions drawn with this seed are never a round's prompts (rounds use 0..)
+
+
+def held_out_captions(n: int, *, split: Split = "any") -> list[str]:
+    """The evaluation captions: drawn with a seed no round or training run samples prompts with."""
+    return prompt_captions(n, seed=HELD_OUT_SEED, split=split)
+
+
 # --- rendering --------------------------------------------------------------------------------
 
 

@@ -21,17 +21,10 @@ from PIL import Image
 from annotate.models import Project
 from core.exceptions import ApplicationError
 from generation.models import ModelVersion
+from generation.shapes.world import held_out_captions
 from rlhf.loop import stats
 from rlhf.models import RunStatus, VersionEvaluation
 from rlhf.preferences import build_preference
-
-HELD_OUT_SEED = 1_000_003  # captions drawn with this seed are never a round's prompts (rounds use 0..)
-
-
-def held_out_captions(n: int, *, split: str = "any") -> list[str]:
-    from generation.shapes.world import prompt_captions
-
-    return prompt_captions(n, seed=HELD_OUT_SEED, split=split)  # type: ignore[arg-type]
 
 
 def render(version: ModelVersion, prompts: Sequence[str], seeds: Sequence[int], *,

@@ -129,6 +129,23 @@ def test_ddpo_sampler_has_a_density_at_every_step_whatever_the_saved_scheduler(s
     assert sched.config.prediction_type == "v_prediction"
 
 
+def test_ddpo_sampler_renders_what_the_shipped_shapes_model_renders() -> None:
+    """DDPO trains on what it samples: the DDIM sampler must not clip the clean latent (DDIM's default),
+    which turned every image of the shapes model (latents scaled beyond [-1, 1]) into a dark smear."""
+    from generation.shapes.judge import judge
+    from generation.shapes.model import WEIGHTS_DIR
+    from generation.shapes.world import prompt_captions
+
+    pipe = load_pipeline(str(WEIGHTS_DIR))
+    sched = ddpo_scheduler(pipe.scheduler.config)
+    assert sched.config.clip_sample is False
+    captions = prompt_captions(24, seed=7, split="train")
+    traj = sample_with_logprob(pipe, sched, captions, seeds=list(range(24)), num_steps=12, guidance_scale=2.5,
+                               eta=1.0, resolution=64)
+    right = [judge(image, caption).overall for image, caption in zip(to_pil(traj.images), captions, strict=True)]
+    assert np.mean(right) >= 0.45, f"the judge accepts {np.mean(right):.0%} of DDPO's samples"  # ~70%; 0% clipped
+
+
 # --------------------------------------------------------------------------------------------- rewards
 def test_builtin_rewards() -> None:
     dark, bright = Image.new("RGB", (8, 8), (10, 10, 10)), Image.new("RGB", (8, 8), (250, 250, 250))

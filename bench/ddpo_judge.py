@@ -1,0 +1,173 @@
+"""DDPO with the shapes-world judge as the reward (issue 10, third target), without Django, so it runs on a
+bare GPU machine as well as here.
+
+    .venv/bin/python -m bench.ddpo_judge --ddpo '{"iterations": 40}'                  # this CPU
+    python -m bench.ddpo_judge --device cuda --ddpo '{...}' --eval-every 25 --out DIR  # a GPU
+
+It trains a LoRA on the shipped shapes model with ``rlhf.training.ddpo.train_ddpo`` (the code a fine-tune
+run calls), sampling training-split captions, and evaluates the base model and every checkpoint on the
+held-out captions the loop bench uses (``held_out_captions``, seed 0 each, the shipped version's settings:
+DPM-Solver++ 12 steps, guidance 2.5, 64 px) through ``generation.inference``, the worker's code. It prints
+the judge's adherence per checkpoint and, against the base image of the same caption and seed, how many
+captions the checkpoint fixed and broke. ``--out`` keeps the last checkpoint's LoRA and ``results.json``;
+``bench/loop.py --judge-adapter DIR`` then evaluates such a LoRA through the product's own services.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.loop import DDPO_JUDGE, WEIGHTS  # noqa: E402
+from generation.shapes.world import held_out_captions, prompt_captions  # noqa: E402
+
+TRAIN_SEED = 7  # the loop bench's judge project draws its captions with this seed
+
+
+def _score_chunk(reward: str, arrays: list[np.ndarray], prompts: list[str]) -> list[float]:
+    from PIL import Image
+
+    from rlhf.training.rewards import build_reward
+
+    return [float(x) for x in build_reward(reward)([Image.fromarray(a) for a in arrays], prompts)]
+
+
+class PooledReward:
+    """A registered reward scored in worker processes (the judge is pure Python, ~4 ms an image)."""
+
+    def __init__(self, reward: str, workers: int) -> None:
+        self.reward, self.workers = reward, workers
+        self.pool = ProcessPoolExecutor(workers) if workers > 1 else None
+
+    def __call__(self, images, prompts) -> np.ndarray:
+        arrays = [np.asarray(image) for image in images]
+        if self.pool is None:
+            return np.asarray(_score_chunk(self.reward, arrays, list(prompts)))
+        size = -(-len(arrays) // self.workers)
+        futures = [self.pool.submit(_score_chunk, self.reward, arrays[i : i + size], list(prompts[i : i + size]))
+                   for i in range(0, len(arrays), size)]
+        return np.asarray([score for future in futures for score in future.result()])
+
+
+class Evaluator:
+    """Held-out adherence of the base model and of LoRA checkpoints, rendered by the worker's code."""
+
+    def __init__(self, device: str, captions: list[str], seeds: list[int], batch: int) -> None:
+        from generation import inference
+
+        self.inference = inference
+        self.cache = inference.PipelineCache(device)
+        self.base = inference.ModelSpec(key="shapes", source=str(WEIGHTS), dtype="float32")
+        self.params = inference.GenerationParams(scheduler="dpmpp_2m", steps=12, guidance=2.5, width=64, height=64)
+        self.captions, self.seeds, self.batch = captions, seeds, batch
+        self.base_ok: np.ndarray | None = None
+
+    def run(self, lora: Path | None, key: str) -> dict:
+        from generation.shapes.judge import judge, summarize
+
+        spec = self.base if lora is None else self.inference.ModelSpec.lora(key, lora, self.base)
+        loaded = self.cache.get(spec)
+        requests = [self.inference.GenerationRequest(prompt=c, seeds=self.seeds, params=self.params, spec=spec)
+                    for c in self.captions]
+        rows = self.inference.generate_batch(loaded, requests, max_batch=self.batch)
+        pairs = [(g.image, c) for c, row in zip(self.captions, rows, strict=True) for g in row]
+        verdicts = [judge(image, caption) for image, caption in pairs]
+        ok = np.array([v.overall for v in verdicts])
+        summary = {k: round(v, 4) for k, v in summarize(verdicts).items()}
+        if lora is None:
+            self.base_ok = ok
+        elif self.base_ok is not None:
+            summary["fixed"] = int((ok & ~self.base_ok).sum())
+            summary["broken"] = int((~ok & self.base_ok).sum())
+            summary["delta_points"] = round(100 * (ok.mean() - self.base_ok.mean()), 2)
+        return summary
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    parser.add_argument("--reward", default="shapes_overall", choices=("shapes_overall", "shapes_adherence"))
+    parser.add_argument("--ddpo", type=json.loads, default={}, metavar="JSON",
+                        help=f"DDPOConfig fields over the loop bench's judge recipe {json.dumps(DDPO_JUDGE)}")
+    parser.add_argument("--train-prompts", type=int, default=200, help="training-split captions DDPO samples")
+    parser.add_argument("--eval-prompts", type=int, default=200, help="held-out captions (as bench/loop.py)")
+    parser.add_argument("--eval-seeds", type=int, default=1, help="seeds per held-out caption (0, 1, ...)")
+    parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N iterations (0: at the end)")
+    parser.add_argument("--max-minutes", type=float, default=0, help="stop training (and evaluate) after this")
+    parser.add_argument("--judge-workers", type=int, default=1, help="processes scoring the reward")
+    parser.add_argument("--eval-batch", type=int, default=8)
+    parser.add_argument("--out", type=Path, default=None, help="keep the final LoRA and results.json here")
+    args = parser.parse_args()
+    if not (WEIGHTS / "model_index.json").is_file():
+        print(f"No shapes weights at {WEIGHTS} (model_index.json); train them first.")
+        return 2
+    if args.device == "cpu":
+        os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
+    import torch
+
+    from rlhf.training.ddpo import tiny_ddpo_preset, train_ddpo
+
+    if args.device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    overrides = {**DDPO_JUDGE, "resolution": 64, "checkpoint_every": args.eval_every, "keep_last": 1,
+                 **args.ddpo, "cpu": args.device == "cpu"}
+    if "lora_targets" in overrides:
+        overrides["lora_targets"] = tuple(overrides["lora_targets"])
+    prompts = tuple(prompt_captions(args.train_prompts, seed=TRAIN_SEED, split="train"))
+    config = tiny_ddpo_preset(str(WEIGHTS), prompts, reward=args.reward, **overrides)
+    captions = held_out_captions(args.eval_prompts)
+    evaluator = Evaluator(args.device, captions, list(range(args.eval_seeds)), args.eval_batch)
+    shown = {k: v for k, v in overrides.items() if k != "cpu"}
+    print(f"DDPO on {args.reward}, {args.train_prompts} training captions, device {args.device}: {json.dumps(shown)}")
+    results: dict = {"config": shown, "reward": args.reward, "device": args.device, "eval": {}, "log": []}
+    started = time.monotonic()
+    results["eval"]["0"] = evaluator.run(None, "base")
+    print(f"base: adherence {results['eval']['0']['overall']:.3f} {json.dumps(results['eval']['0'])}", flush=True)
+    workdir = Path(tempfile.mkdtemp(prefix="pickwise-ddpo-judge-"))
+
+    def save() -> None:
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+
+    def on_log(iteration: int, metrics) -> None:
+        row = {"iteration": iteration, "minutes": round((time.monotonic() - started) / 60, 2),
+               **{k: round(float(v), 4) for k, v in metrics.items()}}
+        results["log"].append(row)
+        print(json.dumps(row), flush=True)
+
+    def on_checkpoint(iteration: int, directory: Path) -> None:
+        summary = evaluator.run(directory, f"it{iteration}")
+        results["eval"][str(iteration)] = summary
+        print(f"iteration {iteration}: adherence {summary['overall']:.3f} ({summary['delta_points']:+.1f} points, "
+              f"fixed {summary['fixed']}, broke {summary['broken']}) {json.dumps(summary)}", flush=True)
+        if args.out is not None:
+            shutil.copytree(directory, args.out / "lora", dirs_exist_ok=True,
+                            ignore=shutil.ignore_patterns("training_state"))
+        save()
+
+    deadline = started + 60 * args.max_minutes if args.max_minutes else None
+    train_ddpo(config, workdir, on_log=on_log, on_checkpoint=on_checkpoint,
+                        should_stop=(lambda: time.monotonic() > deadline) if deadline else None,
+                        reward_fn=PooledReward(args.reward, args.judge_workers))
+    results["minutes"] = round((time.monotonic() - started) / 60, 2)
+    save()
+    print(f"done in {results['minutes']} min; work directory {workdir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
