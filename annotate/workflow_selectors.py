@@ -15,9 +15,6 @@ from typing import Any
 from django.contrib.auth.models import AnonymousUser, Group, Permission, User
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import (
-    BigIntegerField,
-    BooleanField,
-    CharField,
     Count,
     Exists,
     OuterRef,
@@ -25,7 +22,6 @@ from django.db.models import (
     Q,
     QuerySet,
 )
-from django.db.models.expressions import RawSQL
 from django.http import Http404
 from django.urls import NoReverseMatch, reverse
 
@@ -43,6 +39,7 @@ from annotate.models import (
     TaskAssignment,
     TaskImage,
 )
+from core import rawsql
 from core.exceptions import PermissionDeniedError
 from core.roles import ACTION_PERMISSIONS, ROLE_ACTIONS
 
@@ -60,22 +57,44 @@ DEFAULT_RANKING_COMPONENT: dict[str, Any] = {
 # --- access ---------------------------------------------------------------------------------
 
 
-def _perm_sql(user_id: int, permission: str) -> RawSQL:
-    """Whether the user holds ``permission`` directly or through a group (plain SQL: cheap to compile)."""
+def _perm_sql(permission: str, user_id: int) -> tuple[str, list[Any]]:
+    """``EXISTS (...)``: the user holds ``permission`` directly or through a group."""
     app_label, codename = permission.split(".", 1)
-    perm, ct = Permission._meta.db_table, ContentType._meta.db_table
-    group_perms = Group.permissions.through._meta.db_table
-    user_groups, user_perms = User.groups.through._meta.db_table, User.user_permissions.through._meta.db_table
-    # Table names come from model metadata; every value is a bound parameter.
+    perm, ct = rawsql.table(Permission), rawsql.table(ContentType)
+    group_perms = rawsql.table(Group.permissions.through)
+    user_groups, user_perms = rawsql.table(User.groups.through), rawsql.table(User.user_permissions.through)
     sql = (
-        f"SELECT 1 FROM {perm} p JOIN {ct} ct ON ct.id = p.content_type_id "  # noqa: S608
+        f"EXISTS (SELECT 1 FROM {perm} p JOIN {ct} ct ON ct.id = p.content_type_id "  # noqa: S608 - names only
         f"WHERE ct.app_label = %s AND p.codename = %s AND ("
         f"EXISTS (SELECT 1 FROM {group_perms} gp JOIN {user_groups} ug ON ug.group_id = gp.group_id "
         f"WHERE gp.permission_id = p.id AND ug.user_id = %s) OR "
-        f"EXISTS (SELECT 1 FROM {user_perms} up WHERE up.permission_id = p.id AND up.user_id = %s))"
+        f"EXISTS (SELECT 1 FROM {user_perms} up WHERE up.permission_id = p.id AND up.user_id = %s)))"
     )
-    return RawSQL(f"EXISTS ({sql})", (app_label, codename, user_id, user_id),  # noqa: S611 - no user input
-                  output_field=BooleanField())
+    return sql, [app_label, codename, user_id, user_id]
+
+
+def _project_row(*, user_id: int, project_id: int, action: str, with_active_lease: bool) -> tuple[Any, ...] | None:
+    """One row: the project's columns, its template version's, then the user's membership role,
+    whether they may view and may do ``action``, and (optionally) their active lease's id.
+
+    Plain SQL: the API's annotator loop loads the project on every request, and compiling this
+    as an ORM query (four subqueries, a join) cost more CPU than PostgreSQL spends running it.
+    """
+    may_view, view_params = _perm_sql(ACTION_PERMISSIONS["view"], user_id)
+    may_act, act_params = _perm_sql(ACTION_PERMISSIONS[action], user_id)
+    lease, lease_params = "NULL", []
+    if with_active_lease:  # saves the queue a query: the caller's current lease in this project, if any
+        lease = (f"(SELECT a.id FROM {rawsql.table(TaskAssignment)} a WHERE a.project_id = p.id "  # noqa: S608
+                 "AND a.annotator_id = %s AND a.status = %s LIMIT 1)")
+        lease_params = [user_id, AssignmentStatus.ACTIVE.value]
+    sql = (
+        f"SELECT {rawsql.columns(Project, 'p')}, {rawsql.columns(AnnotationTemplateVersion, 'tv')}, "  # noqa: S608
+        f"(SELECT m.role FROM {rawsql.table(ProjectMembership)} m WHERE m.project_id = p.id AND m.user_id = %s), "
+        f"{may_view}, {may_act}, {lease} "
+        f"FROM {rawsql.table(Project)} p "
+        f"LEFT JOIN {rawsql.table(AnnotationTemplateVersion)} tv ON tv.id = p.template_version_id WHERE p.id = %s"
+    )
+    return rawsql.fetchone(sql, [user_id, *view_params, *act_params, *lease_params, project_id])
 
 
 def project_for_action(*, user: AnyUser, project_id: int, action: str, with_active_lease: bool = False) -> Project:
@@ -83,39 +102,36 @@ def project_for_action(*, user: AnyUser, project_id: int, action: str, with_acti
 
     Non-members (and unknown ids) get ``Http404``; members without the right get
     ``PermissionDeniedError``. The project comes with its template version joined and the
-    user's role cached for ``access.can``.
+    user's role cached for ``access.can``; with ``with_active_lease``, ``active_assignment_id``
+    says whether the user holds a lease in it (for :func:`annotate.queue.task_next`).
     """
     if action not in ACTION_PERMISSIONS:
         raise ValueError(f"unknown project action {action!r}")
     if not user.is_authenticated or not user.is_active:
         raise Http404("No such project")
-    project_table = Project._meta.db_table
-    queryset = Project.objects.select_related("template_version").filter(pk=project_id)
-    if with_active_lease:  # saves the queue a query: the caller's current lease in this project, if any
-        queryset = queryset.annotate(active_assignment_id=RawSQL(  # noqa: S611 - bound parameters only
-            f"SELECT a.id FROM {TaskAssignment._meta.db_table} a WHERE a.project_id = {project_table}.id "  # noqa: S608
-            "AND a.annotator_id = %s AND a.status = %s LIMIT 1", (user.pk, AssignmentStatus.ACTIVE.value),
-            output_field=BigIntegerField()))
-    if not user.is_superuser:
-        queryset = queryset.annotate(
-            member_role=RawSQL(  # noqa: S611 - bound parameters only
-                f"SELECT m.role FROM {ProjectMembership._meta.db_table} m "  # noqa: S608 - table names only
-                f"WHERE m.project_id = {project_table}.id AND m.user_id = %s", (user.pk,),
-                output_field=CharField()),
-            may_view=_perm_sql(user.pk, ACTION_PERMISSIONS["view"]),
-            may_act=_perm_sql(user.pk, ACTION_PERMISSIONS[action]),
-        )
-    project = queryset.first()
-    if project is None:
+    try:
+        project_id = int(project_id)
+    except (TypeError, ValueError):
+        raise Http404("No such project") from None
+    row = _project_row(user_id=user.pk, project_id=project_id, action=action, with_active_lease=with_active_lease)
+    if row is None:
         raise Http404("No such project")
+    project_end = rawsql.width(Project)
+    version_end = project_end + rawsql.width(AnnotationTemplateVersion)
+    project = rawsql.load(Project, row[:project_end])
+    project.template_version = (
+        rawsql.load(AnnotationTemplateVersion, row[project_end:version_end]) if row[project_end] is not None else None
+    )
+    role, may_view, may_act, lease_id = row[version_end:]
+    if with_active_lease:
+        project.active_assignment_id = lease_id  # type: ignore[attr-defined]
     if user.is_superuser:
         project._membership_roles = {}  # type: ignore[attr-defined]
         return project
-    role = project.member_role  # type: ignore[attr-defined]
     project._membership_roles = {user.pk: role}  # type: ignore[attr-defined]
-    if role is None or not project.may_view or "view" not in ROLE_ACTIONS[role]:  # type: ignore[attr-defined]
+    if role is None or not may_view or "view" not in ROLE_ACTIONS[role]:
         raise Http404("No such project")
-    if not project.may_act or action not in ROLE_ACTIONS[role]:  # type: ignore[attr-defined]
+    if not may_act or action not in ROLE_ACTIONS[role]:
         raise PermissionDeniedError(f"You may not {action} in project {project.name!r}.")
     return project
 
@@ -176,10 +192,25 @@ def image_url(image_id: Any) -> str:
         return f"/generation/images/{image_id}.png"
 
 
+def _task_image_rows(task_id: int) -> list[tuple[Any, ...]]:
+    """``(image id, position, width, height)`` of the task's images in display order.
+
+    Plain SQL: both steps of the annotator loop read a task's images, and the ORM's query
+    compilation cost more than the query (the ids come back as UUIDs on every database).
+    """
+    from generation.models import GeneratedImage  # generation imports annotate: import lazily
+
+    rows = rawsql.fetchall(
+        f"SELECT ti.image_id, ti.position, gi.width, gi.height FROM {rawsql.table(TaskImage)} ti "  # noqa: S608
+        f"JOIN {rawsql.table(GeneratedImage)} gi ON gi.id = ti.image_id WHERE ti.task_id = %s ORDER BY ti.position",
+        [task_id],
+    )
+    return [(rawsql.value(TaskImage, "image", image_id), *rest) for image_id, *rest in rows]
+
+
 def task_image_ids(*, task_id: int) -> list[str]:
     """The task's image ids (strings), in display order: one query."""
-    return [str(pk) for pk in
-            TaskImage.objects.filter(task_id=task_id).order_by("position").values_list("image_id", flat=True)]
+    return [str(row[0]) for row in _task_image_rows(task_id)]
 
 
 # --- the annotator's side ---------------------------------------------------------------------
@@ -196,14 +227,9 @@ def active_assignment(*, project: Project, user: AnyUser) -> TaskAssignment | No
 
 def task_images(*, task_id: int) -> list[dict[str, Any]]:
     """``[{"id", "url", "position", "width", "height"}]`` in display order: one query."""
-    rows = (
-        TaskImage.objects.filter(task_id=task_id)
-        .order_by("position")
-        .values_list("image_id", "position", "image__width", "image__height")
-    )
     return [
         {"id": str(image_id), "url": image_url(image_id), "position": position, "width": width, "height": height}
-        for image_id, position, width, height in rows
+        for image_id, position, width, height in _task_image_rows(task_id)
     ]
 
 

@@ -1,0 +1,175 @@
+"""Plain SQL for the few hot paths where building and compiling an ORM query costs more than running it.
+
+The annotator loop (``POST tasks/next/`` then ``tasks/<id>/submit/``) and API token
+authentication run a handful of small statements per request; the ORM spends several
+milliseconds of CPU per request turning querysets into SQL, more than PostgreSQL spends
+executing them. Those few statements are written here as parameterised SQL instead (every
+value is a bound parameter; table and column names come from model metadata), and their
+rows are turned back into model instances with the same converters the ORM uses, so that
+callers get the same Python values (aware datetimes, UUIDs, decoded JSON, booleans) on
+PostgreSQL and on SQLite.
+
+Everything else keeps the ORM: use these helpers only where a profile shows the ORM's cost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from functools import lru_cache
+from typing import Any, TypeVar
+
+from django.db import connection
+from django.db.models import Field, Model
+
+M = TypeVar("M", bound=Model)
+
+
+# SQL text and converters depend only on the model and the database vendor: built once each.
+
+
+def table(model: type[Model]) -> str:
+    """The model's table name, quoted for the current database."""
+    return _table(model, connection.vendor)
+
+
+@lru_cache(maxsize=256)
+def _table(model: type[Model], vendor: str) -> str:
+    return connection.ops.quote_name(model._meta.db_table)
+
+
+def _quoted(field: Field) -> str:
+    if field.column is None:
+        raise TypeError(f"{field} has no column")
+    return connection.ops.quote_name(field.column)
+
+
+def column(model: type[Model], field_name: str) -> str:
+    """One field's column name, quoted (``"pk"`` names the primary key)."""
+    return _column(model, field_name, connection.vendor)
+
+
+@lru_cache(maxsize=256)
+def _column(model: type[Model], field_name: str, vendor: str) -> str:
+    return _quoted(model._meta.pk if field_name == "pk" else _field(model, field_name))
+
+
+def columns(model: type[Model], alias: str) -> str:
+    """``alias."col", ...`` for every concrete field of ``model``, in the order :func:`load` expects."""
+    return _columns(model, alias, connection.vendor)
+
+
+@lru_cache(maxsize=256)
+def _columns(model: type[Model], alias: str, vendor: str) -> str:
+    return ", ".join(f"{alias}.{_quoted(f)}" for f in model._meta.concrete_fields)
+
+
+def width(model: type[Model]) -> int:
+    """How many values :func:`columns` selects (to slice a row that joins several models)."""
+    return len(model._meta.concrete_fields)
+
+
+Converter = Callable[[Any, Any, Any], Any]
+
+
+@lru_cache(maxsize=1024)
+def _converters(field: Field, vendor: str) -> tuple[Any, tuple[Converter, ...]]:
+    """The expression and the converters the ORM applies to this field's column on ``vendor``."""
+    col = field.get_col(field.model._meta.db_table)
+    return col, tuple(connection.ops.get_db_converters(col) + field.get_db_converters(connection))
+
+
+def _from_db(field: Field, value: Any, vendor: str) -> Any:
+    """``value`` as the ORM would return it (the backend's converters, then the field's)."""
+    col, converters = _converters(field, vendor)
+    for converter in converters:
+        value = converter(value, col, connection)
+    return value
+
+
+def load(model: type[M], values: Sequence[Any]) -> M:
+    """A ``model`` instance from the values :func:`columns` selected, as if the ORM had loaded it."""
+    fields, vendor = model._meta.concrete_fields, connection.vendor
+    return model.from_db(connection.alias, [f.attname for f in fields],
+                         [_from_db(f, v, vendor) for f, v in zip(fields, values, strict=True)])
+
+
+def _field(model: type[Model], name: str) -> Field:
+    """A concrete field by name or attname (``task`` or ``task_id``)."""
+    field = model._meta.get_field(name)
+    if not isinstance(field, Field):
+        raise TypeError(f"{model.__name__}.{name} is not a concrete field")
+    return field
+
+
+def value(model: type[Model], field_name: str, raw: Any) -> Any:
+    """One column's raw value (from a join or a subquery) converted like the ORM converts that field."""
+    return _from_db(_field(model, field_name), raw, connection.vendor)
+
+
+def param(model: type[Model], field_name: str, python_value: Any) -> Any:
+    """``python_value`` prepared as a bound parameter for that field (datetimes, JSON, UUIDs)."""
+    return _field(model, field_name).get_db_prep_save(python_value, connection)
+
+
+def fetchone(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchone()
+
+
+def fetchall(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def execute(sql: str, params: Sequence[Any]) -> int:
+    """Run a write; returns the number of rows it changed."""
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+@lru_cache(maxsize=64)
+def _insert_sql(model: type[Model], vendor: str) -> tuple[str, tuple[Field, ...]]:
+    fields = tuple(f for f in model._meta.concrete_fields if f is not model._meta.auto_field)
+    names = ", ".join(_quoted(f) for f in fields)
+    placeholders = ", ".join(["%s"] * len(fields))
+    sql = (f"INSERT INTO {table(model)} ({names}) VALUES ({placeholders}) "  # noqa: S608 - names only
+           f"RETURNING {column(model, 'pk')}")
+    return sql, fields
+
+
+def insert(model: type[M], **values: Any) -> M:
+    """``model(**values)`` inserted in one statement; returns the instance with its new primary key.
+
+    Like ``Model.objects.create`` (field defaults, ``auto_now``/``auto_now_add``) but without
+    compiling a query, and, like ``bulk_create``, without ``save()`` or signals. ``RETURNING``
+    works on PostgreSQL and SQLite 3.35+.
+    """
+    instance = model(**values)
+    sql, fields = _insert_sql(model, connection.vendor)
+    row = fetchone(sql, [f.get_db_prep_save(f.pre_save(instance, True), connection) for f in fields])
+    if row is None:
+        raise RuntimeError(f"INSERT INTO {model._meta.db_table} returned no row")
+    instance.pk = row[0]
+    instance._state.adding = False
+    instance._state.db = connection.alias
+    return instance
+
+
+def for_update(alias: str, *, skip_locked: bool = False) -> str:
+    """``FOR UPDATE [OF alias] [SKIP LOCKED]`` where the database has row locks, else ``""``.
+
+    SQLite has none (its transactions take the whole database), which is also what the ORM's
+    ``select_for_update`` does there: nothing.
+    """
+    features = connection.features
+    if not features.has_select_for_update:
+        return ""
+    clause = " FOR UPDATE"
+    if features.has_select_for_update_of:
+        clause += f" OF {alias}"
+    if skip_locked and features.has_select_for_update_skip_locked:
+        clause += " SKIP LOCKED"
+    return clause
