@@ -192,25 +192,15 @@ def image_url(image_id: Any) -> str:
         return f"/generation/images/{image_id}.png"
 
 
-def _task_image_rows(task_id: int) -> list[tuple[Any, ...]]:
-    """``(image id, position, width, height)`` of the task's images in display order.
-
-    Plain SQL: both steps of the annotator loop read a task's images, and the ORM's query
-    compilation cost more than the query (the ids come back as UUIDs on every database).
-    """
-    from generation.models import GeneratedImage  # generation imports annotate: import lazily
-
-    rows = rawsql.fetchall(
-        f"SELECT ti.image_id, ti.position, gi.width, gi.height FROM {rawsql.table(TaskImage)} ti "  # noqa: S608
-        f"JOIN {rawsql.table(GeneratedImage)} gi ON gi.id = ti.image_id WHERE ti.task_id = %s ORDER BY ti.position",
-        [task_id],
-    )
-    return [(rawsql.value(TaskImage, "image", image_id), *rest) for image_id, *rest in rows]
-
-
 def task_image_ids(*, task_id: int) -> list[str]:
-    """The task's image ids (strings), in display order: one query."""
-    return [str(row[0]) for row in _task_image_rows(task_id)]
+    """The task's image ids (strings), in display order: one query.
+
+    Plain SQL (as :func:`task_images`): every submit reads them, and compiling the ORM query
+    cost more than running it.
+    """
+    rows = rawsql.fetchall(f"SELECT image_id FROM {rawsql.table(TaskImage)} "  # noqa: S608 - names only
+                           "WHERE task_id = %s ORDER BY position", [task_id])
+    return [str(rawsql.value(TaskImage, "image", image_id)) for (image_id,) in rows]
 
 
 # --- the annotator's side ---------------------------------------------------------------------
@@ -226,11 +216,24 @@ def active_assignment(*, project: Project, user: AnyUser) -> TaskAssignment | No
 
 
 def task_images(*, task_id: int) -> list[dict[str, Any]]:
-    """``[{"id", "url", "position", "width", "height"}]`` in display order: one query."""
-    return [
-        {"id": str(image_id), "url": image_url(image_id), "position": position, "width": width, "height": height}
-        for image_id, position, width, height in _task_image_rows(task_id)
-    ]
+    """``[{"id", "url", "position", "width", "height"}]`` in display order: one query.
+
+    Plain SQL: every "next task" reads them, and compiling the ORM query cost more than
+    running it (the ids come back as UUIDs on every database, as the ORM returns them).
+    """
+    from generation.models import GeneratedImage  # generation imports annotate: import lazily
+
+    rows = rawsql.fetchall(
+        f"SELECT ti.image_id, ti.position, gi.width, gi.height FROM {rawsql.table(TaskImage)} ti "  # noqa: S608
+        f"JOIN {rawsql.table(GeneratedImage)} gi ON gi.id = ti.image_id WHERE ti.task_id = %s ORDER BY ti.position",
+        [task_id],
+    )
+    images = []
+    for raw_id, position, width, height in rows:
+        image_id = rawsql.value(TaskImage, "image", raw_id)
+        images.append({"id": str(image_id), "url": image_url(image_id), "position": position, "width": width,
+                       "height": height})
+    return images
 
 
 def image_scores(*, reward_version_id: int, image_ids: Sequence[Any]) -> dict[str, float]:
