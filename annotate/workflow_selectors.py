@@ -23,7 +23,7 @@ from django.db.models import (
     QuerySet,
 )
 from django.http import Http404
-from django.urls import NoReverseMatch, reverse
+from django.urls import NoReverseMatch, get_script_prefix, get_urlconf, reverse
 
 from annotate import agreement, model_agreement
 from annotate import components as catalogue
@@ -184,12 +184,27 @@ def components_of(version: AnnotationTemplateVersion | None, *types: str) -> lis
 # --- images -----------------------------------------------------------------------------------
 
 
-def image_url(image_id: Any) -> str:
-    """Where the browser loads an image (the generation app's permission-checked view)."""
+_SAMPLE_IMAGE_ID = "00000000-0000-0000-0000-000000000000"
+
+
+@lru_cache(maxsize=16)
+def _image_url_pattern(script_prefix: str, urlconf: str | None) -> str | None:
     try:
-        return reverse("generation:image", args=[image_id])
+        return reverse("generation:image", args=[_SAMPLE_IMAGE_ID])
     except NoReverseMatch:
+        return None
+
+
+def image_url(image_id: Any) -> str:
+    """Where the browser loads an image (the generation app's permission-checked view).
+
+    The URL is reversed once (per script prefix and URLconf) and the id filled in: every
+    handed-out task lists its images, and a ``reverse()`` per image showed in profiles.
+    """
+    pattern = _image_url_pattern(get_script_prefix(), get_urlconf())
+    if pattern is None:
         return f"/generation/images/{image_id}.png"
+    return pattern.replace(_SAMPLE_IMAGE_ID, str(image_id))
 
 
 def task_image_ids(*, task_id: int) -> list[str]:

@@ -513,30 +513,35 @@ def _check_key(key: Any) -> str:
 
 
 def _lock_assignment(*, project: Project, user: User, task_id: int, key: str
-                     ) -> tuple[TaskAssignment | None, int | None]:
+                     ) -> tuple[TaskAssignment | None, int | None, list[str]]:
     """The user's assignment of ``task_id`` in ``project`` (template version joined), locked
-    ``FOR UPDATE``, and the id of the user's annotation stored under ``key``, if any.
+    ``FOR UPDATE``; the id of the user's annotation stored under ``key``, if any; and the
+    task's image ids in display order. One statement (one row per image).
 
-    Plain SQL: this runs on every submit and the ORM took longer to compile it than
-    PostgreSQL takes to run it.
+    Plain SQL: this runs on every submit and the ORM took longer to compile its queries than
+    PostgreSQL takes to run them.
     """
     sql = (
         f"SELECT {rawsql.columns(TaskAssignment, 'a')}, {rawsql.columns(AnnotationTemplateVersion, 'tv')}, "  # noqa: S608
-        f"(SELECT r.id FROM {rawsql.table(Annotation)} r WHERE r.annotator_id = %s AND r.idempotency_key = %s) "
-        f"FROM {rawsql.table(TaskAssignment)} a "
+        f"(SELECT r.id FROM {rawsql.table(Annotation)} r WHERE r.annotator_id = %s AND r.idempotency_key = %s), "
+        f"ti.image_id FROM {rawsql.table(TaskAssignment)} a "
         f"LEFT JOIN {rawsql.table(AnnotationTemplateVersion)} tv ON tv.id = a.template_version_id "
-        f"WHERE a.project_id = %s AND a.annotator_id = %s AND a.task_id = %s{rawsql.for_update('a')}"
+        f"LEFT JOIN {rawsql.table(TaskImage)} ti ON ti.task_id = a.task_id "
+        f"WHERE a.project_id = %s AND a.annotator_id = %s AND a.task_id = %s "
+        f"ORDER BY ti.position{rawsql.for_update('a')}"
     )
-    row = rawsql.fetchone(sql, [user.pk, key, project.pk, user.pk, task_id])
-    if row is None:
-        return None, None
+    rows = rawsql.fetchall(sql, [user.pk, key, project.pk, user.pk, task_id])
+    if not rows:
+        return None, None, []
+    row = rows[0]
     split = rawsql.width(TaskAssignment)
     assignment = rawsql.load(TaskAssignment, row[:split])
     version_end = split + rawsql.width(AnnotationTemplateVersion)
     assignment.template_version = (
         rawsql.load(AnnotationTemplateVersion, row[split:version_end]) if row[split] is not None else None
     )
-    return assignment, row[version_end]
+    image_ids = [str(rawsql.value(TaskImage, "image", r[-1])) for r in rows if r[-1] is not None]
+    return assignment, row[version_end], image_ids
 
 
 @transaction.atomic
@@ -549,7 +554,7 @@ def annotation_submit(*, project: Project, user: User, task_id: int, submission:
     locked first, so two concurrent copies of one submit serialise on it.
     """
     key = _check_key(submission.idempotency_key)
-    assignment, replay_id = _lock_assignment(project=project, user=user, task_id=task_id, key=key)
+    assignment, replay_id, image_ids = _lock_assignment(project=project, user=user, task_id=task_id, key=key)
     if assignment is None:
         replay = Annotation.objects.filter(annotator=user.pk, idempotency_key=key).first()
         if replay is not None:
@@ -570,7 +575,6 @@ def annotation_submit(*, project: Project, user: User, task_id: int, submission:
     if assignment.status in (AssignmentStatus.SKIPPED, AssignmentStatus.RELEASED, AssignmentStatus.REJECTED):
         raise ApplicationError(
             f"This task is no longer yours to answer ({assignment.get_status_display().lower()}).", field="task")
-    image_ids = task_image_ids(task_id=assignment.task_id)
     if not image_ids:
         raise ApplicationError("This task has no images to rank yet.", field="ranking")
     groups, answers, rationale = _build_answer(assignment.template_version, image_ids, submission)
@@ -591,9 +595,11 @@ def annotation_submit(*, project: Project, user: User, task_id: int, submission:
         template_version=assignment.template_version, ranking=groups, answers=answers, rationale=rationale,
         duration_ms=duration_ms, idempotency_key=key,
     )
-    rawsql.execute(f"UPDATE {rawsql.table(TaskAssignment)} SET status = %s, finished_at = %s, updated_at = %s "  # noqa: S608
-                   "WHERE id = %s", [AssignmentStatus.SUBMITTED.value, rawsql.param(TaskAssignment, "finished_at", now),
-                                     rawsql.param(TaskAssignment, "updated_at", now), assignment.pk])
+    rawsql.execute(
+        f"UPDATE {rawsql.table(TaskAssignment)} SET status = %s, finished_at = %s, updated_at = %s WHERE id = %s",  # noqa: S608
+        [AssignmentStatus.SUBMITTED.value, rawsql.param(TaskAssignment, "finished_at", now),
+         rawsql.param(TaskAssignment, "updated_at", now), assignment.pk],
+    )
     return annotation, True
 
 

@@ -5,10 +5,11 @@
 Seeds a project with ``--tasks`` tasks of ``--images`` pre-generated images each and overlap
 ``--overlap``, and ``--annotators`` annotators with API tokens, and ANALYZEs the bulk load;
 starts gunicorn on the test database; then every annotator loops with no think time:
-``POST tasks/next/``, then ``POST tasks/<id>/submit/`` with a full ranking. Prints throughput (annotations per second),
-p50/p95/p99 latency per operation and the SQL statements each request ran (counted inside
-the gunicorn worker by a Django execute wrapper; the transaction's BEGIN/COMMIT, issued by
-the driver, are not among them), then checks the data: no task above k, nobody twice on a
+``POST tasks/next/``, then ``POST tasks/<id>/submit/`` with a full ranking. Prints throughput
+(annotations per second), p50/p95/p99 latency per operation and the SQL statements each
+request ran (counted inside the gunicorn worker by a Django execute wrapper; the
+transaction's BEGIN/COMMIT, issued by the driver, and Django's once-per-request connection
+health check are not among them), then checks the data: no task above k, nobody twice on a
 task, exactly the acknowledged rankings stored.
 
 Targets (issue 4): >= 110 annotations/s, p99 < 200 ms per operation, <= 8 SQL statements per
