@@ -1,0 +1,61 @@
+"""core.rawsql gives back what the ORM would: converted values, defaults filled in, row locks where they exist."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from django.db import connection
+from django.utils import timezone
+
+from annotate.models import AnnotationTask, Prompt, TaskAssignment
+from core import rawsql
+from tests.annotate.factories_workflow import task_with_images
+from tests.factories import ProjectFactory, UserFactory
+
+
+@pytest.mark.django_db
+def test_load_converts_like_the_orm():
+    task = task_with_images(ProjectFactory(), gold_ranking="identity")
+    row = rawsql.fetchone(f"SELECT {rawsql.columns(AnnotationTask, 't')} FROM {rawsql.table(AnnotationTask)} t "  # noqa: S608
+                          "WHERE t.id = %s", [task.pk])
+    loaded = rawsql.load(AnnotationTask, row)
+    orm = AnnotationTask.objects.get(pk=task.pk)
+    assert {f.attname: getattr(loaded, f.attname) for f in AnnotationTask._meta.concrete_fields} == {
+        f.attname: getattr(orm, f.attname) for f in AnnotationTask._meta.concrete_fields}
+    assert loaded.gold_ranking == [[str(i)] for i in task.task_images.order_by("position").values_list(
+        "image_id", flat=True)]
+    assert loaded.created_at.tzinfo is not None and loaded.is_gold is True
+    assert not loaded._state.adding
+    images = task.task_images.model
+    image_id = rawsql.fetchone(f"SELECT image_id FROM {rawsql.table(images)} WHERE task_id = %s", [task.pk])[0]  # noqa: S608
+    assert isinstance(rawsql.value(images, "image", image_id), uuid.UUID)
+
+
+@pytest.mark.django_db
+def test_insert_fills_defaults_and_timestamps_and_returns_the_key():
+    task = task_with_images(ProjectFactory())
+    user = UserFactory()
+    before = timezone.now()
+    assignment = rawsql.insert(TaskAssignment, task=task, project=task.project, annotator=user,
+                               template_version=None, lease_expires_at=before)
+    stored = TaskAssignment.objects.get(pk=assignment.pk)
+    assert stored.status == "active" and stored.skip_reason == "" and stored.finished_at is None
+    assert stored.created_at >= before and stored.created_at == assignment.created_at
+    assert assignment.task is task and not assignment._state.adding
+
+
+def test_for_update_matches_the_database():
+    clause = rawsql.for_update("t", skip_locked=True)
+    if connection.vendor == "postgresql":
+        assert clause == " FOR UPDATE OF t SKIP LOCKED"
+    elif connection.vendor == "sqlite":
+        assert clause == ""
+
+
+@pytest.mark.django_db
+def test_every_value_is_a_bound_parameter():
+    text = "it's a \"quoted\" prompt; DROP TABLE x; --"
+    task = task_with_images(ProjectFactory(), prompt=text)
+    row = rawsql.fetchone(f"SELECT p.id FROM {rawsql.table(Prompt)} p WHERE p.text = %s", [text])  # noqa: S608
+    assert row == (task.prompt_id,)
