@@ -23,6 +23,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
+from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
@@ -49,7 +50,8 @@ class PooledReward:
 
     def __init__(self, reward: str, workers: int) -> None:
         self.reward, self.workers = reward, workers
-        self.pool = ProcessPoolExecutor(workers) if workers > 1 else None
+        # spawn: the pool starts after CUDA is initialised, and a forked CUDA process is not safe.
+        self.pool = ProcessPoolExecutor(workers, mp_context=get_context("spawn")) if workers > 1 else None
 
     def __call__(self, images, prompts) -> np.ndarray:
         arrays = [np.asarray(image) for image in images]
@@ -101,7 +103,9 @@ def main() -> int:
     parser.add_argument("--reward", default="shapes_overall", choices=("shapes_overall", "shapes_adherence"))
     parser.add_argument("--ddpo", type=json.loads, default={}, metavar="JSON",
                         help=f"DDPOConfig fields over the loop bench's judge recipe {json.dumps(DDPO_JUDGE)}")
-    parser.add_argument("--train-prompts", type=int, default=200, help="training-split captions DDPO samples")
+    parser.add_argument("--train-prompts", type=int, default=200, help="captions DDPO samples")
+    parser.add_argument("--train-split", default="train", choices=("train", "any"),
+                        help="draw them from the shapes model's training combinations only, or from any")
     parser.add_argument("--eval-prompts", type=int, default=200, help="held-out captions (as bench/loop.py)")
     parser.add_argument("--eval-seeds", type=int, default=1, help="seeds per held-out caption (0, 1, ...)")
     parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N iterations (0: at the end)")
@@ -120,19 +124,24 @@ def main() -> int:
     from rlhf.training.ddpo import tiny_ddpo_preset, train_ddpo
 
     if args.device == "cuda":
+        torch.set_num_threads(2)  # the GPU does the work; several runs may share the machine's cores
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     overrides = {**DDPO_JUDGE, "resolution": 64, "checkpoint_every": args.eval_every, "keep_last": 1,
                  **args.ddpo, "cpu": args.device == "cpu"}
     if "lora_targets" in overrides:
         overrides["lora_targets"] = tuple(overrides["lora_targets"])
-    prompts = tuple(prompt_captions(args.train_prompts, seed=TRAIN_SEED, split="train"))
-    config = tiny_ddpo_preset(str(WEIGHTS), prompts, reward=args.reward, **overrides)
     captions = held_out_captions(args.eval_prompts)
+    held_out = set(captions)  # a caption drawn twice (short ones can be) is never trained on
+    prompts = tuple(c for c in prompt_captions(args.train_prompts, seed=TRAIN_SEED, split=args.train_split)
+                    if c not in held_out)
+    config = tiny_ddpo_preset(str(WEIGHTS), prompts, reward=args.reward, **overrides)
     evaluator = Evaluator(args.device, captions, list(range(args.eval_seeds)), args.eval_batch)
     shown = {k: v for k, v in overrides.items() if k != "cpu"}
-    print(f"DDPO on {args.reward}, {args.train_prompts} training captions, device {args.device}: {json.dumps(shown)}")
-    results: dict = {"config": shown, "reward": args.reward, "device": args.device, "eval": {}, "log": []}
+    print(f"DDPO on {args.reward}, {len(prompts)} {args.train_split}-split training captions, device {args.device}: "
+          f"{json.dumps(shown)}")
+    results: dict = {"config": shown, "reward": args.reward, "device": args.device, "train_prompts": len(prompts),
+                     "train_split": args.train_split, "eval": {}, "log": []}
     started = time.monotonic()
     results["eval"]["0"] = evaluator.run(None, "base")
     print(f"base: adherence {results['eval']['0']['overall']:.3f} {json.dumps(results['eval']['0'])}", flush=True)

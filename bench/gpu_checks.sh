@@ -1,15 +1,29 @@
 #!/usr/bin/env bash
 # The GPU checks as one prepared script for a bare CUDA machine (no Django, PostgreSQL or Redis needed):
-#   OUT=<folder> bash bench/gpu_checks.sh
-# 1. trains the shapes-world model with the `gpu` preset and exports it to $OUT as a split tarball
-#    (shapes_export.tgz.aa, .ab, ...: `cat $OUT/shapes_export.tgz.* | tar xz` gives shapes_export/);
-# 2. runs bench/generation_gpu.py (issue 5 (c)).
-# About 8 minutes in all on an H200: give the device call its 600 s limit.
+#   OUT=<folder> bash bench/gpu_checks.sh [generation] [ddpo] [decoder] [shapes]   # default: generation ddpo
+# generation: bench/generation_gpu.py (issue 5 (c)), about 2 minutes.
+# ddpo:       bench/ddpo_judge.py on cuda (issue 10, DDPO on the shapes judge), DDPO_MINUTES of training
+#             (default 4) plus evaluations; the LoRA and results.json land in $OUT/ddpo_judge/.
+# decoder:    fine-tunes the shipped shapes VAE's decoder (encoder frozen) for DECODER_MINUTES (default 4)
+#             into $OUT/vae_ft/ (generation.shapes.train --finetune-decoder).
+# shapes:     trains the shapes-world model with the `gpu` preset for SHAPES_MINUTES (default 4) and exports it
+#             to $OUT as a split tarball (`cat $OUT/shapes_export.tgz.* | tar xz` gives shapes_export/); about
+#             8 minutes, so run it alone in a 600 s device call.
 # Python packages missing there travel as wheels in .whl/ (see bench/README.md) and are installed first.
 set -u
 OUT=${OUT:-var/gpu_checks}
 PY=${PYTHON:-python3}
 SHAPES_MINUTES=${SHAPES_MINUTES:-4}
+DDPO_MINUTES=${DDPO_MINUTES:-4}
+DECODER_MINUTES=${DECODER_MINUTES:-4}
+SECTIONS=${*:-generation ddpo}
+# bench/ddpo_judge.py arguments, one run each, run at once (3 judge processes per run).
+DDPO_RUNS=(
+    "--judge-workers 3 --eval-every 20 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000}"
+    "--judge-workers 3 --eval-every 20 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000,\"lr\":0.003}"
+    "--judge-workers 3 --eval-every 20 --train-split any --train-prompts 1000 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000,\"lr\":0.003}"
+    "--judge-workers 3 --eval-every 20 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000,\"lr\":0.001,\"lora_rank\":16,\"timestep_fraction\":1.0}"
+)
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 if compgen -G ".whl/*.whl" >/dev/null; then
@@ -20,16 +34,42 @@ fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 $PY -c "import torch, diffusers, transformers; print('torch', torch.__version__, 'diffusers', diffusers.__version__, 'transformers', transformers.__version__)"
 
-started=$(date +%s)
-timeout $((${SHAPES_MINUTES%.*} * 60 + 200)) $PY -m generation.shapes.train --preset gpu --run-dir /tmp/shapes_run \
-    --max-minutes "$SHAPES_MINUTES" >"$OUT/shapes_train.log" 2>&1
-echo "shapes training: exit $?, $(($(date +%s) - started)) s"; grep -v "it/s\]" "$OUT/shapes_train.log" | tail -8
-if $PY -m generation.shapes.train --preset gpu --run-dir /tmp/shapes_run --export /tmp/shapes_export >>"$OUT/shapes_train.log" 2>&1; then
-    tar czf - -C /tmp shapes_export | split -b 15M - "$OUT/shapes_export.tgz."
-    ls -la "$OUT"
-else
-    echo "shapes export failed"; tail -20 "$OUT/shapes_train.log"
-fi
-
-timeout 150 $PY -m bench.generation_gpu --json "$OUT/generation_gpu.json" >"$OUT/generation_gpu.log" 2>&1
-echo "generation bench: exit $?"; grep -v "Loading\|it/s\]" "$OUT/generation_gpu.log" | tail -14
+for section in $SECTIONS; do
+    started=$(date +%s)
+    case $section in
+    generation)
+        timeout 150 $PY -m bench.generation_gpu --json "$OUT/generation_gpu.json" >"$OUT/generation_gpu.log" 2>&1
+        echo "generation bench: exit $?, $(($(date +%s) - started)) s"
+        grep -v "Loading\|it/s\]" "$OUT/generation_gpu.log" | tail -14 ;;
+    ddpo)  # the recipes in DDPO_RUNS side by side (a 4M-parameter UNet leaves the GPU mostly idle)
+        for i in "${!DDPO_RUNS[@]}"; do
+            # shellcheck disable=SC2086  # each entry is a list of arguments
+            timeout $((${DDPO_MINUTES%.*} * 60 + 150)) $PY -m bench.ddpo_judge --device cuda --eval-batch 64 \
+                --max-minutes "$DDPO_MINUTES" ${DDPO_RUNS[$i]} --out "$OUT/ddpo_judge_$i" >"$OUT/ddpo_judge_$i.log" 2>&1 &
+        done
+        wait
+        echo "DDPO on the judge: $(($(date +%s) - started)) s"
+        for i in "${!DDPO_RUNS[@]}"; do
+            echo "-- run $i: ${DDPO_RUNS[$i]}"; grep "adherence\|done in\|Error" "$OUT/ddpo_judge_$i.log" | tail -8 | cut -c1-110
+        done ;;
+    shapes)
+        timeout $((${SHAPES_MINUTES%.*} * 60 + 200)) $PY -m generation.shapes.train --preset gpu \
+            --run-dir /tmp/shapes_run --max-minutes "$SHAPES_MINUTES" >"$OUT/shapes_train.log" 2>&1
+        echo "shapes training: exit $?, $(($(date +%s) - started)) s"; grep -v "it/s\]" "$OUT/shapes_train.log" | tail -8
+        if $PY -m generation.shapes.train --preset gpu --run-dir /tmp/shapes_run --export /tmp/shapes_export \
+            >>"$OUT/shapes_train.log" 2>&1; then
+            tar czf - -C /tmp shapes_export | split -b 15M - "$OUT/shapes_export.tgz."
+            ls -la "$OUT"
+        else
+            echo "shapes export failed"; tail -20 "$OUT/shapes_train.log"
+        fi ;;
+    decoder)  # phase 1b on the shipped VAE: the encoder stays frozen, so the shipped UNet stays valid
+        mkdir -p /tmp/decoder_run && cp -r generation/weights/shapes/vae /tmp/decoder_run/vae
+        timeout $((${DECODER_MINUTES%.*} * 60 + 90)) $PY -m generation.shapes.train --preset gpu \
+            --run-dir /tmp/decoder_run --finetune-decoder 1000000 --max-minutes "$DECODER_MINUTES" \
+            >"$OUT/decoder.log" 2>&1
+        echo "decoder fine-tune: exit $?, $(($(date +%s) - started)) s"; grep -v "it/s\]" "$OUT/decoder.log" | tail -4
+        cp -r /tmp/decoder_run/vae_ft "$OUT/vae_ft" ;;
+    *) echo "unknown section $section (generation, ddpo, decoder, shapes)"; exit 2 ;;
+    esac
+done
