@@ -15,6 +15,11 @@ How a task is handed out (:func:`task_next`):
 
 The lease expires after ``project.lease_seconds``; the reaper (registered with
 ``core.tasks.register_reaper``, run by beat) marks expired leases and gives their slots back.
+
+Steps 2 and 3 run on every "next task" request, so their three statements (lock the task,
+count the lease, insert the assignment) are plain SQL through :mod:`core.rawsql`: compiling
+them with the ORM cost more CPU than PostgreSQL spends running them. The rarer paths (an
+existing or expired lease, skips, the reaper) keep the ORM.
 """
 
 from __future__ import annotations
