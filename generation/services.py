@@ -448,17 +448,16 @@ class ImageToStore:
     batch_size: int
 
 
-def generated_images_store(*, token: uuid.UUID, images: list[ImageToStore], runtime: dict[str, str]
-                           ) -> list[GeneratedImage]:
+def generated_images_store(*, token: uuid.UUID, images: list[ImageToStore], runtime: dict[str, str],
+                           finish: bool = False) -> list[GeneratedImage]:
     """Write each file under its deterministic key, then all their rows in one transaction.
 
     The rows are written only while every job involved is still leased to ``token`` (else
     ``LeaseLost``, and nothing is written). A row that already exists (a retried chunk) is kept as
     it is. A crash between the files and the rows leaves orphan files that the next claim deletes
-    (or overwrites).
+    (or overwrites). With ``finish`` (the claim's last chunk), the same transaction then does what
+    :func:`generation_jobs_finish` does, which saves the worker a transaction per claim.
     """
-    if not images:
-        return []
     keys = [item.job.storage_key(item.index, item.seed) for item in images]
     for key, item in zip(keys, images, strict=True):
         _save_file(key, item.png)
@@ -472,12 +471,18 @@ def generated_images_store(*, token: uuid.UUID, images: list[ImageToStore], runt
         for key, item in zip(keys, images, strict=True)
     ]
     job_ids = {item.job.pk for item in images}
+    if not rows and not finish:
+        return []
     with transaction.atomic():
-        held = set(GenerationJob.objects.select_for_update().filter(
-            pk__in=job_ids, lease_token=token, status=JobStatus.RUNNING).values_list("pk", flat=True))
-        if held != job_ids:
-            raise LeaseLost(f"job(s) {sorted(job_ids - held)} are no longer leased to {token}")
-        GeneratedImage.objects.bulk_create(rows, ignore_conflicts=True)
+        leased = GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING)
+        held = lock_objects(leased if finish else leased.filter(pk__in=job_ids))
+        lost = job_ids - {job.pk for job in held}
+        if lost:
+            raise LeaseLost(f"job(s) {sorted(lost)} are no longer leased to {token}")
+        if rows:
+            GeneratedImage.objects.bulk_create(rows, ignore_conflicts=True)
+        if finish:
+            _finish_locked(held)
     return rows
 
 
@@ -485,19 +490,27 @@ def generated_images_store(*, token: uuid.UUID, images: list[ImageToStore], runt
 def generation_jobs_finish(*, token: uuid.UUID) -> list[GenerationJob]:
     """Mark the jobs under ``token`` succeeded (each has all its images by now)."""
     jobs = lock_objects(GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING))
+    _finish_locked(jobs)
+    return jobs
+
+
+def _finish_locked(jobs: list[GenerationJob]) -> None:
+    """Succeed the locked ``jobs`` that have all their images (one UPDATE); put any other back in the queue."""
     counts = dict(
         GeneratedImage.objects.filter(job__in=jobs).values("job_id").annotate(n=Count("pk")).values_list("job_id", "n")
     )
     now = timezone.now()
+    done = [job for job in jobs if counts.get(job.pk, 0) >= job.num_images]
+    GenerationJob.objects.filter(pk__in=[job.pk for job in done]).update(
+        status=JobStatus.SUCCEEDED, progress=1.0, finished_at=now, lease_expires_at=None, updated_at=now)
+    for job in done:
+        job.status, job.progress, job.finished_at, job.lease_expires_at, job.updated_at = (
+            JobStatus.SUCCEEDED, 1.0, now, None, now)
     for job in jobs:
-        if counts.get(job.pk, 0) >= job.num_images:
-            job.status, job.progress, job.finished_at = JobStatus.SUCCEEDED, 1.0, now
-        else:  # cannot happen unless rows were deleted mid-run; try again
-            job.status = JobStatus.QUEUED
+        if job not in done:  # cannot happen unless rows were deleted mid-run; try again
+            job.status, job.lease_expires_at = JobStatus.QUEUED, None
+            job.save(update_fields=["status", "lease_expires_at", "updated_at"])
             _enqueue_on_commit([job.pk])
-        job.lease_expires_at = None
-        job.save(update_fields=["status", "progress", "finished_at", "lease_expires_at", "updated_at"])
-    return jobs
 
 
 @transaction.atomic

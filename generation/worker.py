@@ -174,7 +174,7 @@ def run_job(job_id: int, *, batch_limit: int | None = None) -> RunResult:
     todo = [(job, index, job.seeds[index]) for job in claim.jobs for index in claim.missing[job.pk]]
     total_steps = max(1, len(todo)) * claim.params.steps
     done_steps = 0
-    last_write = float("-inf")
+    last_write = time.monotonic()  # the claim itself just wrote the lease and progress 0
 
     def on_progress(step: int, total: int) -> None:
         nonlocal last_write
@@ -210,7 +210,9 @@ def run_job(job_id: int, *, batch_limit: int | None = None) -> RunResult:
                 for (index, seed), generated in zip(items, images, strict=True)
             ]
             pngs = inference.images_to_png_bytes([generated.image for *_, generated in made])
-            services.generated_images_store(token=claim.token, runtime={**runtime, "batch_shape": shape}, images=[
+            last_chunk = start + batch_limit >= len(todo)
+            services.generated_images_store(token=claim.token, runtime={**runtime, "batch_shape": shape},
+                                            finish=last_chunk, images=[
                 services.ImageToStore(
                     job=made_job, index=index, seed=seed, png=png, width=generated.image.width,
                     height=generated.image.height, generation_seconds=generated.elapsed_s,
@@ -231,7 +233,8 @@ def run_job(job_id: int, *, batch_limit: int | None = None) -> RunResult:
     except services.TransientStorageError:
         services.generation_jobs_release(token=claim.token, lead_job_id=job_id)
         raise
-    services.generation_jobs_finish(token=claim.token)
+    if not todo:  # every image was there already (a crash after the last store): only the bookkeeping is left
+        services.generation_jobs_finish(token=claim.token)
     result.outcome = "succeeded"
     return result
 
