@@ -5,7 +5,9 @@
 Prints, for captions of the world with fresh seeds (never used in training), the judge's
 per-attribute and overall accuracy; the same on captions using the (shape, colour) pairs held
 out of training (``generation.shapes.world.HELD_OUT_PAIRS``); a random-weight pipeline of the same
-configuration as a floor; and the wall time of four images at the default settings.
+configuration as a floor; the wall time of four images at the default settings; and the ceiling the
+VAE sets: the judge on its reconstructions of ground-truth renders, with the shape accuracy per
+(shape, size), since no fine-tune of the UNet alone (DPO, DDPO) can render what the decoder loses.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from generation.shapes.model import (
     load_pipeline,
     random_pipeline_like,
 )
-from generation.shapes.world import parse_caption, prompt_captions
+from generation.shapes.world import make_examples, parse_caption, prompt_captions
 
 BENCH_SEED = 20_261_126  # caption seed; training draws from other streams (see generation/shapes/train.py)
 BATCH = 50
@@ -42,6 +44,26 @@ def adherence(pipe, captions: list[str], *, steps: int, guidance: float) -> dict
     for count in (1, 2):
         subset = [j for j in judgements if len(parse_caption(j.caption).objects) == count]
         scores[f"overall_{count}_shape"] = summarize(subset)["overall"]
+    return scores
+
+
+@torch.no_grad()
+def reconstruction_ceiling(pipe, n: int) -> dict[str, float]:
+    """The judge on VAE reconstructions (encode to the latent's mode, decode) of ground-truth renders."""
+    images, captions = make_examples(n, seed=BENCH_SEED + 2, split="any")
+    judgements = []
+    for start in range(0, n, BATCH):
+        x = torch.from_numpy(images[start : start + BATCH]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample
+        pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        judgements += [judge(im, c) for im, c in zip(pixels, captions[start : start + BATCH], strict=True)]
+    scores = summarize(judgements)
+    right: dict[tuple[str, str], list[bool]] = {}
+    for j in judgements:
+        for spec, verdict in zip(parse_caption(j.caption).objects, j.objects, strict=True):
+            right.setdefault((spec.shape, spec.size), []).append(verdict["shape"])
+    for (shape, size), oks in sorted(right.items()):
+        scores[f"shape_{size}_{shape}"] = sum(oks) / len(oks)
     return scores
 
 
@@ -79,6 +101,7 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=500)
     parser.add_argument("--held-out-n", type=int, default=500)
     parser.add_argument("--baseline-n", type=int, default=100)
+    parser.add_argument("--ceiling-n", type=int, default=500, help="ground-truth renders through the VAE")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument(
@@ -109,6 +132,12 @@ def main() -> None:
             baseline, prompt_captions(args.baseline_n, seed=BENCH_SEED), **settings
         )
         print(f"random weights:    {fmt(results['random_weights'])}")
+    if args.ceiling_n:
+        results["vae_ceiling"] = ceiling = reconstruction_ceiling(pipe, args.ceiling_n)
+        print(f"VAE reconstructions: {fmt(ceiling)}")
+        print("  shape right, by size: " + "  ".join(
+            f"{k.removeprefix('shape_').replace('_', ' ')} {100 * v:.0f}%" for k, v in ceiling.items()
+            if k.startswith("shape_")))
     print(json.dumps(results))
 
 
