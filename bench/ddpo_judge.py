@@ -63,6 +63,16 @@ class PooledReward:
         return np.asarray([score for future in futures for score in future.result()])
 
 
+class NoiseReward:
+    """The control: rewards with no information in them."""
+
+    def __init__(self) -> None:
+        self.rng = np.random.default_rng(0)
+
+    def __call__(self, images, prompts) -> np.ndarray:
+        return self.rng.standard_normal(len(images))
+
+
 class Evaluator:
     """Held-out adherence of the base model and of LoRA checkpoints, rendered by the worker's code."""
 
@@ -75,9 +85,11 @@ class Evaluator:
         self.params = inference.GenerationParams(scheduler="dpmpp_2m", steps=12, guidance=2.5, width=64, height=64)
         self.captions, self.seeds, self.batch = captions, seeds, batch
         self.base_ok: np.ndarray | None = None
+        self.base_size: np.ndarray | None = None
 
     def run(self, lora: Path | None, key: str) -> dict:
         from generation.shapes.judge import judge, summarize
+        from rlhf.preferences import larger_shapes
 
         spec = self.base if lora is None else self.inference.ModelSpec.lora(key, lora, self.base)
         loaded = self.cache.get(spec)
@@ -87,20 +99,25 @@ class Evaluator:
         pairs = [(g.image, c) for c, row in zip(self.captions, rows, strict=True) for g in row]
         verdicts = [judge(image, caption) for image, caption in pairs]
         ok = np.array([v.overall for v in verdicts])
+        size = np.array([larger_shapes(image, caption) for image, caption in pairs])
         summary = {k: round(v, 4) for k, v in summarize(verdicts).items()}
+        summary["foreground"] = round(float(size.mean()), 4)
         if lora is None:
-            self.base_ok = ok
+            self.base_ok, self.base_size = ok, size
         elif self.base_ok is not None:
             summary["fixed"] = int((ok & ~self.base_ok).sum())
             summary["broken"] = int((~ok & self.base_ok).sum())
             summary["delta_points"] = round(100 * (ok.mean() - self.base_ok.mean()), 2)
+            wins, losses = int((size > self.base_size).sum()), int((size < self.base_size).sum())
+            summary["larger_win_rate"] = round(wins / max(1, wins + losses), 3)  # the loop bench's preference
         return summary
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
-    parser.add_argument("--reward", default="shapes_overall", choices=("shapes_overall", "shapes_adherence"))
+    parser.add_argument("--reward", default="shapes_overall", choices=("shapes_overall", "shapes_adherence", "noise"),
+                        help="noise: a control, standard normal rewards (what does DDPO do with no signal?)")
     parser.add_argument("--ddpo", type=json.loads, default={}, metavar="JSON",
                         help=f"DDPOConfig fields over the loop bench's judge recipe {json.dumps(DDPO_JUDGE)}")
     parser.add_argument("--train-prompts", type=int, default=200, help="captions DDPO samples")
@@ -135,7 +152,8 @@ def main() -> int:
     held_out = set(captions)  # a caption drawn twice (short ones can be) is never trained on
     prompts = tuple(c for c in prompt_captions(args.train_prompts, seed=TRAIN_SEED, split=args.train_split)
                     if c not in held_out)
-    config = tiny_ddpo_preset(str(WEIGHTS), prompts, reward=args.reward, **overrides)
+    control = args.reward == "noise"
+    config = tiny_ddpo_preset(str(WEIGHTS), prompts, reward="shapes_overall" if control else args.reward, **overrides)
     evaluator = Evaluator(args.device, captions, list(range(args.eval_seeds)), args.eval_batch)
     shown = {k: v for k, v in overrides.items() if k != "cpu"}
     print(f"DDPO on {args.reward}, {len(prompts)} {args.train_split}-split training captions, device {args.device}: "
@@ -171,7 +189,7 @@ def main() -> int:
     deadline = started + 60 * args.max_minutes if args.max_minutes else None
     train_ddpo(config, workdir, on_log=on_log, on_checkpoint=on_checkpoint,
                         should_stop=(lambda: time.monotonic() > deadline) if deadline else None,
-                        reward_fn=PooledReward(args.reward, args.judge_workers))
+                        reward_fn=NoiseReward() if control else PooledReward(args.reward, args.judge_workers))
     results["minutes"] = round((time.monotonic() - started) / 60, 2)
     save()
     print(f"done in {results['minutes']} min; work directory {workdir}")
