@@ -608,6 +608,10 @@ def _make_scheduler(name: SchedulerName, base_config: Mapping[str, Any]) -> Any:
     import diffusers
 
     class_name, extra = SCHEDULERS[name]
+    if class_name == "DDIMScheduler":
+        # DDIM clips the predicted clean sample to [-1, 1] unless told otherwise; a pipeline saved with
+        # another scheduler (the shapes model's DPM-Solver) does not say, and its latents go beyond that.
+        extra = {**extra, "clip_sample": bool(base_config.get("clip_sample", False))}
     return getattr(diffusers, class_name).from_config(dict(base_config), **extra)
 
 

@@ -323,6 +323,22 @@ def test_every_scheduler_runs(loaded: LoadedPipeline) -> None:
         assert image.image.size == (32, 32), name
 
 
+def test_ddim_renders_the_shapes_model_like_its_own_scheduler() -> None:
+    """DDIM built from a pipeline saved with another scheduler must not clip the clean latent (DDIM's own
+    default): the shapes model's latents go beyond [-1, 1], and clipped it rendered only smears."""
+    from generation.shapes.judge import judge
+    from generation.shapes.model import WEIGHTS_DIR
+    from generation.shapes.world import prompt_captions
+
+    loaded = load_pipeline(ModelSpec(key="shapes", source=str(WEIGHTS_DIR), dtype="float32"))
+    params = GenerationParams(scheduler="ddim", steps=12, guidance=2.5, width=64, height=64)
+    captions = prompt_captions(16, seed=3, split="train")
+    rows = generate_batch(loaded, [GenerationRequest(prompt=c, seeds=[0], params=params, spec=loaded.spec)
+                                   for c in captions], max_batch=8)
+    right = [judge(row[0].image, caption).overall for row, caption in zip(rows, captions, strict=True)]
+    assert sum(right) >= 8, f"the judge accepts {sum(right)} of 16 DDIM images"  # about 12; none when clipped
+
+
 def test_requests_must_match_the_loaded_model(loaded: LoadedPipeline, tmp_path: Path) -> None:
     other = ModelSpec(key="mv-9", source=str(tmp_path), dtype="float32")
     with pytest.raises(ValueError, match="mv-9"):
