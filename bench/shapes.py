@@ -28,6 +28,7 @@ from generation.shapes.model import (
     load_pipeline,
     random_pipeline_like,
 )
+from generation.shapes.train import to_tensor
 from generation.shapes.world import make_examples, parse_caption, prompt_captions
 
 BENCH_SEED = 20_261_126  # caption seed; training draws from other streams (see generation/shapes/train.py)
@@ -53,7 +54,7 @@ def reconstruction_ceiling(pipe, n: int) -> dict[str, float]:
     images, captions = make_examples(n, seed=BENCH_SEED + 2, split="any")
     judgements = []
     for start in range(0, n, BATCH):
-        x = torch.from_numpy(images[start : start + BATCH]).permute(0, 3, 1, 2).float() / 127.5 - 1
+        x = to_tensor(images[start : start + BATCH])
         decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample
         pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
         judgements += [judge(im, c) for im, c in zip(pixels, captions[start : start + BATCH], strict=True)]

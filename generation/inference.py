@@ -604,14 +604,25 @@ class _CallbackAbort(Exception):
         self.original = original
 
 
+def ddim_from_config(config: Mapping[str, Any], **overrides: Any) -> Any:
+    """A DDIMScheduler from any scheduler's saved config (``overrides`` win).
+
+    It clips the predicted clean sample to [-1, 1] only where the config says so. DDIM's own default
+    is to clip, and a pipeline saved with another scheduler (the shapes model's DPM-Solver) carries no
+    such key, while its scaled latents go well beyond that range: clipped, it renders smears.
+    """
+    import diffusers
+
+    return diffusers.DDIMScheduler.from_config(
+        dict(config), **{"clip_sample": bool(config.get("clip_sample", False)), **overrides})
+
+
 def _make_scheduler(name: SchedulerName, base_config: Mapping[str, Any]) -> Any:
     import diffusers
 
     class_name, extra = SCHEDULERS[name]
     if class_name == "DDIMScheduler":
-        # DDIM clips the predicted clean sample to [-1, 1] unless told otherwise; a pipeline saved with
-        # another scheduler (the shapes model's DPM-Solver) does not say, and its latents go beyond that.
-        extra = {**extra, "clip_sample": bool(base_config.get("clip_sample", False))}
+        return ddim_from_config(base_config, **extra)
     return getattr(diffusers, class_name).from_config(dict(base_config), **extra)
 
 

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
-from diffusers import DDIMScheduler
 from diffusers.training_utils import cast_training_params
 from PIL import Image
 
+from generation.inference import ddim_from_config
 from rlhf.training.callbacks import OnCheckpoint, notify_checkpoint
 from rlhf.training.checkpoint import (
     STATE_DIR,
@@ -145,14 +145,12 @@ def ddpo_scheduler(config: Any) -> Any:  # a DDIMScheduler (diffusers types its 
     Every step must have a density, the last one included: "leading" timestep spacing (the last
     timestep is ``steps_offset`` >= 1, never 0) and the final alpha taken from ``alphas_cumprod[0]``
     rather than 1, as Stable Diffusion 1.x ships them. A pipeline saved with "linspace" spacing or
-    ``set_alpha_to_one=True`` would otherwise end on a zero-variance step. The predicted clean latent
-    is clipped only where the pipeline's own scheduler says so: DDIM's default ``clip_sample=True``
-    would clamp it to [-1, 1], which wrecks any model whose scaled latents are not confined there (a
-    DPM-Solver config, like the shapes model's, does not carry the key at all).
+    ``set_alpha_to_one=True`` would otherwise end on a zero-variance step. Like the worker's DDIM
+    (:func:`generation.inference.ddim_from_config`), it clips the predicted clean latent only where the
+    pipeline's own scheduler config says so.
     """
-    return DDIMScheduler.from_config(config, timestep_spacing="leading", set_alpha_to_one=False,
-                                     steps_offset=max(1, int(config.get("steps_offset", 1) or 1)),
-                                     clip_sample=bool(config.get("clip_sample", False)))
+    return ddim_from_config(config, timestep_spacing="leading", set_alpha_to_one=False,
+                            steps_offset=max(1, int(config.get("steps_offset", 1) or 1)))
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
