@@ -215,14 +215,10 @@ def image_url(image_id: Any) -> str:
 
 
 def task_image_ids(*, task_id: int) -> list[str]:
-    """The task's image ids (strings), in display order: one query.
-
-    Plain SQL (as :func:`task_images`): every submit reads them, and compiling the ORM query
-    cost more than running it.
-    """
-    rows = rawsql.fetchall(f"SELECT image_id FROM {rawsql.table(TaskImage)} "  # noqa: S608 - names only
-                           "WHERE task_id = %s ORDER BY position", [task_id])
-    return [str(rawsql.value(TaskImage, "image", image_id)) for (image_id,) in rows]
+    """The task's image ids (strings), in display order: one query. (Submit reads them with its
+    assignment, in ``workflow_services._lock_assignment``; this serves the rarer paths.)"""
+    return [str(pk) for pk in
+            TaskImage.objects.filter(task_id=task_id).order_by("position").values_list("image_id", flat=True)]
 
 
 # --- the annotator's side ---------------------------------------------------------------------
