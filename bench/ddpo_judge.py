@@ -5,12 +5,13 @@ bare GPU machine as well as here.
     python -m bench.ddpo_judge --device cuda --ddpo '{...}' --eval-every 25 --out DIR  # a GPU
 
 It trains a LoRA on the shipped shapes model with ``rlhf.training.ddpo.train_ddpo`` (the code a fine-tune
-run calls), sampling training-split captions, and evaluates the base model and every checkpoint on the
-held-out captions the loop bench uses (``held_out_captions``, seed 0 each, the shipped version's settings:
-DPM-Solver++ 12 steps, guidance 2.5, 64 px) through ``generation.inference``, the worker's code. It prints
-the judge's adherence per checkpoint and, against the base image of the same caption and seed, how many
-captions the checkpoint fixed and broke. ``--out`` keeps the last checkpoint's LoRA and ``results.json``;
-``bench/loop.py --judge-adapter DIR`` then evaluates such a LoRA through the product's own services.
+run calls), sampling captions (``--train-split``) other than the evaluation's, and evaluates the base model
+and every checkpoint on the held-out captions the loop bench uses (``held_out_captions``, seed 0 each, the
+shipped version's settings: DPM-Solver++ 12 steps, guidance 2.5, 64 px) through ``generation.inference``,
+the worker's code. It prints the judge's adherence per checkpoint, how many captions the checkpoint fixed
+and broke against the base image of the same caption and seed, and the loop bench's larger-shapes paired
+win rate. ``--reward noise`` is the control: DDPO with rewards that carry no signal. ``--out`` keeps the
+last checkpoint's LoRA and ``results.json``.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class Evaluator:
 
     def run(self, lora: Path | None, key: str) -> dict:
         from generation.shapes.judge import judge, summarize
+        from rlhf.loop.stats import paired_win_rate
         from rlhf.preferences import larger_shapes
 
         spec = self.base if lora is None else self.inference.ModelSpec.lora(key, lora, self.base)
@@ -108,8 +110,9 @@ class Evaluator:
             summary["fixed"] = int((ok & ~self.base_ok).sum())
             summary["broken"] = int((~ok & self.base_ok).sum())
             summary["delta_points"] = round(100 * (ok.mean() - self.base_ok.mean()), 2)
-            wins, losses = int((size > self.base_size).sum()), int((size < self.base_size).sum())
-            summary["larger_win_rate"] = round(wins / max(1, wins + losses), 3)  # the loop bench's preference
+            win = paired_win_rate(size.tolist(), self.base_size.tolist())  # the loop bench's preference
+            summary["larger_win_rate"] = round(win.rate, 3)
+            summary["larger_win_interval"] = [round(win.low, 3), round(win.high, 3)]
         return summary
 
 
