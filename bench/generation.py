@@ -25,6 +25,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -110,14 +112,21 @@ def plain_loop(model_dir: Path, prompts: list[str], seeds: list[list[int]], para
     return sum(map(len, seeds)) / (time.perf_counter() - started)
 
 
-def whole_path(client, prompts: list[str], seeds: list[list[int]], params: dict, *, batch_limit: int,
-               device: str) -> float:
+@contextmanager
+def warm_worker(client, params: dict, *, batch_limit: int, device: str) -> Iterator[None]:
+    """A bench worker that has already loaded the pipeline (one warm-up job), stopped afterwards."""
     proc = start_worker(batch_limit=batch_limit, device=device)
     try:
-        wait_done(submit(client, ["warm-up"], [seeds[0][:1]], params))  # loads the pipeline
-        return timed_path(client, prompts, seeds, params)
+        wait_done(submit(client, ["warm-up"], [[0]], params))
+        yield
     finally:
         stop_worker(proc)
+
+
+def whole_path(client, prompts: list[str], seeds: list[list[int]], params: dict, *, batch_limit: int,
+               device: str) -> float:
+    with warm_worker(client, params, batch_limit=batch_limit, device=device):
+        return timed_path(client, prompts, seeds, params)
 
 
 def timed_path(client, prompts: list[str], seeds: list[list[int]], params: dict) -> float:
@@ -168,9 +177,7 @@ def section(client, model_dir: Path, args: argparse.Namespace, device: str) -> N
     torch.set_num_threads(1)
     # The machine's speed drifts by 10-20% over a minute here, so the two sides alternate (plain, path,
     # plain, path, ...) on fresh prompts and each path run is compared with the mean of its neighbours.
-    proc = start_worker(batch_limit=batch, device=device)
-    try:
-        wait_done(submit(client, ["warm-up"], [seeds[0][:1]], params))  # loads the pipeline
+    with warm_worker(client, params, batch_limit=batch, device=device):
         plains = [plain_loop(model_dir, prompts, seeds, params, device)]
         paths, ratios = [], []
         for repeat in range(args.repeats):
@@ -178,8 +185,6 @@ def section(client, model_dir: Path, args: argparse.Namespace, device: str) -> N
             paths.append(timed_path(client, fresh, seeds, params))
             plains.append(plain_loop(model_dir, prompts, seeds, params, device))
             ratios.append(paths[-1] / ((plains[-2] + plains[-1]) / 2))
-    finally:
-        stop_worker(proc)
     print(f"[{device}] (a) {jobs} jobs x {batch} images, {args.side}px, {args.steps} steps, batch {batch}, "
           f"{args.repeats} alternating repeats:")
     print(f"      plain diffusers loop  {statistics.median(plains):8.2f} images/s   (runs: "
