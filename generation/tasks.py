@@ -5,6 +5,8 @@ re-fetches, claims under a lease (coalescing queued jobs with the same model ver
 renders only the missing images and writes them under deterministic keys, so a redelivered or
 re-queued task is a no-op once the job is done. After a success it drains up to
 ``GENERATION_DRAIN_CLAIMS`` more queued jobs of the same model version while the model is loaded.
+Chunks are stored on a background thread while the next one renders; every store has settled
+(stored, or its jobs released or failed) before the task returns.
 """
 
 from __future__ import annotations
@@ -23,16 +25,23 @@ STORAGE_RETRIES = 5
 
 @pickwise_task(name="generation.tasks.run_generation", bind=True, max_retries=STORAGE_RETRIES)
 def run_generation(self: Any, job_id: int) -> dict[str, Any]:
-    try:
-        result = worker.run_job(job_id)
-    except services.TransientStorageError as exc:
+    drained: list[worker.RunResult] = []
+    with worker.Storer() as storer:  # leaving the block settles the last store
+        result = worker.run_job(job_id, storer=storer)
+        if (result.outcome in ("storing", "succeeded") and result.model_version_id is not None
+                and settings.GENERATION_DRAIN_CLAIMS):
+            drained = worker.drain_queue(
+                model_version_id=result.model_version_id, claims=settings.GENERATION_DRAIN_CLAIMS, storer=storer
+            )
+    for later in drained:
+        if later.outcome == "storage_unavailable":  # released; its own message may be spent already
+            run_generation.delay(later.job_id)
+    if result.outcome == "storage_unavailable":
         if self.request.retries >= STORAGE_RETRIES:
-            services.generation_job_fail_unclaimed(job_id=job_id, error=f"Media storage is unavailable: {exc}")
+            services.generation_job_fail_unclaimed(job_id=job_id, error=f"Media storage is unavailable: {result.error}")
             return {"job_id": job_id, "outcome": "failed"}
-        raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries)) from exc
-    drained = []
-    if result.outcome == "succeeded" and result.model_version_id is not None and settings.GENERATION_DRAIN_CLAIMS:
-        drained = worker.drain_queue(model_version_id=result.model_version_id, claims=settings.GENERATION_DRAIN_CLAIMS)
+        exc = services.TransientStorageError(result.error)
+        raise self.retry(exc=exc, countdown=min(300, 5 * 2**self.request.retries))
     return {**asdict(result), "drained": [asdict(r) for r in drained]}
 
 

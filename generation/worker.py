@@ -2,9 +2,11 @@
 
 - ``spec_for(version)`` turns a ``ModelVersion`` (and its LoRA lineage) into a ``ModelSpec``.
 - ``pipeline_cache()`` is this process's lazily created, bounded LRU of loaded pipelines.
-- ``run_job(job_id)`` is the whole of one Celery task: load the model, claim the job plus the queued
-  jobs it can be coalesced with, render only the missing images in batches, store each under its
+- ``run_job(job_id)`` is the whole of one claim: load the model, claim the job plus the queued jobs it
+  can be coalesced with, render only the missing images in batches, store each under its
   deterministic key, record it, and finish the claimed jobs. Every write goes through services.
+- ``Storer`` stores each rendered chunk (PNG encoding, storage writes, rows) on a background thread
+  while the next pipeline call runs, one chunk at a time; a task closes it before it returns.
 - ``drain_queue(model_version_id)`` runs more queued jobs of a loaded model version in the same task,
   so a busy GPU never waits for the broker between claims.
 - ``reproduce_image(image)`` renders a stored image again from its provenance.
@@ -12,15 +14,22 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
 import threading
 import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import TracebackType
+from typing import Any
 
 from django.conf import settings
+from django.db import connections, transaction
 
 from generation import inference
 from generation.models import GeneratedImage, GenerationJob, ModelVersion
@@ -134,15 +143,129 @@ class RunResult:
     model_version_id: int | None = None
     claimed: list[int] = field(default_factory=list)
     images_written: int = 0
+    # skipped | running | storing (the last chunk's store is in flight) | succeeded | failed | lease_lost
+    # | storage_unavailable (the claim was released; its lead job's task retries)
     outcome: str = "skipped"
+    error: str = ""
 
 
-def run_job(job_id: int, *, batch_limit: int | None = None) -> RunResult:
+@dataclass
+class _Store:
+    future: Future[None]
+    result: RunResult
+    token: uuid.UUID
+    last: bool  # the claim's last chunk: its success is the claim's success
+
+
+class Storer:
+    """Stores rendered chunks on one background thread, so that the next pipeline call overlaps the
+    previous chunk's PNG encoding, storage writes and rows (the next claim's too, within a task).
+
+    At most one store is in flight: ``wait`` settles it on the calling thread, and ``submit`` waits
+    first. Settling marks the claim's result: succeeded after its last chunk; on a storage outage the
+    claim is released (``storage_unavailable``), on a lost lease given up (``lease_lost``), and on any
+    other error failed with the reason (``failed``). ``close`` (the end of a ``with``) settles the last
+    store, so none outlives the task. A process that dies mid-store leaves what a crash always left:
+    the rows of a chunk committed or not at all, and orphan files that the next claim deletes.
+
+    The thread has a database connection of its own, whose writes commit on their own. A caller inside
+    a transaction (tests, ``atomic`` in a shell) would not see them, nor they its uncommitted jobs:
+    there each store runs inline when submitted, and settles the same way.
+    """
+
+    def __init__(self) -> None:
+        self._background = not transaction.get_connection().in_atomic_block
+        self._pool: ThreadPoolExecutor | None = None
+        self._pending: _Store | None = None
+        self.failed = False  # some store of this storer failed: stop taking more claims
+
+    def submit(self, store: Callable[[], object], *, result: RunResult, token: uuid.UUID, last: bool) -> None:
+        self.wait()
+        if last:
+            result.outcome = "storing"
+        if self._background:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+            future = self._pool.submit(store)
+        else:
+            future = Future()
+            try:
+                store()
+                future.set_result(None)
+            except Exception as exc:  # settled below, as a background failure would be
+                future.set_exception(exc)
+        self._pending = _Store(future, result, token, last)
+        if not self._background:
+            self.wait()
+
+    def wait(self) -> None:
+        """Wait for the store in flight, if any, and settle it (see the class docstring)."""
+        from generation import services
+
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return
+        result, exc = pending.result, pending.future.exception()
+        if exc is None:
+            if pending.last and result.outcome == "storing":
+                result.outcome = "succeeded"
+            return
+        self.failed = True
+        if isinstance(exc, services.LeaseLost):
+            logger.warning("job %s: lease lost while storing; another worker owns it now", result.job_id)
+            result.outcome = "lease_lost"
+        elif isinstance(exc, services.TransientStorageError):
+            services.generation_jobs_release(token=pending.token, lead_job_id=result.job_id)
+            result.outcome, result.error = "storage_unavailable", str(exc)
+        else:
+            logger.error("job %s: storing images failed", result.job_id, exc_info=exc)
+            result.outcome, result.error = "failed", f"Could not store the images: {type(exc).__name__}: {exc}"
+            services.generation_jobs_fail(token=pending.token, error=result.error)
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            if self._pool is not None:
+                self._pool.submit(connections.close_all).result()  # the thread's own connection
+                self._pool.shutdown()
+                self._pool = None
+
+    def __enter__(self) -> Storer:
+        return self
+
+    def __exit__(self, *exc_info: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+
+def _store_chunk(*, token: uuid.UUID, made: list[tuple[GenerationJob, int, int, inference.GeneratedImage]],
+                 runtime: dict[str, Any], finish: bool) -> None:
+    """Encode, write and record one rendered chunk (on the storer's thread)."""
+    from generation import services
+
+    pngs = inference.images_to_png_bytes([generated.image for *_, generated in made])
+    services.generated_images_store(token=token, runtime=runtime, finish=finish, images=[
+        services.ImageToStore(
+            job=job, index=index, seed=seed, png=png, width=generated.image.width, height=generated.image.height,
+            generation_seconds=generated.elapsed_s, batch_size=generated.batch_size,
+        )
+        for (job, index, seed, generated), png in zip(made, pngs, strict=True)
+    ])
+
+
+def run_job(job_id: int, *, batch_limit: int | None = None, storer: Storer | None = None) -> RunResult:
     """Do whatever ``job_id`` (and the jobs coalesced with it) still lacks; a no-op when it is done.
 
-    Raises ``services.TransientStorageError`` (after releasing the claim) when storage keeps
-    failing, so the task can retry later; pipeline failures fail the claimed jobs instead.
+    Each chunk is handed to ``storer`` while the next one renders. Given a storer, the claim's last
+    store may still be in flight on return (outcome ``storing``; the storer settles it); without one,
+    run_job stores through a storer of its own and returns the settled outcome. A storage outage
+    releases the claim (outcome ``storage_unavailable``) so that the task can retry later; pipeline
+    and other storage failures fail the claimed jobs.
     """
+    if storer is None:
+        with Storer() as own:
+            result = run_job(job_id, batch_limit=batch_limit, storer=own)
+        return result
     from generation import services
 
     result = RunResult(job_id=job_id)
@@ -168,6 +291,7 @@ def run_job(job_id: int, *, batch_limit: int | None = None) -> RunResult:
     if claim is None:
         return result
     result.claimed = [j.pk for j in claim.jobs]
+    result.outcome = "running"
     runtime = runtime_info(device_type, spec.dtype)
 
     # Only the missing images, in batches of at most batch_limit images.
@@ -209,58 +333,49 @@ def run_job(job_id: int, *, batch_limit: int | None = None) -> RunResult:
                 for (pk, items), images in zip(by_job.items(), rows, strict=True)
                 for (index, seed), generated in zip(items, images, strict=True)
             ]
-            pngs = inference.images_to_png_bytes([generated.image for *_, generated in made])
+            storer.wait()  # the previous chunk's store (this claim's or an earlier one's) settles first
+            if result.outcome != "running":  # this claim's previous chunk could not be stored
+                return result
             last_chunk = start + batch_limit >= len(todo)
-            services.generated_images_store(token=claim.token, runtime={**runtime, "batch_shape": shape},
-                                            finish=last_chunk, images=[
-                services.ImageToStore(
-                    job=made_job, index=index, seed=seed, png=png, width=generated.image.width,
-                    height=generated.image.height, generation_seconds=generated.elapsed_s,
-                    batch_size=generated.batch_size,
-                )
-                for (made_job, index, seed, generated), png in zip(made, pngs, strict=True)
-            ])
+            store = functools.partial(_store_chunk, token=claim.token, made=made,
+                                      runtime={**runtime, "batch_shape": shape}, finish=last_chunk)
+            storer.submit(store, result=result, token=claim.token, last=last_chunk)
             result.images_written += chunk_images
             done_steps += chunk_images * claim.params.steps
     except services.LeaseLost:
+        storer.wait()
         logger.warning("job %s: lease lost mid-run; another worker owns it now", job_id)
         result.outcome = "lease_lost"
         return result
     except inference.GenerationError as exc:
+        storer.wait()  # a chunk stored after the failure would leave orphan files behind
         services.generation_jobs_fail(token=claim.token, error=str(exc))
         result.outcome = "failed"
         return result
-    except services.TransientStorageError:
-        services.generation_jobs_release(token=claim.token, lead_job_id=job_id)
-        raise
     if not todo:  # every image was there already (a crash after the last store): only the bookkeeping is left
         services.generation_jobs_finish(token=claim.token)
-    result.outcome = "succeeded"
+        result.outcome = "succeeded"
     return result
 
 
-def drain_queue(*, model_version_id: int, claims: int) -> list[RunResult]:
+def drain_queue(*, model_version_id: int, claims: int, storer: Storer) -> list[RunResult]:
     """Run up to ``claims`` more queued jobs of this model version, oldest first, while it is loaded.
 
-    Each is an ordinary ``run_job`` (claim, coalesce, render, store); the jobs' own task messages find
-    them done and return at once. Stops at the first claim that does not succeed. A storage outage
-    puts that job back with a task of its own (its message may already be spent) and stops draining.
+    Each is an ordinary ``run_job`` (claim, coalesce, render, store) sharing the task's ``storer``, so
+    a claim renders while the previous one is stored; the jobs' own task messages find them done and
+    return at once. Stops at the first claim that does not succeed, or once any store has failed; the
+    task settles the last store and re-queues claims that storage turned away.
     """
-    from generation import selectors, services
-    from generation.tasks import run_generation
+    from generation import selectors
 
     results: list[RunResult] = []
-    while len(results) < claims:
+    while len(results) < claims and not storer.failed:
         job_id = selectors.next_queued_job_id(model_version_id=model_version_id)
         if job_id is None:
             break
-        try:
-            result = run_job(job_id)
-        except services.TransientStorageError:
-            run_generation.delay(job_id)
-            break
+        result = run_job(job_id, storer=storer)
         results.append(result)
-        if result.outcome != "succeeded":
+        if result.outcome not in ("storing", "succeeded"):
             break
     return results
 
