@@ -6,23 +6,29 @@
 #             (default 4) plus evaluations; the LoRA and results.json land in $OUT/ddpo_judge/.
 # decoder:    fine-tunes the shipped shapes VAE's decoder (encoder frozen) for DECODER_MINUTES (default 4)
 #             into $OUT/vae_ft/ (generation.shapes.train --finetune-decoder).
-# shapes:     trains the shapes-world model with the `gpu` preset for SHAPES_MINUTES (default 4) and exports it
-#             to $OUT as a split tarball (`cat $OUT/shapes_export.tgz.* | tar xz` gives shapes_export/); about
-#             8 minutes, so run it alone in a 600 s device call.
+# shapes:     trains the shapes-world model with the `gpu` preset: one VAE per latent width in SHAPES_LATENTS
+#             (default "4 8 16") side by side for VAE_MINUTES (default 3), the judge on each one's
+#             reconstructions (bench.shapes --vae), then the diffusion phase for SHAPES_MINUTES (default 3.5)
+#             on the best, exported to $OUT as a split tarball (`cat $OUT/shapes_export.tgz.* | tar xz` gives
+#             shapes_export/); about 8 minutes, so run it alone in a 600 s device call.
 # Python packages missing there travel as wheels in .whl/ (see bench/README.md) and are installed first.
 set -u
 OUT=${OUT:-var/gpu_checks}
 PY=${PYTHON:-python3}
-SHAPES_MINUTES=${SHAPES_MINUTES:-4}
+SHAPES_MINUTES=${SHAPES_MINUTES:-3.5}
+SHAPES_LATENTS=${SHAPES_LATENTS:-4 8 16}
+SHAPES_PRESET=${SHAPES_PRESET:-gpu}  # cpu: a dry run of the section's plumbing (with tiny minutes)
+VAE_MINUTES=${VAE_MINUTES:-3}
+CEILING_N=${CEILING_N:-500}
 DDPO_MINUTES=${DDPO_MINUTES:-4}
 DECODER_MINUTES=${DECODER_MINUTES:-4}
 SECTIONS=${*:-generation ddpo}
 # bench/ddpo_judge.py arguments, one run each, run at once (3 judge processes per run).
 DDPO_RUNS=(
-    "--judge-workers 3 --eval-every 20 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000}"
-    "--judge-workers 3 --eval-every 20 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000,\"lr\":0.003}"
-    "--judge-workers 3 --eval-every 20 --train-split any --train-prompts 1000 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000,\"lr\":0.003}"
-    "--judge-workers 3 --eval-every 20 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000,\"lr\":0.001,\"lora_rank\":16,\"timestep_fraction\":1.0}"
+    "--judge-workers 3 --eval-every 20 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000,\"lr\":0.0003,\"clip_range\":0.0001}"
+    "--judge-workers 3 --eval-every 20 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000,\"lr\":0.001,\"clip_range\":0.0001}"
+    "--judge-workers 3 --eval-every 20 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000,\"lr\":0.0003,\"clip_range\":0.0001,\"timestep_fraction\":1.0}"
+    "--judge-workers 3 --eval-every 20 --ddpo {\"prompts_per_iteration\":16,\"images_per_prompt\":16,\"train_batch_size\":32,\"iterations\":2000,\"lr\":0.0001}"
 )
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -52,11 +58,33 @@ for section in $SECTIONS; do
         for i in "${!DDPO_RUNS[@]}"; do
             echo "-- run $i: ${DDPO_RUNS[$i]}"; grep "adherence\|done in\|Error" "$OUT/ddpo_judge_$i.log" | tail -8 | cut -c1-110
         done ;;
-    shapes)
-        timeout $((${SHAPES_MINUTES%.*} * 60 + 200)) $PY -m generation.shapes.train --preset gpu \
-            --run-dir /tmp/shapes_run --max-minutes "$SHAPES_MINUTES" >"$OUT/shapes_train.log" 2>&1
-        echo "shapes training: exit $?, $(($(date +%s) - started)) s"; grep -v "it/s\]" "$OUT/shapes_train.log" | tail -8
-        if $PY -m generation.shapes.train --preset gpu --run-dir /tmp/shapes_run --export /tmp/shapes_export \
+    shapes)  # a VAE per latent width side by side; the best reconstruction ceiling gets the diffusion phase
+        for lc in $SHAPES_LATENTS; do
+            timeout $((${VAE_MINUTES%.*} * 60 + 150)) $PY -m generation.shapes.train --preset "$SHAPES_PRESET" \
+                --run-dir "/tmp/vae_$lc" --latent-channels "$lc" --vae-minutes "$VAE_MINUTES" --vae-only \
+                >"$OUT/vae_$lc.log" 2>&1 &
+        done
+        wait
+        for lc in $SHAPES_LATENTS; do
+            $PY -m bench.shapes --vae "/tmp/vae_$lc/vae" --ceiling-n "$CEILING_N" >"$OUT/vae_$lc.ceiling" 2>&1 &
+        done
+        wait
+        echo "VAEs: $(($(date +%s) - started)) s"
+        best=$($PY -c "
+import json, sys
+scores = {int(lc): json.loads(open(f'$OUT/vae_{lc}.ceiling').read().splitlines()[-1])['vae_ceiling']['overall']
+          for lc in sys.argv[1:]}
+print(*(f'{lc} latent channels: ceiling {s:.3f}' for lc, s in sorted(scores.items())), sep='\n', file=sys.stderr)
+top = max(scores.values())
+print(min(lc for lc, s in scores.items() if s >= top - 0.01))  # within a point, the narrower latent
+" $SHAPES_LATENTS) || { echo "no VAE finished"; tail -5 "$OUT"/vae_*; exit 1; }
+        echo "diffusion on the VAE with $best latent channels"
+        mkdir -p /tmp/shapes_run && cp -r "/tmp/vae_$best/vae" /tmp/shapes_run/vae
+        timeout $((${SHAPES_MINUTES%.*} * 60 + 150)) $PY -m generation.shapes.train --preset "$SHAPES_PRESET" \
+            --run-dir /tmp/shapes_run --latent-channels "$best" --max-minutes "$SHAPES_MINUTES" \
+            >"$OUT/shapes_train.log" 2>&1
+        echo "shapes training: exit $?, $(($(date +%s) - started)) s"; grep -v "it/s\]" "$OUT/shapes_train.log" | tail -4
+        if $PY -m generation.shapes.train --preset "$SHAPES_PRESET" --run-dir /tmp/shapes_run --export /tmp/shapes_export \
             >>"$OUT/shapes_train.log" 2>&1; then
             tar czf - -C /tmp shapes_export | split -b 15M - "$OUT/shapes_export.tgz."
             ls -la "$OUT"

@@ -1,6 +1,7 @@
 """Benchmark the shipped shapes-world model: prompt adherence by the judge, and CPU latency.
 
     .venv/bin/python -m bench.shapes [--weights DIR] [--n 500] [--held-out-n 500]
+    .venv/bin/python -m bench.shapes --vae DIR     # only the ceiling of another VAE (a training run's)
 
 Prints, for captions of the world with fresh seeds (never used in training), the judge's
 per-attribute and overall accuracy; the same on captions using the (shape, colour) pairs held
@@ -18,6 +19,7 @@ import statistics
 import time
 
 import torch
+from diffusers import AutoencoderKL
 
 from generation.shapes.judge import judge, summarize
 from generation.shapes.model import (
@@ -49,13 +51,13 @@ def adherence(pipe, captions: list[str], *, steps: int, guidance: float) -> dict
 
 
 @torch.no_grad()
-def reconstruction_ceiling(pipe, n: int) -> dict[str, float]:
+def reconstruction_ceiling(vae: AutoencoderKL, n: int) -> dict[str, float]:
     """The judge on VAE reconstructions (encode to the latent's mode, decode) of ground-truth renders."""
     images, captions = make_examples(n, seed=BENCH_SEED + 2, split="any")
     judgements = []
     for start in range(0, n, BATCH):
         x = to_tensor(images[start : start + BATCH])
-        decoded = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mode()).sample
+        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample
         pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
         judgements += [judge(im, c) for im, c in zip(pixels, captions[start : start + BATCH], strict=True)]
     scores = summarize(judgements)
@@ -103,6 +105,7 @@ def main() -> None:
     parser.add_argument("--held-out-n", type=int, default=500)
     parser.add_argument("--baseline-n", type=int, default=100)
     parser.add_argument("--ceiling-n", type=int, default=500, help="ground-truth renders through the VAE")
+    parser.add_argument("--vae", metavar="DIR", help="only the reconstruction ceiling of the VAE in DIR")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument(
@@ -111,6 +114,11 @@ def main() -> None:
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.vae:
+        ceiling = reconstruction_ceiling(AutoencoderKL.from_pretrained(args.vae).eval(), args.ceiling_n)
+        print(f"VAE {args.vae} reconstructions: {fmt(ceiling)}")
+        print(json.dumps({"vae": args.vae, "vae_ceiling": ceiling}))
+        return
     pipe = load_pipeline(args.weights)
     settings = {"steps": args.steps, "guidance": args.guidance}
     print(f"weights {args.weights}; {settings}; torch threads {torch.get_num_threads()}")
@@ -134,7 +142,7 @@ def main() -> None:
         )
         print(f"random weights:    {fmt(results['random_weights'])}")
     if args.ceiling_n:
-        results["vae_ceiling"] = ceiling = reconstruction_ceiling(pipe, args.ceiling_n)
+        results["vae_ceiling"] = ceiling = reconstruction_ceiling(pipe.vae, args.ceiling_n)
         print(f"VAE reconstructions: {fmt(ceiling)}")
         print("  shape right, by size: " + "  ".join(
             f"{k.removeprefix('shape_').replace('_', ' ')} {100 * v:.0f}%" for k, v in ceiling.items()

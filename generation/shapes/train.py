@@ -34,7 +34,9 @@ import math
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field, replace
+from functools import partial
 from pathlib import Path
 from typing import Literal
 
@@ -43,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDPMScheduler
 from tqdm import tqdm
+from transformers import CLIPTokenizer
 
 from generation.shapes.model import (
     ModelConfig,
@@ -67,12 +70,14 @@ class TrainConfig:
     seed: int = 0
     device: Device = "cpu"
     num_threads: int = 1  # torch CPU threads (the dev machine is shared)
+    loader_workers: int = 4  # processes rendering training images ahead of a GPU (unused on the CPU)
     model: ModelConfig = field(default_factory=ModelConfig)
     # phase 1: VAE
     vae_steps: int = 2600
     vae_batch: int = 16
     vae_crop: int = 32  # side of the random crops used for the first vae_crop_fraction of steps
     vae_crop_fraction: float = 0.85
+    vae_minutes: float | None = None  # a wall-clock budget: then crops and lr follow the elapsed share of it
     vae_lr: float = 2e-3
     kl_weight: float = 1e-5  # weight of the mean per-element KL term (a nearly deterministic autoencoder)
     shape_weight: float = (
@@ -191,6 +196,46 @@ def _log(message: str) -> None:
     sys.stdout.flush()
 
 
+class _Steps(torch.utils.data.IterableDataset):
+    """``make(step)`` for steps 0..n-1; with k loader workers, worker i makes steps i, i+k, ... (the
+    loader takes one item from each worker in turn, so the order is the serial one)."""
+
+    def __init__(self, make: Callable[[int], tuple[torch.Tensor, ...]], n: int) -> None:
+        self.make, self.n = make, n
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        info = torch.utils.data.get_worker_info()
+        first, stride = (0, 1) if info is None else (info.id, info.num_workers)
+        return (self.make(step) for step in range(first, self.n, stride))
+
+
+def prefetched(
+    make: Callable[[int], tuple[torch.Tensor, ...]], n: int, *, workers: int
+) -> Iterator[tuple[torch.Tensor, ...]]:
+    """``make(0), ..., make(n - 1)`` in order; with workers > 0, made ahead by that many processes."""
+    if workers == 0:
+        return (make(step) for step in range(n))
+    loader = torch.utils.data.DataLoader(
+        _Steps(make, n), batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
+        prefetch_factor=4,
+    )  # fmt: skip
+    return iter(loader)
+
+
+def _loader_workers(cfg: TrainConfig) -> int:
+    """Rendering runs ahead in processes only on a GPU (on the shared CPU they would compete with training)."""
+    return cfg.loader_workers if cfg.device == "cuda" else 0
+
+
+def vae_batch(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """Phase 1's images, per-pixel loss weights and the corner of a random crop (multiples of 8) at a step."""
+    rng = np.random.default_rng([cfg.seed, 1, step])
+    images, _ = make_examples(cfg.vae_batch, seed=int(rng.integers(2**31)), split="train")
+    weight = 1.0 + (cfg.shape_weight - 1.0) * shape_pixels(images)
+    top, left = (int(v) // 8 * 8 for v in rng.integers(0, 64 - cfg.vae_crop + 1, size=2))
+    return to_tensor(images), weight, (top, left)
+
+
 # --- phase 1: VAE -----------------------------------------------------------------------------
 
 
@@ -202,19 +247,22 @@ def train_vae(cfg: TrainConfig) -> AutoencoderKL:
     torch.manual_seed(cfg.seed)
     vae = build_vae(cfg.model).to(cfg.device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
-    crop_steps = int(cfg.vae_steps * cfg.vae_crop_fraction)
+    batches = prefetched(partial(vae_batch, cfg), cfg.vae_steps, workers=_loader_workers(cfg))
     bar = tqdm(range(cfg.vae_steps), desc="vae", mininterval=5, file=sys.stderr)
-    for step in bar:
-        rng = np.random.default_rng([cfg.seed, 1, step])
-        images, _ = make_examples(cfg.vae_batch, seed=int(rng.integers(2**31)), split="train")
-        x = to_tensor(images).to(cfg.device)
-        weight = 1.0 + (cfg.shape_weight - 1.0) * shape_pixels(images).to(cfg.device)
-        if step < crop_steps:  # random crops: the autoencoder is convolutional, crops are 4x cheaper
-            top, left = (int(v) // 8 * 8 for v in rng.integers(0, 64 - cfg.vae_crop + 1, size=2))
+    started = time.monotonic()
+    for step, (x, weight, (top, left)) in zip(bar, batches, strict=True):
+        done = step / cfg.vae_steps  # share of the phase behind us: steps, or time when that runs out first
+        if cfg.vae_minutes is not None:
+            done = max(done, (time.monotonic() - started) / 60 / cfg.vae_minutes)
+            if done >= 1:
+                _log(f"vae: stopping at step {step} after {cfg.vae_minutes} minutes")
+                break
+        x, weight = x.to(cfg.device, non_blocking=True), weight.to(cfg.device, non_blocking=True)
+        if done < cfg.vae_crop_fraction:  # random crops first (a convolutional net: they are 4x cheaper)
             x = x[:, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
             weight = weight[:, :, top : top + cfg.vae_crop, left : left + cfg.vae_crop]
         for group in opt.param_groups:  # cosine decay to 10%
-            group["lr"] = cfg.vae_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / cfg.vae_steps)))
+            group["lr"] = cfg.vae_lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * done)))
         posterior = vae.encode(x).latent_dist
         recon = vae.decode(posterior.sample()).sample
         loss = vae_loss(recon, x, posterior.kl(), cfg.kl_weight, weight)
@@ -225,6 +273,7 @@ def train_vae(cfg: TrainConfig) -> AutoencoderKL:
         if step % cfg.log_every == 0 or step == cfg.vae_steps - 1:  # not every step: a refresh floods logs
             bar.set_postfix(loss=f"{loss.item():.4f}")
             _log(f"vae step {step} loss {loss.item():.5f}")
+    bar.close()
     vae.eval()
     # Scale latents to unit variance, as Stable Diffusion's scaling_factor does.
     with torch.no_grad():
@@ -281,6 +330,18 @@ def finetune_decoder(cfg: TrainConfig, steps: int, max_minutes: float) -> Path:
 # --- phase 2: latent cache --------------------------------------------------------------------
 
 
+CACHE_CHUNK = 256  # examples rendered and encoded at a time
+
+
+def cache_chunk(cfg: TrainConfig, tokenizer: CLIPTokenizer, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Pixels and token ids of the index-th chunk of the training pool."""
+    start = index * CACHE_CHUNK
+    n = min(CACHE_CHUNK, cfg.pool_size - start)
+    images, captions = make_examples(n, seed=cfg.seed * 1_000_003 + 100 + start, split="train")
+    ids = tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
+    return to_tensor(images), ids
+
+
 def build_cache(cfg: TrainConfig, vae: AutoencoderKL) -> dict[str, torch.Tensor]:
     path = Path(cfg.run_dir) / "cache.pt"
     if path.exists():
@@ -289,16 +350,13 @@ def build_cache(cfg: TrainConfig, vae: AutoencoderKL) -> dict[str, torch.Tensor]
     tokenizer = build_tokenizer()
     vae = vae.to(cfg.device).eval()
     latents, ids = [], []
-    chunk = 256
-    for start in tqdm(range(0, cfg.pool_size, chunk), desc="cache", mininterval=5, file=sys.stderr):
-        n = min(chunk, cfg.pool_size - start)
-        images, captions = make_examples(n, seed=cfg.seed * 1_000_003 + 100 + start, split="train")
+    chunks = math.ceil(cfg.pool_size / CACHE_CHUNK)
+    rendered = prefetched(partial(cache_chunk, cfg, tokenizer), chunks, workers=_loader_workers(cfg))
+    for pixels, chunk_ids in tqdm(rendered, total=chunks, desc="cache", mininterval=5, file=sys.stderr):
         with torch.no_grad():
-            z = vae.encode(to_tensor(images).to(cfg.device)).latent_dist.mean * vae.config.scaling_factor
+            z = vae.encode(pixels.to(cfg.device)).latent_dist.mean * vae.config.scaling_factor
         latents.append(z.cpu())
-        ids.append(
-            tokenizer(captions, padding="max_length", max_length=MAX_LENGTH, return_tensors="pt").input_ids
-        )
+        ids.append(chunk_ids)
     cache = {"latents": torch.cat(latents), "input_ids": torch.cat(ids)}
     torch.save(cache, path)
     _log(f"cache: {len(cache['latents'])} examples, latent std {cache['latents'].std():.3f}")
@@ -419,7 +477,7 @@ def export_pipeline(
     return out_dir
 
 
-def train(cfg: TrainConfig) -> Path:
+def train(cfg: TrainConfig, *, vae_only: bool = False) -> Path:
     torch.set_num_threads(cfg.num_threads)
     if cfg.device == "cuda":  # TF32 matmuls and convolutions: these small networks need no more precision
         torch.backends.cuda.matmul.allow_tf32 = True
@@ -428,6 +486,8 @@ def train(cfg: TrainConfig) -> Path:
     (Path(cfg.run_dir) / "config.json").write_text(json.dumps(asdict(cfg), indent=2) + "\n")
     started = time.monotonic()
     vae = train_vae(cfg)
+    if vae_only:
+        return Path(cfg.run_dir) / "vae"
     cache = build_cache(cfg, vae)
     ckpt = train_diffusion(cfg, cache)
     _log(f"done in {(time.monotonic() - started) / 60:.1f} minutes: {ckpt}")
@@ -439,6 +499,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--run-dir", help="override the preset's run directory")
     parser.add_argument("--max-minutes", type=float, help="override the diffusion phase's wall-clock limit")
+    parser.add_argument("--vae-minutes", type=float, help="override the VAE phase's wall-clock budget")
+    parser.add_argument("--latent-channels", type=int, help="override the model's latent channels")
+    parser.add_argument("--vae-only", action="store_true", help="stop after phase 1 (the VAE)")
     parser.add_argument("--export", metavar="DIR", help="only export the run's last checkpoint to DIR")
     parser.add_argument(
         "--finetune-decoder", type=int, metavar="STEPS", help="only run phase 1b (decoder) up to STEPS steps"
@@ -449,6 +512,10 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(cfg, run_dir=args.run_dir)
     if args.max_minutes is not None:
         cfg = replace(cfg, max_minutes=args.max_minutes)
+    if args.vae_minutes is not None:
+        cfg = replace(cfg, vae_minutes=args.vae_minutes)
+    if args.latent_channels is not None:
+        cfg = replace(cfg, model=replace(cfg.model, latent_channels=args.latent_channels))
     if args.finetune_decoder:
         torch.set_num_threads(cfg.num_threads)
         minutes = args.max_minutes if args.max_minutes is not None else cfg.max_minutes
@@ -457,7 +524,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.export:
         _log(f"exported to {export_pipeline(cfg.run_dir, args.export)}")
         return
-    train(cfg)
+    train(cfg, vae_only=args.vae_only)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 
 import numpy as np
 import pytest
@@ -12,10 +13,12 @@ from generation.shapes.train import (
     diffusion_target,
     export_pipeline,
     lr_factor,
+    prefetched,
     shape_pixels,
     smoke_recipe,
     to_tensor,
     train,
+    vae_batch,
     vae_loss,
 )
 from generation.shapes.world import parse_caption, render
@@ -31,6 +34,16 @@ def test_v_prediction_target_matches_the_formula():
     assert torch.allclose(diffusion_target(scheduler, latents, noise, t), expected)
     eps = build_train_scheduler(replace(ModelConfig(), prediction_type="epsilon"))
     assert torch.equal(diffusion_target(eps, latents, noise, t), noise)
+
+
+def test_prefetched_batches_come_in_order_and_match_the_serial_ones():
+    cfg = replace(smoke_recipe("unused"), vae_batch=2, vae_steps=7)
+    serial = list(prefetched(partial(vae_batch, cfg), 7, workers=0))
+    ahead = list(prefetched(partial(vae_batch, cfg), 7, workers=3))  # workers make steps 0,3,6 / 1,4 / 2,5
+    assert len(ahead) == 7
+    for (x, w, corner), (x2, w2, corner2) in zip(serial, ahead, strict=True):
+        assert torch.equal(x, x2) and torch.equal(w, w2) and list(corner) == list(corner2)
+    assert len({corner for _, _, corner in serial}) > 1
 
 
 def test_vae_loss_and_lr_schedule_by_hand():
