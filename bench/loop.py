@@ -8,6 +8,9 @@
    adherence drops by at most 5 points.
 2. DDPO round: the same, with a reward model trained on that round's export as DDPO's reward.
 3. DDPO on adherence: the shapes-world judge as the reward raises held-out adherence by >= 10 points.
+4. The control (section ``control``): DDPO with the DDPO round's recipe on rewards of pure noise
+   (``bench/ddpo_judge.py --reward noise``). With no signal at all, DDPO drifts towards larger shapes and
+   its paired win rate lands well above 0.5, so the DDPO rounds' win rates count only above this one.
 
 It uses a throw-away SQLite database and media directory under a temporary directory (so it never
 touches your data), migrates it, and lifts the per-user generation rate limit for the simulated users.
@@ -21,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,31 +69,51 @@ def line(name: str, value: str, ok: bool | None) -> None:
     print(f"{name:<58} {value:<40} {mark}")
 
 
-def report(title: str, stats: dict, seconds: float | None = None, *, adherence_gain: float | None = None) -> None:
+def report(title: str, stats: dict, seconds: float | None = None, *, adherence_gain: float | None = None,
+           targets: bool = True) -> None:
+    """A section's figures; PASS/FAIL against the issue's targets unless targets is False (the control)."""
     print(f"\n== {title}")
+    preference_round = targets and adherence_gain is None
     if seconds is not None:
-        line("end to end (minutes, target < 30)", f"{seconds / 60:.1f}", seconds < 30 * 60)
+        line("end to end (minutes" + (", target < 30)" if targets else ")"), f"{seconds / 60:.1f}",
+             seconds < 30 * 60 if targets else None)
     win = stats.get("win_rate") or {}
-    if win:  # a target only for the preference rounds; the judge run reports it for information
-        line("paired preference win rate" + (" (target >= 0.65, CI low > 0.5)" if adherence_gain is None else ""),
+    if win:  # a target only for the preference rounds; the judge run and the control report it for information
+        line("paired preference win rate" + (" (target >= 0.65, CI low > 0.5)" if preference_round else ""),
              f"{win['rate']:.3f} [{win['low']:.3f}, {win['high']:.3f}] n={win['n']}",
-             win["rate"] >= 0.65 and win["low"] > 0.5 if adherence_gain is None else None)
+             win["rate"] >= 0.65 and win["low"] > 0.5 if preference_round else None)
     delta = stats.get("adherence_delta")
     if delta is not None:
-        if adherence_gain is None:
+        if not targets:
+            line("adherence change (points)", f"{100 * delta:+.1f}", None)
+        elif adherence_gain is None:
             line("adherence change (points, target >= -5)", f"{100 * delta:+.1f}", delta >= -0.05)
         else:
             line(f"adherence change (points, target >= +{adherence_gain:.0f})", f"{100 * delta:+.1f}",
                  delta >= adherence_gain / 100)
-    for key in ("adherence_baseline", "adherence_version", "images", "annotations", "pairs", "agreement",
-                "reward_accuracy", "seconds"):
+    for key in ("adherence_baseline", "adherence_version", "foreground", "images", "annotations", "pairs",
+                "agreement", "reward_accuracy", "seconds"):
         if stats.get(key) is not None:
             line(key, str(stats[key]), None)
 
 
+def noise_control(ddpo: dict, prompts: int, workdir: Path) -> dict:
+    """bench/ddpo_judge.py's noise-reward run with the DDPO round's recipe, in report()'s terms."""
+    out = workdir / "control"
+    subprocess.run([sys.executable, "-m", "bench.ddpo_judge", "--reward", "noise", "--ddpo", json.dumps(ddpo),
+                    "--eval-prompts", str(prompts), "--out", str(out)], cwd=ROOT, check=True)  # noqa: S603
+    results = json.loads((out / "results.json").read_text())
+    base, last = results["eval"]["0"], results["eval"][max(results["eval"], key=int)]
+    low, high = last["larger_win_interval"]
+    return {"win_rate": {"rate": last["larger_win_rate"], "low": low, "high": high, "n": int(last["n"])},
+            "adherence_delta": last["delta_points"] / 100, "adherence_baseline": base["overall"],
+            "adherence_version": last["overall"], "foreground": f"{base['foreground']} -> {last['foreground']}"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sections", nargs="+", choices=("dpo", "ddpo", "judge"), default=["dpo", "ddpo", "judge"])
+    parser.add_argument("--sections", nargs="+", choices=("dpo", "ddpo", "control", "judge"),
+                        default=["dpo", "ddpo", "control", "judge"])
     parser.add_argument("--temperature", type=float, default=TEMPERATURE)
     parser.add_argument("--judge-reward", default="shapes_overall", choices=("shapes_overall", "shapes_adherence"),
                         help="DDPO's reward in the judge section (shapes_adherence's partial credit gets gamed)")
@@ -145,6 +169,11 @@ def main() -> int:
                                config=round_config(method="ddpo", reward_model=True, hyperparameters=args.ddpo,
                                                    reward_hyperparameters=args.reward))
         report("DDPO round with the round's reward model", ddpo_round.stats, time.monotonic() - started)
+
+    if "control" in args.sections:
+        started = time.monotonic()
+        report("Control: the DDPO round's recipe on noise rewards (DDPO win rates count only above this)",
+               noise_control(args.ddpo, args.prompts, workdir), time.monotonic() - started, targets=False)
 
     if "judge" in args.sections:
         judge_project = project("loop-judge")
