@@ -6,7 +6,7 @@
   can be coalesced with, render only the missing images in batches, store each under its
   deterministic key, record it, and finish the claimed jobs. Every write goes through services.
 - ``Storer`` stores each rendered chunk (PNG encoding, storage writes, rows) on a background thread
-  while the next pipeline call runs, one chunk at a time; a task closes it before it returns.
+  during the next pipeline call, one chunk at a time; a task closes it before it returns.
 - ``drain_queue(model_version_id)`` runs more queued jobs of a loaded model version in the same task,
   so a busy GPU never waits for the broker between claims.
 - ``reproduce_image(image)`` renders a stored image again from its provenance.
@@ -151,22 +151,27 @@ class RunResult:
 
 @dataclass
 class _Store:
-    future: Future[None]
+    store: Callable[[], object]
     result: RunResult
     token: uuid.UUID
     last: bool  # the claim's last chunk: its success is the claim's success
+    future: Future[object] | None = None  # set once it runs on the thread
 
 
 class Storer:
-    """Stores rendered chunks on one background thread, so that the next pipeline call overlaps the
-    previous chunk's PNG encoding, storage writes and rows (the next claim's too, within a task).
+    """Stores rendered chunks on one background thread while the next pipeline call runs, so that the
+    pipeline never waits for a chunk's PNG encoding, storage writes and rows (within a claim, and from
+    one claim to the next within a task).
 
-    At most one store is in flight: ``wait`` settles it on the calling thread, and ``submit`` waits
-    first. Settling marks the claim's result: succeeded after its last chunk; on a storage outage the
-    claim is released (``storage_unavailable``), on a lost lease given up (``lease_lost``), and on any
-    other error failed with the reason (``failed``). ``close`` (the end of a ``with``) settles the last
-    store, so none outlives the task. A process that dies mid-store leaves what a crash always left:
-    the rows of a chunk committed or not at all, and orphan files that the next claim deletes.
+    At most one store is pending. ``submit`` queues it and ``start`` (as the next pipeline call begins)
+    hands it to the thread: started any earlier, it would contend for the GIL with the claim's
+    bookkeeping in between. ``wait`` settles it on the calling thread (running it there if it never
+    started), and ``submit`` waits first. Settling marks the claim's result: succeeded after its last
+    chunk; on a storage outage the claim is released (``storage_unavailable``), on a lost lease given
+    up (``lease_lost``), and on any other error failed with the reason (``failed``). ``close`` (the end
+    of a ``with``) settles the last store, so none outlives the task. A process that dies mid-store
+    leaves what a crash always left: a chunk's rows committed or not at all, and orphan files that
+    the next claim deletes.
 
     The thread has a database connection of its own, whose writes commit on their own. A caller inside
     a transaction (tests, ``atomic`` in a shell) would not see them, nor they its uncommitted jobs:
@@ -183,29 +188,33 @@ class Storer:
         self.wait()
         if last:
             result.outcome = "storing"
-        if self._background:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
-            future = self._pool.submit(store)
-        else:
-            future = Future()
-            try:
-                store()
-                future.set_result(None)
-            except Exception as exc:  # settled below, as a background failure would be
-                future.set_exception(exc)
-        self._pending = _Store(future, result, token, last)
+        self._pending = _Store(store, result, token, last)
         if not self._background:
             self.wait()
 
+    def start(self) -> None:
+        """Run the pending store on the thread, if it has not started yet."""
+        if self._pending is not None and self._pending.future is None:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+            self._pending.future = self._pool.submit(self._pending.store)
+
     def wait(self) -> None:
-        """Wait for the store in flight, if any, and settle it (see the class docstring)."""
+        """Wait for the pending store, if any, and settle it (see the class docstring)."""
         from generation import services
 
         pending, self._pending = self._pending, None
         if pending is None:
             return
-        result, exc = pending.result, pending.future.exception()
+        if pending.future is not None:
+            exc = pending.future.exception()
+        else:
+            try:
+                pending.store()
+                exc = None
+            except Exception as error:  # settled below, as a failure on the thread would be
+                exc = error
+        result = pending.result
         if exc is None:
             if pending.last and result.outcome == "storing":
                 result.outcome = "succeeded"
@@ -327,6 +336,7 @@ def run_job(job_id: int, *, batch_limit: int | None = None, storer: Storer | Non
             # One generate_batch call = one batched pipeline call for the whole chunk, padded to a fixed
             # shape (a power of two) so that the same shape reproduces the same pixels later.
             shape = batch_shape(chunk_images, batch_limit)
+            storer.start()  # the previous chunk's store runs during this pipeline call
             rows = inference.generate_batch(loaded, requests, callback=on_progress, max_batch=shape)
             made = [
                 (jobs_by_pk[pk], index, seed, generated)
