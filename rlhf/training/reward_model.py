@@ -9,6 +9,7 @@ tiny test backbone included.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -190,9 +191,32 @@ def tiny_tokenizer(max_length: int = 32) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length)
 
 
-def build_tiny_clip(directory: Path, *, seed: int = 0, image_size: int = 32, width: int = 32) -> Path:
-    """Save a small randomly initialised CLIPModel + tokenizer + preprocessing to ``directory``."""
+TINY_IMAGE_SIZE = 16  # the tiny backbone's default input side: one token per pixel (a 16 x 16 grid)
+TINY_GRID = 16  # patches per side of the tiny backbone's vision tower
+
+
+def build_tiny_clip(
+    directory: Path,
+    *,
+    seed: int = 0,
+    image_size: int = TINY_IMAGE_SIZE,
+    width: int = 32,
+    patch_size: int | None = None,
+) -> Path:
+    """Save a small randomly initialised CLIPModel + tokenizer + preprocessing to ``directory``.
+
+    The vision tower sees a ``TINY_GRID`` x ``TINY_GRID`` grid of patches (``patch_size`` None:
+    ``image_size // TINY_GRID``, at least 1), so the default 16 px input has one token per pixel. A
+    preference such as "larger shapes" is a per-pixel property summed over the image; with 8 px patches
+    at 32 px, a random-init tower fits one round's pairs by memorising images and ranks new ones at
+    chance, while one-pixel tokens let it learn the per-pixel feature and average it. The logit scale
+    starts at 100 rather than CLIP's untrained 1/0.07, so that the small turns of the image embedding
+    such a preference makes are worth whole reward units from the first step.
+    """
     directory = Path(directory)
+    patch = patch_size or max(1, image_size // TINY_GRID)
+    if image_size % patch:
+        raise ValueError(f"image_size {image_size} is not a multiple of patch_size {patch}")
     tokenizer = tiny_tokenizer()
     eos = tokenizer.convert_tokens_to_ids("<|endoftext|>")
     bos = tokenizer.convert_tokens_to_ids("<|startoftext|>")
@@ -211,8 +235,9 @@ def build_tiny_clip(directory: Path, *, seed: int = 0, image_size: int = 32, wid
             "eos_token_id": eos,
             "pad_token_id": eos,
         },
-        vision_config={**layers, "image_size": image_size, "patch_size": max(4, image_size // 4)},
+        vision_config={**layers, "image_size": image_size, "patch_size": patch},
         projection_dim=width,
+        logit_scale_init_value=math.log(100.0),  # CLIP's cap and PickScore's trained scale
     )
     torch.manual_seed(seed)
     clip = CLIPModel(config)
