@@ -1,4 +1,5 @@
-"""Synthetic preference exports with a known answer (the brighter image wins), for tests, demos and benches.
+"""Synthetic preference exports with a known answer (the brighter image wins, or the one with larger
+shapes), for tests, demos and benches.
 
 The files follow the export schemas read by :mod:`rlhf.training.data`, so they exercise the same path a
 real export does.
@@ -13,6 +14,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
+
+from generation.shapes import world
+from generation.shapes.world import Scene
+from rlhf.preferences import larger_shapes, noisy_ranking
 
 CAPTIONS = ("a red ball", "a small house", "two cats", "a green tree", "the sea at noon", "a blue car")
 
@@ -123,6 +128,76 @@ def write_generated_brightness_pairs(
         {k: pa.array(v, type=pa.binary()) if k.startswith("jpg") else v for k, v in rows.items()}
     )
     pq.write_table(table, path)
+    return Path(path)
+
+
+def sized_shapes_image(scene: Scene, rng: np.random.Generator, *, spread: int = 3) -> np.ndarray:
+    """A shapes-world rendering of ``scene`` whose shapes' sides are each off by up to ``spread`` pixels.
+
+    Like :func:`generation.shapes.world.render` (same colours, grid and jitter), so images of one
+    caption differ in how much of the image their shapes cover, as the shapes model's samples do.
+    """
+    side_px = world.IMAGE_SIZE
+    image = np.empty((side_px, side_px, 3), dtype=np.uint8)
+    image[: side_px // 2] = world.BACKGROUNDS[scene.background[0]]
+    image[side_px // 2 :] = world.BACKGROUNDS[scene.background[1]]
+    for obj in scene.objects:
+        side = world.SIZES[obj.size] + int(rng.integers(-spread, spread + 1))
+        mask = world.shape_mask(obj.shape, side)
+        row, col = world.POSITIONS[obj.position]
+        cy = world.GRID_CENTRES[row] + int(rng.integers(-world.JITTER, world.JITTER + 1))
+        cx = world.GRID_CENTRES[col] + int(rng.integers(-world.JITTER, world.JITTER + 1))
+        top = min(max(cy - side // 2, 0), side_px - side)
+        left = min(max(cx - side // 2, 0), side_px - side)
+        image[top : top + side, left : left + side][mask] = world.COLOURS[obj.colour]
+    return image
+
+
+def write_shapes_pairs(
+    path: Path,
+    prompts: int,
+    *,
+    images: int = 4,
+    annotators: int = 1,
+    temperature: float = 0.0,
+    spread: int = 3,
+    seed: int = 0,
+) -> Path:
+    """A pairwise export of ranked shapes-world images: ``prompts`` captions x ``images`` renderings
+    (:func:`sized_shapes_image` with ``spread``).
+
+    Each annotator ranks a caption's images by the ``larger_shapes`` preference with Bradley-Terry noise
+    at ``temperature`` (:func:`rlhf.preferences.noisy_ranking`, annotator i drawing from seed + i), and
+    every ranking becomes all its pairs, winner first, as the Pick-a-Pic export writes them. Prompts are
+    split 70/15/15 train/validation/test.
+    """
+    rng = np.random.default_rng(seed)
+    annotator_rngs = [np.random.default_rng(seed + 1 + i) for i in range(annotators)]
+    rows: dict[str, list[object]] = {k: [] for k in (
+        "caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1", "weight", "split", "prompt_id",
+    )}  # fmt: skip
+    for p in range(prompts):
+        scene = world.sample_scene(rng, "train")
+        rendered = [Image.fromarray(sized_shapes_image(scene, rng, spread=spread)) for _ in range(images)]
+        scores = [larger_shapes(image, scene.caption) for image in rendered]
+        encoded = []
+        for image in rendered:
+            buffer = io.BytesIO()
+            image.save(buffer, format="PNG")
+            encoded.append(buffer.getvalue())
+        for annotator_rng in annotator_rngs:
+            order = noisy_ranking(scores, temperature=temperature, rng=annotator_rng)
+            for a, winner in enumerate(order):
+                for loser in order[a + 1 :]:
+                    for key, value in zip(rows, (
+                        scene.caption, encoded[winner], encoded[loser], 1.0, 0.0, "shapes", "shapes", 1.0,
+                        _split(p, prompts), f"p{p}",
+                    ), strict=True):  # fmt: skip
+                        rows[key].append(value)
+    table = pa.table(
+        {k: pa.array(v, type=pa.binary()) if k.startswith("jpg") else v for k, v in rows.items()}
+    )
+    pq.write_table(table, path, row_group_size=64)
     return Path(path)
 
 
