@@ -1,6 +1,6 @@
 """The round's reward model on one round of shapes-model data: held-out accuracy against the true preference.
 
-    .venv/bin/python bench/reward_shapes.py [--prompts 200] [--held-out 100] [--threads 1]
+    .venv/bin/python bench/reward_shapes.py [--prompts 200] [--held-out 400] [--threads 1]
         [--reward '{"epochs": 8}'] [--cache /tmp/pickwise-reward-shapes]
 
 What issue 10's DDPO round trains its reward model on, without Django: ``--prompts`` train-split captions
@@ -107,7 +107,7 @@ def held_out_accuracy(rewards: list[list[float]], scores: list[list[float]], mar
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--prompts", type=int, default=200)
-    parser.add_argument("--held-out", type=int, default=100)
+    parser.add_argument("--held-out", type=int, default=400)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--reward", type=json.loads, default={}, help="tiny_reward_preset overrides (JSON)")
     parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "pickwise-reward-shapes")
