@@ -18,6 +18,18 @@ from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Torch on one intra-op thread for a module (``pytestmark = pytest.mark.usefixtures(...)``): on two
+    shared cores a second thread makes small kernels many times slower under load."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def admin_user(db):
     return UserFactory(username="alice-admin", role=Role.ADMIN)

@@ -30,15 +30,7 @@ DDPO_FAST = {
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Two shared cores: a second intra-op thread makes the tiny pipeline's kernels many times slower under load.
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def dpo(user, base, export, **kwargs):

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from itertools import combinations
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
@@ -21,13 +19,7 @@ from rlhf.training.synthetic import sized_shapes_image, write_shapes_pairs
 hf_logging.disable_progress_bar()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    # Two shared cores: a second intra-op thread makes these small kernels ~10x slower under load.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_default_tiny_reward_model_learns_larger_shapes(tmp_path: Path) -> None:
