@@ -215,9 +215,10 @@ def prefetched(
     """``make(0), ..., make(n - 1)`` in order; with workers > 0, made ahead by that many processes."""
     if workers == 0:
         return (make(step) for step in range(n))
+    # spawn: forking a process that already runs threads (CUDA's, a test runner's) can deadlock the children
     loader = torch.utils.data.DataLoader(
         _Steps(make, n), batch_size=None, num_workers=workers, pin_memory=torch.cuda.is_available(),
-        prefetch_factor=4,
+        prefetch_factor=4, multiprocessing_context="spawn", persistent_workers=False,
     )  # fmt: skip
     return iter(loader)
 
