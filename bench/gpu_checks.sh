@@ -2,8 +2,8 @@
 # The GPU checks as one prepared script for a bare CUDA machine (no Django, PostgreSQL or Redis needed):
 #   OUT=<folder> bash bench/gpu_checks.sh [generation] [ddpo] [decoder] [shapes]   # default: generation ddpo
 # generation: bench/generation_gpu.py (issue 5 (c)), about 2 minutes.
-# ddpo:       bench/ddpo_judge.py on cuda (issue 10, DDPO on the shapes judge), DDPO_MINUTES of training
-#             (default 4) plus evaluations; the LoRA and results.json land in $OUT/ddpo_judge/.
+# ddpo:       bench/ddpo_judge.py on cuda (issue 10, DDPO on the shapes judge), one run per DDPO_RUNS recipe side
+#             by side, DDPO_MINUTES of training (default 4) plus evaluations; LoRAs and results in $OUT/ddpo_judge_<i>/.
 # decoder:    fine-tunes the shipped shapes VAE's decoder (encoder frozen) for DECODER_MINUTES (default 4)
 #             into $OUT/vae_ft/ (generation.shapes.train --finetune-decoder).
 # shapes:     trains the shapes-world model with the `gpu` preset: one VAE per latent width in SHAPES_LATENTS
