@@ -25,18 +25,18 @@ import json
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
-import pyarrow as pa  # noqa: E402
-import pyarrow.parquet as pq  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 from transformers.utils import logging as hf_logging  # noqa: E402
 
 from rlhf.preferences import larger_shapes, noisy_ranking  # noqa: E402
+from rlhf.training.synthetic import PairRow, ranking_pair_rows, write_pair_rows  # noqa: E402
 
 TEMPERATURE = 0.005  # bench/loop.py's annotators
 ANNOTATORS = 3
@@ -74,22 +74,15 @@ def write_round_export(path: Path, captions: list[str], images: list[list[bytes]
     """The round's Pick-a-Pic export: every annotator ranks every caption's images; winner first in each pair."""
     rngs = [np.random.default_rng(ROUND * 1000 + i) for i in range(annotators)]
     split_rng = np.random.default_rng(0)
-    rows: dict[str, list[object]] = {k: [] for k in (
-        "caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1", "weight", "split", "prompt_id",
-    )}  # fmt: skip
-    for p, (caption, row, row_scores) in enumerate(zip(captions, images, scores, strict=True)):
-        split = "train" if split_rng.random() < 0.9 else "validation"
-        for rng in rngs:
-            order = noisy_ranking(row_scores, temperature=temperature, rng=rng)
-            for a in range(len(order)):
-                for b in range(a + 1, len(order)):
-                    for key, value in zip(rows, (
-                        caption, row[order[a]], row[order[b]], 1.0, 0.0, "base", "base", 1.0, split, str(p),
-                    ), strict=True):  # fmt: skip
-                        rows[key].append(value)
-    table = pa.table({k: pa.array(v, type=pa.binary()) if k.startswith("jpg") else v for k, v in rows.items()})
-    pq.write_table(table, path, row_group_size=256)
-    return path
+
+    def rows() -> Iterator[PairRow]:
+        for p, (caption, row, row_scores) in enumerate(zip(captions, images, scores, strict=True)):
+            split = "train" if split_rng.random() < 0.9 else "validation"
+            for rng in rngs:
+                order = noisy_ranking(row_scores, temperature=temperature, rng=rng)
+                yield from ranking_pair_rows(caption, row, order, model="base", split=split, prompt_id=str(p))
+
+    return write_pair_rows(path, rows(), row_group_size=256)
 
 
 def held_out_accuracy(rewards: list[list[float]], scores: list[list[float]], margin: float) -> tuple[float, int]:

@@ -8,6 +8,7 @@ real export does.
 from __future__ import annotations
 
 import io
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,35 @@ def _split(i: int, n: int) -> str:
     return "train" if i < 0.7 * n else ("validation" if i < 0.85 * n else "test")
 
 
+PAIR_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1", "weight", "split", "prompt_id")
+PairRow = tuple[str, bytes, bytes, float, float, str, str, float, str, str]  # PAIR_COLUMNS, in order
+
+
+def write_pair_rows(path: Path, rows: Iterable[PairRow], *, row_group_size: int | None = None) -> Path:
+    """A Pick-a-Pic-schema pairwise parquet table of ``rows`` (one tuple per pair, in PAIR_COLUMNS order)."""
+    columns: dict[str, list[object]] = {k: [] for k in PAIR_COLUMNS}
+    for row in rows:
+        for key, value in zip(PAIR_COLUMNS, row, strict=True):
+            columns[key].append(value)
+    table = pa.table({k: pa.array(v, type=pa.binary()) if k.startswith("jpg") else v for k, v in columns.items()})
+    pq.write_table(table, path, row_group_size=row_group_size)
+    return Path(path)
+
+
+def ranking_pair_rows(caption: str, images: Sequence[bytes], order: Sequence[int], *, model: str, split: str,
+                      prompt_id: str) -> Iterator[PairRow]:
+    """Every pair of a ranking (``order``: image indices, best first), winner first, as the export writes them."""
+    for a, winner in enumerate(order):
+        for loser in order[a + 1 :]:
+            yield caption, images[winner], images[loser], 1.0, 0.0, model, model, 1.0, split, prompt_id
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
 def write_brightness_pairs(path: Path, n: int, *, seed: int = 0, tie_fraction: float = 0.1) -> Path:
     """A Pick-a-Pic-schema pairwise table of ``n`` rows: 70/15/15 train/validation/test.
 
@@ -44,34 +74,24 @@ def write_brightness_pairs(path: Path, n: int, *, seed: int = 0, tie_fraction: f
     ``tie_fraction`` of the rows are ties (0.5/0.5) between images of equal brightness.
     """
     rng = np.random.default_rng(seed)
-    rows: dict[str, list[object]] = {k: [] for k in (
-        "caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1", "weight", "split", "prompt_id",
-    )}  # fmt: skip
-    for i in range(n):
-        caption_index = int(rng.integers(len(CAPTIONS)))
-        b0 = float(rng.uniform(0.15, 0.85))
-        if rng.uniform() < tie_fraction:
-            b1, label_0 = b0, 0.5
-        else:
-            b1 = float(rng.uniform(0.15, 0.85))
-            while abs(b1 - b0) < 0.1:
+
+    def rows() -> Iterator[PairRow]:
+        for i in range(n):
+            caption_index = int(rng.integers(len(CAPTIONS)))
+            b0 = float(rng.uniform(0.15, 0.85))
+            if rng.uniform() < tie_fraction:
+                b1, label_0 = b0, 0.5
+            else:
                 b1 = float(rng.uniform(0.15, 0.85))
-            label_0 = 1.0 if b0 > b1 else 0.0
-        rows["caption"].append(CAPTIONS[caption_index])
-        rows["jpg_0"].append(brightness_image(rng, b0))
-        rows["jpg_1"].append(brightness_image(rng, b1))
-        rows["label_0"].append(label_0)
-        rows["label_1"].append(1.0 - label_0)
-        rows["model_0"].append(f"v{int(rng.integers(2)) + 1}")
-        rows["model_1"].append(f"v{int(rng.integers(2)) + 1}")
-        rows["weight"].append(1.0)
-        rows["split"].append(_split(i, n))
-        rows["prompt_id"].append(f"p{caption_index}")
-    table = pa.table(
-        {k: pa.array(v, type=pa.binary()) if k.startswith("jpg") else v for k, v in rows.items()}
-    )
-    pq.write_table(table, path, row_group_size=64)
-    return Path(path)
+                while abs(b1 - b0) < 0.1:
+                    b1 = float(rng.uniform(0.15, 0.85))
+                label_0 = 1.0 if b0 > b1 else 0.0
+            jpg_0, jpg_1 = brightness_image(rng, b0), brightness_image(rng, b1)
+            model_0, model_1 = f"v{int(rng.integers(2)) + 1}", f"v{int(rng.integers(2)) + 1}"
+            yield (CAPTIONS[caption_index], jpg_0, jpg_1, label_0, 1.0 - label_0, model_0, model_1, 1.0,
+                   _split(i, n), f"p{caption_index}")
+
+    return write_pair_rows(path, rows(), row_group_size=64)
 
 
 def write_brightness_lists(path: Path, n: int, *, k: int = 3, seed: int = 0) -> Path:
@@ -108,27 +128,14 @@ def write_generated_brightness_pairs(
     images: list[Image.Image], prompts: list[str], path: Path, *, export_id: str = "synthetic"
 ) -> Path:
     """Pair consecutive images of the same prompt (0-1, 2-3, ...); the brighter one wins. All rows train."""
-    rows: dict[str, list[object]] = {k: [] for k in (
-        "caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1", "weight", "split", "prompt_id",
-    )}  # fmt: skip
+    rows: list[PairRow] = []
     for i in range(0, len(images) - 1, 2):
         if prompts[i] != prompts[i + 1]:
             raise ValueError(f"images {i} and {i + 1} have different prompts")
-        encoded = []
-        for image in images[i : i + 2]:
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            encoded.append(buffer.getvalue())
         label_0 = 1.0 if image_brightness(images[i]) > image_brightness(images[i + 1]) else 0.0
-        for key, value in zip(rows, (
-            prompts[i], encoded[0], encoded[1], label_0, 1.0 - label_0, export_id, export_id, 1.0, "train", prompts[i],
-        ), strict=True):  # fmt: skip
-            rows[key].append(value)
-    table = pa.table(
-        {k: pa.array(v, type=pa.binary()) if k.startswith("jpg") else v for k, v in rows.items()}
-    )
-    pq.write_table(table, path)
-    return Path(path)
+        rows.append((prompts[i], png_bytes(images[i]), png_bytes(images[i + 1]), label_0, 1.0 - label_0,
+                     export_id, export_id, 1.0, "train", prompts[i]))
+    return write_pair_rows(path, rows)
 
 
 def sized_shapes_image(scene: Scene, rng: np.random.Generator, *, spread: int = 3) -> np.ndarray:
@@ -173,32 +180,19 @@ def write_shapes_pairs(
     """
     rng = np.random.default_rng(seed)
     annotator_rngs = [np.random.default_rng(seed + 1 + i) for i in range(annotators)]
-    rows: dict[str, list[object]] = {k: [] for k in (
-        "caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1", "weight", "split", "prompt_id",
-    )}  # fmt: skip
-    for p in range(prompts):
-        scene = world.sample_scene(rng, "train")
-        rendered = [Image.fromarray(sized_shapes_image(scene, rng, spread=spread)) for _ in range(images)]
-        scores = [larger_shapes(image, scene.caption) for image in rendered]
-        encoded = []
-        for image in rendered:
-            buffer = io.BytesIO()
-            image.save(buffer, format="PNG")
-            encoded.append(buffer.getvalue())
-        for annotator_rng in annotator_rngs:
-            order = noisy_ranking(scores, temperature=temperature, rng=annotator_rng)
-            for a, winner in enumerate(order):
-                for loser in order[a + 1 :]:
-                    for key, value in zip(rows, (
-                        scene.caption, encoded[winner], encoded[loser], 1.0, 0.0, "shapes", "shapes", 1.0,
-                        _split(p, prompts), f"p{p}",
-                    ), strict=True):  # fmt: skip
-                        rows[key].append(value)
-    table = pa.table(
-        {k: pa.array(v, type=pa.binary()) if k.startswith("jpg") else v for k, v in rows.items()}
-    )
-    pq.write_table(table, path, row_group_size=64)
-    return Path(path)
+
+    def rows() -> Iterator[PairRow]:
+        for p in range(prompts):
+            scene = world.sample_scene(rng, "train")
+            rendered = [Image.fromarray(sized_shapes_image(scene, rng, spread=spread)) for _ in range(images)]
+            scores = [larger_shapes(image, scene.caption) for image in rendered]
+            encoded = [png_bytes(image) for image in rendered]
+            for annotator_rng in annotator_rngs:
+                order = noisy_ranking(scores, temperature=temperature, rng=annotator_rng)
+                yield from ranking_pair_rows(scene.caption, encoded, order, model="shapes",
+                                             split=_split(p, prompts), prompt_id=f"p{p}")
+
+    return write_pair_rows(path, rows(), row_group_size=64)
 
 
 def fit_tiny_vae(
