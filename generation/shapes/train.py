@@ -228,9 +228,10 @@ def _loader_workers(cfg: TrainConfig) -> int:
     return cfg.loader_workers if cfg.device == "cuda" else 0
 
 
-def vae_batch(cfg: TrainConfig, step: int) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
-    """Phase 1's images, per-pixel loss weights and the corner of a random crop (multiples of 8) at a step."""
-    rng = np.random.default_rng([cfg.seed, 1, step])
+def vae_batch(cfg: TrainConfig, step: int, stream: int = 1) -> tuple[torch.Tensor, torch.Tensor, tuple[int, int]]:
+    """A step's images, per-pixel loss weights and the corner of a random crop (multiples of 8), drawn from
+    random stream ``stream`` (1: phase 1, 2: phase 1b's decoder fine-tune)."""
+    rng = np.random.default_rng([cfg.seed, stream, step])
     images, _ = make_examples(cfg.vae_batch, seed=int(rng.integers(2**31)), split="train")
     weight = 1.0 + (cfg.shape_weight - 1.0) * shape_pixels(images)
     top, left = (int(v) // 8 * 8 for v in rng.integers(0, 64 - cfg.vae_crop + 1, size=2))
@@ -307,10 +308,8 @@ def finetune_decoder(cfg: TrainConfig, steps: int, max_minutes: float) -> Path:
     opt = torch.optim.AdamW(trainable, lr=cfg.vae_lr / 4, weight_decay=0.0)
     started = time.monotonic()
     for step in tqdm(range(done, steps), desc="decoder", mininterval=5, file=sys.stderr):
-        rng = np.random.default_rng([cfg.seed, 2, step])
-        images, _ = make_examples(cfg.vae_batch, seed=int(rng.integers(2**31)), split="train")
-        x = to_tensor(images).to(cfg.device)
-        weight = 1.0 + (cfg.shape_weight - 1.0) * shape_pixels(images).to(cfg.device)
+        x, weight, _ = vae_batch(cfg, step, stream=2)  # full images: phase 1b does not crop
+        x, weight = x.to(cfg.device), weight.to(cfg.device)
         with torch.no_grad():
             z = vae.encode(x).latent_dist.sample()
         loss = vae_loss(vae.decode(z).sample, x, torch.zeros(1), 0.0, weight)

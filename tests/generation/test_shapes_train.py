@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from functools import partial
 
@@ -12,6 +13,7 @@ from generation.shapes.train import (
     TrainConfig,
     diffusion_target,
     export_pipeline,
+    finetune_decoder,
     lr_factor,
     prefetched,
     shape_pixels,
@@ -96,3 +98,8 @@ def test_tiny_recipe_trains_resumes_and_exports_a_loadable_pipeline(tmp_path):
     assert pipe.scheduler.config.prediction_type == "v_prediction"
     images = pipe(["a small red circle in the center on a white background"], num_inference_steps=2).images
     assert images[0].size == (64, 64)
+    # phase 1b: the decoder trains on (encoder frozen), and the export then takes the fine-tuned VAE
+    vae_ft = finetune_decoder(cfg, 3, max_minutes=5.0)
+    assert json.loads((vae_ft / "progress.json").read_text()) == {"step": 3}
+    again = export_pipeline(cfg.run_dir, tmp_path / "export-ft")
+    assert json.loads((again / "training.json").read_text())["vae"] == "vae_ft"
