@@ -319,6 +319,7 @@ def run_job(job_id: int, *, batch_limit: int | None = None, storer: Storer | Non
             if not still_ours:
                 raise services.LeaseLost(f"lease {claim.token} was taken back")
 
+    jobs_by_pk = {j.pk: j for j in claim.jobs}
     try:
         for start in range(0, len(todo), batch_limit):
             chunk = todo[start : start + batch_limit]
@@ -326,7 +327,6 @@ def run_job(job_id: int, *, batch_limit: int | None = None, storer: Storer | Non
             by_job: dict[int, list[tuple[int, int]]] = {}
             for chunk_job, index, seed in chunk:
                 by_job.setdefault(chunk_job.pk, []).append((index, seed))
-            jobs_by_pk = {j.pk: j for j in claim.jobs}
             requests = [
                 inference.GenerationRequest(
                     prompt=jobs_by_pk[pk].prompt, seeds=[seed for _, seed in items], params=claim.params, spec=spec
