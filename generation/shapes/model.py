@@ -69,6 +69,8 @@ class ModelConfig:
             raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, not {self.beta_schedule!r}")
         if len(self.unet_attention) != len(self.unet_channels):
             raise ValueError("unet_attention needs one flag per level of unet_channels")
+        if self.latent_channels < 1:
+            raise ValueError(f"latent_channels must be at least 1, not {self.latent_channels}")
         if len(self.vae_channels) not in (3, 4):
             raise ValueError("vae_channels needs three or four levels (factor-4 or factor-8 downsampling)")
 

@@ -104,6 +104,8 @@ class TrainConfig:
             raise ValueError("caption_dropout must be in [0, 1)")
         if not 0 < self.ema_decay < 1:
             raise ValueError("ema_decay must be in (0, 1)")
+        if self.vae_minutes is not None and self.vae_minutes <= 0:
+            raise ValueError(f"vae_minutes must be positive (or None: no time budget), not {self.vae_minutes}")
 
 
 def cpu_recipe() -> TrainConfig:
@@ -512,10 +514,13 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(cfg, run_dir=args.run_dir)
     if args.max_minutes is not None:
         cfg = replace(cfg, max_minutes=args.max_minutes)
-    if args.vae_minutes is not None:
-        cfg = replace(cfg, vae_minutes=args.vae_minutes)
-    if args.latent_channels is not None:
-        cfg = replace(cfg, model=replace(cfg.model, latent_channels=args.latent_channels))
+    try:
+        if args.vae_minutes is not None:
+            cfg = replace(cfg, vae_minutes=args.vae_minutes)
+        if args.latent_channels is not None:
+            cfg = replace(cfg, model=replace(cfg.model, latent_channels=args.latent_channels))
+    except ValueError as exc:
+        parser.error(str(exc))
     if args.finetune_decoder:
         torch.set_num_threads(cfg.num_threads)
         minutes = args.max_minutes if args.max_minutes is not None else cfg.max_minutes

@@ -15,6 +15,7 @@ from generation.shapes.train import (
     export_pipeline,
     finetune_decoder,
     lr_factor,
+    main,
     prefetched,
     shape_pixels,
     smoke_recipe,
@@ -48,6 +49,17 @@ def test_prefetched_batches_come_in_order_and_match_the_serial_ones():
     assert len({corner for _, _, corner in serial}) > 1
 
 
+@pytest.mark.parametrize(("argv", "says"), [
+    (["--latent-channels", "0"], "latent_channels must be at least 1"),
+    (["--vae-minutes", "0"], "vae_minutes must be positive"),
+])
+def test_command_line_overrides_are_checked_before_anything_runs(argv, says, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([*argv, "--run-dir", str(tmp_path / "run"), "--vae-only"])
+    assert exit_info.value.code == 2 and says in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
 def test_vae_loss_and_lr_schedule_by_hand():
     recon, target = torch.zeros(1, 3, 2, 2), torch.full((1, 3, 2, 2), 0.5)
     # squared 0.25 plus absolute 0.5 per pixel, plus 0.1 x mean KL 3
@@ -77,6 +89,10 @@ def test_configs_validate_their_choices():
         ModelConfig(prediction_type="flow")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="device"):
         TrainConfig(device="tpu")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="latent_channels"):
+        ModelConfig(latent_channels=0)
+    with pytest.raises(ValueError, match="vae_minutes"):
+        TrainConfig(vae_minutes=0)
 
 
 def test_tiny_recipe_trains_resumes_and_exports_a_loadable_pipeline(tmp_path):
