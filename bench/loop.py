@@ -118,6 +118,8 @@ def main() -> int:
     parser.add_argument("--judge-reward", default="shapes_overall", choices=("shapes_overall", "shapes_adherence"),
                         help="DDPO's reward in the judge section (shapes_adherence's partial credit gets gamed)")
     parser.add_argument("--prompts", type=int, default=200, help="captions per round (and held-out captions)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="the rounds' prompt_seed: their captions and image seeds (a round is reproducible)")
     for name, default in (("dpo", DPO), ("reward", REWARD), ("ddpo", DDPO_REWARD_MODEL), ("judge", DDPO_JUDGE)):
         parser.add_argument(f"--{name}", type=json.loads, default=default, metavar="JSON",
                             help=f"hyper-parameters of the {name} run (default {json.dumps(default)})")
@@ -143,7 +145,7 @@ def main() -> int:
     admin.groups.add(Group.objects.get(name=GROUP_NAMES[Role.ADMIN]))
     base = model_version_register(name="shapes", source=str(WEIGHTS), dtype="float32", scheduler="dpmpp_2m",
                                   steps=12, guidance=2.5, width=64, height=64)
-    print(f"recipes: temperature {args.temperature}, DPO {args.dpo}, reward model {args.reward}, "
+    print(f"recipes: seed {args.seed}, temperature {args.temperature}, DPO {args.dpo}, reward model {args.reward}, "
           f"DDPO on it {args.ddpo}, DDPO on the judge ({args.judge_reward}) {args.judge}")
 
     def project(name: str):
@@ -155,7 +157,8 @@ def main() -> int:
 
     def round_config(**kwargs) -> RoundConfig:
         return RoundConfig(prompts=args.prompts, images_per_prompt=4, annotators=3, preference="larger_shapes",
-                           temperature=args.temperature, eval_prompts=args.prompts, **kwargs)
+                           temperature=args.temperature, eval_prompts=args.prompts, prompt_seed=args.seed,
+                           **kwargs)
 
     if "dpo" in args.sections:
         started = time.monotonic()

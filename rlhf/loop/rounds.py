@@ -27,6 +27,7 @@ from annotate.models import Project
 from annotate.workflow_selectors import project_agreement
 from annotate.workflow_services import project_update_settings, task_create
 from core.exceptions import ApplicationError
+from generation.inference import MAX_SEED
 from generation.models import ModelVersion
 from rlhf.models import FineTuneRun, LoopRound, RunStatus
 from rlhf.preferences import SimulationConfig
@@ -39,7 +40,8 @@ class RoundConfig:
     """One round's recipe."""
 
     prompts: int = 200  # shapes-world captions generated and ranked this round
-    prompt_seed: int = 0  # captions come from prompt_captions(prompts, prompt_seed + round number, "train")
+    prompt_seed: int = 0  # captions come from prompt_captions(prompts, prompt_seed + round number, "train");
+    # image seeds from round_image_seeds, so the same round on the same machine makes the same images
     images_per_prompt: int = 4
     annotators: int = 3  # simulated annotators (overlap = this many rankings per prompt)
     preference: str = "larger_shapes"  # rlhf.preferences name or dotted path
@@ -105,8 +107,15 @@ def _root(version: ModelVersion) -> ModelVersion:
     return version
 
 
+def round_image_seeds(*, config: RoundConfig, number: int, caption_index: int) -> list[int]:
+    """The generation seeds of round ``number``'s caption ``caption_index``: fixed by the recipe, distinct
+    across its images, captions and rounds (drawn seeds would make every run of a round a different round)."""
+    first = ((config.prompt_seed + number) * config.prompts + caption_index) * config.images_per_prompt
+    return [(first + k) % (MAX_SEED + 1) for k in range(config.images_per_prompt)]
+
+
 def _generate_tasks(*, loop_round: LoopRound, project: Project, user: User, captions: list[str],
-                    images: int) -> int:
+                    config: RoundConfig) -> int:
     from generation import services as generation_services
     from generation import worker
 
@@ -115,7 +124,8 @@ def _generate_tasks(*, loop_round: LoopRound, project: Project, user: User, capt
         while True:
             try:
                 job = generation_services.generation_job_create(
-                    user=user, model_version=loop_round.input_version, prompt=caption, num_images=images,
+                    user=user, model_version=loop_round.input_version, prompt=caption,
+                    seeds=round_image_seeds(config=config, number=loop_round.number, caption_index=i),
                     params=project.generation_settings or None, project=project,
                     idempotency_key=f"round-{loop_round.pk}-{i}",
                 )
@@ -128,7 +138,7 @@ def _generate_tasks(*, loop_round: LoopRound, project: Project, user: User, capt
             raise ApplicationError(f"Generation job {job.pk} {job.status}: {job.error}", field="generation")
         image_ids = [image.pk for image in sorted(job.images.all(), key=lambda image: image.index)]
         task_create(project=project, prompt_text=caption, created_by=user, image_ids=image_ids)
-        made += images
+        made += len(image_ids)
     return made
 
 
@@ -202,7 +212,7 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
         captions = prompt_captions(config.prompts, seed=config.prompt_seed + loop_round.number, split="train")
         say(f"round {loop_round.number}: generating {len(captions)} x {config.images_per_prompt} with {current}")
         stats["images"] = _generate_tasks(loop_round=loop_round, project=project, user=user, captions=captions,
-                                          images=config.images_per_prompt)
+                                          config=config)
         lap("generation")
 
         _stage(loop_round, LoopRound.Stage.ANNOTATION)
@@ -288,4 +298,4 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
 
 
 __all__ = ["RoundConfig", "loop_round_create", "loop_round_execute", "loop_round_start", "project_current_version",
-           "round_config_from_dict", "round_run", "rounds_for_project"]
+           "round_config_from_dict", "round_image_seeds", "round_run", "rounds_for_project"]

@@ -9,7 +9,7 @@ from annotate import template_services
 from annotate.models import Annotation, AnnotationTask
 from annotate.workflow_services import project_update_settings
 from rlhf import tasks
-from rlhf.loop.rounds import RoundConfig, project_current_version, round_run
+from rlhf.loop.rounds import RoundConfig, project_current_version, round_image_seeds, round_run
 from rlhf.models import LoopRound, RunStatus, VersionEvaluation
 from tests.annotate.factories_workflow import RANK_SCHEMA
 from tests.factories import PASSWORD
@@ -37,7 +37,12 @@ def test_reduced_round_runs_every_stage(project, admin_user, ml_engineer, tiny_b
     loop_round = round_run(project=project, user=admin_user, config=config, start_version=tiny_base)
 
     assert loop_round.status == RunStatus.SUCCEEDED and loop_round.stage == "done", loop_round.error
-    assert AnnotationTask.objects.filter(project=project).count() == 3
+    tasks_made = AnnotationTask.objects.filter(project=project).order_by("pk")
+    assert tasks_made.count() == 3
+    # The round's images have the recipe's seeds, so running the same round again makes the same images.
+    seeds = [sorted(image.seed for image in task.images.all()) for task in tasks_made]
+    assert seeds == [round_image_seeds(config=config, number=1, caption_index=i) for i in range(3)]
+    assert len({seed for group in seeds for seed in group}) == 12
     assert Annotation.objects.filter(project=project).count() == 6
     assert loop_round.export.status == "succeeded" and loop_round.reward_run.status == "succeeded"
     new = loop_round.output_version
