@@ -3,9 +3,13 @@
 Each iteration samples ``prompts_per_iteration x images_per_prompt`` images with DDIM (``eta > 0``) and
 classifier-free guidance, recording every latent and step log-probability; scores them with a registered
 reward function; normalises rewards within each prompt's group; then runs ``inner_epochs`` passes of the
-PPO clipped surrogate over the recorded denoising steps, optionally adding a KL penalty to the base model
-(the same UNet with adapters disabled). Checkpoint layout as in :mod:`rlhf.training.dpo`, with ``step``
-counting iterations.
+PPO clipped surrogate over the recorded denoising steps, optionally adding a KL penalty to the starting
+policy (the same UNet with adapters disabled). Checkpoint layout as in :mod:`rlhf.training.dpo`, with
+``step`` counting iterations.
+
+A run may continue a saved adapter (``init_lora``): the policy then starts as that adapter, so its first
+iteration samples what the adapter's version generates, and the KL penalty (if any) is to a frozen copy
+of it rather than to the base UNet.
 """
 
 from __future__ import annotations
@@ -36,7 +40,12 @@ from rlhf.training.ddim import ddim_step_full, encode_prompts, guided_noise, sam
 from rlhf.training.dpo import FineTuneResult
 from rlhf.training.lora import (
     DEFAULT_TARGETS,
+    adapter_active,
+    add_frozen_adapter,
     add_lora,
+    check_init_lora,
+    init_lora_hyperparameters,
+    load_lora_into_unet,
     load_pipeline,
     lora_parameters,
     register_lora_state_hooks,
@@ -48,7 +57,8 @@ from rlhf.training.rewards import RewardFunction, build_reward
 MixedPrecision = Literal["no", "fp16", "bf16"]
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
-_RESUME_KEYS = ("base_model", "reward", "reward_arg", "seed", "lora_rank", "lora_alpha")
+_RESUME_KEYS = ("base_model", "reward", "reward_arg", "seed", "lora_rank", "lora_alpha", "init_lora")
+_RESUME_ADDED = {"init_lora": ""}  # keys newer than some checkpoints: what those checkpoints ran with
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,9 @@ class DDPOConfig:
     lora_rank: int = 4
     lora_alpha: int | None = None  # None: equal to the rank
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS
+    # A saved adapter directory (save_lora's layout) the policy starts from; "" starts as the base UNet.
+    # lora_rank, lora_alpha and lora_targets must be the adapter's (the presets take them from it).
+    init_lora: str = ""
     clip_range: float = 1e-4  # PPO ratio clip (log-probs are per-element means, as in ddpo-pytorch)
     adv_clip_max: float = 5.0
     kl_coef: float = 0.0  # > 0 adds kl_coef * KL(policy step || base step), Flow-GRPO style
@@ -113,6 +126,11 @@ class DDPOConfig:
         for name in ("kl_coef", "weight_decay", "checkpoint_every", "keep_last", "guidance_scale"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
+        if self.lora_alpha is not None and self.lora_alpha <= 0:
+            raise ValueError(f"lora_alpha must be > 0 or None, not {self.lora_alpha!r}")
+        if self.init_lora:
+            check_init_lora(self.init_lora, rank=self.lora_rank, alpha=self.lora_alpha or self.lora_rank,
+                            targets=self.lora_targets)
 
     @property
     def reward_id(self) -> str:
@@ -125,6 +143,7 @@ def sd15_ddpo_preset(base_model: str, prompts: tuple[str, ...], **overrides: Any
         "sample_steps": 50, "guidance_scale": 5.0, "eta": 1.0, "lr": 3e-4, "clip_range": 1e-4,
         "prompts_per_iteration": 8, "images_per_prompt": 16, "train_batch_size": 4, "grad_accum": 8,
         "mixed_precision": "fp16", "resolution": 512,
+        **init_lora_hyperparameters(overrides.get("init_lora", "")),
     }  # fmt: skip
     return DDPOConfig(base_model=base_model, prompts=prompts, **{**base, **overrides})
 
@@ -134,7 +153,7 @@ def tiny_ddpo_preset(base_model: str, prompts: tuple[str, ...], **overrides: Any
     base: dict[str, Any] = {
         "sample_steps": 6, "guidance_scale": 3.0, "resolution": 32, "iterations": 8, "prompts_per_iteration": 4,
         "images_per_prompt": 4, "train_batch_size": 8, "lr": 3e-3, "clip_range": 0.2, "checkpoint_every": 0,
-        "weight_decay": 0.0,
+        "weight_decay": 0.0, **init_lora_hyperparameters(overrides.get("init_lora", "")),
     }  # fmt: skip
     return DDPOConfig(base_model=base_model, prompts=prompts, **{**base, **overrides})
 
@@ -203,6 +222,14 @@ def train_ddpo(
         targets=config.lora_targets,
     )
     cast_training_params(pipe.unet, dtype=torch.float32)
+    reference = None  # the KL pass disables the adapters: the base UNet, where a fresh LoRA starts
+    if config.init_lora:  # the policy starts as the saved adapter; the KL, if any, is to a frozen copy of it
+        load_lora_into_unet(pipe.unet, Path(config.init_lora))
+        if config.kl_coef > 0:
+            reference = add_frozen_adapter(
+                pipe.unet, Path(config.init_lora), rank=config.lora_rank,
+                alpha=config.lora_alpha or config.lora_rank, targets=config.lora_targets,
+            )  # fmt: skip
     scheduler = ddpo_scheduler(pipe.scheduler.config)
     optimizer = torch.optim.AdamW(lora_parameters(pipe.unet), lr=config.lr, weight_decay=config.weight_decay)
     register_lora_state_hooks(accelerator, accelerator.unwrap_model)
@@ -216,10 +243,9 @@ def train_ddpo(
     if latest is not None:
         meta = read_metadata(latest)
         for key in _RESUME_KEYS:
-            if meta["config"].get(key) != getattr(config, key):
-                raise ValueError(
-                    f"cannot resume {latest}: {key} was {meta['config'].get(key)!r}, now {getattr(config, key)!r}"
-                )
+            was = meta["config"].get(key, _RESUME_ADDED.get(key))
+            if was != getattr(config, key):
+                raise ValueError(f"cannot resume {latest}: {key} was {was!r}, now {getattr(config, key)!r}")
         accelerator.load_state(str(latest / STATE_DIR))
         iteration = int(meta["step"])
 
@@ -286,9 +312,13 @@ def train_ddpo(
                         if config.kl_coef > 0:
                             with torch.no_grad():
                                 base = accelerator.unwrap_model(unet)
-                                base.disable_adapters()
-                                ref_eps = guided_noise(unet, x_t, t, cond, uncond, config.guidance_scale)
-                                base.enable_adapters()
+                                if reference is None:
+                                    base.disable_adapters()
+                                    ref_eps = guided_noise(unet, x_t, t, cond, uncond, config.guidance_scale)
+                                    base.enable_adapters()
+                                else:
+                                    with adapter_active(base, reference):
+                                        ref_eps = guided_noise(unet, x_t, t, cond, uncond, config.guidance_scale)
                                 ref = ddim_step_full(
                                     scheduler, ref_eps, t, x_t, config.eta, prev_sample=step.prev_sample
                                 )

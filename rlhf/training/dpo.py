@@ -1,7 +1,9 @@
 """Diffusion-DPO (Wallace et al. 2023) with LoRA on a Stable Diffusion UNet, after diffusers' example.
 
-The policy is the UNet with a LoRA adapter; the reference is the *same* UNet with its adapters disabled,
-run under ``no_grad``. Chosen and rejected images share noise and timestep. Output layout::
+The policy is the UNet with a LoRA adapter; the reference is the *starting* policy, run under ``no_grad``:
+the *same* UNet with its adapters disabled, or, for a run that continues a saved adapter (``init_lora``),
+the same UNet with only a frozen copy of that adapter active. Either way the policy equals the reference
+at the first step. Chosen and rejected images share noise and timestep. Output layout::
 
     <output_dir>/checkpoints/checkpoint-<N>/  pytorch_lora_weights.safetensors + pickwise.json + training_state/
     <output_dir>/final/                       pytorch_lora_weights.safetensors + pickwise.json
@@ -44,7 +46,12 @@ from rlhf.training.data import PreferenceDataset, count_rows, decode_image
 from rlhf.training.ddim import encode_prompts
 from rlhf.training.lora import (
     DEFAULT_TARGETS,
+    adapter_active,
+    add_frozen_adapter,
     add_lora,
+    check_init_lora,
+    init_lora_hyperparameters,
+    load_lora_into_unet,
     load_pipeline,
     lora_parameters,
     register_lora_state_hooks,
@@ -57,7 +64,8 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 DPOTies = Literal["skip", "symmetric"]
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
-_RESUME_KEYS = ("base_model", "export_id", "seed", "lora_rank", "lora_alpha", "beta")
+_RESUME_KEYS = ("base_model", "export_id", "seed", "lora_rank", "lora_alpha", "beta", "init_lora")
+_RESUME_ADDED = {"init_lora": ""}  # keys newer than some checkpoints: what those checkpoints ran with
 
 
 @dataclass(frozen=True)
@@ -70,6 +78,10 @@ class DPOConfig:
     lora_rank: int = 8
     lora_alpha: int | None = None  # None: equal to the rank (scale 1)
     lora_targets: tuple[str, ...] = DEFAULT_TARGETS
+    # A saved adapter directory (save_lora's layout) the trained LoRA starts from, and the frozen reference
+    # is a copy of; "" starts fresh against the base UNet. lora_rank, lora_alpha and lora_targets must be
+    # the adapter's (the presets take them from it).
+    init_lora: str = ""
     max_steps: int = 2000  # optimisation steps
     batch_size: int = 4  # pairs per micro-batch per process
     grad_accum: int = 1
@@ -112,6 +124,9 @@ class DPOConfig:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if not self.lora_targets:
             raise ValueError("lora_targets must name at least one module")
+        if self.init_lora:
+            check_init_lora(self.init_lora, rank=self.lora_rank, alpha=self.lora_alpha or self.lora_rank,
+                            targets=self.lora_targets)
 
 
 def sd15_dpo_preset(base_model: str, **overrides: Any) -> DPOConfig:
@@ -122,6 +137,7 @@ def sd15_dpo_preset(base_model: str, **overrides: Any) -> DPOConfig:
         "lora_rank": 8,
         "mixed_precision": "fp16",
         "resolution": 512,
+        **init_lora_hyperparameters(overrides.get("init_lora", "")),
     }
     return DPOConfig(base_model=base_model, **{**base, **overrides})
 
@@ -131,6 +147,7 @@ def tiny_dpo_preset(base_model: str, **overrides: Any) -> DPOConfig:
     base: dict[str, Any] = {
         "beta": 500.0, "lr": 1e-3, "lora_rank": 4, "resolution": 32, "batch_size": 8,
         "max_steps": 300, "checkpoint_every": 0, "shuffle_buffer": 64, "weight_decay": 0.0,
+        **init_lora_hyperparameters(overrides.get("init_lora", "")),
     }  # fmt: skip
     return DPOConfig(base_model=base_model, **{**base, **overrides})
 
@@ -190,10 +207,14 @@ def dpo_batch_loss(
     weight: Tensor,
     beta: float,
     generator: torch.Generator | None = None,
-) -> tuple[Tensor, Tensor, Tensor]:
-    """Diffusion-DPO on latents ``(2B, ...)`` (chosen then rejected): (loss, implicit accuracy, model MSE).
+    reference_adapter: str | None = None,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Diffusion-DPO on latents ``(2B, ...)`` (chosen then rejected).
 
-    Noise and timesteps come from ``generator`` (a CPU generator), the same for chosen and rejected.
+    Returns (loss, implicit accuracy, implicit reward margin, model MSE on the chosen images); the margin is
+    the mean argument of the log-sigmoid, 0 while the policy is the reference. Noise and timesteps come
+    from ``generator`` (a CPU generator), the same for chosen and rejected. The reference pass runs the
+    UNet with its adapters disabled, or with only ``reference_adapter`` active (a frozen starting adapter).
     """
     half = latents.shape[0] // 2
     noise = torch.randn(latents[:half].shape, generator=generator).to(latents).repeat(2, 1, 1, 1)
@@ -213,11 +234,15 @@ def dpo_batch_loss(
     model_w, model_l = errors(unet(noisy, t, encoder_hidden_states=cond).sample)
     with torch.no_grad():
         base = unet.module if hasattr(unet, "module") else unet
-        base.disable_adapters()
-        ref_w, ref_l = errors(unet(noisy, t, encoder_hidden_states=cond).sample)
-        base.enable_adapters()
+        if reference_adapter is None:
+            base.disable_adapters()
+            ref_w, ref_l = errors(unet(noisy, t, encoder_hidden_states=cond).sample)
+            base.enable_adapters()
+        else:
+            with adapter_active(base, reference_adapter):
+                ref_w, ref_l = errors(unet(noisy, t, encoder_hidden_states=cond).sample)
     out = dpo_loss(model_w, model_l, ref_w, ref_l, beta, weight)
-    return out.loss, out.implicit_accuracy, model_w.detach().mean()
+    return out.loss, out.implicit_accuracy, out.inside_term.mean(), model_w.detach().mean()
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -233,7 +258,7 @@ def train_dpo(
 ) -> FineTuneResult:
     """Run Diffusion-DPO on the export's train split; returns where the final (or stop) LoRA is.
 
-    ``on_log(step, {"loss", "implicit_accuracy", "mse_chosen", "lr", "s_per_step"})`` after every
+    ``on_log(step, {"loss", "implicit_accuracy", "reward_margin", "mse_chosen", "lr", "s_per_step"})`` after every
     optimisation step; ``should_stop()`` polled after every step (saves a checkpoint, returns
     ``stopped=True``). ``on_checkpoint(step, checkpoint_dir)`` after every checkpoint under
     ``checkpoints/`` is written (periodic, last-step and stop ones; not ``final/``), on the main process,
@@ -264,6 +289,11 @@ def train_dpo(
         unet, rank=config.lora_rank, alpha=config.lora_alpha or config.lora_rank, targets=config.lora_targets
     )
     cast_training_params(unet, dtype=torch.float32)
+    reference = None  # the reference pass disables the adapters: the base UNet, where a fresh LoRA starts
+    if config.init_lora:  # start from the saved adapter, which a frozen copy keeps as the reference
+        load_lora_into_unet(unet, Path(config.init_lora))
+        reference = add_frozen_adapter(unet, Path(config.init_lora), rank=config.lora_rank,
+                                       alpha=config.lora_alpha or config.lora_rank, targets=config.lora_targets)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     transform = ImageTransform(config.resolution, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # -> [-1, 1]
     rows = PreferenceDataset(
@@ -289,10 +319,9 @@ def train_dpo(
     if latest is not None:
         meta = read_metadata(latest)
         for key in _RESUME_KEYS:
-            if meta["config"].get(key) != getattr(config, key):
-                raise ValueError(
-                    f"cannot resume {latest}: {key} was {meta['config'].get(key)!r}, now {getattr(config, key)!r}"
-                )
+            was = meta["config"].get(key, _RESUME_ADDED.get(key))
+            if was != getattr(config, key):
+                raise ValueError(f"cannot resume {latest}: {key} was {was!r}, now {getattr(config, key)!r}")
         accelerator.load_state(str(latest / STATE_DIR))
         step, epoch, pairs_in_epoch = meta["step"], meta["epoch"], meta["pairs_in_epoch"]
         micro_step = meta["micro_step"]
@@ -307,7 +336,7 @@ def train_dpo(
     # --- train
     unet.train()
     stopped, last = False, {}
-    micro: list[tuple[float, float, float]] = []
+    micro: list[tuple[float, float, float, float]] = []
     tick = time.perf_counter()
     while step < config.max_steps and not stopped:
         rows.set_epoch(epoch)
@@ -326,7 +355,7 @@ def train_dpo(
                     latents = (posterior.mean + posterior.std * noise) * pipe.vae.config.scaling_factor
                     text = encode_prompts(pipe, batch["captions"])
                 with accelerator.autocast():
-                    loss, accuracy, mse = dpo_batch_loss(
+                    loss, accuracy, margin, mse = dpo_batch_loss(
                         unet,
                         noise_scheduler,
                         latents,
@@ -334,6 +363,7 @@ def train_dpo(
                         batch["weight"].to(accelerator.device),
                         config.beta,
                         generator,
+                        reference_adapter=reference,
                     )
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -347,7 +377,7 @@ def train_dpo(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            micro.append((loss.item(), accuracy.item(), mse.item()))
+            micro.append((loss.item(), accuracy.item(), margin.item(), mse.item()))
             pairs_in_epoch += len(batch["captions"])  # pairs this process consumed
             if not accelerator.sync_gradients:
                 continue
@@ -357,8 +387,8 @@ def train_dpo(
             now = time.perf_counter()
             means = np.mean(micro, axis=0)
             last = {
-                "loss": float(means[0]), "implicit_accuracy": float(means[1]), "mse_chosen": float(means[2]),
-                "lr": float(scheduler.get_last_lr()[0]), "s_per_step": now - tick,
+                "loss": float(means[0]), "implicit_accuracy": float(means[1]), "reward_margin": float(means[2]),
+                "mse_chosen": float(means[3]), "lr": float(scheduler.get_last_lr()[0]), "s_per_step": now - tick,
             }  # fmt: skip
             micro, tick = [], now
             log(step, last)

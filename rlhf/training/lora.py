@@ -4,11 +4,19 @@ Adapters are added with peft through ``unet.add_adapter(LoraConfig(...))``. Save
 ``<dir>/pytorch_lora_weights.safetensors`` written by ``StableDiffusionPipeline.save_lora_weights`` from
 ``convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))``, with the LoRA config as adapter
 metadata (so ``lora_alpha`` survives), i.e. exactly what ``pipe.load_lora_weights(dir)`` reads.
+
+A fine-tune may start from a saved adapter (``init_lora`` in the trainers' configs): the trainable adapter
+gets its weights (:func:`load_lora_into_unet`), and :func:`add_frozen_adapter` keeps an untrained copy
+beside it, which :func:`adapter_active` switches on for a reference pass.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +26,12 @@ from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from PIL import Image
+from safetensors import safe_open
 
 LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+TRAINED_ADAPTER = "default"  # the adapter add_lora adds and save_lora writes
+REFERENCE_ADAPTER = "reference"  # add_frozen_adapter's copy of the starting adapter
 
 
 def add_lora(unet: Any, *, rank: int, alpha: int, targets: Sequence[str] = DEFAULT_TARGETS) -> LoraConfig:
@@ -39,9 +50,9 @@ def save_lora(unet: Any, directory: Path) -> Path:
     """Write the UNet's LoRA adapter where ``StableDiffusionPipeline.load_lora_weights(directory)`` finds it."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    state = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet, adapter_name=TRAINED_ADAPTER))
     state = {k: v.detach().to(torch.float32).contiguous() for k, v in state.items()}
-    config = unet.peft_config["default"]
+    config = unet.peft_config[TRAINED_ADAPTER]
     StableDiffusionPipeline.save_lora_weights(
         directory,
         unet_lora_layers=state,
@@ -51,16 +62,142 @@ def save_lora(unet: Any, directory: Path) -> Path:
     return directory
 
 
-def load_lora_into_unet(unet: Any, directory: Path) -> None:
-    """Load a saved adapter into a UNet that already has a matching adapter (resume)."""
+def load_lora_into_unet(unet: Any, directory: Path, *, adapter_name: str = TRAINED_ADAPTER) -> None:
+    """Load a saved adapter into a UNet that already has a matching adapter ``adapter_name`` (resume, start).
+
+    Every weight of the saved adapter must have a place in the UNet's adapter and every one of that
+    adapter's weights must be in the file; a ValueError names the first few that do not.
+    """
     state, _ = StableDiffusionPipeline.lora_state_dict(str(directory))
     unet_state = {k.removeprefix("unet."): v for k, v in state.items() if k.startswith("unet.")}
     result = set_peft_model_state_dict(
-        unet, convert_unet_state_dict_to_peft(unet_state), adapter_name="default"
+        unet, convert_unet_state_dict_to_peft(unet_state), adapter_name=adapter_name
     )
     unexpected = getattr(result, "unexpected_keys", None)
     if unexpected:
         raise ValueError(f"{directory}: LoRA weights do not match the UNet adapter: {unexpected[:5]}")
+    missing = [k for k in getattr(result, "missing_keys", None) or () if f".{adapter_name}." in k]
+    if missing:
+        raise ValueError(f"{directory}: LoRA weights miss part of the UNet adapter: {missing[:5]}")
+
+
+@dataclass(frozen=True)
+class AdapterShape:
+    """What a saved adapter was trained with."""
+
+    rank: int
+    alpha: int
+    targets: tuple[str, ...]  # sorted module names, as LoraConfig.target_modules
+
+    def hyperparameters(self) -> dict[str, Any]:
+        """The trainers' config fields that must equal the adapter's."""
+        return {"lora_rank": self.rank, "lora_alpha": self.alpha, "lora_targets": self.targets}
+
+
+def read_adapter_shape(directory: Path | str) -> AdapterShape:
+    """Rank, alpha and targets of the adapter saved in ``directory``; ValueError when it holds none.
+
+    They come from the LoRA config saved with the weights (:func:`save_lora` writes it). An adapter saved
+    without one gets its rank from its weights' shapes, its targets from their names and alpha = rank
+    (what ``load_lora_weights`` assumes). Adapters this trainer cannot continue (DoRA, rsLoRA, per-module
+    ranks or alphas, several ranks) are refused.
+    """
+    path = Path(directory) / LORA_WEIGHTS_FILE
+    if not path.is_file():
+        raise ValueError(f"{directory} holds no LoRA adapter ({LORA_WEIGHTS_FILE} is missing)")
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+            ranks = {
+                key: handle.get_slice(key).get_shape()[0]
+                for key in handle.keys()  # noqa: SIM118 - a safetensors handle is not a mapping
+                if key.startswith("unet.") and key.endswith((".lora.down.weight", ".lora_A.weight"))
+            }
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same answer
+        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
+    if not ranks:
+        raise ValueError(f"{path} holds no UNet LoRA weights")
+    if len(set(ranks.values())) != 1:
+        raise ValueError(f"{path}: the adapter's modules have different ranks {sorted(set(ranks.values()))}")
+    rank = next(iter(ranks.values()))
+    saved = json.loads(metadata.get("lora_adapter_metadata", "{}"))
+    config = {k.removeprefix("unet."): v for k, v in saved.items() if k.startswith("unet.")}
+    for flag in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern"):
+        if config.get(flag):
+            raise ValueError(f"{path}: the adapter uses {flag}, which fine-tuning here does not continue")
+    if config.get("r", rank) != rank:
+        raise ValueError(f"{path}: the saved config says rank {config['r']}, the weights {rank}")
+    alpha = config.get("lora_alpha", rank)
+    if not float(alpha).is_integer() or alpha <= 0:
+        raise ValueError(f"{path}: lora_alpha {alpha!r} is not a positive whole number")
+    targets = config.get("target_modules")
+    if not isinstance(targets, list) or not targets:  # no config, or a regular expression: from the names
+        targets = []
+        for key in ranks:
+            parts = key.rsplit(".lora", 1)[0].split(".")  # unet.<module path>.lora.down.weight
+            targets.append(".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1])
+    return AdapterShape(rank=int(rank), alpha=int(alpha), targets=tuple(sorted(set(targets))))
+
+
+def check_init_lora(init_lora: str, *, rank: int, alpha: int, targets: Sequence[str]) -> None:
+    """The trainers' ``init_lora`` check: a readable adapter whose rank, alpha and targets are the config's.
+
+    Messages start with the field at fault (``init_lora``, ``lora_rank``, ``lora_alpha``, ``lora_targets``).
+    """
+    try:
+        shape = read_adapter_shape(init_lora)
+    except ValueError as exc:
+        raise ValueError(f"init_lora {init_lora!r} is not a saved LoRA adapter: {exc}") from None
+    if rank != shape.rank:
+        raise ValueError(f"lora_rank {rank} differs from the rank {shape.rank} of the init_lora adapter")
+    if alpha != shape.alpha:
+        raise ValueError(f"lora_alpha {alpha} differs from the alpha {shape.alpha} of the init_lora adapter")
+    if set(targets) != set(shape.targets):
+        raise ValueError(
+            f"lora_targets {tuple(targets)} differ from the targets {shape.targets} of the init_lora adapter"
+        )
+
+
+def init_lora_hyperparameters(init_lora: str) -> dict[str, Any]:
+    """For the presets: the adapter's rank, alpha and targets (``{}`` when there is none to read; the
+    config's own check then says why)."""
+    if not init_lora:
+        return {}
+    try:
+        return read_adapter_shape(init_lora).hyperparameters()
+    except ValueError:
+        return {}
+
+
+def add_frozen_adapter(
+    unet: Any, directory: Path, *, rank: int, alpha: int, targets: Sequence[str], name: str = REFERENCE_ADAPTER
+) -> str:
+    """Add the adapter saved in ``directory`` as a second adapter ``name``, frozen and in float32.
+
+    It is never trained and never active except inside :func:`adapter_active`; the trainable adapter
+    stays the active one. Returns ``name``.
+    """
+    active = unet.active_adapters()
+    with warnings.catch_warnings():  # peft warns that a second adapter makes two: that is the point
+        warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
+        unet.add_adapter(LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets)), adapter_name=name)
+    for parameter_name, parameter in unet.named_parameters():
+        if f".{name}." in parameter_name:
+            parameter.data = parameter.data.to(torch.float32)  # as cast_training_params does the trained one
+    load_lora_into_unet(unet, directory, adapter_name=name)
+    unet.set_adapter(active)  # peft freezes every adapter but the active one
+    return name
+
+
+@contextmanager
+def adapter_active(unet: Any, name: str) -> Iterator[None]:
+    """Only adapter ``name`` acts inside the block; the adapters active before (and trainable) after it."""
+    before = unet.active_adapters()
+    unet.set_adapter(name)
+    try:
+        yield
+    finally:
+        unet.set_adapter(before)
 
 
 def register_lora_state_hooks(accelerator: Any, unwrap: Any) -> None:
