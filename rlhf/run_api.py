@@ -186,7 +186,8 @@ class FineTuneRunSerializer(serializers.ModelSerializer):
 class FineTuneRunCreateSerializer(serializers.Serializer):
     """Each field is validated by ``finetune_run_create`` (a 400 names the field)."""
 
-    base_version = serializers.CharField(help_text="Model version id or name (a base diffusers pipeline)")
+    base_version = serializers.CharField(help_text="Model version id or name to start from: a base version (a "
+                                                   "fresh LoRA) or an enabled LoRA version on one (trained further)")
     method = serializers.CharField(help_text="dpo or ddpo")
     project = serializers.IntegerField(required=False, allow_null=True, default=None)
     export = serializers.IntegerField(required=False, allow_null=True, default=None)

@@ -61,6 +61,16 @@ def base_versions() -> QuerySet[ModelVersion]:
     return ModelVersion.objects.filter(kind=ModelKind.BASE).order_by("name")
 
 
+def finetune_start_versions() -> QuerySet[ModelVersion]:
+    """What a fine-tune may start from: base versions (a fresh LoRA) and enabled LoRA versions on a base
+    version (continued); bases first. Their files are checked when the run is created."""
+    return (
+        ModelVersion.objects.filter(Q(kind=ModelKind.BASE)
+                                    | Q(kind=ModelKind.LORA, enabled=True, parent__kind=ModelKind.BASE))
+        .select_related("parent").order_by("kind", "name")
+    )
+
+
 def reward_runs_for_user(*, user: User, project: Project | None = None) -> QuerySet[RewardModelRun]:
     return (
         RewardModelRun.objects.filter(_scope(user, project))
@@ -184,10 +194,12 @@ def finetune_grids(run: FineTuneRun) -> list[dict[str, Any]]:
     if not grids:
         return []
     unit = "iteration" if run.method == FineTuneRun.Method.DDPO else "step"
+    continued = (run.lineage or {}).get("continued_from")  # the "base" grid is then that LoRA version's
+    start = f"start ({continued['name']})" if continued else "base"
     columns = []
     for grid in grids:
         at = f"{unit} {grid['step']}"
-        title = {"base": "base", "final": f"final ({at})"}.get(grid["label"], at)
+        title = {"base": start, "final": f"final ({at})"}.get(grid["label"], at)
         columns.append({"label": grid["label"], "step": grid["step"], "title": title, "error": grid.get("error", "")})
     rows: dict[int, dict[str, Any]] = {}
     for image in (image for grid in grids for image in grid["images"]):

@@ -698,8 +698,7 @@ def base_pipeline_dir(version: ModelVersion) -> Path:
     from generation.worker import resolve_source
 
     if version.kind != ModelKind.BASE:
-        raise ApplicationError(f"{version.name} is a LoRA version; fine-tune its base version instead.",
-                               field="base_version")
+        raise ApplicationError(f"{version.name} is a LoRA version, not a base version.", field="base_version")
     path = Path(resolve_source(version.source))
     if not (path / "model_index.json").is_file():
         raise ApplicationError(
@@ -710,6 +709,40 @@ def base_pipeline_dir(version: ModelVersion) -> Path:
         raise ApplicationError(f"{version.name} has no UNet (unet/config.json); only UNet pipelines can be "
                                "fine-tuned here.", field="base_version")
     return path
+
+
+def finetune_start(version: ModelVersion) -> tuple[ModelVersion, Path, Path | None]:
+    """Where a fine-tune of ``version`` starts: (root base version, its pipeline directory, adapter or None).
+
+    A base version starts a fresh LoRA on itself. An enabled LoRA version on a base version is continued:
+    training runs on the base's pipeline with the version's adapter as the starting weights
+    (``init_lora``), resolved the way the generation worker resolves it. Anything else is an
+    ApplicationError naming ``base_version``.
+    """
+    from generation.worker import resolve_source
+    from rlhf.training.lora import LORA_WEIGHTS_FILE
+
+    if version.kind == ModelKind.BASE:
+        return version, base_pipeline_dir(version), None
+    if not version.enabled:
+        raise ApplicationError(f"{version.name} is disabled; enable it to continue it.", field="base_version")
+    root = version.parent
+    if root is None or root.kind != ModelKind.BASE:
+        raise ApplicationError(f"{version.name} is a LoRA on {root.name if root else 'nothing'}, not on a base "
+                               "version; only a LoRA on a base version can be continued.", field="base_version")
+    if version.lora_scale != 1.0:
+        raise ApplicationError(f"{version.name} applies its LoRA at scale {version.lora_scale:g}; fine-tuning "
+                               "continues an adapter at scale 1.", field="base_version")
+    try:
+        root_dir = base_pipeline_dir(root)
+    except ApplicationError as exc:
+        raise ApplicationError(f"{version.name} is a LoRA on {root.name}, which cannot be fine-tuned: {exc.message}",
+                               field="base_version") from None
+    adapter = Path(resolve_source(version.lora_path))
+    if not (adapter / LORA_WEIGHTS_FILE).is_file():
+        raise ApplicationError(f"The adapter files of {version.name} are missing ({adapter / LORA_WEIGHTS_FILE}).",
+                               field="base_version")
+    return root, root_dir, adapter
 
 
 def _ddpo_prompts(*, prompt_source: str, project: Project | None, export: PreferenceExport | None) -> tuple[str, ...]:
@@ -739,11 +772,14 @@ def native_resolution(version: ModelVersion) -> int | None:
 def finetune_config_build(
     *, method: str, preset: str, base_dir: Path, hyperparameters: Mapping[str, Any], export_id: str = "",
     prompts: tuple[str, ...] = (), reward: str = "", reward_arg: str | None = None, resolution: int | None = None,
+    init_lora: Path | None = None,
 ) -> Any:
     """A validated ``DPOConfig`` or ``DDPOConfig``; every problem names its field.
 
     ``resolution`` (the base version's native size) replaces the preset's unless the hyper-parameters
-    set one: a model trained or sampled away from its native size learns the wrong thing.
+    set one: a model trained or sampled away from its native size learns the wrong thing. ``init_lora``
+    (a LoRA version's adapter) is the starting weights; the presets take its rank, alpha and targets, and
+    an override that disagrees names its field.
     """
     from rlhf.training import ddpo, dpo
 
@@ -752,17 +788,19 @@ def finetune_config_build(
                                field="preset")
     cpu = settings.PICKWISE_DEVICE == "cpu"
     rename = {"base_model": "base_version", "reward": "reward", "reward_arg": "reward_version",
-              "prompts": "prompt_source"}
+              "prompts": "prompt_source", "init_lora": "base_version"}
     native = {"resolution": resolution} if resolution else {}
+    start = {"init_lora": str(init_lora)} if init_lora is not None else {}
     if method == FineTuneRun.Method.DPO:
         preset_fn = dpo.tiny_dpo_preset if preset == "tiny" else dpo.sd15_dpo_preset
         return _build_config(lambda **kw: preset_fn(str(base_dir), **kw), dpo.DPOConfig,
-                             {"export_id": export_id, "cpu": cpu, **native}, hyperparameters,
-                             protected={"base_model", "export_id", "cpu"}, rename=rename)
+                             {"export_id": export_id, "cpu": cpu, **native, **start}, hyperparameters,
+                             protected={"base_model", "export_id", "cpu", "init_lora"}, rename=rename)
     ddpo_preset_fn = ddpo.tiny_ddpo_preset if preset == "tiny" else ddpo.sd15_ddpo_preset
     return _build_config(lambda **kw: ddpo_preset_fn(str(base_dir), prompts, **kw), ddpo.DDPOConfig,
-                         {"reward": reward, "reward_arg": reward_arg, "cpu": cpu, **native}, hyperparameters,
-                         protected={"base_model", "prompts", "reward", "reward_arg", "cpu"}, rename=rename)
+                         {"reward": reward, "reward_arg": reward_arg, "cpu": cpu, **native, **start}, hyperparameters,
+                         protected={"base_model", "prompts", "reward", "reward_arg", "cpu", "init_lora"},
+                         rename=rename)
 
 
 @transaction.atomic
@@ -785,7 +823,9 @@ def finetune_run_create(
 ) -> FineTuneRun:
     """Validate and queue a LoRA fine-tune of ``base_version``.
 
-    ``method="dpo"`` trains on ``export``'s pairs; ``method="ddpo"`` needs a reward (a built-in
+    ``base_version`` is a base version (a fresh LoRA on it) or a LoRA version on one, which the run
+    continues (:func:`finetune_start`): it trains on the base's pipeline from the version's adapter, and
+    registers the result as a LoRA on that base. ``method="dpo"`` trains on ``export``'s pairs; ``method="ddpo"`` needs a reward (a built-in
     ``reward_name`` or a ``reward_version``) and a ``prompt_source`` ("project" or "export").
     ``user=None`` means trusted code (the management command) and skips the permission check.
     """
@@ -799,7 +839,7 @@ def finetune_run_create(
     if export is not None and project is not None and export.project_id != project.pk:
         raise ApplicationError("The export belongs to another project.", field="export")
     _check_user_may_train(user, project)
-    base_dir = base_pipeline_dir(base_version)
+    root, base_dir, init_lora = finetune_start(base_version)
     overrides = parse_hyperparameters(hyperparameters)
     reward_id = ""
     data_captions: list[str] = []
@@ -812,7 +852,7 @@ def finetune_run_create(
         else:
             raise ApplicationError("DPO trains on preference pairs: pick an export.", field="export")
         config = finetune_config_build(method=method, preset=preset, base_dir=base_dir, hyperparameters=overrides,
-                                       resolution=native_resolution(base_version),
+                                       resolution=native_resolution(root), init_lora=init_lora,
                                        export_id=str(export.pk) if export is not None else Path(data_path).name)
         prompts: tuple[str, ...] = tuple(data_captions)
     else:
@@ -834,13 +874,14 @@ def finetune_run_create(
             _check_export(export, formats=(PreferenceExport.Format.PICKAPIC, PreferenceExport.Format.LISTWISE))
         prompts = _ddpo_prompts(prompt_source=prompt_source, project=project, export=export)
         config = finetune_config_build(method=method, preset=preset, base_dir=base_dir, hyperparameters=overrides,
-                                       resolution=native_resolution(base_version), prompts=prompts, reward=reward,
-                                       reward_arg=reward_arg)
+                                       resolution=native_resolution(root), prompts=prompts, reward=reward,
+                                       reward_arg=reward_arg, init_lora=init_lora)
     chosen = [p.strip() for p in (eval_prompts or []) if p and p.strip()][:MAX_EVAL_PROMPTS]
     eval_list = chosen or list(prompts[:MAX_EVAL_PROMPTS]) or ["a photo"]
     config_json = _config_dict(config)
     lineage = {
-        "base_version": {"id": base_version.pk, "name": base_version.name, "source": base_version.source},
+        "base_version": {"id": root.pk, "name": root.name, "source": root.source},
+        "continued_from": {"id": base_version.pk, "name": base_version.name} if init_lora is not None else None,
         "method": method, "export": export.pk if export is not None else None, "data_path": data_path or None,
         "reward": reward_id or None, "preset": preset,
         "config": {k: v for k, v in config_json.items() if k != "prompts"},
@@ -955,7 +996,8 @@ def _render_missing_checkpoint_grids(run: FineTuneRun, base_dir: Path, output_di
 def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneRun | None:
     """Fine-tune, render the evaluation grids, copy the LoRA and register it; a no-op for a finished run.
 
-    Grids: "base" before training, "step-<N>" from each periodic checkpoint while training runs (so the
+    Grids: "base" before training (the starting version: the base, or base + the continued LoRA),
+    "step-<N>" from each periodic checkpoint while training runs (so the
     page shows them as they come), "final" from the finished LoRA; all with the same prompts and seeds.
     """
     from rlhf.training.ddpo import train_ddpo
@@ -972,8 +1014,9 @@ def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneR
     try:
         config = finetune_config_from_run(run)
         base_dir = Path(config.base_model)
-        if not any(g["label"] == "base" for g in run.eval_grids):
-            _save_grid(run.pk, _render_grid(run, base_dir, None, "base", 0))
+        start = Path(config.init_lora) if config.init_lora else None  # a continued LoRA version's adapter
+        if not any(g["label"] == "base" for g in run.eval_grids):  # where training starts
+            _save_grid(run.pk, _render_grid(run, base_dir, start, "base", 0))
         total = config.max_steps if run.method == FineTuneRun.Method.DPO else config.iterations
         FineTuneRun.objects.filter(pk=run.pk).update(total_steps=total)
         _render_missing_checkpoint_grids(run, base_dir, output_dir, checkpoint_every=config.checkpoint_every,
@@ -1014,22 +1057,30 @@ def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneR
 
 
 def finetune_version_name(run: FineTuneRun) -> str:
+    """``<base>-<method>-<run id>``, after the root base version also when the run continued a LoRA (so
+    names do not grow round after round; the description and lineage say what it continued)."""
+    start = run.base_version
+    base = start.parent if start.kind == ModelKind.LORA and start.parent is not None else start
     suffix = f"-{run.method}-{run.pk}"
-    return f"{run.base_version.name[: 100 - len(suffix)]}{suffix}"
+    return f"{base.name[: 100 - len(suffix)]}{suffix}"
 
 
 @transaction.atomic
 def _finetune_run_register(*, run_id: int, lora_dir: Path, step: int, last_metrics: dict[str, Any]) -> FineTuneRun:
     from generation.services import model_version_register
 
-    run = FineTuneRun.objects.select_for_update(of=("self",)).select_related("base_version").get(pk=run_id)
+    run = (FineTuneRun.objects.select_for_update(of=("self",)).select_related("base_version__parent")
+           .get(pk=run_id))
     if run.status != RunStatus.RUNNING:  # cancelled at the very end: register nothing
         shutil.rmtree(lora_dir, ignore_errors=True)
         return run
-    base = run.base_version
+    start = run.base_version  # what training started from: a base version, or a LoRA version it continued
+    # A continued adapter holds all its weights, so the new version is one LoRA on the start's base too.
+    base = start.parent if start.kind == ModelKind.LORA and start.parent is not None else start
     source = (f"export {run.export_id}" if run.method == FineTuneRun.Method.DPO
               else f"reward {run.lineage.get('reward')}")
-    description = (f"LoRA fine-tune of {base.name} by {run.method.upper()} on {source} (run {run.pk}, "
+    of = base.name if start == base else f"{base.name}, continuing {start.name},"
+    description = (f"LoRA fine-tune of {of} by {run.method.upper()} on {source} (run {run.pk}, "
                    f"preset {run.preset}, {step} steps). Lineage: "
                    + json.dumps({k: v for k, v in run.lineage.items() if k != "config"}, sort_keys=True))
     version = model_version_register(
@@ -1038,7 +1089,7 @@ def _finetune_run_register(*, run_id: int, lora_dir: Path, step: int, last_metri
         width=base.default_width, height=base.default_height, negative_prompt=base.default_negative_prompt,
         enabled=True, description=description, created_by=run.created_by,
     )
-    if run.project is not None and run.project.model_versions.filter(pk=base.pk).exists():
+    if run.project is not None and run.project.model_versions.filter(pk=start.pk).exists():
         run.project.model_versions.add(version)
     run.result_version = version
     run.status = RunStatus.SUCCEEDED

@@ -18,6 +18,7 @@ from annotate.models import Project
 from annotate.selectors import project_for_user
 from core.exceptions import ApplicationError
 from core.htmx import redirect_after_post, render_page_or_partial
+from generation.models import ModelKind, ModelVersion
 from rlhf import run_selectors, run_services
 from rlhf.models import FineTuneRun, PreferenceExport, RewardModelRun, RewardModelVersion
 
@@ -34,9 +35,20 @@ class RewardRunForm(forms.Form):
                                       help_text=HYPERPARAMETER_HELP)
 
 
+class StartVersionField(forms.ModelChoiceField):
+    """Base versions by name; a LoRA version says that the run continues it."""
+
+    def label_from_instance(self, obj: ModelVersion) -> str:
+        if obj.kind == ModelKind.LORA and obj.parent is not None:
+            return f"{obj.name}: continue this LoRA (on {obj.parent.name})"
+        return obj.name
+
+
 class FineTuneRunForm(forms.Form):
     name = forms.CharField(required=False, max_length=200)
-    base_version = forms.ModelChoiceField(queryset=run_selectors.base_versions())
+    base_version = StartVersionField(
+        queryset=run_selectors.finetune_start_versions(), label="Start from",
+        help_text="A base version gets a fresh LoRA; a LoRA version is trained further from its weights")
     method = forms.ChoiceField(choices=FineTuneRun.Method.choices)
     export = forms.ModelChoiceField(queryset=PreferenceExport.objects.none(), required=False,
                                     help_text="DPO: the preference pairs; DDPO: optional caption source")

@@ -315,11 +315,12 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
 
     good = build_export(ranked, ml_engineer, format="pickapic")
     empty = build_export(ranked, ml_engineer, format="pickapic", date_from="2001-01-01", date_to="2001-01-02")
-    lora = generation_services.model_version_register(
+    gone = generation_services.model_version_register(  # a LoRA version whose adapter files are gone
         name="tiny-lora",
         parent=tiny_base,
         lora_path=str(build_tiny_lora(Path(tiny_base.source), tmp_path / "l")),
     )
+    (tmp_path / "l" / "pytorch_lora_weights.safetensors").unlink()
     hub = generation_services.model_version_register(name="hub-model", source="nobody/not-a-model")
     no_unet_dir = tmp_path / "no-unet"
     no_unet_dir.mkdir()
@@ -335,7 +336,7 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
     }
     cases = [
         ({**base, "base_version": "no-such-version"}, "base_version"),
-        ({**base, "base_version": lora.pk}, "base_version"),
+        ({**base, "base_version": gone.pk}, "base_version"),
         ({**base, "base_version": hub.pk}, "base_version"),
         ({**base, "base_version": no_unet.pk}, "base_version"),
         ({**base, "method": "ppo"}, "method"),
@@ -464,7 +465,8 @@ def test_management_command_fine_tunes_in_process(ranked, tiny_base, model_cache
     )
     assert "succeeded" in capsys.readouterr().out
     assert FineTuneRun.objects.get().result_version.name.startswith("tiny-base-ddpo-")
-    with pytest.raises(CommandError, match="base_version"):
+    ModelVersion.objects.filter(pk=FineTuneRun.objects.get().result_version.pk).update(enabled=False)
+    with pytest.raises(CommandError, match="base_version.*disabled"):
         call_command(
             "finetune",
             "--base",

@@ -1,4 +1,5 @@
-"""Fine-tune a base model version from the shell with a progress bar (same services and task body as the worker)."""
+"""Fine-tune a base model version (or continue a LoRA version on one) from the shell with a progress bar
+(same services and task body as the worker)."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ from rlhf.models import FineTuneRun, PreferenceExport, RewardModelVersion, RunSt
 
 
 class Command(BaseCommand):
-    help = ("LoRA fine-tune of a base model version: --method dpo with --export ID or --data PATH, or "
-            "--method ddpo with --reward NAME or --reward-version ID and --prompt-source project|export.")
+    help = ("LoRA fine-tune of a base model version (or further training of a LoRA version on one): --method "
+            "dpo with --export ID or --data PATH, or --method ddpo with --reward NAME or --reward-version ID and "
+            "--prompt-source project|export.")
 
     def add_arguments(self, parser: Any) -> None:
-        parser.add_argument("--base", required=True, help="base model version name")
+        parser.add_argument("--base", required=True, help="base model version name, or a LoRA version to continue")
         parser.add_argument("--method", required=True, choices=FineTuneRun.Method.values)
         parser.add_argument("--export", type=int, help="preference export id")
         parser.add_argument("--data", help="DPO: a Pick-a-Pic Parquet file instead of an export")
