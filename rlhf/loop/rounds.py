@@ -7,9 +7,19 @@ do by hand, in one call. ``round_run`` is for commands, the bench and tests: it 
 ``loop_round_start`` (the timeline's Start button) queues the round for the ``gpu-train`` task
 ``rlhf.tasks.finetune_loop_round``, which runs ``loop_round_execute``.
 
-The fine-tune service trains LoRAs on *base* versions only, so a round after the first trains a fresh
-LoRA on the root base version with the cumulative export of every round so far; its lineage (the
-fine-tune run's ``lineage["round"]`` and the round's ``input_version``) records where it came from.
+A round fine-tunes its input version (the previous round's output, or the start version): the first
+round trains a fresh LoRA on the base version, and every later round continues the previous round's
+LoRA (``run_services.finetune_start``), so a DDPO policy carries over from round to round instead of
+restarting from the base each time. Each new adapter is complete, so the new version is a LoRA on the
+root base (one adapter to load, however many rounds); its lineage (the fine-tune run's
+``continued_from`` and ``lineage["round"]``, the round's ``input_version``) records where it came from.
+
+The data is the project's cumulative export (every round's rankings so far). With DPO that is
+iterative DPO: the reference is the round's starting policy (a frozen copy of the continued LoRA), so
+each round's loss starts at ln 2 and its KL term keeps the round a bounded step from where it started,
+not from the base. Earlier rounds' pairs are trained on again and pushed a step further each round; the
+model may thus move further from the base over many rounds than one run would, which the round's
+evaluation against its input version measures.
 """
 
 from __future__ import annotations
@@ -99,12 +109,6 @@ def _stage(loop_round: LoopRound, stage: str, **fields: Any) -> None:
         setattr(loop_round, key, value)
     loop_round.stage = stage
     loop_round.save()
-
-
-def _root(version: ModelVersion) -> ModelVersion:
-    while version.parent_id is not None:
-        version = version.parent  # type: ignore[assignment]
-    return version
 
 
 def round_image_seeds(*, config: RoundConfig, number: int, caption_index: int) -> list[int]:
@@ -251,9 +255,8 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
             lap("reward")
 
         _stage(loop_round, LoopRound.Stage.FINETUNE, export=export)
-        base = _root(current)
-        finetune = run_services.finetune_run_create(
-            user=user, base_version=base, method=config.method, project=project,
+        finetune = run_services.finetune_run_create(  # continues current's LoRA after the first round
+            user=user, base_version=current, method=config.method, project=project,
             export=export if config.method == "dpo" else None,
             reward_version=reward_version if config.method == "ddpo" else None,
             prompt_source="project" if config.method == "ddpo" else "",

@@ -1,6 +1,9 @@
-"""A reduced round runs through every stage and registers a version whose lineage points at the round."""
+"""A reduced round runs through every stage and registers a version whose lineage points at the round; the next
+round continues its LoRA."""
 
 from __future__ import annotations
+
+import math
 
 import pytest
 from django.test import Client
@@ -16,6 +19,8 @@ from tests.factories import PASSWORD
 from tests.rlhf.conftest import TINY_GENERATION
 
 DPO_FAST = {"max_steps": 2, "batch_size": 4}
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def test_round_config_is_validated_when_built():
@@ -126,3 +131,26 @@ def test_evaluate_version_command(tiny_base, model_cache, tiny_base_dir, tmp_pat
     assert out["n"] == 4 and out["win_rate"]["n"] == 4 and out["score_name"] == "brighter"
     assert VersionEvaluation.objects.get(pk=out["evaluation"]).baseline == tiny_base
     assert lora.parent == tiny_base
+
+
+def test_the_second_round_continues_the_first_rounds_lora(project, admin_user, tiny_base, model_cache):
+    template = template_services.template_create(project=project, name="Rank", created_by=admin_user,
+                                                 schema=RANK_SCHEMA, strict=True)
+    version = template_services.template_version_publish(template=template, created_by=admin_user)
+    project_update_settings(project=project, template_version=version, generation_settings=TINY_GENERATION)
+    project.refresh_from_db()
+    config = RoundConfig(prompts=3, images_per_prompt=4, annotators=2, preference="brighter", method="dpo",
+                         hyperparameters=DPO_FAST, eval_prompts=0)
+    first = round_run(project=project, user=admin_user, config=config, start_version=tiny_base)
+    assert first.status == RunStatus.SUCCEEDED, first.error
+    second = round_run(project=project, user=admin_user, config=config)
+    assert second.status == RunStatus.SUCCEEDED, second.error
+
+    one, two = first.output_version, second.output_version
+    assert second.input_version == one and first.finetune_run.lineage["continued_from"] is None
+    run = second.finetune_run
+    assert run.base_version == one and run.lineage["continued_from"] == {"id": one.pk, "name": one.name}
+    assert run.lineage["base_version"]["id"] == tiny_base.pk and run.config["init_lora"] == one.lora_path
+    assert run.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # DPO's reference: round 1's model
+    assert two.parent == tiny_base and one.parent == tiny_base  # one adapter on the base, round after round
+    assert project_current_version(project=project) == two and list(project.model_versions.all()) == [two]
