@@ -230,6 +230,23 @@ def test_same_seed_same_png_other_seed_other_png(loaded: LoadedPipeline) -> None
     assert one(loaded, "a photo of a dog", 3) != first
 
 
+def test_worker_renders_what_a_plain_diffusers_call_renders(loaded: LoadedPipeline, tiny_dir: Path) -> None:
+    """generate_batch (inference_mode, the product's scheduler and padding) changes no pixel of diffusers'."""
+    import diffusers
+
+    params = replace(FAST, steps=4)
+    seeds = [5, 6]
+    request = GenerationRequest(prompt="a red dog", seeds=seeds, params=params, spec=loaded.spec)
+    [row] = generate_batch(loaded, [request], max_batch=2)
+    plain = diffusers.StableDiffusionPipeline.from_pretrained(tiny_dir, safety_checker=None)
+    plain.set_progress_bar_config(disable=True)
+    plain.scheduler = diffusers.DDIMScheduler.from_config(plain.scheduler.config, clip_sample=False)
+    images = plain(prompt=["a red dog"] * 2, num_inference_steps=params.steps, guidance_scale=params.guidance,
+                   width=params.width, height=params.height, output_type="pil",
+                   generator=[torch.Generator("cpu").manual_seed(seed) for seed in seeds]).images
+    assert [image_to_png_bytes(g.image) for g in row] == [image_to_png_bytes(image) for image in images]
+
+
 @pytest.mark.parametrize(
     "params",
     [
