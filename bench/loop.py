@@ -12,6 +12,11 @@
    (``bench/ddpo_judge.py --reward noise``). With no signal at all, DDPO drifts towards larger shapes and
    its paired win rate lands well above 0.5, so the DDPO rounds' win rates count only above this one.
 
+A round is reproducible: its captions and image seeds come from ``--seed`` (the rounds' prompt_seed), so
+two runs on one machine print the same figures; other seeds are other rounds. ``--rounds N`` runs N
+rounds of the dpo and ddpo sections on one project, each continuing the last one's LoRA, and reports
+each against its input version and the last one against the base (the targets are round 1's).
+
 It uses a throw-away SQLite database and media directory under a temporary directory (so it never
 touches your data), migrates it, and lifts the per-user generation rate limit for the simulated users.
 The base version is the shipped model with the settings the demo seed registers (DPM-Solver++ 12 steps,
@@ -118,12 +123,16 @@ def main() -> int:
     parser.add_argument("--judge-reward", default="shapes_overall", choices=("shapes_overall", "shapes_adherence"),
                         help="DDPO's reward in the judge section (shapes_adherence's partial credit gets gamed)")
     parser.add_argument("--prompts", type=int, default=200, help="captions per round (and held-out captions)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="rounds of the dpo and ddpo sections, each continuing the last (targets: round 1)")
     parser.add_argument("--seed", type=int, default=0,
                         help="the rounds' prompt_seed: their captions and image seeds (a round is reproducible)")
     for name, default in (("dpo", DPO), ("reward", REWARD), ("ddpo", DDPO_REWARD_MODEL), ("judge", DDPO_JUDGE)):
         parser.add_argument(f"--{name}", type=json.loads, default=default, metavar="JSON",
                             help=f"hyper-parameters of the {name} run (default {json.dumps(default)})")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     if not (WEIGHTS / "model_index.json").is_file():
         print(f"No shapes weights at {WEIGHTS} (model_index.json); train them first.")
         return 2
@@ -160,18 +169,30 @@ def main() -> int:
                            temperature=args.temperature, eval_prompts=args.prompts, prompt_seed=args.seed,
                            **kwargs)
 
+    def rounds(title: str, name: str, config: RoundConfig) -> None:
+        """``args.rounds`` rounds on one project, each reported against its input version; with more than
+        one, the last round's version against the base as well (what the rounds added up to)."""
+        made = project(name)
+        loop_round = None
+        for number in range(1, args.rounds + 1):
+            started = time.monotonic()
+            loop_round = round_run(project=made, user=admin, start_version=base, log=print, config=config)
+            label = (title if args.rounds == 1 else f"{title}, round 1 (against the base)" if number == 1
+                     else f"{title}, round {number} (against round {number - 1}'s version)")
+            report(label, loop_round.stats, time.monotonic() - started, targets=number == 1)
+        if args.rounds > 1 and loop_round is not None:
+            evaluation = version_evaluation_run(version=loop_round.output_version, baseline=base, user=admin,
+                                                preference="larger_shapes", prompts=held_out_captions(args.prompts),
+                                                params=made.generation_settings or None)
+            report(f"{title}: round {args.rounds}'s version against the base", evaluation.results, targets=False)
+
     if "dpo" in args.sections:
-        started = time.monotonic()
-        dpo_round = round_run(project=project("loop-dpo"), user=admin, start_version=base, log=print,
-                              config=round_config(method="dpo", hyperparameters=args.dpo))
-        report("DPO round (larger shapes)", dpo_round.stats, time.monotonic() - started)
+        rounds("DPO round (larger shapes)", "loop-dpo", round_config(method="dpo", hyperparameters=args.dpo))
 
     if "ddpo" in args.sections:
-        started = time.monotonic()
-        ddpo_round = round_run(project=project("loop-ddpo"), user=admin, start_version=base, log=print,
-                               config=round_config(method="ddpo", reward_model=True, hyperparameters=args.ddpo,
-                                                   reward_hyperparameters=args.reward))
-        report("DDPO round with the round's reward model", ddpo_round.stats, time.monotonic() - started)
+        rounds("DDPO round with the round's reward model", "loop-ddpo",
+               round_config(method="ddpo", reward_model=True, hyperparameters=args.ddpo,
+                            reward_hyperparameters=args.reward))
 
     if "control" in args.sections:
         started = time.monotonic()
