@@ -56,11 +56,6 @@ def training_exports(*, user: User, project: Project | None = None) -> QuerySet[
     )
 
 
-def base_versions() -> QuerySet[ModelVersion]:
-    """Base model versions a fine-tune may start from (their pipeline is checked when the run is created)."""
-    return ModelVersion.objects.filter(kind=ModelKind.BASE).order_by("name")
-
-
 def finetune_start_versions() -> QuerySet[ModelVersion]:
     """What a fine-tune may start from: base versions (a fresh LoRA) and enabled LoRA versions on a base
     version (continued); bases first. Their files are checked when the run is created."""

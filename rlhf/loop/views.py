@@ -50,7 +50,7 @@ def _round_form(request: HttpRequest, project: Project) -> RoundStartForm | None
     if not access.can(user=request.user, action="train", project=project):
         return None
     return RoundStartForm(request.POST if request.method == "POST" else None, preferences=sorted(PREFERENCES),
-                          versions=run_selectors.base_versions(),
+                          versions=run_selectors.finetune_start_versions(),
                           first_round=project_current_version(project=project) is None)
 
 

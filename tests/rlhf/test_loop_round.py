@@ -154,3 +154,22 @@ def test_the_second_round_continues_the_first_rounds_lora(project, admin_user, t
     assert run.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # DPO's reference: round 1's model
     assert two.parent == tiny_base and one.parent == tiny_base  # one adapter on the base, round after round
     assert project_current_version(project=project) == two and list(project.model_versions.all()) == [two]
+
+
+def test_a_first_round_may_start_from_a_lora_version(project, ml_engineer, tiny_base, tiny_base_dir, tmp_path,
+                                                    django_capture_on_commit_callbacks):
+    from generation.services import model_version_register
+    from generation.tiny import build_tiny_lora
+
+    lora = model_version_register(name="tiny-lora", parent=tiny_base,
+                                  lora_path=str(build_tiny_lora(tiny_base_dir, tmp_path / "lora", seed=3)))
+    browser = Client()
+    assert browser.login(username=ml_engineer.username, password=PASSWORD)
+    page = browser.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
+    assert f'<option value="{lora.pk}">' in page
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        response = browser.post(f"/ml/projects/{project.pk}/rounds/start/", {
+            "method": "dpo", "prompts": 4, "images_per_prompt": 4, "annotators": 2, "preference": "larger_shapes",
+            "temperature": 0.02, "start_version": lora.pk})
+    assert response.status_code == 303 and len(callbacks) == 1
+    assert LoopRound.objects.get(project=project).input_version == lora
