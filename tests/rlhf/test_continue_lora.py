@@ -12,7 +12,7 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 from transformers.utils import logging as hf_logging
 
-from generation.tiny import build_tiny_lora, build_tiny_pipeline
+from generation.tiny import build_tiny_lora
 from rlhf.training.ddim import encode_prompts, sample_with_logprob
 from rlhf.training.ddpo import ddpo_scheduler, tiny_ddpo_preset, to_pil, train_ddpo
 from rlhf.training.dpo import dpo_batch_loss, tiny_dpo_preset, train_dpo
@@ -32,8 +32,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_pipeline(tmp_path_factory.mktemp("sd") / "base", seed=0)
+def base(tiny_base_dir: Path) -> Path:
+    """The session's tiny pipeline (tests/rlhf/conftest.py), read-only here."""
+    return tiny_base_dir
 
 
 @pytest.fixture(scope="module")
