@@ -5,8 +5,17 @@ from typing import Any
 from django import forms
 from django.db.models import QuerySet
 
-from generation.models import ModelVersion
+from generation.models import ModelKind, ModelVersion
 from rlhf.models import PreferenceExport
+
+
+class StartVersionField(forms.ModelChoiceField):
+    """A model version to fine-tune from: base versions by name; a LoRA version says that training continues it."""
+
+    def label_from_instance(self, obj: ModelVersion) -> str:
+        if obj.kind == ModelKind.LORA and obj.parent is not None:
+            return f"{obj.name}: continue this LoRA (on {obj.parent.name})"
+        return obj.name
 
 
 class ExportForm(forms.Form):
@@ -43,8 +52,8 @@ class RoundStartForm(forms.Form):
     preference = forms.ChoiceField(help_text="What the simulated annotators prefer")
     temperature = forms.FloatField(initial=0.02, min_value=0.0, max_value=10.0,
                                    help_text="Bradley-Terry noise of their choices")
-    start_version = forms.ModelChoiceField(queryset=ModelVersion.objects.none(), required=False,
-                                           help_text="The first round's model; later rounds use the last output")
+    start_version = StartVersionField(queryset=ModelVersion.objects.none(), required=False,
+                                      help_text="The first round's model; later rounds use the last output")
 
     def __init__(self, *args: Any, preferences: list[str], versions: QuerySet[ModelVersion], first_round: bool,
                  **kwargs: Any) -> None:

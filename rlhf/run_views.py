@@ -18,8 +18,8 @@ from annotate.models import Project
 from annotate.selectors import project_for_user
 from core.exceptions import ApplicationError
 from core.htmx import redirect_after_post, render_page_or_partial
-from generation.models import ModelKind, ModelVersion
 from rlhf import run_selectors, run_services
+from rlhf.forms import StartVersionField
 from rlhf.models import FineTuneRun, PreferenceExport, RewardModelRun, RewardModelVersion
 
 HYPERPARAMETER_HELP = "One key = value per line (or a JSON object), e.g. lr = 0.001; leave empty for the preset."
@@ -33,15 +33,6 @@ class RewardRunForm(forms.Form):
     preset = forms.ChoiceField(choices=RewardModelRun.Preset.choices, initial="tiny")
     hyperparameters = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 4}),
                                       help_text=HYPERPARAMETER_HELP)
-
-
-class StartVersionField(forms.ModelChoiceField):
-    """Base versions by name; a LoRA version says that the run continues it."""
-
-    def label_from_instance(self, obj: ModelVersion) -> str:
-        if obj.kind == ModelKind.LORA and obj.parent is not None:
-            return f"{obj.name}: continue this LoRA (on {obj.parent.name})"
-        return obj.name
 
 
 class FineTuneRunForm(forms.Form):

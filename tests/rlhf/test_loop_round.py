@@ -166,7 +166,7 @@ def test_a_first_round_may_start_from_a_lora_version(project, ml_engineer, tiny_
     browser = Client()
     assert browser.login(username=ml_engineer.username, password=PASSWORD)
     page = browser.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
-    assert f'<option value="{lora.pk}">' in page
+    assert f'<option value="{lora.pk}">tiny-lora: continue this LoRA (on tiny-base)</option>' in page
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         response = browser.post(f"/ml/projects/{project.pk}/rounds/start/", {
             "method": "dpo", "prompts": 4, "images_per_prompt": 4, "annotators": 2, "preference": "larger_shapes",
