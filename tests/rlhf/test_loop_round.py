@@ -23,6 +23,15 @@ DPO_FAST = {"max_steps": 2, "batch_size": 4}
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
+def ready_to_rank(project, admin_user) -> None:
+    """Give ``project`` a published ranking template and the tiny model's generation settings."""
+    template = template_services.template_create(project=project, name="Rank", created_by=admin_user,
+                                                 schema=RANK_SCHEMA, strict=True)
+    version = template_services.template_version_publish(template=template, created_by=admin_user)
+    project_update_settings(project=project, template_version=version, generation_settings=TINY_GENERATION)
+    project.refresh_from_db()
+
+
 def test_round_config_is_validated_when_built():
     with pytest.raises(ValueError, match="reward_model"):
         RoundConfig(method="ddpo")
@@ -31,11 +40,7 @@ def test_round_config_is_validated_when_built():
 
 
 def test_reduced_round_runs_every_stage(project, admin_user, ml_engineer, tiny_base, model_cache):
-    template = template_services.template_create(project=project, name="Rank", created_by=admin_user,
-                                                 schema=RANK_SCHEMA, strict=True)
-    version = template_services.template_version_publish(template=template, created_by=admin_user)
-    project_update_settings(project=project, template_version=version, generation_settings=TINY_GENERATION)
-    project.refresh_from_db()
+    ready_to_rank(project, admin_user)
     config = RoundConfig(prompts=3, images_per_prompt=4, annotators=2, preference="brighter", method="dpo",
                          reward_model=True, reward_hyperparameters={"max_steps": 2, "batch_size": 4},
                          hyperparameters=DPO_FAST, eval_prompts=2)
@@ -134,11 +139,7 @@ def test_evaluate_version_command(tiny_base, model_cache, tiny_base_dir, tmp_pat
 
 
 def test_the_second_round_continues_the_first_rounds_lora(project, admin_user, tiny_base, model_cache):
-    template = template_services.template_create(project=project, name="Rank", created_by=admin_user,
-                                                 schema=RANK_SCHEMA, strict=True)
-    version = template_services.template_version_publish(template=template, created_by=admin_user)
-    project_update_settings(project=project, template_version=version, generation_settings=TINY_GENERATION)
-    project.refresh_from_db()
+    ready_to_rank(project, admin_user)
     config = RoundConfig(prompts=3, images_per_prompt=4, annotators=2, preference="brighter", method="dpo",
                          hyperparameters=DPO_FAST, eval_prompts=0)
     first = round_run(project=project, user=admin_user, config=config, start_version=tiny_base)
