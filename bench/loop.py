@@ -13,7 +13,8 @@
    its paired win rate lands well above 0.5, so the DDPO rounds' win rates count only above this one.
 
 A round is reproducible: its captions and image seeds come from ``--seed`` (the rounds' prompt_seed), so
-two runs on one machine print the same figures; other seeds are other rounds. ``--rounds N`` runs N
+two runs on one machine print the same figures; other seeds are other rounds, and at this temperature
+a round's figures depend on its data (the DDPO round's most of all), so judge a recipe over several seeds. ``--rounds N`` runs N
 rounds of the dpo and ddpo sections on one project, each continuing the last one's LoRA, and reports
 each against its input version and the last one against the base (the targets are round 1's).
 
