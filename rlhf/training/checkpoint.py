@@ -82,6 +82,18 @@ def read_metadata(directory: Path) -> dict[str, Any]:
     return data
 
 
+def check_resumable(checkpoint: Path, meta: dict[str, Any], config: Any, keys: tuple[str, ...],
+                    added: dict[str, Any] | None = None) -> None:
+    """ValueError unless ``config`` agrees with the checkpoint's on every key that shapes the training.
+
+    A key in ``added`` that the checkpoint lacks was written before the key existed: it ran with that value.
+    """
+    for key in keys:
+        was = meta["config"].get(key, (added or {}).get(key))
+        if was != getattr(config, key):
+            raise ValueError(f"cannot resume {checkpoint}: {key} was {was!r}, now {getattr(config, key)!r}")
+
+
 def checkpoint_dir(output_dir: Path, step: int) -> Path:
     return Path(output_dir) / CHECKPOINTS_DIR / f"checkpoint-{step}"
 

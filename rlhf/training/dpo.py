@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from rlhf.training.callbacks import OnCheckpoint, notify_checkpoint
 from rlhf.training.checkpoint import (
     STATE_DIR,
+    check_resumable,
     checkpoint_dir,
     latest_checkpoint,
     prune_checkpoints,
@@ -318,10 +319,7 @@ def train_dpo(
     latest = latest_checkpoint(output_dir) if resume else None
     if latest is not None:
         meta = read_metadata(latest)
-        for key in _RESUME_KEYS:
-            was = meta["config"].get(key, _RESUME_ADDED.get(key))
-            if was != getattr(config, key):
-                raise ValueError(f"cannot resume {latest}: {key} was {was!r}, now {getattr(config, key)!r}")
+        check_resumable(latest, meta, config, _RESUME_KEYS, _RESUME_ADDED)
         accelerator.load_state(str(latest / STATE_DIR))
         step, epoch, pairs_in_epoch = meta["step"], meta["epoch"], meta["pairs_in_epoch"]
         micro_step = meta["micro_step"]

@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader
 from rlhf.training import evaluate as ev
 from rlhf.training.checkpoint import (
     STATE_DIR,
+    check_resumable,
     checkpoint_dir,
     latest_checkpoint,
     prune_checkpoints,
@@ -380,11 +381,7 @@ def train_reward_model(
     latest = latest_checkpoint(output_dir) if resume else None
     if latest is not None:
         meta = read_metadata(latest)
-        for key in _RESUME_KEYS:
-            if meta["config"].get(key) != getattr(config, key):
-                raise ValueError(
-                    f"cannot resume {latest}: {key} was {meta['config'].get(key)!r}, now {getattr(config, key)!r}"
-                )
+        check_resumable(latest, meta, config, _RESUME_KEYS)
         accelerator.load_state(str(latest / STATE_DIR))
         step, epoch, rows_in_epoch = meta["step"], meta["epoch"], meta["rows_in_epoch"]
 
