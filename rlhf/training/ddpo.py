@@ -41,16 +41,15 @@ from rlhf.training.ddim import ddim_step_full, encode_prompts, guided_noise, sam
 from rlhf.training.dpo import FineTuneResult
 from rlhf.training.lora import (
     DEFAULT_TARGETS,
-    adapter_active,
-    add_frozen_adapter,
     add_lora,
     check_init_lora,
     init_lora_hyperparameters,
-    load_lora_into_unet,
     load_pipeline,
     lora_parameters,
+    reference_pass,
     register_lora_state_hooks,
     save_lora_checkpoint,
+    start_from_adapter,
 )
 from rlhf.training.losses import ddpo_clipped_loss, gaussian_kl_same_std, normalize_advantages_per_prompt
 from rlhf.training.rewards import RewardFunction, build_reward
@@ -225,12 +224,10 @@ def train_ddpo(
     cast_training_params(pipe.unet, dtype=torch.float32)
     reference = None  # the KL pass disables the adapters: the base UNet, where a fresh LoRA starts
     if config.init_lora:  # the policy starts as the saved adapter; the KL, if any, is to a frozen copy of it
-        load_lora_into_unet(pipe.unet, Path(config.init_lora))
-        if config.kl_coef > 0:
-            reference = add_frozen_adapter(
-                pipe.unet, Path(config.init_lora), rank=config.lora_rank,
-                alpha=config.lora_alpha or config.lora_rank, targets=config.lora_targets,
-            )  # fmt: skip
+        reference = start_from_adapter(
+            pipe.unet, Path(config.init_lora), rank=config.lora_rank, alpha=config.lora_alpha or config.lora_rank,
+            targets=config.lora_targets, keep_reference=config.kl_coef > 0,
+        )  # fmt: skip
     scheduler = ddpo_scheduler(pipe.scheduler.config)
     optimizer = torch.optim.AdamW(lora_parameters(pipe.unet), lr=config.lr, weight_decay=config.weight_decay)
     register_lora_state_hooks(accelerator, accelerator.unwrap_model)
@@ -309,14 +306,8 @@ def train_ddpo(
                         loss, kl = out.loss, torch.zeros(())
                         if config.kl_coef > 0:
                             with torch.no_grad():
-                                base = accelerator.unwrap_model(unet)
-                                if reference is None:
-                                    base.disable_adapters()
+                                with reference_pass(accelerator.unwrap_model(unet), reference):
                                     ref_eps = guided_noise(unet, x_t, t, cond, uncond, config.guidance_scale)
-                                    base.enable_adapters()
-                                else:
-                                    with adapter_active(base, reference):
-                                        ref_eps = guided_noise(unet, x_t, t, cond, uncond, config.guidance_scale)
                                 ref = ddim_step_full(
                                     scheduler, ref_eps, t, x_t, config.eta, prev_sample=step.prev_sample
                                 )

@@ -47,16 +47,15 @@ from rlhf.training.data import PreferenceDataset, count_rows, decode_image
 from rlhf.training.ddim import encode_prompts
 from rlhf.training.lora import (
     DEFAULT_TARGETS,
-    adapter_active,
-    add_frozen_adapter,
     add_lora,
     check_init_lora,
     init_lora_hyperparameters,
-    load_lora_into_unet,
     load_pipeline,
     lora_parameters,
+    reference_pass,
     register_lora_state_hooks,
     save_lora_checkpoint,
+    start_from_adapter,
 )
 from rlhf.training.losses import dpo_loss
 from rlhf.training.reward_model import ImageTransform
@@ -235,13 +234,8 @@ def dpo_batch_loss(
     model_w, model_l = errors(unet(noisy, t, encoder_hidden_states=cond).sample)
     with torch.no_grad():
         base = unet.module if hasattr(unet, "module") else unet
-        if reference_adapter is None:
-            base.disable_adapters()
+        with reference_pass(base, reference_adapter):
             ref_w, ref_l = errors(unet(noisy, t, encoder_hidden_states=cond).sample)
-            base.enable_adapters()
-        else:
-            with adapter_active(base, reference_adapter):
-                ref_w, ref_l = errors(unet(noisy, t, encoder_hidden_states=cond).sample)
     out = dpo_loss(model_w, model_l, ref_w, ref_l, beta, weight)
     return out.loss, out.implicit_accuracy, out.inside_term.mean(), model_w.detach().mean()
 
@@ -292,9 +286,9 @@ def train_dpo(
     cast_training_params(unet, dtype=torch.float32)
     reference = None  # the reference pass disables the adapters: the base UNet, where a fresh LoRA starts
     if config.init_lora:  # start from the saved adapter, which a frozen copy keeps as the reference
-        load_lora_into_unet(unet, Path(config.init_lora))
-        reference = add_frozen_adapter(unet, Path(config.init_lora), rank=config.lora_rank,
-                                       alpha=config.lora_alpha or config.lora_rank, targets=config.lora_targets)
+        reference = start_from_adapter(unet, Path(config.init_lora), rank=config.lora_rank,
+                                       alpha=config.lora_alpha or config.lora_rank, targets=config.lora_targets,
+                                       keep_reference=True)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     transform = ImageTransform(config.resolution, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # -> [-1, 1]
     rows = PreferenceDataset(

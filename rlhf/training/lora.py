@@ -6,8 +6,8 @@ Adapters are added with peft through ``unet.add_adapter(LoraConfig(...))``. Save
 metadata (so ``lora_alpha`` survives), i.e. exactly what ``pipe.load_lora_weights(dir)`` reads.
 
 A fine-tune may start from a saved adapter (``init_lora`` in the trainers' configs): the trainable adapter
-gets its weights (:func:`load_lora_into_unet`), and :func:`add_frozen_adapter` keeps an untrained copy
-beside it, which :func:`adapter_active` switches on for a reference pass.
+gets its weights and, where a reference model is needed, an untrained copy beside it
+(:func:`start_from_adapter`); :func:`reference_pass` runs the UNet as the reference model.
 """
 
 from __future__ import annotations
@@ -187,6 +187,34 @@ def add_frozen_adapter(
     load_lora_into_unet(unet, directory, adapter_name=name)
     unet.set_adapter(active)  # peft freezes every adapter but the active one
     return name
+
+
+def start_from_adapter(unet: Any, init_lora: Path, *, rank: int, alpha: int, targets: Sequence[str],
+                       keep_reference: bool) -> str | None:
+    """Give the UNet's trainable adapter the weights saved in ``init_lora`` (a continued run's start).
+
+    With ``keep_reference``, a frozen copy of them is added as well (:func:`add_frozen_adapter`) and its
+    name returned, for :func:`reference_pass`; otherwise None.
+    """
+    load_lora_into_unet(unet, init_lora)
+    if not keep_reference:
+        return None
+    return add_frozen_adapter(unet, init_lora, rank=rank, alpha=alpha, targets=targets)
+
+
+@contextmanager
+def reference_pass(unet: Any, reference: str | None) -> Iterator[None]:
+    """Inside the block the UNet is the reference model: only the frozen adapter ``reference`` acts, or,
+    when there is none (a run that started fresh), no adapter at all: the base UNet."""
+    if reference is not None:
+        with adapter_active(unet, reference):
+            yield
+        return
+    unet.disable_adapters()
+    try:
+        yield
+    finally:
+        unet.enable_adapters()
 
 
 @contextmanager

@@ -18,10 +18,9 @@ from rlhf.training.ddpo import ddpo_scheduler, tiny_ddpo_preset, to_pil, train_d
 from rlhf.training.dpo import dpo_batch_loss, tiny_dpo_preset, train_dpo
 from rlhf.training.lora import (
     LORA_WEIGHTS_FILE,
-    add_frozen_adapter,
     add_lora,
-    load_lora_into_unet,
     load_pipeline,
+    start_from_adapter,
 )
 from rlhf.training.synthetic import write_brightness_pairs
 
@@ -97,8 +96,8 @@ def test_the_reference_pass_is_the_start_adapter_not_the_base(base: Path, start:
     """The same batch through the start adapter: against the base UNet the loss is not ln 2."""
     pipe = load_pipeline(base)
     add_lora(pipe.unet, rank=4, alpha=4)
-    load_lora_into_unet(pipe.unet, start)
-    reference = add_frozen_adapter(pipe.unet, start, rank=4, alpha=4, targets=("to_q", "to_k", "to_v", "to_out.0"))
+    reference = start_from_adapter(pipe.unet, start, rank=4, alpha=4, targets=("to_q", "to_k", "to_v", "to_out.0"),
+                                   keep_reference=True)
     scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     latents = torch.randn((8, 4, 4, 4), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
