@@ -41,13 +41,7 @@ from generation.tiny import TINY_TOKENIZER_DIR, build_tiny_lora, build_tiny_pipe
 FAST = GenerationParams(scheduler="ddim", steps=2, guidance=5.0, width=32, height=32)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_cpu_thread() -> Iterator[None]:
-    """Tiny models run ~10x faster on one thread than on several contended ones."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: many times faster on one thread
 
 
 @pytest.fixture(scope="module")
