@@ -7,7 +7,6 @@ real export does.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from PIL import Image
 
+from generation.inference import image_to_png_bytes
 from generation.shapes import world
 from generation.shapes.world import Scene
 from rlhf.preferences import larger_shapes, noisy_ranking
@@ -29,9 +29,7 @@ def brightness_image(rng: np.random.Generator, level: float, size: tuple[int, in
     coarse = rng.uniform(-0.2, 0.2, size=(4, 4, 3))
     texture = np.kron(coarse, np.ones((h // 4 + 1, w // 4 + 1, 1)))[:h, :w]
     pixels = np.clip(level + texture + rng.normal(0, 0.03, size=(h, w, 3)), 0, 1)
-    buffer = io.BytesIO()
-    Image.fromarray((pixels * 255).astype(np.uint8)).save(buffer, format="PNG")
-    return buffer.getvalue()
+    return image_to_png_bytes(Image.fromarray((pixels * 255).astype(np.uint8)))
 
 
 def _split(i: int, n: int) -> str:
@@ -59,12 +57,6 @@ def ranking_pair_rows(caption: str, images: Sequence[bytes], order: Sequence[int
     for a, winner in enumerate(order):
         for loser in order[a + 1 :]:
             yield caption, images[winner], images[loser], 1.0, 0.0, model, model, 1.0, split, prompt_id
-
-
-def png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 def write_brightness_pairs(path: Path, n: int, *, seed: int = 0, tie_fraction: float = 0.1) -> Path:
@@ -133,8 +125,8 @@ def write_generated_brightness_pairs(
         if prompts[i] != prompts[i + 1]:
             raise ValueError(f"images {i} and {i + 1} have different prompts")
         label_0 = 1.0 if image_brightness(images[i]) > image_brightness(images[i + 1]) else 0.0
-        rows.append((prompts[i], png_bytes(images[i]), png_bytes(images[i + 1]), label_0, 1.0 - label_0,
-                     export_id, export_id, 1.0, "train", prompts[i]))
+        jpg_0, jpg_1 = image_to_png_bytes(images[i]), image_to_png_bytes(images[i + 1])
+        rows.append((prompts[i], jpg_0, jpg_1, label_0, 1.0 - label_0, export_id, export_id, 1.0, "train", prompts[i]))
     return write_pair_rows(path, rows)
 
 
@@ -186,7 +178,7 @@ def write_shapes_pairs(
             scene = world.sample_scene(rng, "train")
             rendered = [Image.fromarray(sized_shapes_image(scene, rng, spread=spread)) for _ in range(images)]
             scores = [larger_shapes(image, scene.caption) for image in rendered]
-            encoded = [png_bytes(image) for image in rendered]
+            encoded = [image_to_png_bytes(image) for image in rendered]
             for annotator_rng in annotator_rngs:
                 order = noisy_ranking(scores, temperature=temperature, rng=annotator_rng)
                 yield from ranking_pair_rows(scene.caption, encoded, order, model="shapes",
