@@ -1056,11 +1056,17 @@ def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneR
         return FineTuneRun.objects.get(pk=run_id)
 
 
+def finetune_root(run: FineTuneRun) -> ModelVersion:
+    """The base version a run's LoRA goes on: its start, or the start's parent when it continued a LoRA
+    (a continued adapter holds all its weights, so it is one LoRA on that base too)."""
+    start = run.base_version
+    return start.parent if start.kind == ModelKind.LORA and start.parent is not None else start
+
+
 def finetune_version_name(run: FineTuneRun) -> str:
     """``<base>-<method>-<run id>``, after the root base version also when the run continued a LoRA (so
     names do not grow round after round; the description and lineage say what it continued)."""
-    start = run.base_version
-    base = start.parent if start.kind == ModelKind.LORA and start.parent is not None else start
+    base = finetune_root(run)
     suffix = f"-{run.method}-{run.pk}"
     return f"{base.name[: 100 - len(suffix)]}{suffix}"
 
@@ -1075,8 +1081,7 @@ def _finetune_run_register(*, run_id: int, lora_dir: Path, step: int, last_metri
         shutil.rmtree(lora_dir, ignore_errors=True)
         return run
     start = run.base_version  # what training started from: a base version, or a LoRA version it continued
-    # A continued adapter holds all its weights, so the new version is one LoRA on the start's base too.
-    base = start.parent if start.kind == ModelKind.LORA and start.parent is not None else start
+    base = finetune_root(run)
     source = (f"export {run.export_id}" if run.method == FineTuneRun.Method.DPO
               else f"reward {run.lineage.get('reward')}")
     of = base.name if start == base else f"{base.name}, continuing {start.name},"
