@@ -55,6 +55,7 @@ from rlhf.training.losses import ddpo_clipped_loss, gaussian_kl_same_std, normal
 from rlhf.training.rewards import RewardFunction, build_reward
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
+AdvantageScale = Literal["group", "batch"]
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
 _RESUME_KEYS = ("base_model", "reward", "reward_arg", "seed", "lora_rank", "lora_alpha", "init_lora")
@@ -88,6 +89,9 @@ class DDPOConfig:
     init_lora: str = ""
     clip_range: float = 1e-4  # PPO ratio clip (log-probs are per-element means, as in ddpo-pytorch)
     adv_clip_max: float = 5.0
+    # "group": each prompt's rewards over their own std (Flow-GRPO); "batch": over one std for the whole
+    # iteration, so a group the reward barely separates moves the policy less (Dr. GRPO; for a weak reward model)
+    advantage_scale: AdvantageScale = "group"
     kl_coef: float = 0.0  # > 0 adds kl_coef * KL(policy step || base step), Flow-GRPO style
     max_grad_norm: float = 1.0
     mixed_precision: MixedPrecision = "no"
@@ -100,6 +104,10 @@ class DDPOConfig:
         if self.mixed_precision not in get_args(MixedPrecision):
             raise ValueError(
                 f"mixed_precision must be one of {get_args(MixedPrecision)}, not {self.mixed_precision!r}"
+            )
+        if self.advantage_scale not in get_args(AdvantageScale):
+            raise ValueError(
+                f"advantage_scale must be one of {get_args(AdvantageScale)}, not {self.advantage_scale!r}"
             )
         try:
             build_reward(self.reward, self.reward_arg)
@@ -266,9 +274,9 @@ def train_ddpo(
                 guidance_scale=config.guidance_scale, eta=config.eta, resolution=config.resolution,
             )  # fmt: skip
         rewards = np.asarray(reward(to_pil(traj.images), prompts), dtype=np.float64)
-        advantages = normalize_advantages_per_prompt(torch.from_numpy(rewards), prompts).to(
-            accelerator.device
-        )
+        advantages = normalize_advantages_per_prompt(
+            torch.from_numpy(rewards), prompts, scale=config.advantage_scale
+        ).to(accelerator.device)
 
         # --- train: clipped surrogate over (a share of) the recorded denoising steps
         unet.train()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import NamedTuple
+from typing import Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -161,14 +161,24 @@ def gaussian_kl_same_std(mean_p: Tensor, mean_q: Tensor, std: Tensor | float) ->
 
 
 def normalize_advantages_per_prompt(
-    rewards: Tensor | Sequence[float], prompt_ids: Sequence[Hashable], eps: float = 1e-6
+    rewards: Tensor | Sequence[float],
+    prompt_ids: Sequence[Hashable],
+    eps: float = 1e-6,
+    scale: Literal["group", "batch"] = "group",
 ) -> Tensor:
     """Group-normalised advantages: ``(r - mean_g) / (std_g + eps)`` over the samples of each prompt ``g``.
 
     ``std`` is the population standard deviation (ddof 0), as in ddpo-pytorch's per-prompt stat tracker
     and Flow-GRPO. A prompt with a single sample has no spread of its own, so it falls back to the
     batch-wide mean and std (ddpo-pytorch's ``min_count`` fallback).
+
+    ``scale="batch"`` divides every group's centred rewards by one standard deviation, that of all the
+    centred rewards, instead of each group's own (Dr. GRPO, Liu et al. 2025, drops the per-group std).
+    A group whose images the reward barely tells apart then gets small advantages instead of unit ones:
+    with a weak reward model, most of a per-group-normalised update is noise.
     """
+    if scale not in ("group", "batch"):
+        raise ValueError(f"scale must be 'group' or 'batch', not {scale!r}")
     r = torch.as_tensor(rewards, dtype=torch.float32).flatten()
     if r.numel() != len(prompt_ids):
         raise ValueError(f"{r.numel()} rewards but {len(prompt_ids)} prompt ids")
@@ -184,7 +194,9 @@ def normalize_advantages_per_prompt(
             mean, std = group.mean(), group.std(unbiased=False)
         else:
             mean, std = global_mean, global_std
-        advantages[idx] = (group - mean) / (std + eps)
+        advantages[idx] = (group - mean) if scale == "batch" else (group - mean) / (std + eps)
+    if scale == "batch":
+        advantages = advantages / (advantages.std(unbiased=False) + eps)
     return advantages
 
 

@@ -173,6 +173,8 @@ def test_ddpo_config_validation(tiny_base: Path) -> None:
         tiny_ddpo_preset(str(tiny_base), PROMPTS, timestep_fraction=1.5)
     with pytest.raises(ValueError, match="prompts"):
         tiny_ddpo_preset(str(tiny_base), ())
+    with pytest.raises(ValueError, match="advantage_scale must be one of"):
+        tiny_ddpo_preset(str(tiny_base), PROMPTS, advantage_scale="prompt")
     assert tiny_ddpo_preset(str(tiny_base), PROMPTS).reward_id == "brightness"
 
 
@@ -235,11 +237,13 @@ def test_ddpo_runs_stops_resumes_and_saves_loadable_lora(tiny_base: Path, tmp_pa
 
 
 @pytest.mark.slow
-def test_ddpo_with_brightness_reward_raises_mean_reward(tmp_path: Path) -> None:
+@pytest.mark.parametrize("advantage_scale", ["group", "batch"])
+def test_ddpo_with_brightness_reward_raises_mean_reward(tmp_path: Path, advantage_scale: str) -> None:
     # VAE fitted briefly so decoded brightness follows the latents (see test_dpo.py).
     base = fit_tiny_vae(build_tiny_pipeline(tmp_path / "base", seed=0))
     rewards: list[float] = []
-    config = tiny_ddpo_preset(str(base), PROMPTS, lr=1e-2, iterations=15, inner_epochs=2)
+    config = tiny_ddpo_preset(str(base), PROMPTS, lr=1e-2, iterations=15, inner_epochs=2,
+                              advantage_scale=advantage_scale)
     result = train_ddpo(config, tmp_path / "run", on_log=lambda s, m: rewards.append(m["reward_mean"]))
     assert np.mean(rewards[-4:]) > np.mean(rewards[:4])
 

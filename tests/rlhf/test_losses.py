@@ -133,6 +133,22 @@ def test_normalize_advantages_per_prompt() -> None:
     assert adv.tolist() == pytest.approx(expected, rel=1e-6)
 
 
+def test_batch_scaled_advantages_keep_how_far_apart_the_reward_puts_a_groups_images() -> None:
+    # Group a's rewards are 100 times further apart than group b's: per-group std makes both +-1,
+    # one batch-wide std keeps a's advantages 100 times b's.
+    rewards = [0.0, 2.0, 5.0, 5.02]
+    ids = ["a", "a", "b", "b"]
+    grouped = normalize_advantages_per_prompt(rewards, ids, eps=0.0)
+    assert grouped.tolist() == pytest.approx([-1.0, 1.0, -1.0, 1.0], rel=1e-4)
+    batch = normalize_advantages_per_prompt(rewards, ids, eps=0.0, scale="batch")
+    centred = [-1.0, 1.0, -0.01, 0.01]
+    spread = statistics.pstdev(centred)
+    assert batch.tolist() == pytest.approx([c / spread for c in centred], rel=1e-4)
+    assert statistics.pstdev(batch.tolist()) == pytest.approx(1.0, rel=1e-5)
+    with pytest.raises(ValueError, match="scale must be 'group' or 'batch'"):
+        normalize_advantages_per_prompt(rewards, ids, scale="prompt")  # type: ignore[arg-type]
+
+
 def test_normalize_advantages_checks_lengths() -> None:
     with pytest.raises(ValueError, match="prompt ids"):
         normalize_advantages_per_prompt([1.0, 2.0], ["a"])
