@@ -43,6 +43,10 @@ from rlhf.models import FineTuneRun, LoopRound, RunStatus
 from rlhf.preferences import SimulationConfig
 
 Method = Literal["dpo", "ddpo"]
+# What a round's DDPO runs with unless its hyperparameters say otherwise. A round's reward model is trained on
+# the round's few noisy rankings and mostly cannot tell a caption's images apart, so each caption's centred
+# rewards are scaled by one batch-wide spread rather than their own (bench/loop.py measures both).
+ROUND_DDPO_DEFAULTS: dict[str, Any] = {"advantage_scale": "batch"}
 
 
 @dataclass(frozen=True)
@@ -260,7 +264,8 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
             export=export if config.method == "dpo" else None,
             reward_version=reward_version if config.method == "ddpo" else None,
             prompt_source="project" if config.method == "ddpo" else "",
-            hyperparameters=config.hyperparameters, eval_prompts=captions[:1],
+            hyperparameters={**(ROUND_DDPO_DEFAULTS if config.method == "ddpo" else {}), **config.hyperparameters},
+            eval_prompts=captions[:1],
             name=f"round {loop_round.number}", enqueue=False,
         )
         FineTuneRun.objects.filter(pk=finetune.pk).update(lineage={

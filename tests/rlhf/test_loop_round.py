@@ -81,6 +81,26 @@ def test_reduced_round_runs_every_stage(project, admin_user, ml_engineer, tiny_b
     assert LoopRound.objects.get(pk=loop_round.pk).output_version == new
 
 
+def test_reduced_ddpo_round_optimises_the_rounds_reward_model(project, admin_user, tiny_base, model_cache):
+    ready_to_rank(project, admin_user)
+    config = RoundConfig(prompts=3, images_per_prompt=4, annotators=2, preference="brighter", method="ddpo",
+                         reward_model=True, reward_hyperparameters={"max_steps": 2, "batch_size": 4},
+                         hyperparameters={"iterations": 2, "prompts_per_iteration": 2, "images_per_prompt": 2,
+                                          "sample_steps": 2},
+                         eval_prompts=2)
+    loop_round = round_run(project=project, user=admin_user, config=config, start_version=tiny_base)
+
+    assert loop_round.status == RunStatus.SUCCEEDED and loop_round.stage == "done", loop_round.error
+    run = loop_round.finetune_run
+    reward_version = loop_round.reward_run.registered_version
+    assert run.method == "ddpo" and run.reward_version == reward_version and run.step == 2
+    assert run.config["reward_arg"] == reward_version.path  # DDPO's reward is the model this round trained
+    assert run.config["advantage_scale"] == "batch"  # the round's default for a learned reward model
+    assert sorted(run.config["prompts"]) == sorted(AnnotationTask.objects.filter(project=project)
+                                                   .values_list("prompt__text", flat=True))
+    assert loop_round.output_version.finetune_run == run and loop_round.stats["win_rate"]["n"] == 2
+
+
 def test_start_button_queues_one_round_for_the_train_worker(
     project, annotator, ml_engineer, tiny_base, django_capture_on_commit_callbacks
 ):
