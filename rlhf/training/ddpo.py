@@ -90,7 +90,7 @@ class DDPOConfig:
     clip_range: float = 1e-4  # PPO ratio clip (log-probs are per-element means, as in ddpo-pytorch)
     adv_clip_max: float = 5.0
     # "group": each prompt's rewards over their own std (Flow-GRPO); "batch": over one std for the whole
-    # iteration, so a group the reward barely separates moves the policy less (Dr. GRPO; for a weak reward model)
+    # iteration, so a group the reward barely separates moves the policy less (after Dr. GRPO; for a weak reward model)
     advantage_scale: AdvantageScale = "group"
     kl_coef: float = 0.0  # > 0 adds kl_coef * KL(policy step || base step), Flow-GRPO style
     max_grad_norm: float = 1.0
