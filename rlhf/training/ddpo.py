@@ -51,11 +51,15 @@ from rlhf.training.lora import (
     save_lora_checkpoint,
     start_from_adapter,
 )
-from rlhf.training.losses import ddpo_clipped_loss, gaussian_kl_same_std, normalize_advantages_per_prompt
+from rlhf.training.losses import (
+    AdvantageScale,
+    ddpo_clipped_loss,
+    gaussian_kl_same_std,
+    normalize_advantages_per_prompt,
+)
 from rlhf.training.rewards import RewardFunction, build_reward
 
 MixedPrecision = Literal["no", "fp16", "bf16"]
-AdvantageScale = Literal["group", "batch"]
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
 _RESUME_KEYS = ("base_model", "reward", "reward_arg", "seed", "lora_rank", "lora_alpha", "init_lora")

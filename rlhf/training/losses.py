@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Literal, NamedTuple
+from typing import Literal, NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
@@ -160,11 +160,15 @@ def gaussian_kl_same_std(mean_p: Tensor, mean_q: Tensor, std: Tensor | float) ->
     return kl.mean(dim=tuple(range(1, kl.dim()))) if kl.dim() > 1 else kl
 
 
+# How normalize_advantages_per_prompt scales each prompt's centred rewards (DDPOConfig.advantage_scale).
+AdvantageScale = Literal["group", "batch"]
+
+
 def normalize_advantages_per_prompt(
     rewards: Tensor | Sequence[float],
     prompt_ids: Sequence[Hashable],
     eps: float = 1e-6,
-    scale: Literal["group", "batch"] = "group",
+    scale: AdvantageScale = "group",
 ) -> Tensor:
     """Group-normalised advantages: ``(r - mean_g) / (std_g + eps)`` over the samples of each prompt ``g``.
 
@@ -177,7 +181,7 @@ def normalize_advantages_per_prompt(
     A group whose images the reward barely tells apart then gets small advantages instead of unit ones:
     with a weak reward model, most of a per-group-normalised update is noise.
     """
-    if scale not in ("group", "batch"):
+    if scale not in get_args(AdvantageScale):
         raise ValueError(f"scale must be 'group' or 'batch', not {scale!r}")
     r = torch.as_tensor(rewards, dtype=torch.float32).flatten()
     if r.numel() != len(prompt_ids):

@@ -125,8 +125,8 @@ def write_generated_brightness_pairs(
         if prompts[i] != prompts[i + 1]:
             raise ValueError(f"images {i} and {i + 1} have different prompts")
         label_0 = 1.0 if image_brightness(images[i]) > image_brightness(images[i + 1]) else 0.0
-        jpg_0, jpg_1 = image_to_png_bytes(images[i]), image_to_png_bytes(images[i + 1])
-        rows.append((prompts[i], jpg_0, jpg_1, label_0, 1.0 - label_0, export_id, export_id, 1.0, "train", prompts[i]))
+        png_0, png_1 = image_to_png_bytes(images[i]), image_to_png_bytes(images[i + 1])
+        rows.append((prompts[i], png_0, png_1, label_0, 1.0 - label_0, export_id, export_id, 1.0, "train", prompts[i]))
     return write_pair_rows(path, rows)
 
 
