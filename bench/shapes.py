@@ -8,7 +8,9 @@ per-attribute and overall accuracy; the same on captions using the (shape, colou
 out of training (``generation.shapes.world.HELD_OUT_PAIRS``); a random-weight pipeline of the same
 configuration as a floor; the wall time of four images at the default settings; and the ceiling the
 VAE sets: the judge on its reconstructions of ground-truth renders, with the shape accuracy per
-(shape, size), since no fine-tune of the UNet alone (DPO, DDPO) can render what the decoder loses.
+(shape, size), since no fine-tune of the UNet alone (DPO, DDPO) can render what the decoder loses; and
+the decoder's reach: the same renders through latents optimised to decode to them (Adam on the VAE's
+shape-weighted pixel loss, from the encoder's latent), the most any UNet could get out of this decoder.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import time
 
 import torch
 from diffusers import AutoencoderKL
+from tqdm import tqdm
 
 from generation.shapes.judge import judge, summarize
 from generation.shapes.model import (
@@ -30,7 +33,7 @@ from generation.shapes.model import (
     load_pipeline,
     random_pipeline_like,
 )
-from generation.shapes.train import to_tensor
+from generation.shapes.train import TrainConfig, shape_pixels, to_tensor, vae_loss
 from generation.shapes.world import make_examples, parse_caption, prompt_captions
 
 BENCH_SEED = 20_261_126  # caption seed; training draws from other streams (see generation/shapes/train.py)
@@ -50,16 +53,9 @@ def adherence(pipe, captions: list[str], *, steps: int, guidance: float) -> dict
     return scores
 
 
-@torch.no_grad()
-def reconstruction_ceiling(vae: AutoencoderKL, n: int) -> dict[str, float]:
-    """The judge on VAE reconstructions (encode to the latent's mode, decode) of ground-truth renders."""
-    images, captions = make_examples(n, seed=BENCH_SEED + 2, split="any")
-    judgements = []
-    for start in range(0, n, BATCH):
-        x = to_tensor(images[start : start + BATCH])
-        decoded = vae.decode(vae.encode(x).latent_dist.mode()).sample
-        pixels = ((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
-        judgements += [judge(im, c) for im, c in zip(pixels, captions[start : start + BATCH], strict=True)]
+def _judge_renders(pixels: list, captions: list[str]) -> dict[str, float]:
+    """summarize() of the judge on decoded renders, plus the shape accuracy per (shape, size)."""
+    judgements = [judge(im, c) for im, c in zip(pixels, captions, strict=True)]
     scores = summarize(judgements)
     right: dict[tuple[str, str], list[bool]] = {}
     for j in judgements:
@@ -68,6 +64,47 @@ def reconstruction_ceiling(vae: AutoencoderKL, n: int) -> dict[str, float]:
     for (shape, size), oks in sorted(right.items()):
         scores[f"shape_{size}_{shape}"] = sum(oks) / len(oks)
     return scores
+
+
+def _pixels(decoded: torch.Tensor) -> list:
+    return list(((decoded.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+
+
+@torch.no_grad()
+def reconstruction_ceiling(vae: AutoencoderKL, n: int) -> dict[str, float]:
+    """The judge on VAE reconstructions (encode to the latent's mode, decode) of ground-truth renders."""
+    images, captions = make_examples(n, seed=BENCH_SEED + 2, split="any")
+    pixels = []
+    for start in range(0, n, BATCH):
+        x = to_tensor(images[start : start + BATCH])
+        pixels += _pixels(vae.decode(vae.encode(x).latent_dist.mode()).sample)
+    return _judge_renders(pixels, captions)
+
+
+def decoder_reach(vae: AutoencoderKL, n: int, steps: int, lr: float = 0.05) -> dict[str, float]:
+    """The judge on the decoder's best attempt at each ground-truth render: the latent, started at the
+    encoder's mode, is optimised by Adam on the VAE's training loss (shape pixels weighted as in training).
+    The same renders as reconstruction_ceiling, so the two compare caption by caption."""
+    images, captions = make_examples(n, seed=BENCH_SEED + 2, split="any")
+    shape_weight = TrainConfig().shape_weight
+    for p in vae.parameters():
+        p.requires_grad_(False)
+    pixels = []
+    for start in tqdm(range(0, n, BATCH), desc="decoder reach", unit="batch"):
+        chunk = images[start : start + BATCH]
+        x, weight = to_tensor(chunk), 1.0 + (shape_weight - 1.0) * shape_pixels(chunk)
+        with torch.no_grad():
+            latent = vae.encode(x).latent_dist.mode()
+        latent.requires_grad_(True)
+        optimiser = torch.optim.Adam([latent], lr=lr)
+        for _ in range(steps):
+            loss = vae_loss(vae.decode(latent).sample, x, torch.zeros(()), 0.0, weight)
+            optimiser.zero_grad()
+            loss.backward()
+            optimiser.step()
+        with torch.no_grad():
+            pixels += _pixels(vae.decode(latent).sample)
+    return _judge_renders(pixels, captions)
 
 
 def latency(pipe, *, steps: int, guidance: float, repeats: int = 5) -> float:
@@ -105,6 +142,8 @@ def main() -> None:
     parser.add_argument("--held-out-n", type=int, default=500)
     parser.add_argument("--baseline-n", type=int, default=100)
     parser.add_argument("--ceiling-n", type=int, default=500, help="ground-truth renders through the VAE")
+    parser.add_argument("--reach-n", type=int, default=100, help="renders the decoder's reach is measured on")
+    parser.add_argument("--reach-steps", type=int, default=200, help="Adam steps on each batch's latents")
     parser.add_argument("--vae", metavar="DIR", help="only the reconstruction ceiling of the VAE in DIR")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
@@ -146,6 +185,12 @@ def main() -> None:
         print(f"VAE reconstructions: {fmt(ceiling)}")
         print("  shape right, by size: " + "  ".join(
             f"{k.removeprefix('shape_').replace('_', ' ')} {100 * v:.0f}%" for k, v in ceiling.items()
+            if k.startswith("shape_")))
+    if args.reach_n:
+        results["decoder_reach"] = reach = decoder_reach(pipe.vae, args.reach_n, args.reach_steps)
+        print(f"decoder's reach ({args.reach_steps} steps): {fmt(reach)}")
+        print("  shape right, by size: " + "  ".join(
+            f"{k.removeprefix('shape_').replace('_', ' ')} {100 * v:.0f}%" for k, v in reach.items()
             if k.startswith("shape_")))
     print(json.dumps(results))
 
