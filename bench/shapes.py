@@ -135,6 +135,14 @@ def fmt(scores: dict[str, float]) -> str:
     )
 
 
+def by_size(scores: dict[str, float]) -> str:
+    return "  shape right, by size: " + "  ".join(
+        f"{k.removeprefix('shape_').replace('_', ' ')} {100 * v:.0f}%"
+        for k, v in scores.items()
+        if k.startswith("shape_")
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--weights", default=str(WEIGHTS_DIR))
@@ -183,15 +191,11 @@ def main() -> None:
     if args.ceiling_n:
         results["vae_ceiling"] = ceiling = reconstruction_ceiling(pipe.vae, args.ceiling_n)
         print(f"VAE reconstructions: {fmt(ceiling)}")
-        print("  shape right, by size: " + "  ".join(
-            f"{k.removeprefix('shape_').replace('_', ' ')} {100 * v:.0f}%" for k, v in ceiling.items()
-            if k.startswith("shape_")))
+        print(by_size(ceiling))
     if args.reach_n:
         results["decoder_reach"] = reach = decoder_reach(pipe.vae, args.reach_n, args.reach_steps)
         print(f"decoder's reach ({args.reach_steps} steps): {fmt(reach)}")
-        print("  shape right, by size: " + "  ".join(
-            f"{k.removeprefix('shape_').replace('_', ' ')} {100 * v:.0f}%" for k, v in reach.items()
-            if k.startswith("shape_")))
+        print(by_size(reach))
     print(json.dumps(results))
 
 
