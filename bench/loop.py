@@ -97,13 +97,14 @@ def report(title: str, stats: dict, seconds: float | None = None, *, adherence_g
              win["rate"] >= 0.65 and win["low"] > 0.5 if preference_round else None)
     delta = stats.get("adherence_delta")
     if delta is not None:
+        low, high = stats.get("adherence_delta_interval") or (None, None)
+        value = f"{100 * delta:+.1f}" + (f" [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None else "")
         if not targets:
-            line("adherence change (points)", f"{100 * delta:+.1f}", None)
+            line("adherence change (points)", value, None)
         elif adherence_gain is None:
-            line("adherence change (points, target >= -5)", f"{100 * delta:+.1f}", delta >= -0.05)
+            line("adherence change (points, target >= -5)", value, delta >= -0.05)
         else:
-            line(f"adherence change (points, target >= +{adherence_gain:.0f})", f"{100 * delta:+.1f}",
-                 delta >= adherence_gain / 100)
+            line(f"adherence change (points, target >= +{adherence_gain:.0f})", value, delta >= adherence_gain / 100)
     for key in ("adherence_baseline", "adherence_version", "foreground", "images", "annotations", "pairs",
                 "agreement", "reward_accuracy", "seconds"):
         if stats.get(key) is not None:

@@ -3,7 +3,8 @@
 Both versions render every prompt x seed with the same generation parameters; each pair of images
 (same prompt, same seed) is scored by the preference function (or a reward model), judged by the
 shapes-world judge when the prompts are shapes captions, and compared: the paired win rate with its
-Wilson 95% interval says how often the version beats the baseline on the preference.
+Wilson 95% interval says how often the version beats the baseline on the preference, and the mean paired
+change with its t interval how far it moved (a version that shifts every image a hair wins most pairs).
 """
 
 from __future__ import annotations
@@ -42,8 +43,9 @@ def render(version: ModelVersion, prompts: Sequence[str], seeds: Sequence[int], 
     return [generated.image for row in rows for generated in row]
 
 
-def _adherence(images: Sequence[Image.Image], captions: Sequence[str]) -> float | None:
-    from generation.shapes.judge import judge_many
+def _verdicts(images: Sequence[Image.Image], captions: Sequence[str]) -> list[bool] | None:
+    """The shapes-world judge's overall verdict on each image, or None when the captions are not the world's."""
+    from generation.shapes.judge import judge
     from generation.shapes.world import parse_caption
 
     try:
@@ -51,7 +53,7 @@ def _adherence(images: Sequence[Image.Image], captions: Sequence[str]) -> float 
             parse_caption(caption)
     except ValueError:
         return None  # not shapes-world captions: the judge does not apply
-    return float(judge_many(list(images), list(captions))["overall"])
+    return [judge(image, caption).overall for image, caption in zip(images, captions, strict=True)]
 
 
 @dataclass(frozen=True)
@@ -61,16 +63,23 @@ class EvaluationResult:
     score_version: float
     score_baseline: float
     win: stats.WinRate
+    score_change: stats.MeanDifference
     adherence_version: float | None
     adherence_baseline: float | None
+    adherence_change: stats.MeanDifference | None  # in the judge's pass rate, pair by pair
+    fixed: int | None  # pairs the version passes and the baseline fails
+    broken: int | None  # and the other way round
 
     def as_dict(self) -> dict[str, Any]:
-        delta = (None if self.adherence_version is None or self.adherence_baseline is None
-                 else self.adherence_version - self.adherence_baseline)
+        adherence = self.adherence_change
         return {"n": self.n, "score_name": self.score_name, "score_version": self.score_version,
-                "score_baseline": self.score_baseline, "score_delta": self.score_version - self.score_baseline,
+                "score_baseline": self.score_baseline, "score_delta": self.score_change.mean,
+                "score_delta_interval": [self.score_change.low, self.score_change.high],
                 "win_rate": self.win.as_dict(), "adherence_version": self.adherence_version,
-                "adherence_baseline": self.adherence_baseline, "adherence_delta": delta}
+                "adherence_baseline": self.adherence_baseline,
+                "adherence_delta": None if adherence is None else adherence.mean,
+                "adherence_delta_interval": None if adherence is None else [adherence.low, adherence.high],
+                "adherence_fixed": self.fixed, "adherence_broken": self.broken}
 
 
 def compare(new: Sequence[Image.Image], old: Sequence[Image.Image], captions: Sequence[str], *,
@@ -78,10 +87,18 @@ def compare(new: Sequence[Image.Image], old: Sequence[Image.Image], captions: Se
     """Paired comparison of two image lists (same captions and seeds, in the same order)."""
     new_scores = np.asarray(scorer(list(new), list(captions)), dtype=float)
     old_scores = np.asarray(scorer(list(old), list(captions)), dtype=float)
+    new_ok, old_ok = _verdicts(new, captions), _verdicts(old, captions)
+    adherence: dict[str, Any] = dict.fromkeys(
+        ("adherence_version", "adherence_baseline", "adherence_change", "fixed", "broken"))
+    if new_ok is not None and old_ok is not None:
+        adherence = {"adherence_version": float(np.mean(new_ok)), "adherence_baseline": float(np.mean(old_ok)),
+                     "adherence_change": stats.paired_difference(new_ok, old_ok),
+                     "fixed": sum(a and not b for a, b in zip(new_ok, old_ok, strict=True)),
+                     "broken": sum(b and not a for a, b in zip(new_ok, old_ok, strict=True))}
     return EvaluationResult(
         n=len(captions), score_name=score_name, score_version=float(new_scores.mean()),
         score_baseline=float(old_scores.mean()), win=stats.paired_win_rate(new_scores, old_scores),
-        adherence_version=_adherence(new, captions), adherence_baseline=_adherence(old, captions),
+        score_change=stats.paired_difference(new_scores, old_scores), **adherence,
     )
 
 

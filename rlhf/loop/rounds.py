@@ -287,8 +287,8 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
                 params=project.generation_settings or None)
             stats["evaluation"] = evaluation.pk
             stats.update({k: evaluation.results.get(k) for k in (
-                "score_version", "score_baseline", "score_delta", "adherence_version", "adherence_baseline",
-                "adherence_delta")})
+                "score_version", "score_baseline", "score_delta", "score_delta_interval", "adherence_version",
+                "adherence_baseline", "adherence_delta", "adherence_delta_interval")})
             stats["win_rate"] = evaluation.results.get("win_rate")
             lap("evaluation")
 

@@ -1,10 +1,14 @@
-"""Statistics of the loop, Django-free: Wilson intervals, paired win rates, a Bradley-Terry leaderboard."""
+"""Statistics of the loop, Django-free: Wilson intervals, paired win rates and mean differences, a Bradley-Terry
+leaderboard."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import asdict, dataclass
+
+import numpy as np
+from scipy import stats as scipy_stats
 
 from rlhf.exports.aggregate import fit_bradley_terry
 from rlhf.exports.pairs import Pair
@@ -57,6 +61,34 @@ def paired_win_rate(new: Sequence[float], old: Sequence[float], *, tolerance: fl
     wins = sum(1 for a, b in zip(new, old, strict=True) if a - b > tolerance)
     losses = sum(1 for a, b in zip(new, old, strict=True) if b - a > tolerance)
     return win_rate(wins, losses, len(new) - wins - losses)
+
+
+@dataclass(frozen=True)
+class MeanDifference:
+    """The mean of paired differences ``new[i] - old[i]`` with its Student-t 95% interval (None below 2 pairs)."""
+
+    mean: float
+    low: float | None
+    high: float | None
+    n: int
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+def paired_difference(new: Sequence[float], old: Sequence[float]) -> MeanDifference:
+    """How far ``new`` moved from ``old``, pair by pair: how big the change is, where a win rate says only
+    how often it went one way. For 0/1 verdicts (the judge's) it is the change in the pass rate."""
+    if len(new) != len(old):
+        raise ValueError(f"{len(new)} new scores but {len(old)} old ones")
+    if not len(new):
+        raise ValueError("no pairs to compare")
+    differences = np.asarray(new, dtype=float) - np.asarray(old, dtype=float)
+    n, mean = len(differences), float(differences.mean())
+    if n < 2:
+        return MeanDifference(mean=mean, low=None, high=None, n=n)
+    half = float(scipy_stats.t.ppf(0.975, n - 1) * differences.std(ddof=1) / math.sqrt(n))
+    return MeanDifference(mean=mean, low=mean - half, high=mean + half, n=n)
 
 
 @dataclass(frozen=True)

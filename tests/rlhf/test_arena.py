@@ -51,6 +51,20 @@ def test_win_rate_and_wilson_interval_by_hand():
     assert (paired.wins, paired.losses, paired.ties) == (2, 1, 1)
 
 
+def test_paired_difference_and_its_t_interval_by_hand():
+    change = stats.paired_difference([1.0, 2.0, 3.0, 4.0], [0.0, 2.0, 5.0, 1.0])  # differences 1, 0, -2, 3
+    half = 3.182446 * math.sqrt(13 / 3) / 2  # t(0.975, 3 df) x sample std / sqrt(n)
+    assert change.mean == 0.5 and change.n == 4
+    assert change.low == pytest.approx(0.5 - half, abs=1e-5) and change.high == pytest.approx(0.5 + half, abs=1e-5)
+    assert stats.paired_difference([True, True], [False, True]).as_dict()["mean"] == 0.5  # a pass-rate change
+    one = stats.paired_difference([2.0], [1.0])
+    assert (one.mean, one.low, one.high) == (1.0, None, None)  # one pair has no spread to size an interval with
+    with pytest.raises(ValueError, match="3 new scores but 2 old"):
+        stats.paired_difference([1.0, 2.0, 3.0], [1.0, 2.0])
+    with pytest.raises(ValueError, match="no pairs"):
+        stats.paired_difference([], [])
+
+
 def test_arena_votes_win_rate_and_leaderboard_against_hand_computed_votes(project, admin_user, annotator):
     old, new = version("arena-old"), version("arena-new")
     arena = arena_create(project=project, user=admin_user, versions=[old, new])

@@ -75,6 +75,7 @@ def test_reduced_round_runs_every_stage(project, admin_user, ml_engineer, tiny_b
     assert "<html" not in fragment and "Round 1" in fragment
     report = browser.get(f"/ml/evaluations/{evaluation.pk}/").content.decode()
     assert "win rate" in report.lower() and new.name in report
+    assert "fixed" in report and "95% CI" in report and len(stats["adherence_delta_interval"]) == 2
     assert LoopRound.objects.filter(project=project).count() == 1
     # The gpu-train task of a round that already ran returns it as it is.
     assert tasks.finetune_loop_round(loop_round.pk) == {"round": loop_round.pk, "status": "succeeded"}
@@ -139,6 +140,29 @@ def test_start_button_queues_one_round_for_the_train_worker(
     assert LoopRound.objects.filter(project=project).count() == 1
     LoopRound.objects.filter(pk=loop_round.pk).update(status="failed")
     assert browser.get(f"/ml/projects/{project.pk}/rounds/", HTTP_HX_REQUEST="true").status_code == 286
+
+
+def test_comparison_counts_fixed_and_broken_captions_and_sizes_the_changes():
+    import numpy as np
+    from PIL import Image
+
+    from generation.shapes.world import held_out_captions, parse_caption, render
+    from rlhf.loop.evaluate import compare, scorer_for
+
+    captions = held_out_captions(4)
+    truth = [Image.fromarray(render(parse_caption(c), np.random.default_rng(0))) for c in captions]  # all pass
+    blank = Image.new("RGB", truth[0].size, "white")  # and this fails
+    new, old = [truth[0], truth[1], truth[2], blank], [truth[0], blank, blank, blank]
+    scorer, name = scorer_for(preference="larger_shapes")
+    result = compare(new, old, captions, scorer=scorer, score_name=name).as_dict()
+    assert (result["adherence_version"], result["adherence_baseline"]) == (0.75, 0.25)
+    assert (result["adherence_fixed"], result["adherence_broken"]) == (2, 0)
+    half = 3.182446 * math.sqrt(1 / 3) / 2  # pass-rate differences 0, 1, 1, 0
+    assert result["adherence_delta"] == 0.5
+    assert result["adherence_delta_interval"] == pytest.approx([0.5 - half, 0.5 + half], abs=1e-5)
+    # Rendered shapes beat blank images on size: two wins, two ties, and a score change above zero.
+    assert (result["win_rate"]["wins"], result["win_rate"]["ties"]) == (2, 2)
+    assert result["score_delta"] > 0 and result["score_delta_interval"][0] < result["score_delta"]
 
 
 def test_evaluate_version_command(tiny_base, model_cache, tiny_base_dir, tmp_path, capsys):

@@ -15,7 +15,8 @@ from rlhf.models import RewardModelVersion
 
 class Command(BaseCommand):
     help = ("Paired evaluation of a version against its parent on held-out prompts with fixed seeds: preference "
-            "(or reward-model) score, shapes-judge adherence, win rate with a 95% interval.")
+            "(or reward-model) score, shapes-judge adherence, win rate with a 95% interval, and the mean paired "
+            "changes with theirs.")
 
     def add_arguments(self, parser: Any) -> None:
         parser.add_argument("version", help="model version name")
