@@ -95,6 +95,11 @@ def report(title: str, stats: dict, seconds: float | None = None, *, adherence_g
         line("paired preference win rate" + (" (target >= 0.65, CI low > 0.5)" if preference_round else ""),
              f"{win['rate']:.3f} [{win['low']:.3f}, {win['high']:.3f}] n={win['n']}",
              win["rate"] >= 0.65 and win["low"] > 0.5 if preference_round else None)
+    change = stats.get("score_delta")
+    if change is not None:
+        low, high = stats.get("score_delta_interval") or (None, None)
+        line("preference score change (mean paired)",
+             f"{change:+.5f}" + (f" [{low:+.5f}, {high:+.5f}]" if low is not None else ""), None)
     delta = stats.get("adherence_delta")
     if delta is not None:
         low, high = stats.get("adherence_delta_interval") or (None, None)
