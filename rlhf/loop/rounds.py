@@ -55,7 +55,8 @@ class RoundConfig:
 
     prompts: int = 200  # shapes-world captions generated and ranked this round
     prompt_seed: int = 0  # captions come from prompt_captions(prompts, prompt_seed + round number, "train");
-    # image seeds from round_image_seeds, so the same round on the same machine makes the same images
+    # image seeds from round_image_seeds and the annotators' noise from round_annotator_seed, so the same
+    # round on the same machine makes the same images and labels, and another prompt_seed another round
     images_per_prompt: int = 4
     annotators: int = 3  # simulated annotators (overlap = this many rankings per prompt)
     preference: str = "larger_shapes"  # rlhf.preferences name or dotted path
@@ -113,6 +114,12 @@ def _stage(loop_round: LoopRound, stage: str, **fields: Any) -> None:
         setattr(loop_round, key, value)
     loop_round.stage = stage
     loop_round.save()
+
+
+def round_annotator_seed(*, config: RoundConfig, number: int) -> int:
+    """The simulated annotators' noise seed in round ``number`` (annotator i draws from it + i): from the same
+    stream as the captions, so rounds of other prompt_seeds are labelled with other noise, not the same."""
+    return (config.prompt_seed + number) * 1000
 
 
 def round_image_seeds(*, config: RoundConfig, number: int, caption_index: int) -> list[int]:
@@ -226,7 +233,8 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
         _stage(loop_round, LoopRound.Stage.ANNOTATION)
         users = simulated_annotators_ensure(project=project, count=config.annotators)
         report = annotators_simulate(project=project, users=users, config=SimulationConfig(
-            preference=config.preference, temperature=config.temperature, seed=loop_round.number * 1000))
+            preference=config.preference, temperature=config.temperature,
+            seed=round_annotator_seed(config=config, number=loop_round.number)))
         stats["annotations"] = report.annotations
         agreement = project_agreement(project=project)
         stats["agreement"] = agreement.mean_pairwise_agreement

@@ -12,7 +12,13 @@ from annotate import template_services
 from annotate.models import Annotation, AnnotationTask
 from annotate.workflow_services import project_update_settings
 from rlhf import tasks
-from rlhf.loop.rounds import RoundConfig, project_current_version, round_image_seeds, round_run
+from rlhf.loop.rounds import (
+    RoundConfig,
+    project_current_version,
+    round_annotator_seed,
+    round_image_seeds,
+    round_run,
+)
 from rlhf.models import LoopRound, RunStatus, VersionEvaluation
 from tests.annotate.factories_workflow import RANK_SCHEMA
 from tests.factories import PASSWORD
@@ -37,6 +43,22 @@ def test_round_config_is_validated_when_built():
         RoundConfig(method="ddpo")
     with pytest.raises(ValueError, match="preference"):
         RoundConfig(preference="nope")
+
+
+def test_rounds_of_other_prompt_seeds_are_labelled_with_other_noise():
+    import numpy as np
+
+    from rlhf.preferences import noisy_ranking
+
+    def rankings(prompt_seed: int) -> list[list[int]]:  # 20 ties ranked by annotator 0 of round 1
+        rng = np.random.default_rng(round_annotator_seed(config=RoundConfig(prompt_seed=prompt_seed), number=1))
+        return [noisy_ranking([0.5] * 4, temperature=0.02, rng=rng) for _ in range(20)]
+
+    assert rankings(0) == rankings(0)  # the same round labels the same way
+    assert rankings(0) != rankings(1) and rankings(1) != rankings(2)  # another round, other noise
+    # One stream with the captions (seed prompt_seed + round): prompt_seed 0's second round is prompt_seed 1's first.
+    second, first = RoundConfig(prompt_seed=0), RoundConfig(prompt_seed=1)
+    assert round_annotator_seed(config=second, number=2) == round_annotator_seed(config=first, number=1)
 
 
 def test_reduced_round_runs_every_stage(project, admin_user, ml_engineer, tiny_base, model_cache):
