@@ -6,11 +6,12 @@
 Prints, for captions of the world with fresh seeds (never used in training), the judge's
 per-attribute and overall accuracy; the same on captions using the (shape, colour) pairs held
 out of training (``generation.shapes.world.HELD_OUT_PAIRS``); a random-weight pipeline of the same
-configuration as a floor; the wall time of four images at the default settings; and the ceiling the
-VAE sets: the judge on its reconstructions of ground-truth renders, with the shape accuracy per
-(shape, size), since no fine-tune of the UNet alone (DPO, DDPO) can render what the decoder loses; and
-the decoder's reach: the same renders through latents optimised to decode to them (Adam on the VAE's
-shape-weighted pixel loss, from the encoder's latent), the most any UNet could get out of this decoder.
+configuration as a floor; the wall time of four images at the default settings; and, on one set of
+ground-truth renders, the model on their captions, the ceiling the VAE sets (the judge on its
+reconstructions, with the shape accuracy per (shape, size), since no fine-tune of the UNet alone, DPO or
+DDPO, can render what the decoder loses) and the decoder's reach: latents optimised to decode to each
+render (Adam on the VAE's shape-weighted pixel loss, from the encoder's latent), about the most any UNet
+could get out of this decoder.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from generation.shapes.train import TrainConfig, shape_pixels, to_tensor, vae_lo
 from generation.shapes.world import make_examples, parse_caption, prompt_captions
 
 BENCH_SEED = 20_261_126  # caption seed; training draws from other streams (see generation/shapes/train.py)
+CEILING_SEED = BENCH_SEED + 2  # the ground-truth renders of the ceiling and the reach
 BATCH = 50
 
 
@@ -73,7 +75,7 @@ def _pixels(decoded: torch.Tensor) -> list:
 @torch.no_grad()
 def reconstruction_ceiling(vae: AutoencoderKL, n: int) -> dict[str, float]:
     """The judge on VAE reconstructions (encode to the latent's mode, decode) of ground-truth renders."""
-    images, captions = make_examples(n, seed=BENCH_SEED + 2, split="any")
+    images, captions = make_examples(n, seed=CEILING_SEED, split="any")
     pixels = []
     for start in range(0, n, BATCH):
         x = to_tensor(images[start : start + BATCH])
@@ -85,7 +87,7 @@ def decoder_reach(vae: AutoencoderKL, n: int, steps: int, lr: float = 0.05) -> d
     """The judge on the decoder's best attempt at each ground-truth render: the latent, started at the
     encoder's mode, is optimised by Adam on the VAE's training loss (shape pixels weighted as in training).
     The same renders as reconstruction_ceiling, so the two compare caption by caption."""
-    images, captions = make_examples(n, seed=BENCH_SEED + 2, split="any")
+    images, captions = make_examples(n, seed=CEILING_SEED, split="any")
     shape_weight = TrainConfig().shape_weight
     for p in vae.parameters():
         p.requires_grad_(False)
@@ -189,6 +191,9 @@ def main() -> None:
         )
         print(f"random weights:    {fmt(results['random_weights'])}")
     if args.ceiling_n:
+        _, captions = make_examples(args.ceiling_n, seed=CEILING_SEED, split="any")
+        results["model_on_ceiling_captions"] = adherence(pipe, list(captions), **settings)
+        print(f"the model on the same captions: {fmt(results['model_on_ceiling_captions'])}")
         results["vae_ceiling"] = ceiling = reconstruction_ceiling(pipe.vae, args.ceiling_n)
         print(f"VAE reconstructions: {fmt(ceiling)}")
         print(by_size(ceiling))
