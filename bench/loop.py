@@ -13,12 +13,13 @@
    DDPO still moves the model far enough to swing the paired win rate either way: seeds 0, 1 and 2 gave
    0.74, 0.74 and 0.16. So a DDPO round's win rate counts only across several rounds, set against the
    control's spread over as many seeds. DPO's control is ``--sections dpo --temperature 1000`` (labels of
-   pure noise): 0.30, 0.29 and 0.80 on seeds 0-2, where the round's labels give 0.69, 0.71 and 0.87.
+   pure noise): 0.30, 0.25 and 0.44 on seeds 0-2, where the round's labels give 0.69, 0.66 and 0.71. Every
+   section also prints the mean paired change in the preference score with its interval.
 
-A round is reproducible: its captions and image seeds come from ``--seed`` (the rounds' prompt_seed), so
-two runs on one machine print the same figures; other seeds are other rounds, and at this temperature
-a round's figures depend on its data (the DDPO round's most of all), so judge a recipe over several seeds. ``--rounds N`` runs N
-rounds of the dpo and ddpo sections on one project, each continuing the last one's LoRA, and reports
+A round is reproducible: its captions, image seeds and annotators' noise come from ``--seed`` (the rounds'
+prompt_seed), so two runs on one machine print the same figures; other seeds are other rounds, and at this
+temperature a round's figures depend on its data (the DDPO round's most of all: 0.52, 0.40 and 0.93 on
+seeds 0-2), so judge a recipe over several seeds. ``--rounds N`` runs N rounds of the dpo and ddpo sections on one project, each continuing the last one's LoRA, and reports
 each against its input version and the last one against the base (the targets are round 1's).
 
 It uses a throw-away SQLite database and media directory under a temporary directory (so it never
