@@ -19,8 +19,9 @@
 A round is reproducible: its captions, image seeds and annotators' noise come from ``--seed`` (the rounds'
 prompt_seed), so two runs on one machine print the same figures; other seeds are other rounds, and at this
 temperature a round's figures depend on its data (the DDPO round's most of all: 0.52, 0.40 and 0.93 on
-seeds 0-2), so judge a recipe over several seeds. ``--rounds N`` runs N rounds of the dpo and ddpo sections on one project, each continuing the last one's LoRA, and reports
-each against its input version and the last one against the base (the targets are round 1's).
+seeds 0-2), so judge a recipe over several seeds. ``--rounds N`` runs N rounds of the dpo and ddpo
+sections on one project, each continuing the last one's LoRA, and reports each against its input version
+and the last one against the base (the targets are round 1's).
 
 It uses a throw-away SQLite database and media directory under a temporary directory (so it never
 touches your data), migrates it, and lifts the per-user generation rate limit for the simulated users.
