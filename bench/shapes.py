@@ -21,6 +21,7 @@ import json
 import statistics
 import time
 
+import numpy as np
 import torch
 from diffusers import AutoencoderKL
 from tqdm import tqdm
@@ -73,26 +74,25 @@ def _pixels(decoded: torch.Tensor) -> list:
 
 
 @torch.no_grad()
-def reconstruction_ceiling(vae: AutoencoderKL, n: int) -> dict[str, float]:
+def reconstruction_ceiling(vae: AutoencoderKL, images: np.ndarray, captions: list[str]) -> dict[str, float]:
     """The judge on VAE reconstructions (encode to the latent's mode, decode) of ground-truth renders."""
-    images, captions = make_examples(n, seed=CEILING_SEED, split="any")
     pixels = []
-    for start in range(0, n, BATCH):
+    for start in range(0, len(images), BATCH):
         x = to_tensor(images[start : start + BATCH])
         pixels += _pixels(vae.decode(vae.encode(x).latent_dist.mode()).sample)
     return _judge_renders(pixels, captions)
 
 
-def decoder_reach(vae: AutoencoderKL, n: int, steps: int, lr: float = 0.05) -> dict[str, float]:
+def decoder_reach(
+    vae: AutoencoderKL, images: np.ndarray, captions: list[str], steps: int, lr: float = 0.05
+) -> dict[str, float]:
     """The judge on the decoder's best attempt at each ground-truth render: the latent, started at the
     encoder's mode, is optimised by Adam on the VAE's training loss (shape pixels weighted as in training).
-    The same renders as reconstruction_ceiling, so the two compare caption by caption."""
-    images, captions = make_examples(n, seed=CEILING_SEED, split="any")
+    Given the renders of reconstruction_ceiling, the two compare caption by caption."""
     shape_weight = TrainConfig().shape_weight
-    for p in vae.parameters():
-        p.requires_grad_(False)
+    vae.requires_grad_(False)
     pixels = []
-    for start in tqdm(range(0, n, BATCH), desc="decoder reach", unit="batch"):
+    for start in tqdm(range(0, len(images), BATCH), desc="decoder reach", unit="batch"):
         chunk = images[start : start + BATCH]
         x, weight = to_tensor(chunk), 1.0 + (shape_weight - 1.0) * shape_pixels(chunk)
         with torch.no_grad():
@@ -107,6 +107,12 @@ def decoder_reach(vae: AutoencoderKL, n: int, steps: int, lr: float = 0.05) -> d
         with torch.no_grad():
             pixels += _pixels(vae.decode(latent).sample)
     return _judge_renders(pixels, captions)
+
+
+def ground_truth(n: int) -> tuple[np.ndarray, list[str]]:
+    """The renders the ceiling and the reach are measured on (the first k of n are those of k)."""
+    images, captions = make_examples(n, seed=CEILING_SEED, split="any")
+    return images, list(captions)
 
 
 def latency(pipe, *, steps: int, guidance: float, repeats: int = 5) -> float:
@@ -164,7 +170,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.vae:
-        ceiling = reconstruction_ceiling(AutoencoderKL.from_pretrained(args.vae).eval(), args.ceiling_n)
+        ceiling = reconstruction_ceiling(
+            AutoencoderKL.from_pretrained(args.vae).eval(), *ground_truth(args.ceiling_n)
+        )
         print(f"VAE {args.vae} reconstructions: {fmt(ceiling)}")
         print(json.dumps({"vae": args.vae, "vae_ceiling": ceiling}))
         return
@@ -190,15 +198,18 @@ def main() -> None:
             baseline, prompt_captions(args.baseline_n, seed=BENCH_SEED), **settings
         )
         print(f"random weights:    {fmt(results['random_weights'])}")
+    images, captions = ground_truth(max(args.ceiling_n, args.reach_n))
     if args.ceiling_n:
-        _, captions = make_examples(args.ceiling_n, seed=CEILING_SEED, split="any")
-        results["model_on_ceiling_captions"] = adherence(pipe, list(captions), **settings)
+        results["model_on_ceiling_captions"] = adherence(pipe, captions[: args.ceiling_n], **settings)
         print(f"the model on the same captions: {fmt(results['model_on_ceiling_captions'])}")
-        results["vae_ceiling"] = ceiling = reconstruction_ceiling(pipe.vae, args.ceiling_n)
+        results["vae_ceiling"] = ceiling = reconstruction_ceiling(
+            pipe.vae, images[: args.ceiling_n], captions[: args.ceiling_n]
+        )
         print(f"VAE reconstructions: {fmt(ceiling)}")
         print(by_size(ceiling))
     if args.reach_n:
-        results["decoder_reach"] = reach = decoder_reach(pipe.vae, args.reach_n, args.reach_steps)
+        reach = decoder_reach(pipe.vae, images[: args.reach_n], captions[: args.reach_n], args.reach_steps)
+        results["decoder_reach"] = reach
         print(f"decoder's reach ({args.reach_steps} steps): {fmt(reach)}")
         print(by_size(reach))
     print(json.dumps(results))
