@@ -84,6 +84,13 @@ def line(name: str, value: str, ok: bool | None) -> None:
     print(f"{name:<58} {value:<40} {mark}")
 
 
+def with_interval(stats: dict, key: str, form: str, *, scale: float = 1) -> str:
+    """``stats[key]`` and, where the evaluation gave one, its ``key + "_interval"`` in brackets."""
+    low, high = stats.get(f"{key}_interval") or (None, None)
+    text = form.format(scale * stats[key])
+    return text if low is None else f"{text} [{form.format(scale * low)}, {form.format(scale * high)}]"
+
+
 def report(title: str, stats: dict, seconds: float | None = None, *, adherence_gain: float | None = None,
            targets: bool = True) -> None:
     """A section's figures; PASS/FAIL against the issue's targets unless targets is False (the control)."""
@@ -99,13 +106,10 @@ def report(title: str, stats: dict, seconds: float | None = None, *, adherence_g
              win["rate"] >= 0.65 and win["low"] > 0.5 if preference_round else None)
     change = stats.get("score_delta")
     if change is not None:
-        low, high = stats.get("score_delta_interval") or (None, None)
-        line("preference score change (mean paired)",
-             f"{change:+.5f}" + (f" [{low:+.5f}, {high:+.5f}]" if low is not None else ""), None)
+        line("preference score change (mean paired)", with_interval(stats, "score_delta", "{:+.5f}"), None)
     delta = stats.get("adherence_delta")
     if delta is not None:
-        low, high = stats.get("adherence_delta_interval") or (None, None)
-        value = f"{100 * delta:+.1f}" + (f" [{100 * low:+.1f}, {100 * high:+.1f}]" if low is not None else "")
+        value = with_interval(stats, "adherence_delta", "{:+.1f}", scale=100)
         if not targets:
             line("adherence change (points)", value, None)
         elif adherence_gain is None:
