@@ -92,7 +92,7 @@ class Command(BaseCommand):
 
     def _user(self, username: str, password: str, role: str) -> Any:
         user_model = get_user_model()
-        user, created = user_model.objects.get_or_create(username=username, defaults={"is_staff": role == Role.ADMIN})
+        user, created = user_model.objects.get_or_create(username=username)  # the admin site is for superusers
         if created:
             user.set_password(password)
             user.save()
