@@ -101,3 +101,45 @@ def test_images_install_the_pinned_requirements():
     for dockerfile in ("Dockerfile", "Dockerfile.gpu"):
         text = (DOCKER / dockerfile).read_text()
         assert "pip install -r requirements.txt" in text
+
+
+REQUIRED_VARIABLE = re.compile(r"^\$\{(?P<name>[A-Z_]+):\?(?P<message>[^}]+)\}$")
+
+
+def app_services() -> dict[str, dict]:
+    """The services that run Pickwise's own code (built from this repository)."""
+    return {name: service for name, service in compose()["services"].items() if "build" in service}
+
+
+def test_no_secret_key_is_shipped():
+    assert "SECRET_KEY" not in env_file("pickwise.env")
+    for path in sorted(DOCKER.iterdir()):
+        assert not re.search(r"SECRET_KEY=[^\s$\"]", path.read_text()), f"{path.name} sets a literal SECRET_KEY"
+
+
+def test_every_app_service_refuses_to_start_without_the_operators_key():
+    """`${SECRET_KEY:?message}`: compose stops `up` with the message when the operator set no key."""
+    services = app_services()
+    assert {"migrate", "web", "worker-default", "worker-gpu", "worker-train", "beat", "flower"} <= set(services)
+    for name, service in services.items():
+        match = REQUIRED_VARIABLE.match(service["environment"]["SECRET_KEY"])
+        assert match, f"{name}: SECRET_KEY is not a required variable"
+        assert match["name"] == "SECRET_KEY" and "README" in match["message"]
+    assert app_services()["worker-gpu"]["environment"]["PICKWISE_DEVICE"] == "cuda"
+
+
+def test_the_image_build_uses_a_throwaway_random_key():
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    assert 'SECRET_KEY="$(python -c \'import secrets; print(secrets.token_urlsafe(64))\')"' in dockerfile
+
+
+def test_secrets_and_local_state_stay_out_of_the_build_context():
+    ignored = {line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()}
+    assert {".git", ".venv", "var", "**/.env", "**/*.local.env"} <= ignored
+    git_ignored = {line.strip() for line in (ROOT / ".gitignore").read_text().splitlines()}
+    assert {".env", "*.local.env"} <= git_ignored
+
+
+def test_flower_is_reachable_from_the_host_only():
+    """Flower has no login and can revoke tasks."""
+    assert compose()["services"]["flower"]["ports"] == ["127.0.0.1:5555:5555"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 from config.env import REGISTRY
 
 ROOT = Path(__file__).resolve().parents[2]
-PROD_SECRET = "x" * 20 + "-prod-secret-for-tests-" + "y" * 20
+# A fresh random key per run: a key written here would be published, and production refuses those.
+PROD_SECRET = secrets.token_urlsafe(64)
 # Set by the browser fixture for Playwright's event loop; never part of a deployment.
 NOT_INHERITED = {*REGISTRY, "DJANGO_ALLOW_ASYNC_UNSAFE"}
 
@@ -67,6 +69,14 @@ def test_production_mode_with_postgres_redis_and_s3(tmp_path):
     [
         ({"PICKWISE_ENV": "production"}, "SECRET_KEY"),
         ({"PICKWISE_ENV": "production", "SECRET_KEY": "short"}, "SECRET_KEY"),
+        # The example key docker/pickwise.env used to ship, and the development key.
+        ({"PICKWISE_ENV": "production",
+          "SECRET_KEY": "change-me-to-a-long-random-string-of-at-least-fifty-characters-0000"}, "SECRET_KEY"),
+        ({"PICKWISE_ENV": "production",
+          "SECRET_KEY": "dev-insecure-pickwise-key-change-me-0123456789abcdefghijklmnop"}, "SECRET_KEY"),
+        ({"LOGIN_FAILURE_LIMIT": "0"}, "LOGIN_FAILURE_LIMIT"),
+        ({"LOGIN_LOCKOUT_MINUTES": "soon"}, "LOGIN_LOCKOUT_MINUTES"),
+        ({"API_DOCS_PUBLIC": "perhaps"}, "API_DOCS_PUBLIC"),
         ({"DATABASE_URL": "mysql://u@h/db"}, "DATABASE_URL"),
         ({"DATABASE_URL": "postgres:///nohost"}, "DATABASE_URL"),
         ({"CELERY_BROKER_URL": "kafka://broker:9092"}, "CELERY_BROKER_URL"),
