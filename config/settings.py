@@ -10,11 +10,14 @@ Two modes:
 from __future__ import annotations
 
 from pathlib import Path
+from urllib.parse import urlparse
 
 import dj_database_url
+from csp.constants import NONE, SELF
 from django.core.exceptions import ImproperlyConfigured
 
 from config.env import env_bool, env_choice, env_int, env_list, env_str, env_url
+from config.secret_key import check_secret_key
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -30,10 +33,8 @@ _DEV_SECRET = "dev-insecure-pickwise-key-change-me-0123456789abcdefghijklmnop"  
 SECRET_KEY = env_str("SECRET_KEY", "", "Django secret key; required in production") or (
     "" if PRODUCTION else _DEV_SECRET
 )
-if PRODUCTION and (not SECRET_KEY or SECRET_KEY == _DEV_SECRET):
-    raise ImproperlyConfigured("SECRET_KEY: must be set to a private value when PICKWISE_ENV=production")
-if PRODUCTION and len(SECRET_KEY) < 50:
-    raise ImproperlyConfigured("SECRET_KEY: must be at least 50 characters in production")
+if PRODUCTION:  # private, long, and published nowhere (config/secret_key.py)
+    check_secret_key(SECRET_KEY, source_root=BASE_DIR)
 
 DEBUG = env_bool("DEBUG", not PRODUCTION, "Django debug pages; only for local hosts")
 ALLOWED_HOSTS = env_list(
@@ -51,7 +52,7 @@ CSRF_TRUSTED_ORIGINS = env_list("CSRF_TRUSTED_ORIGINS", "", "Origins (scheme://h
 
 # --- applications -----------------------------------------------------------------------
 INSTALLED_APPS = [
-    "django.contrib.admin",
+    "config.apps.PickwiseAdminConfig",  # django.contrib.admin, for superusers only (config/admin.py)
     "django.contrib.auth",
     "django.contrib.contenttypes",
     "django.contrib.sessions",
@@ -64,6 +65,8 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
+    "axes",
+    "csp",
     "core",
     "annotate",
     "generation",
@@ -79,6 +82,9 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_htmx.middleware.HtmxMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "core.middleware.download_disposition",
+    "axes.middleware.AxesMiddleware",  # last: turns a login refused by the lockout into its 429
 ]
 
 if PRODUCTION:  # runserver serves static files in development
@@ -126,9 +132,40 @@ AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
     {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+AUTHENTICATION_BACKENDS = [
+    "core.login_protection.LockoutBackend",  # refuses locked-out logins before any password check
+    "django.contrib.auth.backends.ModelBackend",
+]
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
 LOGOUT_REDIRECT_URL = "login"
+
+# --- login protection (django-axes, core/login_protection.py) ------------------------------
+LOGIN_FAILURE_LIMIT = env_int(
+    "LOGIN_FAILURE_LIMIT", 5, "Failed logins for one username (from any address) that lock it out", minimum=1
+)
+LOGIN_FAILURE_LIMIT_PER_IP = env_int(
+    "LOGIN_FAILURE_LIMIT_PER_IP", 20, "Failed logins from one client address (any usernames) that lock it out",
+    minimum=1,
+)
+LOGIN_LOCKOUT_MINUTES = env_int(
+    "LOGIN_LOCKOUT_MINUTES", 15, "Minutes without a failed login after which a lockout ends", minimum=1
+)
+TRUSTED_PROXY_COUNT = env_int(
+    "TRUSTED_PROXY_COUNT", 0,
+    "Reverse proxies in front of the app that append X-Forwarded-For; 0 = the peer address is the client",
+    minimum=0,
+)
+AXES_HANDLER = "core.login_protection.LockoutHandler"
+AXES_FAILURE_LIMIT = "core.login_protection.failure_limit"  # LOGIN_FAILURE_LIMIT
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_COOLOFF_TIME = "core.login_protection.cool_off"  # LOGIN_LOCKOUT_MINUTES
+AXES_CLIENT_IP_CALLABLE = "core.login_protection.client_ip"
+AXES_LOCKOUT_CALLABLE = "core.login_protection.lockout_response"
+# A successful login must not clear failures: axes would clear every attempt from that address,
+# guesses at other accounts included, so an attacker with one account could reset their count.
+AXES_RESET_ON_SUCCESS = False
+AXES_VERBOSE = False  # no start-up banner in every command; failures and lockouts are still logged
 
 # --- i18n / time ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -256,8 +293,13 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "core.api.exception_handler",
 }
+API_DOCS_PUBLIC = env_bool(
+    "API_DOCS_PUBLIC", not PRODUCTION,
+    "Serve /api/schema/ and /api/docs/ to anonymous callers (default false in production: signed-in users only)",
+)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Pickwise API",
+    "SERVE_PERMISSIONS": ["core.api.ApiDocsPermission"],
     "DESCRIPTION": "Rank generated images, export preferences, train reward models and fine-tune.",
     "VERSION": "0.1.0",
     "SERVE_INCLUDE_SCHEMA": False,
@@ -285,9 +327,40 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = True
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
-    SECURE_CONTENT_TYPE_NOSNIFF = True
-    SECURE_REFERRER_POLICY = "same-origin"
+
+# --- response headers (both modes) ------------------------------------------------------
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
+# Content-Security-Policy (django-csp): scripts and styles only from the app's own static files,
+# no inline code or style attributes, no plugins, no framing. Images may also come from the S3
+# media bucket (generated images redirect to signed URLs there) and from CSP_EXTRA_IMG_SRC.
+CSP_EXTRA_IMG_SRC = env_list(
+    "CSP_EXTRA_IMG_SRC", "", "More origins images may load from (comma-separated), besides the app and its S3 bucket"
+)
+_media_origins: list[str] = []
+if AWS_STORAGE_BUCKET_NAME:
+    if AWS_S3_ENDPOINT_URL:
+        _endpoint = urlparse(AWS_S3_ENDPOINT_URL)
+        _media_origins = [f"{_endpoint.scheme}://{_endpoint.netloc}", f"{_endpoint.scheme}://*.{_endpoint.netloc}"]
+    else:
+        _regional = f"s3.{AWS_S3_REGION_NAME}.amazonaws.com" if AWS_S3_REGION_NAME else "s3.amazonaws.com"
+        _media_origins = [f"https://{AWS_STORAGE_BUCKET_NAME}.{_regional}", f"https://{_regional}",
+                          f"https://{AWS_STORAGE_BUCKET_NAME}.s3.amazonaws.com"]
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [SELF],
+        "script-src": [SELF],
+        "style-src": [SELF],
+        "img-src": [SELF, "data:", *_media_origins, *CSP_EXTRA_IMG_SRC],
+        "font-src": [SELF],
+        "connect-src": [SELF],
+        "object-src": [NONE],
+        "base-uri": [SELF],
+        "form-action": [SELF],
+        "frame-ancestors": [NONE],
+    },
+}
 
 LOGGING = {
     "version": 1,

@@ -3,13 +3,13 @@ from __future__ import annotations
 from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
-from rest_framework.authtoken.views import obtain_auth_token
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
 from annotate import api as annotate_api
 from annotate import template_api, workflow_api
 from core import views as core_views
+from core.api import obtain_token
 from generation.urls import api_urlpatterns as generation_api
 from rlhf import api as rlhf_api
 from rlhf import run_api
@@ -32,9 +32,9 @@ urlpatterns = [
     path("generation/", include("generation.urls")),
     path("ml/", include("rlhf.urls")),
     path("api/me/", annotate_api.me, name="api-me"),
-    path("api/token/", obtain_auth_token, name="api-token"),
+    path("api/token/", obtain_token, name="api-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
-    path("api/docs/", SpectacularSwaggerView.as_view(url_name="api-schema"), name="api-docs"),
+    path("api/docs/", core_views.api_docs, name="api-docs"),
     path("api/", include(generation_api)),
     path("api/", include(workflow_api.urlpatterns)),
     path("api/", include(router.urls)),

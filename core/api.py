@@ -1,10 +1,15 @@
-"""DRF glue shared by every app: ApplicationError becomes a 400 that names the field."""
+"""DRF glue shared by every app: ApplicationError becomes a 400 that names the field; the token view."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from rest_framework import status
+from django.conf import settings
+from drf_spectacular.utils import OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import permissions, serializers, status
+from rest_framework.authtoken.serializers import AuthTokenSerializer
+from rest_framework.authtoken.views import ObtainAuthToken
+from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
@@ -17,3 +22,37 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, ApplicationError):
         return Response(exc.as_dict(), status=status.HTTP_400_BAD_REQUEST)
     return drf_exception_handler(exc, context)
+
+
+class ApiDocsPermission(permissions.BasePermission):
+    """The OpenAPI schema and its docs page: anyone when ``API_DOCS_PUBLIC``, else signed-in users."""
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        return bool(settings.API_DOCS_PUBLIC or (request.user and request.user.is_authenticated))
+
+
+class ObtainTokenView(ObtainAuthToken):
+    """``POST /api/token/`` (username, password) -> ``{"token": ...}``, under the login lockout.
+
+    DRF's view hands its own ``Request`` wrapper to ``authenticate()``; django-axes marks a lockout on
+    the object it is given, and its middleware reads the Django request. This view hands over the
+    Django request, so a locked-out caller gets the lockout answer (429) here as on ``/login/``.
+    """
+
+    def get_serializer_context(self) -> dict[str, Any]:
+        return {**super().get_serializer_context(), "request": self.request._request}
+
+    @extend_schema(
+        request=AuthTokenSerializer,
+        responses={
+            200: inline_serializer("AuthToken", {"token": serializers.CharField()}),
+            400: OpenApiResponse(description="Wrong username or password, or a field missing"),
+            429: OpenApiResponse(description="Too many failed logins for this username or address; "
+                                             "see Retry-After"),
+        },
+    )
+    def post(self, request: Request, *args: Any, **kwargs: Any) -> Response:
+        return super().post(request, *args, **kwargs)
+
+
+obtain_token = ObtainTokenView.as_view()

@@ -1,23 +1,50 @@
 from __future__ import annotations
 
+import logging
+
+from django.conf import settings
 from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
+from django.contrib.auth.views import redirect_to_login
+from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
+from drf_spectacular.views import SpectacularSwaggerSplitView
 
 from core.health import check_broker, check_database
+
+logger = logging.getLogger(__name__)
 
 
 @never_cache
 @require_GET
 def healthz(request: HttpRequest) -> JsonResponse:
-    """200 when the database and the broker are reachable, 503 (with the reason) otherwise."""
+    """200 when the database and the broker are reachable, 503 otherwise.
+
+    The probe is public (load balancers call it), so each dependency reads only ``ok`` or ``failed``;
+    why one failed (the exception, which may name the database host and user) goes to the log.
+    """
     checks = {"database": check_database(), "broker": check_broker()}
-    body = {name: ("ok" if error is None else error) for name, error in checks.items()}
+    body = {name: ("ok" if error is None else "failed") for name, error in checks.items()}
+    for name, error in checks.items():
+        if error is not None:
+            logger.error("healthz: %s unreachable: %s", name, error)
     healthy = all(error is None for error in checks.values())
     body["status"] = "ok" if healthy else "unavailable"
     return JsonResponse(body, status=200 if healthy else 503)
+
+
+_swagger = SpectacularSwaggerSplitView.as_view(url_name="api-schema")
+
+
+def api_docs(request: HttpRequest) -> HttpResponseBase:
+    """The browsable API docs (Swagger UI, its start-up script a static-like file, so no inline code).
+
+    When ``API_DOCS_PUBLIC`` is off, anonymous visitors are sent to the login page first.
+    """
+    if not settings.API_DOCS_PUBLIC and not request.user.is_authenticated:
+        return redirect_to_login(request.get_full_path())
+    return _swagger(request)
 
 
 @login_required
