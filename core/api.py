@@ -45,7 +45,7 @@ class ObtainTokenView(ObtainAuthToken):
     @extend_schema(
         request=AuthTokenSerializer,
         responses={
-            200: inline_serializer("AuthToken", {"token": serializers.CharField()}),
+            200: inline_serializer("AuthTokenResponse", {"token": serializers.CharField()}),
             400: OpenApiResponse(description="Wrong username or password, or a field missing"),
             429: OpenApiResponse(description="Too many failed logins for this username or address; "
                                              "see Retry-After"),

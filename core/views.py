@@ -34,7 +34,7 @@ def healthz(request: HttpRequest) -> JsonResponse:
     return JsonResponse(body, status=200 if healthy else 503)
 
 
-_swagger = SpectacularSwaggerSplitView.as_view(url_name="api-schema")
+_swagger = SpectacularSwaggerSplitView.as_view(url_name="api-schema", template_name="core/api_docs.html")
 
 
 def api_docs(request: HttpRequest) -> HttpResponseBase:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import secrets
@@ -118,3 +119,41 @@ def test_readme_documents_every_setting():
     assert not missing, f"README's settings table lacks {missing}"
     unknown = sorted(set(rows) - set(REGISTRY))
     assert not unknown, f"README documents settings the code never reads: {unknown}"
+
+
+SECURITY_PROBE = (
+    "import django, json; django.setup(); from django.conf import settings as s; "
+    "from core.login_protection import cool_off, failure_limit; "
+    "print(json.dumps({'docs': s.API_DOCS_PUBLIC, 'limit': failure_limit(None), "
+    "'per_ip': s.LOGIN_FAILURE_LIMIT_PER_IP, 'cool_off': cool_off().total_seconds(), "
+    "'proxies': s.TRUSTED_PROXY_COUNT, 'img_src': s.CONTENT_SECURITY_POLICY['DIRECTIVES']['img-src']}))"
+)
+
+
+def security_probe(**env: str) -> dict[str, object]:
+    result = run_python(SECURITY_PROBE, **env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_security_settings_have_their_documented_defaults(tmp_path):
+    assert security_probe(PICKWISE_VAR_DIR=str(tmp_path)) == {
+        "docs": True, "limit": 5, "per_ip": 20, "cool_off": 900.0, "proxies": 0, "img_src": ["'self'", "data:"],
+    }
+    production = security_probe(PICKWISE_VAR_DIR=str(tmp_path), PICKWISE_ENV="production", SECRET_KEY=PROD_SECRET,
+                                ALLOWED_HOSTS="pickwise.example.org")
+    assert production["docs"] is False
+
+
+def test_security_settings_follow_the_environment(tmp_path):
+    probe = security_probe(
+        PICKWISE_VAR_DIR=str(tmp_path), API_DOCS_PUBLIC="false", LOGIN_FAILURE_LIMIT="8",
+        LOGIN_FAILURE_LIMIT_PER_IP="50", LOGIN_LOCKOUT_MINUTES="30", TRUSTED_PROXY_COUNT="2",
+        AWS_STORAGE_BUCKET_NAME="media", AWS_ACCESS_KEY_ID="key", AWS_SECRET_ACCESS_KEY="secret",
+        AWS_S3_ENDPOINT_URL="https://minio.example.org:9000", CSP_EXTRA_IMG_SRC="https://cdn.example.org",
+    )
+    assert probe == {
+        "docs": False, "limit": 8, "per_ip": 50, "cool_off": 1800.0, "proxies": 2,
+        "img_src": ["'self'", "data:", "https://minio.example.org:9000", "https://*.minio.example.org:9000",
+                    "https://cdn.example.org"],
+    }
