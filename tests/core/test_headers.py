@@ -62,3 +62,11 @@ def test_stored_files_that_are_not_raster_images_are_attachments(content_type):
 @pytest.mark.parametrize("content_type", ["image/png", "image/jpeg", "image/webp"])
 def test_raster_images_are_shown_inline(content_type):
     assert "Content-Disposition" not in _served(content_type)
+
+
+def test_the_cached_header_is_django_csps_own_and_follows_the_settings(client, db, settings):
+    from csp.utils import build_policy
+
+    assert client.get("/login/")["Content-Security-Policy"] == build_policy()
+    settings.CONTENT_SECURITY_POLICY = {"DIRECTIVES": {"default-src": ["'none'"]}}
+    assert client.get("/login/")["Content-Security-Policy"] == "default-src 'none'"
