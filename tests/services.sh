@@ -46,13 +46,27 @@ cleanup() {
 trap cleanup EXIT
 
 run_pg "$PG_BIN/initdb" -D "$PGDATA" -U pickwise -A trust --no-sync >/dev/null
-run_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -w -l "$PGDATA/server.log" start \
-  -o "-p $PG_PORT -k $PGDATA -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null
+# Two suites starting at once may both see a port free: when the server cannot bind, take the next one.
+for attempt in 1 2 3 4 5; do
+  if run_pg "$PG_BIN/pg_ctl" -D "$PGDATA" -w -l "$PGDATA/server.log" start \
+    -o "-p $PG_PORT -k $PGDATA -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200" >/dev/null; then
+    break
+  fi
+  [ "$attempt" -lt 5 ] || { cat "$PGDATA/server.log" >&2; exit 1; }
+  PG_PORT="$(first_free_port "$((PG_PORT + 1))")"
+done
 run_pg "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U pickwise pickwise
 
-redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
-  --dir "$WORK/redis" --pidfile "$WORK/redis/redis.pid" --logfile "$WORK/redis/redis.log"
-for _ in $(seq 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+# Ours only when the server on the port answers with our data directory (another suite's may hold the port).
+redis_is_ours() { [ "$(redis-cli -p "$REDIS_PORT" config get dir 2>/dev/null | tail -n1)" = "$WORK/redis" ]; }
+for attempt in 1 2 3 4 5; do
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+    --dir "$WORK/redis" --pidfile "$WORK/redis/redis.pid" --logfile "$WORK/redis/redis.log"
+  for _ in $(seq 50); do redis_is_ours && break; sleep 0.1; done
+  redis_is_ours && break
+  [ "$attempt" -lt 5 ] || { cat "$WORK/redis/redis.log" >&2; exit 1; }
+  REDIS_PORT="$(first_free_port "$((REDIS_PORT + 1))")"
+done
 
 export DATABASE_URL="postgres://pickwise@127.0.0.1:$PG_PORT/pickwise"
 export CELERY_BROKER_URL="redis://127.0.0.1:$REDIS_PORT/0"
