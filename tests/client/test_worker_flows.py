@@ -1,6 +1,6 @@
 """The client and the CLI driving what real Celery workers do: exports (wait, streamed download, pandas,
-datasets, `pickwise export -o out.parquet`), reward runs (cancel, retry, watch, score, `train reward --wait`,
-`runs watch`) and a DPO fine-tune whose LoRA then generates images for a new task."""
+datasets, `pickwise export -o out.parquet`), reward runs (cancel, `runs retry`, watch, `runs watch`, score)
+and a DPO fine-tune (`train finetune --wait`) whose LoRA then generates images for a new task."""
 
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ from tests.rlhf.conftest import build_export, seed_filling_every_split
 pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.django_db(transaction=True)]
 
 REWARD_FAST = {"max_steps": 4, "batch_size": 8}
-DPO_FAST = {"max_steps": 3, "batch_size": 4}
 
 
 def cli(live_server, user, *args: str):
@@ -77,13 +76,24 @@ def test_reward_runs_cancel_retry_watch_and_score(celery_worker_process, live_se
         ml_api.reward_runs.wait(run["id"], progress=False)
     assert (stopped.value.id, stopped.value.status) == (run["id"], "cancelled")
 
-    assert ml_api.reward_runs.retry(run["id"])["status"] == "queued"
+    ref = f"reward-{run['id']}"
+    retried = cli(live_server, ml_engineer, "runs", "retry", ref)
+    assert (retried.exit_code, retried.stdout) == (0, f"{ref} queued\n")
     points = list(ml_api.reward_runs.watch(run["id"], poll_interval=0.3, timeout=240))
     assert [p["step"] for p in points] == sorted({p["step"] for p in points}) and points[-1]["step"] == 4
     assert all("loss" in p for p in points)
     finished = ml_api.reward_runs.wait(run["id"], progress=False)
-    assert finished["status"] == "succeeded" and [r["id"] for r in ml_api.reward_runs.list(project=ranked.pk)] == [
-        run["id"]]
+    assert finished["status"] == "succeeded"
+    assert [r["id"] for r in ml_api.reward_runs.list(project=ranked.pk)] == [run["id"]]
+
+    watched = cli(live_server, ml_engineer, "runs", "watch", ref)
+    last = watched.stdout.splitlines()[-1]
+    assert watched.exit_code == 0 and last.startswith("step 4/4  ") and "  loss " in last and "val_accuracy" in last
+    assert f"{ref} succeeded." in watched.stderr
+    listed = json.loads(cli(live_server, ml_engineer, "runs", "list", "--json").stdout)
+    assert [(r["ref"], r["status"]) for r in listed] == [(ref, "succeeded")]
+    again = cli(live_server, ml_engineer, "runs", "cancel", str(run["id"]))  # a bare id: the kind that has it
+    assert again.exit_code == ExitCode.API_ERROR and "status: " in again.stderr  # it has finished
 
     model = ml_api.reward_models.get(finished["registered_version"])
     assert model["export"] == export.pk and model["run"] == run["id"]
@@ -94,27 +104,19 @@ def test_reward_runs_cancel_retry_watch_and_score(celery_worker_process, live_se
     assert [s["image_id"] for s in scores["scores"]] == image_ids
     assert all(isinstance(s["score"], float) for s in scores["scores"])
 
-    trained = cli(live_server, ml_engineer, "train", "reward", "--export", str(export.pk), "--set", "max_steps=2",
-                  "--set", "batch_size=8", "--wait", "--json")
-    assert trained.exit_code == 0, trained.stderr
-    second = json.loads(trained.stdout)
-    assert (second["status"], second["step"], second["config"]["max_steps"]) == ("succeeded", 2, 2)
-    watched = cli(live_server, ml_engineer, "runs", "watch", second["ref"])
-    assert watched.exit_code == 0 and watched.stdout.splitlines()[-1].startswith("step 2/2  ")
-    assert f"{second['ref']} succeeded." in watched.stderr
-    listed = json.loads(cli(live_server, ml_engineer, "runs", "list", "--kind", "reward", "--json").stdout)
-    assert {r["ref"] for r in listed} == {f"reward-{run['id']}", second["ref"]}
-    cancel_done = cli(live_server, ml_engineer, "runs", "cancel", second["ref"])
-    assert cancel_done.exit_code == ExitCode.API_ERROR and "status:" in cancel_done.stderr  # it has finished
 
-
-def test_a_dpo_finetune_registers_a_lora_that_generates_a_task(celery_worker_process, ranked, ml_api, admin_api,
-                                                               ml_engineer, tiny_base):
+def test_a_dpo_finetune_started_from_the_cli_registers_a_lora_that_generates_a_task(
+    celery_worker_process, live_server, ranked, ml_api, admin_api, ml_engineer, tiny_base
+):
     export = build_export(ranked, ml_engineer, format="pickapic", worker=True)
-    run = ml_api.finetune_runs.create("tiny-base", "dpo", export=export.pk, hyperparameters=DPO_FAST,
-                                      eval_prompts=["a shape number 1"])
-    done = ml_api.finetune_runs.wait(run["id"], poll_interval=0.5, timeout=300, progress=False)
-    assert done["result_version"] == f"tiny-base-dpo-{run['id']}" and done["history"][-1]["step"] == 3
+    trained = cli(live_server, ml_engineer, "train", "finetune", "--base", "tiny-base", "--method", "dpo",
+                  "--export", str(export.pk), "--set", "max_steps=3", "--set", "batch_size=4",
+                  "--eval-prompt", "a shape number 1", "--wait", "--json")
+    assert trained.exit_code == 0, trained.stderr
+    done = json.loads(trained.stdout)
+    assert done["ref"] == f"finetune-{done['id']}" and done["config"]["max_steps"] == 3
+    assert done["result_version"] == f"tiny-base-dpo-{done['id']}" and done["history"][-1]["step"] == 3
+    assert ml_api.finetune_runs.get(done["id"])["status"] == "succeeded"
     lora = ml_api.model_versions.get(done["result_version"])
     assert (lora["kind"], lora["parent"]) == ("lora", "tiny-base")
 

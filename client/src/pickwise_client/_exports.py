@@ -99,9 +99,7 @@ class Exports(Resource):
             with self._http.stream(f"api/exports/{int(export)}/download/") as response, partial.open("wb") as out:
                 size = int(response.headers.get("Content-Length", 0)) or None
                 bar = _wait.progress_bar(total=size or 0, description=f"export {export}", unit="B",
-                                         enabled=progress)
-                if bar is not None:
-                    bar.unit_scale, bar.unit_divisor = True, 1024
+                                         enabled=progress, unit_scale=True, unit_divisor=1024)
                 written = 0
                 try:
                     for chunk in response.iter_bytes(CHUNK):

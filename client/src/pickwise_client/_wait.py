@@ -11,13 +11,13 @@ from pickwise_client.errors import WaitTimeoutError
 T = TypeVar("T")
 
 
-def progress_bar(*, total: float, description: str, unit: str, enabled: bool) -> Any:
+def progress_bar(*, total: float, description: str, unit: str, enabled: bool, **options: Any) -> Any:
     """A tqdm bar on stderr (a widget in notebooks), or ``None`` when progress is off."""
     if not enabled:
         return None
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=description, unit=unit, leave=True, dynamic_ncols=True)
+    return tqdm(total=total, desc=description, unit=unit, leave=True, dynamic_ncols=True, **options)
 
 
 def poll(
@@ -40,6 +40,8 @@ def poll(
         while True:
             current = fetch()
             done, total, postfix = position(current)
+            if bar is None and finished(current):
+                return current  # nothing to wait for: no bar
             if bar is None:
                 bar = progress_bar(total=total, description=description, unit=unit, enabled=progress)
             if bar is not None:

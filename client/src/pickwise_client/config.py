@@ -93,13 +93,15 @@ def forget(path: Path | None = None) -> bool:
 
 def resolve(url: str | None = None, token: str | None = None, *, path: Path | None = None) -> Credentials:
     """The URL and token to use: each from the arguments, else the environment, else the config file."""
-    saved = load_saved(path)
-    chosen_url = url or os.environ.get(ENV_URL) or (saved.url if saved else None)
+    explicit_token = token or os.environ.get(ENV_TOKEN)
+    chosen_url = url or os.environ.get(ENV_URL)
+    saved = load_saved(path) if not (chosen_url and explicit_token) else None  # the file only when needed
+    chosen_url = chosen_url or (saved.url if saved else None)
     if not chosen_url:
         raise NotLoggedInError(
             f"No Pickwise server: pass url=..., set {ENV_URL}, or run `pickwise login --url URL`.")
     chosen_url = normalize_url(chosen_url)
-    chosen_token = token or os.environ.get(ENV_TOKEN)
+    chosen_token = explicit_token
     username = ""
     if not chosen_token and saved is not None and saved.url == chosen_url:
         chosen_token, username = saved.token, saved.username
