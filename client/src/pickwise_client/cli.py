@@ -47,12 +47,13 @@ class ExitCode(IntEnum):
     JOB_FAILED = 6  # the export or run you waited for failed or was cancelled
     TIMEOUT = 7  # --timeout passed before it finished (it keeps going on the server)
     UNREACHABLE = 8  # the server could not be reached, or did not answer in time
+    INTERRUPTED = 130  # Ctrl-C
 
 
 EXIT_CODES_HELP = (
     "Exit codes: 0 ok; 1 API error (400 validation, 5xx); 2 usage; 3 not logged in or token refused (401); "
     "4 not found (404); 5 permission denied (403); 6 the export or run failed or was cancelled; "
-    "7 --timeout passed; 8 server unreachable."
+    "7 --timeout passed; 8 server unreachable; 130 interrupted."
 )
 
 app = typer.Typer(
@@ -131,6 +132,10 @@ def handled(function: Callable[P, T]) -> Callable[P, T]:
             fail(str(exc), ExitCode.UNREACHABLE)
         except PickwiseError as exc:
             fail(str(exc), ExitCode.API_ERROR)
+        except OSError as exc:  # a local file: unreadable input, an output folder that is not there
+            fail(str(exc), ExitCode.USAGE)
+        except KeyboardInterrupt:
+            fail("interrupted (an export or run you were waiting for goes on on the server)", ExitCode.INTERRUPTED)
 
     return wrapper
 
