@@ -14,8 +14,9 @@ $(VENV)/.run-installed: requirements.txt | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.test-installed: requirements.txt requirements-test.txt | $(VENV)/bin/python
+$(VENV)/.test-installed: requirements.txt requirements-test.txt client/pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet -e ./client
 	touch $@ $(VENV)/.run-installed
 
 ## run: install, migrate, seed the demo and start the web server + a Celery worker (embedded defaults)
@@ -33,6 +34,7 @@ lint: $(VENV)/.test-installed
 
 typecheck: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
+	cd client && ../$(VENV)/bin/mypy
 
 clean:
 	rm -rf var staticfiles .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,329 @@
+"""The shapes of the objects the API returns, as ``TypedDict`` s (plain dicts at run time).
+
+They follow the server's serializers (``/api/schema/``); a newer server may send more keys.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, TypedDict
+
+RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
+FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+ExportFormat = Literal["pickapic", "listwise", "jsonl", "hf", "trl"]
+EXPORT_FORMATS: tuple[str, ...] = ("pickapic", "listwise", "jsonl", "hf", "trl")
+
+# A ranking: tie groups of image ids, best first. [["a"], ["b", "c"], ["d"]] means a beat b and c
+# (tied), which beat d.
+Ranking = list[list[str]]
+
+
+class Me(TypedDict):
+    id: int
+    username: str
+    roles: list[str]
+    permissions: dict[str, bool]
+
+
+class Project(TypedDict):
+    id: int
+    name: str
+    description: str
+    archived_at: str | None
+    created_at: str
+    role: str | None  # your role in the project: admin, annotator or ml_engineer
+    instructions: str
+    template_version: int | None
+    images_per_task: int
+    overlap: int
+    task_order: str
+    gold_rate: float
+    lease_seconds: int
+
+
+class ProjectSettings(TypedDict):
+    id: int
+    name: str
+    description: str
+    instructions: str
+    template_version: int | None
+    images_per_task: int
+    overlap: int
+    task_order: str
+    gold_rate: float
+    lease_seconds: int
+    generation_settings: dict[str, Any]
+    model_versions: list[int]
+    presort_reward_version: int | None
+    archived_at: str | None
+
+
+class SettingsChanges(TypedDict, total=False):
+    """The settings ``projects.update_settings`` may change; the keys you give are sent."""
+
+    description: str
+    instructions: str
+    template_version: int | None
+    images_per_task: int
+    overlap: int
+    task_order: Literal["sequential", "random"]
+    gold_rate: float
+    lease_seconds: int
+    generation_settings: dict[str, Any]
+    model_version_ids: list[int]
+    presort_reward_version: int | None
+
+
+class PromptSet(TypedDict):
+    id: int
+    name: str
+    source_format: str
+    prompt_count: int
+    duplicate_count: int
+    created_by: str | None
+    created_at: str
+
+
+class Duplicate(TypedDict):
+    line: int
+    text: str
+    first_line: int | None  # the earlier line of the same file; None when the project already had it
+
+
+class PromptImport(TypedDict):
+    prompt_set: int
+    created: int
+    duplicates: list[Duplicate]
+
+
+class TaskImage(TypedDict):
+    id: str
+    url: str
+    position: int
+
+
+class Task(TypedDict):
+    id: int
+    prompt: str
+    negative_prompt: str
+    prompt_set: int | None
+    position: int
+    is_gold: bool
+    gold_ranking: Ranking | None
+    taken_count: int
+    is_open: bool
+    submitted_count: int
+    images: list[TaskImage]
+    created_at: str
+
+
+class RankingRules(TypedDict):
+    mode: Literal["full", "best_of_n", "pairwise"]
+    allow_ties: bool
+    allow_partial: bool
+
+
+class Handout(TypedDict):
+    """A task leased to you by ``tasks.next``."""
+
+    assignment_id: int
+    task_id: int
+    prompt: str
+    negative_prompt: str
+    is_gold: bool
+    images: list[TaskImage]
+    template_version: int | None
+    ranking_rules: RankingRules
+    lease_expires_at: str
+    idempotency_key: str
+
+
+class Annotation(TypedDict):
+    id: int
+    task: int
+    annotator: str  # absent from the answer to your own submit
+    status: Literal["submitted", "superseded", "rejected"]
+    ranking: Ranking
+    answers: dict[str, Any]
+    rationale: str
+    duration_ms: int | None
+    template_version: int | None
+    supersedes: int | None
+    idempotency_key: str
+    review_note: str
+    created_at: str
+
+
+class TemplateVersion(TypedDict):
+    id: int
+    template: int
+    number: int
+    status: Literal["draft", "published"]
+    schema: dict[str, Any]
+    published_at: str | None
+    created_at: str
+    updated_at: str
+
+
+class VersionRef(TypedDict):
+    id: int
+    number: int
+    status: str
+
+
+class Template(TypedDict):
+    id: int
+    project: int
+    name: str
+    description: str
+    latest_version: TemplateVersion | None
+    versions: list[VersionRef]
+    created_at: str
+    updated_at: str
+
+
+class TemplateValidation(TypedDict):
+    valid: bool
+    errors: list[dict[str, Any]]
+
+
+class ModelVersion(TypedDict):
+    id: int
+    name: str
+    description: str
+    kind: str
+    parent: str | None
+    dtype: str
+    default_scheduler: str
+    default_steps: int
+    default_guidance: float
+    default_width: int
+    default_height: int
+    default_negative_prompt: str
+
+
+class GeneratedImage(TypedDict):
+    id: str
+    index: int
+    url: str
+    seed: int
+    sha256: str
+    width: int
+    height: int
+    params: dict[str, Any]
+    model_version: str
+    generation_seconds: float
+    batch_size: int
+    runtime: dict[str, Any]
+
+
+class GenerationJob(TypedDict):
+    id: int
+    status: RunStatus
+    finished: bool
+    progress: float
+    queue_position: int
+    attempts: int
+    error: str
+    prompt: str
+    model_version: str
+    project: int | None
+    num_images: int
+    seeds: list[int]
+    params: dict[str, Any]
+    images: list[GeneratedImage]
+
+
+class Export(TypedDict):
+    id: int
+    project: int
+    name: str
+    format: ExportFormat
+    tie_policy: str
+    weight_per_prompt: bool
+    include_images: bool
+    filters: dict[str, Any]
+    status: RunStatus
+    progress: float  # 0..1
+    counts: dict[str, int]
+    split_counts: dict[str, int]
+    content_hash: str
+    error: str
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    download_url: str | None
+
+
+class RewardRun(TypedDict):
+    id: int
+    project: int
+    export: int
+    name: str
+    backbone: str
+    preset: str
+    config: dict[str, Any]
+    status: RunStatus
+    progress: float
+    step: int
+    total_steps: int
+    history: list[dict[str, Any]]  # metrics by step ({"step": 3, "loss": ..., ...}), thinned on long runs
+    last_metrics: dict[str, Any]
+    results: dict[str, Any]
+    error: str
+    attempts: int
+    registered_version: int | None  # the RewardModel registered when the run succeeded
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class RewardModel(TypedDict):
+    id: int
+    name: str
+    project: int
+    run: int | None
+    export: int | None
+    path: str
+    metrics: dict[str, Any]
+    description: str
+    created_at: str
+
+
+class ImageScore(TypedDict):
+    image_id: str
+    score: float
+
+
+class RewardScores(TypedDict):
+    reward_model: int
+    scores: list[ImageScore]
+
+
+class FineTuneRun(TypedDict):
+    id: int
+    project: int
+    name: str
+    base_version: str
+    method: Literal["dpo", "ddpo"]
+    export: int | None
+    reward_name: str
+    reward_version: int | None
+    prompt_source: str
+    preset: str
+    config: dict[str, Any]
+    eval_prompts: list[str]
+    eval_seeds: list[int]
+    status: RunStatus
+    progress: float
+    step: int
+    total_steps: int
+    history: list[dict[str, Any]]
+    last_metrics: dict[str, Any]
+    eval_grids: list[dict[str, Any]]
+    lineage: dict[str, Any]
+    result_version: str | None  # the name of the LoRA model version registered when the run succeeded
+    error: str
+    attempts: int
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
