@@ -24,6 +24,8 @@
   function $$(root, selector) { return Array.prototype.slice.call(root.querySelectorAll(selector)); }
   function rankForm() { return document.querySelector("form[data-rank-form]"); }
   function textOf(el) { return el ? el.textContent.replace(/\*|\(optional\)/g, "").replace(/\s+/g, " ").trim() : ""; }
+  /** A label as the subject of a sentence: quoted when it ends in its own punctuation ("Why is it the best?"). */
+  function named(label) { return /[?!.:]$/.test(label) ? "“" + label + "”" : label; }
   function listWords(items) {
     if (items.length < 2) return items.join("");
     return items.slice(0, -1).join(", ") + " and " + items[items.length - 1];
@@ -315,7 +317,7 @@
   }
 
   function controlProblem(el, scope) {
-    var name = labelOf(el, scope);
+    var name = named(labelOf(el, scope));
     var value = (el.value || "").trim();
     if (el.tagName === "SELECT") {
       if (el.required && !value) {
@@ -352,7 +354,7 @@
       scopes.push(group);
       var boxes = $$(group, "input[type=checkbox]");
       if (boxes.some(function (b) { return b.checked; })) return;
-      var name = textOf(group.querySelector("legend"));
+      var name = named(textOf(group.querySelector("legend")));
       out.push({ scope: group, focus: boxes[0] || group, short: "choose " + name,
                  message: boxes.length ? name + ": choose at least one." : name + ": " + noOptionsNote(group.querySelector("legend")) });
     });
