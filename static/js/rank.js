@@ -147,6 +147,8 @@
         li.classList.toggle("rank-tied", gi >= 0 && state.groups[gi][0] !== id);
         li.querySelector("[data-rank-badge]").textContent = gi >= 0 ? "#" + (gi + 1) : "–";
       });
+      var tieButtons = $$(list, ".rank-tie");                // the top row has nothing above it to tie with
+      tieButtons.forEach(function (button, i) { button.classList.toggle("is-first", i === 0); });
       fieldset.dataset.ranked = String(flat.length);
       changed();
     }
