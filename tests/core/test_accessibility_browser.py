@@ -32,6 +32,12 @@ def assert_accessible(page, axe, what):
     blocking = [f"{v['id']} ({v['impact']}): {v['help']} at {[n['target'] for n in v['nodes']][:3]}"
                 for v in results.response["violations"] if v["impact"] in BLOCKING]
     assert blocking == [], f"{what}: {blocking}"
+    # Stricter than axe, which accepts a placeholder as a name: every control has a label of its own.
+    unlabelled = page.evaluate("""() => Array.from(document.querySelectorAll('input, select, textarea'))
+        .filter(e => e.type !== 'hidden' && !(e.labels && e.labels.length) && !e.getAttribute('aria-label')
+                     && !e.getAttribute('aria-labelledby') && !e.closest('[hidden]'))
+        .map(e => e.outerHTML.slice(0, 120))""")
+    assert unlabelled == [], f"{what}: {unlabelled}"
 
 
 def assert_skip_link_works(page):
