@@ -216,7 +216,7 @@
         if (picked.indexOf("tie") >= 0) return { badge: "Tie", ranked: true, words: "tie", action: pairwise ? "choose as better" : "pick" };
         if (picked.indexOf(id) >= 0) {
           return { badge: pairwise ? "Better" : "Best", ranked: true, words: pairwise ? "chosen as better" : "picked as the best",
-                   action: pairwise ? "keep as better" : "pick" };
+                   action: "" };
         }
         return { badge: "", ranked: false, words: pairwise ? "not chosen" : "not picked",
                  action: pairwise ? "choose as better" : "pick as the best" };
@@ -292,7 +292,10 @@
       if (badge) { badge.textContent = status.badge; badge.classList.toggle("tied", !!status.tied); }
       figure.classList.toggle("is-ranked", status.ranked);
       var pick = figure.querySelector(".cand-pick");
-      if (pick) pick.setAttribute("aria-label", "Candidate " + figure.dataset.letter + ", " + status.words + ": " + status.action);
+      if (pick) {
+        pick.setAttribute("aria-label", "Candidate " + figure.dataset.letter + ", " + status.words +
+                          (status.action ? ": " + status.action : ""));
+      }
     });
     if (viewer.dialog && viewer.dialog.open) viewer.render();
   }
@@ -300,7 +303,11 @@
   /** The candidates fill the height left under the grid: where the grid starts is measured, not guessed. */
   function measure(root) {
     $$(root, ".ann-grid").forEach(function (grid) {
-      var top = grid.getBoundingClientRect().top + window.scrollY;
+      // From the top of the form body (the candidates may be stuck to the top of the window while scrolled).
+      var body = grid.closest(".ann-body"), section = grid.closest(".ann-component");
+      if (!body || !section) return;
+      var top = body.getBoundingClientRect().top + window.scrollY +
+                grid.getBoundingClientRect().top - section.getBoundingClientRect().top;
       grid.style.setProperty("--stage-top", Math.round(top) + "px");
     });
   }
@@ -622,6 +629,7 @@
     measure(document);
   }
 
+  window.addEventListener("load", function () { measure(document); });    // after fonts and images settle
   var measuring = 0;
   window.addEventListener("resize", function () {
     cancelAnimationFrame(measuring);
