@@ -266,7 +266,10 @@
         pick.type = "button"; pick.className = "cand-pick"; pick.dataset.pick = id;
         // A click must not leave the focus on the button, or the keys would stop working until the next click.
         pick.addEventListener("mousedown", function (e) { e.preventDefault(); });
-        pick.addEventListener("click", function (e) { ranking.pick(id, e.shiftKey); });
+        pick.addEventListener("click", function (e) {
+          if (e.detail > 1) return;                           // the second click of a double-click undoes nothing
+          ranking.pick(id, e.shiftKey);
+        });
         var holder = img.closest("a.ann-enlarge") || img;
         holder.replaceWith(pick);
         pick.append(img);
@@ -638,6 +641,19 @@
   // Let htmx swap a 400 answer (it holds the form with the error message).
   document.addEventListener("htmx:beforeSwap", function (e) {
     if (e.detail.xhr && e.detail.xhr.status === 400) { e.detail.shouldSwap = true; e.detail.isError = false; }
+  });
+  // After a saved answer the next task comes in the same response: say so where screen readers hear it.
+  var notice = "";
+  document.addEventListener("htmx:beforeRequest", function (e) {
+    var elt = e.detail.elt;                                    // still in the page (afterRequest may not see it)
+    notice = elt && elt.matches && elt.matches("form[data-rank-form]") ? "Saved. Here is the next task."
+      : elt && elt.id === "skip-form" ? "Skipped. Here is the next task." : "";
+  });
+  document.addEventListener("htmx:afterRequest", function (e) { if (!e.detail.successful) notice = ""; });
+  document.addEventListener("htmx:afterSettle", function () {
+    var region = notice && document.querySelector("[data-notice]");
+    if (region) region.textContent = notice;
+    notice = "";
   });
   document.addEventListener("htmx:load", function (e) { init(e.detail.elt); });
   if (document.readyState === "loading") document.addEventListener("DOMContentLoaded", function () { init(document); });

@@ -154,6 +154,7 @@ def test_demo_preset_preselects_its_only_model_and_a_required_choice_explains_it
         page.keyboard.press(key)
     page.keyboard.press("Enter")
     page.wait_for_selector(f'section.task[data-task="{second.pk}"]')
+    page.wait_for_function("() => document.querySelector('[data-notice]').textContent === 'Saved. Here is the next task.'")
     assert Annotation.objects.get(task=first).answers["model"] == [version.name]
 
     # With two models to choose from nothing is chosen for the annotator: Submit says so, and trying anyway
