@@ -259,8 +259,7 @@
       if (!img || frame.dataset.ready) return;
       frame.dataset.ready = "1";
       var id = figure.dataset.image, letter = figure.dataset.letter;
-      img.addEventListener("load", function () { img.classList.toggle("pixelated", img.naturalWidth > 0 && img.naturalWidth < 256); });
-      if (img.complete) img.classList.toggle("pixelated", img.naturalWidth > 0 && img.naturalWidth < 256);
+      if (img.complete) sharpen(img);
       if (ranking && ranking.images.indexOf(id) >= 0) {
         var pick = document.createElement("button");
         pick.type = "button"; pick.className = "cand-pick"; pick.dataset.pick = id;
@@ -515,7 +514,7 @@
           img.src = item.url;
         }
         img.alt = "Candidate " + item.letter;
-        img.classList.toggle("pixelated", img.complete && img.naturalWidth > 0 && img.naturalWidth < 256);
+        if (img.complete) sharpen(img);
         var status = ranking ? ranking.status(item.id).words : "";
         pane.querySelector("[data-pane-caption]").textContent = item.letter + (status ? " · " + status : "");
         $$(pane, "[data-pane-step]").forEach(function (b) { b.hidden = !compare; });
@@ -543,10 +542,10 @@
       }
     },
   };
-  // A candidate image that has loaded decides whether it is drawn pixel-sharp (small renders) or smoothed.
+  // Small renders (the 64-pixel shapes world) are enlarged pixel-sharp; larger images are smoothed as usual.
+  function sharpen(img) { img.classList.toggle("pixelated", img.naturalWidth > 0 && img.naturalWidth < 256); }
   document.addEventListener("load", function (e) {
-    var img = e.target;
-    if (img.matches && img.matches("[data-pane-img]")) img.classList.toggle("pixelated", img.naturalWidth < 256);
+    if (e.target.matches && e.target.matches(".ann-image img, [data-pane-img]")) sharpen(e.target);
   }, true);
 
   function openDialog(dialog) {
