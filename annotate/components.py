@@ -217,6 +217,35 @@ def new_component(*, type: str, taken: Iterable[str]) -> dict[str, Any]:  # noqa
     return {"type": type, "name": name, "config": spec.defaults()}
 
 
+# The reference each kind of component gets its input from, which a new component is wired to when only one
+# component could feed it.
+SOURCE_FIELDS: dict[str, str] = {"generate_button": "prompt", "images": "source", "ranking": "images",
+                                 "rating": "images", "flags": "images"}
+
+
+def bind_to_only_sources(components: list[dict[str, Any]], new: dict[str, Any]) -> None:
+    """Wire ``new`` (just added to ``components``) and whatever waits for a source of its type, in place.
+
+    A new Generate button takes the only Prompt input, a new Images the only Generate button (the task's own
+    images when there is none), a new Ranking, Rating or Flags the only Images; an existing component whose
+    source is still empty takes ``new`` when ``new`` is now the only component that could feed it.
+    """
+    for component in components:
+        field_name = SOURCE_FIELDS.get(component["type"])
+        if field_name is None or component["config"].get(field_name):
+            continue
+        spec = CATALOGUE[component["type"]].field(field_name)
+        matches = [other["name"] for other in components
+                   if other is not component and other["type"] in spec.ref_types]
+        if component is new:
+            if len(matches) == 1:
+                component["config"][field_name] = matches[0]
+            elif not matches and spec.extra_values:
+                component["config"][field_name] = spec.extra_values[0]
+        elif matches == [new["name"]]:
+            component["config"][field_name] = new["name"]
+
+
 # --- validation -------------------------------------------------------------------------
 
 

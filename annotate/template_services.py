@@ -192,12 +192,13 @@ def _index(schema: dict[str, Any], name: str) -> int:
 def template_component_add(
     *, template: AnnotationTemplate, type: str, created_by: AbstractBaseUser  # noqa: A002 - component type
 ) -> tuple[AnnotationTemplateVersion, str]:
-    """Append a default-configured component; returns the draft and the new component's name."""
+    """Append a default-configured component, wired to its only possible source; returns the draft and its name."""
     if type not in catalogue.CATALOGUE:
         raise ApplicationError(f"Unknown component type {type!r}.", field="type")
     schema = _draft_schema(template, created_by)
     component = catalogue.new_component(type=type, taken=[c["name"] for c in schema["components"]])
     schema["components"].append(component)
+    catalogue.bind_to_only_sources(schema["components"], component)
     return template_version_save_draft(template=template, schema=schema, created_by=created_by), component["name"]
 
 
