@@ -64,9 +64,11 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",
     "django_htmx",
     "template_partials",
+    # Pickwise, lowest layer first: core <- projects <- generation <- annotate <- rlhf (the loop on top).
     "core",
-    "annotate",
+    "projects",
     "generation",
+    "annotate",
     "rlhf",
 ]
 
@@ -98,7 +100,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "core.context_processors.roles",
+                "projects.context_processors.roles",
             ],
         },
     },

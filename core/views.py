@@ -1,8 +1,6 @@
 from __future__ import annotations
 
-from django.contrib.auth.decorators import login_required
-from django.http import HttpRequest, HttpResponse, JsonResponse
-from django.shortcuts import render
+from django.http import HttpRequest, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 
@@ -18,11 +16,3 @@ def healthz(request: HttpRequest) -> JsonResponse:
     healthy = all(error is None for error in checks.values())
     body["status"] = "ok" if healthy else "unavailable"
     return JsonResponse(body, status=200 if healthy else 503)
-
-
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    from annotate.selectors import projects_for_user
-
-    projects = projects_for_user(user=request.user)
-    return render(request, "core/home.html", {"projects": projects})

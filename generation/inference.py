@@ -72,6 +72,8 @@ __all__ = [
     "draw_seed",
     "generate_batch",
     "image_to_png_bytes",
+    "load_adapter",
+    "load_base_pipeline",
     "load_pipeline",
     "pipeline_errors",
     "resolve_device",
@@ -105,7 +107,10 @@ _MAX_DRAWN_SEED = 2**31 - 1
 VAE_BATCH_PIXELS = 8 * 512 * 512
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 # A hub id is "org/name"; anything else that does not exist on disk is reported as a missing path.
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# The file a saved LoRA adapter's weights are in (diffusers' ``save_lora_weights``).
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 
 # (images done so far in steps, total steps of the whole generate_batch call)
 ProgressCallback = Callable[[int, int], None]
@@ -445,47 +450,63 @@ def _local_path(source: str) -> Path | None:
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{path} is not a diffusers pipeline directory: it has no model_index.json")
         return path
-    if _HUB_ID_RE.match(source) and not source.startswith("."):
+    if HUB_ID_RE.match(source) and not source.startswith("."):
         return None
     raise FileNotFoundError(f"model path does not exist: {path}")
 
 
-def _load_base(spec: ModelSpec, device: torch.device, *, local_files_only: bool) -> Any:
-    """Load `spec.source` with AutoPipelineForText2Image (SD 1.x/2.x, SDXL, SD3, ...) onto `device`."""
+def load_base_pipeline(
+    source: str | Path, *, dtype: DTypeName = "float32", device: torch.device | str = "cpu",
+    local_files_only: bool = True,
+) -> Any:
+    """The one pipeline loader, for generation workers and training alike: a diffusers text-to-image
+    pipeline (``AutoPipelineForText2Image``: SD 1.x/2.x, SDXL, SD3, ...) from a local directory or a hub
+    id, in ``dtype`` on ``device``, with its progress bar off and no safety checker.
+
+    Raises FileNotFoundError for a missing path, ValueError for a path that is not a diffusers
+    text-to-image pipeline. Hub ids are read from the local Hugging Face cache unless
+    ``local_files_only=False``.
+    """
+    import torch  # lazy, like every torch import here: web processes import this module for its types
     from diffusers import AutoPipelineForText2Image, DiffusionPipeline
 
-    path = _local_path(spec.source)
-    location = str(path) if path is not None else spec.source
+    path = _local_path(str(source))
+    location = str(path) if path is not None else str(source)
     try:
         index = DiffusionPipeline.load_config(location, local_files_only=local_files_only)
     except (OSError, ValueError) as exc:
-        raise FileNotFoundError(f"cannot read the diffusers pipeline {spec.source!r}: {exc}") from exc
+        raise FileNotFoundError(f"cannot read the diffusers pipeline {str(source)!r}: {exc}") from exc
     extra: dict[str, Any] = {}
     if "safety_checker" in index:
         # Skip loading it at all; images are reviewed by people, and it blacks out false positives.
         extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
         pipe = AutoPipelineForText2Image.from_pretrained(
-            location, dtype=_torch_dtype(spec.dtype), local_files_only=local_files_only, **extra
+            location, dtype=_torch_dtype(dtype), local_files_only=local_files_only, **extra
         )
     except ValueError as exc:
         raise ValueError(f"{location} is not a text-to-image pipeline diffusers can load: {exc}") from exc
     except OSError as exc:
         raise FileNotFoundError(f"cannot load the diffusers pipeline {location}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe.to(resolve_device(device) if isinstance(device, str) else torch.device(device))
 
 
-def _load_adapter(pipe: Any, spec: ModelSpec) -> None:
-    assert spec.lora_path is not None
-    path = spec.lora_path.expanduser()
+def load_adapter(pipe: Any, path: str | Path, *, adapter_name: str | None = None) -> None:
+    """Load the LoRA weights at ``path`` (a directory or a weights file) into ``pipe``."""
+    path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"LoRA weights do not exist: {path}")
     location, weight_name = (path.parent, path.name) if path.is_file() else (path, None)
     with warnings.catch_warnings():
         # peft warns whenever a second adapter joins a model; sharing the parent is the point here.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        pipe.load_lora_weights(str(location), weight_name=weight_name, adapter_name=spec.key)
+        pipe.load_lora_weights(str(location), weight_name=weight_name, adapter_name=adapter_name)
+
+
+def _load_adapter(pipe: Any, spec: ModelSpec) -> None:
+    assert spec.lora_path is not None
+    load_adapter(pipe, spec.lora_path, adapter_name=spec.key)
 
 
 def load_pipeline(
@@ -505,7 +526,8 @@ def load_pipeline(
 
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     root = spec.root
-    slot = _Slot(root, _load_base(root, device, local_files_only=local_files_only), device, max_adapters)
+    pipe = load_base_pipeline(root.source, dtype=root.dtype, device=device, local_files_only=local_files_only)
+    slot = _Slot(root, pipe, device, max_adapters)
     with slot.lock:
         slot.ensure_adapters(spec)
     return LoadedPipeline(spec, slot)
@@ -550,7 +572,8 @@ class PipelineCache:
                 while len(self._slots) >= self.max_size:
                     _, old = self._slots.popitem(last=False)
                     old.close()
-                pipe = _load_base(root, self.device, local_files_only=self.local_files_only)
+                pipe = load_base_pipeline(root.source, dtype=root.dtype, device=self.device,
+                                          local_files_only=self.local_files_only)
                 slot = _Slot(root, pipe, self.device, self.max_adapters)
                 self._slots[root.key] = slot
             self._slots.move_to_end(root.key)
