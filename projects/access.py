@@ -27,7 +27,7 @@ from functools import wraps
 from typing import Any, Literal
 
 from django.contrib.auth.decorators import login_required
-from django.contrib.auth.models import AbstractBaseUser, AnonymousUser, Group, Permission, User
+from django.contrib.auth.models import AnonymousUser, Group, Permission, User
 from django.contrib.contenttypes.models import ContentType
 from django.db.models import QuerySet
 from django.http import Http404, HttpRequest, HttpResponse
@@ -38,7 +38,7 @@ from core.exceptions import PermissionDeniedError
 from projects.models import Project, ProjectMembership
 from projects.roles import ACTION_PERMISSIONS, ROLE_ACTIONS, VIEW
 
-AnyUser = AbstractBaseUser | AnonymousUser
+AnyUser = User | AnonymousUser
 Outcome = Literal["ok", "404", "403"]
 ProjectLoader = Callable[..., Project]
 
@@ -70,8 +70,11 @@ def _raise(outcome: Outcome, *, project: Project, action: str) -> None:
         raise PermissionDeniedError(f"You may not {action} in project {project.name!r}.")
 
 
-def _active(user: AnyUser) -> bool:
-    return bool(user.is_authenticated and user.is_active)
+def _active_id(user: AnyUser) -> int | None:
+    """The user's id when they are signed in and active, else None."""
+    if user.is_authenticated and user.is_active and user.pk is not None:
+        return int(user.pk)
+    return None
 
 
 # --- the rule over SQL (one statement) -------------------------------------------------------
@@ -130,13 +133,14 @@ def project_get_for_user(*, user: AnyUser, project_id: Any, action: str) -> Proj
     right get ``PermissionDeniedError`` (a 403 in pages and in the API).
     """
     check_action(action)
-    if not _active(user):
+    user_id = _active_id(user)
+    if user_id is None:
         raise Http404("No such project")
     try:
         project_id = int(project_id)
     except (TypeError, ValueError):
         raise Http404("No such project") from None
-    access, params = access_sql(user_id=user.pk, action=action)
+    access, params = access_sql(user_id=user_id, action=action)
     row = rawsql.fetchone(
         f"SELECT {rawsql.columns(Project, 'p')}, {access} FROM {rawsql.table(Project)} p "  # noqa: S608
         f"WHERE p.{rawsql.column(Project, 'pk')} = %s", [*params, project_id])
@@ -171,7 +175,7 @@ def membership_role(*, user: AnyUser, project: Project) -> str | None:
 
 def outcome_for(*, user: AnyUser, project: Project, action: str) -> Outcome:
     check_action(action)
-    if not _active(user):
+    if _active_id(user) is None:
         return "404"
     if getattr(user, "is_superuser", False):
         return "ok"
@@ -192,7 +196,8 @@ def project_check(*, user: AnyUser, project: Project, action: str) -> None:
 def projects_for_user(*, user: AnyUser, action: str = "view", include_archived: bool = False) -> QuerySet[Project]:
     """The projects where ``user`` may do ``action`` (every project for a superuser): one query."""
     check_action(action)
-    if not _active(user):
+    user_id = _active_id(user)
+    if user_id is None:
         return Project.objects.none()
     if getattr(user, "is_superuser", False):
         queryset = Project.objects.all()
@@ -200,7 +205,7 @@ def projects_for_user(*, user: AnyUser, action: str = "view", include_archived: 
         return Project.objects.none()
     else:
         roles = [role for role, actions in ROLE_ACTIONS.items() if action in actions and "view" in actions]
-        queryset = Project.objects.filter(memberships__user=user, memberships__role__in=roles)
+        queryset = Project.objects.filter(memberships__user_id=user_id, memberships__role__in=roles)
     if not include_archived:
         queryset = queryset.filter(archived_at__isnull=True)
     return queryset.select_related("created_by").order_by("-created_at")

@@ -4,8 +4,8 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
-from projects.models import Project, ProjectMembership
 from core.exceptions import ApplicationError
+from projects.models import Project, ProjectMembership
 from projects.roles import Role
 
 

@@ -18,7 +18,7 @@ assert connection.vendor == "sqlite", connection.vendor
 call_command("migrate", verbosity=0)
 
 from annotate.models import Annotation, AnnotationTask, TaskAssignment
-from core.roles import Role
+from projects.roles import Role
 from tests.annotate.factories_workflow import task_with_images
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory, api_client_for
 

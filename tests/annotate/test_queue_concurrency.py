@@ -9,10 +9,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import connection, connections
 
-from annotate import queue, workflow_services
 from annotate.models import Annotation, AnnotationStatus, AnnotationTask, AssignmentStatus, TaskAssignment
-from annotate.workflow_services import Submission
-from core.roles import Role
+from annotate.workflow import queue
+from annotate.workflow import services as workflow_services
+from annotate.workflow.services import Submission
+from projects.roles import Role
 from tests.annotate.factories_workflow import tasks_with_images
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from annotate import queue, workflow_services
-from annotate.models import Annotation, AnnotationStatus, AnnotationTask
-from annotate.workflow_services import Submission
+from annotate.models import Annotation, AnnotationStatus, AnnotationTask, ProjectWorkflow
+from annotate.workflow import queue
+from annotate.workflow import services as workflow_services
+from annotate.workflow.services import Submission
 from tests.annotate.factories_workflow import task_with_images, tasks_with_images
 from tests.factories import PASSWORD
 
@@ -132,9 +133,9 @@ def test_settings_page_saves_and_archives(client, project, admin_user, annotator
     response = client.post(url, {"overlap": "3", "images_per_task": "4", "task_order": "random", "gold_rate": "0.1",
                                  "lease_seconds": "300", "instructions": "Be quick"})
     assert response.status_code == 303
-    project.refresh_from_db()
-    assert (project.overlap, project.task_order, project.gold_rate, project.instructions) == (3, "random", 0.1,
-                                                                                              "Be quick")
+    workflow = ProjectWorkflow.objects.get(project=project)
+    assert (workflow.overlap, workflow.task_order, workflow.gold_rate, workflow.instructions) == (3, "random", 0.1,
+                                                                                                  "Be quick")
     assert client.post(url, {"overlap": "0"}).status_code == 400
     client.post(url, {"action": "archive"})
     project.refresh_from_db()

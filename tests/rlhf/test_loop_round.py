@@ -8,9 +8,9 @@ import math
 import pytest
 from django.test import Client
 
-from annotate import template_services
+from annotate.builder import services as template_services
 from annotate.models import Annotation, AnnotationTask
-from annotate.workflow_services import project_update_settings
+from annotate.workflow.services import project_update_settings
 from rlhf import tasks
 from rlhf.loop.rounds import (
     RoundConfig,
