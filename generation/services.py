@@ -18,6 +18,8 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.base import ContentFile
@@ -26,9 +28,6 @@ from django.db import transaction
 from django.db.models import Count, F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
-
-from botocore.exceptions import BotoCoreError, ClientError
-from django.conf import settings
 
 from core.exceptions import ApplicationError, PermissionDeniedError
 from core.locks import lock_objects

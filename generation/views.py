@@ -13,7 +13,6 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseStopPolling
-
 from rest_framework.exceptions import AuthenticationFailed
 
 from core.authentication import TokenAuthentication

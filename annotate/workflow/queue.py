@@ -32,7 +32,6 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from annotate.workflow.access import workflow_of
 from annotate.models import (
     AnnotationTask,
     AssignmentStatus,
@@ -41,6 +40,7 @@ from annotate.models import (
     TaskAssignment,
     TaskOrder,
 )
+from annotate.workflow.access import workflow_of
 from core import rawsql
 from core.exceptions import ApplicationError
 from core.locks import lock_ids

@@ -10,12 +10,11 @@ or computed in one aggregate).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
-
-import json
 
 from django.contrib.auth.models import AnonymousUser, User
 from django.core.paginator import Paginator

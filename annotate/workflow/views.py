@@ -22,7 +22,13 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from django_htmx.http import HttpResponseStopPolling
 
 from annotate.builder.selectors import annotation_form_components
-from annotate.models import AnnotationStatus, AnnotationTemplateVersion, AssignmentStatus, TaskAssignment, TaskOrder
+from annotate.models import (
+    AnnotationStatus,
+    AnnotationTemplateVersion,
+    AssignmentStatus,
+    TaskAssignment,
+    TaskOrder,
+)
 from annotate.workflow import agreement, model_agreement, queue
 from annotate.workflow import selectors as workflow_selectors
 from annotate.workflow import services as workflow_services

@@ -36,6 +36,7 @@ from core.parsing import parse_bool
 from core.tasks import enqueue_on_commit
 from generation.models import GeneratedImage
 from generation.selectors import image_url
+from projects.models import Project
 from rlhf.exports.aggregate import ComparisonLog, count_votes, fit_bradley_terry, task_agreement
 from rlhf.exports.card import render_card
 from rlhf.exports.formats import (
@@ -50,7 +51,6 @@ from rlhf.exports.formats import (
 )
 from rlhf.exports.pairs import TIE_POLICIES, Pair, expand_ranking
 from rlhf.exports.splits import SplitSpec
-from projects.models import Project
 from rlhf.models import PreferenceExport, RunStatus
 
 logger = logging.getLogger(__name__)

@@ -25,14 +25,8 @@ from generation.services import model_version_register, project_model_version_of
 from generation.worker import resolve_source
 from projects.models import Project
 from rlhf.models import FineTuneRun, PreferenceExport, RewardModelVersion, RunStatus
+from rlhf.runs import grids
 from rlhf.runs.data import MAX_DDPO_PROMPTS, check_data_path, check_export, export_captions
-from rlhf.runs.grids import (
-    render_checkpoint_grid,
-    render_grid,
-    render_missing_checkpoint_grids,
-    save_grid,
-    wants_checkpoint_grid,
-)
 from rlhf.runs.hyperparams import build_config, config_dict, json_safe, parse_hyperparameters
 from rlhf.runs.lifecycle import (
     OnLog,
@@ -299,18 +293,18 @@ def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneR
         base_dir = Path(config.base_model)
         start = Path(config.init_lora) if config.init_lora else None  # a continued LoRA version's adapter
         if not any(g["label"] == "base" for g in run.eval_grids):  # where training starts
-            save_grid(run.pk, render_grid(run, base_dir, start, "base", 0))
+            grids.save_grid(run.pk, grids.render_grid(run, base_dir, start, "base", 0))
         total = config.max_steps if run.method == FineTuneRun.Method.DPO else config.iterations
         FineTuneRun.objects.filter(pk=run.pk).update(total_steps=total)
-        render_missing_checkpoint_grids(run, base_dir, output_dir, checkpoint_every=config.checkpoint_every,
+        grids.render_missing_checkpoint_grids(run, base_dir, output_dir, checkpoint_every=config.checkpoint_every,
                                          total=total)
         progress = RunProgress(FineTuneRun, run, total_steps=total, resume_step=resume_step(output_dir), echo=echo,
                                checkpoint_every=config.checkpoint_every)
 
         def on_checkpoint(step: int, directory: Path) -> None:
-            if not progress.stopped and wants_checkpoint_grid(step, checkpoint_every=config.checkpoint_every,
+            if not progress.stopped and grids.wants_checkpoint_grid(step, checkpoint_every=config.checkpoint_every,
                                                                total=total):
-                render_checkpoint_grid(run, base_dir, directory, step)
+                grids.render_checkpoint_grid(run, base_dir, directory, step)
                 progress.flush(force=True)  # a fresh heartbeat after rendering (and a cancel seen sooner)
 
         if run.method == FineTuneRun.Method.DPO:
@@ -324,7 +318,7 @@ def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneR
             run_fail(FineTuneRun, run_id, "Stopped before the end.")  # only if it was not cancelled
             return FineTuneRun.objects.get(pk=run_id)
         stable = copy_directory(result.lora_dir, finetune_lora_dir(run))
-        save_grid(run.pk, render_grid(run, base_dir, stable, "final", result.step))
+        grids.save_grid(run.pk, grids.render_grid(run, base_dir, stable, "final", result.step))
     except Exception as exc:
         logger.exception("fine-tune run %s failed", run_id)
         free_memory()

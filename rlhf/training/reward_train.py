@@ -11,7 +11,6 @@ out) and :func:`evaluate_reward_model`. Output layout::
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field

@@ -9,9 +9,9 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from projects.models import Project
 from core.exceptions import ApplicationError
 from projects.access import user_can
+from projects.models import Project
 from rlhf.datasets import services as export_services
 from rlhf.models import PreferenceExport, RunStatus
 

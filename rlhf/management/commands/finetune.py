@@ -9,11 +9,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from projects.models import Project
 from core.exceptions import ApplicationError
 from generation.models import ModelVersion
-from rlhf.runs import finetune
+from projects.models import Project
 from rlhf.models import FineTuneRun, PreferenceExport, RewardModelVersion, RunStatus
+from rlhf.runs import finetune
 
 
 class Command(BaseCommand):

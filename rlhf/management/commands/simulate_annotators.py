@@ -7,8 +7,8 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from projects.models import Project
 from core.exceptions import ApplicationError
+from projects.models import Project
 from rlhf.loop.simulate import annotators_simulate, simulated_annotators_ensure
 from rlhf.preferences import PREFERENCES, SimulationConfig
 

@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from core.exceptions import ApplicationError
-from rlhf.runs import reward
 from rlhf.models import PreferenceExport, RewardModelRun, RunStatus
+from rlhf.runs import reward
 
 
 class Command(BaseCommand):
