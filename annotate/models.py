@@ -191,10 +191,10 @@ class Prompt(TimeStampedModel):
 
 
 class AnnotationTask(TimeStampedModel):
-    """One prompt with its candidate images, to be ranked by ``project.overlap`` annotators.
+    """One prompt with its candidate images, to be ranked by the workflow's ``overlap`` annotators.
 
     ``taken_count`` counts the active leases plus the submitted annotations (at most
-    ``project.overlap``); ``is_open`` is ``taken_count < project.overlap`` kept in the row so
+    the workflow's ``overlap``); ``is_open`` is ``taken_count < overlap`` kept in the row so
     the queue's partial index only holds tasks that still need annotators. Gold tasks carry
     a known ``gold_ranking`` (same representation as ``Annotation.ranking``), are offered to
     every annotator once and never count towards the overlap.

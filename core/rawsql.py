@@ -3,9 +3,9 @@
 The annotator loop (``POST tasks/next/`` then ``tasks/<id>/submit/``) and API token
 authentication run a handful of small statements per request; the ORM spends several
 milliseconds of CPU per request turning querysets into SQL, more than PostgreSQL spends
-executing them. Their callers (``annotate.queue``, ``annotate.workflow_selectors``,
-``annotate.workflow_services``, ``core.authentication``) write those few statements as
-parameterised SQL with these helpers instead (every value a bound parameter; table and
+executing them. Their callers (``projects.access``, ``annotate.workflow.access``,
+``annotate.workflow.queue``, ``annotate.workflow.selectors``, ``annotate.workflow.services``,
+``core.authentication``) write those few statements as parameterised SQL with these helpers instead (every value a bound parameter; table and
 column names from model metadata), and the rows are turned back into model instances with
 the converters the ORM uses, so callers get the same Python values (aware datetimes, UUIDs,
 decoded JSON, booleans) on PostgreSQL and on SQLite.

@@ -321,7 +321,7 @@ def pipeline_errors() -> Iterator[None]:
 
 
 def _free_accelerator_memory() -> None:
-    import torch
+    import torch  # lazy: web processes import this module (for its types) and never load torch
 
     gc.collect()
     if torch.cuda.is_available():
@@ -336,7 +336,7 @@ def resolve_device(setting: str) -> torch.device:
     "auto" picks cuda, then mps, then cpu; "cuda" / "cuda:N", "mps" and "cpu" are taken as given and
     raise RuntimeError when that device is not available.
     """
-    import torch
+    import torch  # lazy: web processes import this module (for its types) and never load torch
 
     if setting == "auto":
         if torch.cuda.is_available():
@@ -358,7 +358,7 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def _torch_dtype(name: DTypeName) -> torch.dtype:
-    import torch
+    import torch  # lazy: web processes import this module (for its types) and never load torch
 
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
@@ -467,8 +467,8 @@ def load_base_pipeline(
     text-to-image pipeline. Hub ids are read from the local Hugging Face cache unless
     ``local_files_only=False``.
     """
-    import torch  # lazy, like every torch import here: web processes import this module for its types
-    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+    import torch  # lazy: web processes import this module (for its types) and never load torch
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline  # lazy: as torch
 
     path = _local_path(str(source))
     location = str(path) if path is not None else str(source)
@@ -522,7 +522,7 @@ def load_pipeline(
     text-to-image pipeline. Hub ids are read from the local Hugging Face cache unless
     `local_files_only=False`. Use `PipelineCache` in workers.
     """
-    import torch
+    import torch  # lazy: web processes import this module (for its types) and never load torch
 
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     root = spec.root
@@ -550,7 +550,7 @@ class PipelineCache:
         max_adapters: int = 8,
         local_files_only: bool = True,
     ) -> None:
-        import torch
+        import torch  # lazy: web processes import this module (for its types) and never load torch
 
         if max_size < 1 or max_adapters < 1:
             raise ValueError("max_size and max_adapters must be at least 1")
@@ -634,14 +634,14 @@ def ddim_from_config(config: Mapping[str, Any], **overrides: Any) -> Any:
     is to clip, and a pipeline saved with another scheduler (the shapes model's DPM-Solver) carries no
     such key, while its scaled latents go well beyond that range: clipped, it renders smears.
     """
-    import diffusers
+    import diffusers  # lazy: web processes import this module (for its types) and never load torch
 
     return diffusers.DDIMScheduler.from_config(
         dict(config), **{"clip_sample": bool(config.get("clip_sample", False)), **overrides})
 
 
 def _make_scheduler(name: SchedulerName, base_config: Mapping[str, Any]) -> Any:
-    import diffusers
+    import diffusers  # lazy: web processes import this module (for its types) and never load torch
 
     class_name, extra = SCHEDULERS[name]
     if class_name == "DDIMScheduler":
@@ -715,7 +715,7 @@ def _run_chunk(
     pad_to: int,
 ) -> tuple[list[Image.Image], float]:
     """One pipeline call for `chunk`; returns its images (in order) and its wall time."""
-    import torch
+    import torch  # lazy: web processes import this module (for its types) and never load torch
 
     pipe = slot.pipe
     prompts = [item.prompt for item in chunk]

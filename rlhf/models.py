@@ -39,7 +39,7 @@ class PreferenceExport(TimeStampedModel):
     tie_policy = models.CharField(max_length=10, choices=TiePolicy.choices, default=TiePolicy.SOFT)
     weight_per_prompt = models.BooleanField(default=False)
     include_images = models.BooleanField(default=True)
-    # Validated filter values (see rlhf.export_services.ExportFilters), and the split spec.
+    # Validated filter values (see rlhf.datasets.services.ExportFilters), and the split spec.
     filters = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.QUEUED)
     progress = models.FloatField(default=0.0)

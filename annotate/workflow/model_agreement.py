@@ -1,6 +1,6 @@
 """A reward model's scores against human rankings: pure functions, no Django.
 
-Rankings are tie groups of item ids, best first (as in :mod:`annotate.agreement`); scores map
+Rankings are tie groups of item ids, best first (as in :mod:`annotate.workflow.agreement`); scores map
 item ids to a float, or to ``None`` (or leave the item out) when the model has not scored it.
 
 * :func:`model_ranking` — the model's own ordering: scored items by score, highest first
@@ -57,7 +57,7 @@ def disagreeing_pairs(ranking: Ranking, scores: Scores,
     while the model scores ``other`` strictly higher.
 
     Only items the model scored take part. With ``items``, those the ranking leaves out (a
-    partial or best-of-N answer) share its last place, as in :func:`annotate.agreement.consensus`;
+    partial or best-of-N answer) share its last place, as in :func:`annotate.workflow.agreement.consensus`;
     without, only the items the ranking names count. Pairs come in the ranking's order.
     """
     ranks = average_ranks(ranking, items)

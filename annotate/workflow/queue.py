@@ -4,7 +4,7 @@ How a task is handed out (:func:`task_next`):
 
 1. An annotator with an active, unexpired lease in the project gets that task again (a
    page refresh or a retried request never reserves a second task).
-2. With probability ``project.gold_rate`` a gold task the annotator has not seen is tried
+2. With probability the workflow's ``gold_rate`` a gold task the annotator has not seen is tried
    first; gold tasks are offered to everyone once and never count towards the overlap.
 3. Otherwise the first open task in the project's order (``position`` or ``random_key``) that
    the annotator has never been assigned, locked with ``SELECT ... FOR UPDATE SKIP LOCKED``:
@@ -13,7 +13,7 @@ How a task is handed out (:func:`task_next`):
    leases plus submitted annotations, and a ``TaskAssignment`` row (unique per task and
    annotator; one active per annotator and project) records the lease.
 
-The lease expires after ``project.lease_seconds``; the reaper (registered with
+The lease expires after the workflow's ``lease_seconds``; the reaper (registered with
 ``core.tasks.register_reaper``, run by beat) marks expired leases and gives their slots back.
 
 Steps 2 and 3 run on every "next task" request, so their three statements (lock the task,

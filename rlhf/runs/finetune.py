@@ -278,7 +278,7 @@ def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneR
     page shows them as they come), "final" from the finished LoRA; all with the same prompts and seeds.
     """
     from rlhf.training.ddpo import train_ddpo  # torch: the worker running the run loads it
-    from rlhf.training.dpo import train_dpo
+    from rlhf.training.dpo import train_dpo  # torch: as above
 
     claimed = run_start(FineTuneRun, run_id)
     if claimed is None:

@@ -158,9 +158,8 @@ def reward_run_execute(*, run_id: int, echo: OnLog | None = None) -> RewardModel
 
     ``echo(step, metrics)`` sees every logged point (the management command's progress bar).
     """
-    # torch: the trainer loads in the worker that runs it, never in web processes
-    from rlhf.training.data import count_rows
-    from rlhf.training.reward_train import RewardModelConfig, train_reward_model
+    from rlhf.training.data import count_rows  # torch: the worker running it loads it, never a web process
+    from rlhf.training.reward_train import RewardModelConfig, train_reward_model  # torch: as above
 
     claimed = run_start(RewardModelRun, run_id)
     if claimed is None:

@@ -36,6 +36,11 @@ def _png(color: tuple[int, int, int]) -> bytes:
     return buffer.getvalue()
 
 
+def png(index: int) -> bytes:
+    """A 16x16 PNG in the ``index``-th test colour."""
+    return _png(_COLORS[index % len(_COLORS)])
+
+
 def set_workflow(project: Project, **settings: Any) -> ProjectWorkflow:
     """Store these workflow settings of ``project`` as they are (no validation: fixtures set odd values on
     purpose), and let the ``project`` instance see them."""

@@ -92,14 +92,13 @@ def test_every_entry_point_decides_every_role_and_membership_as_the_rule_says(ca
     for user, outcomes in people:
         want = outcomes[action]
         seen.add(want)
-        got = (
-            outcome(lambda u=fresh(user): project_get_for_user(user=u, project_id=project.pk, action=action)),
-            outcome(lambda u=fresh(user): project_check(user=u, project=Project.objects.get(pk=project.pk),
-                                                        action=action)),
-            outcome(lambda u=fresh(user): project_for_annotation(user=u, project_id=project.pk, action=action)),
-            outcome(lambda u=fresh(user): project_for_annotation(user=u, project_id=project.pk, action=action,
-                                                                 with_active_lease=True)),
+        entry_points = (
+            lambda u: project_get_for_user(user=u, project_id=project.pk, action=action),
+            lambda u: project_check(user=u, project=Project.objects.get(pk=project.pk), action=action),
+            lambda u: project_for_annotation(user=u, project_id=project.pk, action=action),
+            lambda u: project_for_annotation(user=u, project_id=project.pk, action=action, with_active_lease=True),
         )
+        got = tuple(outcome(lambda call=call, user=user: call(fresh(user))) for call in entry_points)
         assert got == (want,) * 4, (user.username, action)
         assert user_can(user=fresh(user), project=Project.objects.get(pk=project.pk), action=action) is (
             want == "ok"), (user.username, action)
