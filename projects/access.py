@@ -80,38 +80,30 @@ def _active_id(user: AnyUser) -> int | None:
 # --- the rule over SQL (one statement) -------------------------------------------------------
 
 
-def _permission_bits_sql(user_id: int, action: str) -> tuple[str, list[Any]]:
-    """A scalar subquery: which of the permissions of ``view`` and of ``action`` the user holds,
-    directly or through a group, as bits (1: view, 2: the action).
-
-    Both in one subquery, over the user's group and own permissions once: planning it costs
-    PostgreSQL about half of two separate ``EXISTS`` checks.
-    """
-    (view_app, view_code), (act_app, act_code) = (p.split(".", 1) for p in (VIEW, ACTION_PERMISSIONS[action]))
-    perm, ct = rawsql.table(Permission), rawsql.table(ContentType)
-    group_perms = rawsql.table(Group.permissions.through)
-    user_groups, user_perms = rawsql.table(User.groups.through), rawsql.table(User.user_permissions.through)
-    sql = (
-        "(SELECT COALESCE(MAX(CASE WHEN ct.app_label = %s AND p.codename = %s THEN 1 ELSE 0 END) "  # noqa: S608
-        "+ 2 * MAX(CASE WHEN ct.app_label = %s AND p.codename = %s THEN 1 ELSE 0 END), 0) "
-        f"FROM {perm} p JOIN {ct} ct ON ct.id = p.content_type_id "
-        "WHERE (ct.app_label, p.codename) IN ((%s, %s), (%s, %s)) AND p.id IN ("
-        f"SELECT gp.permission_id FROM {group_perms} gp JOIN {user_groups} ug ON ug.group_id = gp.group_id "
-        f"WHERE ug.user_id = %s UNION ALL SELECT up.permission_id FROM {user_perms} up WHERE up.user_id = %s))"
-    )
-    return sql, [view_app, view_code, act_app, act_code, view_app, view_code, act_app, act_code, user_id, user_id]
+# Two select-list expressions over projects aliased ``p``: the user's membership role in the project,
+# and which of two permissions (view's, and the action's) the user holds directly or through a group, as
+# bits (1: view, 2: the action). Both permissions in one subquery, over the user's group and own
+# permissions once: planning it costs PostgreSQL about half of two separate ``EXISTS`` checks.
+_ACCESS_SQL = (
+    "(SELECT {m.role} FROM {m} WHERE {m.project} = {p.pk} AND {m.user} = %s), "
+    "(SELECT COALESCE(MAX(CASE WHEN {ct.app_label} = %s AND {perm.codename} = %s THEN 1 ELSE 0 END) "
+    "+ 2 * MAX(CASE WHEN {ct.app_label} = %s AND {perm.codename} = %s THEN 1 ELSE 0 END), 0) "
+    "FROM {perm} JOIN {ct} ON {ct.pk} = {perm.content_type} "
+    "WHERE ({ct.app_label}, {perm.codename}) IN ((%s, %s), (%s, %s)) AND {perm.pk} IN ("
+    "SELECT {gp.permission} FROM {gp} JOIN {ug} ON {ug.group} = {gp.group} WHERE {ug.user} = %s "
+    "UNION ALL SELECT {up.permission} FROM {up} WHERE {up.user} = %s))"
+)
 
 
-def access_sql(*, user_id: int, action: str, project_alias: str = "p") -> tuple[str, list[Any]]:
-    """Two select-list expressions for a query over projects aliased ``project_alias``: the user's
-    membership role there and their permission bits. Feed both values to :func:`access_from_row`."""
+def access_sql(*, user_id: int, action: str) -> tuple[str, list[Any]]:
+    """Two select-list expressions for a query over projects aliased ``p``: the user's membership role
+    there and their permission bits, with their parameters. Feed both values to :func:`access_from_row`."""
     check_action(action)
-    perms, perm_params = _permission_bits_sql(user_id, action)
-    membership = rawsql.table(ProjectMembership)
-    role = (f"(SELECT m.{rawsql.column(ProjectMembership, 'role')} FROM {membership} m "  # noqa: S608
-            f"WHERE m.{rawsql.column(ProjectMembership, 'project')} = {project_alias}.{rawsql.column(Project, 'pk')} "
-            f"AND m.{rawsql.column(ProjectMembership, 'user')} = %s)")
-    return f"{role}, {perms}", [user_id, *perm_params]
+    (view_app, view_code), (act_app, act_code) = (p.split(".", 1) for p in (VIEW, ACTION_PERMISSIONS[action]))
+    sql = rawsql.query(_ACCESS_SQL, p=Project, m=ProjectMembership, perm=Permission, ct=ContentType,
+                       gp=Group.permissions.through, ug=User.groups.through, up=User.user_permissions.through)
+    return sql, [user_id, view_app, view_code, act_app, act_code, view_app, view_code, act_app, act_code,
+                 user_id, user_id]
 
 
 def access_from_row(*, user: AnyUser, project: Project, role: str | None, perm_bits: int | None,
@@ -142,8 +134,8 @@ def project_get_for_user(*, user: AnyUser, project_id: Any, action: str) -> Proj
         raise Http404("No such project") from None
     access, params = access_sql(user_id=user_id, action=action)
     row = rawsql.fetchone(
-        f"SELECT {rawsql.columns(Project, 'p')}, {access} FROM {rawsql.table(Project)} p "  # noqa: S608
-        f"WHERE p.{rawsql.column(Project, 'pk')} = %s", [*params, project_id])
+        rawsql.query("SELECT {p.*}, ", p=Project) + access + rawsql.query(" FROM {p} WHERE {p.pk} = %s", p=Project),
+        [*params, project_id])
     if row is None:
         raise Http404("No such project")
     width = rawsql.width(Project)

@@ -55,18 +55,15 @@ def project_for_annotation(*, user: AnyUser, project_id: Any, action: str,
     except (TypeError, ValueError):
         raise Http404("No such project") from None
     access, access_params = access_sql(user_id=user.pk, action=action)
+    models = {"p": Project, "w": ProjectWorkflow, "tv": AnnotationTemplateVersion, "a": TaskAssignment}
     lease, lease_params = "NULL", []
     if with_active_lease:  # saves the queue a query: the caller's current lease in this project, if any
-        lease = (f"(SELECT a.id FROM {rawsql.table(TaskAssignment)} a WHERE a.project_id = p.id "  # noqa: S608
-                 "AND a.annotator_id = %s AND a.status = %s LIMIT 1)")
+        lease = rawsql.query("(SELECT {a.pk} FROM {a} WHERE {a.project} = {p.pk} AND {a.annotator} = %s "
+                             "AND {a.status} = %s LIMIT 1)", **models)
         lease_params = [user.pk, AssignmentStatus.ACTIVE.value]
-    sql = (
-        f"SELECT {rawsql.columns(Project, 'p')}, {rawsql.columns(ProjectWorkflow, 'w')}, "  # noqa: S608
-        f"{rawsql.columns(AnnotationTemplateVersion, 'tv')}, {access}, {lease} "
-        f"FROM {rawsql.table(Project)} p "
-        f"LEFT JOIN {rawsql.table(ProjectWorkflow)} w ON w.project_id = p.id "
-        f"LEFT JOIN {rawsql.table(AnnotationTemplateVersion)} tv ON tv.id = w.template_version_id WHERE p.id = %s"
-    )
+    sql = (rawsql.query("SELECT {p.*}, {w.*}, {tv.*}, ", **models) + access + ", " + lease + rawsql.query(  # noqa: S608
+        " FROM {p} LEFT JOIN {w} ON {w.project} = {p.pk} LEFT JOIN {tv} ON {tv.pk} = {w.template_version} "
+        "WHERE {p.pk} = %s", **models))
     row = rawsql.fetchone(sql, [*access_params, *lease_params, project_id])
     if row is None:
         raise Http404("No such project")

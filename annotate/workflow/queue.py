@@ -69,14 +69,14 @@ def _lock_next_task(*, project: Project, user: User, gold: bool) -> AnnotationTa
     random_key) for open, non-gold tasks serve it.
     """
     order = "random_key" if gold or workflow_of(project).task_order == TaskOrder.RANDOM else "position"
-    still_open, params = ("", [project.pk, gold]) if gold else (" AND t.is_open = %s", [project.pk, gold, True])
-    sql = (
-        f"SELECT {rawsql.columns(AnnotationTask, 't')}, {rawsql.columns(Prompt, 'p')} "  # noqa: S608 - names only
-        f"FROM {rawsql.table(AnnotationTask)} t JOIN {rawsql.table(Prompt)} p ON p.id = t.prompt_id "
-        f"WHERE t.project_id = %s AND t.is_gold = %s{still_open} AND NOT EXISTS ("
-        f"SELECT 1 FROM {rawsql.table(TaskAssignment)} a WHERE a.task_id = t.id AND a.annotator_id = %s) "
-        f"ORDER BY t.{order}, t.id LIMIT 1{rawsql.for_update('t', skip_locked=True)}"
-    )
+    still_open, params = ("", [project.pk, gold]) if gold else (" AND {t.is_open} = %s", [project.pk, gold, True])
+    sql = rawsql.query(  # names from model metadata; every value is a parameter
+        "SELECT {t.*}, {p.*} FROM {t} JOIN {p} ON {p.pk} = {t.prompt} "  # noqa: S608
+        "WHERE {t.project} = %s AND {t.is_gold} = %s" + still_open + " AND NOT EXISTS ("
+        "SELECT 1 FROM {a} WHERE {a.task} = {t.pk} AND {a.annotator} = %s) "
+        "ORDER BY {t." + order + "}, {t.pk} LIMIT 1",
+        t=AnnotationTask, p=Prompt, a=TaskAssignment,
+    ) + rawsql.for_update("t", skip_locked=True)
     row = rawsql.fetchone(sql, [*params, user.pk])
     if row is None:
         return None
@@ -109,8 +109,10 @@ def _task_next_attempt(*, project: Project, user: User, gold_first: bool, check_
     if not task.is_gold:
         taken = task.taken_count + 1
         task.taken_count, task.is_open = taken, taken < workflow.overlap
-        rawsql.execute(f"UPDATE {rawsql.table(AnnotationTask)} SET taken_count = %s, is_open = %s "  # noqa: S608
-                       "WHERE id = %s", [task.taken_count, task.is_open, task.pk])
+        rawsql.execute(
+            f"UPDATE {rawsql.table(AnnotationTask)} SET {rawsql.column(AnnotationTask, 'taken_count')} = %s, "  # noqa: S608
+            f"{rawsql.column(AnnotationTask, 'is_open')} = %s WHERE {rawsql.column(AnnotationTask, 'pk')} = %s",
+            [task.taken_count, task.is_open, task.pk])
     assignment = rawsql.insert(
         TaskAssignment, task=task, project=project, annotator=user, template_version=workflow.template_version,
         lease_expires_at=now + timedelta(seconds=workflow.lease_seconds),

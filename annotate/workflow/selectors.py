@@ -133,11 +133,9 @@ def task_images(*, task_id: int) -> list[dict[str, Any]]:
     Plain SQL: every "next task" reads them, and compiling the ORM query cost more than
     running it (the ids come back as UUIDs on every database, as the ORM returns them).
     """
-    rows = rawsql.fetchall(
-        f"SELECT ti.image_id, ti.position, gi.width, gi.height FROM {rawsql.table(TaskImage)} ti "  # noqa: S608
-        f"JOIN {rawsql.table(GeneratedImage)} gi ON gi.id = ti.image_id WHERE ti.task_id = %s ORDER BY ti.position",
-        [task_id],
-    )
+    rows = rawsql.fetchall(rawsql.query(
+        "SELECT {ti.image}, {ti.position}, {gi.width}, {gi.height} FROM {ti} JOIN {gi} ON {gi.pk} = {ti.image} "
+        "WHERE {ti.task} = %s ORDER BY {ti.position}", ti=TaskImage, gi=GeneratedImage), [task_id])
     images = []
     for raw_id, position, width, height in rows:
         image_id = rawsql.value(TaskImage, "image", raw_id)

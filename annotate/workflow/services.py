@@ -550,15 +550,13 @@ def _lock_assignment(*, project: Project, user: User, task_id: int, key: str
     Plain SQL: this runs on every submit and the ORM took longer to compile its queries than
     PostgreSQL takes to run them.
     """
-    sql = (
-        f"SELECT {rawsql.columns(TaskAssignment, 'a')}, {rawsql.columns(AnnotationTemplateVersion, 'tv')}, "  # noqa: S608
-        f"(SELECT r.id FROM {rawsql.table(Annotation)} r WHERE r.annotator_id = %s AND r.idempotency_key = %s), "
-        f"ti.image_id FROM {rawsql.table(TaskAssignment)} a "
-        f"LEFT JOIN {rawsql.table(AnnotationTemplateVersion)} tv ON tv.id = a.template_version_id "
-        f"LEFT JOIN {rawsql.table(TaskImage)} ti ON ti.task_id = a.task_id "
-        f"WHERE a.project_id = %s AND a.annotator_id = %s AND a.task_id = %s "
-        f"ORDER BY ti.position{rawsql.for_update('a')}"
-    )
+    sql = rawsql.query(  # names from model metadata; every value is a parameter
+        "SELECT {a.*}, {tv.*}, (SELECT {r.pk} FROM {r} WHERE {r.annotator} = %s AND {r.idempotency_key} = %s), "
+        "{ti.image} FROM {a} LEFT JOIN {tv} ON {tv.pk} = {a.template_version} "
+        "LEFT JOIN {ti} ON {ti.task} = {a.task} WHERE {a.project} = %s AND {a.annotator} = %s AND {a.task} = %s "
+        "ORDER BY {ti.position}",
+        a=TaskAssignment, tv=AnnotationTemplateVersion, r=Annotation, ti=TaskImage,
+    ) + rawsql.for_update("a")
     rows = rawsql.fetchall(sql, [user.pk, key, project.pk, user.pk, task_id])
     if not rows:
         return None, None, []
@@ -625,8 +623,11 @@ def annotation_submit(*, project: Project, user: User, task_id: int, submission:
         template_version=assignment.template_version, ranking=groups, answers=answers, rationale=rationale,
         duration_ms=duration_ms, idempotency_key=key,
     )
+    column = rawsql.column
     rawsql.execute(
-        f"UPDATE {rawsql.table(TaskAssignment)} SET status = %s, finished_at = %s, updated_at = %s WHERE id = %s",  # noqa: S608
+        f"UPDATE {rawsql.table(TaskAssignment)} SET {column(TaskAssignment, 'status')} = %s, "  # noqa: S608
+        f"{column(TaskAssignment, 'finished_at')} = %s, {column(TaskAssignment, 'updated_at')} = %s "
+        f"WHERE {column(TaskAssignment, 'pk')} = %s",
         [AssignmentStatus.SUBMITTED.value, rawsql.param(TaskAssignment, "finished_at", now),
          rawsql.param(TaskAssignment, "updated_at", now), assignment.pk],
     )
