@@ -76,7 +76,8 @@ def test_embedded_filesystem_broker_round_trip(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k not in REGISTRY}
-    env.update(PICKWISE_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="config.settings")
+    # A fresh checkout: the var directory does not exist yet (manage.py and Celery make what they need).
+    env.update(PICKWISE_VAR_DIR=str(tmp_path / "var"), DJANGO_SETTINGS_MODULE="config.settings")
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=root, env=env, check=True, timeout=120)  # noqa: S603
     worker = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "--pool", "solo"],
