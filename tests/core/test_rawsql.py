@@ -65,7 +65,7 @@ def test_query_names_tables_and_columns_from_model_metadata(db):
     sql = rawsql.query("SELECT {t.*}, {p.text} FROM {t} JOIN {p} ON {p.pk} = {t.prompt} WHERE {t.project} = %s",
                        t=AnnotationTask, p=Prompt)
     quote = connection.ops.quote_name
-    assert sql == (f"SELECT {rawsql.columns(AnnotationTask, 't')}, p.{quote('text')} "
+    assert sql == (f"SELECT {rawsql.columns(AnnotationTask, 't')}, p.{quote('text')} "  # noqa: S608 - expected text
                    f"FROM {quote('annotate_annotationtask')} t JOIN {quote('annotate_prompt')} p "
                    f"ON p.{quote('id')} = t.{quote('prompt_id')} WHERE t.{quote('project_id')} = %s")
     with pytest.raises(KeyError):
