@@ -31,6 +31,7 @@ test: $(VENV)/.test-installed
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(VENV)/.test-installed
 	$(VENV)/bin/mypy

@@ -4,91 +4,13 @@ from django.conf import settings
 from django.db import models
 
 from core.models import TimeStampedModel
-from core.roles import Role
+from generation.models import GeneratedImage, GenerationJob
+from projects.models import Project
 
 
 class TaskOrder(models.TextChoices):
     SEQUENTIAL = "sequential", "Sequential (import order)"
     RANDOM = "random", "Random"
-
-
-class Project(TimeStampedModel):
-    name = models.CharField(max_length=200)
-    description = models.TextField(blank=True)
-    archived_at = models.DateTimeField(null=True, blank=True)
-    created_by = models.ForeignKey(
-        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+"
-    )
-    members = models.ManyToManyField(
-        settings.AUTH_USER_MODEL, through="ProjectMembership", related_name="projects"
-    )
-    # --- workflow settings (issue 4) ---
-    instructions = models.TextField(blank=True)
-    # The published template version annotators see; a submitted annotation records its own.
-    template_version = models.ForeignKey(
-        "AnnotationTemplateVersion", null=True, blank=True, on_delete=models.PROTECT, related_name="projects"
-    )
-    images_per_task = models.PositiveSmallIntegerField(default=4)
-    # k: how many different annotators rank each (non-gold) task.
-    overlap = models.PositiveSmallIntegerField(default=1)
-    task_order = models.CharField(max_length=20, choices=TaskOrder.choices, default=TaskOrder.SEQUENTIAL)
-    # Share (0..1) of handed-out tasks that are gold tasks with a known ranking.
-    gold_rate = models.FloatField(default=0.0)
-    # How long a handed-out task stays reserved for its annotator before the reaper frees it.
-    lease_seconds = models.PositiveIntegerField(default=900)
-    # Defaults for the Generate button (scheduler, steps, guidance, width, height, ...).
-    generation_settings = models.JSONField(default=dict, blank=True)
-    model_versions = models.ManyToManyField("generation.ModelVersion", blank=True, related_name="projects")
-    # When set, the annotator's page shows a task's images by this reward model's stored score
-    # (highest first); new tasks' images are queued for scoring with it. A string reference:
-    # rlhf imports annotate, never the other way round at import time.
-    presort_reward_version = models.ForeignKey(
-        "rlhf.RewardModelVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="presorted_projects"
-    )
-
-    class Meta:
-        ordering = ["-created_at"]
-        permissions = [
-            ("manage_projects", "Can create projects, edit templates, invite members and review"),
-            ("annotate_tasks", "Can work annotation queues"),
-            ("export_preferences", "Can export preference datasets"),
-            ("train_models", "Can start reward-model and fine-tune runs"),
-        ]
-        constraints = [
-            models.CheckConstraint(condition=~models.Q(name=""), name="project_name_not_empty"),
-            models.CheckConstraint(
-                condition=models.Q(images_per_task__gte=1, images_per_task__lte=16),
-                name="project_images_per_task_range",
-            ),
-            models.CheckConstraint(condition=models.Q(overlap__gte=1, overlap__lte=100), name="project_overlap_range"),
-            models.CheckConstraint(condition=models.Q(task_order__in=TaskOrder.values), name="project_task_order_valid"),
-            models.CheckConstraint(
-                condition=models.Q(gold_rate__gte=0, gold_rate__lte=1), name="project_gold_rate_range"
-            ),
-            models.CheckConstraint(condition=models.Q(lease_seconds__gte=10), name="project_lease_seconds_min"),
-        ]
-
-    def __str__(self) -> str:
-        return self.name
-
-    @property
-    def is_archived(self) -> bool:
-        return self.archived_at is not None
-
-
-class ProjectMembership(TimeStampedModel):
-    project = models.ForeignKey(Project, on_delete=models.CASCADE, related_name="memberships")
-    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="memberships")
-    role = models.CharField(max_length=20, choices=Role.choices)
-
-    class Meta:
-        constraints = [
-            models.UniqueConstraint(fields=["project", "user"], name="one_membership_per_user_and_project"),
-            models.CheckConstraint(condition=models.Q(role__in=Role.values), name="membership_role_valid"),
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.user} in {self.project} as {self.get_role_display()}"
 
 
 class AnnotationTemplate(TimeStampedModel):
@@ -154,6 +76,49 @@ class AnnotationTemplateVersion(TimeStampedModel):
     @property
     def is_published(self) -> bool:
         return self.status == self.Status.PUBLISHED
+
+
+class ProjectWorkflow(TimeStampedModel):
+    """A project's annotation workflow: what annotators see and how tasks are handed out.
+
+    One row per project (``project.workflow``); a project without one has these defaults
+    (``annotate.workflow.selectors.workflow_of``).
+    """
+
+    project = models.OneToOneField(Project, primary_key=True, on_delete=models.CASCADE, related_name="workflow")
+    instructions = models.TextField(blank=True)
+    # The published template version annotators see; a submitted annotation records its own.
+    template_version = models.ForeignKey(
+        AnnotationTemplateVersion, null=True, blank=True, on_delete=models.PROTECT, related_name="workflows"
+    )
+    images_per_task = models.PositiveSmallIntegerField(default=4)
+    # k: how many different annotators rank each (non-gold) task.
+    overlap = models.PositiveSmallIntegerField(default=1)
+    task_order = models.CharField(max_length=20, choices=TaskOrder.choices, default=TaskOrder.SEQUENTIAL)
+    # Share (0..1) of handed-out tasks that are gold tasks with a known ranking.
+    gold_rate = models.FloatField(default=0.0)
+    # How long a handed-out task stays reserved for its annotator before the reaper frees it.
+    lease_seconds = models.PositiveIntegerField(default=900)
+    # Defaults for the Generate button (scheduler, steps, guidance, width, height, ...).
+    generation_settings = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(images_per_task__gte=1, images_per_task__lte=16),
+                name="workflow_images_per_task_range",
+            ),
+            models.CheckConstraint(condition=models.Q(overlap__gte=1, overlap__lte=100), name="workflow_overlap_range"),
+            models.CheckConstraint(condition=models.Q(task_order__in=TaskOrder.values),
+                                   name="workflow_task_order_valid"),
+            models.CheckConstraint(
+                condition=models.Q(gold_rate__gte=0, gold_rate__lte=1), name="workflow_gold_rate_range"
+            ),
+            models.CheckConstraint(condition=models.Q(lease_seconds__gte=10), name="workflow_lease_seconds_min"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Workflow of project {self.project_id}"
 
 
 
@@ -226,10 +191,10 @@ class Prompt(TimeStampedModel):
 
 
 class AnnotationTask(TimeStampedModel):
-    """One prompt with its candidate images, to be ranked by ``project.overlap`` annotators.
+    """One prompt with its candidate images, to be ranked by the workflow's ``overlap`` annotators.
 
     ``taken_count`` counts the active leases plus the submitted annotations (at most
-    ``project.overlap``); ``is_open`` is ``taken_count < project.overlap`` kept in the row so
+    the workflow's ``overlap``); ``is_open`` is ``taken_count < overlap`` kept in the row so
     the queue's partial index only holds tasks that still need annotators. Gold tasks carry
     a known ``gold_ranking`` (same representation as ``Annotation.ranking``), are offered to
     every annotator once and never count towards the overlap.
@@ -246,9 +211,7 @@ class AnnotationTask(TimeStampedModel):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
-    images = models.ManyToManyField(
-        "generation.GeneratedImage", through="TaskImage", related_name="annotation_tasks"
-    )
+    images = models.ManyToManyField(GeneratedImage, through="TaskImage", related_name="annotation_tasks")
 
     class Meta:
         ordering = ["project", "position"]
@@ -276,7 +239,7 @@ class TaskImage(models.Model):
     """A candidate image of a task, at a fixed display position."""
 
     task = models.ForeignKey(AnnotationTask, on_delete=models.CASCADE, related_name="task_images")
-    image = models.ForeignKey("generation.GeneratedImage", on_delete=models.PROTECT, related_name="task_images")
+    image = models.ForeignKey(GeneratedImage, on_delete=models.PROTECT, related_name="task_images")
     position = models.PositiveSmallIntegerField()
 
     class Meta:
@@ -288,6 +251,23 @@ class TaskImage(models.Model):
 
     def __str__(self) -> str:
         return f"Image {self.image_id} of task {self.task_id} at {self.position}"
+
+
+class TaskGenerationJob(TimeStampedModel):
+    """A generation job started for a task's candidates (the Generate button, a simulated annotator).
+
+    When the job succeeds, the service that marks it succeeded attaches its images to the task (if
+    the task has none yet), through ``generation.registry``; pages only read.
+    """
+
+    task = models.ForeignKey(AnnotationTask, on_delete=models.CASCADE, related_name="generation_jobs")
+    job = models.OneToOneField(GenerationJob, on_delete=models.CASCADE, related_name="annotation_task_link")
+
+    class Meta:
+        ordering = ["task", "pk"]
+
+    def __str__(self) -> str:
+        return f"Job {self.job_id} for task {self.task_id}"
 
 
 class AssignmentStatus(models.TextChoices):

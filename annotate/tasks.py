@@ -1,13 +1,13 @@
 """Celery entry points of the annotation workflow.
 
-Celery autodiscovers this module, so importing it here registers the expired-lease reaper
-(``annotate.queue.leases_reap``) that beat runs every ``REAPER_INTERVAL_SECONDS`` through
-``core.tasks.run_reapers``.
+``AnnotateConfig.ready()`` imports this module, which imports :mod:`annotate.workflow.queue` and so
+registers its expired-lease reaper (``annotate.expired_leases``) that beat runs every
+``REAPER_INTERVAL_SECONDS`` through ``core.tasks.run_reapers``.
 """
 
 from __future__ import annotations
 
-from annotate.queue import leases_reap
+from annotate.workflow.queue import leases_reap
 from core.tasks import pickwise_task
 
 

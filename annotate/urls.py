@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from django.urls import path
 
-from annotate import template_views, views, workflow_views
+from annotate import views
+from annotate.builder import views as template_views
+from annotate.workflow import views as workflow_views
 
 app_name = "annotate"
 

@@ -76,12 +76,14 @@ def seed(*, tasks: int, images: int, overlap: int, annotators: int) -> tuple[int
     from django.contrib.auth.models import Group, User
     from rest_framework.authtoken.models import Token
 
-    from annotate.models import AnnotationTask, Project, ProjectMembership, Prompt, TaskImage
-    from core.roles import GROUP_NAMES, Role
+    from annotate.models import AnnotationTask, ProjectWorkflow, Prompt, TaskImage
     from generation.models import GeneratedImage, GenerationJob, ModelVersion
+    from projects.models import Project, ProjectMembership
+    from projects.roles import GROUP_NAMES, Role
 
     run = secrets.token_hex(3)
-    project = Project.objects.create(name=f"bench-{run}", overlap=overlap, images_per_task=images)
+    project = Project.objects.create(name=f"bench-{run}")
+    ProjectWorkflow.objects.create(project=project, overlap=overlap, images_per_task=images)
     version, _ = ModelVersion.objects.get_or_create(name="bench-shapes", defaults={"source": "bench/none"})
     prompts = Prompt.objects.bulk_create(
         Prompt(project=project, text=f"bench prompt {i}", text_sha256=hashlib.sha256(f"{run}{i}".encode()).hexdigest())

@@ -160,15 +160,15 @@ def main() -> int:
     setup(workdir)
     from django.contrib.auth.models import Group, User
 
-    from annotate import template_services
-    from annotate.services import project_create
-    from annotate.workflow_services import project_update_settings, task_create
-    from core.roles import GROUP_NAMES, Role
+    from annotate.builder import services as template_services
+    from annotate.workflow.services import project_update_settings, task_create
     from generation.services import model_version_register
     from generation.shapes.world import prompt_captions
-    from rlhf import run_services
+    from projects.roles import GROUP_NAMES, Role
+    from projects.services import project_create
     from rlhf.loop.evaluate import held_out_captions, version_evaluation_run
     from rlhf.loop.rounds import RoundConfig, round_run
+    from rlhf.runs import finetune
 
     admin = User.objects.create(username="bench-admin", is_superuser=True)
     admin.groups.add(Group.objects.get(name=GROUP_NAMES[Role.ADMIN]))
@@ -203,7 +203,7 @@ def main() -> int:
         if args.rounds > 1 and loop_round is not None:
             evaluation = version_evaluation_run(version=loop_round.output_version, baseline=base, user=admin,
                                                 preference="larger_shapes", prompts=held_out_captions(args.prompts),
-                                                params=made.generation_settings or None)
+                                                params=made.workflow.generation_settings or None)
             report(f"{title}: round {args.rounds}'s version against the base", evaluation.results, targets=False)
 
     if "dpo" in args.sections:
@@ -224,10 +224,10 @@ def main() -> int:
         for caption in prompt_captions(args.prompts, seed=7, split="train"):
             task_create(project=judge_project, prompt_text=caption, created_by=admin)
         started = time.monotonic()
-        run = run_services.finetune_run_create(user=admin, base_version=base, method="ddpo", project=judge_project,
+        run = finetune.finetune_run_create(user=admin, base_version=base, method="ddpo", project=judge_project,
                                                reward_name=args.judge_reward, prompt_source="project",
                                                hyperparameters=args.judge, enqueue=False)
-        run = run_services.finetune_run_execute(run_id=run.pk)
+        run = finetune.finetune_run_execute(run_id=run.pk)
         if run is None or run.result_version is None:
             print(f"the judge DDPO run failed: {getattr(run, 'error', '')}")
             return 1

@@ -67,9 +67,11 @@ INSTALLED_APPS = [
     "template_partials",
     "axes",
     "csp",
+    # Pickwise, lowest layer first: core <- projects <- generation <- annotate <- rlhf (the loop on top).
     "core",
-    "annotate",
+    "projects",
     "generation",
+    "annotate",
     "rlhf",
 ]
 
@@ -104,7 +106,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "core.context_processors.roles",
+                "projects.context_processors.roles",
             ],
         },
     },

@@ -7,12 +7,15 @@ from drf_spectacular.views import SpectacularAPIView
 from rest_framework.routers import DefaultRouter
 
 from annotate import api as annotate_api
-from annotate import template_api, workflow_api
+from annotate.builder import api as template_api
+from annotate.workflow import api as workflow_api
 from core import views as core_views
 from core.api import obtain_token
 from generation.urls import api_urlpatterns as generation_api
-from rlhf import api as rlhf_api
-from rlhf import run_api
+from projects import api as projects_api
+from projects import views as projects_views
+from rlhf.datasets import api as rlhf_api
+from rlhf.runs import api as run_api
 
 router = DefaultRouter()
 router.register("projects", annotate_api.ProjectViewSet, basename="project")
@@ -24,14 +27,14 @@ router.register("finetune-runs", run_api.FineTuneRunViewSet, basename="finetune-
 router.register("template-versions", template_api.AnnotationTemplateVersionViewSet, basename="annotation-template-version")
 
 urlpatterns = [
-    path("", core_views.home, name="home"),
+    path("", projects_views.home, name="home"),
     path("healthz", core_views.healthz, name="healthz"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("projects/", include("annotate.urls")),
     path("generation/", include("generation.urls")),
     path("ml/", include("rlhf.urls")),
-    path("api/me/", annotate_api.me, name="api-me"),
+    path("api/me/", projects_api.me, name="api-me"),
     path("api/token/", obtain_token, name="api-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", core_views.api_docs, name="api-docs"),

@@ -3,10 +3,8 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
-from django.shortcuts import render
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from drf_spectacular.views import SpectacularSwaggerSplitView
@@ -46,10 +44,3 @@ def api_docs(request: HttpRequest) -> HttpResponseBase:
         return redirect_to_login(request.get_full_path())
     return _swagger(request)
 
-
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    from annotate.selectors import projects_for_user
-
-    projects = projects_for_user(user=request.user)
-    return render(request, "core/home.html", {"projects": projects})

@@ -11,12 +11,12 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate import selectors as annotate_selectors
-from annotate.models import Project
 from core.exceptions import ApplicationError
 from generation import selectors, services
 from generation.inference import MAX_SEED, SCHEDULERS
 from generation.models import GenerationJob, ModelVersion
+from projects.access import project_get_for_user
+from projects.models import Project
 
 
 class ModelVersionSerializer(serializers.ModelSerializer):
@@ -94,10 +94,7 @@ def _model_version(value: str) -> ModelVersion:
 def _project(request: Request, project_id: int | None) -> Project | None:
     if project_id is None:
         return None
-    try:
-        return annotate_selectors.project_for_user(user=request.user, project_id=project_id)
-    except Project.DoesNotExist:
-        raise NotFound("No such project") from None
+    return project_get_for_user(user=request.user, project_id=project_id, action="view")
 
 
 def _job(request: Request, job_id: int) -> GenerationJob:

@@ -54,6 +54,10 @@ class ModelVersion(TimeStampedModel):
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
     )
+    # The projects that offer this version to their annotators (``project.model_versions``).
+    projects = models.ManyToManyField(
+        "projects.Project", through="ProjectModelVersion", related_name="model_versions", blank=True
+    )
 
     class Meta:
         ordering = ["name"]
@@ -105,6 +109,22 @@ class ModelVersion(TimeStampedModel):
         )
 
 
+class ProjectModelVersion(TimeStampedModel):
+    """A model version a project offers to its annotators (the Generate button's choices)."""
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="model_version_offers")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="project_offers")
+
+    class Meta:
+        ordering = ["project", "model_version"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "model_version"], name="projectmodelversion_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_version_id} offered in {self.project_id}"
+
+
 class JobStatus(models.TextChoices):
     QUEUED = "queued", "Queued"
     RUNNING = "running", "Running"
@@ -120,7 +140,7 @@ FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
 class GenerationJob(TimeStampedModel):
     # The project the images belong to (who may see them); null for an ML engineer's own jobs.
     project = models.ForeignKey(
-        "annotate.Project", null=True, blank=True, on_delete=models.CASCADE, related_name="generation_jobs"
+        "projects.Project", null=True, blank=True, on_delete=models.CASCADE, related_name="generation_jobs"
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="generation_jobs"

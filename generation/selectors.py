@@ -9,9 +9,9 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Prefetch, Q, QuerySet
 from django.urls import reverse
 
-from annotate import access
-from annotate.models import Project
 from generation.models import GeneratedImage, GenerationJob, JobStatus, ModelVersion
+from projects.access import projects_for_user, user_can
+from projects.models import Project
 
 User = AbstractBaseUser | AnonymousUser
 
@@ -26,8 +26,14 @@ def model_version_choices() -> list[tuple[int, str]]:
     return list(model_versions_enabled().values_list("pk", "name"))
 
 
-def model_version_get(*, name: str) -> ModelVersion:
-    return ModelVersion.objects.select_related("parent").get(name=name)
+def project_model_versions(*, project: Project) -> QuerySet[ModelVersion]:
+    """The enabled versions ``project`` offers to its annotators, by name."""
+    return ModelVersion.objects.filter(project_offers__project=project, enabled=True).order_by("name")
+
+
+def project_model_version_ids(*, project: Project) -> set[int]:
+    """Every version ``project`` offers (enabled or not)."""
+    return set(project.model_version_offers.values_list("model_version_id", flat=True))
 
 
 def _visible_jobs(user: User) -> QuerySet[GenerationJob]:
@@ -35,8 +41,8 @@ def _visible_jobs(user: User) -> QuerySet[GenerationJob]:
         return GenerationJob.objects.none()
     if getattr(user, "is_superuser", False):
         return GenerationJob.objects.all()
-    member_projects = Project.objects.filter(memberships__user=user)
-    return GenerationJob.objects.filter(Q(created_by=user) | Q(project__in=member_projects))
+    visible = projects_for_user(user=user, include_archived=True)
+    return GenerationJob.objects.filter(Q(created_by=user) | Q(project__in=visible.values("pk")))
 
 
 def jobs_for_user(*, user: User, project: Project | None = None) -> QuerySet[GenerationJob]:
@@ -52,7 +58,7 @@ def jobs_for_user(*, user: User, project: Project | None = None) -> QuerySet[Gen
 def job_for_user(*, user: User, job_id: int) -> GenerationJob:
     """One job the user may see; ``GenerationJob.DoesNotExist`` otherwise (never reveals others')."""
     job = jobs_for_user(user=user).get(pk=job_id)
-    if job.project is not None and job.created_by_id != user.pk and not access.can(
+    if job.project is not None and job.created_by_id != user.pk and not user_can(
         user=user, action="view", project=job.project
     ):
         raise GenerationJob.DoesNotExist
@@ -67,7 +73,7 @@ def image_for_user(*, user: User, image_id: Any) -> GeneratedImage:
     job = image.job
     if job.created_by_id == user.pk or getattr(user, "is_superuser", False):
         return image
-    if job.project is not None and access.can(user=user, action="view", project=job.project):
+    if job.project is not None and user_can(user=user, action="view", project=job.project):
         return image
     raise GeneratedImage.DoesNotExist
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -28,11 +29,10 @@ from django.db.models import Count, F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
-from annotate import access
-from annotate.models import Project
-from core import roles
 from core.exceptions import ApplicationError, PermissionDeniedError
 from core.locks import lock_objects
+from core.tasks import enqueue_on_commit
+from generation import registry
 from generation.inference import MAX_SEED, GenerationParams, draw_seed, sha256_hex
 from generation.models import (
     ACTIVE_STATUSES,
@@ -41,7 +41,11 @@ from generation.models import (
     JobStatus,
     ModelKind,
     ModelVersion,
+    ProjectModelVersion,
 )
+from projects import roles
+from projects.access import project_check
+from projects.models import Project
 
 logger = logging.getLogger(__name__)
 
@@ -68,15 +72,9 @@ class LeaseLost(Exception):  # noqa: N818 - a signal, not an error
     """The job's lease was taken back (reaped or cancelled) while this worker was running it."""
 
 
-def _transient_storage_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError]
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        errors += [BotoCoreError, ClientError]
-    except ImportError:  # pragma: no cover - botocore ships with django-storages[s3]
-        pass
-    return tuple(errors)
+# Storage errors worth retrying: the filesystem's, and S3's (botocore ships with django-storages[s3]).
+TRANSIENT_STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, BotoCoreError, ClientError)
+RUN_GENERATION = "generation.tasks.run_generation"
 
 
 def params_hash(params: GenerationParams) -> str:
@@ -170,6 +168,31 @@ def model_version_set_enabled(*, version: ModelVersion, enabled: bool) -> ModelV
     return version
 
 
+@transaction.atomic
+def project_model_versions_set(*, project: Project, version_ids: list[int]) -> list[ModelVersion]:
+    """Offer exactly these enabled versions in ``project`` (the Generate button's choices)."""
+    wanted = set(version_ids)
+    versions = list(ModelVersion.objects.filter(pk__in=wanted, enabled=True))
+    if len(versions) != len(wanted):
+        raise ApplicationError("Unknown or disabled model version.", field="model_versions")
+    ProjectModelVersion.objects.filter(project=project).exclude(model_version_id__in=wanted).delete()
+    have = set(ProjectModelVersion.objects.filter(project=project).values_list("model_version_id", flat=True))
+    ProjectModelVersion.objects.bulk_create(
+        ProjectModelVersion(project=project, model_version=version) for version in versions if version.pk not in have
+    )
+    return versions
+
+
+@transaction.atomic
+def project_model_version_offer_beside(*, project: Project, version: ModelVersion, beside: ModelVersion) -> bool:
+    """Offer ``version`` in ``project`` too when the project offers ``beside`` (a fine-tune's start
+    version); returns whether it does now."""
+    if not ProjectModelVersion.objects.filter(project=project, model_version=beside).exists():
+        return False
+    ProjectModelVersion.objects.get_or_create(project=project, model_version=version)
+    return True
+
+
 def _root(version: ModelVersion) -> ModelVersion:
     while version.parent_id is not None:
         version = version.parent  # type: ignore[assignment]
@@ -224,10 +247,8 @@ def generation_job_create(
     negative_prompt). ``seeds`` gives one seed per image; missing seeds are drawn and stored. A
     repeated ``idempotency_key`` returns the job it created the first time.
     """
-    from generation.tasks import run_generation
-
     if project is not None:
-        access.require(user=user, action="view", project=project)
+        project_check(user=user, project=project, action="view")
         if project.is_archived:
             raise ApplicationError("This project is archived.", field="project")
     elif not (getattr(user, "is_superuser", False) or user.has_perm(roles.TRAIN)):
@@ -293,7 +314,7 @@ def generation_job_create(
         max_attempts=settings.GENERATION_MAX_ATTEMPTS,
         idempotency_key=idempotency_key,
     )
-    run_generation.delay_on_commit(job.pk)
+    enqueue_on_commit(RUN_GENERATION, job.pk)
     return job
 
 
@@ -417,7 +438,7 @@ def generation_jobs_heartbeat(*, token: uuid.UUID, progress: float) -> bool:
 
 def _save_file(key: str, data: bytes) -> None:
     """Write ``data`` under exactly ``key`` (overwriting), retrying transient failures with backoff."""
-    transient = _transient_storage_errors()
+    transient = TRANSIENT_STORAGE_ERRORS
     for attempt in range(STORAGE_TRIES):
         try:
             if default_storage.exists(key):
@@ -506,6 +527,7 @@ def _finish_locked(jobs: list[GenerationJob]) -> None:
     for job in done:
         job.status, job.progress, job.finished_at, job.lease_expires_at, job.updated_at = (
             JobStatus.SUCCEEDED, 1.0, now, None, now)
+    registry.jobs_succeeded(done)  # e.g. annotate attaches a task's candidates, in this transaction
     for job in jobs:
         if job not in done:  # cannot happen unless rows were deleted mid-run; try again
             job.status, job.lease_expires_at = JobStatus.QUEUED, None
@@ -553,10 +575,8 @@ def generation_jobs_release(*, token: uuid.UUID, lead_job_id: int) -> list[Gener
 
 
 def _enqueue_on_commit(job_ids: list[int]) -> None:
-    from generation.tasks import run_generation
-
     for job_id in job_ids:
-        run_generation.delay_on_commit(job_id)
+        enqueue_on_commit(RUN_GENERATION, job_id)
 
 
 @transaction.atomic
@@ -602,5 +622,7 @@ __all__ = [
     "generation_jobs_release",
     "model_version_register",
     "model_version_set_enabled",
+    "project_model_version_offer_beside",
+    "project_model_versions_set",
     "params_hash",
 ]

@@ -13,19 +13,21 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseStopPolling
+from rest_framework.exceptions import AuthenticationFailed
 
-from annotate import selectors as annotate_selectors
+from core.authentication import TokenAuthentication
 from core.exceptions import ApplicationError
 from core.htmx import is_htmx, redirect_after_post
 from generation import selectors, services
 from generation.forms import GenerateForm
 from generation.models import GeneratedImage, GenerationJob, ModelVersion
+from projects.access import projects_for_user
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def generate(request: HttpRequest) -> HttpResponse:
-    projects = annotate_selectors.projects_for_user(user=request.user)
+    projects = projects_for_user(user=request.user)
     form = GenerateForm(
         request.POST or None,
         model_choices=selectors.model_version_choices(),
@@ -87,9 +89,6 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
 
 def _api_token_user(request: HttpRequest) -> object | None:
     """The user of a DRF ``Authorization: Token ...`` header, so API clients can fetch image URLs too."""
-    from rest_framework.authentication import TokenAuthentication
-    from rest_framework.exceptions import AuthenticationFailed
-
     try:
         found = TokenAuthentication().authenticate(request)  # type: ignore[arg-type]
     except AuthenticationFailed:

@@ -31,7 +31,7 @@ from typing import Any
 from django.conf import settings
 from django.db import connections, transaction
 
-from generation import inference
+from generation import inference, selectors, services
 from generation.models import GeneratedImage, GenerationJob, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -49,7 +49,7 @@ def pipeline_cache() -> inference.PipelineCache:
     with _cache_lock:
         if _cache is None:
             if settings.GENERATION_TORCH_THREADS:
-                import torch
+                import torch  # lazy: web processes import this module and never load torch
 
                 # Oversubscribed OpenMP threads spin against other processes: cap them where asked.
                 torch.set_num_threads(settings.GENERATION_TORCH_THREADS)
@@ -106,7 +106,7 @@ def spec_for(version: ModelVersion, *, device_type: str | None = None) -> infere
 
 def runtime_info(device_type: str, dtype: str) -> dict[str, str]:
     """What exact reproduction needs to match: device, dtype and library versions."""
-    import diffusers
+    import diffusers  # lazy: web processes import this module and never load torch
     import torch
 
     info = {"device": device_type, "dtype": dtype, "torch": torch.__version__, "diffusers": diffusers.__version__}
@@ -201,8 +201,6 @@ class Storer:
 
     def wait(self) -> None:
         """Wait for the pending store, if any, and settle it (see the class docstring)."""
-        from generation import services
-
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -250,8 +248,6 @@ class Storer:
 def _store_chunk(*, token: uuid.UUID, made: list[tuple[GenerationJob, int, int, inference.GeneratedImage]],
                  runtime: dict[str, Any], finish: bool) -> None:
     """Encode, write and record one rendered chunk (on the storer's thread)."""
-    from generation import services
-
     pngs = inference.images_to_png_bytes([generated.image for *_, generated in made])
     services.generated_images_store(token=token, runtime=runtime, finish=finish, images=[
         services.ImageToStore(
@@ -275,8 +271,6 @@ def run_job(job_id: int, *, batch_limit: int | None = None, storer: Storer | Non
         with Storer() as own:
             result = run_job(job_id, batch_limit=batch_limit, storer=own)
         return result
-    from generation import services
-
     result = RunResult(job_id=job_id)
     batch_limit = batch_limit or settings.GENERATION_BATCH_LIMIT
     job = GenerationJob.objects.select_related("model_version").filter(pk=job_id).first()
@@ -376,8 +370,6 @@ def drain_queue(*, model_version_id: int, claims: int, storer: Storer) -> list[R
     return at once. Stops at the first claim that does not succeed, or once any store has failed; the
     task settles the last store and re-queues claims that storage turned away.
     """
-    from generation import selectors
-
     results: list[RunResult] = []
     while len(results) < claims and not storer.failed:
         job_id = selectors.next_queued_job_id(model_version_id=model_version_id)

@@ -1,4 +1,4 @@
-"""Preference exports (issue 6); reward-model and fine-tune runs arrive with their issues."""
+"""Preference exports, reward-model and fine-tune runs, reward scores, and the loop's rounds, evaluations and arena."""
 
 from __future__ import annotations
 
@@ -32,14 +32,14 @@ class PreferenceExport(TimeStampedModel):
         SOFT = "soft", "Keep as 0.5/0.5 labels"
         MARK = "mark", "Keep, marked as ties"
 
-    project = models.ForeignKey("annotate.Project", on_delete=models.CASCADE, related_name="exports")
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="exports")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     name = models.CharField(max_length=200, blank=True)
     format = models.CharField(max_length=20, choices=Format.choices)
     tie_policy = models.CharField(max_length=10, choices=TiePolicy.choices, default=TiePolicy.SOFT)
     weight_per_prompt = models.BooleanField(default=False)
     include_images = models.BooleanField(default=True)
-    # Validated filter values (see rlhf.export_services.ExportFilters), and the split spec.
+    # Validated filter values (see rlhf.datasets.services.ExportFilters), and the split spec.
     filters = models.JSONField(default=dict, blank=True)
     status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.QUEUED)
     progress = models.FloatField(default=0.0)
@@ -88,7 +88,7 @@ class RewardModelRun(TimeStampedModel):
         TINY = "tiny", "Tiny CLIP (CPU demo, tests)"
         PICKSCORE = "pickscore", "PickScore recipe"
 
-    project = models.ForeignKey("annotate.Project", null=True, blank=True, on_delete=models.CASCADE,
+    project = models.ForeignKey("projects.Project", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="reward_runs")
     export = models.ForeignKey(PreferenceExport, null=True, blank=True, on_delete=models.PROTECT,
                                related_name="reward_runs")
@@ -136,7 +136,7 @@ class RewardModelVersion(TimeStampedModel):
     """A trained reward model that can score images: registered when its run succeeds."""
 
     name = models.SlugField(max_length=100, unique=True)
-    project = models.ForeignKey("annotate.Project", null=True, blank=True, on_delete=models.CASCADE,
+    project = models.ForeignKey("projects.Project", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="reward_versions")
     run = models.OneToOneField(RewardModelRun, null=True, blank=True, on_delete=models.SET_NULL,
                                related_name="registered_version")
@@ -154,6 +154,21 @@ class RewardModelVersion(TimeStampedModel):
 
     def __str__(self) -> str:
         return self.name
+
+
+class ProjectPresort(TimeStampedModel):
+    """The reward model whose stored scores order a project's candidates for its annotators.
+
+    Annotators then see each task's images highest score first (unscored ones last, in task order);
+    new task images are queued for scoring with it. What they submit is unchanged.
+    """
+
+    project = models.OneToOneField("projects.Project", primary_key=True, on_delete=models.CASCADE,
+                                   related_name="presort")
+    reward_version = models.ForeignKey(RewardModelVersion, on_delete=models.CASCADE, related_name="presorted_projects")
+
+    def __str__(self) -> str:
+        return f"Project {self.project_id} pre-sorted by {self.reward_version_id}"
 
 
 class ImageScore(TimeStampedModel):
@@ -192,7 +207,7 @@ class FineTuneRun(TimeStampedModel):
         PROJECT = "project", "The project's prompts"
         EXPORT = "export", "The export's captions"
 
-    project = models.ForeignKey("annotate.Project", null=True, blank=True, on_delete=models.CASCADE,
+    project = models.ForeignKey("projects.Project", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="finetune_runs")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
@@ -272,7 +287,7 @@ class LoopRound(TimeStampedModel):
         EVALUATION = "evaluation", "Evaluation"
         DONE = "done", "Done"
 
-    project = models.ForeignKey("annotate.Project", on_delete=models.CASCADE, related_name="loop_rounds")
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="loop_rounds")
     number = models.PositiveIntegerField()
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
@@ -322,7 +337,7 @@ class VersionEvaluation(TimeStampedModel):
 
     version = models.ForeignKey("generation.ModelVersion", on_delete=models.CASCADE, related_name="evaluations")
     baseline = models.ForeignKey("generation.ModelVersion", on_delete=models.CASCADE, related_name="+")
-    project = models.ForeignKey("annotate.Project", null=True, blank=True, on_delete=models.CASCADE,
+    project = models.ForeignKey("projects.Project", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="version_evaluations")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
@@ -349,7 +364,7 @@ class Arena(TimeStampedModel):
     """Makes a project a blind arena: its annotators vote A/B/tie on pairs of images of the same prompt
     and seed from two model versions, shown in random order without labels."""
 
-    project = models.OneToOneField("annotate.Project", on_delete=models.CASCADE, related_name="arena")
+    project = models.OneToOneField("projects.Project", on_delete=models.CASCADE, related_name="arena")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     versions = models.ManyToManyField("generation.ModelVersion", related_name="arenas")

@@ -1,25 +1,33 @@
-"""Celery tasks of the rlhf app. Names starting ``train_``/``finetune_`` route to ``gpu-train``."""
+"""Celery tasks of the rlhf app, one service call each. Names starting ``train_``/``finetune_`` route to
+``gpu-train``, ``score_``/``arena_`` to ``gpu``, the rest to ``default`` (``config/celery.py``).
+
+Each task re-fetches its row, claims it under a row lock and returns early when it is done. The services
+queue them by name (``core.tasks.enqueue_on_commit``); ``RlhfConfig.ready()`` imports this module so the
+names are registered in every process.
+"""
 
 from __future__ import annotations
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 
 from core.tasks import pickwise_task
+from rlhf.datasets.services import preference_export_build
+from rlhf.loop.arena import arena_comparisons_generate
+from rlhf.loop.rounds import loop_round_execute
+from rlhf.models import Arena
+from rlhf.runs.finetune import finetune_run_execute
+from rlhf.runs.reward import reward_run_execute
+from rlhf.runs.scoring import image_scores_compute
 
 
 @pickwise_task(name="rlhf.tasks.export_preferences")
 def export_preferences(export_id: int) -> dict[str, object]:
-    from rlhf.export_services import preference_export_build
-
     export = preference_export_build(export_id=export_id)
     if export is None:
         return {"export": export_id, "status": "missing"}
     return {"export": export.pk, "status": export.status, "pairs": export.pairs}
 
-
-# --- reward models, fine-tunes and scoring (issues 7 and 8) ---------------------------------------------
-# ``train_*``/``finetune_*`` route to gpu-train, ``score_*`` to gpu (config/celery.py). Each task is one
-# service call: it re-fetches the run, claims it under a row lock and returns early when it is done.
 
 _TRAIN_LIMITS = {"time_limit": settings.CELERY_TRAIN_TIME_LIMIT,
                  "soft_time_limit": max(1, settings.CELERY_TRAIN_TIME_LIMIT - 60)}
@@ -27,16 +35,12 @@ _TRAIN_LIMITS = {"time_limit": settings.CELERY_TRAIN_TIME_LIMIT,
 
 @pickwise_task(name="rlhf.tasks.train_reward_model", **_TRAIN_LIMITS)
 def train_reward_model(run_id: int) -> dict[str, object]:
-    from rlhf.run_services import reward_run_execute
-
     run = reward_run_execute(run_id=run_id)
     return {"run": run_id, "status": run.status if run else "missing"}
 
 
 @pickwise_task(name="rlhf.tasks.finetune_model", **_TRAIN_LIMITS)
 def finetune_model(run_id: int) -> dict[str, object]:
-    from rlhf.run_services import finetune_run_execute
-
     run = finetune_run_execute(run_id=run_id)
     return {"run": run_id, "status": run.status if run else "missing"}
 
@@ -44,8 +48,6 @@ def finetune_model(run_id: int) -> dict[str, object]:
 @pickwise_task(name="rlhf.tasks.score_images")
 def score_images(reward_version_id: int, image_ids: list[str], prompt: str | None = None,
                  store: bool = True) -> dict[str, object]:
-    from rlhf.run_services import image_scores_compute
-
     scores = image_scores_compute(reward_version_id=reward_version_id, image_ids=image_ids, prompt=prompt,
                                   store=store)
     return {"reward_version": reward_version_id, "scores": scores}
@@ -54,8 +56,6 @@ def score_images(reward_version_id: int, image_ids: list[str], prompt: str | Non
 @pickwise_task(name="rlhf.tasks.finetune_loop_round", **_TRAIN_LIMITS)
 def finetune_loop_round(round_id: int) -> dict[str, object]:
     """A round started from the timeline: generation, simulated annotation, export, training, evaluation."""
-    from rlhf.loop.rounds import loop_round_execute
-
     loop_round = loop_round_execute(round_id=round_id)
     return {"round": round_id, "status": loop_round.status if loop_round else "missing"}
 
@@ -64,11 +64,6 @@ def finetune_loop_round(round_id: int) -> dict[str, object]:
 def arena_generate_comparisons(arena_id: int, user_id: int, prompts: list[str], seeds: list[int]
                                ) -> dict[str, object]:
     """Render an arena's prompts x seeds with each of its versions and add the comparisons (idempotent)."""
-    from django.contrib.auth import get_user_model
-
-    from rlhf.loop.arena import arena_comparisons_generate
-    from rlhf.models import Arena
-
     arena = Arena.objects.select_related("project").filter(pk=arena_id).first()
     user = get_user_model().objects.filter(pk=user_id).first()
     if arena is None or user is None:

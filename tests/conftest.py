@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rest_framework.test import APIClient
 
-from core.roles import Role
+from projects.roles import Role
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -171,7 +172,7 @@ def save_hf_pairs(
     rows: Callable[[], Iterator[dict[str, Any]]], directory: Path, *, image_loader: Callable[[str], bytes]
 ) -> int:
     """A ``datasets`` dataset with the pair columns, images as the ``Image`` feature, saved to disk."""
-    import datasets
+    import datasets  # lazy: the datasets library costs a second to import, and only the hf format needs it
 
     features = datasets.Features(
         {
@@ -207,7 +208,7 @@ def save_trl_preferences(
     rows: Callable[[], Iterator[dict[str, Any]]], directory: Path, *, image_loader: Callable[[str], bytes]
 ) -> int:
     """trl's preference format: ``prompt``, ``chosen``, ``rejected`` (images), strict pairs only."""
-    import datasets
+    import datasets  # lazy: the datasets library costs a second to import, and only the trl format needs it
 
     features = datasets.Features(
         {
@@ -236,9 +237,7 @@ def save_trl_preferences(
 
 
 def _save_generated(generate: Callable[[], Iterator[dict[str, Any]]], features: Any, directory: Path) -> int:
-    import shutil
-
-    import datasets
+    import datasets  # lazy: the datasets library costs a second to import, and only the hf format needs it
 
     if next(generate(), None) is None:
         dataset = datasets.Dataset.from_dict({name: [] for name in features}, features=features)

@@ -19,16 +19,22 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 
-from annotate.access import can
-from annotate.models import Project
 from core.exceptions import ApplicationError, PermissionDeniedError
+from core.tasks import enqueue_on_commit
+from generation import services as generation_services
+from generation import worker
 from generation.models import GeneratedImage, ModelVersion
+from projects.access import user_can
+from projects.models import Project
 from rlhf.loop import stats
 from rlhf.models import Arena, ArenaComparison, ArenaVote
 
+ARENA_GENERATE_COMPARISONS = "rlhf.tasks.arena_generate_comparisons"
+
 
 def _require(user: User, action: str, project: Project) -> None:
-    if not can(user=user, action="view", project=project) or not can(user=user, action=action, project=project):
+    """A 403 for anyone who may not do ``action`` in the project (services are called after the view's check)."""
+    if not user_can(user=user, action=action, project=project):
         raise PermissionDeniedError(f"You may not {action} in project {project.name!r}.")
 
 
@@ -52,8 +58,6 @@ def arena_setup(*, project: Project, user: User, versions: Sequence[ModelVersion
                 seeds: Sequence[int]) -> Arena:
     """Make ``project`` an arena between ``versions`` and queue the rendering of every prompt x seed by every
     version on a gpu worker (``rlhf.tasks.arena_generate_comparisons``); comparisons appear as images land."""
-    from rlhf.tasks import arena_generate_comparisons
-
     _require(user, "manage", project)
     if not prompts:
         raise ApplicationError("Give at least one prompt.", field="prompts")
@@ -68,7 +72,7 @@ def arena_setup(*, project: Project, user: User, versions: Sequence[ModelVersion
         raise ApplicationError("Seeds are whole numbers from 0.", field="seeds")
     with transaction.atomic():
         arena = arena_create(project=project, user=user, versions=versions)
-        arena_generate_comparisons.delay_on_commit(arena.pk, user.pk, [p.strip() for p in prompts], list(seeds))
+        enqueue_on_commit(ARENA_GENERATE_COMPARISONS, arena.pk, user.pk, [p.strip() for p in prompts], list(seeds))
     return arena
 
 
@@ -94,9 +98,6 @@ def arena_comparisons_generate(*, arena: Arena, user: User, prompts: Sequence[st
                                params: dict[str, Any] | None = None) -> list[ArenaComparison]:
     """Render every prompt x seed with every version of the arena (generation jobs run in this process,
     for commands and the bench) and add a comparison for every pair of versions."""
-    from generation import services as generation_services
-    from generation import worker
-
     versions = list(arena.versions.order_by("pk"))
     made: list[ArenaComparison] = []
     for prompt in prompts:

@@ -19,20 +19,21 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
-from annotate.models import Project
 from core.exceptions import ApplicationError
+from generation import inference, worker
 from generation.models import ModelVersion
-from generation.shapes.world import held_out_captions
+from generation.shapes.judge import judge
+from generation.shapes.world import held_out_captions, parse_caption
+from projects.models import Project
 from rlhf.loop import stats
 from rlhf.models import RunStatus, VersionEvaluation
 from rlhf.preferences import build_preference
+from rlhf.training.rewards import build_reward
 
 
 def render(version: ModelVersion, prompts: Sequence[str], seeds: Sequence[int], *,
            params: dict[str, Any] | None = None, batch: int = 8) -> list[Image.Image]:
     """Every prompt x seed (prompt-major) by ``version`` with its default params (plus ``params``)."""
-    from generation import inference, worker
-
     cache = worker.pipeline_cache()
     spec = worker.spec_for(version, device_type=cache.device.type)
     loaded = cache.get(spec)
@@ -45,9 +46,6 @@ def render(version: ModelVersion, prompts: Sequence[str], seeds: Sequence[int], 
 
 def _verdicts(images: Sequence[Image.Image], captions: Sequence[str]) -> list[bool] | None:
     """The shapes-world judge's overall verdict on each image, or None when the captions are not the world's."""
-    from generation.shapes.judge import judge
-    from generation.shapes.world import parse_caption
-
     try:
         for caption in set(captions):
             parse_caption(caption)
@@ -105,8 +103,6 @@ def compare(new: Sequence[Image.Image], old: Sequence[Image.Image], captions: Se
 def scorer_for(*, preference: str = "", reward_path: str = "") -> tuple[Any, str]:
     """A batch scorer ``(images, prompts) -> scores``: a preference function, or a reward model's scores."""
     if reward_path:
-        from rlhf.training.rewards import build_reward
-
         return build_reward("reward_model", reward_path), "reward model"
     fn = build_preference(preference)
     return (lambda images, prompts: [float(fn(i, p)) for i, p in zip(images, prompts, strict=True)]), preference

@@ -9,7 +9,7 @@ do by hand, in one call. ``round_run`` is for commands, the bench and tests: it 
 
 A round fine-tunes its input version (the previous round's output, or the start version): the first
 round trains a fresh LoRA on the base version, and every later round continues the previous round's
-LoRA (``run_services.finetune_start``), so a DDPO policy carries over from round to round instead of
+LoRA (``rlhf.runs.finetune.finetune_start``), so a DDPO policy carries over from round to round instead of
 restarting from the base each time. Each new adapter is complete, so the new version is a LoRA on the
 root base (one adapter to load, however many rounds); its lineage (the fine-tune run's
 ``continued_from`` and ``lineage["round"]``, the round's ``input_version``) records where it came from.
@@ -33,20 +33,31 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
-from annotate.models import Project
-from annotate.workflow_selectors import project_agreement
-from annotate.workflow_services import project_update_settings, task_create
+from annotate.workflow.access import workflow_of
+from annotate.workflow.selectors import project_agreement
+from annotate.workflow.services import project_update_settings, task_create
 from core.exceptions import ApplicationError
+from core.tasks import enqueue_on_commit
+from generation import services as generation_services
+from generation import worker
 from generation.inference import MAX_SEED
 from generation.models import ModelVersion
+from generation.shapes.world import prompt_captions
+from projects.access import project_check
+from projects.models import Project
+from rlhf.datasets.services import export_request_parse, preference_export_build, preference_export_create
+from rlhf.loop.evaluate import held_out_captions, version_evaluation_run
+from rlhf.loop.simulate import annotators_simulate, simulated_annotators_ensure
 from rlhf.models import FineTuneRun, LoopRound, RunStatus
 from rlhf.preferences import SimulationConfig
+from rlhf.runs import finetune, reward
 
 Method = Literal["dpo", "ddpo"]
 # What a round's DDPO runs with unless its hyperparameters say otherwise. A round's reward model is trained on
 # the round's few noisy rankings and mostly cannot tell a caption's images apart, so each caption's centred
 # rewards are scaled by one batch-wide spread rather than their own (bench/loop.py measures both).
 ROUND_DDPO_DEFAULTS: dict[str, Any] = {"advantage_scale": "batch"}
+FINETUNE_LOOP_ROUND = "rlhf.tasks.finetune_loop_round"
 
 
 @dataclass(frozen=True)
@@ -131,17 +142,15 @@ def round_image_seeds(*, config: RoundConfig, number: int, caption_index: int) -
 
 def _generate_tasks(*, loop_round: LoopRound, project: Project, user: User, captions: list[str],
                     config: RoundConfig) -> int:
-    from generation import services as generation_services
-    from generation import worker
-
     made = 0
+    generation_settings = workflow_of(project).generation_settings
     for i, caption in enumerate(captions):
         while True:
             try:
                 job = generation_services.generation_job_create(
                     user=user, model_version=loop_round.input_version, prompt=caption,
                     seeds=round_image_seeds(config=config, number=loop_round.number, caption_index=i),
-                    params=project.generation_settings or None, project=project,
+                    params=generation_settings or None, project=project,
                     idempotency_key=f"round-{loop_round.pk}-{i}",
                 )
                 break
@@ -165,16 +174,13 @@ def round_config_from_dict(data: dict[str, Any]) -> RoundConfig:
 def loop_round_start(*, project: Project, user: User, config: RoundConfig,
                      start_version: ModelVersion | None = None) -> LoopRound:
     """Queue the project's next round for a gpu-train worker (the Start button); one unfinished round at a time."""
-    from annotate import access
-    from rlhf.tasks import finetune_loop_round
-
-    access.require(user=user, action="train", project=project)
+    project_check(user=user, project=project, action="train")
     with transaction.atomic():
         Project.objects.select_for_update().filter(pk=project.pk).first()
         if LoopRound.objects.filter(project=project, status__in=(RunStatus.QUEUED, RunStatus.RUNNING)).exists():
             raise ApplicationError("A round of this project is still queued or running.", field="round")
         loop_round = loop_round_create(project=project, user=user, config=config, start_version=start_version)
-        finetune_loop_round.delay_on_commit(loop_round.pk)
+        enqueue_on_commit(FINETUNE_LOOP_ROUND, loop_round.pk)
     return loop_round
 
 
@@ -190,12 +196,6 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
 
     A round that is no longer queued (done, failed, or taken by another worker) is returned as it is.
     """
-    from generation.shapes.world import prompt_captions
-    from rlhf import run_services
-    from rlhf.export_services import export_request_parse, preference_export_build, preference_export_create
-    from rlhf.loop.evaluate import held_out_captions, version_evaluation_run
-    from rlhf.loop.simulate import annotators_simulate, simulated_annotators_ensure
-
     def say(message: str) -> None:
         if log is not None:
             log(message)
@@ -254,11 +254,11 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
         reward_version = None
         if config.reward_model:
             _stage(loop_round, LoopRound.Stage.REWARD, export=export)
-            reward_run = run_services.reward_run_create(user=user, export=export, preset="tiny",
-                                                        hyperparameters=config.reward_hyperparameters,
-                                                        name=f"round {loop_round.number}", enqueue=False)
+            reward_run = reward.reward_run_create(user=user, export=export, preset="tiny",
+                                                  hyperparameters=config.reward_hyperparameters,
+                                                  name=f"round {loop_round.number}", enqueue=False)
             loop_round.reward_run = reward_run
-            reward_run = run_services.reward_run_execute(run_id=reward_run.pk)
+            reward_run = reward.reward_run_execute(run_id=reward_run.pk)
             if reward_run is None or reward_run.status != RunStatus.SUCCEEDED:
                 raise ApplicationError(f"The reward run failed: {getattr(reward_run, 'error', '')}", field="reward")
             loop_round.reward_run = reward_run
@@ -267,7 +267,7 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
             lap("reward")
 
         _stage(loop_round, LoopRound.Stage.FINETUNE, export=export)
-        finetune = run_services.finetune_run_create(  # continues current's LoRA after the first round
+        finetune_run = finetune.finetune_run_create(  # continues current's LoRA after the first round
             user=user, base_version=current, method=config.method, project=project,
             export=export if config.method == "dpo" else None,
             reward_version=reward_version if config.method == "ddpo" else None,
@@ -276,15 +276,15 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
             eval_prompts=captions[:1],
             name=f"round {loop_round.number}", enqueue=False,
         )
-        FineTuneRun.objects.filter(pk=finetune.pk).update(lineage={
-            **finetune.lineage, "round": {"id": loop_round.pk, "number": loop_round.number,
-                                          "input_version": current.pk}})
-        loop_round.finetune_run = finetune
-        finetune = run_services.finetune_run_execute(run_id=finetune.pk)
-        if finetune is None or finetune.status != RunStatus.SUCCEEDED or finetune.result_version is None:
-            raise ApplicationError(f"The fine-tune failed: {getattr(finetune, 'error', '')}", field="finetune")
-        loop_round.finetune_run = finetune
-        new = finetune.result_version
+        FineTuneRun.objects.filter(pk=finetune_run.pk).update(lineage={
+            **finetune_run.lineage, "round": {"id": loop_round.pk, "number": loop_round.number,
+                                              "input_version": current.pk}})
+        loop_round.finetune_run = finetune_run
+        done = finetune.finetune_run_execute(run_id=finetune_run.pk)
+        if done is None or done.status != RunStatus.SUCCEEDED or done.result_version is None:
+            raise ApplicationError(f"The fine-tune failed: {getattr(done, 'error', '')}", field="finetune")
+        loop_round.finetune_run = done
+        new = done.result_version
         lap("finetune")
 
         if config.eval_prompts:
@@ -292,7 +292,7 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
             evaluation = version_evaluation_run(
                 version=new, baseline=current, user=user, project=project, preference=config.preference,
                 prompts=held_out_captions(config.eval_prompts), seeds=config.eval_seeds,
-                params=project.generation_settings or None)
+                params=workflow_of(project).generation_settings or None)
             stats["evaluation"] = evaluation.pk
             stats.update({k: evaluation.results.get(k) for k in (
                 "score_version", "score_baseline", "score_delta", "score_delta_interval", "adherence_version",

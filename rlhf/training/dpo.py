@@ -17,7 +17,6 @@ which pulls the policy towards treating the two images alike.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -410,6 +409,3 @@ def train_dpo(
     return FineTuneResult(final, step, False, last)
 
 
-def steps_per_epoch(config: DPOConfig, data_path: Path) -> int:
-    """Optimisation steps in one pass over the train split (single process), for progress bars."""
-    return math.ceil(count_rows(data_path, "train") / (config.batch_size * config.grad_accum))

@@ -28,7 +28,9 @@ from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from PIL import Image
 from safetensors import safe_open
 
-LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
+from generation.inference import LORA_WEIGHTS_FILE, load_adapter, load_base_pipeline
+from rlhf.training.checkpoint import STATE_DIR, write_metadata
+
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 TRAINED_ADAPTER = "default"  # the adapter add_lora adds and save_lora writes
 REFERENCE_ADAPTER = "reference"  # add_frozen_adapter's copy of the starting adapter
@@ -272,13 +274,14 @@ def eval_images(
 
 
 def load_pipeline(base: Path | str, lora_dir: Path | str | None = None, *, fuse: bool = False) -> Any:
-    """A pipeline from a base directory, optionally with a saved LoRA loaded (and fused)."""
-    pipe: Any = StableDiffusionPipeline.from_pretrained(
-        str(base), safety_checker=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
+    """A float32 CPU pipeline from a base directory, optionally with a saved LoRA loaded (and fused).
+
+    Loaded by the generation worker's loader (``generation.inference.load_base_pipeline`` and
+    ``load_adapter``), so training, its evaluation grids and generation read a checkpoint the same way.
+    """
+    pipe: Any = load_base_pipeline(base, dtype="float32", device="cpu")
     if lora_dir is not None:
-        pipe.load_lora_weights(str(lora_dir))
+        load_adapter(pipe, lora_dir)
         if fuse:
             pipe.fuse_lora()
             pipe.unload_lora_weights()
@@ -300,8 +303,6 @@ def save_lora_checkpoint(
     with_state: bool = True,
 ) -> Path:
     """LoRA weights + ``pickwise.json`` (+ accelerate training state) in ``directory``; metadata last."""
-    from rlhf.training.checkpoint import STATE_DIR, write_metadata
-
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_lora(accelerator.unwrap_model(unet), directory)

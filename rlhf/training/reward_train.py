@@ -11,7 +11,6 @@ out) and :func:`evaluate_reward_model`. Output layout::
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ from accelerate.utils import set_seed
 from torch import Tensor
 from torch.utils.data import DataLoader
 
+from generation.inference import HUB_ID_RE
 from rlhf.training import evaluate as ev
 from rlhf.training.checkpoint import (
     STATE_DIR,
@@ -60,7 +60,6 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 TieHandling = Literal["soft", "skip"]
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _RESUME_KEYS = ("backbone", "loss", "seed", "export_id", "batch_size", "grad_accum")
 PAD_SCORE = -1e4  # score of padding slots in listwise batches (kept finite for bf16/fp16)
 
@@ -100,7 +99,7 @@ class RewardModelConfig:
         ):
             if getattr(self, name) not in get_args(choices):
                 raise ValueError(f"{name} must be one of {get_args(choices)}, not {getattr(self, name)!r}")
-        if self.backbone != "tiny" and not (Path(self.backbone).is_dir() or _HUB_ID.match(self.backbone)):
+        if self.backbone != "tiny" and not (Path(self.backbone).is_dir() or HUB_ID_RE.match(self.backbone)):
             raise ValueError(
                 f"backbone {self.backbone!r} does not exist (expected a directory, a hub id or 'tiny')"
             )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from annotate import template_services, workflow_services
+from annotate.builder import services as template_services
+from annotate.workflow import services as workflow_services
 
 
 def use_template(project, admin, *, schema=None, preset=None):

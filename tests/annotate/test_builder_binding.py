@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from annotate.components import bind_to_only_sources, new_component
+from annotate.builder.components import bind_to_only_sources, new_component
 
 
 def _add(components, type_):

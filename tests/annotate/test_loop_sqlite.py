@@ -18,11 +18,12 @@ assert connection.vendor == "sqlite", connection.vendor
 call_command("migrate", verbosity=0)
 
 from annotate.models import Annotation, AnnotationTask, TaskAssignment
-from core.roles import Role
-from tests.annotate.factories_workflow import task_with_images
+from projects.roles import Role
+from tests.annotate.factories_workflow import set_workflow, task_with_images
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory, api_client_for
 
-project = ProjectFactory(overlap=1)
+project = ProjectFactory()
+set_workflow(project, overlap=1)
 annotator, stranger = UserFactory(role=Role.ANNOTATOR), UserFactory(role=Role.ANNOTATOR)
 MembershipFactory(project=project, user=annotator, role=Role.ANNOTATOR)
 task = task_with_images(project)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from annotate.prompt_import import Limits, detect_format, parse_prompt_file
+from annotate.workflow.prompt_import import Limits, detect_format, parse_prompt_file
 
 
 def lines(result):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from annotate import template_services
+from annotate.builder import services as template_services
 from tests.conftest import browser_login
 from tests.factories import PASSWORD, api_client_for
 

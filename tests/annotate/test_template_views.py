@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from annotate import template_services
+from annotate.builder import services as template_services
 
 pytestmark = pytest.mark.django_db
 

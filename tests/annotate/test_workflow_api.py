@@ -6,10 +6,10 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from annotate import queue
 from annotate.models import Annotation, AnnotationTask
-from core.roles import Role
-from tests.annotate.factories_workflow import images_for, task_with_images, tasks_with_images
+from annotate.workflow import queue
+from projects.roles import Role
+from tests.annotate.factories_workflow import images_for, set_workflow, task_with_images, tasks_with_images
 from tests.factories import MembershipFactory, UserFactory, api_client_for
 
 
@@ -110,8 +110,7 @@ def test_tasks_list_filters_and_paginates_for_reviewers(project, admin_user, ann
 
 
 def test_gold_is_blind_to_annotators(project, annotator):
-    project.gold_rate = 1.0
-    project.save()
+    set_workflow(project, gold_rate=1.0)
     gold = task_with_images(project, gold_ranking="identity")
     client = api_client_for(annotator)
     body = client.post(base(project) + "tasks/next/").json()
@@ -192,8 +191,8 @@ def test_other_projects_are_invisible_on_every_endpoint(other_project, annotator
     stranger = UserFactory(role=Role.ANNOTATOR, password=None)
     MembershipFactory(project=other_project, user=stranger, role=Role.ANNOTATOR)
     queue.task_next(project=other_project, user=stranger)
-    from annotate import workflow_services
-    from annotate.workflow_services import Submission
+    from annotate.workflow import services as workflow_services
+    from annotate.workflow.services import Submission
 
     annotation, _ = workflow_services.annotation_submit(
         project=other_project, user=stranger, task_id=task.pk,

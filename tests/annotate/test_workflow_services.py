@@ -8,7 +8,6 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotate import queue, workflow_services
 from annotate.models import (
     Annotation,
     AnnotationStatus,
@@ -17,10 +16,12 @@ from annotate.models import (
     Prompt,
     TaskAssignment,
 )
-from annotate.workflow_services import Submission
+from annotate.workflow import queue
+from annotate.workflow import services as workflow_services
+from annotate.workflow.services import Submission
 from core.exceptions import ApplicationError
-from core.roles import Role
-from tests.annotate.factories_workflow import task_with_images, tasks_with_images
+from projects.roles import Role
+from tests.annotate.factories_workflow import set_workflow, task_with_images, tasks_with_images
 from tests.factories import MembershipFactory, UserFactory
 
 
@@ -53,16 +54,14 @@ def test_next_task_follows_sequential_order_and_returns_the_same_lease(project, 
 
 
 def test_random_order_uses_random_keys(project, annotator):
-    project.task_order = "random"
-    project.save()
+    set_workflow(project, task_order="random")
     tasks = tasks_with_images(project, 5)
     expected = min(tasks, key=lambda t: (t.random_key, t.pk))
     assert queue.task_next(project=project, user=annotator).task.pk == expected.pk
 
 
 def test_overlap_k_limits_annotators_per_task_and_nobody_gets_a_task_twice(project):
-    project.overlap = 2
-    project.save()
+    set_workflow(project, overlap=2)
     task_a, task_b = tasks_with_images(project, 2)
     u1, u2, u3 = annotators(project, 3)
     assert queue.task_next(project=project, user=u1).task == task_a
@@ -77,8 +76,7 @@ def test_overlap_k_limits_annotators_per_task_and_nobody_gets_a_task_twice(proje
 
 
 def test_lease_expiry_returns_the_slot_through_the_reaper(project):
-    project.lease_seconds = 60
-    project.save()
+    set_workflow(project, lease_seconds=60)
     (task,) = tasks_with_images(project, 1)
     u1, u2 = annotators(project, 2)
     handout = queue.task_next(project=project, user=u1)
@@ -97,8 +95,7 @@ def test_lease_expiry_returns_the_slot_through_the_reaper(project):
 
 
 def test_late_submit_after_expiry_is_accepted_while_the_task_has_room(project):
-    project.overlap = 2
-    project.save()
+    set_workflow(project, overlap=2)
     (task,) = tasks_with_images(project, 1)
     (u1,) = annotators(project, 1)
     queue.task_next(project=project, user=u1)
@@ -191,8 +188,7 @@ def test_amend_keeps_history_and_reject_reopens_the_task(project, annotator, adm
 
 
 def test_gold_tasks_are_mixed_in_and_do_not_count_towards_k(project):
-    project.gold_rate = 1.0
-    project.save()
+    set_workflow(project, gold_rate=1.0)
     normal = task_with_images(project)
     gold = task_with_images(project, gold_ranking="identity")
     u1, u2 = annotators(project, 2)

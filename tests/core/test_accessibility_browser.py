@@ -8,8 +8,9 @@ from __future__ import annotations
 import pytest
 from axe_playwright_python.sync_playwright import Axe
 
-from annotate import queue, workflow_services
-from annotate.workflow_services import Submission
+from annotate.workflow import queue
+from annotate.workflow import services as workflow_services
+from annotate.workflow.services import Submission
 from rlhf.models import FineTuneRun, RewardModelRun
 from tests.annotate.browser_helpers import image_ids, use_template
 from tests.annotate.factories_workflow import model_version, task_with_images

@@ -13,8 +13,8 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from core.roles import Role
 from generation.models import GenerationJob, ModelVersion
+from projects.roles import Role
 from tests.factories import PASSWORD, MembershipFactory, ProjectFactory, UserFactory
 
 # Every model registered with the admin, and what a superuser's add page answers (axes' logs

@@ -9,10 +9,11 @@ from django.test import Client
 
 from core.exceptions import PermissionDeniedError
 from generation.models import GeneratedImage, GenerationJob, ModelVersion
+from projects.roles import Role
 from rlhf.loop import stats
 from rlhf.loop.arena import arena_comparison_add, arena_create, arena_next, arena_results, arena_vote
 from rlhf.models import Arena, ArenaVote
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, UserFactory
 
 PROMPT = "a large red circle in the center on a white background"
 
@@ -144,9 +145,12 @@ def test_admins_set_up_an_arena_in_the_browser_and_a_gpu_task_fills_it(
                                    **{**TINY_GENERATION, "guidance": 2.0})
     url = f"/ml/projects/{project.pk}/arena/setup/"
     valid = {"versions": [tiny_base.pk, other.pk], "prompts": "a red circle\n\na blue square\n", "seeds": "3, 4"}
-    voter = Client()
+    voter = Client()  # a member who may not manage the project: refused, and told so
     assert voter.login(username=annotator.username, password=PASSWORD)
-    assert voter.get(url).status_code in (403, 404) and voter.post(url, valid).status_code in (403, 404)
+    assert voter.get(url).status_code == 403 and voter.post(url, valid).status_code == 403
+    stranger = Client()  # not a member: the project does not exist for them
+    stranger.force_login(UserFactory(username="arena-stranger", role=Role.ADMIN))
+    assert stranger.get(url).status_code == 404 and stranger.post(url, valid).status_code == 404
 
     browser = Client()
     assert browser.login(username=admin_user.username, password=PASSWORD)

@@ -12,13 +12,14 @@ import pyarrow.parquet as pq
 import pytest
 from django.core.files.storage import default_storage
 
-from annotate import queue, template_services
-from annotate.workflow_services import Submission, annotation_submit
-from core.roles import Role
-from rlhf import export_services
-from rlhf.export_services import export_request_parse, preference_export_build, preference_export_create
+from annotate.builder import services as template_services
+from annotate.workflow import queue
+from annotate.workflow.services import Submission, annotation_submit
+from projects.roles import Role
+from rlhf.datasets import services as export_services
+from rlhf.datasets.services import export_request_parse, preference_export_build, preference_export_create
 from rlhf.models import PreferenceExport, RunStatus
-from tests.annotate.factories_workflow import task_with_images
+from tests.annotate.factories_workflow import set_workflow, task_with_images
 from tests.factories import MembershipFactory, UserFactory, api_client_for
 
 RANKING_SCHEMA = {
@@ -49,9 +50,7 @@ def ranked_project(project, admin_user, settings, tmp_path):
         project=project, name="Rank", created_by=admin_user, schema=RANKING_SCHEMA, strict=True
     )
     version = template_services.template_version_publish(template=template, created_by=admin_user)
-    project.template_version = version
-    project.overlap = 3
-    project.save()
+    set_workflow(project, template_version=version, overlap=3)
     tasks = [task_with_images(project, prompt=f"a shape number {i}", store=True) for i in range(3)]
     annotators = [UserFactory(username=f"rater{i}", role=Role.ANNOTATOR) for i in range(3)]
     for user in annotators:

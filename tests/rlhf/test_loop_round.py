@@ -8,9 +8,10 @@ import math
 import pytest
 from django.test import Client
 
-from annotate import template_services
+from annotate.builder import services as template_services
 from annotate.models import Annotation, AnnotationTask
-from annotate.workflow_services import project_update_settings
+from annotate.workflow.services import project_update_settings
+from projects.roles import Role
 from rlhf import tasks
 from rlhf.loop.rounds import (
     RoundConfig,
@@ -21,7 +22,7 @@ from rlhf.loop.rounds import (
 )
 from rlhf.models import LoopRound, RunStatus, VersionEvaluation
 from tests.annotate.factories_workflow import RANK_SCHEMA
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, UserFactory
 from tests.rlhf.conftest import TINY_GENERATION
 
 DPO_FAST = {"max_steps": 2, "batch_size": 4}
@@ -133,9 +134,12 @@ def test_start_button_queues_one_round_for_the_train_worker(
     url = f"/ml/projects/{project.pk}/rounds/start/"
     valid = {"method": "dpo", "prompts": 20, "images_per_prompt": 4, "annotators": 3,
              "preference": "larger_shapes", "temperature": 0.02, "start_version": tiny_base.pk}
-    people = Client()
+    people = Client()  # a member who may not train: refused, and told so
     assert people.login(username=annotator.username, password=PASSWORD)
-    assert people.post(url, valid).status_code in (403, 404)
+    assert people.post(url, valid).status_code == 403
+    stranger = Client()  # not a member: the project does not exist for them
+    stranger.force_login(UserFactory(username="round-stranger", role=Role.ML_ENGINEER))
+    assert stranger.post(url, valid).status_code == 404
     assert "Start a round" not in people.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
 
     browser = Client()

@@ -7,8 +7,9 @@ import time
 
 import pytest
 
-from rlhf import run_selectors, run_services
 from rlhf.models import ImageScore, RewardModelRun, RewardModelVersion, RunStatus
+from rlhf.runs import lifecycle, reward
+from rlhf.runs import selectors as run_selectors
 from tests.factories import PASSWORD, api_client_for
 from tests.rlhf.conftest import build_export
 
@@ -17,7 +18,7 @@ FAST = {"max_steps": 4, "batch_size": 8}
 
 def create(user, export, **kwargs):
     kwargs.setdefault("hyperparameters", FAST)
-    return run_services.reward_run_create(user=user, export=export, **kwargs)
+    return reward.reward_run_create(user=user, export=export, **kwargs)
 
 
 def wait(client, url, timeout=240):
@@ -78,7 +79,7 @@ def test_listwise_export_trains_with_plackett_luce(ranked, ml_engineer, model_ca
     export = build_export(ranked, ml_engineer, format="listwise", split_train=0.8, split_validation=0.2, split_test=0.0)
     run = create(ml_engineer, export, hyperparameters={"max_steps": 2, "batch_size": 4})
     assert run.config["loss"] == "plackett_luce"
-    run = run_services.reward_run_execute(run_id=run.pk)
+    run = reward.reward_run_execute(run_id=run.pk)
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.registered_version.path.startswith(str(model_cache))
     assert run.results["ceiling"] is None  # listwise exports carry no vote columns
@@ -87,7 +88,7 @@ def test_listwise_export_trains_with_plackett_luce(ranked, ml_engineer, model_ca
 def test_cancel_stops_a_running_run_and_registers_nothing(
     pairs_export, ml_engineer, model_cache, monkeypatch
 ):
-    monkeypatch.setattr(run_services, "STOP_POLL_SECONDS", 0.0)
+    monkeypatch.setattr(lifecycle, "STOP_POLL_SECONDS", 0.0)
     run = create(ml_engineer, pairs_export, hyperparameters={"max_steps": 50, "batch_size": 4})
 
     def cancel_after_first_step(step, metrics):
@@ -95,11 +96,11 @@ def test_cancel_stops_a_running_run_and_registers_nothing(
             response = api_client_for(ml_engineer).post(f"/api/reward-runs/{run.pk}/cancel/")
             assert response.status_code == 200 and response.json()["status"] == "cancelled"
 
-    run = run_services.reward_run_execute(run_id=run.pk, echo=cancel_after_first_step)
+    run = reward.reward_run_execute(run_id=run.pk, echo=cancel_after_first_step)
     assert run.status == RunStatus.CANCELLED and run.step < 50
     assert not RewardModelVersion.objects.exists()
     # A redelivered task for a finished run is a no-op; cancelling twice is a 400 naming the status.
-    assert run_services.reward_run_execute(run_id=run.pk).status == RunStatus.CANCELLED
+    assert reward.reward_run_execute(run_id=run.pk).status == RunStatus.CANCELLED
     again = api_client_for(ml_engineer).post(f"/api/reward-runs/{run.pk}/cancel/")
     assert again.status_code == 400 and again.json()["field"] == "status"
 
@@ -118,7 +119,7 @@ def test_failing_run_says_why(pairs_export, ml_engineer, model_cache, monkeypatc
         raise error
 
     monkeypatch.setattr(reward_train, "train_reward_model", boom)
-    run = run_services.reward_run_execute(run_id=create(ml_engineer, pairs_export).pk)
+    run = reward.reward_run_execute(run_id=create(ml_engineer, pairs_export).pk)
     assert run.status == RunStatus.FAILED and says in run.error and str(error) in run.error
     assert not RewardModelVersion.objects.exists()
 
@@ -214,7 +215,7 @@ def test_run_pages_full_and_htmx_fragment_and_form(
     assert "<html" in full and "run-progress" in full and 'hx-trigger="every 2s"' in full
     fragment = client.get(f"/ml/reward-runs/{run.pk}/", HTTP_HX_REQUEST="true")
     assert fragment.status_code == 200 and "<html" not in fragment.content.decode()
-    run_services.reward_run_execute(run_id=run.pk)
+    reward.reward_run_execute(run_id=run.pk)
     done = client.get(f"/ml/reward-runs/{run.pk}/", HTTP_HX_REQUEST="true")
     assert done.status_code == 286 and b"hx-trigger" not in done.content  # htmx stops polling
     assert done.content.count(b"<polyline") >= 2
@@ -243,7 +244,7 @@ def test_run_pages_full_and_htmx_fragment_and_form(
 def test_management_command_trains_from_an_export_or_a_parquet_file(pairs_export, model_cache, capsys):
     from django.core.management import CommandError, call_command
 
-    from rlhf.run_services import export_data_path
+    from rlhf.runs.paths import export_data_path
 
     call_command(
         "train_reward_model",

@@ -7,12 +7,12 @@ import pytest
 from django.core.management import call_command
 from PIL import Image
 
-from annotate import template_services
+from annotate.builder import services as template_services
 from annotate.models import Annotation, AnnotationTask, TaskAssignment
-from annotate.workflow_services import project_update_settings, task_create
+from annotate.workflow.services import project_update_settings, task_create
 from core.exceptions import PermissionDeniedError
-from core.roles import Role
 from generation.models import GenerationJob
+from projects.roles import Role
 from rlhf.loop.simulate import annotators_simulate, simulated_annotators_ensure
 from rlhf.preferences import (
     SimulationConfig,

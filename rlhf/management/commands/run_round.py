@@ -9,9 +9,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate.models import Project
 from core.exceptions import ApplicationError
 from generation.models import ModelVersion
+from projects.models import Project
 from rlhf.loop.rounds import RoundConfig, round_run
 
 

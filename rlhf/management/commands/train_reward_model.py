@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from core.exceptions import ApplicationError
-from rlhf import run_services
 from rlhf.models import PreferenceExport, RewardModelRun, RunStatus
+from rlhf.runs import reward
 
 
 class Command(BaseCommand):
@@ -39,7 +39,7 @@ class Command(BaseCommand):
             if export is None:
                 raise CommandError(f"No export {options['export']}")
         try:
-            run = run_services.reward_run_create(
+            run = reward.reward_run_create(
                 user=user, export=export, data_path=options["data"] or "", backbone=options["backbone"],
                 preset=options["preset"], hyperparameters="\n".join(options["set"]), name=options["name"],
                 enqueue=False,
@@ -53,7 +53,7 @@ class Command(BaseCommand):
             if "loss" in metrics:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('accuracy', 0):.3f}")
 
-        run = run_services.reward_run_execute(run_id=run.pk, echo=echo)
+        run = reward.reward_run_execute(run_id=run.pk, echo=echo)
         bar.close()
         if run is None or run.status != RunStatus.SUCCEEDED:
             raise CommandError(f"run {run.pk if run else '?'} {run.status if run else 'vanished'}: "

@@ -1,0 +1,527 @@
+"""DRF API of the annotation workflow, so a lab can drive annotation from its own tools.
+
+Everything is scoped to one project in the URL (``/api/projects/<project_id>/...``); a caller
+who is not a member gets 404, a member without the right 403 (same rules as the pages).
+
+The annotator loop is two calls, each a fixed handful of SQL statements:
+``POST tasks/next/`` (lease the next task: prompt, images, ranking rules) and
+``POST tasks/<id>/submit/`` (``ranking`` as tie groups of image ids, best first, plus an
+``idempotency_key``: a retry with the same key returns the stored annotation with 200).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.models import QuerySet
+from django.urls import path
+from django.utils.dateparse import parse_datetime
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.decorators import api_view, parser_classes
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.request import Request
+from rest_framework.response import Response
+
+from annotate.models import (
+    Annotation,
+    AnnotationStatus,
+    AnnotationTask,
+    AnnotationTemplateVersion,
+    PromptSet,
+    TaskAssignment,
+    TaskOrder,
+)
+from annotate.workflow import queue
+from annotate.workflow import selectors as workflow_selectors
+from annotate.workflow import services as workflow_services
+from annotate.workflow.access import workflow_api, workflow_of
+from annotate.workflow.scoring import reward_scores
+from annotate.workflow.services import Submission
+from core.exceptions import ApplicationError
+from core.parsing import parse_bool
+from projects.access import user_can
+from projects.models import Project
+from projects.services import project_set_archived
+
+RANKING_HELP = (
+    'Tie groups of image ids, best first: [["<a>"], ["<b>", "<c>"], ["<d>"]] means a beat b and c (tied), '
+    "which beat d."
+)
+
+
+class Pagination(PageNumberPagination):
+    page_size = 50
+    page_size_query_param = "page_size"
+    max_page_size = 500
+
+
+# --- serializers -----------------------------------------------------------------------------
+
+
+class TaskImageSerializer(serializers.Serializer):
+    id = serializers.CharField()
+    url = serializers.CharField()
+    position = serializers.IntegerField()
+
+
+class RankingRulesSerializer(serializers.Serializer):
+    mode = serializers.ChoiceField(choices=["full", "best_of_n", "pairwise"])
+    allow_ties = serializers.BooleanField()
+    allow_partial = serializers.BooleanField()
+
+
+class HandoutSerializer(serializers.Serializer):
+    assignment_id = serializers.IntegerField()
+    task_id = serializers.IntegerField()
+    prompt = serializers.CharField()
+    negative_prompt = serializers.CharField()
+    is_gold = serializers.BooleanField(help_text="Always false to annotators (gold tasks are blind).")
+    images = TaskImageSerializer(many=True)
+    template_version = serializers.IntegerField(allow_null=True)
+    ranking_rules = RankingRulesSerializer()
+    lease_expires_at = serializers.DateTimeField()
+    idempotency_key = serializers.CharField(help_text="A key you may reuse when submitting this task.")
+
+
+class SubmitSerializer(serializers.Serializer):
+    ranking = serializers.JSONField(help_text=RANKING_HELP)
+    answers = serializers.JSONField(required=False, help_text="Other components' answers by component name.")
+    rationale = serializers.CharField(required=False, allow_blank=True, max_length=5000)
+    duration_ms = serializers.IntegerField(required=False, min_value=0)
+    idempotency_key = serializers.CharField(max_length=100)
+
+
+class AnnotationSerializer(serializers.ModelSerializer):
+    annotator = serializers.CharField(source="annotator.username", read_only=True)
+
+    class Meta:
+        model = Annotation
+        fields = ["id", "task", "annotator", "status", "ranking", "answers", "rationale", "duration_ms",
+                  "template_version", "supersedes", "idempotency_key", "review_note", "created_at"]
+        read_only_fields = fields
+
+
+class SubmitAnnotationSerializer(serializers.ModelSerializer):
+    """An annotation as its author sees it (no join to the user table)."""
+
+    class Meta:
+        model = Annotation
+        fields = ["id", "task", "status", "ranking", "answers", "rationale", "duration_ms", "template_version",
+                  "supersedes", "idempotency_key", "created_at"]
+        read_only_fields = fields
+
+
+class TaskSerializer(serializers.ModelSerializer):
+    prompt = serializers.CharField(source="prompt.text")
+    negative_prompt = serializers.CharField(source="prompt.negative_prompt")
+    prompt_set = serializers.IntegerField(source="prompt.prompt_set_id", allow_null=True)
+    images = serializers.SerializerMethodField()
+    submitted_count = serializers.IntegerField(read_only=True)
+
+    class Meta:
+        model = AnnotationTask
+        fields = ["id", "prompt", "negative_prompt", "prompt_set", "position", "is_gold", "gold_ranking",
+                  "taken_count", "is_open", "submitted_count", "images", "created_at"]
+        read_only_fields = fields
+
+    def get_images(self, task: AnnotationTask) -> list[dict[str, Any]]:
+        return [{"id": str(ti.image_id), "url": workflow_selectors.image_url(ti.image_id), "position": ti.position}
+                for ti in task.task_images.all()]
+
+
+class TaskCreateSerializer(serializers.Serializer):
+    prompt = serializers.CharField(max_length=2000)
+    negative_prompt = serializers.CharField(required=False, allow_blank=True, default="")
+    image_ids = serializers.ListField(child=serializers.CharField(), required=False, default=list)
+    gold_ranking = serializers.JSONField(required=False, allow_null=True, default=None, help_text=RANKING_HELP)
+
+
+class PromptSetSerializer(serializers.ModelSerializer):
+    created_by = serializers.CharField(source="created_by.username", allow_null=True, read_only=True)
+
+    class Meta:
+        model = PromptSet
+        fields = ["id", "name", "source_format", "prompt_count", "duplicate_count", "created_by", "created_at"]
+        read_only_fields = fields
+
+
+class SettingsSerializer(serializers.Serializer):
+    """A project's workflow settings: the workflow's own, the offered model versions and the pre-sort model."""
+
+    id = serializers.IntegerField(read_only=True)
+    name = serializers.CharField(read_only=True)
+    description = serializers.CharField(required=False, allow_blank=True)
+    instructions = serializers.CharField(required=False, allow_blank=True)
+    template_version = serializers.PrimaryKeyRelatedField(
+        queryset=AnnotationTemplateVersion.objects.all(), allow_null=True, required=False)
+    images_per_task = serializers.IntegerField(required=False, min_value=0, max_value=32767)
+    overlap = serializers.IntegerField(required=False, min_value=0, max_value=32767)
+    task_order = serializers.ChoiceField(choices=TaskOrder.choices, required=False)
+    gold_rate = serializers.FloatField(required=False)
+    lease_seconds = serializers.IntegerField(required=False, min_value=0)
+    generation_settings = serializers.JSONField(required=False)
+    model_versions = serializers.ListField(child=serializers.IntegerField(), read_only=True)
+    model_version_ids = serializers.ListField(child=serializers.IntegerField(), write_only=True, required=False)
+    presort_reward_version = serializers.PrimaryKeyRelatedField(
+        queryset=AnnotationTemplateVersion.objects.none(), allow_null=True, required=False,
+        help_text="A reward model you may use: annotators see each task's images by its stored score, highest "
+                  "first; null turns pre-sorting off")
+    archived_at = serializers.DateTimeField(read_only=True)
+
+    def get_fields(self) -> dict[str, serializers.Field]:
+        fields = super().get_fields()
+        # The reward models come from the layer that registered them (annotate.workflow.scoring).
+        fields["presort_reward_version"].queryset = reward_scores().version_queryset()  # type: ignore[attr-defined]
+        return fields
+
+
+def settings_data(project: Project) -> dict[str, Any]:
+    """``SettingsSerializer``'s fields of ``project`` (three queries: workflow, offered versions, pre-sort)."""
+    workflow = workflow_of(project)
+    presort = reward_scores().presort_version(project=project)
+    offered = project.model_versions.order_by("name").values_list("pk", flat=True)  # type: ignore[attr-defined]
+    return {
+        "id": project.pk, "name": project.name, "description": project.description,
+        "instructions": workflow.instructions, "template_version": workflow.template_version_id,
+        "images_per_task": workflow.images_per_task, "overlap": workflow.overlap, "task_order": workflow.task_order,
+        "gold_rate": workflow.gold_rate, "lease_seconds": workflow.lease_seconds,
+        "generation_settings": workflow.generation_settings, "model_versions": list(offered),
+        "presort_reward_version": presort.pk if presort is not None else None, "archived_at": project.archived_at,
+    }
+
+
+def _handout_data(handout: queue.Handout) -> dict[str, Any]:
+    assignment, task = handout.assignment, handout.task
+    rules = workflow_selectors.ranking_component(assignment.template_version)["config"]
+    return {
+        "assignment_id": assignment.pk, "task_id": task.pk, "prompt": task.prompt.text,
+        "negative_prompt": task.prompt.negative_prompt, "is_gold": False,
+        "images": workflow_selectors.task_images(task_id=task.pk),
+        "template_version": assignment.template_version_id,
+        "ranking_rules": {k: rules[k] for k in ("mode", "allow_ties", "allow_partial")},
+        "lease_expires_at": assignment.lease_expires_at, "idempotency_key": f"assignment-{assignment.pk}",
+    }
+
+
+def _own_annotation_data(annotation: Annotation) -> dict[str, Any]:
+    """``SubmitAnnotationSerializer``'s fields, built directly (the submit hot path)."""
+    return {
+        "id": annotation.pk, "task": annotation.task_id, "status": annotation.status,
+        "ranking": annotation.ranking, "answers": annotation.answers, "rationale": annotation.rationale,
+        "duration_ms": annotation.duration_ms, "template_version": annotation.template_version_id,
+        "supersedes": annotation.supersedes_id, "idempotency_key": annotation.idempotency_key,
+        "created_at": annotation.created_at,
+    }
+
+
+def _paginate(request: Request, queryset: QuerySet[Any], serializer_class: type[serializers.BaseSerializer]
+              ) -> Response:
+    paginator = Pagination()
+    page = paginator.paginate_queryset(queryset, request)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+def _int_param(request: Request, name: str) -> int | None:
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    if not value.isdigit():
+        raise ApplicationError(f"{name} must be a whole number.", field=name)
+    return int(value)
+
+
+def _bool_param(request: Request, name: str) -> bool | None:
+    value = request.query_params.get(name)
+    if value in (None, ""):
+        return None
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ApplicationError(f"{name} must be true or false.", field=name) from None
+
+
+# --- the annotator loop ---------------------------------------------------------------------
+
+
+@extend_schema(request=None, responses={200: HandoutSerializer, 204: OpenApiResponse(description="No task left.")},
+               summary="Lease the caller's next task (or get their current one back)")
+@api_view(["POST"])
+@workflow_api("annotate", with_active_lease=True)
+def task_next(request: Request, project: Project) -> Response:
+    handout = queue.task_next(project=project, user=request.user)
+    if handout.task is None:
+        return Response(status=status.HTTP_204_NO_CONTENT)
+    return Response(_handout_data(handout))  # already JSON-ready: skips serializer field building (hot path)
+
+
+@extend_schema(request=SubmitSerializer, responses={201: SubmitAnnotationSerializer, 200: SubmitAnnotationSerializer},
+               summary="Submit the ranking of a leased task (idempotent by idempotency_key)")
+@api_view(["POST"])
+@workflow_api("annotate")
+def task_submit(request: Request, project: Project, task_id: int) -> Response:
+    body = SubmitSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    data = body.validated_data
+    annotation, created = workflow_services.annotation_submit(
+        project=project, user=request.user, task_id=task_id,
+        submission=Submission(idempotency_key=data["idempotency_key"], ranking=data["ranking"],
+                              answers=data.get("answers"), rationale=data.get("rationale"),
+                              duration_ms=data.get("duration_ms")),
+    )
+    return Response(_own_annotation_data(annotation),
+                    status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+
+
+@extend_schema(request=inline_serializer("SkipRequest", {"reason": serializers.CharField(max_length=500)}),
+               responses={200: inline_serializer("SkipResponse", {"task_id": serializers.IntegerField(),
+                                                                  "status": serializers.CharField()})},
+               summary="Give a leased task back, with a reason")
+@api_view(["POST"])
+@workflow_api("annotate")
+def task_skip(request: Request, project: Project, task_id: int) -> Response:
+    assignment = queue.assignment_skip(project=project, user=request.user, task_id=task_id,
+                                       reason=str(request.data.get("reason", "")))
+    return Response({"task_id": assignment.task_id, "status": assignment.status})
+
+
+# --- tasks and prompt sets ------------------------------------------------------------------
+
+
+@extend_schema(
+    methods=["GET"], responses=TaskSerializer(many=True), summary="List the project's tasks (reviewers)",
+    parameters=[OpenApiParameter("is_gold", bool), OpenApiParameter("is_open", bool),
+                OpenApiParameter("prompt_set", int), OpenApiParameter("page", int),
+                OpenApiParameter("page_size", int)],
+)
+@extend_schema(methods=["POST"], request=TaskCreateSerializer, responses={201: TaskSerializer},
+               summary="Create a task with pre-generated images (project admins)")
+@api_view(["GET", "POST"])
+@workflow_api({"GET": "review", "POST": "manage"})
+def task_list(request: Request, project: Project) -> Response:
+    if request.method == "POST":
+        body = TaskCreateSerializer(data=request.data)
+        body.is_valid(raise_exception=True)
+        data = body.validated_data
+        task = workflow_services.task_create(
+            project=project, prompt_text=data["prompt"], negative_prompt=data["negative_prompt"],
+            image_ids=data["image_ids"], gold_ranking=data["gold_ranking"], created_by=request.user)
+        task = workflow_selectors.tasks_for_review(project=project).get(pk=task.pk)
+        return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
+    queryset = workflow_selectors.tasks_for_review(project=project)
+    for name, lookup in (("is_gold", "is_gold"), ("is_open", "is_open")):
+        value = _bool_param(request, name)
+        if value is not None:
+            queryset = queryset.filter(**{lookup: value})
+    prompt_set = _int_param(request, "prompt_set")
+    if prompt_set is not None:
+        queryset = queryset.filter(prompt__prompt_set_id=prompt_set)
+    return _paginate(request, queryset, TaskSerializer)
+
+
+@extend_schema(responses=TaskSerializer, summary="One task: reviewers, or the annotator it was handed to")
+@api_view(["GET"])
+@workflow_api("annotate")
+def task_detail(request: Request, project: Project, task_id: int) -> Response:
+    queryset = workflow_selectors.tasks_for_review(project=project).filter(pk=task_id)
+    reviewer = user_can(user=request.user, action="review", project=project)
+    if not reviewer:
+        queryset = queryset.filter(pk__in=TaskAssignment.objects.filter(
+            project=project, annotator=request.user).values("task_id"))
+    task = queryset.first()
+    if task is None:
+        return Response({"detail": "No such task."}, status=status.HTTP_404_NOT_FOUND)
+    data = TaskSerializer(task).data
+    if not reviewer:
+        data["gold_ranking"], data["is_gold"] = None, False  # gold stays blind to annotators
+    return Response(data)
+
+
+@extend_schema(
+    request=None, responses={200: inline_serializer("TaskImagesResponse", {"images": TaskImageSerializer(many=True)})},
+    summary="Replace a task's images (project admins, before any answer)",
+)
+@api_view(["PUT"])
+@workflow_api("manage")
+def task_images(request: Request, project: Project, task_id: int) -> Response:
+    task = AnnotationTask.objects.filter(project=project, pk=task_id).first()
+    if task is None:
+        return Response({"detail": "No such task."}, status=status.HTTP_404_NOT_FOUND)
+    image_ids = request.data.get("image_ids")
+    if not isinstance(image_ids, list):
+        raise ApplicationError("image_ids must be a list of image ids.", field="image_ids")
+    workflow_services.task_set_images(task=task, image_ids=image_ids)
+    return Response({"images": workflow_selectors.task_images(task_id=task.pk)})
+
+
+@extend_schema(methods=["GET"], responses=PromptSetSerializer(many=True), summary="List prompt sets")
+@extend_schema(
+    methods=["POST"],
+    request={"multipart/form-data": inline_serializer("PromptSetUpload", {
+        "file": serializers.FileField(), "format": serializers.ChoiceField(["csv", "jsonl", "txt"], required=False),
+        "name": serializers.CharField(required=False)})},
+    responses={201: inline_serializer("PromptSetImport", {
+        "prompt_set": serializers.IntegerField(), "created": serializers.IntegerField(),
+        "duplicates": serializers.ListField(child=serializers.DictField())})},
+    summary="Upload a CSV, JSONL or text file of prompts; any error imports nothing (400 lists them by line)",
+)
+@api_view(["GET", "POST"])
+@parser_classes([MultiPartParser, FormParser, JSONParser])
+@workflow_api("manage")
+def promptset_list(request: Request, project: Project) -> Response:
+    if request.method == "GET":
+        return _paginate(request, workflow_selectors.prompt_sets(project=project), PromptSetSerializer)
+    upload = request.FILES.get("file")
+    if upload is None:
+        raise ApplicationError("Upload the prompts as a multipart field named 'file'.", field="file")
+    data = upload.read(workflow_services.prompt_import.MAX_FILE_BYTES + 1)
+    report = workflow_services.prompt_set_import(
+        project=project, data=data, filename=upload.name or "", created_by=request.user,
+        fmt=request.data.get("format") or None, name=request.data.get("name", ""))
+    return Response(report.as_dict(), status=status.HTTP_201_CREATED)
+
+
+# --- annotations, review, agreement ---------------------------------------------------------
+
+
+@extend_schema(
+    responses=AnnotationSerializer(many=True),
+    parameters=[OpenApiParameter("status", str, enum=AnnotationStatus.values), OpenApiParameter("task", int),
+                OpenApiParameter("annotator", str, description="username (reviewers only)"),
+                OpenApiParameter("created_after", str, description="ISO 8601 date-time"),
+                OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+    summary="Annotations: every one for reviewers, the caller's own for annotators",
+)
+@api_view(["GET"])
+@workflow_api("annotate")
+def annotation_list(request: Request, project: Project) -> Response:
+    queryset = Annotation.objects.filter(project=project).select_related("annotator").order_by("-created_at", "-pk")
+    if not user_can(user=request.user, action="review", project=project):
+        queryset = queryset.filter(annotator=request.user)
+    params = request.query_params
+    if params.get("status"):
+        if params["status"] not in AnnotationStatus.values:
+            raise ApplicationError(f"status must be one of {', '.join(AnnotationStatus.values)}.", field="status")
+        queryset = queryset.filter(status=params["status"])
+    task = _int_param(request, "task")
+    if task is not None:
+        queryset = queryset.filter(task_id=task)
+    if params.get("annotator"):
+        queryset = queryset.filter(annotator__username=params["annotator"])
+    if params.get("created_after"):
+        after = parse_datetime(params["created_after"])
+        if after is None:
+            raise ApplicationError("created_after must be an ISO 8601 date-time.", field="created_after")
+        queryset = queryset.filter(created_at__gt=after)
+    return _paginate(request, queryset, AnnotationSerializer)
+
+
+@extend_schema(responses=AnnotationSerializer, summary="One annotation (own, or any for reviewers)")
+@api_view(["GET"])
+@workflow_api("annotate")
+def annotation_detail(request: Request, project: Project, annotation_id: int) -> Response:
+    queryset = Annotation.objects.filter(project=project, pk=annotation_id).select_related("annotator")
+    if not user_can(user=request.user, action="review", project=project):
+        queryset = queryset.filter(annotator=request.user)
+    annotation = queryset.first()
+    if annotation is None:
+        return Response({"detail": "No such annotation."}, status=status.HTTP_404_NOT_FOUND)
+    return Response(AnnotationSerializer(annotation).data)
+
+
+@extend_schema(request=SubmitSerializer, responses={201: SubmitAnnotationSerializer},
+               summary="Amend one of the caller's recent annotations (the old one is kept, superseded)")
+@api_view(["POST"])
+@workflow_api("annotate")
+def annotation_amend(request: Request, project: Project, annotation_id: int) -> Response:
+    body = SubmitSerializer(data=request.data)
+    body.is_valid(raise_exception=True)
+    data = body.validated_data
+    annotation = workflow_services.annotation_amend(
+        project=project, user=request.user, annotation_id=annotation_id,
+        submission=Submission(idempotency_key=data["idempotency_key"], ranking=data["ranking"],
+                              answers=data.get("answers"), rationale=data.get("rationale")),
+    )
+    return Response(SubmitAnnotationSerializer(annotation).data, status=status.HTTP_201_CREATED)
+
+
+@extend_schema(request=inline_serializer("RejectRequest", {"note": serializers.CharField(required=False)}),
+               responses=AnnotationSerializer, summary="Reject an annotation; its task goes back to the queue")
+@api_view(["POST"])
+@workflow_api("review")
+def annotation_reject(request: Request, project: Project, annotation_id: int) -> Response:
+    annotation = workflow_services.annotation_reject(project=project, annotation_id=annotation_id,
+                                                     reviewer=request.user, note=str(request.data.get("note", "")))
+    return Response(AnnotationSerializer(annotation).data)
+
+
+@extend_schema(responses=inline_serializer("Agreement", {
+    "annotators": serializers.ListField(child=serializers.DictField()),
+    "pairwise": serializers.ListField(child=serializers.DictField()),
+    "task_w": serializers.ListField(child=serializers.DictField()),
+    "mean_pairwise_agreement": serializers.FloatField(allow_null=True),
+    "mean_tau": serializers.FloatField(allow_null=True), "mean_w": serializers.FloatField(allow_null=True)}),
+    summary="Per-annotator stats and project agreement (pairwise, Kendall's tau, Kendall's W)")
+@api_view(["GET"])
+@workflow_api("review")
+def agreement(request: Request, project: Project) -> Response:
+    result = workflow_selectors.project_agreement(project=project)
+    annotators = [{k: v for k, v in vars(s).items() if k != "durations"} for s in result.annotators]
+    return Response({"annotators": annotators, "pairwise": result.pairwise, "task_w": result.task_w,
+                     "mean_pairwise_agreement": result.mean_pairwise_agreement, "mean_tau": result.mean_tau,
+                     "mean_w": result.mean_w})
+
+
+@extend_schema(methods=["GET"], responses=SettingsSerializer, summary="The project's workflow settings")
+@extend_schema(methods=["PATCH"], request=SettingsSerializer, responses=SettingsSerializer,
+               summary="Change the workflow settings (project admins)")
+@api_view(["GET", "PATCH"])
+@workflow_api({"GET": "view", "PATCH": "manage"})
+def project_settings(request: Request, project: Project) -> Response:
+    if request.method == "PATCH":
+        body = SettingsSerializer(data=request.data, partial=True)
+        body.is_valid(raise_exception=True)
+        data = dict(body.validated_data)
+        data["template_version"] = data.get("template_version", "unchanged")
+        if "presort_reward_version" in data:
+            version = data.pop("presort_reward_version")
+            data["presort_reward_version_id"] = version.pk if version is not None else None
+        project = workflow_services.project_update_settings(project=project, user=request.user, **data)
+    return Response(settings_data(project))
+
+
+@extend_schema(request=None, responses=SettingsSerializer, summary="Archive the project (project admins)")
+@api_view(["POST"])
+@workflow_api("manage")
+def project_archive(request: Request, project: Project) -> Response:
+    return Response(settings_data(project_set_archived(project=project, archived=True)))
+
+
+@extend_schema(request=None, responses=SettingsSerializer, summary="Unarchive the project (project admins)")
+@api_view(["POST"])
+@workflow_api("manage")
+def project_unarchive(request: Request, project: Project) -> Response:
+    return Response(settings_data(project_set_archived(project=project, archived=False)))
+
+
+_p = "projects/<int:project_id>/"
+urlpatterns = [
+    path(_p + "tasks/next/", task_next, name="api-task-next"),
+    path(_p + "tasks/", task_list, name="api-task-list"),
+    path(_p + "tasks/<int:task_id>/", task_detail, name="api-task-detail"),
+    path(_p + "tasks/<int:task_id>/submit/", task_submit, name="api-task-submit"),
+    path(_p + "tasks/<int:task_id>/skip/", task_skip, name="api-task-skip"),
+    path(_p + "tasks/<int:task_id>/images/", task_images, name="api-task-images"),
+    path(_p + "prompt-sets/", promptset_list, name="api-promptset-list"),
+    path(_p + "annotations/", annotation_list, name="api-annotation-list"),
+    path(_p + "annotations/<int:annotation_id>/", annotation_detail, name="api-annotation-detail"),
+    path(_p + "annotations/<int:annotation_id>/amend/", annotation_amend, name="api-annotation-amend"),
+    path(_p + "annotations/<int:annotation_id>/reject/", annotation_reject, name="api-annotation-reject"),
+    path(_p + "agreement/", agreement, name="api-agreement"),
+    path(_p + "settings/", project_settings, name="api-project-settings"),
+    path(_p + "archive/", project_archive, name="api-project-archive"),
+    path(_p + "unarchive/", project_unarchive, name="api-project-unarchive"),
+]
+
+__all__ = ["urlpatterns"]

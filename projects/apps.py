@@ -1,0 +1,14 @@
+from __future__ import annotations
+
+from django.apps import AppConfig
+
+from core.after_migrate import register_after_migrate
+from projects.role_groups import role_groups_sync
+
+
+class ProjectsConfig(AppConfig):
+    name = "projects"
+    verbose_name = "Projects"
+
+    def ready(self) -> None:
+        register_after_migrate("projects.role_groups", role_groups_sync)

@@ -1,0 +1,64 @@
+"""Where runs work and what they read: working directories, stable output directories, storage keys.
+
+Runs work in ``PICKWISE_MODEL_CACHE_DIR/runs/<kind>-<id>``; finished weights are copied to a stable
+directory (``reward-models/``, ``loras/``) through a sibling temporary one, so that directory is whole
+or absent.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from django.conf import settings
+
+from rlhf.datasets.services import export_directory
+from rlhf.models import FineTuneRun, PreferenceExport, RewardModelRun
+
+
+def cache_dir() -> Path:
+    return Path(settings.PICKWISE_MODEL_CACHE_DIR)
+
+
+def reward_run_dir(run: RewardModelRun) -> Path:
+    return cache_dir() / "runs" / f"reward-{run.pk}"
+
+
+def reward_version_dir(run: RewardModelRun) -> Path:
+    return cache_dir() / "reward-models" / f"reward-{run.pk}"
+
+
+def finetune_run_dir(run: FineTuneRun) -> Path:
+    return cache_dir() / "runs" / f"finetune-{run.pk}"
+
+
+def finetune_lora_dir(run: FineTuneRun) -> Path:
+    return cache_dir() / "loras" / f"finetune-{run.pk}"
+
+
+def eval_image_key(run: FineTuneRun, label: str, index: int) -> str:
+    """Deterministic storage key of one evaluation image (a re-run overwrites, never duplicates)."""
+    return f"finetune-runs/{run.pk}/{label}/{index}.png"
+
+
+def export_data_path(export: PreferenceExport) -> Path:
+    name = "rankings.parquet" if export.format == PreferenceExport.Format.LISTWISE else "pairs.parquet"
+    return export_directory(export) / name
+
+
+def run_data_path(run: RewardModelRun | FineTuneRun) -> Path:
+    """The Parquet a run trains on: its export's data file, or the path it was started with."""
+    if run.export is None:
+        return Path(run.data_path)
+    # Both export formats are in the trainer's layout (rankings.parquet: images best first, 0-based ranks).
+    return export_data_path(run.export)
+
+
+def copy_directory(source: Path, target: Path, *, skip: tuple[str, ...] = ("training_state",)) -> Path:
+    """Copy ``source`` to ``target`` through a sibling temp directory, so ``target`` is whole or absent."""
+    partial = target.with_name(f"{target.name}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(source, partial, ignore=shutil.ignore_patterns(*skip))
+    shutil.rmtree(target, ignore_errors=True)
+    partial.rename(target)
+    return target
