@@ -143,10 +143,14 @@ def test_reduced_round_runs_every_stage(project, admin_user, ml_engineer, tiny_b
     assert browser.login(username=ml_engineer.username, password=PASSWORD)
     page = browser.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
     assert "Round 1" in page and new.name in page
+    assert f"{stats['label_accuracy']:.3f}, temperature 0.02" in page
+    assert f"{fit['accuracy']:.3f} (95% CI {fit['low']:.3f}–{fit['high']:.3f}, {fit['n']} pairs)" in page
     fragment = browser.get(f"/ml/projects/{project.pk}/rounds/", HTTP_HX_REQUEST="true").content.decode()
     assert "<html" not in fragment and "Round 1" in fragment
     report = browser.get(f"/ml/evaluations/{evaluation.pk}/").content.decode()
     assert "win rate" in report.lower() and new.name in report
+    assert f"{100 * evaluation.results['score_relative']:.2f}% of the baseline mean" in report
+    assert f"d<sub>av</sub> {evaluation.results['score_effect_size']:.3f}" in report
     results = evaluation.results
     assert f"{results['adherence_fixed']} fixed, {results['adherence_broken']} broken" in report
     assert stats["adherence_delta_interval"] == results["adherence_delta_interval"]
@@ -210,14 +214,17 @@ def test_start_button_queues_one_round_for_the_train_worker(
     assert response.status_code == 400 and "Prompts:" in response.content.decode()
     first = browser.post(url, {**valid, "start_version": ""})
     assert first.status_code == 400 and "Start version:" in first.content.decode()
+    noisy = browser.post(url, {**valid, "label_accuracy": 0.3})
+    assert noisy.status_code == 400 and "Label accuracy:" in noisy.content.decode()
     assert callbacks == [] and not LoopRound.objects.filter(project=project).exists()
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        assert browser.post(url, {**valid, "method": "ddpo"}).status_code == 303
+        assert browser.post(url, {**valid, "method": "ddpo", "label_accuracy": 0.7}).status_code == 303
     loop_round = LoopRound.objects.get(project=project)
     assert (loop_round.status, loop_round.stage, loop_round.input_version) == ("queued", "pending", tiny_base)
     assert loop_round.config["method"] == "ddpo" and loop_round.config["reward_model"] is True
     assert loop_round.config["prompts"] == 20 and loop_round.created_by == ml_engineer
+    assert loop_round.config["label_accuracy"] == 0.7  # the temperature is calibrated to it when the round runs
     assert len(callbacks) == 1  # rlhf.tasks.finetune_loop_round, on commit
     # The page follows it (htmx polling) and a second start waits for it to end.
     page = browser.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
