@@ -317,9 +317,14 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     held_out = evaluation_captions(args.prompts, eval_seed=args.eval_seed)
     noise = (f"label accuracy {args.label_accuracy:g} (calibrated per round)" if args.temperature is None
              else f"temperature {args.temperature:g}")
+    recipes = {"DPO": (args.dpo, ("dpo", "dpo-noise-labels")),
+               "reward model": (args.reward, ("ddpo", "ddpo-noise-labels")),
+               "DDPO on it": (args.ddpo, ("ddpo", "ddpo-noise-labels", "control")),
+               f"DDPO on the judge ({args.judge_reward})": (args.judge, ("judge",))}
+    used = "; ".join(f"{name} {json.dumps(recipe)}" for name, (recipe, sections) in recipes.items()
+                     if set(sections) & set(args.sections))
     print(f"preference {args.preference}; annotators' noise: {noise}; seed {args.seed}, eval seed {args.eval_seed}; "
-          f"DPO {args.dpo}, reward model {args.reward}, DDPO on it {args.ddpo}, "
-          f"DDPO on the judge ({args.judge_reward}) {args.judge}", flush=True)
+          f"{args.prompts} captions a round; {used}", flush=True)
 
     def project(name: str):
         made = project_create(name=name, created_by=admin)
