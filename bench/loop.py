@@ -13,8 +13,8 @@ section's evaluation scores by it. Sections (``--sections``):
   >= 65% of paired held-out comparisons, 95% interval above 50%; adherence drops by at most 5 points.
 - ``ddpo``: the same round, with a reward model trained on its export as DDPO's reward.
 - ``control``: DDPO with the ddpo section's recipe on the round's captions, rewarded with pure noise: how
-  far DDPO drifts with no signal at all (on larger_shapes it swung the win rate either way, 0.74, 0.74
-  and 0.16 over three seeds), so a DDPO round's figure counts only set against it.
+  far DDPO drifts with no signal at all. It swings the win rate either way (0.74, 0.74 and 0.16 over three
+  seeds on larger shapes; 0.175 on the README's warmth), so a DDPO round's figure counts only beside it.
 - ``dpo-noise-labels``, ``ddpo-noise-labels``: the dpo and ddpo rounds on the same images with labels of
   pure noise (label accuracy 0.5), each round's own control.
 - ``judge``: DDPO with the shapes-world judge as the reward (target: adherence +10 points).
