@@ -47,8 +47,9 @@ Torch runs on ``--threads`` CPU threads, 1 by default: on this 2-core machine un
 thread made generation 18 times slower (16 s an image against 0.9 s). It works in a throw-away SQLite
 database and media directory under a temporary directory, whatever the environment names (so it never
 touches your data), removed at the end (also when killed) unless ``--keep``. The base version is
-the shipped model with the demo's settings (DPM-Solver++ 12 steps, guidance 2.5, 64 px). Each recipe below
-can be replaced from the command line (``--dpo '{"max_steps": 600}'``).
+the shipped model with the demo's settings (DPM-Solver++ 12 steps, guidance 2.5, 64 px), or another pipeline
+directory (``--base``, with ``--generation`` settings; the suite runs a reduced bench on its tiny one). Each
+recipe below can be replaced from the command line (``--dpo '{"max_steps": 600}'``).
 """
 
 from __future__ import annotations
@@ -109,7 +110,7 @@ def json_object(text: str) -> dict[str, Any]:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0].replace("\n", " "))
     parser.add_argument("--preference", default="larger_shapes",
                         help="what the simulated annotators prefer and every section scores: a built-in name or a "
                              "dotted path 'package.module:function' to a callable (image, prompt) -> float")
