@@ -22,7 +22,11 @@ class RoundStartForm(forms.Form):
     annotators = forms.IntegerField(initial=3, min_value=1, max_value=20, help_text="Simulated annotators")
     preference = forms.ChoiceField(help_text="What the simulated annotators prefer")
     temperature = forms.FloatField(initial=0.02, min_value=0.0, max_value=10.0,
-                                   help_text="Bradley-Terry noise of their choices")
+                                   help_text="Bradley-Terry noise of their choices, in the preference's units")
+    label_accuracy = forms.FloatField(required=False, min_value=0.5, max_value=1.0,
+                                      help_text="Or the share of their pairwise choices that agree with the "
+                                                "preference (0.5 = coin flips); set, it replaces the temperature, "
+                                                "calibrated on each round's images")
     start_version = StartVersionField(queryset=ModelVersion.objects.none(), required=False,
                                       help_text="The first round's model; later rounds use the last output")
 

@@ -14,6 +14,14 @@ restarting from the base each time. Each new adapter is complete, so the new ver
 root base (one adapter to load, however many rounds); its lineage (the fine-tune run's
 ``continued_from`` and ``lineage["round"]``, the round's ``input_version``) records where it came from.
 
+The annotators' noise is a temperature (``temperature``, in the preference's score units) or, with
+``label_accuracy``, the share of their pairwise labels that should agree with the preference: the round
+scores its own images once generated and calibrates the temperature to that share on their pairs
+(:mod:`rlhf.loop.labels`), so two preferences get comparable noise. Either way the round records the
+temperature it used, the label accuracy its rankings reached and the annotators' agreement. A DPO round
+also records DPO's implicit accuracy on the export's held-out (validation) pairs, a DDPO round its reward
+model's validation accuracy: how well the fine-tune fits labels it never trained on.
+
 The data is the project's cumulative export (every round's rankings so far). With DPO that is
 iterative DPO: the reference is the round's starting policy (a frozen copy of the continued LoRA), so
 each round's loss starts at ln 2 and its KL term keeps the round a bounded step from where it started,
@@ -24,6 +32,7 @@ evaluation against its input version measures.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
@@ -33,8 +42,8 @@ from django.db import transaction
 from django.db.models import Max
 from django.utils import timezone
 
+from annotate.models import Prompt
 from annotate.workflow.access import workflow_of
-from annotate.workflow.selectors import project_agreement
 from annotate.workflow.services import project_update_settings, task_create
 from core.exceptions import ApplicationError
 from core.tasks import enqueue_on_commit
@@ -46,11 +55,16 @@ from generation.shapes.world import prompt_captions
 from projects.access import project_check
 from projects.models import Project
 from rlhf.datasets.services import export_request_parse, preference_export_build, preference_export_create
-from rlhf.loop.evaluate import held_out_captions, version_evaluation_run
+from rlhf.exports.splits import SplitSpec
+from rlhf.loop.evaluate import evaluation_captions, version_evaluation_run
+from rlhf.loop.labels import calibrated_temperature, label_figures, task_image_scores
 from rlhf.loop.simulate import annotators_simulate, simulated_annotators_ensure
+from rlhf.loop.stats import wilson_interval
 from rlhf.models import FineTuneRun, LoopRound, RunStatus
-from rlhf.preferences import SimulationConfig
+from rlhf.preferences import SimulationConfig, check_label_accuracy
 from rlhf.runs import finetune, reward
+from rlhf.runs.finetune import finetune_config_from_run
+from rlhf.runs.paths import export_data_path
 
 Method = Literal["dpo", "ddpo"]
 # What a round's DDPO runs with unless its hyperparameters say otherwise. A round's reward model is trained on
@@ -58,6 +72,7 @@ Method = Literal["dpo", "ddpo"]
 # rewards are scaled by one batch-wide spread rather than their own (bench/loop.py measures both).
 ROUND_DDPO_DEFAULTS: dict[str, Any] = {"advantage_scale": "batch"}
 FINETUNE_LOOP_ROUND = "rlhf.tasks.finetune_loop_round"
+SPLIT_TRAIN = 0.9  # of the captions' rankings in a round's export; the rest are held out (validation)
 
 
 @dataclass(frozen=True)
@@ -71,13 +86,17 @@ class RoundConfig:
     images_per_prompt: int = 4
     annotators: int = 3  # simulated annotators (overlap = this many rankings per prompt)
     preference: str = "larger_shapes"  # rlhf.preferences name or dotted path
-    temperature: float = 0.02
+    temperature: float = 0.02  # the annotators' Bradley-Terry noise, in the preference's score units
+    # Or a target share of labels that agree with the preference, from 0.5 (pure noise) to 1: the temperature
+    # is then calibrated on each round's own images and ``temperature`` is not used. None: use temperature.
+    label_accuracy: float | None = None
     method: Method = "dpo"
     reward_model: bool = False  # train a reward model on the export (DDPO then optimises it)
     reward_hyperparameters: dict[str, Any] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # fine-tune overrides
     eval_prompts: int = 64  # held-out captions of the round's evaluation (0 = skip it)
-    eval_seeds: tuple[int, ...] = (0,)
+    eval_seeds: tuple[int, ...] = (0,)  # image seeds of the evaluation
+    eval_caption_seed: int = 0  # which held-out captions (rlhf.loop.evaluate.evaluation_captions)
 
     def __post_init__(self) -> None:
         if self.method not in ("dpo", "ddpo"):
@@ -90,6 +109,12 @@ class RoundConfig:
         if self.images_per_prompt < 2:
             raise ValueError("images_per_prompt must be at least 2 to rank")
         SimulationConfig(preference=self.preference, temperature=self.temperature)  # validates both
+        if not math.isfinite(self.temperature):  # a round's config is stored as JSON
+            raise ValueError("temperature must be finite; for labels of pure noise set label_accuracy to 0.5")
+        if self.label_accuracy is not None:
+            check_label_accuracy(self.label_accuracy)
+        if self.eval_caption_seed < 0:
+            raise ValueError(f"eval_caption_seed must be >= 0, not {self.eval_caption_seed}")
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "eval_seeds": list(self.eval_seeds)}
@@ -133,6 +158,18 @@ def round_annotator_seed(*, config: RoundConfig, number: int) -> int:
     return (config.prompt_seed + number) * 1000
 
 
+def _split_seed(project: Project) -> int:
+    """The export's split seed: the first that puts at least one of the project's captions in each of the train
+    and validation splits, so even a round of a few captions has held-out rankings to measure its fit on (0
+    for any round of a realistic size, whose split is then the export's default)."""
+    keys = [str(pk) for pk in Prompt.objects.filter(project=project).values_list("pk", flat=True)]
+    for seed in range(1000):
+        spec = SplitSpec(train=SPLIT_TRAIN, validation=1 - SPLIT_TRAIN, test=0.0, seed=seed)
+        if len(keys) < 2 or {spec.assign(key) for key in keys} == {"train", "validation"}:
+            return seed
+    return 0
+
+
 def round_image_seeds(*, config: RoundConfig, number: int, caption_index: int) -> list[int]:
     """The generation seeds of round ``number``'s caption ``caption_index``: fixed by the recipe, distinct
     across its images, captions and rounds (drawn seeds would make every run of a round a different round)."""
@@ -141,9 +178,10 @@ def round_image_seeds(*, config: RoundConfig, number: int, caption_index: int) -
 
 
 def _generate_tasks(*, loop_round: LoopRound, project: Project, user: User, captions: list[str],
-                    config: RoundConfig) -> int:
-    made = 0
+                    config: RoundConfig) -> tuple[int, list[int]]:
+    """Generate every caption's images and make each a task; (images made, the tasks' ids)."""
     generation_settings = workflow_of(project).generation_settings
+    made, task_ids = 0, []
     for i, caption in enumerate(captions):
         while True:
             try:
@@ -161,9 +199,10 @@ def _generate_tasks(*, loop_round: LoopRound, project: Project, user: User, capt
         if job.status != "succeeded":
             raise ApplicationError(f"Generation job {job.pk} {job.status}: {job.error}", field="generation")
         image_ids = [image.pk for image in sorted(job.images.all(), key=lambda image: image.index)]
-        task_create(project=project, prompt_text=caption, created_by=user, image_ids=image_ids)
+        task = task_create(project=project, prompt_text=caption, created_by=user, image_ids=image_ids)
+        task_ids.append(task.pk)
         made += len(image_ids)
-    return made
+    return made, task_ids
 
 
 def round_config_from_dict(data: dict[str, Any]) -> RoundConfig:
@@ -226,25 +265,36 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
                                           images_per_task=config.images_per_prompt, model_version_ids=[current.pk])
         captions = prompt_captions(config.prompts, seed=config.prompt_seed + loop_round.number, split="train")
         say(f"round {loop_round.number}: generating {len(captions)} x {config.images_per_prompt} with {current}")
-        stats["images"] = _generate_tasks(loop_round=loop_round, project=project, user=user, captions=captions,
-                                          config=config)
+        stats["images"], task_ids = _generate_tasks(loop_round=loop_round, project=project, user=user,
+                                                    captions=captions, config=config)
         lap("generation")
 
         _stage(loop_round, LoopRound.Stage.ANNOTATION)
+        scores = task_image_scores(task_ids=task_ids, preference=config.preference)
+        temperature = config.temperature
+        if config.label_accuracy is not None:
+            try:
+                temperature = calibrated_temperature(scores, config.label_accuracy)
+            except ValueError as exc:
+                raise ApplicationError(str(exc), field="label_accuracy") from None
+            stats["label_accuracy_target"] = config.label_accuracy
+            say(f"round {loop_round.number}: temperature {temperature:.4g} gives label accuracy "
+                f"{config.label_accuracy} on this round's {len(task_ids)} captions")
+        stats["temperature"] = None if math.isinf(temperature) else temperature  # None: labels of pure noise
         users = simulated_annotators_ensure(project=project, count=config.annotators)
         report = annotators_simulate(project=project, users=users, config=SimulationConfig(
-            preference=config.preference, temperature=config.temperature,
+            preference=config.preference, temperature=temperature,
             seed=round_annotator_seed(config=config, number=loop_round.number)))
         stats["annotations"] = report.annotations
-        agreement = project_agreement(project=project)
-        stats["agreement"] = agreement.mean_pairwise_agreement
+        stats.update(label_figures(task_ids=task_ids, scores=scores).as_stats())
         lap("annotation")
-        say(f"round {loop_round.number}: {report.annotations} annotations, agreement {stats['agreement']}")
+        say(f"round {loop_round.number}: {report.annotations} annotations, label accuracy "
+            f"{stats['label_accuracy']}, agreement {stats['agreement']}")
 
         _stage(loop_round, LoopRound.Stage.EXPORT)
         export = preference_export_create(project=project, user=user, request=export_request_parse(
-            {"format": "pickapic", "split_train": 0.9, "split_validation": 0.1, "split_test": 0.0,
-             "name": f"round {loop_round.number}"}))
+            {"format": "pickapic", "split_train": SPLIT_TRAIN, "split_validation": 1 - SPLIT_TRAIN, "split_test": 0.0,
+             "split_seed": _split_seed(project), "name": f"round {loop_round.number}"}))
         export = preference_export_build(export_id=export.pk)
         if export is None or export.status != RunStatus.SUCCEEDED:
             raise ApplicationError(f"The export failed: {getattr(export, 'error', '')}", field="export")
@@ -285,18 +335,22 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
             raise ApplicationError(f"The fine-tune failed: {getattr(done, 'error', '')}", field="finetune")
         loop_round.finetune_run = done
         new = done.result_version
+        if config.method == "dpo":
+            stats["dpo_heldout"] = _dpo_heldout(done, export)
         lap("finetune")
 
         if config.eval_prompts:
             _stage(loop_round, LoopRound.Stage.EVALUATION, output_version=new)
             evaluation = version_evaluation_run(
                 version=new, baseline=current, user=user, project=project, preference=config.preference,
-                prompts=held_out_captions(config.eval_prompts), seeds=config.eval_seeds,
-                params=workflow_of(project).generation_settings or None)
+                prompts=evaluation_captions(config.eval_prompts, eval_seed=config.eval_caption_seed),
+                seeds=config.eval_seeds, params=workflow_of(project).generation_settings or None)
             stats["evaluation"] = evaluation.pk
             stats.update({k: evaluation.results.get(k) for k in (
-                "score_version", "score_baseline", "score_delta", "score_delta_interval", "adherence_version",
-                "adherence_baseline", "adherence_delta", "adherence_delta_interval")})
+                "score_version", "score_version_interval", "score_baseline", "score_baseline_interval",
+                "score_delta", "score_delta_interval", "score_relative", "score_relative_interval",
+                "score_effect_size", "score_effect_size_interval", "adherence_version", "adherence_baseline",
+                "adherence_delta", "adherence_delta_interval")})
             stats["win_rate"] = evaluation.results.get("win_rate")
             lap("evaluation")
 
@@ -311,6 +365,19 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
         loop_round.save()
         raise
     return loop_round
+
+
+def _dpo_heldout(run: FineTuneRun, export: Any) -> dict[str, Any] | None:
+    """DPO's implicit accuracy on the export's validation pairs with its Wilson 95% interval (None without any)."""
+    from rlhf.training.dpo_eval import heldout_implicit_accuracy  # torch stays out of web processes
+
+    fit = heldout_implicit_accuracy(finetune_config_from_run(run), run.result_version.lora_path,
+                                    export_data_path(export))
+    if not fit.n:
+        return None
+    low, high = wilson_interval(fit.right, fit.n)
+    return {"accuracy": round(fit.right / fit.n, 4), "low": round(low, 4), "high": round(high, 4), "n": fit.n,
+            "margin": round(fit.margin, 4)}
 
 
 __all__ = ["RoundConfig", "loop_round_create", "loop_round_execute", "loop_round_start", "project_current_version",

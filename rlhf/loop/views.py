@@ -76,7 +76,8 @@ def round_start(request: HttpRequest, project: Project) -> HttpResponse:
         try:
             config = RoundConfig(prompts=data["prompts"], images_per_prompt=data["images_per_prompt"],
                                  annotators=data["annotators"], preference=data["preference"],
-                                 temperature=data["temperature"], method=data["method"],
+                                 temperature=data["temperature"], label_accuracy=data["label_accuracy"],
+                                 method=data["method"],
                                  reward_model=data["method"] == "ddpo")
             loop_round_start(project=project, user=request.user, config=config,
                              start_version=data["start_version"])
@@ -150,5 +151,10 @@ def evaluation_detail(request: HttpRequest, evaluation_id: int) -> HttpResponse:
         project_check(user=request.user, project=evaluation.project, action="view")
     elif not request.user.has_perm(roles.TRAIN):
         raise Http404("No such evaluation")
+    results = evaluation.results or {}
+    relative = results.get("score_relative")
+    low, high = results.get("score_relative_interval") or (None, None)
+    relative_percent = None if relative is None else (
+        100 * relative, None if low is None else 100 * low, None if high is None else 100 * high)
     return render_page_or_partial(request, "rlhf/evaluation_detail.html", "report",
-                                  {"evaluation": evaluation, "results": evaluation.results})
+                                  {"evaluation": evaluation, "results": results, "relative_percent": relative_percent})
