@@ -299,6 +299,11 @@ API_DOCS_PUBLIC = env_bool(
     "API_DOCS_PUBLIC", not PRODUCTION,
     "Serve /api/schema/ and /api/docs/ to anonymous callers (default false in production: signed-in users only)",
 )
+# Webhook deliveries and URL imports go only to public addresses unless this is on (core/outbound.py).
+OUTBOUND_ALLOW_PRIVATE_ADDRESSES = env_bool(
+    "OUTBOUND_ALLOW_PRIVATE_ADDRESSES", False,
+    "Let webhooks and URL imports reach private, loopback and link-local addresses (tests, on-premise use)",
+)
 SPECTACULAR_SETTINGS = {
     "TITLE": "Pickwise API",
     "SERVE_PERMISSIONS": ["core.api.ApiDocsPermission"],
