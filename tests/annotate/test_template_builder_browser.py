@@ -4,6 +4,7 @@ reorders it by keyboard without losing focus, publishes, and the API agrees."""
 from __future__ import annotations
 
 import pytest
+from playwright.sync_api import expect
 
 from annotate.builder import services as template_services
 from tests.conftest import browser_login
@@ -72,7 +73,9 @@ def test_build_seed_chain_reorder_publish(page, admin_user, project):
     expected = ["prompt", "select", "generate", "images", "ranking", "rationale"]
     order_is(expected)
     _focus_moves_to(page, "move-down-select")
-    assert page.locator("[data-builder-status]").inner_text() == "select moved down: now 2 of 6."
+    # htmx itself refocuses the element with the same id during the swap; the live region is written when the
+    # swap settles, a moment later, so wait for it rather than read it at once.
+    expect(page.locator("[data-builder-status]")).to_have_text("select moved down: now 2 of 6.")
     assert _preview_types(page) == ["prompt_input", "select", "generate_button", "images", "ranking", "text"]
     assert page.locator(".tpl-preview .ann-image").count() == 4
 

@@ -15,6 +15,7 @@ from pickwise_client import (
 )
 
 from annotate.models import Annotation, AnnotationTask, Prompt, PromptSet
+from annotate.workflow.access import workflow_of
 from projects.roles import Role
 from tests.annotate.factories_workflow import RANK_SCHEMA, images_for
 from tests.client.conftest import token_for
@@ -56,7 +57,7 @@ def test_api_errors_are_typed_with_status_field_and_message(live_server, admin_a
     assert (invalid.value.status, invalid.value.field) == (400, "overlap")
     assert invalid.value.message == "Overlap must be 1 to 100 annotators per task."
     assert "400 (PATCH /api/projects/" in str(invalid.value) and "overlap: Overlap must be" in str(invalid.value)
-    assert admin_api.projects.settings(project.pk)["overlap"] == project.workflow.overlap  # nothing half-written
+    assert admin_api.projects.settings(project.pk)["overlap"] == workflow_of(project).overlap  # nothing half-written
 
     with pytest.raises(ValidationError) as blank:  # a serializer error: {"name": ["This field may not be blank."]}
         admin_api.projects.create("")
