@@ -241,6 +241,12 @@ PICKWISE_MODEL_CACHE_DIR = Path(
 PICKWISE_EXPORT_DIR = Path(
     env_str("PICKWISE_EXPORT_DIR", str(VAR_DIR / "exports"), "Where preference exports are written")
 )
+# Local model directories a user may name (a reward model's backbone); the worker opens no other directory
+# a user types. Registered model versions and the shipped presets need no entry here.
+PICKWISE_MODEL_DIRS = env_list(
+    "PICKWISE_MODEL_DIRS", "",
+    "Comma-separated directories under which users may name local model directories (reward backbones); empty: none",
+)
 EXPORT_MAX_PAIRS = env_int("EXPORT_MAX_PAIRS", 50_000_000, "Refuse exports with more pairs than this", minimum=1)
 
 # --- generation (generation/) -------------------------------------------------------------
@@ -290,9 +296,15 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    # page and page_size are read by core.parsing (400 for "", "abc", "²", 0) and documented with bounds
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": [
+        "core.parsers.JSONParser",  # refuses bodies nested deeper than core.parsing.JSON_MAX_DEPTH
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",  # documents every operation's errors
     "EXCEPTION_HANDLER": "core.api.exception_handler",
 }
 API_DOCS_PUBLIC = env_bool(

@@ -50,6 +50,7 @@ from projects.models import Project
 logger = logging.getLogger(__name__)
 
 _PARAM_FIELDS = tuple(f.name for f in fields(GenerationParams))
+PARAM_FIELDS = _PARAM_FIELDS  # what a job's params (and a project's generation settings) may override
 
 # Storage writes are retried in place this many times, sleeping base * 2**n seconds in between.
 STORAGE_TRIES = 4
@@ -216,6 +217,23 @@ def _validated_params(values: dict[str, Any]) -> GenerationParams:
         if getattr(params, side) > limit:
             raise ApplicationError(f"{side.capitalize()} must be at most {limit} pixels.", field=side)
     return params
+
+
+def generation_settings_validate(values: Any, *, field: str = "generation_settings") -> dict[str, Any]:
+    """A project's overrides for every Generate, held to the limits a job is (``_validated_params``: the
+    worker's ``GenerationParams`` ranges and ``GENERATION_MAX_IMAGE_SIDE``); errors name
+    ``generation_settings.<key>``."""
+    if not isinstance(values, dict):
+        raise ApplicationError("Generation settings must be an object.", field=field)
+    unknown = sorted(set(values) - set(_PARAM_FIELDS))
+    if unknown:
+        raise ApplicationError(f"Unknown generation setting {unknown[0]!r}; expected some of "
+                               f"{', '.join(_PARAM_FIELDS)}.", field=f"{field}.{unknown[0]}")
+    try:
+        _validated_params({**GenerationParams().to_dict(), **values})
+    except ApplicationError as exc:
+        raise ApplicationError(exc.message, field=f"{field}.{exc.field}") from None
+    return dict(values)
 
 
 def _seeds(seeds: list[int] | None, num_images: int) -> list[int]:

@@ -37,6 +37,7 @@ from rlhf.runs.lifecycle import (
     resume_step,
     run_cancel,
     run_fail,
+    run_name,
     run_retry,
     run_start,
 )
@@ -237,7 +238,7 @@ def finetune_run_create(
         "config": {k: v for k, v in config_json.items() if k != "prompts"},
     }
     run = FineTuneRun.objects.create(
-        project=project, created_by=user, name=(name or "")[:200], base_version=base_version, method=method,
+        project=project, created_by=user, name=run_name(name, model=FineTuneRun), base_version=base_version, method=method,
         export=export, data_path=data_path, reward_name=reward_name if reward_version is None else "",
         reward_version=reward_version, prompt_source=prompt_source if method == "ddpo" else "", preset=preset,
         config=config_json, eval_prompts=eval_list, eval_seeds=list(EVAL_SEEDS), lineage=lineage,

@@ -19,6 +19,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from core.exceptions import ApplicationError
+from core.parsing import check_length
 from core.tasks import enqueue_on_commit
 from projects.access import project_check
 from projects.models import Project
@@ -190,3 +191,8 @@ def free_memory() -> None:
 def resume_step(output_dir: Path) -> int:
     latest = latest_checkpoint(output_dir)
     return int(read_metadata(latest)["step"]) if latest is not None else 0
+
+
+def run_name(name: str | None, *, model: type[Any]) -> str:
+    """A run's name as given (stripped), refused when longer than ``model``'s ``name`` column."""
+    return check_length((name or "").strip(), field="name", maximum=model._meta.get_field("name").max_length)
