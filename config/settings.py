@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "template_partials",
     "axes",
     "csp",
+    "auditlog",  # the audit trail's store; services write entries explicitly (core/audit.py)
     # Pickwise, lowest layer first: core <- projects <- generation <- annotate <- rlhf (the loop on top).
     "core",
     "projects",
@@ -168,6 +169,10 @@ AXES_LOCKOUT_CALLABLE = "core.login_protection.lockout_response"
 # guesses at other accounts included, so an attacker with one account could reset their count.
 AXES_RESET_ON_SUCCESS = False
 AXES_VERBOSE = False  # no start-up banner in every command; failures and lockouts are still logged
+
+# --- audit trail (django-auditlog, core/audit.py): no model is registered, services write entries ---
+AUDITLOG_INCLUDE_ALL_MODELS = False
+AUDITLOG_DISABLE_REMOTE_ADDR = True  # services write entries, not a middleware that sees the request
 
 # --- i18n / time ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
@@ -331,6 +336,8 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "generation.models.JobStatus",
         "AnnotationStatusEnum": "annotate.models.AnnotationStatus",
         "AssignmentStatusEnum": "annotate.models.AssignmentStatus",
+        "ExportFormatEnum": "rlhf.models.PreferenceExport.Format",
+        "PromptFileFormatEnum": ["csv", "jsonl", "txt"],
     },
 }
 

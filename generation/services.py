@@ -29,6 +29,7 @@ from django.db.models import Count, F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from core.audit import audit_record
 from core.exceptions import ApplicationError, PermissionDeniedError
 from core.locks import lock_objects
 from core.tasks import enqueue_on_commit
@@ -153,7 +154,10 @@ def model_version_register(
         "description": description,
     }
     if existing is None:
-        return ModelVersion.objects.create(name=name, created_by=created_by, **values)
+        version = ModelVersion.objects.create(name=name, created_by=created_by, **values)
+        audit_record(event="model_version.registered", instance=version, actor=created_by, project_id=None,
+                     details={"kind": version.kind, "parent": parent.name if parent is not None else None})
+        return version
     if parent is not None and parent.pk == existing.pk:
         raise ApplicationError("A version cannot be its own parent.", field="parent")
     for key, value in values.items():
@@ -163,9 +167,14 @@ def model_version_register(
 
 
 @transaction.atomic
-def model_version_set_enabled(*, version: ModelVersion, enabled: bool) -> ModelVersion:
+def model_version_set_enabled(*, version: ModelVersion, enabled: bool,
+                              by: AbstractBaseUser | None = None) -> ModelVersion:
+    before = version.enabled
     version.enabled = enabled
     version.save(update_fields=["enabled", "updated_at"])
+    if before != enabled:
+        audit_record(event="model_version.enabled" if enabled else "model_version.disabled", instance=version,
+                     actor=by, project_id=None, changes={"enabled": [before, enabled]})
     return version
 
 

@@ -41,6 +41,7 @@ from annotate.workflow.queue import assignment_release
 from annotate.workflow.scoring import reward_scores
 from annotate.workflow.selectors import components_of, ranking_component, task_image_ids
 from core import rawsql
+from core.audit import audit_record
 from core.exceptions import ApplicationError
 from core.locks import lock_ids
 from core.parsing import check_length, parse_id
@@ -668,11 +669,14 @@ def annotation_amend(*, project: Project, user: User, annotation_id: int, submis
     image_ids = task_image_ids(task_id=old.task_id)
     groups, answers, rationale = _build_answer(old.template_version, image_ids, submission)
     Annotation.objects.filter(pk=old.pk).update(status=AnnotationStatus.SUPERSEDED, updated_at=timezone.now())
-    return Annotation.objects.create(
+    amended = Annotation.objects.create(
         task_id=old.task_id, project=project, annotator=user, assignment_id=old.assignment_id,
         template_version=old.template_version, ranking=groups, answers=answers, rationale=rationale,
         duration_ms=old.duration_ms, idempotency_key=key, supersedes=old,
     )
+    audit_record(event="annotation.amended", instance=amended, actor=user, project_id=project.pk,
+                 changes={"ranking": [old.ranking, groups]}, details={"task": old.task_id, "supersedes": old.pk})
+    return amended
 
 
 @transaction.atomic
@@ -695,6 +699,9 @@ def annotation_reject(*, project: Project, annotation_id: int, reviewer: User, n
     annotation.status, annotation.reviewed_by, annotation.reviewed_at = AnnotationStatus.REJECTED, reviewer, now
     annotation.review_note = note
     annotation.save(update_fields=["status", "reviewed_by", "reviewed_at", "review_note", "updated_at"])
+    audit_record(event="annotation.rejected", instance=annotation, actor=reviewer, project_id=project.pk,
+                 changes={"status": [AnnotationStatus.SUBMITTED.value, annotation.status]},
+                 details={"task": annotation.task_id, "annotator": annotation.annotator_id, "note": note})
     TaskAssignment.objects.filter(pk=annotation.assignment_id).update(
         status=AssignmentStatus.REJECTED, updated_at=now
     )

@@ -31,6 +31,7 @@ from annotate.models import (
     AnnotationTemplateVersion,
     TaskImage,
 )
+from core.audit import audit_record
 from core.exceptions import ApplicationError
 from core.parsing import check_length, parse_bool, parse_ids, parse_int
 from core.tasks import enqueue_on_commit
@@ -236,6 +237,8 @@ def preference_export_create(*, project: Project, user: User, request: ExportReq
         include_images=request.include_images,
         filters=request.filters.as_json(),
     )
+    audit_record(event="export.created", instance=export, actor=user, project_id=project.pk,
+                 details={"format": export.format, "tie_policy": export.tie_policy, "filters": export.filters})
     enqueue_on_commit(EXPORT_PREFERENCES, export.pk)
     return export
 

@@ -105,12 +105,12 @@ class RewardRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     @extend_schema(request=None, responses=RewardRunSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        return Response(RewardRunSerializer(reward.reward_run_cancel(run=self.get_object())).data)
+        return Response(RewardRunSerializer(reward.reward_run_cancel(run=self.get_object(), user=request.user)).data)
 
     @extend_schema(request=None, responses=RewardRunSerializer)
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
-        return Response(RewardRunSerializer(reward.reward_run_retry(run=self.get_object())).data)
+        return Response(RewardRunSerializer(reward.reward_run_retry(run=self.get_object(), user=request.user)).data)
 
 
 class RewardVersionSerializer(serializers.ModelSerializer):
@@ -287,9 +287,9 @@ class FineTuneRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     @extend_schema(request=None, responses=FineTuneRunSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        return Response(FineTuneRunSerializer(finetune.finetune_run_cancel(run=self.get_object())).data)
+        return Response(FineTuneRunSerializer(finetune.finetune_run_cancel(run=self.get_object(), user=request.user)).data)
 
     @extend_schema(request=None, responses=FineTuneRunSerializer)
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
-        return Response(FineTuneRunSerializer(finetune.finetune_run_retry(run=self.get_object())).data)
+        return Response(FineTuneRunSerializer(finetune.finetune_run_retry(run=self.get_object(), user=request.user)).data)

@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from huggingface_hub import try_to_load_from_cache
 
+from core.audit import audit_record
 from core.exceptions import ApplicationError
 from core.tasks import enqueue_on_commit
 from generation.inference import HUB_ID_RE
@@ -129,21 +130,23 @@ def reward_run_create(
         created_by=user, name=run_name(name, model=RewardModelRun), backbone=config.backbone, preset=preset,
         config=config_dict(config),
     )
+    audit_record(event="run.started", instance=run, actor=user, project_id=run.project_id,
+                 details={"kind": "reward", "export": run.export_id, "backbone": run.backbone, "preset": preset})
     if enqueue:  # the management command runs the task body in-process instead
         enqueue_on_commit(TRAIN_REWARD_MODEL, run.pk)
     return run
 
 
 @transaction.atomic
-def reward_run_cancel(*, run: RewardModelRun) -> RewardModelRun:
+def reward_run_cancel(*, run: RewardModelRun, user: AbstractBaseUser | None = None) -> RewardModelRun:
     """Cancel a queued or running run; a running one stops at its next step (should_stop polls)."""
-    return run_cancel(RewardModelRun, run)
+    return run_cancel(RewardModelRun, run, user)
 
 
 @transaction.atomic
-def reward_run_retry(*, run: RewardModelRun) -> RewardModelRun:
+def reward_run_retry(*, run: RewardModelRun, user: AbstractBaseUser | None = None) -> RewardModelRun:
     """Queue a failed, cancelled or abandoned run again; it resumes from its last checkpoint."""
-    return run_retry(RewardModelRun, run, TRAIN_REWARD_MODEL)
+    return run_retry(RewardModelRun, run, TRAIN_REWARD_MODEL, user)
 
 
 def agreement_ceiling_of(path: Path) -> dict[str, Any] | None:
