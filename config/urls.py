@@ -45,3 +45,6 @@ urlpatterns = [
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),
 ]
+
+handler404 = "core.views.page_not_found"  # JSON under /api/
+handler500 = "core.views.server_error"

@@ -1,8 +1,8 @@
 """What the OpenAPI schema says beyond each view's own annotations (drf-spectacular).
 
-- Every operation documents the errors it can answer, with one error body: 400 where it reads a body or
-  query parameters, 401 where it needs a caller, 403 where a role or membership can refuse, 404 where it
-  names an object (a path id, a project in the body, a page past the last).
+- Every operation documents the errors it can answer, with one error body: 400 (a bad body or query
+  parameter), 404 (no such object, a page past the last), 401 and 403 where it needs a caller with a role,
+  415 where it reads a body.
 - :func:`page_of` describes a page of a function view that paginates (``count``, ``next``, ``previous``,
   ``results``), so such endpoints are documented as pages, not arrays.
 """
@@ -36,6 +36,7 @@ _ERROR_DESCRIPTIONS = {
     "401": "No credentials, or a token or session that is not valid",
     "403": "Your role, or your role in this project, does not allow it",
     "404": "No such object, or not one you may see (a project you are not a member of)",
+    "415": "The body's Content-Type is not one this operation reads",
 }
 
 
@@ -51,6 +52,8 @@ class AutoSchema(openapi.AutoSchema):
         codes = ["400", "404"]
         if _has_permission_check(self.view):
             codes += ["401", "403"]
+        if self.method in ("POST", "PUT", "PATCH"):
+            codes.append("415")
         for code in codes:
             if code in responses and "content" in responses[code]:
                 continue
