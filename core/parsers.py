@@ -23,7 +23,7 @@ class JSONParser(parsers.JSONParser):
     def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
         encoding = (parser_context or {}).get("encoding", "utf-8")
         try:
-            data = json.load(codecs.getreader(encoding)(stream),
+            data = json.loads(codecs.getreader(encoding)(stream).read(),
                              parse_constant=json.strict_constant if self.strict else None)
         except RecursionError:
             raise ParseError(f"JSON parse error - the body nests deeper than {BODY_MAX_DEPTH} levels.") from None

@@ -55,7 +55,7 @@ def page_not_found(request: HttpRequest, exception: Exception | None = None) -> 
     """404 for a URL no pattern matches (``handler404``): JSON under ``/api/``, as every API answer is."""
     if _is_api(request):
         return JsonResponse({"detail": "Not found."}, status=404)
-    return defaults.page_not_found(request, exception)  # type: ignore[arg-type]
+    return defaults.page_not_found(request, exception)
 
 
 def server_error(request: HttpRequest) -> HttpResponseBase:

@@ -26,7 +26,13 @@ from annotate.workflow.services import Submission, annotation_submit
 from projects.roles import Role
 from rlhf.datasets import services as export_services
 from rlhf.models import FineTuneRun, RewardModelRun, RewardModelVersion
-from tests.annotate.factories_workflow import RANK_SCHEMA, images_for, model_version, set_workflow, task_with_images
+from tests.annotate.factories_workflow import (
+    RANK_SCHEMA,
+    images_for,
+    model_version,
+    set_workflow,
+    task_with_images,
+)
 from tests.factories import PASSWORD, MembershipFactory, ProjectFactory, UserFactory
 
 MARK = "ZEBRA7731"  # in every name and text of project B
