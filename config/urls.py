@@ -48,3 +48,5 @@ urlpatterns = [
 
 handler404 = "core.views.page_not_found"  # JSON under /api/
 handler500 = "core.views.server_error"
+handler400 = "core.views.bad_request"
+handler403 = "core.views.permission_denied"

@@ -63,3 +63,17 @@ def server_error(request: HttpRequest) -> HttpResponseBase:
     if _is_api(request):
         return JsonResponse({"detail": "Server error."}, status=500)
     return defaults.server_error(request)
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponseBase:
+    """400 Django raises before a view runs (``handler400``: a suspicious or oversized request body)."""
+    if _is_api(request):
+        return JsonResponse({"detail": "Bad request: the request could not be read."}, status=400)
+    return defaults.bad_request(request, exception)  # type: ignore[arg-type]
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponseBase:
+    """403 Django raises outside DRF (``handler403``): JSON under ``/api/``."""
+    if _is_api(request):
+        return JsonResponse({"detail": "You do not have permission to perform this action."}, status=403)
+    return defaults.permission_denied(request, exception)  # type: ignore[arg-type]
