@@ -67,6 +67,7 @@ INSTALLED_APPS = [
     "template_partials",
     "axes",
     "csp",
+    "auditlog",  # the audit trail's store; services write entries explicitly (core/audit.py)
     # Pickwise, lowest layer first: core <- projects <- generation <- annotate <- rlhf (the loop on top).
     "core",
     "projects",
@@ -169,6 +170,10 @@ AXES_LOCKOUT_CALLABLE = "core.login_protection.lockout_response"
 AXES_RESET_ON_SUCCESS = False
 AXES_VERBOSE = False  # no start-up banner in every command; failures and lockouts are still logged
 
+# --- audit trail (django-auditlog, core/audit.py): no model is registered, services write entries ---
+AUDITLOG_INCLUDE_ALL_MODELS = False
+AUDITLOG_DISABLE_REMOTE_ADDR = True  # services write entries, not a middleware that sees the request
+
 # --- i18n / time ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC", "Time zone for display; storage is always UTC")
@@ -241,6 +246,12 @@ PICKWISE_MODEL_CACHE_DIR = Path(
 PICKWISE_EXPORT_DIR = Path(
     env_str("PICKWISE_EXPORT_DIR", str(VAR_DIR / "exports"), "Where preference exports are written")
 )
+# Local model directories a user may name (a reward model's backbone); the worker opens no other directory
+# a user types. Registered model versions and the shipped presets need no entry here.
+PICKWISE_MODEL_DIRS = env_list(
+    "PICKWISE_MODEL_DIRS", "",
+    "Comma-separated directories under which users may name local model directories (reward backbones); empty: none",
+)
 EXPORT_MAX_PAIRS = env_int("EXPORT_MAX_PAIRS", 50_000_000, "Refuse exports with more pairs than this", minimum=1)
 
 # --- generation (generation/) -------------------------------------------------------------
@@ -290,9 +301,15 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    # page and page_size are read by core.parsing (400 for "", "abc", "²", 0) and documented with bounds
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": [
+        "core.parsers.JSONParser",  # refuses bodies nested deeper than core.parsing.JSON_MAX_DEPTH
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",  # documents every operation's errors
     "EXCEPTION_HANDLER": "core.api.exception_handler",
 }
 API_DOCS_PUBLIC = env_bool(
@@ -319,6 +336,8 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "generation.models.JobStatus",
         "AnnotationStatusEnum": "annotate.models.AnnotationStatus",
         "AssignmentStatusEnum": "annotate.models.AssignmentStatus",
+        "ExportFormatEnum": "rlhf.models.PreferenceExport.Format",
+        "PromptFileFormatEnum": ["csv", "jsonl", "txt"],
     },
 }
 

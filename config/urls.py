@@ -31,10 +31,12 @@ urlpatterns = [
     path("healthz", core_views.healthz, name="healthz"),
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("projects/<int:project_id>/audit/", projects_views.project_audit, name="project_audit"),
     path("projects/", include("annotate.urls")),
     path("generation/", include("generation.urls")),
     path("ml/", include("rlhf.urls")),
     path("api/me/", projects_api.me, name="api-me"),
+    path("api/projects/<int:project_id>/audit/", projects_api.project_audit, name="api-project-audit"),
     path("api/token/", obtain_token, name="api-token"),
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", core_views.api_docs, name="api-docs"),
@@ -43,3 +45,8 @@ urlpatterns = [
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),
 ]
+
+handler404 = "core.views.page_not_found"  # JSON under /api/
+handler500 = "core.views.server_error"
+handler400 = "core.views.bad_request"
+handler403 = "core.views.permission_denied"

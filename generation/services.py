@@ -29,6 +29,7 @@ from django.db.models import Count, F
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
+from core.audit import audit_record
 from core.exceptions import ApplicationError, PermissionDeniedError
 from core.locks import lock_objects
 from core.tasks import enqueue_on_commit
@@ -50,6 +51,7 @@ from projects.models import Project
 logger = logging.getLogger(__name__)
 
 _PARAM_FIELDS = tuple(f.name for f in fields(GenerationParams))
+PARAM_FIELDS = _PARAM_FIELDS  # what a job's params (and a project's generation settings) may override
 
 # Storage writes are retried in place this many times, sleeping base * 2**n seconds in between.
 STORAGE_TRIES = 4
@@ -152,7 +154,10 @@ def model_version_register(
         "description": description,
     }
     if existing is None:
-        return ModelVersion.objects.create(name=name, created_by=created_by, **values)
+        version = ModelVersion.objects.create(name=name, created_by=created_by, **values)
+        audit_record(event="model_version.registered", instance=version, actor=created_by, project_id=None,
+                     details={"kind": version.kind, "parent": parent.name if parent is not None else None})
+        return version
     if parent is not None and parent.pk == existing.pk:
         raise ApplicationError("A version cannot be its own parent.", field="parent")
     for key, value in values.items():
@@ -162,9 +167,14 @@ def model_version_register(
 
 
 @transaction.atomic
-def model_version_set_enabled(*, version: ModelVersion, enabled: bool) -> ModelVersion:
+def model_version_set_enabled(*, version: ModelVersion, enabled: bool,
+                              by: AbstractBaseUser | None = None) -> ModelVersion:
+    before = version.enabled
     version.enabled = enabled
     version.save(update_fields=["enabled", "updated_at"])
+    if before != enabled:
+        audit_record(event="model_version.enabled" if enabled else "model_version.disabled", instance=version,
+                     actor=by, project_id=None, changes={"enabled": [before, enabled]})
     return version
 
 
@@ -216,6 +226,23 @@ def _validated_params(values: dict[str, Any]) -> GenerationParams:
         if getattr(params, side) > limit:
             raise ApplicationError(f"{side.capitalize()} must be at most {limit} pixels.", field=side)
     return params
+
+
+def generation_settings_validate(values: Any, *, field: str = "generation_settings") -> dict[str, Any]:
+    """A project's overrides for every Generate, held to the limits a job is (``_validated_params``: the
+    worker's ``GenerationParams`` ranges and ``GENERATION_MAX_IMAGE_SIDE``); errors name
+    ``generation_settings.<key>``."""
+    if not isinstance(values, dict):
+        raise ApplicationError("Generation settings must be an object.", field=field)
+    unknown = sorted(set(values) - set(_PARAM_FIELDS))
+    if unknown:
+        raise ApplicationError(f"Unknown generation setting {unknown[0]!r}; expected some of "
+                               f"{', '.join(_PARAM_FIELDS)}.", field=f"{field}.{unknown[0]}")
+    try:
+        _validated_params({**GenerationParams().to_dict(), **values})
+    except ApplicationError as exc:
+        raise ApplicationError(exc.message, field=f"{field}.{exc.field}") from None
+    return dict(values)
 
 
 def _seeds(seeds: list[int] | None, num_images: int) -> list[int]:

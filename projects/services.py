@@ -4,6 +4,7 @@ from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
+from core.audit import audit_record
 from core.exceptions import ApplicationError
 from projects.models import Project, ProjectMembership
 from projects.roles import Role
@@ -17,15 +18,24 @@ def project_create(*, name: str, description: str = "", created_by: User) -> Pro
     if len(name) > 200:
         raise ApplicationError("A project name is at most 200 characters.", field="name")
     project = Project.objects.create(name=name, description=description, created_by=created_by)
-    ProjectMembership.objects.create(project=project, user=created_by, role=Role.ADMIN)
+    membership = ProjectMembership.objects.create(project=project, user=created_by, role=Role.ADMIN)
+    audit_record(event="member.added", instance=membership, actor=created_by, project_id=project.pk,
+                 changes={"role": [None, Role.ADMIN.value]}, details={"user": created_by.get_username()})
     return project
 
 
 @transaction.atomic
-def membership_set(*, project: Project, user: User, role: str) -> ProjectMembership:
+def membership_set(*, project: Project, user: User, role: str, by: User | None = None) -> ProjectMembership:
+    """Make ``user`` a member of ``project`` in ``role`` (or change their role); ``by`` did it (audited)."""
     if role not in Role.values:
         raise ApplicationError(f"Unknown role {role!r}; expected one of {', '.join(Role.values)}.", field="role")
+    before = (ProjectMembership.objects.select_for_update().filter(project=project, user=user)
+              .values_list("role", flat=True).first())
     membership, _ = ProjectMembership.objects.update_or_create(project=project, user=user, defaults={"role": role})
+    if before != role:
+        audit_record(event="member.added" if before is None else "member.role_changed", instance=membership,
+                     actor=by, project_id=project.pk, changes={"role": [before, role]},
+                     details={"user": user.get_username()})
     return membership
 
 

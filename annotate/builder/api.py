@@ -16,6 +16,8 @@ from annotate.builder import selectors as template_selectors
 from annotate.builder import services as template_services
 from annotate.builder.presets import PRESETS
 from annotate.models import AnnotationTemplate, AnnotationTemplateVersion
+from core.parsing import MAX_INT, query_id, query_int
+from core.schema import id_field, id_parameter
 from projects import roles
 from projects.access import project_get_for_user
 from projects.models import Project
@@ -69,7 +71,7 @@ class DraftSerializer(serializers.Serializer):
 
 
 class ProjectRefSerializer(serializers.Serializer):
-    project = serializers.IntegerField()
+    project = id_field()
 
 
 class PresetSerializer(ProjectRefSerializer):
@@ -105,12 +107,12 @@ class AnnotationTemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin
 
     def get_queryset(self) -> QuerySet[AnnotationTemplate]:
         queryset = template_selectors.templates_for_user(user=self.request.user)
-        project = self.request.query_params.get("project")
-        if project and project.isdigit():
-            queryset = queryset.filter(project_id=int(project))
+        project = query_id(self.request.query_params, "project")
+        if project is not None:
+            queryset = queryset.filter(project_id=project)
         return queryset
 
-    @extend_schema(parameters=[OpenApiParameter("project", int, description="Only this project's templates")])
+    @extend_schema(parameters=[id_parameter("project", "Only this project's templates")])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
@@ -160,7 +162,8 @@ class AnnotationTemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin
         return Response(self.get_serializer(self.get_queryset().get(pk=copy.pk)).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(
-        parameters=[OpenApiParameter("version", int, description="Version number; the newest by default")],
+        parameters=[OpenApiParameter("version", {"type": "integer", "minimum": 1, "maximum": MAX_INT},
+                                     description="Version number; the newest by default")],
         responses=inline_serializer("TemplateExport", {
             "format": serializers.CharField(), "name": serializers.CharField(),
             "description": serializers.CharField(), "version": serializers.IntegerField(),
@@ -171,9 +174,9 @@ class AnnotationTemplateViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin
     def export(self, request: Request, pk: str | None = None) -> Response:
         """The JSON that ``import/`` reads back."""
         template = self.get_object()
-        number = request.query_params.get("version", "")
+        number = query_int(request.query_params, "version", minimum=1, maximum=MAX_INT)
         versions = template.versions.all()
-        version = versions.filter(number=int(number)).first() if number.isdigit() else versions.order_by(
+        version = versions.filter(number=number).first() if number is not None else versions.order_by(
             "-number").first()
         if version is None:
             return Response({"detail": "No such version.", "field": "version"}, status=status.HTTP_404_NOT_FOUND)
@@ -221,11 +224,11 @@ class AnnotationTemplateVersionViewSet(mixins.ListModelMixin, mixins.RetrieveMod
 
     def get_queryset(self) -> QuerySet[AnnotationTemplateVersion]:
         queryset = template_selectors.template_versions_for_user(user=self.request.user)
-        template = self.request.query_params.get("template")
-        if template and template.isdigit():
-            queryset = queryset.filter(template_id=int(template))
+        template = query_id(self.request.query_params, "template")
+        if template is not None:
+            queryset = queryset.filter(template_id=template)
         return queryset
 
-    @extend_schema(parameters=[OpenApiParameter("template", int, description="Only this template's versions")])
+    @extend_schema(parameters=[id_parameter("template", "Only this template's versions")])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)

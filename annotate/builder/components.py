@@ -20,6 +20,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from core.parsing import JSON_MAX_DEPTH, InvalidValue, check_json
+
 SCHEMA_VERSION = 1
 MAX_COMPONENTS = 40
 MAX_SCHEMA_BYTES = 256 * 1024
@@ -316,6 +318,11 @@ def _validate(schema: Any) -> tuple[list[SchemaIssue], dict[str, Any]]:
     normal = empty_schema()
     if not isinstance(schema, dict):
         out.add(None, "schema", "", "The template must be a JSON object with schema_version and components.")
+        return out.issues, normal
+    try:
+        check_json(schema, field="The template", max_depth=JSON_MAX_DEPTH)
+    except InvalidValue as exc:
+        out.add(None, "schema", "", exc.message)
         return out.issues, normal
     if len(json.dumps(schema, ensure_ascii=False).encode()) > MAX_SCHEMA_BYTES:
         out.add(None, "schema", "", f"The template is larger than {MAX_SCHEMA_BYTES // 1024} KiB.")

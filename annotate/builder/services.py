@@ -18,6 +18,7 @@ from django.utils import timezone
 from annotate.builder import components as catalogue
 from annotate.builder.presets import PRESETS
 from annotate.models import AnnotationTemplate, AnnotationTemplateVersion
+from core.audit import audit_record
 from core.exceptions import ApplicationError
 from projects.models import Project
 
@@ -172,6 +173,8 @@ def template_version_publish(*, template: AnnotationTemplate, created_by: Abstra
     draft.status = AnnotationTemplateVersion.Status.PUBLISHED
     draft.published_at = timezone.now()
     draft.save(update_fields=["schema", "status", "published_at", "updated_at"])
+    audit_record(event="template.published", instance=draft, actor=created_by, project_id=template.project_id,
+                 details={"template": template.pk, "name": template.name, "number": draft.number})
     return draft
 
 

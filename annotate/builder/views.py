@@ -7,7 +7,6 @@ non-members get 404.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from django.contrib.auth.decorators import login_required
@@ -24,6 +23,7 @@ from annotate.builder.presets import PRESETS
 from annotate.models import AnnotationTemplate
 from core.exceptions import ApplicationError
 from core.htmx import is_htmx, redirect_after_post, render_page_or_partial
+from core.parsing import parse_json
 from projects import roles
 from projects.access import project_view, projects_for_user
 from projects.models import Project
@@ -94,10 +94,7 @@ def template_import(request: HttpRequest, project: Project) -> HttpResponse:
     try:
         if len(raw) > MAX_IMPORT_BYTES:
             raise ApplicationError("The file is too large for a template.", field="file")
-        try:
-            data = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            raise ApplicationError(f"Not valid JSON: {exc}", field="file") from None
+        data = parse_json(raw, field="file")
         template = template_services.template_import(project=project, data=data, created_by=request.user)
     except ApplicationError as exc:
         return _list_error(request, project, exc)

@@ -16,14 +16,15 @@ from typing import Any
 from django.db.models import QuerySet
 from django.urls import path
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
-from rest_framework.pagination import PageNumberPagination
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from annotate.builder.components import MAX_IMAGES
 from annotate.models import (
     Annotation,
     AnnotationStatus,
@@ -38,9 +39,13 @@ from annotate.workflow import selectors as workflow_selectors
 from annotate.workflow import services as workflow_services
 from annotate.workflow.access import workflow_api, workflow_of
 from annotate.workflow.scoring import reward_scores
-from annotate.workflow.services import Submission
+from annotate.workflow.services import MAX_LEASE_SECONDS, MAX_OVERLAP, MIN_LEASE_SECONDS, Submission
 from core.exceptions import ApplicationError
-from core.parsing import parse_bool
+from core.pagination import LargePagination
+from core.parsers import JSONParser
+from core.parsing import query_bool, query_id
+from core.schema import id_field, id_parameter, page_of
+from generation.services import PARAM_FIELDS
 from projects.access import user_can
 from projects.models import Project
 from projects.services import project_set_archived
@@ -49,12 +54,6 @@ RANKING_HELP = (
     'Tie groups of image ids, best first: [["<a>"], ["<b>", "<c>"], ["<d>"]] means a beat b and c (tied), '
     "which beat d."
 )
-
-
-class Pagination(PageNumberPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
 
 
 # --- serializers -----------------------------------------------------------------------------
@@ -154,27 +153,23 @@ class SettingsSerializer(serializers.Serializer):
     name = serializers.CharField(read_only=True)
     description = serializers.CharField(required=False, allow_blank=True)
     instructions = serializers.CharField(required=False, allow_blank=True)
-    template_version = serializers.PrimaryKeyRelatedField(
-        queryset=AnnotationTemplateVersion.objects.all(), allow_null=True, required=False)
-    images_per_task = serializers.IntegerField(required=False, min_value=0, max_value=32767)
-    overlap = serializers.IntegerField(required=False, min_value=0, max_value=32767)
+    template_version = id_field(allow_null=True, required=False,
+                                help_text="A published version of one of this project's templates")
+    images_per_task = serializers.IntegerField(required=False, min_value=1, max_value=MAX_IMAGES)
+    overlap = serializers.IntegerField(required=False, min_value=1, max_value=MAX_OVERLAP)
     task_order = serializers.ChoiceField(choices=TaskOrder.choices, required=False)
-    gold_rate = serializers.FloatField(required=False)
-    lease_seconds = serializers.IntegerField(required=False, min_value=0)
-    generation_settings = serializers.JSONField(required=False)
+    gold_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
+    lease_seconds = serializers.IntegerField(required=False, min_value=MIN_LEASE_SECONDS, max_value=MAX_LEASE_SECONDS)
+    generation_settings = serializers.DictField(
+        required=False, help_text="Overrides of the model version's defaults for every Generate in this project: "
+                                  f"{', '.join(PARAM_FIELDS)} (the limits of POST /api/generation-jobs/)")
     model_versions = serializers.ListField(child=serializers.IntegerField(), read_only=True)
-    model_version_ids = serializers.ListField(child=serializers.IntegerField(), write_only=True, required=False)
-    presort_reward_version = serializers.PrimaryKeyRelatedField(
-        queryset=AnnotationTemplateVersion.objects.none(), allow_null=True, required=False,
+    model_version_ids = serializers.ListField(child=id_field(), write_only=True, required=False, max_length=1000)
+    presort_reward_version = id_field(
+        allow_null=True, required=False,
         help_text="A reward model you may use: annotators see each task's images by its stored score, highest "
                   "first; null turns pre-sorting off")
-    archived_at = serializers.DateTimeField(read_only=True)
-
-    def get_fields(self) -> dict[str, serializers.Field]:
-        fields = super().get_fields()
-        # The reward models come from the layer that registered them (annotate.workflow.scoring).
-        fields["presort_reward_version"].queryset = reward_scores().version_queryset()  # type: ignore[attr-defined]
-        return fields
+    archived_at = serializers.DateTimeField(read_only=True, allow_null=True)
 
 
 def settings_data(project: Project) -> dict[str, Any]:
@@ -218,28 +213,15 @@ def _own_annotation_data(annotation: Annotation) -> dict[str, Any]:
 
 def _paginate(request: Request, queryset: QuerySet[Any], serializer_class: type[serializers.BaseSerializer]
               ) -> Response:
-    paginator = Pagination()
+    paginator = LargePagination()
     page = paginator.paginate_queryset(queryset, request)
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
-def _int_param(request: Request, name: str) -> int | None:
-    value = request.query_params.get(name)
-    if value in (None, ""):
-        return None
-    if not value.isdigit():
-        raise ApplicationError(f"{name} must be a whole number.", field=name)
-    return int(value)
-
-
-def _bool_param(request: Request, name: str) -> bool | None:
-    value = request.query_params.get(name)
-    if value in (None, ""):
-        return None
-    try:
-        return parse_bool(value)
-    except ValueError:
-        raise ApplicationError(f"{name} must be true or false.", field=name) from None
+PAGE_PARAMETERS = [
+    OpenApiParameter("page", int, description="Page number, from 1"),
+    OpenApiParameter("page_size", int, description=f"Objects a page, 1 to {LargePagination.max_page_size}"),
+]
 
 
 # --- the annotator loop ---------------------------------------------------------------------
@@ -290,10 +272,10 @@ def task_skip(request: Request, project: Project, task_id: int) -> Response:
 
 
 @extend_schema(
-    methods=["GET"], responses=TaskSerializer(many=True), summary="List the project's tasks (reviewers)",
+    methods=["GET"], responses=page_of(TaskSerializer), operation_id="projects_tasks_list", summary="List the project's tasks (reviewers)",
     parameters=[OpenApiParameter("is_gold", bool), OpenApiParameter("is_open", bool),
-                OpenApiParameter("prompt_set", int), OpenApiParameter("page", int),
-                OpenApiParameter("page_size", int)],
+                id_parameter("prompt_set", "Only this prompt set's tasks"),
+                *PAGE_PARAMETERS],
 )
 @extend_schema(methods=["POST"], request=TaskCreateSerializer, responses={201: TaskSerializer},
                summary="Create a task with pre-generated images (project admins)")
@@ -311,10 +293,10 @@ def task_list(request: Request, project: Project) -> Response:
         return Response(TaskSerializer(task).data, status=status.HTTP_201_CREATED)
     queryset = workflow_selectors.tasks_for_review(project=project)
     for name, lookup in (("is_gold", "is_gold"), ("is_open", "is_open")):
-        value = _bool_param(request, name)
+        value = query_bool(request.query_params, name)
         if value is not None:
             queryset = queryset.filter(**{lookup: value})
-    prompt_set = _int_param(request, "prompt_set")
+    prompt_set = query_id(request.query_params, "prompt_set")
     if prompt_set is not None:
         queryset = queryset.filter(prompt__prompt_set_id=prompt_set)
     return _paginate(request, queryset, TaskSerializer)
@@ -355,7 +337,9 @@ def task_images(request: Request, project: Project, task_id: int) -> Response:
     return Response({"images": workflow_selectors.task_images(task_id=task.pk)})
 
 
-@extend_schema(methods=["GET"], responses=PromptSetSerializer(many=True), summary="List prompt sets")
+@extend_schema(methods=["GET"], responses=page_of(PromptSetSerializer), parameters=PAGE_PARAMETERS,
+               operation_id="projects_prompt_sets_list",
+               summary="List prompt sets")
 @extend_schema(
     methods=["POST"],
     request={"multipart/form-data": inline_serializer("PromptSetUpload", {
@@ -386,11 +370,12 @@ def promptset_list(request: Request, project: Project) -> Response:
 
 
 @extend_schema(
-    responses=AnnotationSerializer(many=True),
-    parameters=[OpenApiParameter("status", str, enum=AnnotationStatus.values), OpenApiParameter("task", int),
+    responses=page_of(AnnotationSerializer), operation_id="projects_annotations_list",
+    parameters=[OpenApiParameter("status", str, enum=AnnotationStatus.values),
+                id_parameter("task", "Only this task's annotations"),
                 OpenApiParameter("annotator", str, description="username (reviewers only)"),
-                OpenApiParameter("created_after", str, description="ISO 8601 date-time"),
-                OpenApiParameter("page", int), OpenApiParameter("page_size", int)],
+                OpenApiParameter("created_after", OpenApiTypes.DATETIME, description="ISO 8601 date-time"),
+                *PAGE_PARAMETERS],
     summary="Annotations: every one for reviewers, the caller's own for annotators",
 )
 @api_view(["GET"])
@@ -400,17 +385,20 @@ def annotation_list(request: Request, project: Project) -> Response:
     if not user_can(user=request.user, action="review", project=project):
         queryset = queryset.filter(annotator=request.user)
     params = request.query_params
-    if params.get("status"):
+    if "status" in params:
         if params["status"] not in AnnotationStatus.values:
             raise ApplicationError(f"status must be one of {', '.join(AnnotationStatus.values)}.", field="status")
         queryset = queryset.filter(status=params["status"])
-    task = _int_param(request, "task")
+    task = query_id(request.query_params, "task")
     if task is not None:
         queryset = queryset.filter(task_id=task)
     if params.get("annotator"):
         queryset = queryset.filter(annotator__username=params["annotator"])
-    if params.get("created_after"):
-        after = parse_datetime(params["created_after"])
+    if "created_after" in params:
+        try:
+            after = parse_datetime(params["created_after"])
+        except ValueError:  # well formed but not a real date-time (month 13)
+            after = None
         if after is None:
             raise ApplicationError("created_after must be an ISO 8601 date-time.", field="created_after")
         queryset = queryset.filter(created_at__gt=after)
@@ -483,10 +471,17 @@ def project_settings(request: Request, project: Project) -> Response:
         body = SettingsSerializer(data=request.data, partial=True)
         body.is_valid(raise_exception=True)
         data = dict(body.validated_data)
+        if data.get("template_version") is not None:
+            # Only this project's versions: another project's answers as one that does not exist.
+            version_id = data["template_version"]
+            data["template_version"] = (AnnotationTemplateVersion.objects.select_related("template")
+                                        .filter(pk=version_id, template__project=project).first())
+            if data["template_version"] is None:
+                raise ApplicationError(f"No template version {version_id} in this project.",
+                                       field="template_version")
         data["template_version"] = data.get("template_version", "unchanged")
         if "presort_reward_version" in data:
-            version = data.pop("presort_reward_version")
-            data["presort_reward_version_id"] = version.pk if version is not None else None
+            data["presort_reward_version_id"] = data.pop("presort_reward_version")
         project = workflow_services.project_update_settings(project=project, user=request.user, **data)
     return Response(settings_data(project))
 

@@ -1,4 +1,5 @@
-"""Parse an uploaded prompt file (CSV, JSONL or plain text) into prompts, without Django.
+"""Parse an uploaded prompt file (CSV, JSONL or plain text) into prompts, without Django (numbers and
+JSON limits come from ``core.parsing``).
 
 The parser is all-or-nothing: :func:`parse_prompt_file` returns every problem it finds with
 the line it is on, and a caller imports nothing when ``errors`` is not empty. Duplicates
@@ -23,6 +24,8 @@ import io
 import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from core.parsing import JSON_MAX_DEPTH, InvalidValue, check_json, parse_int
 
 Format = Literal["csv", "jsonl", "txt"]
 FORMATS: tuple[str, ...] = ("csv", "jsonl", "txt")
@@ -141,22 +144,17 @@ def _split_tags(value: Any, line: int, result: ParseResult) -> tuple[str, ...]:
 def _parse_seed(value: Any, line: int, result: ParseResult) -> int | None:
     if value in (None, ""):
         return None
-    if isinstance(value, bool):
-        result.errors.append(LineError(line, "seed must be a whole number"))
+    if isinstance(value, float):  # a seed in a file is written as a whole number, not 3.0
+        value = repr(value)
+    try:
+        number = parse_int(value, field="seed", minimum=None, maximum=None)  # ASCII digits only ("²" is not)
+    except InvalidValue:
+        result.errors.append(LineError(line, f"seed {value!r} is not a whole number"))
         return None
-    if isinstance(value, str):
-        try:
-            value = int(value.strip())
-        except ValueError:
-            result.errors.append(LineError(line, f"seed {value!r} is not a whole number"))
-            return None
-    if not isinstance(value, int):
-        result.errors.append(LineError(line, "seed must be a whole number"))
-        return None
-    if not 0 <= value <= MAX_SEED:
+    if not 0 <= number <= MAX_SEED:
         result.errors.append(LineError(line, f"seed must be between 0 and {MAX_SEED}"))
         return None
-    return value
+    return number
 
 
 def _add(
@@ -234,8 +232,15 @@ def _parse_jsonl(lines: list[str], result: ParseResult, limits: Limits) -> None:
             return
         try:
             obj = json.loads(line)
+            check_json(obj, field="the line", max_depth=JSON_MAX_DEPTH)
         except json.JSONDecodeError as exc:
             result.errors.append(LineError(number, f"invalid JSON: {exc.msg} (column {exc.colno})"))
+            continue
+        except RecursionError:
+            result.errors.append(LineError(number, f"the line nests deeper than {JSON_MAX_DEPTH} levels"))
+            continue
+        except InvalidValue as exc:
+            result.errors.append(LineError(number, exc.message.rstrip(".")))
             continue
         if not isinstance(obj, dict):
             result.errors.append(LineError(number, "each line must be a JSON object"))

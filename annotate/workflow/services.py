@@ -41,11 +41,17 @@ from annotate.workflow.queue import assignment_release
 from annotate.workflow.scoring import reward_scores
 from annotate.workflow.selectors import components_of, ranking_component, task_image_ids
 from core import rawsql
+from core.audit import audit_record
 from core.exceptions import ApplicationError
 from core.locks import lock_ids
+from core.parsing import check_length, parse_id
 from generation.models import GeneratedImage, GenerationJob, JobStatus
 from generation.selectors import project_model_versions
-from generation.services import generation_job_create, project_model_versions_set
+from generation.services import (
+    generation_job_create,
+    generation_settings_validate,
+    project_model_versions_set,
+)
 from projects.access import project_check
 from projects.models import Project
 from projects.services import project_update
@@ -68,6 +74,12 @@ def _workflow_locked(project: Project) -> ProjectWorkflow:
     Project.objects.select_for_update().filter(pk=project.pk).first()  # serialises the first creation
     workflow, _ = ProjectWorkflow.objects.select_for_update().get_or_create(project=project)
     return workflow
+
+
+# The workflow's limits (the API's schema and the settings form read them from here).
+MAX_OVERLAP = 100  # annotators per task; also a CheckConstraint on ProjectWorkflow
+MIN_LEASE_SECONDS = 10
+MAX_LEASE_SECONDS = 7 * 24 * 3600
 
 
 @transaction.atomic
@@ -108,8 +120,9 @@ def project_update_settings(
         if template_version is not None:
             if not isinstance(template_version, AnnotationTemplateVersion):
                 raise ApplicationError("Unknown template version.", field="template_version")
-            if template_version.template.project_id != project.pk:
-                raise ApplicationError("That template version belongs to another project.", field="template_version")
+            if template_version.template.project_id != project.pk:  # as if it did not exist
+                raise ApplicationError(f"No template version {template_version.pk} in this project.",
+                                       field="template_version")
             if not template_version.is_published:
                 raise ApplicationError("Only a published template version can be used.", field="template_version")
         workflow.template_version = template_version
@@ -119,8 +132,8 @@ def project_update_settings(
         workflow.images_per_task = images_per_task
     overlap_changed = overlap is not None and overlap != workflow.overlap
     if overlap is not None:
-        if not 1 <= overlap <= 100:
-            raise ApplicationError("Overlap must be 1 to 100 annotators per task.", field="overlap")
+        if not 1 <= overlap <= MAX_OVERLAP:
+            raise ApplicationError(f"Overlap must be 1 to {MAX_OVERLAP} annotators per task.", field="overlap")
         workflow.overlap = overlap
     if task_order is not None:
         if task_order not in TaskOrder.values:
@@ -131,13 +144,12 @@ def project_update_settings(
             raise ApplicationError("The gold rate is a share from 0 to 1.", field="gold_rate")
         workflow.gold_rate = gold_rate
     if lease_seconds is not None:
-        if not 10 <= lease_seconds <= 7 * 24 * 3600:
+        if not MIN_LEASE_SECONDS <= lease_seconds <= MAX_LEASE_SECONDS:
             raise ApplicationError("A lease lasts 10 seconds to 7 days.", field="lease_seconds")
         workflow.lease_seconds = lease_seconds
     if generation_settings is not None:
-        if not isinstance(generation_settings, dict):
-            raise ApplicationError("Generation settings must be an object.", field="generation_settings")
-        workflow.generation_settings = generation_settings
+        # The limits a generation job is held to, checked now rather than when an annotator clicks Generate.
+        workflow.generation_settings = generation_settings_validate(generation_settings)
     workflow.save()
     if model_version_ids is not None:
         project_model_versions_set(project=project, version_ids=list(model_version_ids))
@@ -152,10 +164,7 @@ def project_update_settings(
 def _presort_id(value: Any) -> int | None:
     if value is None or value == "":
         return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        raise ApplicationError("Choose a reward model by its id.", field="presort_reward_version") from None
+    return parse_id(value, field="presort_reward_version")
 
 
 # --- reward-model scores of task images -------------------------------------------------------
@@ -209,6 +218,9 @@ def prompt_set_import(
 
     Duplicates (within the file, or of prompts the project already has) are reported and skipped.
     """
+    name_limit = PromptSet._meta.get_field("name").max_length or 200
+    name = check_length((name or "").strip(), field="name", maximum=name_limit)
+    set_name = name or (filename or "").strip()[:name_limit] or "prompts"  # a long file name is only a default
     fmt = fmt or prompt_import.detect_format(filename)
     if fmt is None:
         raise PromptImportError("Unknown file type; upload a .csv, .jsonl or .txt file.", field="file",
@@ -236,7 +248,7 @@ def prompt_set_import(
             fresh.append(parsed)
     duplicates.sort(key=lambda d: d.line)
     prompt_set = PromptSet.objects.create(
-        project=project, name=(name or filename or "prompts").strip()[:200] or "prompts", source_format=fmt,
+        project=project, name=set_name, source_format=fmt,
         prompt_count=len(fresh), duplicate_count=len(duplicates), created_by=created_by,
     )
     prompts = Prompt.objects.bulk_create(
@@ -657,11 +669,14 @@ def annotation_amend(*, project: Project, user: User, annotation_id: int, submis
     image_ids = task_image_ids(task_id=old.task_id)
     groups, answers, rationale = _build_answer(old.template_version, image_ids, submission)
     Annotation.objects.filter(pk=old.pk).update(status=AnnotationStatus.SUPERSEDED, updated_at=timezone.now())
-    return Annotation.objects.create(
+    amended = Annotation.objects.create(
         task_id=old.task_id, project=project, annotator=user, assignment_id=old.assignment_id,
         template_version=old.template_version, ranking=groups, answers=answers, rationale=rationale,
         duration_ms=old.duration_ms, idempotency_key=key, supersedes=old,
     )
+    audit_record(event="annotation.amended", instance=amended, actor=user, project_id=project.pk,
+                 changes={"ranking": [old.ranking, groups]}, details={"task": old.task_id, "supersedes": old.pk})
+    return amended
 
 
 @transaction.atomic
@@ -684,6 +699,9 @@ def annotation_reject(*, project: Project, annotation_id: int, reviewer: User, n
     annotation.status, annotation.reviewed_by, annotation.reviewed_at = AnnotationStatus.REJECTED, reviewer, now
     annotation.review_note = note
     annotation.save(update_fields=["status", "reviewed_by", "reviewed_at", "review_note", "updated_at"])
+    audit_record(event="annotation.rejected", instance=annotation, actor=reviewer, project_id=project.pk,
+                 changes={"status": [AnnotationStatus.SUBMITTED.value, annotation.status]},
+                 details={"task": annotation.task_id, "annotator": annotation.annotator_id, "note": note})
     TaskAssignment.objects.filter(pk=annotation.assignment_id).update(
         status=AssignmentStatus.REJECTED, updated_at=now
     )

@@ -7,18 +7,21 @@ from typing import Any
 from django.db.models import QuerySet
 from django.http import FileResponse, Http404
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import OpenApiParameter, extend_schema
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.exceptions import ApplicationError
+from core.parsing import MAX_BIGINT, query_id
+from core.schema import id_field, id_parameter
 from projects.access import project_get_for_user
 from projects.models import Project
 from rlhf.datasets import selectors
 from rlhf.datasets import services as export_services
 from rlhf.datasets.archive import export_archive
+from rlhf.exports.pairs import TIE_POLICIES
 from rlhf.models import PreferenceExport, RunStatus
 
 
@@ -44,24 +47,27 @@ class ExportSerializer(serializers.ModelSerializer):
 class ExportCreateSerializer(serializers.Serializer):
     """The fields an export accepts; each is validated by ``export_request_parse`` (400 names the field)."""
 
-    project = serializers.IntegerField()
-    format = serializers.CharField()
-    name = serializers.CharField(required=False, allow_blank=True)
-    tie_policy = serializers.CharField(required=False)
+    project = id_field()
+    format = serializers.ChoiceField(choices=PreferenceExport.Format.choices)
+    name = serializers.CharField(required=False, allow_blank=True,
+                                 max_length=PreferenceExport._meta.get_field("name").max_length)
+    tie_policy = serializers.ChoiceField(choices=list(TIE_POLICIES), required=False)
     weight_per_prompt = serializers.BooleanField(required=False)
     include_images = serializers.BooleanField(required=False)
-    template_versions = serializers.ListField(child=serializers.IntegerField(), required=False)
-    model_versions = serializers.ListField(child=serializers.IntegerField(), required=False)
-    annotators = serializers.ListField(child=serializers.IntegerField(), required=False)
+    template_versions = serializers.ListField(child=id_field(), required=False, max_length=1000,
+                                              help_text="Versions of this project's templates")
+    model_versions = serializers.ListField(child=id_field(), required=False, max_length=1000)
+    annotators = serializers.ListField(child=id_field(), required=False, max_length=1000,
+                                       help_text="User ids of this project's annotators")
     date_from = serializers.CharField(required=False, allow_blank=True)
     date_to = serializers.CharField(required=False, allow_blank=True)
     exclude_rejected = serializers.BooleanField(required=False)
-    min_agreement = serializers.FloatField(required=False, allow_null=True)
-    gold = serializers.CharField(required=False)
-    split_train = serializers.FloatField(required=False)
-    split_validation = serializers.FloatField(required=False)
-    split_test = serializers.FloatField(required=False)
-    split_seed = serializers.IntegerField(required=False)
+    min_agreement = serializers.FloatField(required=False, allow_null=True, min_value=0, max_value=1)
+    gold = serializers.ChoiceField(choices=list(export_services.GOLD_CHOICES), required=False)
+    split_train = serializers.FloatField(required=False, min_value=0, max_value=1)
+    split_validation = serializers.FloatField(required=False, min_value=0, max_value=1)
+    split_test = serializers.FloatField(required=False, min_value=0, max_value=1)
+    split_seed = serializers.IntegerField(required=False, min_value=0, max_value=MAX_BIGINT)
 
 
 def _exportable_project(request: Request, project_id: int) -> Project:
@@ -81,13 +87,13 @@ class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
 
     def get_queryset(self) -> QuerySet[PreferenceExport]:
         queryset = selectors.exports_for_user(user=self.request.user)
-        project = self.request.query_params.get("project")
-        if project and project.isdigit():
-            queryset = queryset.filter(project_id=int(project))
+        project = query_id(self.request.query_params, "project")
+        if project is not None:
+            queryset = queryset.filter(project_id=project)
         return queryset
 
     @extend_schema(
-        parameters=[OpenApiParameter("project", int, description="Only this project's exports")],
+        parameters=[id_parameter("project", "Only this project's exports")],
     )
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)

@@ -31,12 +31,13 @@ from annotate.models import (
     AnnotationTemplateVersion,
     TaskImage,
 )
+from core.audit import audit_record
 from core.exceptions import ApplicationError
-from core.parsing import parse_bool
+from core.parsing import check_length, parse_bool, parse_ids, parse_int
 from core.tasks import enqueue_on_commit
-from generation.models import GeneratedImage
+from generation.models import GeneratedImage, ModelVersion
 from generation.selectors import image_url
-from projects.models import Project
+from projects.models import Project, ProjectMembership
 from rlhf.exports.aggregate import ComparisonLog, count_votes, fit_bradley_terry, task_agreement
 from rlhf.exports.card import render_card
 from rlhf.exports.formats import (
@@ -92,14 +93,7 @@ class ExportFilters:
 def _ids(value: Any, name: str) -> tuple[int, ...]:
     if value in (None, "", []):
         return ()
-    if isinstance(value, str):
-        value = [part for part in value.split(",") if part.strip()]
-    if not isinstance(value, list | tuple):
-        raise ApplicationError(f"{name} must be a list of ids.", field=name)
-    try:
-        return tuple(sorted({int(v) for v in value}))
-    except (TypeError, ValueError):
-        raise ApplicationError(f"{name} must be a list of integer ids.", field=name) from None
+    return tuple(sorted(parse_ids(value, field=name)))  # ids in a bigint's range: 1e30 is a 400, not a crash
 
 
 def _date(value: Any, name: str) -> dt.date | None:
@@ -168,7 +162,7 @@ def export_request_parse(data: dict[str, Any]) -> ExportRequest:
     validation = _fraction(data.get("split_validation"), "split_validation", 0.1)
     test = _fraction(data.get("split_test"), "split_test", round(1.0 - train - validation, 10))
     try:
-        seed = int(data.get("split_seed") or 0)
+        seed = parse_int(data.get("split_seed") or 0, field="split_seed", minimum=0)
         split = SplitSpec(train=train, validation=validation, test=test, seed=seed)
     except (TypeError, ValueError) as exc:
         raise ApplicationError(f"Bad split: {exc}", field="split_train") from None
@@ -183,7 +177,8 @@ def export_request_parse(data: dict[str, Any]) -> ExportRequest:
         gold=gold,
         split=split,
     )
-    name = str(data.get("name") or "")[:200]
+    name = check_length(str(data.get("name") or "").strip(), field="name",
+                        maximum=PreferenceExport._meta.get_field("name").max_length or 200)
     return ExportRequest(
         format=export_format,
         tie_policy=tie_policy,
@@ -209,8 +204,29 @@ def filters_from_json(data: dict[str, Any]) -> ExportFilters:
     )
 
 
+def _check_filter_ids(*, project: Project, filters: ExportFilters) -> None:
+    """Every id a filter names must be one of this project's (or, for model versions, a registered one);
+    another project's template versions or annotators answer as ids that do not exist."""
+    known = {
+        "template_versions": set(AnnotationTemplateVersion.objects.filter(
+            pk__in=filters.template_versions, template__project=project).values_list("pk", flat=True)),
+        "model_versions": set(ModelVersion.objects.filter(pk__in=filters.model_versions).values_list("pk", flat=True)),
+        "annotators": set(Annotation.objects.filter(project=project, annotator_id__in=filters.annotators)
+                          .values_list("annotator_id", flat=True).distinct())
+        | set(ProjectMembership.objects.filter(project=project, user_id__in=filters.annotators)
+              .values_list("user_id", flat=True)),
+    }
+    labels = {"template_versions": "template version", "model_versions": "model version", "annotators": "annotator"}
+    for name, label in labels.items():
+        missing = [pk for pk in getattr(filters, name) if pk not in known[name]]
+        if missing:
+            where = "" if name == "model_versions" else " in this project"
+            raise ApplicationError(f"No {label} {missing[0]}{where}.", field=name)
+
+
 @transaction.atomic
 def preference_export_create(*, project: Project, user: User, request: ExportRequest) -> PreferenceExport:
+    _check_filter_ids(project=project, filters=request.filters)
     export = PreferenceExport.objects.create(
         project=project,
         created_by=user,
@@ -221,6 +237,8 @@ def preference_export_create(*, project: Project, user: User, request: ExportReq
         include_images=request.include_images,
         filters=request.filters.as_json(),
     )
+    audit_record(event="export.created", instance=export, actor=user, project_id=project.pk,
+                 details={"format": export.format, "tie_policy": export.tie_policy, "filters": export.filters})
     enqueue_on_commit(EXPORT_PREFERENCES, export.pk)
     return export
 

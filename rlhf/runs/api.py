@@ -11,16 +11,18 @@ from typing import Any
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 from django.db.models import QuerySet
 from django.http import Http404
-from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.exceptions import ApplicationError
+from core.parsing import parse_id, path_id, query_id
+from core.schema import id_field, id_parameter
 from core.tasks import registered_task
 from generation.models import ModelVersion
-from projects.access import project_check
+from projects.access import outcome_for, project_check
 from projects.models import Project
 from rlhf.models import FineTuneRun, PreferenceExport, RewardModelRun, RewardModelVersion
 from rlhf.runs import finetune, reward, scoring
@@ -29,13 +31,23 @@ from rlhf.runs import selectors as run_selectors
 SCORE_TIMEOUT_S = 60  # the scoring endpoint waits this long for the gpu worker's answer
 
 
+def _path_id(value: Any) -> int:
+    """The ``{id}`` of a run or reward model; anything that is not an id is no such object (404)."""
+    number = path_id(value)
+    if number is None:
+        raise Http404("No such object")
+    return number
+
+
 def _export(request: Request, export_id: Any) -> PreferenceExport | None:
+    """The export named in the body. One of a project where the caller may not even view is answered
+    as if it did not exist (400 on ``export``); a member who may not train gets 403."""
     if export_id in (None, ""):
         return None
-    try:
-        export = PreferenceExport.objects.select_related("project").get(pk=int(export_id))
-    except (PreferenceExport.DoesNotExist, TypeError, ValueError):
-        raise ApplicationError(f"No export {export_id}.", field="export") from None
+    export = (PreferenceExport.objects.select_related("project")
+              .filter(pk=parse_id(export_id, field="export")).first())
+    if export is None or outcome_for(user=request.user, project=export.project, action="view") != "ok":
+        raise ApplicationError(f"No export {export_id}.", field="export")
     project_check(user=request.user, project=export.project, action="train")
     return export
 
@@ -54,7 +66,7 @@ class RewardRunSerializer(serializers.ModelSerializer):
 class RewardRunCreateSerializer(serializers.Serializer):
     """Each field is validated by ``reward_run_create`` (a 400 names the field)."""
 
-    export = serializers.IntegerField()
+    export = id_field()
     backbone = serializers.CharField(required=False, default="tiny")
     preset = serializers.CharField(required=False, default="tiny")
     hyperparameters = serializers.DictField(required=False, default=dict)
@@ -73,8 +85,8 @@ class RewardRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
 
     def get_object(self) -> RewardModelRun:
         try:
-            run = run_selectors.reward_run_get(run_id=int(self.kwargs["pk"]))
-        except (RewardModelRun.DoesNotExist, ValueError):
+            run = run_selectors.reward_run_get(run_id=_path_id(self.kwargs["pk"]))
+        except RewardModelRun.DoesNotExist:
             raise Http404("No such run") from None
         run_selectors.require_train(user=self.request.user, project=run.project)
         return run
@@ -93,12 +105,12 @@ class RewardRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
     @extend_schema(request=None, responses=RewardRunSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        return Response(RewardRunSerializer(reward.reward_run_cancel(run=self.get_object())).data)
+        return Response(RewardRunSerializer(reward.reward_run_cancel(run=self.get_object(), user=request.user)).data)
 
     @extend_schema(request=None, responses=RewardRunSerializer)
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
-        return Response(RewardRunSerializer(reward.reward_run_retry(run=self.get_object())).data)
+        return Response(RewardRunSerializer(reward.reward_run_retry(run=self.get_object(), user=request.user)).data)
 
 
 class RewardVersionSerializer(serializers.ModelSerializer):
@@ -111,7 +123,7 @@ class RewardVersionSerializer(serializers.ModelSerializer):
 class ScoreRequestSerializer(serializers.Serializer):
     prompt = serializers.CharField(required=False, allow_blank=True, default="",
                                    help_text="Score every image under this prompt; empty: each image's own prompt")
-    image_ids = serializers.ListField(child=serializers.CharField())
+    image_ids = serializers.ListField(child=serializers.CharField(max_length=100), allow_empty=False, max_length=500)
     background = serializers.BooleanField(required=False, default=False,
                                           help_text="Queue scoring under the images' own prompts and return at once")
 
@@ -128,8 +140,8 @@ class RewardVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
 
     def get_object(self) -> RewardModelVersion:
         try:
-            version = run_selectors.reward_version_get(version_id=int(self.kwargs["pk"]))
-        except (RewardModelVersion.DoesNotExist, ValueError):
+            version = run_selectors.reward_version_get(version_id=_path_id(self.kwargs["pk"]))
+        except RewardModelVersion.DoesNotExist:
             raise Http404("No such reward model") from None
         run_selectors.require_train(user=self.request.user, project=version.project)
         return version
@@ -187,11 +199,11 @@ class FineTuneRunCreateSerializer(serializers.Serializer):
     base_version = serializers.CharField(help_text="Model version id or name to start from: a base version (a "
                                                    "fresh LoRA) or an enabled LoRA version on one (trained further)")
     method = serializers.CharField(help_text="dpo or ddpo")
-    project = serializers.IntegerField(required=False, allow_null=True, default=None)
-    export = serializers.IntegerField(required=False, allow_null=True, default=None)
+    project = id_field(required=False, allow_null=True, default=None)
+    export = id_field(required=False, allow_null=True, default=None)
     reward = serializers.CharField(required=False, allow_blank=True, default="",
                                    help_text="DDPO: a built-in reward (brightness, jpeg_compressibility)")
-    reward_version = serializers.IntegerField(required=False, allow_null=True, default=None,
+    reward_version = id_field(required=False, allow_null=True, default=None,
                                               help_text="DDPO: a registered reward model's id")
     prompt_source = serializers.CharField(required=False, allow_blank=True, default="",
                                           help_text="DDPO: project or export")
@@ -202,8 +214,9 @@ class FineTuneRunCreateSerializer(serializers.Serializer):
 
 
 def _base_version(value: str) -> ModelVersion:
-    query = ModelVersion.objects.filter(pk=int(value)) if str(value).isdigit() else ModelVersion.objects.filter(
-        name=value)
+    value = str(value).strip()
+    query = (ModelVersion.objects.filter(pk=parse_id(value, field="base_version"))
+             if value.isascii() and value.isdigit() else ModelVersion.objects.filter(name=value))
     version = query.first()
     if version is None:
         raise ApplicationError(f"No model version {value!r}.", field="base_version")
@@ -213,8 +226,9 @@ def _base_version(value: str) -> ModelVersion:
 def _reward_version(request: Request, value: int | None) -> RewardModelVersion | None:
     if value is None:
         return None
-    version = RewardModelVersion.objects.select_related("project").filter(pk=value).first()
-    if version is None:
+    version = (RewardModelVersion.objects.select_related("project")
+               .filter(pk=parse_id(value, field="reward_version")).first())
+    if version is None or outcome_for(user=request.user, project=version.project, action="view") != "ok":
         raise ApplicationError(f"No reward model {value}.", field="reward_version")
     run_selectors.require_train(user=request.user, project=version.project)
     return version
@@ -223,8 +237,8 @@ def _reward_version(request: Request, value: int | None) -> RewardModelVersion |
 def _project(request: Request, value: int | None) -> Project | None:
     if value is None:
         return None
-    project = Project.objects.filter(pk=value).first()
-    if project is None:
+    project = Project.objects.filter(pk=parse_id(value, field="project")).first()
+    if project is None or outcome_for(user=request.user, project=project, action="view") != "ok":
         raise ApplicationError(f"No project {value}.", field="project")
     project_check(user=request.user, project=project, action="train")
     return project
@@ -238,17 +252,19 @@ class FineTuneRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     queryset = FineTuneRun.objects.none()
 
     def get_queryset(self) -> QuerySet[FineTuneRun]:
-        return run_selectors.finetune_runs_for_user(user=self.request.user)
+        queryset = run_selectors.finetune_runs_for_user(user=self.request.user)
+        project = query_id(self.request.query_params, "project")
+        return queryset.filter(project_id=project) if project is not None else queryset
 
     def get_object(self) -> FineTuneRun:
         try:
-            run = run_selectors.finetune_run_get(run_id=int(self.kwargs["pk"]))
-        except (FineTuneRun.DoesNotExist, ValueError):
+            run = run_selectors.finetune_run_get(run_id=_path_id(self.kwargs["pk"]))
+        except FineTuneRun.DoesNotExist:
             raise Http404("No such run") from None
         run_selectors.require_train(user=self.request.user, project=run.project)
         return run
 
-    @extend_schema(parameters=[OpenApiParameter("project", int, description="Only this project's runs")])
+    @extend_schema(parameters=[id_parameter("project", "Only this project's runs")])
     def list(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         return super().list(request, *args, **kwargs)
 
@@ -271,9 +287,9 @@ class FineTuneRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     @extend_schema(request=None, responses=FineTuneRunSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        return Response(FineTuneRunSerializer(finetune.finetune_run_cancel(run=self.get_object())).data)
+        return Response(FineTuneRunSerializer(finetune.finetune_run_cancel(run=self.get_object(), user=request.user)).data)
 
     @extend_schema(request=None, responses=FineTuneRunSerializer)
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
-        return Response(FineTuneRunSerializer(finetune.finetune_run_retry(run=self.get_object())).data)
+        return Response(FineTuneRunSerializer(finetune.finetune_run_retry(run=self.get_object(), user=request.user)).data)

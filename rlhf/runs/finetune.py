@@ -17,6 +17,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from annotate.models import Prompt
+from core.audit import audit_record
 from core.exceptions import ApplicationError
 from core.tasks import enqueue_on_commit
 from generation.inference import LORA_WEIGHTS_FILE
@@ -37,6 +38,7 @@ from rlhf.runs.lifecycle import (
     resume_step,
     run_cancel,
     run_fail,
+    run_name,
     run_retry,
     run_start,
 )
@@ -237,25 +239,28 @@ def finetune_run_create(
         "config": {k: v for k, v in config_json.items() if k != "prompts"},
     }
     run = FineTuneRun.objects.create(
-        project=project, created_by=user, name=(name or "")[:200], base_version=base_version, method=method,
+        project=project, created_by=user, name=run_name(name, model=FineTuneRun), base_version=base_version, method=method,
         export=export, data_path=data_path, reward_name=reward_name if reward_version is None else "",
         reward_version=reward_version, prompt_source=prompt_source if method == "ddpo" else "", preset=preset,
         config=config_json, eval_prompts=eval_list, eval_seeds=list(EVAL_SEEDS), lineage=lineage,
     )
+    audit_record(event="run.started", instance=run, actor=user, project_id=run.project_id,
+                 details={"kind": "finetune", "method": method, "base_version": base_version.name,
+                          "export": run.export_id})
     if enqueue:  # the management command runs the task body in-process instead
         enqueue_on_commit(FINETUNE_MODEL, run.pk)
     return run
 
 
 @transaction.atomic
-def finetune_run_cancel(*, run: FineTuneRun) -> FineTuneRun:
-    return run_cancel(FineTuneRun, run)
+def finetune_run_cancel(*, run: FineTuneRun, user: AbstractBaseUser | None = None) -> FineTuneRun:
+    return run_cancel(FineTuneRun, run, user)
 
 
 @transaction.atomic
-def finetune_run_retry(*, run: FineTuneRun) -> FineTuneRun:
+def finetune_run_retry(*, run: FineTuneRun, user: AbstractBaseUser | None = None) -> FineTuneRun:
     """Queue a failed, cancelled or abandoned run again; it resumes from its last checkpoint."""
-    return run_retry(FineTuneRun, run, FINETUNE_MODEL)
+    return run_retry(FineTuneRun, run, FINETUNE_MODEL, user)
 
 
 def finetune_config_from_run(run: FineTuneRun) -> Any:

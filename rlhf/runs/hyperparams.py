@@ -4,14 +4,13 @@ naming the field."""
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import fields
 from typing import Any
 
 from core.exceptions import ApplicationError
-from core.parsing import parse_bool
+from core.parsing import check_json, parse_bool, parse_json
 from rlhf.training.checkpoint import config_dict as checkpoint_config_dict
 
 
@@ -20,15 +19,12 @@ def parse_hyperparameters(value: Any) -> dict[str, Any]:
     if value in (None, ""):
         return {}
     if isinstance(value, Mapping):
-        return dict(value)
+        return dict(check_json(dict(value), field="hyperparameters"))
     if not isinstance(value, str):
         raise ApplicationError("Hyper-parameters are a JSON object or key=value lines.", field="hyperparameters")
     text = value.strip()
     if text.startswith("{"):
-        try:
-            parsed = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise ApplicationError(f"Hyper-parameters are not valid JSON: {exc}", field="hyperparameters") from None
+        parsed = parse_json(text, field="hyperparameters")
         if not isinstance(parsed, dict):
             raise ApplicationError("Hyper-parameters must be a JSON object.", field="hyperparameters")
         return parsed

@@ -18,7 +18,9 @@ from django.contrib.auth.models import AbstractBaseUser
 from django.db import models, transaction
 from django.utils import timezone
 
+from core.audit import audit_record
 from core.exceptions import ApplicationError
+from core.parsing import check_length
 from core.tasks import enqueue_on_commit
 from projects.access import project_check
 from projects.models import Project
@@ -45,17 +47,20 @@ def check_user_may_train(user: AbstractBaseUser | None, project: Project | None)
     project_check(user=user, project=project, action="train")
 
 
-def run_cancel(model: type[models.Model], run: Any) -> Any:
+def run_cancel(model: type[models.Model], run: Any, user: Any = None) -> Any:
     locked = model._default_manager.select_for_update().get(pk=run.pk)
     if locked.is_finished:
         raise ApplicationError(f"{locked} has already {locked.status}.", field="status")
+    before = locked.status
     locked.status = RunStatus.CANCELLED
     locked.finished_at = timezone.now()
     locked.save(update_fields=["status", "finished_at", "updated_at"])
+    audit_record(event="run.cancelled", instance=locked, actor=user, project_id=locked.project_id,
+                 changes={"status": [before, locked.status]})
     return locked
 
 
-def run_retry(model: type[models.Model], run: Any, task_name: str) -> Any:
+def run_retry(model: type[models.Model], run: Any, task_name: str, user: Any = None) -> Any:
     """Queue a failed, cancelled or abandoned run again (task ``task_name``); it resumes from its last checkpoint."""
     locked = model._default_manager.select_for_update().get(pk=run.pk)
     stale = locked.heartbeat_at is None or timezone.now() - locked.heartbeat_at > timedelta(seconds=STALE_RUN_SECONDS)
@@ -63,10 +68,13 @@ def run_retry(model: type[models.Model], run: Any, task_name: str) -> Any:
         raise ApplicationError(f"{locked} is running; it can be retried once its worker is gone.", field="status")
     if locked.status in (RunStatus.SUCCEEDED, RunStatus.QUEUED):
         raise ApplicationError(f"{locked} is {locked.status}; there is nothing to retry.", field="status")
+    before = locked.status
     locked.status = RunStatus.QUEUED
     locked.error = ""
     locked.finished_at = None
     locked.save(update_fields=["status", "error", "finished_at", "updated_at"])
+    audit_record(event="run.retried", instance=locked, actor=user, project_id=locked.project_id,
+                 changes={"status": [before, locked.status]})
     enqueue_on_commit(task_name, locked.pk)
     return locked
 
@@ -190,3 +198,8 @@ def free_memory() -> None:
 def resume_step(output_dir: Path) -> int:
     latest = latest_checkpoint(output_dir)
     return int(read_metadata(latest)["step"]) if latest is not None else 0
+
+
+def run_name(name: str | None, *, model: type[Any]) -> str:
+    """A run's name as given (stripped), refused when longer than ``model``'s ``name`` column."""
+    return check_length((name or "").strip(), field="name", maximum=model._meta.get_field("name").max_length)

@@ -12,8 +12,31 @@ from pathlib import Path
 
 from django.conf import settings
 
+from core.exceptions import ApplicationError
 from rlhf.datasets.services import export_directory
 from rlhf.models import FineTuneRun, PreferenceExport, RewardModelRun
+
+
+def looks_like_path(value: str) -> bool:
+    """Whether a user's text names a file system path rather than a hub id (``org/name``)."""
+    return value.startswith(("/", "~", ".")) or "\\" in value or value.count("/") != 1
+
+
+def allowed_model_dir(value: str, *, field: str) -> Path:
+    """The directory ``value`` names, when it lies under one of ``PICKWISE_MODEL_DIRS`` (symbolic links
+    and ``..`` resolved first) and exists; otherwise an error naming ``field`` that says the same whether
+    or not the directory exists, so nobody learns the server's layout through it."""
+    roots = [Path(root).expanduser().resolve() for root in settings.PICKWISE_MODEL_DIRS]
+    path = Path(value).expanduser()
+    resolved = (path if path.is_absolute() else Path(settings.BASE_DIR) / path).resolve()
+    if any(resolved == root or resolved.is_relative_to(root) for root in roots) and resolved.is_dir():
+        return resolved
+    allowed = ", ".join(str(root) for root in roots) or "none are configured"
+    raise ApplicationError(
+        f"{value!r} is not a model directory this server offers: a local model must be a directory under "
+        f"PICKWISE_MODEL_DIRS ({allowed}); otherwise give a shipped preset or a hub id in the local cache.",
+        field=field,
+    )
 
 
 def cache_dir() -> Path:

@@ -18,6 +18,7 @@ from django.utils import timezone
 from django.utils.text import slugify
 from huggingface_hub import try_to_load_from_cache
 
+from core.audit import audit_record
 from core.exceptions import ApplicationError
 from core.tasks import enqueue_on_commit
 from generation.inference import HUB_ID_RE
@@ -33,10 +34,18 @@ from rlhf.runs.lifecycle import (
     resume_step,
     run_cancel,
     run_fail,
+    run_name,
     run_retry,
     run_start,
 )
-from rlhf.runs.paths import copy_directory, reward_run_dir, reward_version_dir, run_data_path
+from rlhf.runs.paths import (
+    allowed_model_dir,
+    copy_directory,
+    looks_like_path,
+    reward_run_dir,
+    reward_version_dir,
+    run_data_path,
+)
 from rlhf.training.evaluate import agreement_ceiling
 
 logger = logging.getLogger(__name__)
@@ -44,13 +53,17 @@ logger = logging.getLogger(__name__)
 TRAIN_REWARD_MODEL = "rlhf.tasks.train_reward_model"
 
 
-def _check_backbone(backbone: str) -> str:
+def _check_backbone(backbone: str, *, trusted: bool = False) -> str:
+    """The shipped ``tiny`` preset, a local CLIP directory under ``PICKWISE_MODEL_DIRS`` (any directory for
+    ``trusted`` code: the management command, run by someone who has the server already), or a hub id
+    in the local Hugging Face cache. Nothing else is loaded: a worker never opens a directory a user named."""
     backbone = (backbone or "tiny").strip()
-    if backbone == "tiny" or Path(backbone).expanduser().is_dir():
-        return str(Path(backbone).expanduser()) if backbone != "tiny" else backbone
-    if not HUB_ID_RE.match(backbone):
-        raise ApplicationError(f"Backbone {backbone!r} does not exist: give 'tiny', a CLIP directory or a hub id.",
-                               field="backbone")
+    if backbone == "tiny":
+        return backbone
+    if trusted and Path(backbone).expanduser().is_dir():
+        return str(Path(backbone).expanduser())
+    if looks_like_path(backbone) or not HUB_ID_RE.match(backbone):
+        return str(allowed_model_dir(backbone, field="backbone"))
     cached = try_to_load_from_cache(backbone, "config.json")
     if not isinstance(cached, str):
         raise ApplicationError(f"Backbone {backbone!r} is not in the local Hugging Face cache; download it first.",
@@ -59,7 +72,8 @@ def _check_backbone(backbone: str) -> str:
 
 
 def reward_config_build(
-    *, backbone: str, preset: str, hyperparameters: Mapping[str, Any], export_id: str, listwise: bool
+    *, backbone: str, preset: str, hyperparameters: Mapping[str, Any], export_id: str, listwise: bool,
+    trusted_paths: bool = False,
 ) -> Any:
     """A validated ``RewardModelConfig``; every problem is an ApplicationError naming its field."""
     # torch: the config lives beside the trainer, which web processes never load otherwise
@@ -68,7 +82,7 @@ def reward_config_build(
     if preset not in RewardModelRun.Preset.values:
         raise ApplicationError(f"Unknown preset {preset!r}; choose one of {', '.join(RewardModelRun.Preset.values)}.",
                                field="preset")
-    backbone = _check_backbone(backbone)
+    backbone = _check_backbone(backbone, trusted=trusted_paths)
     factory = tiny_reward_preset if preset == RewardModelRun.Preset.TINY else pickscore_preset
     fixed = {"backbone": backbone, "export_id": export_id, "cpu": settings.PICKWISE_DEVICE == "cpu",
              "loss": "plackett_luce" if listwise else "bradley_terry"}
@@ -90,10 +104,12 @@ def reward_run_create(
     hyperparameters: Mapping[str, Any] | str | None = None,
     name: str = "",
     enqueue: bool = True,
+    trusted_paths: bool = False,
 ) -> RewardModelRun:
     """Validate and queue a reward-model run on ``export`` (or, from trusted code, a Parquet file).
 
-    ``user=None`` means trusted code (the management command) and skips the permission check.
+    ``user=None`` means trusted code (the management command) and skips the permission check;
+    ``trusted_paths`` (the command) lets ``backbone`` name any local directory.
     """
     if export is None and not data_path:
         raise ApplicationError("Pick an export to train on.", field="export")
@@ -107,27 +123,30 @@ def reward_run_create(
     config = reward_config_build(
         backbone=backbone, preset=preset, hyperparameters=parse_hyperparameters(hyperparameters),
         export_id=str(export.pk) if export is not None else Path(data_path).name, listwise=listwise,
+        trusted_paths=trusted_paths,
     )
     run = RewardModelRun.objects.create(
         project=project, export=export, data_path=str(Path(data_path).expanduser()) if data_path else "",
-        created_by=user, name=(name or "")[:200], backbone=config.backbone, preset=preset,
+        created_by=user, name=run_name(name, model=RewardModelRun), backbone=config.backbone, preset=preset,
         config=config_dict(config),
     )
+    audit_record(event="run.started", instance=run, actor=user, project_id=run.project_id,
+                 details={"kind": "reward", "export": run.export_id, "backbone": run.backbone, "preset": preset})
     if enqueue:  # the management command runs the task body in-process instead
         enqueue_on_commit(TRAIN_REWARD_MODEL, run.pk)
     return run
 
 
 @transaction.atomic
-def reward_run_cancel(*, run: RewardModelRun) -> RewardModelRun:
+def reward_run_cancel(*, run: RewardModelRun, user: AbstractBaseUser | None = None) -> RewardModelRun:
     """Cancel a queued or running run; a running one stops at its next step (should_stop polls)."""
-    return run_cancel(RewardModelRun, run)
+    return run_cancel(RewardModelRun, run, user)
 
 
 @transaction.atomic
-def reward_run_retry(*, run: RewardModelRun) -> RewardModelRun:
+def reward_run_retry(*, run: RewardModelRun, user: AbstractBaseUser | None = None) -> RewardModelRun:
     """Queue a failed, cancelled or abandoned run again; it resumes from its last checkpoint."""
-    return run_retry(RewardModelRun, run, TRAIN_REWARD_MODEL)
+    return run_retry(RewardModelRun, run, TRAIN_REWARD_MODEL, user)
 
 
 def agreement_ceiling_of(path: Path) -> dict[str, Any] | None:

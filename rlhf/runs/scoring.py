@@ -137,8 +137,8 @@ def project_presort_set(*, project: Project, version_id: int | None, user: Abstr
     if current is not None and current.reward_version_id == version_id:
         return
     versions = RewardModelVersion.objects.all() if user is None else reward_versions_for_user(user=user)
-    if not versions.filter(pk=version_id).exists():
-        raise ApplicationError("Choose a reward model you may use.", field="presort_reward_version")
+    if not versions.filter(pk=version_id).exists():  # one answer for unknown ids and other projects' models
+        raise ApplicationError(f"No reward model {version_id} that you may use.", field="presort_reward_version")
     ProjectPresort.objects.update_or_create(project=project, defaults={"reward_version_id": version_id})
 
 

@@ -94,7 +94,7 @@ def reward_run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 def reward_run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
     run = _reward_run(request, run_id)
     try:
-        reward.reward_run_cancel(run=run)
+        reward.reward_run_cancel(run=run, user=request.user)
     except ApplicationError as exc:
         return render(request, "rlhf/reward_run_detail.html", {
             "run": run, "charts": run_selectors.reward_run_charts(run),
@@ -163,7 +163,7 @@ def finetune_run_detail(request: HttpRequest, run_id: int) -> HttpResponse:
 def finetune_run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
     run = _finetune_run(request, run_id)
     try:
-        finetune.finetune_run_cancel(run=run)
+        finetune.finetune_run_cancel(run=run, user=request.user)
     except ApplicationError as exc:
         return render(request, "rlhf/finetune_run_detail.html", {**_finetune_context(run), "error": exc.message},
                       status=400)
@@ -175,7 +175,7 @@ def finetune_run_cancel(request: HttpRequest, run_id: int) -> HttpResponse:
 def finetune_run_retry(request: HttpRequest, run_id: int) -> HttpResponse:
     run = _finetune_run(request, run_id)
     try:
-        finetune.finetune_run_retry(run=run)
+        finetune.finetune_run_retry(run=run, user=request.user)
     except ApplicationError as exc:
         return render(request, "rlhf/finetune_run_detail.html", {**_finetune_context(run), "error": exc.message},
                       status=400)

@@ -385,7 +385,8 @@ def test_permissions_pages_and_cancel(
         assert (
             api_client_for(annotator).post("/api/finetune-runs/", payload, format="json").status_code == 403
         )
-        assert api_client_for(outsider).post("/api/finetune-runs/", payload, format="json").status_code == 404
+        refused = api_client_for(outsider).post("/api/finetune-runs/", payload, format="json")  # as if it did not exist
+        assert (refused.status_code, refused.json()["field"]) == (400, "export")
         assert (
             api_client_for(admin_user).post("/api/finetune-runs/", payload, format="json").status_code == 201
         )

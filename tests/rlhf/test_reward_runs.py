@@ -172,7 +172,8 @@ def test_only_ml_engineers_and_admins_of_the_project_may_train_or_score(
     payload = {"export": pairs_export.pk, "hyperparameters": FAST}
     with django_capture_on_commit_callbacks(execute=False):
         assert api_client_for(annotator).post("/api/reward-runs/", payload, format="json").status_code == 403
-        assert api_client_for(outsider).post("/api/reward-runs/", payload, format="json").status_code == 404
+        refused = api_client_for(outsider).post("/api/reward-runs/", payload, format="json")  # as if it did not exist
+        assert (refused.status_code, refused.json()["field"]) == (400, "export")
         assert api_client_for(admin_user).post("/api/reward-runs/", payload, format="json").status_code == 201
         run = create(ml_engineer, pairs_export)
     version = RewardModelVersion.objects.create(name="rm-test", project=pairs_export.project, path="/nowhere")

@@ -42,7 +42,7 @@ class Command(BaseCommand):
             run = reward.reward_run_create(
                 user=user, export=export, data_path=options["data"] or "", backbone=options["backbone"],
                 preset=options["preset"], hyperparameters="\n".join(options["set"]), name=options["name"],
-                enqueue=False,
+                enqueue=False, trusted_paths=True,  # the shell's user may name any directory of this server
             )
         except ApplicationError as exc:
             raise CommandError(f"{exc.field or 'error'}: {exc.message}") from None
