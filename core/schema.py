@@ -19,8 +19,8 @@ from core.parsing import MAX_ID
 
 
 class ErrorSerializer(serializers.Serializer):
-    """An error: ``detail`` says what is wrong and ``field`` where; a serializer's validation error
-    instead maps each field (dotted for nested ones) to its messages."""
+    """An error: ``detail`` says what is wrong and ``field`` where; a serializer's validation error also
+    maps each field to its messages (``detail`` and ``field`` then give the first of them)."""
 
     detail = serializers.CharField(required=False)
     field = serializers.CharField(required=False)

@@ -116,6 +116,28 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
     log.close()
 
 
+@pytest.fixture(autouse=True)
+def _worker_starts_idle(request: pytest.FixtureRequest) -> None:
+    """Each test that uses the shared worker finds it idle: messages that earlier tests queued (their rows
+    are gone) are purged, and a task still running for one of them is stopped, so no test waits behind
+    another's leftovers."""
+    if "celery_worker_process" not in request.fixturenames:
+        return
+    request.getfixturevalue("celery_worker_process")
+    from config.celery import app
+
+    app.control.purge()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        replies = app.control.inspect(timeout=1.0).active() or {}
+        running = [task["id"] for tasks in replies.values() for task in tasks]
+        if not running:
+            return
+        app.control.revoke(running, terminate=True)
+        time.sleep(0.5)
+    pytest.fail(f"the shared worker is still running {running} from an earlier test")
+
+
 CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",

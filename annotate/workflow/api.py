@@ -39,7 +39,13 @@ from annotate.workflow import selectors as workflow_selectors
 from annotate.workflow import services as workflow_services
 from annotate.workflow.access import workflow_api, workflow_of
 from annotate.workflow.scoring import reward_scores
-from annotate.workflow.services import MAX_LEASE_SECONDS, MAX_OVERLAP, MIN_LEASE_SECONDS, Submission
+from annotate.workflow.services import (
+    MAX_LEASE_SECONDS,
+    MAX_OVERLAP,
+    MIN_LEASE_SECONDS,
+    OVERLAP_OUT_OF_RANGE,
+    Submission,
+)
 from core.exceptions import ApplicationError
 from core.pagination import LargePagination
 from core.parsers import JSONParser
@@ -156,7 +162,8 @@ class SettingsSerializer(serializers.Serializer):
     template_version = id_field(allow_null=True, required=False,
                                 help_text="A published version of one of this project's templates")
     images_per_task = serializers.IntegerField(required=False, min_value=1, max_value=MAX_IMAGES)
-    overlap = serializers.IntegerField(required=False, min_value=1, max_value=MAX_OVERLAP)
+    overlap = serializers.IntegerField(required=False, min_value=1, max_value=MAX_OVERLAP, error_messages={
+        "min_value": OVERLAP_OUT_OF_RANGE, "max_value": OVERLAP_OUT_OF_RANGE})
     task_order = serializers.ChoiceField(choices=TaskOrder.choices, required=False)
     gold_rate = serializers.FloatField(required=False, min_value=0, max_value=1)
     lease_seconds = serializers.IntegerField(required=False, min_value=MIN_LEASE_SECONDS, max_value=MAX_LEASE_SECONDS)

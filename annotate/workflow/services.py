@@ -78,6 +78,7 @@ def _workflow_locked(project: Project) -> ProjectWorkflow:
 
 # The workflow's limits (the API's schema and the settings form read them from here).
 MAX_OVERLAP = 100  # annotators per task; also a CheckConstraint on ProjectWorkflow
+OVERLAP_OUT_OF_RANGE = f"Overlap must be 1 to {MAX_OVERLAP} annotators per task."
 MIN_LEASE_SECONDS = 10
 MAX_LEASE_SECONDS = 7 * 24 * 3600
 
@@ -133,7 +134,7 @@ def project_update_settings(
     overlap_changed = overlap is not None and overlap != workflow.overlap
     if overlap is not None:
         if not 1 <= overlap <= MAX_OVERLAP:
-            raise ApplicationError(f"Overlap must be 1 to {MAX_OVERLAP} annotators per task.", field="overlap")
+            raise ApplicationError(OVERLAP_OUT_OF_RANGE, field="overlap")
         workflow.overlap = overlap
     if task_order is not None:
         if task_order not in TaskOrder.values:

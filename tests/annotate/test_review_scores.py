@@ -196,4 +196,4 @@ def test_presort_setting_accepts_visible_versions_and_rejects_others_with_a_fiel
     response = api.patch(settings_url, {"presort_reward_version": None}, format="json")
     assert response.status_code == 200 and response.json()["presort_reward_version"] is None
     response = api.patch(settings_url, {"presort_reward_version": 999999}, format="json")
-    assert response.status_code == 400 and "presort_reward_version" in response.json()
+    assert response.status_code == 400 and response.json()["field"] == "presort_reward_version"

@@ -134,3 +134,24 @@ def test_exports_are_validated_at_the_door(api, project, body, field):
     assert response.status_code == 400, response.content
     assert field in response.json()
     assert not project.exports.exists()
+
+
+def test_a_serializer_error_names_its_first_field_dotted_and_indexed():
+    from rest_framework import serializers
+
+    from core.api import exception_handler
+
+    class Row(serializers.Serializer):
+        prompt = serializers.CharField(max_length=5)
+
+    class Body(serializers.Serializer):
+        name = serializers.CharField(required=False)
+        rows = Row(many=True)
+
+    body = Body(data={"name": "ok", "rows": [{"prompt": "fine"}, {"prompt": "far too long"}]})
+    assert not body.is_valid()
+    response = exception_handler(serializers.ValidationError(body.errors), {})
+    assert response.status_code == 400
+    assert response.data["field"] == "rows[1].prompt"
+    assert response.data["detail"] == "Ensure this field has no more than 5 characters."
+    assert response.data["rows"][1]["prompt"] == ["Ensure this field has no more than 5 characters."]

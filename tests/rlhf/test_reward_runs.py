@@ -129,7 +129,7 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
 ):
     good = build_export(ranked, ml_engineer, format="pickapic")
     empty = build_export(ranked, ml_engineer, format="pickapic", date_from="2001-01-01", date_to="2001-01-02")
-    few = build_export(ranked, ml_engineer, format="pickapic", annotators=[999999])
+    few = build_export(ranked, ml_engineer, format="pickapic", annotators=[ml_engineer.pk])  # a member with no answers
     jsonl = build_export(ranked, ml_engineer, format="jsonl")
     not_clip = tmp_path / "bert"
     not_clip.mkdir()
