@@ -3,6 +3,8 @@ queue positions and the status payload the API and the progress partial show."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
@@ -76,6 +78,21 @@ def image_for_user(*, user: User, image_id: Any) -> GeneratedImage:
     if job.project is not None and user_can(user=user, action="view", project=job.project):
         return image
     raise GeneratedImage.DoesNotExist
+
+
+def images_for_user(*, user: User, image_ids: Iterable[Any]) -> dict[str, GeneratedImage]:
+    """The images among ``image_ids`` that the user may see (as :func:`image_for_user` decides), by id, in one
+    query however many there are. Ids that are not UUIDs, and images the user may not see, are left out."""
+    wanted: list[str] = []
+    for image_id in image_ids:
+        try:
+            wanted.append(str(uuid.UUID(str(image_id))))
+        except ValueError:
+            continue
+    if not wanted or not user.is_authenticated:
+        return {}
+    images = GeneratedImage.objects.filter(pk__in=wanted, job__in=_visible_jobs(user)).select_related("job")
+    return {str(image.pk): image for image in images}
 
 
 def image_url(image: GeneratedImage) -> str:
