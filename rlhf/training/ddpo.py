@@ -296,9 +296,9 @@ def train_ddpo(
                     t = traj.timesteps[j]
                     with accelerator.accumulate(unet), accelerator.autocast():
                         x_t = traj.latents[idx, j]
-                        eps = guided_noise(
-                            unet, scheduler.scale_model_input(x_t, t), t, cond, uncond, config.guidance_scale
-                        )
+                        # The UNet's input at t: the policy and the KL's reference both see exactly this.
+                        model_input = scheduler.scale_model_input(x_t, t)
+                        eps = guided_noise(unet, model_input, t, cond, uncond, config.guidance_scale)
                         step = ddim_step_full(
                             scheduler,
                             eps,
@@ -319,7 +319,7 @@ def train_ddpo(
                         if config.kl_coef > 0:
                             with torch.no_grad():
                                 with reference_pass(accelerator.unwrap_model(unet), reference):
-                                    ref_eps = guided_noise(unet, x_t, t, cond, uncond, config.guidance_scale)
+                                    ref_eps = guided_noise(unet, model_input, t, cond, uncond, config.guidance_scale)
                                 ref = ddim_step_full(
                                     scheduler, ref_eps, t, x_t, config.eta, prev_sample=step.prev_sample
                                 )
