@@ -26,7 +26,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from diffusers.training_utils import cast_training_params
@@ -252,7 +252,7 @@ def train_dpo(
 ) -> FineTuneResult:
     """Run Diffusion-DPO on the export's train split; returns where the final (or stop) LoRA is.
 
-    ``on_log(step, {"loss", "implicit_accuracy", "reward_margin", "mse_chosen", "lr", "s_per_step"})`` after every
+    ``on_log(step, {"loss", "implicit_accuracy", "reward_margin", "mse_chosen", "lr", "s_per_step", "pairs"})`` after every
     optimisation step; ``should_stop()`` polled after every step (saves a checkpoint, returns
     ``stopped=True``). ``on_checkpoint(step, checkpoint_dir)`` after every checkpoint under
     ``checkpoints/`` is written (periodic, last-step and stop ones; not ``final/``), on the main process,
@@ -267,7 +267,9 @@ def train_dpo(
 
     # --- setup: accelerator, frozen pipeline + LoRA, data, optimiser
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=config.cpu
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=config.cpu,
+        # Batches carry captions (strings), which cannot be broadcast: every process reads the stream itself.
+        dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
     )
     set_seed(config.seed)
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
@@ -290,9 +292,11 @@ def train_dpo(
                                        keep_reference=True)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     transform = ImageTransform(config.resolution, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # -> [-1, 1]
+    # The whole stream here; the prepared loader gives each process its share of every global batch, and ends
+    # each epoch's last gradient accumulation with the epoch (an unprepared loader let it run into the next).
     rows = PreferenceDataset(
         data_path, "train", shuffle_buffer=config.shuffle_buffer, seed=config.seed,
-        drop_ties=config.ties == "skip", rank=accelerator.process_index, world_size=accelerator.num_processes,
+        drop_ties=config.ties == "skip",
     )  # fmt: skip
     if count_rows(data_path, "train") == 0:
         raise ValueError(f"{data_path} has no rows in the train split")
@@ -305,7 +309,7 @@ def train_dpo(
     optimizer = torch.optim.AdamW(lora_parameters(unet), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     register_lora_state_hooks(accelerator, accelerator.unwrap_model)
-    unet, optimizer, scheduler = accelerator.prepare(unet, optimizer, scheduler)
+    unet, optimizer, scheduler, loader = accelerator.prepare(unet, optimizer, scheduler, loader)
 
     # --- resume
     step, epoch, pairs_in_epoch, micro_step = 0, 0, 0, 0
@@ -316,6 +320,10 @@ def train_dpo(
         accelerator.load_state(str(latest / STATE_DIR))
         step, epoch, pairs_in_epoch = meta["step"], meta["epoch"], meta["pairs_in_epoch"]
         micro_step = meta["micro_step"]
+    # Checkpoints are written only after an optimisation step, so the resumed run starts a fresh accumulation
+    # window; accelerate's own micro-batch counter (saved with the state, and reset by the prepared loader
+    # at each epoch's end) must agree, or the first step after a resume would accumulate the wrong count.
+    accelerator.step = 0
 
     def checkpoint(directory: Path, with_state: bool, metrics: dict[str, float]) -> None:
         save_lora_checkpoint(
@@ -327,11 +335,11 @@ def train_dpo(
     # --- train
     unet.train()
     stopped, last = False, {}
-    micro: list[tuple[float, float, float, float]] = []
+    micro: list[tuple[float, float, float, float, int]] = []
     tick = time.perf_counter()
     while step < config.max_steps and not stopped:
         rows.set_epoch(epoch)
-        pair_stream.skip = pairs_in_epoch
+        pair_stream.skip = pairs_in_epoch * accelerator.num_processes  # the stream's pairs all processes consumed
         batches = 0
         for batch in loader:
             batches += 1
@@ -368,7 +376,7 @@ def train_dpo(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            micro.append((loss.item(), accuracy.item(), margin.item(), mse.item()))
+            micro.append((loss.item(), accuracy.item(), margin.item(), mse.item(), len(batch["captions"])))
             pairs_in_epoch += len(batch["captions"])  # pairs this process consumed
             if not accelerator.sync_gradients:
                 continue
@@ -380,6 +388,7 @@ def train_dpo(
             last = {
                 "loss": float(means[0]), "implicit_accuracy": float(means[1]), "reward_margin": float(means[2]),
                 "mse_chosen": float(means[3]), "lr": float(scheduler.get_last_lr()[0]), "s_per_step": now - tick,
+                "pairs": float(sum(m[4] for m in micro)),  # pairs this process accumulated into the step
             }  # fmt: skip
             micro, tick = [], now
             log(step, last)
