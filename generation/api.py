@@ -11,6 +11,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api import HidesServerPaths
 from core.exceptions import ApplicationError
 from generation import selectors, services
 from generation.inference import MAX_SEED, SCHEDULERS
@@ -19,7 +20,7 @@ from projects.access import project_get_for_user
 from projects.models import Project
 
 
-class ModelVersionSerializer(serializers.ModelSerializer):
+class ModelVersionSerializer(HidesServerPaths, serializers.ModelSerializer):
     parent = serializers.SlugRelatedField(slug_field="name", read_only=True)
 
     class Meta:

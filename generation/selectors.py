@@ -11,6 +11,7 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Prefetch, Q, QuerySet
 from django.urls import reverse
 
+from core import redact
 from generation.models import GeneratedImage, GenerationJob, JobStatus, ModelVersion
 from projects.access import projects_for_user, user_can
 from projects.models import Project
@@ -129,7 +130,7 @@ def job_status(job: GenerationJob) -> dict[str, Any]:
         "progress": round(job.progress, 4),
         "queue_position": queue_position(job),
         "attempts": job.attempts,
-        "error": job.error,
+        "error": redact.hide_text(job.error),  # annotators see it (the Generate button): no server paths
         "prompt": job.prompt,
         "model_version": job.model_version.name,
         "project": job.project_id,

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from core import jobs
 from rlhf.datasets.services import export_directory
 from rlhf.models import FineTuneRun, PreferenceExport, RewardModelRun
 
@@ -36,9 +37,10 @@ def finetune_lora_dir(run: FineTuneRun) -> Path:
     return cache_dir() / "loras" / f"finetune-{run.pk}"
 
 
-def eval_image_key(run: FineTuneRun, label: str, index: int) -> str:
-    """Deterministic storage key of one evaluation image (a re-run overwrites, never duplicates)."""
-    return f"finetune-runs/{run.pk}/{label}/{index}.png"
+def eval_image_key(run: FineTuneRun, label: str, index: int, *, attempt: int) -> str:
+    """Deterministic storage key of one evaluation image of one attempt (a re-run of that attempt overwrites,
+    never duplicates; another attempt writes its own). The grid records the key its image is under."""
+    return f"finetune-runs/{run.pk}/{jobs.attempt_name(attempt)}/{label}/{index}.png"
 
 
 def export_data_path(export: PreferenceExport) -> Path:
