@@ -31,8 +31,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_pipeline(tmp_path_factory.mktemp("sd") / "base", seed=0)
+def tiny_base(tiny_pipeline_dir: Path) -> Path:
+    """The session's tiny pipeline (tests/conftest.py), read-only here."""
+    return tiny_pipeline_dir
 
 
 @pytest.fixture(scope="module")
