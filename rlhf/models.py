@@ -163,8 +163,8 @@ class ImageScore(TimeStampedModel):
 class FineTuneRun(LeasedJob):
     """A LoRA fine-tune of a base model version with Diffusion-DPO or DDPO (``rlhf.tasks.finetune_model``).
 
-    Works in ``PICKWISE_MODEL_CACHE_DIR/runs/finetune-<id>`` (resumable checkpoints); a finished run
-    copies its LoRA to ``PICKWISE_MODEL_CACHE_DIR/loras/finetune-<id>`` and registers ``result_version``.
+    Works in ``PICKWISE_MODEL_CACHE_DIR/runs/finetune-<id>/attempt-<n>`` (resumable checkpoints); a finished run
+    copies its LoRA to ``PICKWISE_MODEL_CACHE_DIR/loras/finetune-<id>-attempt-<n>`` and registers ``result_version``.
     ``eval_grids`` holds the evaluation images (``[{"label", "step", "images": [{"prompt", "seed", "key"}]}]``),
     labelled ``base``, ``step-<N>`` (one per periodic checkpoint) and ``final``; a checkpoint grid whose
     rendering failed has no images and an ``error``.

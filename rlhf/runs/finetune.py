@@ -330,7 +330,7 @@ def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneR
             if result.stopped:  # cancelled, retried or reaped: the run is not ours to end
                 return FineTuneRun.objects.get(pk=run_id)
             progress.enter(JobPhase.RENDERING_FINAL)
-            stable = copy_directory(result.lora_dir, finetune_lora_dir(run))
+            stable = copy_directory(result.lora_dir, finetune_lora_dir(run, lease.attempt))
             grids.save_grid(lease, grids.render_grid(run, base_dir, stable, "final", result.step,
                                                      attempt=lease.attempt))
             progress.enter(JobPhase.REGISTERING)

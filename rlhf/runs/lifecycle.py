@@ -84,8 +84,9 @@ def attempt_dir(run_dir: Path, lease: jobs.Lease) -> Path:
         shutil.rmtree(own, ignore_errors=True)
     own.mkdir(parents=True, exist_ok=True)
     best: tuple[int, int, Path] | None = None
-    for other in run_dir.glob("attempt-*"):
-        number = other.name.removeprefix("attempt-")
+    # Earlier attempts' directories, and the run directory itself (runs started before attempts had their own).
+    candidates = [(other, other.name.removeprefix("attempt-")) for other in run_dir.glob("attempt-*")]
+    for other, number in [*candidates, (run_dir, "0")]:
         if other == own or not number.isdigit():
             continue
         latest = latest_checkpoint(other)
@@ -128,7 +129,8 @@ class RunProgress:
         self.echo = echo
 
     def _state(self) -> dict[str, Any]:
-        return {"history": self.history, "last_metrics": self.last, "step": self.step,
+        # Copies: the heartbeat thread writes them while this thread goes on appending.
+        return {"history": list(self.history), "last_metrics": dict(self.last), "step": self.step,
                 "progress": min(0.99, self.step / self.total_steps)}
 
     def on_log(self, step: int, metrics: Mapping[str, float]) -> None:

@@ -201,7 +201,7 @@ def reward_run_execute(*, run_id: int, echo: OnLog | None = None) -> RewardModel
                 "last_metrics": result.last_metrics,
             })
             progress.enter(JobPhase.REGISTERING)
-            stable = copy_directory(result.model_dir, reward_version_dir(run))
+            stable = copy_directory(result.model_dir, reward_version_dir(run, lease.attempt))
         except Exception as exc:
             logger.exception("reward run %s failed", run_id)
             free_memory()

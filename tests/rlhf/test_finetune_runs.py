@@ -300,7 +300,7 @@ def test_nan_fails_the_run_and_registers_nothing(pairs_export, ml_engineer, tiny
     run = finetune.finetune_run_execute(run_id=dpo(ml_engineer, tiny_base, pairs_export).pk)
     assert run.status == RunStatus.FAILED and "diverged" in run.error and "lower lr or beta" in run.error
     assert run.result_version is None and ModelVersion.objects.filter(kind=ModelKind.LORA).count() == 0
-    assert not paths.finetune_lora_dir(run).exists()
+    assert not paths.finetune_lora_dir(run, 1).exists()
 
 
 def test_out_of_memory_is_named_as_such():
