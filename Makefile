@@ -25,9 +25,11 @@ run: $(VENV)/.run-installed
 	$(PY) manage.py seed_demo
 	$(PY) manage.py rundemo --addr $(ADDR)
 
-## test: install test deps, start private PostgreSQL and Redis on loopback, run the whole suite
+## test: install test deps, start private PostgreSQL and Redis on loopback, run the whole suite in
+## PYTEST_WORKERS parallel processes (pytest-xdist; 0 runs it in one process)
+PYTEST_WORKERS ?= 3
 test: $(VENV)/.test-installed
-	bash tests/services.sh $(PY) -m pytest $(PYTEST_ARGS)
+	bash tests/services.sh $(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .

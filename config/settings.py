@@ -235,6 +235,20 @@ if max(CELERY_TASK_TIME_LIMIT, CELERY_TRAIN_TIME_LIMIT) >= CELERY_VISIBILITY_TIM
     )
 CELERY_BROKER_DIR = VAR_DIR / "broker"
 REAPER_INTERVAL_SECONDS = env_int("REAPER_INTERVAL_SECONDS", 60, "How often beat runs the lease reapers", minimum=5)
+# --- background jobs (core/jobs.py): runs, exports, arena generations, loop rounds ------------
+JOB_LEASE_SECONDS = env_int(
+    "JOB_LEASE_SECONDS", 120, "Lease (s) of a running run, export, arena generation or round; reaped when expired",
+    minimum=2,
+)
+JOB_HEARTBEAT_SECONDS = env_int(
+    "JOB_HEARTBEAT_SECONDS", 5, "How often (s) a running job renews its lease and writes its progress", minimum=1
+)
+if JOB_HEARTBEAT_SECONDS >= JOB_LEASE_SECONDS:
+    raise ImproperlyConfigured("JOB_HEARTBEAT_SECONDS: heartbeats must come more often than JOB_LEASE_SECONDS")
+JOB_MAX_ATTEMPTS = env_int(
+    "JOB_MAX_ATTEMPTS", 3, "Times a run, export, arena generation or round is started before an expired lease fails it",
+    minimum=1,
+)
 
 # --- ML ---------------------------------------------------------------------------------
 PICKWISE_DEVICE = env_choice(

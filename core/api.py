@@ -1,4 +1,5 @@
-"""DRF glue shared by every app: ApplicationError becomes a 400 that names the field; the token view."""
+"""DRF glue shared by every app: ApplicationError becomes a 400 that names the field; the token view; what a
+background job's serializer shows (its phase and ETA) and hides (server paths, from everyone but superusers)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,9 @@ from rest_framework.response import Response
 from rest_framework.settings import api_settings
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from core import jobs, redact
 from core.exceptions import ApplicationError, PermissionDeniedError
+from core.models import LeasedJob
 
 
 def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
@@ -54,6 +57,30 @@ def _first_error(detail: Any, path: str = "") -> tuple[str, str] | None:
                 return path, str(value)
         return None
     return (path, str(detail)) if detail else None
+
+
+class HidesServerPaths(serializers.Serializer):
+    """A serializer whose output hides server file paths unless the request's user is a superuser
+    (:mod:`core.redact`); without a request in its context it hides them."""
+
+    def to_representation(self, instance: Any) -> Any:
+        data = super().to_representation(instance)
+        request = self.context.get("request")
+        return redact.for_user(data, getattr(request, "user", None))
+
+
+class JobProgressFields(serializers.Serializer):
+    """The phase of a background job in words and the seconds left in it (``core.jobs.job_progress``)."""
+
+    phase_label = serializers.SerializerMethodField()
+    eta_seconds = serializers.SerializerMethodField()
+
+    def get_phase_label(self, job: LeasedJob) -> str:
+        return str(jobs.job_progress(job)["phase_label"])
+
+    def get_eta_seconds(self, job: LeasedJob) -> float | None:
+        eta: float | None = jobs.job_progress(job)["eta_seconds"]
+        return eta
 
 
 class ApiDocsPermission(permissions.BasePermission):

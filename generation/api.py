@@ -11,6 +11,7 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api import HidesServerPaths
 from core.exceptions import ApplicationError
 from core.parsing import parse_id
 from core.schema import id_field
@@ -21,7 +22,7 @@ from projects.access import project_get_for_user
 from projects.models import Project
 
 
-class ModelVersionSerializer(serializers.ModelSerializer):
+class ModelVersionSerializer(HidesServerPaths, serializers.ModelSerializer):
     parent = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True,
                                           help_text="A LoRA version's parent; null for a base version")
 

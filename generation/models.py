@@ -13,7 +13,14 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-from core.models import TimeStampedModel
+from core.models import (  # the job statuses are core's; generation's callers import them from here too
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    JobStatus,
+    LeasedJob,
+    TimeStampedModel,
+    leased_job_constraints,
+)
 from generation.inference import SCHEDULERS, GenerationParams
 
 
@@ -125,19 +132,10 @@ class ProjectModelVersion(TimeStampedModel):
         return f"{self.model_version_id} offered in {self.project_id}"
 
 
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
+class GenerationJob(LeasedJob):
+    """``num_images`` images of one prompt; its lifecycle (status, lease, attempts, phase) is core's ``LeasedJob``."""
 
 
-ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
-FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
-
-
-class GenerationJob(TimeStampedModel):
     # The project the images belong to (who may see them); null for an ML engineer's own jobs.
     project = models.ForeignKey(
         "projects.Project", null=True, blank=True, on_delete=models.CASCADE, related_name="generation_jobs"
@@ -154,20 +152,9 @@ class GenerationJob(TimeStampedModel):
     num_images = models.PositiveSmallIntegerField()
     # One seed per image, given by the caller or drawn at creation.
     seeds = models.JSONField()
-    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    max_attempts = models.PositiveSmallIntegerField(default=3)
-    # The claim: who runs the job and until when (renewed by progress heartbeats).
-    lease_token = models.UUIDField(null=True, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    leased_by = models.CharField(max_length=200, blank=True)
     # How many images the claiming batch held (all coalesced jobs share one lease token).
     batch_images = models.PositiveSmallIntegerField(default=0)
-    progress = models.FloatField(default=0.0)
-    error = models.TextField(blank=True)
     idempotency_key = models.CharField(max_length=100, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -177,16 +164,8 @@ class GenerationJob(TimeStampedModel):
             models.Index(fields=["status", "lease_expires_at"], name="genjob_lease_idx"),
         ]
         constraints = [
-            models.CheckConstraint(condition=models.Q(status__in=JobStatus.values), name="genjob_status_valid"),
+            *leased_job_constraints("genjob"),
             models.CheckConstraint(condition=models.Q(num_images__gte=1), name="genjob_num_images_positive"),
-            models.CheckConstraint(
-                condition=models.Q(progress__gte=0, progress__lte=1), name="genjob_progress_range"
-            ),
-            models.CheckConstraint(
-                condition=~models.Q(status=JobStatus.RUNNING)
-                | models.Q(lease_expires_at__isnull=False, lease_token__isnull=False),
-                name="genjob_running_has_lease",
-            ),
             models.UniqueConstraint(
                 fields=["created_by", "idempotency_key"],
                 condition=~models.Q(idempotency_key=""),
@@ -196,10 +175,6 @@ class GenerationJob(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"Job {self.pk} ({self.status}): {self.prompt[:40]}"
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in FINAL_STATUSES
 
     @property
     def storage_prefix(self) -> str:
@@ -244,3 +219,7 @@ class GeneratedImage(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"Image {self.job_id}/{self.index} seed {self.seed}"
+
+
+__all__ = ["ACTIVE_STATUSES", "FINAL_STATUSES", "DType", "GeneratedImage", "GenerationJob", "JobStatus", "ModelKind",
+           "ModelVersion", "ProjectModelVersion", "Scheduler"]

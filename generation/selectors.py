@@ -3,12 +3,15 @@ queue positions and the status payload the API and the progress partial show."""
 
 from __future__ import annotations
 
+import uuid
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.db.models import Prefetch, Q, QuerySet
 from django.urls import reverse
 
+from core import redact
 from generation.models import GeneratedImage, GenerationJob, JobStatus, ModelVersion
 from projects.access import projects_for_user, user_can
 from projects.models import Project
@@ -78,6 +81,21 @@ def image_for_user(*, user: User, image_id: Any) -> GeneratedImage:
     raise GeneratedImage.DoesNotExist
 
 
+def images_for_user(*, user: User, image_ids: Iterable[Any]) -> dict[str, GeneratedImage]:
+    """The images among ``image_ids`` that the user may see (as :func:`image_for_user` decides), by id, in one
+    query however many there are. Ids that are not UUIDs, and images the user may not see, are left out."""
+    wanted: list[str] = []
+    for image_id in image_ids:
+        try:
+            wanted.append(str(uuid.UUID(str(image_id))))
+        except ValueError:
+            continue
+    if not wanted or not user.is_authenticated:
+        return {}
+    images = GeneratedImage.objects.filter(pk__in=wanted, job__in=_visible_jobs(user)).select_related("job")
+    return {str(image.pk): image for image in images}
+
+
 def image_url(image: GeneratedImage) -> str:
     """The permission-checked URL of a stored image (``/generation/images/<id>.png``)."""
     return reverse("generation:image", args=[image.pk])
@@ -112,7 +130,7 @@ def job_status(job: GenerationJob) -> dict[str, Any]:
         "progress": round(job.progress, 4),
         "queue_position": queue_position(job),
         "attempts": job.attempts,
-        "error": job.error,
+        "error": redact.hide_text(job.error),  # annotators see it (the Generate button): no server paths
         "prompt": job.prompt,
         "model_version": job.model_version.name,
         "project": job.project_id,

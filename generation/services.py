@@ -1,10 +1,11 @@
 """Every write of the generation app: model versions, jobs (create, claim, heartbeat, finish, fail,
 release, reap, cancel) and stored images.
 
-The job life cycle: ``queued`` -> ``running`` (claimed under a lease token, possibly together with
-other queued jobs of the same model version and parameters) -> ``succeeded`` / ``failed``, or back to
-``queued`` when the lease expires (the reaper) or storage is unavailable (a release), until
-``max_attempts`` claims have been used up.
+The job life cycle is every background job's (:mod:`core.jobs`): ``queued`` -> ``running`` (claimed
+under a lease token, possibly together with other queued jobs of the same model version and parameters)
+-> ``succeeded`` / ``failed``, or back to ``queued`` when the lease expires (the reaper) or storage is
+unavailable (a release), until ``max_attempts`` claims have been used up. Every write of the worker
+names its lease token, so a worker whose jobs were taken back writes nothing.
 """
 
 from __future__ import annotations
@@ -25,13 +26,14 @@ from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Count, F
-from django.db.models.functions import Coalesce
+from django.db.models import Count
 from django.utils import timezone
 
+from core import jobs
 from core.audit import audit_record
 from core.exceptions import ApplicationError, PermissionDeniedError
 from core.locks import lock_objects
+from core.models import JobPhase
 from core.tasks import enqueue_on_commit
 from generation import registry
 from generation.inference import MAX_SEED, GenerationParams, draw_seed, sha256_hex
@@ -70,8 +72,8 @@ class TransientStorageError(Exception):
     """Media storage failed repeatedly; the job goes back to the queue and the task retries later."""
 
 
-class LeaseLost(Exception):  # noqa: N818 - a signal, not an error
-    """The job's lease was taken back (reaped or cancelled) while this worker was running it."""
+# The job's lease was taken back (reaped or cancelled) while this worker was running it.
+LeaseLost = jobs.LeaseLost
 
 
 # Storage errors worth retrying: the filesystem's, and S3's (botocore ships with django-storages[s3]).
@@ -353,11 +355,7 @@ def generation_job_cancel(*, job: GenerationJob, user: AbstractBaseUser | Anonym
         raise PermissionDeniedError("Only the person who asked for these images may cancel them.")
     if job.is_finished:
         raise ApplicationError(f"This job has {job.status} already.", field="status")
-    job.status = JobStatus.CANCELLED
-    job.lease_expires_at = None
-    job.finished_at = timezone.now()
-    job.save(update_fields=["status", "lease_expires_at", "finished_at", "updated_at"])
-    return job
+    return jobs.job_cancel(GenerationJob, job.pk)
 
 
 # --- the worker's side: claim, heartbeat, store, finish ---------------------------------------------
@@ -433,34 +431,18 @@ def generation_jobs_claim(*, job_id: int, worker: str, batch_limit: int) -> Clai
         claimed.append(job)
         missing[job.pk] = todo
         total += len(todo)
-    token = uuid.uuid4()
-    now = timezone.now()
-    GenerationJob.objects.filter(pk__in=[job.pk for job in claimed]).update(
-        status=JobStatus.RUNNING,
-        attempts=F("attempts") + 1,
-        lease_token=token,
-        lease_expires_at=now + timedelta(seconds=settings.GENERATION_LEASE_SECONDS),
-        leased_by=worker[:200],
-        batch_images=min(total, 32767),
-        started_at=Coalesce("started_at", now),
-        error="",
-        updated_at=now,
-    )
-    jobs = list(GenerationJob.objects.filter(pk__in=missing).select_related("model_version").order_by("pk"))
-    for job in jobs:
+    token = jobs.jobs_claim_rows(GenerationJob, [job.pk for job in claimed], lease_seconds=settings.GENERATION_LEASE_SECONDS,
+                                 worker=worker, phase=JobPhase.RENDERING, batch_images=min(total, 32767))
+    claimed_jobs = list(GenerationJob.objects.filter(pk__in=missing).select_related("model_version").order_by("pk"))
+    for job in claimed_jobs:
         _delete_orphans(job)
-    return Claim(token=token, jobs=jobs, params=lead.generation_params(), missing=missing)
+    return Claim(token=token, jobs=claimed_jobs, params=lead.generation_params(), missing=missing)
 
 
 def generation_jobs_heartbeat(*, token: uuid.UUID, progress: float) -> bool:
     """Record progress and renew the lease of every job under ``token``; False when none is ours any more."""
-    now = timezone.now()
-    updated = GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING).update(
-        progress=max(0.0, min(1.0, progress)),
-        lease_expires_at=now + timedelta(seconds=settings.GENERATION_LEASE_SECONDS),
-        updated_at=now,
-    )
-    return updated > 0
+    return jobs.jobs_heartbeat_token(GenerationJob, token, lease_seconds=settings.GENERATION_LEASE_SECONDS,
+                                     progress=max(0.0, min(1.0, progress))) > 0
 
 
 def _save_file(key: str, data: bytes) -> None:
@@ -550,41 +532,33 @@ def _finish_locked(jobs: list[GenerationJob]) -> None:
     now = timezone.now()
     done = [job for job in jobs if counts.get(job.pk, 0) >= job.num_images]
     GenerationJob.objects.filter(pk__in=[job.pk for job in done]).update(
-        status=JobStatus.SUCCEEDED, progress=1.0, finished_at=now, lease_expires_at=None, updated_at=now)
+        status=JobStatus.SUCCEEDED, phase=JobPhase.DONE, progress=1.0, finished_at=now, lease_expires_at=None,
+        updated_at=now)
     for job in done:
-        job.status, job.progress, job.finished_at, job.lease_expires_at, job.updated_at = (
-            JobStatus.SUCCEEDED, 1.0, now, None, now)
+        job.status, job.phase, job.progress, job.finished_at, job.lease_expires_at, job.updated_at = (
+            JobStatus.SUCCEEDED, JobPhase.DONE, 1.0, now, None, now)
     registry.jobs_succeeded(done)  # e.g. annotate attaches a task's candidates, in this transaction
     for job in jobs:
         if job not in done:  # cannot happen unless rows were deleted mid-run; try again
-            job.status, job.lease_expires_at = JobStatus.QUEUED, None
-            job.save(update_fields=["status", "lease_expires_at", "updated_at"])
+            job.status, job.phase, job.lease_token, job.lease_expires_at = JobStatus.QUEUED, JobPhase.QUEUED, None, None
+            job.save(update_fields=["status", "phase", "lease_token", "lease_expires_at", "updated_at"])
             _enqueue_on_commit([job.pk])
 
 
 @transaction.atomic
 def generation_jobs_fail(*, token: uuid.UUID, error: str) -> list[GenerationJob]:
     """Mark the jobs under ``token`` failed with a readable reason (pipeline error, out of memory)."""
-    jobs = lock_objects(GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING))
-    for job in jobs:
-        _fail(job, error)
-    return jobs
+    failed = jobs.jobs_fail_token(GenerationJob, token, error[:2000])
+    for job in failed:
+        _delete_orphans(job)
+    return failed
 
 
 @transaction.atomic
 def generation_job_fail_unclaimed(*, job_id: int, error: str) -> None:
     """Fail a queued job that cannot start at all (its model does not load)."""
-    for job in lock_objects(GenerationJob.objects.filter(pk=job_id, status=JobStatus.QUEUED)):
-        _fail(job, error)
-
-
-def _fail(job: GenerationJob, error: str) -> None:
-    job.status = JobStatus.FAILED
-    job.error = error[:2000]
-    job.lease_expires_at = None
-    job.finished_at = timezone.now()
-    job.save(update_fields=["status", "error", "lease_expires_at", "finished_at", "updated_at"])
-    _delete_orphans(job)
+    if jobs.job_fail_unclaimed(GenerationJob, job_id, error[:2000]):
+        _delete_orphans(GenerationJob.objects.get(pk=job_id))
 
 
 @transaction.atomic
@@ -593,12 +567,12 @@ def generation_jobs_release(*, token: uuid.UUID, lead_job_id: int) -> list[Gener
 
     The lead job's task retries itself later; the coalesced companions get tasks of their own.
     """
-    jobs = lock_objects(GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING))
-    for job in jobs:
-        job.status, job.lease_token, job.lease_expires_at = JobStatus.QUEUED, None, None
-        job.save(update_fields=["status", "lease_token", "lease_expires_at", "updated_at"])
-    _enqueue_on_commit([job.pk for job in jobs if job.pk != lead_job_id])
-    return jobs
+    released = lock_objects(GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING))
+    for job in released:
+        job.status, job.phase, job.lease_token, job.lease_expires_at = JobStatus.QUEUED, JobPhase.QUEUED, None, None
+        job.save(update_fields=["status", "phase", "lease_token", "lease_expires_at", "updated_at"])
+    _enqueue_on_commit([job.pk for job in released if job.pk != lead_job_id])
+    return released
 
 
 def _enqueue_on_commit(job_ids: list[int]) -> None:
@@ -606,29 +580,10 @@ def _enqueue_on_commit(job_ids: list[int]) -> None:
         enqueue_on_commit(RUN_GENERATION, job_id)
 
 
-@transaction.atomic
 def generation_jobs_reap_expired() -> int:
     """Re-queue running jobs whose lease expired (their worker died) or fail them after max_attempts."""
-    expired = lock_objects(
-        GenerationJob.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=timezone.now()),
-        skip_locked=True,
-    )
-    requeue: list[int] = []
-    for job in expired:
-        if job.attempts >= job.max_attempts:
-            _fail(
-                job,
-                f"The worker stopped {job.attempts} times while making these images "
-                f"(last on {job.leased_by or 'an unknown worker'}); giving up.",
-            )
-            continue
-        job.status, job.lease_token, job.lease_expires_at = JobStatus.QUEUED, None, None
-        job.save(update_fields=["status", "lease_token", "lease_expires_at", "updated_at"])
-        requeue.append(job.pk)
-    _enqueue_on_commit(requeue)
-    if expired:
-        logger.info("reaped %d expired generation lease(s); re-queued %d", len(expired), len(requeue))
-    return len(expired)
+    return jobs.jobs_reap(GenerationJob, task_name=RUN_GENERATION, what="making these images",
+                          on_fail=_delete_orphans)
 
 
 __all__ = [

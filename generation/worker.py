@@ -7,6 +7,7 @@
   deterministic key, record it, and finish the claimed jobs. Every write goes through services.
 - ``Storer`` stores each rendered chunk (PNG encoding, storage writes, rows) on a background thread
   during the next pipeline call, one chunk at a time; a task closes it before it returns.
+- ``run_job_to_end(job_id)`` runs a job here, or waits for the worker that has it (rounds, the arena).
 - ``drain_queue(model_version_id)`` runs more queued jobs of a loaded model version in the same task,
   so a busy GPU never waits for the broker between claims.
 - ``reproduce_image(image)`` renders a stored image again from its provenance.
@@ -360,6 +361,21 @@ def run_job(job_id: int, *, batch_limit: int | None = None, storer: Storer | Non
         services.generation_jobs_finish(token=claim.token)
         result.outcome = "succeeded"
     return result
+
+
+def run_job_to_end(job_id: int, *, poll_s: float = 0.5, tick: Callable[[], object] | None = None) -> GenerationJob:
+    """Run ``job_id`` in this process while it is queued, or wait while another worker has it (a retried
+    round or arena finds the job its dead worker had started, re-queued by the reaper or already claimed by
+    a gpu worker); returns the finished job. ``tick()`` runs between waits (an outer job's stop check, which
+    may raise to give up)."""
+    while True:
+        run_job(job_id)
+        job = GenerationJob.objects.get(pk=job_id)
+        if job.is_finished:
+            return job
+        if tick is not None:
+            tick()
+        time.sleep(poll_s)
 
 
 def drain_queue(*, model_version_id: int, claims: int, storer: Storer) -> list[RunResult]:

@@ -1,23 +1,22 @@
 """Celery tasks of the rlhf app, one service call each. Names starting ``train_``/``finetune_`` route to
 ``gpu-train``, ``score_``/``arena_`` to ``gpu``, the rest to ``default`` (``config/celery.py``).
 
-Each task re-fetches its row, claims it under a row lock and returns early when it is done. The services
-queue them by name (``core.tasks.enqueue_on_commit``); ``RlhfConfig.ready()`` imports this module so the
-names are registered in every process.
+Each task re-fetches its row, claims it under a lease (:mod:`core.jobs`) and returns early when it is not
+queued. The services queue them by name (``core.tasks.enqueue_on_commit``); ``RlhfConfig.ready()`` imports
+this module so the names and each kind's reaper (run by beat through ``core.tasks.run_reapers``) are
+registered in every process.
 """
 
 from __future__ import annotations
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
 
-from core.tasks import pickwise_task
-from rlhf.datasets.services import preference_export_build
-from rlhf.loop.arena import arena_comparisons_generate
-from rlhf.loop.rounds import loop_round_execute
-from rlhf.models import Arena
-from rlhf.runs.finetune import finetune_run_execute
-from rlhf.runs.reward import reward_run_execute
+from core.tasks import pickwise_task, register_reaper
+from rlhf.datasets.services import preference_export_build, preference_exports_reap_expired
+from rlhf.loop.arena import arena_generation_execute, arena_generations_reap_expired
+from rlhf.loop.rounds import loop_round_execute, loop_rounds_reap_expired
+from rlhf.runs.finetune import finetune_run_execute, finetune_runs_reap_expired
+from rlhf.runs.reward import reward_run_execute, reward_runs_reap_expired
 from rlhf.runs.scoring import image_scores_compute
 
 
@@ -61,12 +60,15 @@ def finetune_loop_round(round_id: int) -> dict[str, object]:
 
 
 @pickwise_task(name="rlhf.tasks.arena_generate_comparisons")
-def arena_generate_comparisons(arena_id: int, user_id: int, prompts: list[str], seeds: list[int]
-                               ) -> dict[str, object]:
+def arena_generate_comparisons(generation_id: int) -> dict[str, object]:
     """Render an arena's prompts x seeds with each of its versions and add the comparisons (idempotent)."""
-    arena = Arena.objects.select_related("project").filter(pk=arena_id).first()
-    user = get_user_model().objects.filter(pk=user_id).first()
-    if arena is None or user is None:
-        return {"arena": arena_id, "status": "missing"}
-    made = arena_comparisons_generate(arena=arena, user=user, prompts=prompts, seeds=seeds)
-    return {"arena": arena_id, "status": "succeeded", "comparisons": len(made)}
+    generation = arena_generation_execute(generation_id=generation_id)
+    return {"generation": generation_id, "status": generation.status if generation else "missing"}
+
+
+# One reaper per kind of job: beat runs them all (core.tasks.run_reapers) every REAPER_INTERVAL_SECONDS.
+register_reaper("rlhf.exports")(preference_exports_reap_expired)
+register_reaper("rlhf.reward_runs")(reward_runs_reap_expired)
+register_reaper("rlhf.finetune_runs")(finetune_runs_reap_expired)
+register_reaper("rlhf.arena_generations")(arena_generations_reap_expired)
+register_reaper("rlhf.loop_rounds")(loop_rounds_reap_expired)

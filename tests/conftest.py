@@ -30,6 +30,15 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny diffusers pipeline (seed 0) every test that needs one shares, built once per session (per xdist
+    worker). Read-only: a test that changes a pipeline builds its own."""
+    from generation.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline", seed=0)
+
+
 @pytest.fixture
 def admin_user(db):
     return UserFactory(username="alice-admin", role=Role.ADMIN)
@@ -93,7 +102,8 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
     log = open(Path(settings.VAR_DIR) / "celery-worker.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu,gpu-train",
-         "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO", "-n", "pytest@%h"],
+         "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
+         "-n", f"pytest-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}@%h"],
         cwd=ROOT, env=_worker_env(database_name), stdout=log, stderr=subprocess.STDOUT,
     )
     from config.celery import app

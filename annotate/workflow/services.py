@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import random
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -278,11 +279,16 @@ def _check_images(*, project: Project, image_ids: Sequence[Any]) -> list[Any]:
         raise ApplicationError("An image is listed twice.", field="images")
     if len(ids) > catalogue.MAX_IMAGES:
         raise ApplicationError(f"A task has at most {catalogue.MAX_IMAGES} images.", field="images")
-    try:
-        found = {str(pk) for pk in GeneratedImage.objects.filter(
-            pk__in=ids).filter(Q(job__project=project) | Q(job__project__isnull=True)).values_list("pk", flat=True)}
-    except Exception as exc:  # a malformed UUID
-        raise ApplicationError("Image ids must be UUIDs.", field="images") from exc
+    for position, image_id in enumerate(ids):
+        try:  # checked before the query: a database error inside this transaction is never mistaken for bad input
+            ids[position] = str(uuid.UUID(image_id))
+        except ValueError:
+            raise ApplicationError(f"Image id {image_id!r} (number {position + 1}) is not a UUID.",
+                                   field="images") from None
+    if len(set(ids)) != len(ids):
+        raise ApplicationError("An image is listed twice.", field="images")
+    found = {str(pk) for pk in GeneratedImage.objects.filter(
+        pk__in=ids).filter(Q(job__project=project) | Q(job__project__isnull=True)).values_list("pk", flat=True)}
     missing = [image_id for image_id in ids if image_id not in found]
     if missing:
         raise ApplicationError(f"Unknown image {missing[0]} (not an image of this project).", field="images")
@@ -339,8 +345,12 @@ def task_set_gold(*, task: AnnotationTask, ranking: list[list[str]] | None) -> A
         component = ranking_component(workflow_of(task.project).template_version)
         groups = _validate_ranking(component, task_image_ids(task_id=task.pk), ranking)
         task.is_gold, task.gold_ranking = True, groups
+    # While a task is gold its hand-outs do not count towards the overlap, so ``taken_count`` no longer says
+    # how many annotators hold or answered it: count them again (active leases plus submitted answers).
+    task.taken_count = TaskAssignment.objects.filter(
+        task=task, status__in=(AssignmentStatus.ACTIVE, AssignmentStatus.SUBMITTED)).count()
     task.is_open = task.taken_count < workflow_of(task.project).overlap
-    task.save(update_fields=["is_gold", "gold_ranking", "is_open", "updated_at"])
+    task.save(update_fields=["is_gold", "gold_ranking", "taken_count", "is_open", "updated_at"])
     return task
 
 

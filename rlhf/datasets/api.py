@@ -13,6 +13,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api import HidesServerPaths, JobProgressFields
 from core.exceptions import ApplicationError
 from core.parsing import MAX_BIGINT, query_id
 from core.schema import id_field, id_parameter
@@ -25,7 +26,7 @@ from rlhf.exports.pairs import TIE_POLICIES
 from rlhf.models import PreferenceExport, RunStatus
 
 
-class ExportSerializer(serializers.ModelSerializer):
+class ExportSerializer(HidesServerPaths, JobProgressFields, serializers.ModelSerializer):
     project = serializers.PrimaryKeyRelatedField(read_only=True)
     download_url = serializers.SerializerMethodField()
 
@@ -33,8 +34,8 @@ class ExportSerializer(serializers.ModelSerializer):
         model = PreferenceExport
         fields = [
             "id", "project", "name", "format", "tie_policy", "weight_per_prompt", "include_images", "filters",
-            "status", "progress", "counts", "split_counts", "content_hash", "error", "created_at",
-            "started_at", "finished_at", "download_url",
+            "status", "phase", "phase_label", "eta_seconds", "progress", "counts", "split_counts", "content_hash",
+            "error", "attempts", "created_at", "started_at", "finished_at", "download_url",
         ]
         read_only_fields = fields
 
@@ -105,13 +106,14 @@ class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         project = _exportable_project(request, payload.validated_data["project"])
         export_request = export_services.export_request_parse(dict(payload.validated_data))
         export = export_services.preference_export_create(project=project, user=request.user, request=export_request)
-        return Response(ExportSerializer(export).data, status=status.HTTP_201_CREATED)
+        return Response(ExportSerializer(export, context=self.get_serializer_context()).data,
+                        status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=ExportSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
         export = export_services.preference_export_cancel(export=self.get_object())
-        return Response(ExportSerializer(export).data)
+        return Response(ExportSerializer(export, context=self.get_serializer_context()).data)
 
     @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY})
     @action(detail=True, methods=["get"])

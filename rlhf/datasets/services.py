@@ -31,8 +31,10 @@ from annotate.models import (
     AnnotationTemplateVersion,
     TaskImage,
 )
+from core import jobs
 from core.audit import audit_record
 from core.exceptions import ApplicationError
+from core.models import JobPhase
 from core.parsing import check_length, parse_bool, parse_ids, parse_int
 from core.tasks import enqueue_on_commit
 from generation.models import GeneratedImage, ModelVersion
@@ -236,6 +238,7 @@ def preference_export_create(*, project: Project, user: User, request: ExportReq
         weight_per_prompt=request.weight_per_prompt,
         include_images=request.include_images,
         filters=request.filters.as_json(),
+        max_attempts=settings.JOB_MAX_ATTEMPTS,
     )
     audit_record(event="export.created", instance=export, actor=user, project_id=project.pk,
                  details={"format": export.format, "tie_policy": export.tie_policy, "filters": export.filters})
@@ -297,15 +300,20 @@ def _task_groups(queryset: QuerySet[Annotation], *, chunk_size: int = 500) -> It
         yield TaskGroup(task=task, images=images, annotations=batch)
 
 
-class ExportCancelled(Exception):
-    pass
+class ExportStopped(Exception):  # noqa: N818 - a signal, not an error
+    """The export was cancelled or taken back from this worker while it was being built."""
 
 
 class ExportBuilder:
-    """Streams one export's rows from the database into its files (see the module docstring)."""
+    """Streams one export's rows from the database into its files (see the module docstring).
 
-    def __init__(self, export: PreferenceExport) -> None:
+    Progress goes to ``heartbeat`` (which renews the export's lease on its timer); once the export is
+    no longer this worker's, the build stops with :class:`ExportStopped`.
+    """
+
+    def __init__(self, export: PreferenceExport, heartbeat: jobs.JobHeartbeat | None = None) -> None:
         self.export = export
+        self.heartbeat = heartbeat
         self.filters = filters_from_json(export.filters)
         self.queryset = annotations_for_export(project=export.project, filters=self.filters)
         self.counts = {"rankings": 0, "pairs": 0, "tasks": 0, "images": 0}
@@ -492,19 +500,16 @@ class ExportBuilder:
         self._done_groups += 1
         total = max(self.total_tasks, 1)
         fraction = min(0.95, self._done_groups / total)
-        if fraction - self._last_progress >= 0.02:
+        if fraction - self._last_progress >= 0.02 and self.heartbeat is not None:
             self._last_progress = fraction
-            updated = PreferenceExport.objects.filter(pk=self.export.pk, status=RunStatus.RUNNING).update(
-                progress=fraction
-            )
-            if not updated:
-                raise ExportCancelled
+            self.heartbeat.set(progress=fraction)
+            if self.heartbeat.should_stop():
+                raise ExportStopped
 
     # -- the whole build --
-    def build(self) -> Path:
+    def build(self, partial: Path) -> Path:
+        """Write the export's files into ``partial`` (a directory of this attempt's own) and return it."""
         self.total_tasks = self.queryset.values("task_id").distinct().count()
-        final = export_directory(self.export)
-        partial = final.with_name(f"{final.name}.partial")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
         weights = self._pair_weights() if self.export.weight_per_prompt else None
@@ -542,10 +547,8 @@ class ExportBuilder:
         self.counts["images"] = len(self.comparisons.ids) if fmt != PreferenceExport.Format.LISTWISE else 0
         content_hash = _hash_directory(partial)
         (partial / "README.md").write_text(self._card(content_hash))
-        shutil.rmtree(final, ignore_errors=True)
-        partial.rename(final)
         self.content_hash = content_hash
-        return final
+        return partial
 
     def _write_strengths(self, directory: Path) -> None:
         fit = fit_bradley_terry(self.comparisons)
@@ -602,46 +605,64 @@ def _trl_rows(directory: Path) -> int:
     return len(datasets.load_from_disk(str(directory)))
 
 
+def export_partial_directory(export: PreferenceExport, attempt: int) -> Path:
+    """Where attempt ``attempt`` writes the export's files before they become the export (whole or absent)."""
+    return export_directory(export).with_name(f"{export.pk}.partial-{attempt}")
+
+
 def preference_export_build(*, export_id: int) -> PreferenceExport | None:
-    """Build one export; a no-op for an export that already finished (task redelivery)."""
+    """Build one export; a no-op for an export that is not queued (finished, or another worker's).
+
+    The export is claimed under a lease (its heartbeat renews it while rows stream) and written into a
+    directory of this attempt's own; the files become the export, and the export succeeded, in one step
+    that only the lease holder can take, so a worker whose export was taken back never replaces the files.
+    """
+    claimed = jobs.job_claim(PreferenceExport, export_id, phase=JobPhase.EXPORTING)
+    if claimed is None:
+        return PreferenceExport.objects.filter(pk=export_id).first()
+    export, lease = claimed
+    export = PreferenceExport.objects.select_related("project").get(pk=export.pk)
+    partial = export_partial_directory(export, lease.attempt)
+    with jobs.JobHeartbeat(lease) as heartbeat:
+        builder = ExportBuilder(export, heartbeat)
+        try:
+            builder.build(partial)
+        except ExportStopped:
+            shutil.rmtree(partial, ignore_errors=True)
+            return PreferenceExport.objects.get(pk=export_id)
+        except Exception as exc:
+            logger.exception("export %s failed", export_id)
+            shutil.rmtree(partial, ignore_errors=True)
+            message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
+            jobs.job_fail(lease, message)
+            raise
     with transaction.atomic():
-        export = PreferenceExport.objects.select_for_update().select_related("project").get(pk=export_id)
-        if export.is_finished:
-            return export
-        export.status = RunStatus.RUNNING
-        export.started_at = timezone.now()
-        export.progress = 0.0
-        export.save(update_fields=["status", "started_at", "progress", "updated_at"])
-    builder = ExportBuilder(export)
-    try:
-        builder.build()
-    except ExportCancelled:
-        shutil.rmtree(export_directory(export).with_name(f"{export.pk}.partial"), ignore_errors=True)
-        return PreferenceExport.objects.get(pk=export_id)
-    except Exception as exc:
-        logger.exception("export %s failed", export_id)
-        shutil.rmtree(export_directory(export).with_name(f"{export.pk}.partial"), ignore_errors=True)
-        PreferenceExport.objects.filter(pk=export_id).update(
-            status=RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
-        )
-        raise
-    PreferenceExport.objects.filter(pk=export_id, status=RunStatus.RUNNING).update(
-        status=RunStatus.SUCCEEDED,
-        progress=1.0,
-        counts=builder.counts,
-        split_counts=builder.split_counts,
-        content_hash=builder.content_hash,
-        finished_at=timezone.now(),
-    )
+        if jobs.job_lock_owned(lease) is None:  # cancelled or taken back while the last rows were written
+            shutil.rmtree(partial, ignore_errors=True)
+        else:
+            final = export_directory(export)
+            shutil.rmtree(final, ignore_errors=True)
+            partial.rename(final)
+            jobs.job_finish(lease, counts=builder.counts, split_counts=builder.split_counts,
+                            content_hash=builder.content_hash)
+    for leftover in final_leftovers(export):
+        shutil.rmtree(leftover, ignore_errors=True)
     return PreferenceExport.objects.get(pk=export_id)
 
 
-@transaction.atomic
+def final_leftovers(export: PreferenceExport) -> list[Path]:
+    """Partial directories of an export that is no longer being built (earlier attempts' leftovers)."""
+    if not PreferenceExport.objects.filter(pk=export.pk, status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED,
+                                                                       RunStatus.CANCELLED]).exists():
+        return []
+    return list(export_directory(export).parent.glob(f"{export.pk}.partial-*"))
+
+
+def preference_exports_reap_expired() -> int:
+    """Re-queue exports whose worker died (the retry writes them again, into a directory of its own)."""
+    return jobs.jobs_reap(PreferenceExport, task_name=EXPORT_PREFERENCES, what="writing this export")
+
+
 def preference_export_cancel(*, export: PreferenceExport) -> PreferenceExport:
-    locked = PreferenceExport.objects.select_for_update().get(pk=export.pk)
-    if locked.is_finished:
-        raise ApplicationError(f"Export {locked.pk} has already {locked.status}.", field="status")
-    locked.status = RunStatus.CANCELLED
-    locked.finished_at = timezone.now()
-    locked.save(update_fields=["status", "finished_at", "updated_at"])
-    return locked
+    """Cancel a queued or running export; a worker building it stops at its next progress step."""
+    return jobs.job_cancel(PreferenceExport, export.pk)

@@ -32,20 +32,24 @@ evaluation against its input version measures.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from django.conf import settings
 from django.contrib.auth.models import User
 from django.db import transaction
 from django.db.models import Max
-from django.utils import timezone
 
-from annotate.models import Prompt
+from annotate.models import Annotation, AnnotationStatus, AnnotationTask, Prompt
 from annotate.workflow.access import workflow_of
 from annotate.workflow.services import project_update_settings, task_create
+from core import jobs
 from core.exceptions import ApplicationError
+from core.models import JobPhase
 from core.tasks import enqueue_on_commit
 from generation import services as generation_services
 from generation import worker
@@ -60,11 +64,13 @@ from rlhf.loop.evaluate import evaluation_captions, version_evaluation_run
 from rlhf.loop.labels import calibrated_temperature, label_figures, task_image_scores
 from rlhf.loop.simulate import annotators_simulate, simulated_annotators_ensure
 from rlhf.loop.stats import wilson_interval
-from rlhf.models import FineTuneRun, LoopRound, RunStatus
+from rlhf.models import FineTuneRun, LoopRound, PreferenceExport, RewardModelRun, RunStatus
 from rlhf.preferences import SimulationConfig, check_label_accuracy
 from rlhf.runs import finetune, reward
 from rlhf.runs.finetune import finetune_config_from_run
 from rlhf.runs.paths import export_data_path
+
+logger = logging.getLogger(__name__)
 
 Method = Literal["dpo", "ddpo"]
 # What a round's DDPO runs with unless its hyperparameters say otherwise. A round's reward model is trained on
@@ -142,14 +148,7 @@ def loop_round_create(*, project: Project, user: User | None, config: RoundConfi
         raise ApplicationError("The first round needs a start version.", field="version")
     number = (LoopRound.objects.filter(project=project).aggregate(m=Max("number"))["m"] or 0) + 1
     return LoopRound.objects.create(project=project, number=number, created_by=user, input_version=current,
-                                    config=config.as_dict())
-
-
-def _stage(loop_round: LoopRound, stage: str, **fields: Any) -> None:
-    for key, value in fields.items():
-        setattr(loop_round, key, value)
-    loop_round.stage = stage
-    loop_round.save()
+                                    config=config.as_dict(), max_attempts=settings.JOB_MAX_ATTEMPTS)
 
 
 def round_annotator_seed(*, config: RoundConfig, number: int) -> int:
@@ -178,8 +177,12 @@ def round_image_seeds(*, config: RoundConfig, number: int, caption_index: int) -
 
 
 def _generate_tasks(*, loop_round: LoopRound, project: Project, user: User, captions: list[str],
-                    config: RoundConfig) -> tuple[int, list[int]]:
-    """Generate every caption's images and make each a task; (images made, the tasks' ids)."""
+                    config: RoundConfig, tick: Callable[[], object] | None = None) -> tuple[int, list[int]]:
+    """Generate every caption's images and make each a task; (images made, the tasks' ids).
+
+    Resumable: each caption's generation job has a deterministic idempotency key, and a caption whose images
+    already make a task (an earlier attempt of the round got that far) is not made a task again.
+    """
     generation_settings = workflow_of(project).generation_settings
     made, task_ids = 0, []
     for i, caption in enumerate(captions):
@@ -194,15 +197,37 @@ def _generate_tasks(*, loop_round: LoopRound, project: Project, user: User, capt
                 break
             except generation_services.RateLimitedError as exc:
                 time.sleep(exc.retry_after)
-        worker.run_job(job.pk)
-        job.refresh_from_db()
+        job = worker.run_job_to_end(job.pk, tick=tick)
         if job.status != "succeeded":
             raise ApplicationError(f"Generation job {job.pk} {job.status}: {job.error}", field="generation")
         image_ids = [image.pk for image in sorted(job.images.all(), key=lambda image: image.index)]
-        task = task_create(project=project, prompt_text=caption, created_by=user, image_ids=image_ids)
+        task = AnnotationTask.objects.filter(project=project, task_images__image_id=image_ids[0]).first()
+        if task is None:
+            task = task_create(project=project, prompt_text=caption, created_by=user, image_ids=image_ids)
         task_ids.append(task.pk)
         made += len(image_ids)
+        if tick is not None:
+            tick()
     return made, task_ids
+
+
+def _run_to_end(model: type[Any], pk: int, execute: Callable[[], object], tick: Callable[[], object]) -> Any:
+    """Run the queued job ``pk`` (an export or run a round made) here, or wait while another worker has it (the
+    reaper re-queued it after this round's earlier attempt died); returns it once finished."""
+    while True:
+        job = model.objects.get(pk=pk)
+        if job.is_finished:
+            return job
+        if job.status == RunStatus.QUEUED:
+            execute()  # claims it; a worker that claimed it first makes this a no-op
+        else:
+            tick()
+            time.sleep(1.0)
+
+
+def _reusable(job: Any) -> bool:
+    """An export or run an earlier attempt of the round made, which this attempt carries on with."""
+    return job is not None and job.status not in (RunStatus.FAILED, RunStatus.CANCELLED)
 
 
 def round_config_from_dict(data: dict[str, Any]) -> RoundConfig:
@@ -233,21 +258,25 @@ def round_run(*, project: Project, user: User, config: RoundConfig, start_versio
 def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
     """Run every stage of a queued round in this process (commands, the bench, the gpu-train task).
 
-    A round that is no longer queued (done, failed, or taken by another worker) is returned as it is.
+    The round is claimed under a lease its heartbeat renews on a timer; the stage and phase it is in show
+    on the timeline. A retried round (its earlier worker died; the reaper re-queued it) carries on with what
+    the earlier attempt made: the same generation jobs and tasks, the annotations so far, and the export,
+    reward run and fine-tune run it had started (run here, or waited for while another worker has them).
+    A round that is not queued (done, failed, or another worker's) is returned as it is.
     """
     def say(message: str) -> None:
         if log is not None:
             log(message)
 
-    with transaction.atomic():
-        loop_round = (LoopRound.objects.select_for_update(of=("self",))
-                      .select_related("project", "input_version", "created_by")
-                      .filter(pk=round_id).first())
-        if loop_round is None or loop_round.status != RunStatus.QUEUED:
-            return loop_round
-        _stage(loop_round, LoopRound.Stage.GENERATION, status=RunStatus.RUNNING, started_at=timezone.now())
+    claimed = jobs.job_claim(LoopRound, round_id, phase=JobPhase.RENDERING)
+    if claimed is None:
+        return (LoopRound.objects.select_related("project", "input_version", "created_by")
+                .filter(pk=round_id).first())
+    _, lease = claimed
+    loop_round = (LoopRound.objects.select_related("project", "input_version", "created_by", "export", "reward_run",
+                                                   "finetune_run").get(pk=round_id))
     project, user, config = loop_round.project, loop_round.created_by, round_config_from_dict(loop_round.config)
-    timings: dict[str, float] = {}
+    timings: dict[str, float] = dict((loop_round.stats or {}).get("seconds") or {})
     stats: dict[str, Any] = {}
     clock = time.monotonic()
 
@@ -257,114 +286,145 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
         timings[name] = round(now - clock, 2)
         clock = now
 
-    try:
-        if user is None:
-            raise ApplicationError("The round's creator no longer exists.", field="round")
-        current = loop_round.input_version
-        project = project_update_settings(project=project, overlap=config.annotators,
-                                          images_per_task=config.images_per_prompt, model_version_ids=[current.pk])
-        captions = prompt_captions(config.prompts, seed=config.prompt_seed + loop_round.number, split="train")
-        say(f"round {loop_round.number}: generating {len(captions)} x {config.images_per_prompt} with {current}")
-        stats["images"], task_ids = _generate_tasks(loop_round=loop_round, project=project, user=user,
-                                                    captions=captions, config=config)
-        lap("generation")
+    with jobs.JobHeartbeat(lease) as heartbeat:
 
-        _stage(loop_round, LoopRound.Stage.ANNOTATION)
-        scores = task_image_scores(task_ids=task_ids, preference=config.preference)
-        temperature = config.temperature
-        if config.label_accuracy is not None:
-            try:
-                temperature = calibrated_temperature(scores, config.label_accuracy)
-            except ValueError as exc:
-                raise ApplicationError(str(exc), field="label_accuracy") from None
-            stats["label_accuracy_target"] = config.label_accuracy
-            say(f"round {loop_round.number}: temperature {temperature:.4g} gives label accuracy "
-                f"{config.label_accuracy} on this round's {len(task_ids)} captions")
-        stats["temperature"] = None if math.isinf(temperature) else temperature  # None: labels of pure noise
-        users = simulated_annotators_ensure(project=project, count=config.annotators)
-        report = annotators_simulate(project=project, users=users, config=SimulationConfig(
-            preference=config.preference, temperature=temperature,
-            seed=round_annotator_seed(config=config, number=loop_round.number)))
-        stats["annotations"] = report.annotations
-        stats.update(label_figures(task_ids=task_ids, scores=scores).as_stats())
-        lap("annotation")
-        say(f"round {loop_round.number}: {report.annotations} annotations, label accuracy "
-            f"{stats['label_accuracy']}, agreement {stats['agreement']}")
+        def still_ours() -> None:
+            if heartbeat.should_stop():
+                raise jobs.LeaseLost(f"round {round_id} was taken back")
 
-        _stage(loop_round, LoopRound.Stage.EXPORT)
-        export = preference_export_create(project=project, user=user, request=export_request_parse(
-            {"format": "pickapic", "split_train": SPLIT_TRAIN, "split_validation": 1 - SPLIT_TRAIN, "split_test": 0.0,
-             "split_seed": _split_seed(project), "name": f"round {loop_round.number}"}))
-        export = preference_export_build(export_id=export.pk)
-        if export is None or export.status != RunStatus.SUCCEEDED:
-            raise ApplicationError(f"The export failed: {getattr(export, 'error', '')}", field="export")
-        stats["pairs"] = export.pairs
-        lap("export")
+        def stage(name: str, phase: str, **fields: Any) -> None:
+            progress = LoopRound.Stage.values.index(name) / (len(LoopRound.Stage.values) - 1)
+            if not heartbeat.phase(phase, stage=name, progress=min(progress, 0.99), **fields):
+                raise jobs.LeaseLost(f"round {round_id} was taken back")
+            loop_round.stage = name
+            for key, value in fields.items():
+                setattr(loop_round, key, value)
 
-        reward_version = None
-        if config.reward_model:
-            _stage(loop_round, LoopRound.Stage.REWARD, export=export)
-            reward_run = reward.reward_run_create(user=user, export=export, preset="tiny",
-                                                  hyperparameters=config.reward_hyperparameters,
-                                                  name=f"round {loop_round.number}", enqueue=False)
-            loop_round.reward_run = reward_run
-            reward_run = reward.reward_run_execute(run_id=reward_run.pk)
-            if reward_run is None or reward_run.status != RunStatus.SUCCEEDED:
-                raise ApplicationError(f"The reward run failed: {getattr(reward_run, 'error', '')}", field="reward")
-            loop_round.reward_run = reward_run
-            reward_version = reward_run.registered_version
-            stats["reward_accuracy"] = reward_version.metrics.get("validation_accuracy")
-            lap("reward")
+        try:
+            if user is None:
+                raise ApplicationError("The round's creator no longer exists.", field="round")
+            stage(LoopRound.Stage.GENERATION, JobPhase.RENDERING)
+            current = loop_round.input_version
+            project = project_update_settings(project=project, overlap=config.annotators,
+                                              images_per_task=config.images_per_prompt,
+                                              model_version_ids=[current.pk])
+            captions = prompt_captions(config.prompts, seed=config.prompt_seed + loop_round.number, split="train")
+            say(f"round {loop_round.number}: generating {len(captions)} x {config.images_per_prompt} with {current}")
+            stats["images"], task_ids = _generate_tasks(loop_round=loop_round, project=project, user=user,
+                                                        captions=captions, config=config, tick=still_ours)
+            lap("generation")
 
-        _stage(loop_round, LoopRound.Stage.FINETUNE, export=export)
-        finetune_run = finetune.finetune_run_create(  # continues current's LoRA after the first round
-            user=user, base_version=current, method=config.method, project=project,
-            export=export if config.method == "dpo" else None,
-            reward_version=reward_version if config.method == "ddpo" else None,
-            prompt_source="project" if config.method == "ddpo" else "",
-            hyperparameters={**(ROUND_DDPO_DEFAULTS if config.method == "ddpo" else {}), **config.hyperparameters},
-            eval_prompts=captions[:1],
-            name=f"round {loop_round.number}", enqueue=False,
-        )
-        FineTuneRun.objects.filter(pk=finetune_run.pk).update(lineage={
-            **finetune_run.lineage, "round": {"id": loop_round.pk, "number": loop_round.number,
-                                              "input_version": current.pk}})
-        loop_round.finetune_run = finetune_run
-        done = finetune.finetune_run_execute(run_id=finetune_run.pk)
-        if done is None or done.status != RunStatus.SUCCEEDED or done.result_version is None:
-            raise ApplicationError(f"The fine-tune failed: {getattr(done, 'error', '')}", field="finetune")
-        loop_round.finetune_run = done
-        new = done.result_version
-        if config.method == "dpo":
-            stats["dpo_heldout"] = _dpo_heldout(done, export)
-        lap("finetune")
+            stage(LoopRound.Stage.ANNOTATION, JobPhase.ANNOTATING)
+            scores = task_image_scores(task_ids=task_ids, preference=config.preference)
+            temperature = config.temperature
+            if config.label_accuracy is not None:
+                try:
+                    temperature = calibrated_temperature(scores, config.label_accuracy)
+                except ValueError as exc:
+                    raise ApplicationError(str(exc), field="label_accuracy") from None
+                stats["label_accuracy_target"] = config.label_accuracy
+                say(f"round {loop_round.number}: temperature {temperature:.4g} gives label accuracy "
+                    f"{config.label_accuracy} on this round's {len(task_ids)} captions")
+            stats["temperature"] = None if math.isinf(temperature) else temperature  # None: labels of pure noise
+            users = simulated_annotators_ensure(project=project, count=config.annotators)
+            report = annotators_simulate(project=project, users=users, config=SimulationConfig(
+                preference=config.preference, temperature=temperature,
+                seed=round_annotator_seed(config=config, number=loop_round.number)),
+                on_progress=lambda _: still_ours())
+            stats["annotations"] = Annotation.objects.filter(task_id__in=task_ids,
+                                                             status=AnnotationStatus.SUBMITTED).count()
+            stats.update(label_figures(task_ids=task_ids, scores=scores).as_stats())
+            lap("annotation")
+            say(f"round {loop_round.number}: {report.annotations} annotations, label accuracy "
+                f"{stats['label_accuracy']}, agreement {stats['agreement']}")
 
-        if config.eval_prompts:
-            _stage(loop_round, LoopRound.Stage.EVALUATION, output_version=new)
-            evaluation = version_evaluation_run(
-                version=new, baseline=current, user=user, project=project, preference=config.preference,
-                prompts=evaluation_captions(config.eval_prompts, eval_seed=config.eval_caption_seed),
-                seeds=config.eval_seeds, params=workflow_of(project).generation_settings or None)
-            stats["evaluation"] = evaluation.pk
-            stats.update({k: evaluation.results.get(k) for k in (
-                "score_version", "score_version_interval", "score_baseline", "score_baseline_interval",
-                "score_delta", "score_delta_interval", "score_relative", "score_relative_interval",
-                "score_effect_size", "score_effect_size_interval", "adherence_version", "adherence_baseline",
-                "adherence_delta", "adherence_delta_interval")})
-            stats["win_rate"] = evaluation.results.get("win_rate")
-            lap("evaluation")
+            export = loop_round.export if _reusable(loop_round.export) else None
+            if export is None:
+                export = preference_export_create(project=project, user=user, request=export_request_parse(
+                    {"format": "pickapic", "split_train": SPLIT_TRAIN, "split_validation": 1 - SPLIT_TRAIN,
+                     "split_test": 0.0, "split_seed": _split_seed(project), "name": f"round {loop_round.number}"}))
+            stage(LoopRound.Stage.EXPORT, JobPhase.EXPORTING, export=export)
+            export = _run_to_end(PreferenceExport, export.pk, lambda: preference_export_build(export_id=export.pk),
+                                 still_ours)
+            if export.status != RunStatus.SUCCEEDED:
+                raise ApplicationError(f"The export failed: {export.error}", field="export")
+            stats["pairs"] = export.pairs
+            lap("export")
 
-        project_update_settings(project=project, model_version_ids=[new.pk])
-        _stage(loop_round, LoopRound.Stage.DONE, output_version=new, status=RunStatus.SUCCEEDED,
-               finished_at=timezone.now(), stats={**stats, "seconds": timings})
-        say(f"round {loop_round.number}: new current version {new}")
-    except Exception as exc:
-        loop_round.status, loop_round.error = RunStatus.FAILED, str(exc)[:2000]
-        loop_round.finished_at = timezone.now()
-        loop_round.stats = {**stats, "seconds": timings}
-        loop_round.save()
-        raise
-    return loop_round
+            reward_version = None
+            if config.reward_model:
+                reward_run = loop_round.reward_run if _reusable(loop_round.reward_run) else None
+                if reward_run is None:
+                    reward_run = reward.reward_run_create(user=user, export=export, preset="tiny",
+                                                          hyperparameters=config.reward_hyperparameters,
+                                                          name=f"round {loop_round.number}", enqueue=False)
+                stage(LoopRound.Stage.REWARD, JobPhase.TRAINING, reward_run=reward_run)
+                reward_run = _run_to_end(RewardModelRun, reward_run.pk,
+                                         lambda: reward.reward_run_execute(run_id=reward_run.pk), still_ours)
+                if reward_run.status != RunStatus.SUCCEEDED:
+                    raise ApplicationError(f"The reward run failed: {reward_run.error}", field="reward")
+                reward_version = reward_run.registered_version
+                stats["reward_accuracy"] = reward_version.metrics.get("validation_accuracy")
+                lap("reward")
+
+            finetune_run = loop_round.finetune_run if _reusable(loop_round.finetune_run) else None
+            if finetune_run is None:
+                finetune_run = finetune.finetune_run_create(  # continues current's LoRA after the first round
+                    user=user, base_version=current, method=config.method, project=project,
+                    export=export if config.method == "dpo" else None,
+                    reward_version=reward_version if config.method == "ddpo" else None,
+                    prompt_source="project" if config.method == "ddpo" else "",
+                    hyperparameters={**(ROUND_DDPO_DEFAULTS if config.method == "ddpo" else {}),
+                                     **config.hyperparameters},
+                    eval_prompts=captions[:1],
+                    name=f"round {loop_round.number}", enqueue=False,
+                )
+                FineTuneRun.objects.filter(pk=finetune_run.pk).update(lineage={
+                    **finetune_run.lineage, "round": {"id": loop_round.pk, "number": loop_round.number,
+                                                      "input_version": current.pk}})
+            stage(LoopRound.Stage.FINETUNE, JobPhase.TRAINING, finetune_run=finetune_run)
+            done = _run_to_end(FineTuneRun, finetune_run.pk,
+                               lambda: finetune.finetune_run_execute(run_id=finetune_run.pk), still_ours)
+            if done.status != RunStatus.SUCCEEDED or done.result_version is None:
+                raise ApplicationError(f"The fine-tune failed: {done.error}", field="finetune")
+            new = done.result_version
+            if config.method == "dpo":
+                stats["dpo_heldout"] = _dpo_heldout(done, export)
+            lap("finetune")
+
+            if config.eval_prompts:
+                stage(LoopRound.Stage.EVALUATION, JobPhase.EVALUATING, output_version=new)
+                evaluation = version_evaluation_run(
+                    version=new, baseline=current, user=user, project=project, preference=config.preference,
+                    prompts=evaluation_captions(config.eval_prompts, eval_seed=config.eval_caption_seed),
+                    seeds=config.eval_seeds, params=workflow_of(project).generation_settings or None)
+                stats["evaluation"] = evaluation.pk
+                stats.update({k: evaluation.results.get(k) for k in (
+                    "score_version", "score_version_interval", "score_baseline", "score_baseline_interval",
+                    "score_delta", "score_delta_interval", "score_relative", "score_relative_interval",
+                    "score_effect_size", "score_effect_size_interval", "adherence_version", "adherence_baseline",
+                    "adherence_delta", "adherence_delta_interval")})
+                stats["win_rate"] = evaluation.results.get("win_rate")
+                lap("evaluation")
+            still_ours()
+        except jobs.LeaseLost:
+            logger.warning("round %s was taken back from this worker; stopping", round_id)
+            return LoopRound.objects.get(pk=round_id)
+        except Exception as exc:
+            jobs.job_fail(lease, str(exc)[:2000], stats={**stats, "seconds": timings})
+            raise
+    with transaction.atomic():
+        if jobs.job_lock_owned(lease) is not None:
+            project_update_settings(project=project, model_version_ids=[new.pk])
+            jobs.job_finish(lease, stage=LoopRound.Stage.DONE, output_version=new,
+                            stats={**stats, "seconds": timings})
+    say(f"round {loop_round.number}: new current version {new}")
+    return LoopRound.objects.select_related("project", "input_version", "output_version").get(pk=round_id)
+
+
+def loop_rounds_reap_expired() -> int:
+    """Re-queue rounds whose worker died (the retry carries on where the round got to)."""
+    return jobs.jobs_reap(LoopRound, task_name=FINETUNE_LOOP_ROUND, what="running this round")
 
 
 def _dpo_heldout(run: FineTuneRun, export: Any) -> dict[str, Any] | None:

@@ -126,6 +126,7 @@ def arena_setup(request: HttpRequest, project: Project) -> HttpResponse:
             return redirect_after_post(request, reverse("rlhf:arena_setup", args=[project.pk]))
     arena = Arena.objects.filter(project=project).prefetch_related("versions").first()
     context = {"project": project, "form": form, "arena": arena,
+               "generation": arena_services.arena_generation_latest(arena=arena) if arena else None,
                "comparisons": arena.comparisons.count() if arena else 0,
                "pending_jobs": GenerationJob.objects.filter(
                    project=project, status__in=(JobStatus.QUEUED, JobStatus.RUNNING)).count()}

@@ -17,6 +17,7 @@ from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
 
+from core.api import HidesServerPaths, JobProgressFields
 from core.exceptions import ApplicationError
 from core.parsing import parse_id, path_id, query_id
 from core.schema import id_field, id_parameter
@@ -52,14 +53,14 @@ def _export(request: Request, export_id: Any) -> PreferenceExport | None:
     return export
 
 
-class RewardRunSerializer(serializers.ModelSerializer):
+class RewardRunSerializer(HidesServerPaths, JobProgressFields, serializers.ModelSerializer):
     registered_version = serializers.PrimaryKeyRelatedField(read_only=True)
 
     class Meta:
         model = RewardModelRun
-        fields = ["id", "project", "export", "name", "backbone", "preset", "config", "status", "progress", "step",
-                  "total_steps", "history", "last_metrics", "results", "error", "attempts", "registered_version",
-                  "created_at", "started_at", "finished_at"]
+        fields = ["id", "project", "export", "name", "backbone", "preset", "config", "status", "phase",
+                  "phase_label", "eta_seconds", "progress", "step", "total_steps", "history", "last_metrics",
+                  "results", "error", "attempts", "registered_version", "created_at", "started_at", "finished_at"]
         read_only_fields = fields
 
 
@@ -100,20 +101,23 @@ class RewardRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewset
             user=request.user, export=_export(request, data["export"]), backbone=data["backbone"],
             preset=data["preset"], hyperparameters=data["hyperparameters"], name=data["name"],
         )
-        return Response(RewardRunSerializer(run).data, status=status.HTTP_201_CREATED)
+        return Response(RewardRunSerializer(run, context=self.get_serializer_context()).data,
+                        status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=RewardRunSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        return Response(RewardRunSerializer(reward.reward_run_cancel(run=self.get_object(), user=request.user)).data)
+        return Response(RewardRunSerializer(reward.reward_run_cancel(run=self.get_object(), user=request.user),
+                                           context=self.get_serializer_context()).data)
 
     @extend_schema(request=None, responses=RewardRunSerializer)
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
-        return Response(RewardRunSerializer(reward.reward_run_retry(run=self.get_object(), user=request.user)).data)
+        return Response(RewardRunSerializer(reward.reward_run_retry(run=self.get_object(), user=request.user),
+                                           context=self.get_serializer_context()).data)
 
 
-class RewardVersionSerializer(serializers.ModelSerializer):
+class RewardVersionSerializer(HidesServerPaths, serializers.ModelSerializer):
     class Meta:
         model = RewardModelVersion
         fields = ["id", "name", "project", "run", "export", "path", "metrics", "description", "created_at"]
@@ -180,16 +184,16 @@ class RewardVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
                          "scores": [{"image_id": image_id, "score": scores[image_id]} for image_id in ids]})
 
 
-class FineTuneRunSerializer(serializers.ModelSerializer):
+class FineTuneRunSerializer(HidesServerPaths, JobProgressFields, serializers.ModelSerializer):
     result_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
     base_version = serializers.SlugRelatedField(slug_field="name", read_only=True)
 
     class Meta:
         model = FineTuneRun
         fields = ["id", "project", "name", "base_version", "method", "export", "reward_name", "reward_version",
-                  "prompt_source", "preset", "config", "eval_prompts", "eval_seeds", "status", "progress", "step",
-                  "total_steps", "history", "last_metrics", "eval_grids", "lineage", "result_version", "error",
-                  "attempts", "created_at", "started_at", "finished_at"]
+                  "prompt_source", "preset", "config", "eval_prompts", "eval_seeds", "status", "phase", "phase_label",
+                  "eta_seconds", "progress", "step", "total_steps", "history", "last_metrics", "eval_grids", "lineage",
+                  "result_version", "error", "attempts", "created_at", "started_at", "finished_at"]
         read_only_fields = fields
 
 
@@ -282,14 +286,17 @@ class FineTuneRunViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             prompt_source=data["prompt_source"], preset=data["preset"], hyperparameters=data["hyperparameters"],
             eval_prompts=data["eval_prompts"], name=data["name"],
         )
-        return Response(FineTuneRunSerializer(run).data, status=status.HTTP_201_CREATED)
+        return Response(FineTuneRunSerializer(run, context=self.get_serializer_context()).data,
+                        status=status.HTTP_201_CREATED)
 
     @extend_schema(request=None, responses=FineTuneRunSerializer)
     @action(detail=True, methods=["post"])
     def cancel(self, request: Request, pk: str | None = None) -> Response:
-        return Response(FineTuneRunSerializer(finetune.finetune_run_cancel(run=self.get_object(), user=request.user)).data)
+        return Response(FineTuneRunSerializer(finetune.finetune_run_cancel(run=self.get_object(), user=request.user),
+                                             context=self.get_serializer_context()).data)
 
     @extend_schema(request=None, responses=FineTuneRunSerializer)
     @action(detail=True, methods=["post"])
     def retry(self, request: Request, pk: str | None = None) -> Response:
-        return Response(FineTuneRunSerializer(finetune.finetune_run_retry(run=self.get_object(), user=request.user)).data)
+        return Response(FineTuneRunSerializer(finetune.finetune_run_retry(run=self.get_object(), user=request.user),
+                                             context=self.get_serializer_context()).data)

@@ -14,35 +14,40 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.utils import timezone
 
 from annotate.models import Prompt
+from core import jobs
 from core.audit import audit_record
 from core.exceptions import ApplicationError
+from core.models import JobPhase
 from core.tasks import enqueue_on_commit
 from generation.inference import LORA_WEIGHTS_FILE
 from generation.models import ModelKind, ModelVersion
 from generation.services import model_version_register, project_model_version_offer_beside
 from generation.worker import resolve_source
 from projects.models import Project
-from rlhf.models import FineTuneRun, PreferenceExport, RewardModelVersion, RunStatus
+from rlhf.models import FineTuneRun, PreferenceExport, RewardModelVersion
 from rlhf.runs import grids
 from rlhf.runs.data import MAX_DDPO_PROMPTS, check_data_path, check_export, export_captions
 from rlhf.runs.hyperparams import build_config, config_dict, json_safe, parse_hyperparameters
 from rlhf.runs.lifecycle import (
     OnLog,
     RunProgress,
+    attempt_dir,
     check_user_may_train,
     failure_reason,
     free_memory,
+    heartbeat_for,
+    other_attempt_dirs,
     resume_step,
     run_cancel,
+    run_claim,
     run_fail,
     run_name,
     run_retry,
-    run_start,
 )
 from rlhf.runs.paths import copy_directory, finetune_lora_dir, finetune_run_dir, run_data_path
+from rlhf.training import configs
 from rlhf.training.rewards import REWARD_FUNCTIONS
 
 logger = logging.getLogger(__name__)
@@ -135,9 +140,6 @@ def finetune_config_build(
     (a LoRA version's adapter) is the starting weights; the presets take its rank, alpha and targets, and
     an override that disagrees names its field.
     """
-    # torch: the configs live beside the trainers, which web processes never load otherwise
-    from rlhf.training import ddpo, dpo
-
     if preset not in FineTuneRun.Preset.values:
         raise ApplicationError(f"Unknown preset {preset!r}; choose one of {', '.join(FineTuneRun.Preset.values)}.",
                                field="preset")
@@ -147,12 +149,12 @@ def finetune_config_build(
     native = {"resolution": resolution} if resolution else {}
     start = {"init_lora": str(init_lora)} if init_lora is not None else {}
     if method == FineTuneRun.Method.DPO:
-        preset_fn = dpo.tiny_dpo_preset if preset == "tiny" else dpo.sd15_dpo_preset
-        return build_config(lambda **kw: preset_fn(str(base_dir), **kw), dpo.DPOConfig,
+        preset_fn = configs.tiny_dpo_preset if preset == "tiny" else configs.sd15_dpo_preset
+        return build_config(lambda **kw: preset_fn(str(base_dir), **kw), configs.DPOConfig,
                              {"export_id": export_id, "cpu": cpu, **native, **start}, hyperparameters,
                              protected={"base_model", "export_id", "cpu", "init_lora"}, rename=rename)
-    ddpo_preset_fn = ddpo.tiny_ddpo_preset if preset == "tiny" else ddpo.sd15_ddpo_preset
-    return build_config(lambda **kw: ddpo_preset_fn(str(base_dir), prompts, **kw), ddpo.DDPOConfig,
+    ddpo_preset_fn = configs.tiny_ddpo_preset if preset == "tiny" else configs.sd15_ddpo_preset
+    return build_config(lambda **kw: ddpo_preset_fn(str(base_dir), prompts, **kw), configs.DDPOConfig,
                          {"reward": reward, "reward_arg": reward_arg, "cpu": cpu, **native, **start}, hyperparameters,
                          protected={"base_model", "prompts", "reward", "reward_arg", "cpu", "init_lora"},
                          rename=rename)
@@ -243,6 +245,7 @@ def finetune_run_create(
         export=export, data_path=data_path, reward_name=reward_name if reward_version is None else "",
         reward_version=reward_version, prompt_source=prompt_source if method == "ddpo" else "", preset=preset,
         config=config_json, eval_prompts=eval_list, eval_seeds=list(EVAL_SEEDS), lineage=lineage,
+        max_attempts=settings.JOB_MAX_ATTEMPTS,
     )
     audit_record(event="run.started", instance=run, actor=user, project_id=run.project_id,
                  details={"kind": "finetune", "method": method, "base_version": base_version.name,
@@ -263,78 +266,90 @@ def finetune_run_retry(*, run: FineTuneRun, user: AbstractBaseUser | None = None
     return run_retry(FineTuneRun, run, FINETUNE_MODEL, user)
 
 
+def finetune_runs_reap_expired() -> int:
+    """Re-queue fine-tune runs whose worker died (the retry resumes from their last checkpoint)."""
+    return jobs.jobs_reap(FineTuneRun, task_name=FINETUNE_MODEL, what="fine-tuning")
+
+
 def finetune_config_from_run(run: FineTuneRun) -> Any:
     """The ``DPOConfig`` or ``DDPOConfig`` a run stored."""
-    from rlhf.training import ddpo, dpo  # torch: the worker running the run loads it, never a web process
-
     data = dict(run.config)
     data["lora_targets"] = tuple(data.get("lora_targets") or ())
     if run.method == FineTuneRun.Method.DPO:
-        return dpo.DPOConfig(**data)
+        return configs.DPOConfig(**data)
     data["prompts"] = tuple(data.get("prompts") or ())
-    return ddpo.DDPOConfig(**data)
+    return configs.DDPOConfig(**data)
 
 
 def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneRun | None:
-    """Fine-tune, render the evaluation grids, copy the LoRA and register it; a no-op for a finished run.
+    """Fine-tune, render the evaluation grids, copy the LoRA and register it; a no-op for a run that is not
+    queued.
 
-    Grids: "base" before training (the starting version: the base, or base + the continued LoRA),
-    "step-<N>" from each periodic checkpoint while training runs (so the
+    The run is claimed under a lease that a heartbeat renews on a timer, and says which phase it is in:
+    rendering the base grid, loading the model, training step k/N, rendering a checkpoint's grid,
+    rendering the final grid, registering. Grids: "base" before training (the starting version: the base,
+    or base + the continued LoRA), "step-<N>" from each periodic checkpoint while training runs (so the
     page shows them as they come), "final" from the finished LoRA; all with the same prompts and seeds.
+    Each attempt works in its own directory, resuming from the newest checkpoint of an earlier one.
     """
     from rlhf.training.ddpo import train_ddpo  # torch: the worker running the run loads it
     from rlhf.training.dpo import train_dpo  # torch: as above
 
-    claimed = run_start(FineTuneRun, run_id)
+    claimed = run_claim(FineTuneRun, run_id)
     if claimed is None:
         return FineTuneRun.objects.filter(pk=run_id).first()
-    run, fresh = claimed
+    run, lease = claimed
     run = FineTuneRun.objects.select_related("base_version", "export", "reward_version", "project").get(pk=run.pk)
-    output_dir = finetune_run_dir(run)
-    if fresh:
-        shutil.rmtree(output_dir, ignore_errors=True)
-    try:
-        config = finetune_config_from_run(run)
-        base_dir = Path(config.base_model)
-        start = Path(config.init_lora) if config.init_lora else None  # a continued LoRA version's adapter
-        if not any(g["label"] == "base" for g in run.eval_grids):  # where training starts
-            grids.save_grid(run.pk, grids.render_grid(run, base_dir, start, "base", 0))
-        total = config.max_steps if run.method == FineTuneRun.Method.DPO else config.iterations
-        FineTuneRun.objects.filter(pk=run.pk).update(total_steps=total)
-        grids.render_missing_checkpoint_grids(run, base_dir, output_dir, checkpoint_every=config.checkpoint_every,
-                                         total=total)
-        progress = RunProgress(FineTuneRun, run, total_steps=total, resume_step=resume_step(output_dir), echo=echo,
-                               checkpoint_every=config.checkpoint_every)
+    with heartbeat_for(lease) as heartbeat:
+        try:
+            output_dir = attempt_dir(finetune_run_dir(run), lease)
+            config = finetune_config_from_run(run)
+            base_dir = Path(config.base_model)
+            start = Path(config.init_lora) if config.init_lora else None  # a continued LoRA version's adapter
+            total = config.max_steps if run.method == FineTuneRun.Method.DPO else config.iterations
+            heartbeat.set(total_steps=total)
+            progress = RunProgress(heartbeat, run, total_steps=total, resume_step=resume_step(output_dir),
+                                   echo=echo, checkpoint_every=config.checkpoint_every)
+            if not any(g["label"] == "base" for g in run.eval_grids):  # where training starts
+                progress.enter(JobPhase.RENDERING_BASE)
+                grids.save_grid(lease, grids.render_grid(run, base_dir, start, "base", 0, attempt=lease.attempt))
+            grids.render_missing_checkpoint_grids(run, lease, base_dir, output_dir,
+                                                  checkpoint_every=config.checkpoint_every, total=total,
+                                                  on_render=lambda: progress.enter(JobPhase.RENDERING_CHECKPOINT))
 
-        def on_checkpoint(step: int, directory: Path) -> None:
-            if not progress.stopped and grids.wants_checkpoint_grid(step, checkpoint_every=config.checkpoint_every,
-                                                               total=total):
-                grids.render_checkpoint_grid(run, base_dir, directory, step)
-                progress.flush(force=True)  # a fresh heartbeat after rendering (and a cancel seen sooner)
+            def on_checkpoint(step: int, directory: Path) -> None:
+                if not progress.stopped and grids.wants_checkpoint_grid(
+                        step, checkpoint_every=config.checkpoint_every, total=total):
+                    progress.enter(JobPhase.RENDERING_CHECKPOINT)
+                    grids.render_checkpoint_grid(run, lease, base_dir, directory, step)
+                    progress.enter(JobPhase.TRAINING)
 
-        if run.method == FineTuneRun.Method.DPO:
-            result = train_dpo(config, run_data_path(run), output_dir, on_log=progress.on_log,
-                               should_stop=progress.should_stop, on_checkpoint=on_checkpoint, resume=True)
-        else:
-            result = train_ddpo(config, output_dir, on_log=progress.on_log, should_stop=progress.should_stop,
-                                on_checkpoint=on_checkpoint, resume=True)
-        progress.flush(force=True)
-        if result.stopped:
-            run_fail(FineTuneRun, run_id, "Stopped before the end.")  # only if it was not cancelled
+            if run.method == FineTuneRun.Method.DPO:
+                result = train_dpo(config, run_data_path(run), output_dir, on_log=progress.on_log,
+                                   should_stop=progress.should_stop, on_checkpoint=on_checkpoint, resume=True,
+                                   on_phase=progress.on_phase)
+            else:
+                result = train_ddpo(config, output_dir, on_log=progress.on_log, should_stop=progress.should_stop,
+                                    on_checkpoint=on_checkpoint, resume=True, on_phase=progress.on_phase)
+            progress.flush()
+            if result.stopped:  # cancelled, retried or reaped: the run is not ours to end
+                return FineTuneRun.objects.get(pk=run_id)
+            progress.enter(JobPhase.RENDERING_FINAL)
+            stable = copy_directory(result.lora_dir, finetune_lora_dir(run, lease.attempt))
+            grids.save_grid(lease, grids.render_grid(run, base_dir, stable, "final", result.step,
+                                                     attempt=lease.attempt))
+            progress.enter(JobPhase.REGISTERING)
+        except Exception as exc:
+            logger.exception("fine-tune run %s failed", run_id)
+            free_memory()
+            run_fail(lease, failure_reason(exc))
             return FineTuneRun.objects.get(pk=run_id)
-        stable = copy_directory(result.lora_dir, finetune_lora_dir(run))
-        grids.save_grid(run.pk, grids.render_grid(run, base_dir, stable, "final", result.step))
-    except Exception as exc:
-        logger.exception("fine-tune run %s failed", run_id)
-        free_memory()
-        run_fail(FineTuneRun, run_id, failure_reason(exc))
-        return FineTuneRun.objects.get(pk=run_id)
     try:
-        return _finetune_run_register(run_id=run_id, lora_dir=stable, step=result.step,
+        return _finetune_run_register(lease=lease, lora_dir=stable, step=result.step,
                                       last_metrics=json_safe(result.last_metrics))
     except ApplicationError as exc:
         shutil.rmtree(stable, ignore_errors=True)
-        run_fail(FineTuneRun, run_id, f"Could not register the model version: {exc.message}")
+        run_fail(lease, f"Could not register the model version: {exc.message}")
         return FineTuneRun.objects.get(pk=run_id)
 
 
@@ -354,12 +369,13 @@ def finetune_version_name(run: FineTuneRun) -> str:
 
 
 @transaction.atomic
-def _finetune_run_register(*, run_id: int, lora_dir: Path, step: int, last_metrics: dict[str, Any]) -> FineTuneRun:
-    run = (FineTuneRun.objects.select_for_update(of=("self",)).select_related("base_version__parent")
-           .get(pk=run_id))
-    if run.status != RunStatus.RUNNING:  # cancelled at the very end: register nothing
-        shutil.rmtree(lora_dir, ignore_errors=True)
-        return run
+def _finetune_run_register(*, lease: jobs.Lease, lora_dir: Path, step: int, last_metrics: dict[str, Any]
+                           ) -> FineTuneRun:
+    if jobs.job_lock_owned(lease) is None:  # cancelled at the very end, or taken back: register nothing
+        if not ModelVersion.objects.filter(lora_path=str(lora_dir)).exists():
+            shutil.rmtree(lora_dir, ignore_errors=True)
+        return FineTuneRun.objects.get(pk=lease.pk)
+    run = FineTuneRun.objects.select_related("base_version__parent").get(pk=lease.pk)
     start = run.base_version  # what training started from: a base version, or a LoRA version it continued
     base = finetune_root(run)
     source = (f"export {run.export_id}" if run.method == FineTuneRun.Method.DPO
@@ -376,14 +392,10 @@ def _finetune_run_register(*, run_id: int, lora_dir: Path, step: int, last_metri
     )
     if run.project is not None:  # offered where its start version was
         project_model_version_offer_beside(project=run.project, version=version, beside=start)
-    run.result_version = version
-    run.status = RunStatus.SUCCEEDED
-    run.progress = 1.0
-    run.step = step
-    run.last_metrics = {**run.last_metrics, **last_metrics}
-    run.lineage = {**run.lineage, "result_version": {"id": version.pk, "name": version.name},
-                   "lora_path": str(lora_dir)}
-    run.finished_at = timezone.now()
-    run.save(update_fields=["result_version", "status", "progress", "step", "last_metrics", "lineage",
-                            "finished_at", "updated_at"])
+    jobs.job_finish(lease, result_version=version, step=step, last_metrics={**run.last_metrics, **last_metrics},
+                    lineage={**run.lineage, "result_version": {"id": version.pk, "name": version.name},
+                             "lora_path": str(lora_dir)})
+    for leftover in other_attempt_dirs(finetune_run_dir(run), lease):  # earlier attempts' checkpoints
+        shutil.rmtree(leftover, ignore_errors=True)
+    run.refresh_from_db()
     return run

@@ -1,10 +1,13 @@
 """A fine-tune run's evaluation grids: fixed prompts x seeds rendered from the starting model, every
-periodic checkpoint and the final LoRA, stored under deterministic keys."""
+periodic checkpoint and the final LoRA, stored under deterministic keys of the attempt that rendered them
+(a stalled earlier attempt never overwrites them) and recorded only while the run is still that
+attempt's (:func:`save_grid` names the lease)."""
 
 from __future__ import annotations
 
 import gc
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +16,7 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
 
+from core import jobs
 from generation.inference import image_to_png_bytes, resolve_device
 from rlhf.models import FineTuneRun
 from rlhf.runs.lifecycle import failure_reason, free_memory
@@ -32,7 +36,8 @@ def grid_order(grid: dict[str, Any]) -> tuple[int, int]:
     return {"base": 0, "final": 2}.get(grid["label"], 1), int(grid["step"])
 
 
-def render_grid(run: FineTuneRun, base_dir: Path, lora_dir: Path | None, label: str, step: int) -> dict[str, Any]:
+def render_grid(run: FineTuneRun, base_dir: Path, lora_dir: Path | None, label: str, step: int, *,
+                attempt: int) -> dict[str, Any]:
     """Render the fixed evaluation prompts x seeds and store them under deterministic keys.
 
     Every image is sampled from its own CPU generator seeded with its evaluation seed
@@ -54,7 +59,7 @@ def render_grid(run: FineTuneRun, base_dir: Path, lora_dir: Path | None, label: 
     del pipe
     entries = []
     for index, (prompt, seed, image) in enumerate(zip(prompts, seeds, images, strict=True)):
-        key = eval_image_key(run, label, index)
+        key = eval_image_key(run, label, index, attempt=attempt)
         _store(key, image_to_png_bytes(image))
         entries.append({"prompt": prompt, "seed": seed, "key": key, "index": index})
     return {"label": label, "step": step, "images": entries}
@@ -69,15 +74,20 @@ def _store(key: str, data: bytes) -> None:
         raise OSError(f"storage saved {key!r} as {saved!r}")
 
 
-def save_grid(run_id: int, grid: dict[str, Any]) -> None:
-    """Add or replace (by label) one grid; the list stays in :func:`grid_order`."""
+def save_grid(lease: jobs.Lease, grid: dict[str, Any]) -> bool:
+    """Add or replace (by label) one grid while the run is still ``lease``'s; the list stays in
+    :func:`grid_order`. False, and nothing saved, once the run was taken back."""
     with transaction.atomic():
-        run = FineTuneRun.objects.select_for_update().get(pk=run_id)
-        run.eval_grids = sorted([g for g in run.eval_grids if g["label"] != grid["label"]] + [grid], key=grid_order)
-        run.save(update_fields=["eval_grids", "updated_at"])
+        run = jobs.job_lock_owned(lease)
+        if run is None:
+            return False
+        grids = sorted([g for g in run.eval_grids if g["label"] != grid["label"]] + [grid], key=grid_order)
+        lease.owned().update(eval_grids=grids)
+    return True
 
 
-def render_checkpoint_grid(run: FineTuneRun, base_dir: Path, lora_dir: Path, step: int) -> None:
+def render_checkpoint_grid(run: FineTuneRun, lease: jobs.Lease, base_dir: Path, lora_dir: Path,
+                           step: int) -> None:
     """Render and save the grid of the checkpoint at ``step``; a failure is recorded on the grid, not raised.
 
     A checkpoint grid is a preview: running out of memory (or any other error) while rendering it must
@@ -87,11 +97,11 @@ def render_checkpoint_grid(run: FineTuneRun, base_dir: Path, lora_dir: Path, ste
     """
     label = checkpoint_grid_label(step)
     try:
-        grid = render_grid(run, base_dir, lora_dir, label, step)
+        grid = render_grid(run, base_dir, lora_dir, label, step, attempt=lease.attempt)
     except Exception as exc:
         logger.exception("fine-tune run %s: rendering the grid of checkpoint %s failed", run.pk, step)
         grid = {"label": label, "step": step, "images": [], "error": failure_reason(exc)}
-    save_grid(run.pk, grid)
+    save_grid(lease, grid)
     gc.collect()  # the pipeline (and, after a failure, the traceback's frames holding it) before the cache
     free_memory()
 
@@ -101,12 +111,16 @@ def wants_checkpoint_grid(step: int, *, checkpoint_every: int, total: int) -> bo
     return bool(checkpoint_every) and step % checkpoint_every == 0 and 0 < step < total
 
 
-def render_missing_checkpoint_grids(run: FineTuneRun, base_dir: Path, output_dir: Path, *,
-                                     checkpoint_every: int, total: int) -> None:
+def render_missing_checkpoint_grids(run: FineTuneRun, lease: jobs.Lease, base_dir: Path, output_dir: Path,
+                                    *,
+                                    checkpoint_every: int, total: int,
+                                    on_render: Callable[[], object] | None = None) -> None:
     """On resume: grids of checkpoints written before the worker died but not yet rendered."""
     rendered = {g["label"] for g in FineTuneRun.objects.get(pk=run.pk).eval_grids}
     for directory in list_checkpoints(output_dir):
         step = int(read_metadata(directory)["step"])
         if (wants_checkpoint_grid(step, checkpoint_every=checkpoint_every, total=total)
                 and checkpoint_grid_label(step) not in rendered):
-            render_checkpoint_grid(run, base_dir, directory, step)
+            if on_render is not None:
+                on_render()
+            render_checkpoint_grid(run, lease, base_dir, directory, step)

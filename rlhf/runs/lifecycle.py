@@ -1,37 +1,41 @@
-"""The life of a run: cancel, retry, claim (start), progress and heartbeat, failure.
+"""The life of a run, on every background job's lifecycle (:mod:`core.jobs`): claim, progress on a
+heartbeat, failure; cancel and retry.
 
-Runs work in a directory of their own and the training code resumes from the newest checkpoint
-there, so a run whose worker died continues where it left off when it is retried. A running run
-without a heartbeat for ``STALE_RUN_SECONDS`` has lost its worker.
+A claimed run holds a lease that its :class:`core.jobs.JobHeartbeat` renews on a timer while it trains,
+however long a step takes; the reaper (``rlhf.tasks``) re-queues a run whose lease lapsed (its worker
+died). Every write of the worker (progress, metrics, grids, the result) names its lease token, so a
+worker whose run was taken back writes nothing and stops.
+
+Each attempt works in a directory of its own, ``<run dir>/attempt-<n>``, which starts with a copy of the
+checkpoints of the newest earlier attempt: a retried run resumes from its last checkpoint, and two
+workers (a retried run's old worker may still be alive) never write one directory.
 """
 
 from __future__ import annotations
 
+import shutil
 import sys
-import time
 from collections.abc import Callable, Mapping
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import models, transaction
-from django.utils import timezone
+from django.db import models
 
+from core import jobs
 from core.audit import audit_record
 from core.exceptions import ApplicationError
+from core.models import JobPhase
 from core.parsing import check_length
-from core.tasks import enqueue_on_commit
 from projects.access import project_check
 from projects.models import Project
-from rlhf.models import RunStatus
 from rlhf.runs.hyperparams import json_safe
-from rlhf.training.checkpoint import latest_checkpoint, read_metadata
+from rlhf.training.checkpoint import CHECKPOINTS_DIR, latest_checkpoint, list_checkpoints, read_metadata
 
-METRICS_FLUSH_SECONDS = 2.0  # metric points are written at most this often (plus the final one)
-STOP_POLL_SECONDS = 1.0  # should_stop() reads the run's status at most this often
-STALE_RUN_SECONDS = 120  # a running run without a heartbeat for this long has lost its worker
 MAX_HISTORY_POINTS = 2000  # longer histories are thinned (every other point) to stay small
+# The trainers' phase names (Django-free code) and the job phases they stand for.
+TRAINER_PHASES = {"loading_model": JobPhase.LOADING_MODEL, "training": JobPhase.TRAINING}
 
 OnLog = Callable[[int, Mapping[str, float]], None]
 
@@ -48,77 +52,96 @@ def check_user_may_train(user: AbstractBaseUser | None, project: Project | None)
 
 
 def run_cancel(model: type[models.Model], run: Any, user: Any = None) -> Any:
-    locked = model._default_manager.select_for_update().get(pk=run.pk)
-    if locked.is_finished:
-        raise ApplicationError(f"{locked} has already {locked.status}.", field="status")
-    before = locked.status
-    locked.status = RunStatus.CANCELLED
-    locked.finished_at = timezone.now()
-    locked.save(update_fields=["status", "finished_at", "updated_at"])
-    audit_record(event="run.cancelled", instance=locked, actor=user, project_id=locked.project_id,
-                 changes={"status": [before, locked.status]})
-    return locked
+    """Cancel a queued or running run; its worker stops at its next stop check (about a second)."""
+    before = run.status
+    cancelled = jobs.job_cancel(model, run.pk)  # type: ignore[arg-type]
+    audit_record(event="run.cancelled", instance=cancelled, actor=user, project_id=cancelled.project_id,
+                 changes={"status": [before, cancelled.status]})
+    return cancelled
 
 
 def run_retry(model: type[models.Model], run: Any, task_name: str, user: Any = None) -> Any:
     """Queue a failed, cancelled or abandoned run again (task ``task_name``); it resumes from its last checkpoint."""
-    locked = model._default_manager.select_for_update().get(pk=run.pk)
-    stale = locked.heartbeat_at is None or timezone.now() - locked.heartbeat_at > timedelta(seconds=STALE_RUN_SECONDS)
-    if locked.status == RunStatus.RUNNING and not stale:
-        raise ApplicationError(f"{locked} is running; it can be retried once its worker is gone.", field="status")
-    if locked.status in (RunStatus.SUCCEEDED, RunStatus.QUEUED):
-        raise ApplicationError(f"{locked} is {locked.status}; there is nothing to retry.", field="status")
-    before = locked.status
-    locked.status = RunStatus.QUEUED
-    locked.error = ""
-    locked.finished_at = None
-    locked.save(update_fields=["status", "error", "finished_at", "updated_at"])
-    audit_record(event="run.retried", instance=locked, actor=user, project_id=locked.project_id,
-                 changes={"status": [before, locked.status]})
-    enqueue_on_commit(task_name, locked.pk)
-    return locked
+    before = run.status
+    retried = jobs.job_retry(model, run.pk, task_name=task_name)  # type: ignore[arg-type]
+    audit_record(event="run.retried", instance=retried, actor=user, project_id=retried.project_id,
+                 changes={"status": [before, retried.status]})
+    return retried
 
 
-def run_start(model: type[models.Model], run_id: int) -> tuple[Any, bool] | None:
-    """Claim the run; None when it has finished or another live worker holds it. Returns (run, fresh)."""
-    with transaction.atomic():
-        run = model._default_manager.select_for_update().filter(pk=run_id).first()
-        if run is None or run.is_finished:
-            return None
-        now = timezone.now()
-        if (run.status == RunStatus.RUNNING and run.heartbeat_at is not None
-                and now - run.heartbeat_at < timedelta(seconds=STALE_RUN_SECONDS)):
-            return None
-        fresh = run.attempts == 0
-        run.status = RunStatus.RUNNING
-        run.attempts += 1
-        run.started_at = run.started_at or now
-        run.heartbeat_at = now
-        run.error = ""
-        run.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "error", "updated_at"])
-    return run, fresh
+def run_claim(model: type[models.Model], run_id: int) -> tuple[Any, jobs.Lease] | None:
+    """Claim a queued run for this worker; None when it is not queued (finished, or another worker's)."""
+    return jobs.job_claim(model, run_id, phase=JobPhase.STARTING)  # type: ignore[arg-type]
+
+
+def run_fail(lease: jobs.Lease, error: str) -> bool:
+    """Fail the run with ``error``, if it is still this worker's."""
+    return jobs.job_fail(lease, error)
+
+
+def attempt_dir(run_dir: Path, lease: jobs.Lease) -> Path:
+    """The directory this attempt works in, seeded with the newest earlier attempt's checkpoints.
+
+    The first attempt starts from nothing (whatever an earlier database's run of the same id left there
+    is removed). A later one copies the ``checkpoints/`` of the attempt whose last checkpoint is the
+    newest, so training resumes there; the earlier attempts' directories stay theirs (a stalled old
+    worker may still write to its own) until the run finishes.
+    """
+    own = run_dir / jobs.attempt_name(lease.attempt)
+    if lease.attempt == 1:
+        shutil.rmtree(run_dir, ignore_errors=True)
+    else:
+        shutil.rmtree(own, ignore_errors=True)
+    own.mkdir(parents=True, exist_ok=True)
+    best: tuple[int, int, Path] | None = None
+    # Earlier attempts' directories, and the run directory itself (runs started before attempts had their own).
+    candidates = [(other, other.name.removeprefix("attempt-")) for other in run_dir.glob("attempt-*")]
+    for other, number in [*candidates, (run_dir, "0")]:
+        if other == own or not number.isdigit():
+            continue
+        latest = latest_checkpoint(other)
+        if latest is not None:
+            key = (int(read_metadata(latest)["step"]), int(number), other)
+            best = max(best, key) if best is not None else key
+    if best is not None:
+        shutil.copytree(best[2] / CHECKPOINTS_DIR, own / CHECKPOINTS_DIR)
+    return own
+
+
+def other_attempt_dirs(run_dir: Path, lease: jobs.Lease) -> list[Path]:
+    return [path for path in run_dir.glob("attempt-*") if path.name != jobs.attempt_name(lease.attempt)]
+
+
+def resume_step(output_dir: Path) -> int:
+    latest = latest_checkpoint(output_dir)
+    return int(read_metadata(latest)["step"]) if latest is not None else 0
+
+
+def checkpoint_steps(output_dir: Path) -> list[int]:
+    return [int(read_metadata(path)["step"]) for path in list_checkpoints(output_dir)]
 
 
 class RunProgress:
-    """``on_log``/``should_stop`` for the trainers: throttled metric writes and a throttled status poll.
+    """``on_log``/``on_phase``/``should_stop`` for the trainers, on the run's heartbeat.
 
-    Points are kept in memory and written with the step, progress and heartbeat at most every
-    ``METRICS_FLUSH_SECONDS`` (and by :meth:`flush` with ``force``). A write that finds the run no
-    longer running (cancelled) makes ``should_stop()`` true.
+    Points are kept in memory and handed to the heartbeat, which writes them with the step, progress
+    and lease renewal on its timer; a point at a checkpoint is written at once (``flush``). ``should_stop``
+    is true once the run is no longer this worker's (cancelled, retried, reaped).
     """
 
-    def __init__(self, model: type[models.Model], run: Any, *, total_steps: int, resume_step: int = 0,
+    def __init__(self, heartbeat: jobs.JobHeartbeat, run: Any, *, total_steps: int, resume_step: int = 0,
                  echo: OnLog | None = None, checkpoint_every: int = 0) -> None:
-        self.model, self.run_id, self.total_steps = model, run.pk, max(total_steps, 1)
+        self.heartbeat, self.total_steps = heartbeat, max(total_steps, 1)
         self.checkpoint_every = checkpoint_every  # points up to a checkpoint are always written
         self.history: list[dict[str, Any]] = [p for p in (run.history or []) if p.get("step", 0) <= resume_step]
         self.last: dict[str, Any] = dict(run.last_metrics or {})
         self.step = resume_step
         self.echo = echo
-        self.stopped = False
-        self._last_flush = 0.0
-        self._last_poll = time.monotonic()
-        self._dirty = False
+
+    def _state(self) -> dict[str, Any]:
+        # Copies: the heartbeat thread writes them while this thread goes on appending.
+        return {"history": list(self.history), "last_metrics": dict(self.last), "step": self.step,
+                "progress": min(0.99, self.step / self.total_steps)}
 
     def on_log(self, step: int, metrics: Mapping[str, float]) -> None:
         point = {"step": int(step), **json_safe(dict(metrics))}
@@ -130,34 +153,34 @@ class RunProgress:
             self.history = self.history[::2] + ([self.history[-1]] if len(self.history) % 2 == 0 else [])
         self.last.update(point)
         self.step = int(step)
-        self._dirty = True
         if self.echo is not None:
             self.echo(step, metrics)
-        at_checkpoint = bool(self.checkpoint_every) and step % self.checkpoint_every == 0
-        if at_checkpoint or time.monotonic() - self._last_flush >= METRICS_FLUSH_SECONDS:
-            self.flush()
+        self.heartbeat.set(**self._state())
+        if self.checkpoint_every and step % self.checkpoint_every == 0:
+            self.heartbeat.flush()
 
-    def flush(self, *, force: bool = False) -> bool:
-        if not (self._dirty or force):
-            return not self.stopped
-        updated = self.model._default_manager.filter(pk=self.run_id, status=RunStatus.RUNNING).update(
-            history=self.history, last_metrics=self.last, step=self.step,
-            progress=min(0.99, self.step / self.total_steps), heartbeat_at=timezone.now(), updated_at=timezone.now(),
-        )
-        self._last_flush = self._last_poll = time.monotonic()
-        self._dirty = False
-        if not updated:
-            self.stopped = True
-        return bool(updated)
+    def on_phase(self, phase: str) -> None:
+        """A trainer says where it is ("loading_model", "training")."""
+        self.heartbeat.phase(TRAINER_PHASES.get(phase, phase), **self._state())
+
+    def enter(self, phase: str) -> bool:
+        """This run enters ``phase`` (rendering grids, registering); False once the run is no longer ours."""
+        return self.heartbeat.phase(phase, **self._state())
+
+    def flush(self) -> bool:
+        self.heartbeat.set(**self._state())
+        return self.heartbeat.flush()
 
     def should_stop(self) -> bool:
-        if self.stopped:
-            return True
-        if time.monotonic() - self._last_poll >= STOP_POLL_SECONDS:
-            self._last_poll = time.monotonic()
-            status = self.model._default_manager.filter(pk=self.run_id).values_list("status", flat=True).first()
-            self.stopped = status != RunStatus.RUNNING
-        return self.stopped
+        return self.heartbeat.should_stop()
+
+    @property
+    def stopped(self) -> bool:
+        return self.heartbeat.lost
+
+
+def heartbeat_for(lease: jobs.Lease) -> jobs.JobHeartbeat:
+    return jobs.JobHeartbeat(lease, interval=settings.JOB_HEARTBEAT_SECONDS)
 
 
 def is_oom(exc: BaseException) -> bool:
@@ -177,12 +200,6 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def run_fail(model: type[models.Model], run_id: int, error: str) -> None:
-    model._default_manager.filter(pk=run_id, status__in=[RunStatus.RUNNING, RunStatus.QUEUED]).update(
-        status=RunStatus.FAILED, error=error[:5000], finished_at=timezone.now(), updated_at=timezone.now()
-    )
-
-
 def free_memory() -> None:
     """Give the accelerator's cached memory back after a failure (best effort; nothing to do without torch)."""
     torch = sys.modules.get("torch")
@@ -193,11 +210,6 @@ def free_memory() -> None:
             torch.cuda.empty_cache()
     except Exception:  # noqa: BLE001, S110 - best effort after a failure
         pass
-
-
-def resume_step(output_dir: Path) -> int:
-    latest = latest_checkpoint(output_dir)
-    return int(read_metadata(latest)["step"]) if latest is not None else 0
 
 
 def run_name(name: str | None, *, model: type[Any]) -> str:

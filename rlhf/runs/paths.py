@@ -1,8 +1,8 @@
 """Where runs work and what they read: working directories, stable output directories, storage keys.
 
-Runs work in ``PICKWISE_MODEL_CACHE_DIR/runs/<kind>-<id>``; finished weights are copied to a stable
-directory (``reward-models/``, ``loras/``) through a sibling temporary one, so that directory is whole
-or absent.
+Runs work in ``PICKWISE_MODEL_CACHE_DIR/runs/<kind>-<id>/attempt-<n>``; finished weights are copied to a
+stable directory of the attempt (``reward-models/``, ``loras/``) through a sibling temporary one, so that
+directory is whole or absent.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from pathlib import Path
 
 from django.conf import settings
 
+from core import jobs
 from core.exceptions import ApplicationError
 from rlhf.datasets.services import export_directory
 from rlhf.models import FineTuneRun, PreferenceExport, RewardModelRun
@@ -47,21 +48,24 @@ def reward_run_dir(run: RewardModelRun) -> Path:
     return cache_dir() / "runs" / f"reward-{run.pk}"
 
 
-def reward_version_dir(run: RewardModelRun) -> Path:
-    return cache_dir() / "reward-models" / f"reward-{run.pk}"
+def reward_version_dir(run: RewardModelRun, attempt: int) -> Path:
+    """Where attempt ``attempt`` puts the finished model (per attempt: a stalled earlier attempt never writes it)."""
+    return cache_dir() / "reward-models" / f"reward-{run.pk}-{jobs.attempt_name(attempt)}"
 
 
 def finetune_run_dir(run: FineTuneRun) -> Path:
     return cache_dir() / "runs" / f"finetune-{run.pk}"
 
 
-def finetune_lora_dir(run: FineTuneRun) -> Path:
-    return cache_dir() / "loras" / f"finetune-{run.pk}"
+def finetune_lora_dir(run: FineTuneRun, attempt: int) -> Path:
+    """Where attempt ``attempt`` puts the finished LoRA (per attempt: a stalled earlier attempt never writes it)."""
+    return cache_dir() / "loras" / f"finetune-{run.pk}-{jobs.attempt_name(attempt)}"
 
 
-def eval_image_key(run: FineTuneRun, label: str, index: int) -> str:
-    """Deterministic storage key of one evaluation image (a re-run overwrites, never duplicates)."""
-    return f"finetune-runs/{run.pk}/{label}/{index}.png"
+def eval_image_key(run: FineTuneRun, label: str, index: int, *, attempt: int) -> str:
+    """Deterministic storage key of one evaluation image of one attempt (a re-run of that attempt overwrites,
+    never duplicates; another attempt writes its own). The grid records the key its image is under."""
+    return f"finetune-runs/{run.pk}/{jobs.attempt_name(attempt)}/{label}/{index}.png"
 
 
 def export_data_path(export: PreferenceExport) -> Path:

@@ -14,29 +14,33 @@ import pyarrow.parquet as pq
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
-from django.utils import timezone
 from django.utils.text import slugify
 from huggingface_hub import try_to_load_from_cache
 
+from core import jobs
 from core.audit import audit_record
 from core.exceptions import ApplicationError
+from core.models import JobPhase
 from core.tasks import enqueue_on_commit
 from generation.inference import HUB_ID_RE
-from rlhf.models import PreferenceExport, RewardModelRun, RewardModelVersion, RunStatus
+from rlhf.models import PreferenceExport, RewardModelRun, RewardModelVersion
 from rlhf.runs.data import check_data_path, check_export
 from rlhf.runs.hyperparams import build_config, config_dict, json_safe, parse_hyperparameters
 from rlhf.runs.lifecycle import (
     OnLog,
     RunProgress,
+    attempt_dir,
     check_user_may_train,
     failure_reason,
     free_memory,
+    heartbeat_for,
+    other_attempt_dirs,
     resume_step,
     run_cancel,
+    run_claim,
     run_fail,
     run_name,
     run_retry,
-    run_start,
 )
 from rlhf.runs.paths import (
     allowed_model_dir,
@@ -46,6 +50,7 @@ from rlhf.runs.paths import (
     reward_version_dir,
     run_data_path,
 )
+from rlhf.training.configs import RewardModelConfig, pickscore_preset, tiny_reward_preset
 from rlhf.training.evaluate import agreement_ceiling
 
 logger = logging.getLogger(__name__)
@@ -76,9 +81,6 @@ def reward_config_build(
     trusted_paths: bool = False,
 ) -> Any:
     """A validated ``RewardModelConfig``; every problem is an ApplicationError naming its field."""
-    # torch: the config lives beside the trainer, which web processes never load otherwise
-    from rlhf.training.reward_train import RewardModelConfig, pickscore_preset, tiny_reward_preset
-
     if preset not in RewardModelRun.Preset.values:
         raise ApplicationError(f"Unknown preset {preset!r}; choose one of {', '.join(RewardModelRun.Preset.values)}.",
                                field="preset")
@@ -128,7 +130,7 @@ def reward_run_create(
     run = RewardModelRun.objects.create(
         project=project, export=export, data_path=str(Path(data_path).expanduser()) if data_path else "",
         created_by=user, name=run_name(name, model=RewardModelRun), backbone=config.backbone, preset=preset,
-        config=config_dict(config),
+        config=config_dict(config), max_attempts=settings.JOB_MAX_ATTEMPTS,
     )
     audit_record(event="run.started", instance=run, actor=user, project_id=run.project_id,
                  details={"kind": "reward", "export": run.export_id, "backbone": run.backbone, "preset": preset})
@@ -147,6 +149,11 @@ def reward_run_cancel(*, run: RewardModelRun, user: AbstractBaseUser | None = No
 def reward_run_retry(*, run: RewardModelRun, user: AbstractBaseUser | None = None) -> RewardModelRun:
     """Queue a failed, cancelled or abandoned run again; it resumes from its last checkpoint."""
     return run_retry(RewardModelRun, run, TRAIN_REWARD_MODEL, user)
+
+
+def reward_runs_reap_expired() -> int:
+    """Re-queue reward runs whose worker died (the retry resumes from their last checkpoint)."""
+    return jobs.jobs_reap(RewardModelRun, task_name=TRAIN_REWARD_MODEL, what="training this reward model")
 
 
 def agreement_ceiling_of(path: Path) -> dict[str, Any] | None:
@@ -173,59 +180,63 @@ def agreement_ceiling_of(path: Path) -> dict[str, Any] | None:
 
 
 def reward_run_execute(*, run_id: int, echo: OnLog | None = None) -> RewardModelRun | None:
-    """Train, evaluate and register one reward-model run; a no-op for a finished (or held) run.
+    """Train, evaluate and register one reward-model run; a no-op for a run that is not queued.
 
-    ``echo(step, metrics)`` sees every logged point (the management command's progress bar).
+    The run is claimed under a lease that a heartbeat renews while it trains; it works in its attempt's
+    own directory (resuming from the newest checkpoint of an earlier attempt). ``echo(step, metrics)`` sees
+    every logged point (the management command's progress bar).
     """
     from rlhf.training.data import count_rows  # torch: the worker running it loads it, never a web process
-    from rlhf.training.reward_train import RewardModelConfig, train_reward_model  # torch: as above
+    from rlhf.training.reward_train import train_reward_model  # torch: as above
 
-    claimed = run_start(RewardModelRun, run_id)
+    claimed = run_claim(RewardModelRun, run_id)
     if claimed is None:
         return RewardModelRun.objects.filter(pk=run_id).first()
-    run, fresh = claimed
+    run, lease = claimed
     run = RewardModelRun.objects.select_related("export", "project").get(pk=run.pk)
-    output_dir = reward_run_dir(run)
-    if fresh:
-        shutil.rmtree(output_dir, ignore_errors=True)  # leftovers of an earlier database's run with this id
-    try:
-        config = RewardModelConfig(**run.config)
-        data_path = run_data_path(run)
-        rows = count_rows(data_path, "train")
-        total = config.epochs * math.ceil(rows / (config.batch_size * config.grad_accum))
-        total = min(total, config.max_steps) if config.max_steps else total
-        RewardModelRun.objects.filter(pk=run.pk).update(total_steps=total)
-        progress = RunProgress(RewardModelRun, run, total_steps=total, resume_step=resume_step(output_dir),
-                               echo=echo, checkpoint_every=config.checkpoint_every)
-        result = train_reward_model(config, data_path, output_dir, on_log=progress.on_log,
-                                    should_stop=progress.should_stop, resume=True)
-        progress.flush(force=True)
-    except Exception as exc:
-        logger.exception("reward run %s failed", run_id)
-        free_memory()
-        run_fail(RewardModelRun, run_id, failure_reason(exc))
-        return RewardModelRun.objects.get(pk=run_id)
-    if result.stopped:
-        run_fail(RewardModelRun, run_id, "Stopped before the end.")  # only if it was not cancelled
-        return RewardModelRun.objects.get(pk=run_id)
-    ceiling = agreement_ceiling_of(data_path) if run.export is not None else None
-    results = json_safe({
-        "step": result.step,
-        "validation": result.validation.as_dict() if result.validation else None,
-        "test": result.test.as_dict() if result.test else None,
-        "ceiling": ceiling,
-        "last_metrics": result.last_metrics,
-    })
-    stable = copy_directory(result.model_dir, reward_version_dir(run))
-    return _reward_run_register(run_id=run_id, path=stable, results=results)
+    with heartbeat_for(lease) as heartbeat:
+        try:
+            heartbeat.phase(JobPhase.READING_DATA)
+            output_dir = attempt_dir(reward_run_dir(run), lease)
+            config = RewardModelConfig(**run.config)
+            data_path = run_data_path(run)
+            rows = count_rows(data_path, "train")
+            total = config.epochs * math.ceil(rows / (config.batch_size * config.grad_accum))
+            total = min(total, config.max_steps) if config.max_steps else total
+            heartbeat.set(total_steps=total)
+            progress = RunProgress(heartbeat, run, total_steps=total, resume_step=resume_step(output_dir),
+                                   echo=echo, checkpoint_every=config.checkpoint_every)
+            result = train_reward_model(config, data_path, output_dir, on_log=progress.on_log,
+                                        should_stop=progress.should_stop, resume=True, on_phase=progress.on_phase)
+            progress.flush()
+            if result.stopped:  # cancelled, retried or reaped: the run is not ours to end
+                return RewardModelRun.objects.get(pk=run_id)
+            ceiling = agreement_ceiling_of(data_path) if run.export is not None else None
+            results = json_safe({
+                "step": result.step,
+                "validation": result.validation.as_dict() if result.validation else None,
+                "test": result.test.as_dict() if result.test else None,
+                "ceiling": ceiling,
+                "last_metrics": result.last_metrics,
+            })
+            progress.enter(JobPhase.REGISTERING)
+            stable = copy_directory(result.model_dir, reward_version_dir(run, lease.attempt))
+        except Exception as exc:
+            logger.exception("reward run %s failed", run_id)
+            free_memory()
+            run_fail(lease, failure_reason(exc))
+            return RewardModelRun.objects.get(pk=run_id)
+    return _reward_run_register(lease=lease, path=stable, results=results)
 
 
 @transaction.atomic
-def _reward_run_register(*, run_id: int, path: Path, results: dict[str, Any]) -> RewardModelRun:
-    run = RewardModelRun.objects.select_for_update(of=("self",)).select_related("export", "project").get(pk=run_id)
-    if run.status != RunStatus.RUNNING:  # cancelled while evaluating: register nothing
-        shutil.rmtree(path, ignore_errors=True)
-        return run
+def _reward_run_register(*, lease: jobs.Lease, path: Path, results: dict[str, Any]) -> RewardModelRun:
+    run = jobs.job_lock_owned(lease)
+    if run is None:  # cancelled while evaluating, or taken back: register nothing
+        if not RewardModelVersion.objects.filter(path=str(path)).exists():
+            shutil.rmtree(path, ignore_errors=True)
+        return RewardModelRun.objects.get(pk=lease.pk)
+    run = RewardModelRun.objects.select_related("export", "project").get(pk=lease.pk)
     base = slugify(run.name)[:80] if run.name else "reward"
     test = results.get("test") or {}
     validation = results.get("validation") or {}
@@ -239,10 +250,8 @@ def _reward_run_register(*, run_id: int, path: Path, results: dict[str, Any]) ->
                      f"backbone {run.backbone}, preset {run.preset}, loss {run.config.get('loss')}."),
         created_by=run.created_by,
     )
-    run.status = RunStatus.SUCCEEDED
-    run.progress = 1.0
-    run.results = results
-    run.step = int(results.get("step") or run.step)
-    run.finished_at = timezone.now()
-    run.save(update_fields=["status", "progress", "results", "step", "finished_at", "updated_at"])
+    jobs.job_finish(lease, results=results, step=int(results.get("step") or run.step))
+    for leftover in other_attempt_dirs(reward_run_dir(run), lease):  # earlier attempts' checkpoints
+        shutil.rmtree(leftover, ignore_errors=True)
+    run.refresh_from_db()
     return run

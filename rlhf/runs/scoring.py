@@ -5,6 +5,7 @@ project's pre-sort, :class:`WorkflowRewardScores`, registered in ``RlhfConfig.re
 from __future__ import annotations
 
 import threading
+import uuid
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from io import BytesIO
@@ -12,7 +13,6 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.core.exceptions import ValidationError
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import QuerySet
@@ -22,7 +22,7 @@ from core.exceptions import ApplicationError
 from core.tasks import enqueue_on_commit
 from generation.inference import resolve_device
 from generation.models import GeneratedImage
-from generation.selectors import image_for_user
+from generation.selectors import images_for_user
 from projects.models import Project
 from rlhf.models import ImageScore, ProjectPresort, RewardModelVersion
 from rlhf.runs.lifecycle import check_user_may_train
@@ -59,15 +59,26 @@ def images_for_scoring(*, user: AbstractBaseUser | None, image_ids: list[Any]) -
         raise ApplicationError("Give at least one image id.", field="image_ids")
     if len(image_ids) > MAX_SCORE_IMAGES:
         raise ApplicationError(f"Score at most {MAX_SCORE_IMAGES} images per request.", field="image_ids")
+    keys = [_uuid_key(image_id) for image_id in image_ids]
+    if user is None:  # trusted code
+        found = {str(image.pk): image for image in GeneratedImage.objects.filter(pk__in=[k for k in keys if k])}
+    else:  # one query, however many images
+        found = images_for_user(user=user, image_ids=[k for k in keys if k])
     images = []
-    for image_id in image_ids:
-        try:
-            image = (GeneratedImage.objects.get(pk=image_id) if user is None
-                     else image_for_user(user=user, image_id=image_id))
-        except (GeneratedImage.DoesNotExist, ValidationError, ValueError, TypeError):
-            raise ApplicationError(f"No image {image_id} that you may see.", field="image_ids") from None
+    for image_id, key in zip(image_ids, keys, strict=True):
+        image = found.get(key) if key else None
+        if image is None:
+            raise ApplicationError(f"No image {image_id} that you may see.", field="image_ids")
         images.append(image)
     return images
+
+
+def _uuid_key(value: Any) -> str | None:
+    """The canonical form of an image id, or None when it is not a UUID."""
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError:
+        return None
 
 
 def image_scores_compute(*, reward_version_id: int, image_ids: list[str], prompt: str | None = None,

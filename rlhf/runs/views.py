@@ -21,7 +21,6 @@ from rlhf.models import FineTuneRun, RewardModelRun
 from rlhf.runs import finetune, reward
 from rlhf.runs import selectors as run_selectors
 from rlhf.runs.forms import FineTuneRunForm, RewardRunForm
-from rlhf.runs.paths import eval_image_key
 
 
 def _form_error(form: forms.Form, exc: ApplicationError) -> None:
@@ -187,9 +186,10 @@ def finetune_run_image(request: HttpRequest, run_id: int, label: str, index: int
     """One evaluation image, for users who may train in the run's project."""
     run = _finetune_run(request, run_id)
     grid = next((g for g in run.eval_grids if g["label"] == label), None)
-    if grid is None or not any(image["index"] == index for image in grid["images"]):
+    image = next((image for image in (grid or {}).get("images", []) if image["index"] == index), None)
+    if image is None:
         raise Http404("No such image")
-    key = eval_image_key(run, label, index)
+    key = image["key"]  # the attempt that rendered the grid stored it under its own key
     if not default_storage.exists(key):
         raise Http404("No such image")
     response = FileResponse(default_storage.open(key, "rb"), content_type="image/png")

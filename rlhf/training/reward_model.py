@@ -22,6 +22,8 @@ from tokenizers.pre_tokenizers import ByteLevel
 from torch import Tensor, nn
 from transformers import AutoConfig, CLIPConfig, CLIPModel, CLIPTokenizer, PreTrainedTokenizerBase
 
+from rlhf.training.configs import check_clip_backbone as check_clip_backbone
+
 PREPROCESS_FILE = "preprocess.json"
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -123,19 +125,6 @@ class RewardModel(nn.Module):
             text = text[list_index.to(text.device)]
         scale = self.clip.logit_scale.exp()
         return scale * (text * image).sum(dim=-1)
-
-
-def check_clip_backbone(path: str) -> None:
-    """Raise ValueError unless ``path`` is a local directory holding a CLIP-type config."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise ValueError(f"backbone {path!r} does not exist")
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"backbone {path!r} has no config.json, so it is not a transformers model")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != "clip":
-        raise ValueError(f"backbone {path!r} is model_type {model_type!r}, not a CLIP model ('clip')")
 
 
 def load_reward_model(path: str | Path, *, image_size: int | None = None, device: str = "cpu") -> RewardModel:

@@ -6,6 +6,7 @@ import random
 from datetime import timedelta
 
 import pytest
+from django.db import OperationalError, connection
 from django.utils import timezone
 
 from annotate.models import (
@@ -21,7 +22,7 @@ from annotate.workflow import services as workflow_services
 from annotate.workflow.services import Submission
 from core.exceptions import ApplicationError
 from projects.roles import Role
-from tests.annotate.factories_workflow import set_workflow, task_with_images, tasks_with_images
+from tests.annotate.factories_workflow import images_for, set_workflow, task_with_images, tasks_with_images
 from tests.factories import MembershipFactory, UserFactory
 
 
@@ -199,6 +200,54 @@ def test_gold_tasks_are_mixed_in_and_do_not_count_towards_k(project):
     assert gold.taken_count == 0
     submit(project, u1, gold)
     assert queue.task_next(project=project, user=u1, rng=rng).task == normal
+
+
+def test_a_gold_task_made_normal_again_is_not_offered_beyond_its_overlap(project):
+    """Its gold answers (which never counted towards k) and leases count once it is a normal task again."""
+    set_workflow(project, gold_rate=1.0, overlap=2)
+    gold = task_with_images(project, gold_ranking="identity")
+    u1, u2, u3, u4 = annotators(project, 4)
+    for user in (u1, u2):
+        assert queue.task_next(project=project, user=user).task == gold
+        submit(project, user, gold)
+    assert queue.task_next(project=project, user=u3).task == gold  # a third holds a lease on it
+    workflow_services.task_set_gold(task=gold, ranking=None)
+    gold.refresh_from_db()
+    assert (gold.is_gold, gold.taken_count, gold.is_open) == (False, 3, False)
+    assert queue.task_next(project=project, user=u4).task is None  # not a fourth annotator: k is 2
+    # Made gold and normal again, it keeps counting; once the lease expires only the two answers count.
+    TaskAssignment.objects.filter(annotator=u3).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    queue.leases_reap()
+    workflow_services.task_set_gold(task=gold, ranking=[[i] for i in image_ids(gold)])
+    workflow_services.task_set_gold(task=gold, ranking=None)
+    gold.refresh_from_db()
+    assert (gold.taken_count, gold.is_open) == (2, False)
+    assert queue.task_next(project=project, user=u4).task is None
+
+
+def test_task_images_name_the_id_that_is_not_a_uuid_and_store_nothing(project):
+    images = images_for(project, 2)
+    with pytest.raises(ApplicationError) as exc:
+        workflow_services.task_create(project=project, prompt_text="a cat", created_by=None,
+                                      image_ids=[images[0].pk, "not-a-uuid"])
+    assert exc.value.field == "images" and exc.value.message == "Image id 'not-a-uuid' (number 2) is not a UUID."
+    assert not AnnotationTask.objects.filter(project=project).exists()
+
+
+def test_a_database_error_while_checking_task_images_is_not_reported_as_bad_input(project):
+    """The images query failing (here: the server cancels it) raises the database's error; it used to be caught
+    as "Image ids must be UUIDs." inside the transaction."""
+    images = images_for(project, 2)
+
+    def cancel_image_lookups(execute, sql, params, many, context):
+        if "generation_generatedimage" in sql and "SELECT" in sql:
+            raise OperationalError("canceling statement due to statement timeout")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(cancel_image_lookups), pytest.raises(OperationalError, match="statement timeout"):
+        workflow_services.task_create(project=project, prompt_text="a cat", created_by=None,
+                                      image_ids=[image.pk for image in images])
+    assert not AnnotationTask.objects.filter(project=project).exists()
 
 
 def test_prompt_import_creates_tasks_and_reports_duplicates(project, admin_user):

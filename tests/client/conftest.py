@@ -78,10 +78,9 @@ def ranked(project, admin_user):
 
 
 @pytest.fixture(scope="session")
-def tiny_base_dir(tmp_path_factory) -> Path:
-    from generation.tiny import build_tiny_pipeline
-
-    return build_tiny_pipeline(tmp_path_factory.mktemp("client-tiny") / "pipeline", seed=0)
+def tiny_base_dir(tiny_pipeline_dir) -> Path:
+    """The session's tiny pipeline (tests/conftest.py)."""
+    return tiny_pipeline_dir
 
 
 @pytest.fixture

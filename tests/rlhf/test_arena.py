@@ -170,10 +170,13 @@ def test_admins_set_up_an_arena_in_the_browser_and_a_gpu_task_fills_it(
         assert browser.post(url, valid).status_code == 303
     arena = Arena.objects.get(project=project)
     assert set(arena.versions.all()) == {tiny_base, other} and len(callbacks) == 1
-    # What the queued gpu task does (run here in the test process); a repeat adds nothing.
-    prompts, seeds = ["a red circle", "a blue square"], [3, 4]
-    assert tasks.arena_generate_comparisons(arena.pk, admin_user.pk, prompts, seeds)["comparisons"] == 4
-    assert tasks.arena_generate_comparisons(arena.pk, admin_user.pk, prompts, seeds)["comparisons"] == 4
+    # What the queued gpu task does (run here in the test process); a repeat finds it done.
+    generation = arena.generations.get()
+    assert generation.prompts == ["a red circle", "a blue square"] and generation.seeds == [3, 4]
+    assert tasks.arena_generate_comparisons(generation.pk)["status"] == "succeeded"
+    assert tasks.arena_generate_comparisons(generation.pk)["status"] == "succeeded"
+    generation.refresh_from_db()
+    assert generation.attempts == 1 and generation.prompts_done == 2 and generation.progress == 1.0
     assert arena.comparisons.count() == 4
     page = browser.get(url).content.decode()
     assert "This project is an arena" in page and "4 comparisons ready" in page

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from generation import services as generation_services
 from generation import worker as generation_worker
@@ -133,11 +134,11 @@ def count_renders(monkeypatch, die_on=()):
     """Record the label of every grid rendered; the first render of a label in ``die_on`` kills the worker."""
     real, rendered = grids.render_grid, []
 
-    def render(run, base_dir, lora_dir, label, step):
+    def render(run, base_dir, lora_dir, label, step, **kwargs):
         rendered.append(label)
         if label in die_on and rendered.count(label) == 1:
             raise WorkerKilled
-        return real(run, base_dir, lora_dir, label, step)
+        return real(run, base_dir, lora_dir, label, step, **kwargs)
 
     monkeypatch.setattr(grids, "render_grid", render)
     return rendered
@@ -173,13 +174,13 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_when_retried(
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING and run.attempts == 1
     assert grid_steps(run) == [("base", 0), ("step-2", 2)]  # checkpoint 2's grid, before the worker died
-    assert (paths.finetune_run_dir(run) / "checkpoints" / "checkpoint-2").is_dir()
-    # A redelivered task while the heartbeat is fresh does not start a second copy; an API retry refuses too.
+    assert (paths.finetune_run_dir(run) / "attempt-1" / "checkpoints" / "checkpoint-2").is_dir()
+    # A redelivered task while the lease is live does not start a second copy; an API retry refuses too.
     assert finetune.finetune_run_execute(run_id=run.pk).attempts == 1
     with django_capture_on_commit_callbacks(execute=False):
         busy = api_client_for(ml_engineer).post(f"/api/finetune-runs/{run.pk}/retry/")
     assert busy.status_code == 400 and busy.json()["field"] == "status"
-    FineTuneRun.objects.filter(pk=run.pk).update(heartbeat_at=None)  # the worker is gone
+    FineTuneRun.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now())  # the worker is gone
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         retried = api_client_for(ml_engineer).post(f"/api/finetune-runs/{run.pk}/retry/")
     assert retried.status_code == 200 and len(callbacks) == 1
@@ -202,7 +203,9 @@ def test_a_grid_the_dead_worker_did_not_render_is_rendered_on_resume_once(
         finetune.finetune_run_execute(run_id=run.pk)
     run.refresh_from_db()
     assert grid_steps(run) == [("base", 0)]
-    FineTuneRun.objects.filter(pk=run.pk).update(heartbeat_at=None)
+    assert finetune.finetune_runs_reap_expired() == 0  # the lease is live: nothing to reap
+    FineTuneRun.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now())
+    assert finetune.finetune_runs_reap_expired() == 1  # re-queued (its task is queued on commit)
     run = finetune.finetune_run_execute(run_id=run.pk)
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert grid_steps(run) == [("base", 0), ("step-1", 1), ("final", 2)]
@@ -214,10 +217,10 @@ def test_a_checkpoint_grid_that_fails_to_render_is_shown_as_such_and_training_go
 ):
     real = grids.render_grid
 
-    def out_of_memory(run, base_dir, lora_dir, label, step):
+    def out_of_memory(run, base_dir, lora_dir, label, step, **kwargs):
         if label == "step-1":
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(run, base_dir, lora_dir, label, step)
+        return real(run, base_dir, lora_dir, label, step, **kwargs)
 
     monkeypatch.setattr(grids, "render_grid", out_of_memory)
     hyperparameters = {**DPO_FAST, "max_steps": 2, "checkpoint_every": 1}
@@ -297,7 +300,7 @@ def test_nan_fails_the_run_and_registers_nothing(pairs_export, ml_engineer, tiny
     run = finetune.finetune_run_execute(run_id=dpo(ml_engineer, tiny_base, pairs_export).pk)
     assert run.status == RunStatus.FAILED and "diverged" in run.error and "lower lr or beta" in run.error
     assert run.result_version is None and ModelVersion.objects.filter(kind=ModelKind.LORA).count() == 0
-    assert not paths.finetune_lora_dir(run).exists()
+    assert not paths.finetune_lora_dir(run, 1).exists()
 
 
 def test_out_of_memory_is_named_as_such():

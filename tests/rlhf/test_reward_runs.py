@@ -7,8 +7,9 @@ import time
 
 import pytest
 
+from core import jobs
 from rlhf.models import ImageScore, RewardModelRun, RewardModelVersion, RunStatus
-from rlhf.runs import lifecycle, reward
+from rlhf.runs import reward
 from rlhf.runs import selectors as run_selectors
 from tests.factories import PASSWORD, api_client_for
 from tests.rlhf.conftest import build_export
@@ -88,7 +89,7 @@ def test_listwise_export_trains_with_plackett_luce(ranked, ml_engineer, model_ca
 def test_cancel_stops_a_running_run_and_registers_nothing(
     pairs_export, ml_engineer, model_cache, monkeypatch
 ):
-    monkeypatch.setattr(lifecycle, "STOP_POLL_SECONDS", 0.0)
+    monkeypatch.setattr(jobs, "STOP_POLL_SECONDS", 0.0)
     run = create(ml_engineer, pairs_export, hyperparameters={"max_steps": 50, "batch_size": 4})
 
     def cancel_after_first_step(step, metrics):
