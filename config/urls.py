@@ -15,6 +15,7 @@ from generation.urls import api_urlpatterns as generation_api
 from projects import api as projects_api
 from projects import views as projects_views
 from rlhf.datasets import api as rlhf_api
+from rlhf.loop import api as loop_api
 from rlhf.runs import api as run_api
 
 router = DefaultRouter()
@@ -41,6 +42,7 @@ urlpatterns = [
     path("api/docs/", core_views.api_docs, name="api-docs"),
     path("api/", include(generation_api)),
     path("api/", include(projects_api.urlpatterns)),
+    path("api/", include(loop_api.urlpatterns)),
     path("api/", include(workflow_api.urlpatterns)),
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),
