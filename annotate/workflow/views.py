@@ -482,7 +482,8 @@ def _generation_progress(request: HttpRequest, project: Project, assignment: Tas
         return response
     poll_url = reverse("annotate:task_generation", args=[project.pk, assignment.task_id, job.pk])
     response = render(request, "components/generation_progress.html",
-                      {"status": generation_selectors.job_status(job), "poll_url": poll_url})
+                      {"status": generation_selectors.job_status(job), "poll_url": poll_url,
+                       "poll_ms": generation_selectors.poll_interval_ms(job)})
     if job.is_finished:
         stop = HttpResponseStopPolling(response.content)
         stop["Content-Type"] = response["Content-Type"]

@@ -204,7 +204,7 @@ def test_generate_button_polls_the_job_whose_images_join_the_task_when_the_worke
     assert response.status_code == 200, response.content
     job = GenerationJob.objects.get(project=project, created_by=annotator)
     poll = reverse("annotate:task_generation", args=[project.pk, task.pk, job.pk])
-    assert 'hx-trigger="every 1s"' in response.content.decode() and poll in response.content.decode()
+    assert 'hx-trigger="every 200ms"' in response.content.decode() and poll in response.content.decode()
     assert client.post(generate, **HX).status_code == 200  # a double click: the same job
     assert GenerationJob.objects.filter(created_by=annotator).count() == 1
     assert client.get(poll, **HX).status_code == 200 and image_ids(task) == []  # still running
