@@ -62,14 +62,14 @@ def _consumes_gpu(app: Celery) -> bool:
     return "gpu" in app.amqp.queues.consume_from
 
 
-@worker_process_init.connect
+@worker_process_init.connect(dispatch_uid="generation.preload_in_pool_process")
 def _preload_in_pool_process(**kwargs: Any) -> None:
     """A prefork pool process (where the tasks run) loads the offered versions as it starts."""
     if settings.GENERATION_PRELOAD and _consumes_gpu(current_app):
         worker.preload_in_background()
 
 
-@worker_ready.connect
+@worker_ready.connect(dispatch_uid="generation.preload_in_worker")
 def _preload_in_worker(sender: Any = None, **kwargs: Any) -> None:
     """The solo and threads pools run tasks in the worker's own process: it loads them once ready."""
     controller = getattr(sender, "controller", None)

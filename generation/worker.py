@@ -428,19 +428,28 @@ def preload_versions() -> list[str]:
     return loaded_names
 
 
+_preloading: dict[int, threading.Thread] = {}  # process id -> its preload thread (one per process)
+_preload_lock = threading.Lock()
+
+
+def _preload_and_close() -> None:
+    try:
+        preload_versions()
+    except Exception:
+        logger.exception("preloading model versions failed")
+    finally:
+        connections.close_all()  # this thread's own connections
+
+
 def preload_in_background() -> threading.Thread:
-    """:func:`preload_versions` on a thread of its own: the worker takes tasks meanwhile (a job for a
-    version being loaded waits on the cache's lock, then finds it loaded). The thread has its own database
-    connection (Django's are per thread), so a forked pool process never touches the one it inherited."""
-
-    def run() -> None:
-        try:
-            preload_versions()
-        except Exception:
-            logger.exception("preloading model versions failed")
-        finally:
-            connections.close_all()
-
-    thread = threading.Thread(target=run, name="pickwise-preload", daemon=True)
-    thread.start()
+    """:func:`preload_versions` on a thread of its own, once per process: the worker takes tasks meanwhile
+    (a job for a version being loaded waits on the cache's lock, then finds it loaded). The thread has its
+    own database connection (Django's are per thread), so a forked pool process never touches the one it
+    inherited."""
+    with _preload_lock:
+        thread = _preloading.get(os.getpid())
+        if thread is None:
+            thread = threading.Thread(target=_preload_and_close, name="pickwise-preload", daemon=True)
+            _preloading[os.getpid()] = thread
+            thread.start()
     return thread

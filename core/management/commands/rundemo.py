@@ -4,11 +4,15 @@ Three worker processes, one per queue, so that no kind of work waits behind anot
 (exports, bookkeeping) with the embedded beat (the lease reapers), ``gpu`` (generation and scoring: a
 Generate click never queues behind a fine-tune) and ``gpu-train`` (reward-model and fine-tune runs).
 Each runs its tasks in its own process (the solo pool); the gpu worker loads the offered model versions
-as it starts (``GENERATION_PRELOAD``).
+as it starts (``GENERATION_PRELOAD``) and, unless ``GENERATION_TORCH_THREADS`` says otherwise, renders on
+one CPU thread: beside the web server and a training worker on a small machine, a second torch thread
+made a Generate about ten times slower (its threads spin waiting for each other whenever another
+process holds a core), while one thread renders the demo's four images in under a second.
 """
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -18,11 +22,11 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-# (node name, queues, extra arguments) of each worker process.
-WORKERS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("default", "default", ("-B",)),
-    ("gpu", "gpu", ()),
-    ("train", "gpu-train", ()),
+# (node name, queues, extra arguments, environment defaults) of each worker process.
+WORKERS: tuple[tuple[str, str, tuple[str, ...], dict[str, str]], ...] = (
+    ("default", "default", ("-B",), {}),
+    ("gpu", "gpu", (), {"GENERATION_TORCH_THREADS": "1"}),
+    ("train", "gpu-train", (), {}),
 )
 
 
@@ -45,14 +49,15 @@ class Command(BaseCommand):
         addr = options["addr"]
         settings.VAR_DIR.mkdir(parents=True, exist_ok=True)
         processes = [
-            subprocess.Popen(worker_command(name, queues, extra))  # noqa: S603 - fixed argv, no shell
-            for name, queues, extra in WORKERS
+            subprocess.Popen(worker_command(name, queues, extra),  # noqa: S603 - fixed argv, no shell
+                             env={**defaults, **os.environ})
+            for name, queues, extra, defaults in WORKERS
         ]
         processes.append(subprocess.Popen(  # noqa: S603
             [sys.executable, "manage.py", "runserver", "--noreload", addr],
         ))
         self.stdout.write(self.style.SUCCESS(
-            f"Pickwise is running at http://{addr}/ with workers for {', '.join(q for _, q, _ in WORKERS)} "
+            f"Pickwise is running at http://{addr}/ with workers for {', '.join(w[1] for w in WORKERS)} "
             "(Ctrl-C stops them all)"))
 
         def stop(*_: Any) -> None:
