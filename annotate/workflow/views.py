@@ -477,8 +477,15 @@ def _generation_progress(request: HttpRequest, project: Project, assignment: Tas
     """Only reads: the job's images joined the task in the service that marked the job succeeded."""
     job.refresh_from_db()
     if job.status == JobStatus.SUCCEEDED:
-        response = HttpResponseStopPolling()
-        response["HX-Refresh"] = "true"  # the page re-renders with the new images to rank
+        if not is_htmx(request):
+            return redirect_after_post(request, reverse("annotate:task_annotate", args=[project.pk]))
+        # The task, now with its images to rank, replaces the whole task region in place (no page reload):
+        # the same fragment a submit answers with. 286 stops the poll.
+        task = _render_task(request, project, Handout(assignment))
+        response = HttpResponseStopPolling(task.content)
+        response["Content-Type"] = task["Content-Type"]
+        response["HX-Retarget"] = "#task-region"
+        response["HX-Reswap"] = "innerHTML"
         return response
     poll_url = reverse("annotate:task_generation", args=[project.pk, assignment.task_id, job.pk])
     response = render(request, "components/generation_progress.html",

@@ -219,7 +219,9 @@ def test_generate_button_polls_the_job_whose_images_join_the_task_when_the_worke
     assert image_ids(task) == [str(image.pk) for image in made]
     with CaptureQueriesContext(connection) as queries:
         done = client.get(poll, **HX)
-    assert done.status_code == 286 and done["HX-Refresh"] == "true"
+    assert done.status_code == 286 and done["HX-Retarget"] == "#task-region" and done["HX-Reswap"] == "innerHTML"
+    fragment = done.content.decode()  # the task with its images to rank, in place of the whole task region
+    assert "<html" not in fragment and all(f'name="ranking.rank.{i}"' in fragment for i in image_ids(task))
     writes = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))]
     assert writes == []  # the poll only reads
     assert image_ids(task) == [str(image.pk) for image in made]

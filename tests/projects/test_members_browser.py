@@ -9,6 +9,7 @@ from axe_playwright_python.sync_playwright import Axe
 
 from projects.models import ProjectMembership
 from projects.roles import Role
+from tests.annotate.browser_helpers import wait_until
 from tests.conftest import browser_login
 from tests.core.test_accessibility_browser import assert_accessible
 from tests.factories import PASSWORD, UserFactory
@@ -39,7 +40,7 @@ def test_an_admin_adds_changes_and_removes_members(page, project, admin_user):
     page.get_by_role("button", name="Add").click()
     status = page.locator("#members-status")
     status.filter(has_text="Added nina-annotator as Annotator.").wait_for()
-    page.wait_for_function("document.activeElement.id === 'members-status'")  # the focus follows the answer
+    wait_until(page, "() => document.activeElement.id === 'members-status'")  # the focus follows the answer
     assert row(page, "nina-annotator").get_attribute("data-role") == "annotator"
     assert page.url.endswith(f"/projects/{project.pk}/members/")  # htmx: no reload
 
@@ -54,7 +55,7 @@ def test_an_admin_adds_changes_and_removes_members(page, project, admin_user):
     error.wait_for()
     assert error.inner_text() == "No user with the username or email 'ghost'."
     assert page.get_by_label("Username or email").input_value() == "ghost"
-    page.wait_for_function("document.activeElement.name === 'user'")
+    wait_until(page, "() => document.activeElement.name === 'user'")
     assert page.get_by_label("Username or email").get_attribute("aria-describedby") == "member-add-error"
     assert_accessible(page, Axe(), "members with an error")
 
