@@ -42,6 +42,9 @@ def build_config(settings: Any) -> dict[str, Any]:
             processed_folder=str(folder / "processed"),
             control_folder=str(folder / "control"),
             store_processed=False,
+            # Workers poll the folder for messages (every second by default): a short interval is what lets
+            # a Generate click start within a few tens of milliseconds; a listdir each time costs little.
+            polling_interval=settings.CELERY_FILESYSTEM_POLL_MS / 1000,
         )
         result_backend = result_backend or f"file://{folder / 'results'}"
     elif broker.startswith(("redis://", "rediss://")):

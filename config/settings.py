@@ -234,6 +234,10 @@ if max(CELERY_TASK_TIME_LIMIT, CELERY_TRAIN_TIME_LIMIT) >= CELERY_VISIBILITY_TIM
         "CELERY_TASK_TIME_LIMIT: task time limits must stay below CELERY_VISIBILITY_TIMEOUT"
     )
 CELERY_BROKER_DIR = VAR_DIR / "broker"
+CELERY_FILESYSTEM_POLL_MS = env_int(
+    "CELERY_FILESYSTEM_POLL_MS", 50, "How often (ms) a worker looks for new messages in the embedded filesystem broker",
+    minimum=10,
+)
 REAPER_INTERVAL_SECONDS = env_int("REAPER_INTERVAL_SECONDS", 60, "How often beat runs the lease reapers", minimum=5)
 # --- background jobs (core/jobs.py): runs, exports, arena generations, loop rounds ------------
 JOB_LEASE_SECONDS = env_int(
@@ -283,6 +287,10 @@ GENERATION_PIPELINE_CACHE_SIZE = env_int(
 GENERATION_LEASE_SECONDS = env_int(
     "GENERATION_LEASE_SECONDS", 300, "Lease (s) of a running job; renewed by progress, reaped when expired",
     minimum=2,
+)
+GENERATION_PRELOAD = env_bool(
+    "GENERATION_PRELOAD", True,
+    "A gpu worker loads the model versions projects offer when it starts, and warms them up with a one-step render",
 )
 GENERATION_TORCH_THREADS = env_int(
     "GENERATION_TORCH_THREADS", 0, "CPU threads torch may use in a gpu worker process; 0 = torch's default",

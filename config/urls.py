@@ -15,6 +15,7 @@ from generation.urls import api_urlpatterns as generation_api
 from projects import api as projects_api
 from projects import views as projects_views
 from rlhf.datasets import api as rlhf_api
+from rlhf.loop import api as loop_api
 from rlhf.runs import api as run_api
 
 router = DefaultRouter()
@@ -33,6 +34,7 @@ urlpatterns = [
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("projects/<int:project_id>/audit/", projects_views.project_audit, name="project_audit"),
     path("projects/", include("annotate.urls")),
+    path("projects/", include("projects.urls")),
     path("generation/", include("generation.urls")),
     path("ml/", include("rlhf.urls")),
     path("api/me/", projects_api.me, name="api-me"),
@@ -41,6 +43,8 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", core_views.api_docs, name="api-docs"),
     path("api/", include(generation_api)),
+    path("api/", include(projects_api.urlpatterns)),
+    path("api/", include(loop_api.urlpatterns)),
     path("api/", include(workflow_api.urlpatterns)),
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),

@@ -8,8 +8,9 @@ from collections.abc import Iterable
 from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
-from django.db.models import Prefetch, Q, QuerySet
+from django.db.models import F, Max, Prefetch, Q, QuerySet
 from django.urls import reverse
+from django.utils import timezone
 
 from core import redact
 from generation.models import GeneratedImage, GenerationJob, JobStatus, ModelVersion
@@ -27,6 +28,28 @@ def model_versions_enabled() -> QuerySet[ModelVersion]:
 def model_version_choices() -> list[tuple[int, str]]:
     """``(id, name)`` pairs of the enabled versions, ready for a form's ChoiceField."""
     return list(model_versions_enabled().values_list("pk", "name"))
+
+
+def model_versions_to_preload(*, limit: int) -> list[ModelVersion]:
+    """The enabled versions a gpu worker loads when it starts: those a project offers, the most recently
+    asked for first (then the newest), one per base pipeline (a LoRA version shares its root's), at most
+    ``limit`` pipelines. Two queries."""
+    offered = (ModelVersion.objects.filter(enabled=True, project_offers__isnull=False).distinct()
+               .select_related("parent").annotate(last_job=Max("jobs__created_at"))
+               .order_by(F("last_job").desc(nulls_last=True), "-pk"))
+    chosen: list[ModelVersion] = []
+    roots: set[int] = set()
+    for version in offered:
+        root = version
+        while root.parent_id is not None:
+            root = root.parent  # type: ignore[assignment]
+        if root.pk in roots:
+            continue
+        roots.add(root.pk)
+        chosen.append(version)
+        if len(chosen) >= limit:
+            break
+    return chosen
 
 
 def project_model_versions(*, project: Project) -> QuerySet[ModelVersion]:
@@ -118,6 +141,17 @@ def queue_position(job: GenerationJob) -> int:
     if job.status != JobStatus.QUEUED:
         return -1
     return GenerationJob.objects.filter(status=JobStatus.QUEUED, pk__lt=job.pk).count()
+
+
+# How often a page polls a running job's progress: quickly while it is young (most jobs of a warm worker end
+# within a second or two, and each poll that finds it done saves the rest of the interval), then calmly.
+POLL_FAST_MS, POLL_SLOW_MS, POLL_FAST_FOR_S = 200, 1000, 20
+
+
+def poll_interval_ms(job: GenerationJob) -> int:
+    """Milliseconds until a page should ask for ``job``'s progress again."""
+    age = (timezone.now() - job.created_at).total_seconds()
+    return POLL_FAST_MS if age < POLL_FAST_FOR_S else POLL_SLOW_MS
 
 
 def job_status(job: GenerationJob) -> dict[str, Any]:

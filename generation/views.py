@@ -63,7 +63,7 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         job = selectors.job_for_user(user=request.user, job_id=job_id)
     except GenerationJob.DoesNotExist:
         raise Http404("No such generation job") from None
-    context = {"job": job, "status": selectors.job_status(job)}
+    context = {"job": job, "status": selectors.job_status(job), "poll_ms": selectors.poll_interval_ms(job)}
     if is_htmx(request):
         fragment = render(request, "generation/job_detail.html#progress", context)
         if job.is_finished:

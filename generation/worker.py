@@ -11,6 +11,8 @@
 - ``drain_queue(model_version_id)`` runs more queued jobs of a loaded model version in the same task,
   so a busy GPU never waits for the broker between claims.
 - ``reproduce_image(image)`` renders a stored image again from its provenance.
+- ``preload_in_background()`` loads the versions projects offer into this process's cache when a gpu
+  worker starts, and warms each with a one-step render, so the first Generate does not wait for them.
 """
 
 from __future__ import annotations
@@ -410,3 +412,60 @@ def reproduce_image(image: GeneratedImage) -> bytes:
     [[generated]] = inference.generate_batch(loaded, [request], max_batch=shape)
     return inference.image_to_png_bytes(generated.image)
 
+
+
+# --- preloading at start -----------------------------------------------------------------------------
+
+# The warm-up render: one step of the version's own size and sampler, in the padded batch shape of the
+# usual request (four images), so the first real call finds its kernels chosen and its memory allocated.
+WARMUP_IMAGES = 4
+
+
+def preload_versions() -> list[str]:
+    """Load the versions a gpu worker should hold (``selectors.model_versions_to_preload``) into this
+    process's pipeline cache and warm each up; returns their names. A version that cannot be loaded is
+    logged and skipped: the jobs that ask for it fail with the reason, as without a preload."""
+    loaded_names = []
+    for version in selectors.model_versions_to_preload(limit=settings.GENERATION_PIPELINE_CACHE_SIZE):
+        started = time.monotonic()
+        try:
+            spec = spec_for(version)
+            loaded = pipeline_cache().get(spec)
+            params = inference.GenerationParams(**{**version.default_params().to_dict(), "steps": 1})
+            shape = batch_shape(min(WARMUP_IMAGES, settings.GENERATION_BATCH_LIMIT), settings.GENERATION_BATCH_LIMIT)
+            inference.generate_batch(loaded, [inference.GenerationRequest(prompt="warm-up", seeds=[0], params=params,
+                                                                          spec=spec)], max_batch=shape)
+        except Exception:  # a worker must start whatever one model's files hold
+            logger.exception("could not preload model version %r; its jobs load it (and report why) when asked",
+                             version.name)
+            continue
+        loaded_names.append(version.name)
+        logger.info("preloaded model version %r in %.1f s", version.name, time.monotonic() - started)
+    return loaded_names
+
+
+_preloading: dict[int, threading.Thread] = {}  # process id -> its preload thread (one per process)
+_preload_lock = threading.Lock()
+
+
+def _preload_and_close() -> None:
+    try:
+        preload_versions()
+    except Exception:
+        logger.exception("preloading model versions failed")
+    finally:
+        connections.close_all()  # this thread's own connections
+
+
+def preload_in_background() -> threading.Thread:
+    """:func:`preload_versions` on a thread of its own, once per process: the worker takes tasks meanwhile
+    (a job for a version being loaded waits on the cache's lock, then finds it loaded). The thread has its
+    own database connection (Django's are per thread), so a forked pool process never touches the one it
+    inherited."""
+    with _preload_lock:
+        thread = _preloading.get(os.getpid())
+        if thread is None:
+            thread = threading.Thread(target=_preload_and_close, name="pickwise-preload", daemon=True)
+            _preloading[os.getpid()] = thread
+            thread.start()
+    return thread

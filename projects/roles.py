@@ -56,3 +56,8 @@ ACTION_PERMISSIONS: dict[str, str] = {
     "train": TRAIN,
 }
 ACTIONS: tuple[str, ...] = tuple(ACTION_PERMISSIONS)
+
+
+def role_permissions(role: str) -> frozenset[str]:
+    """The global permissions a member in ``role`` needs for every action the role allows."""
+    return frozenset(ACTION_PERMISSIONS[action] for action in ROLE_ACTIONS[role])

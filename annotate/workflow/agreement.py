@@ -11,6 +11,8 @@ representation :class:`annotate.models.Annotation` stores in ``ranking``.
 * :func:`kendalls_w` — Kendall's coefficient of concordance for m rankings of the same items,
   with the tie correction; items a ranking leaves out share its last place.
 * :func:`consensus` — the Borda (mean-rank) consensus of several rankings.
+* :func:`disagreement` — how much several rankings of one task disagree: one minus their mean
+  pairwise agreement.
 """
 
 from __future__ import annotations
@@ -90,6 +92,15 @@ def pairwise_agreement(a: Ranking, b: Ranking) -> float | None:
     if total == 0:
         return None
     return (concordant + tie_both) / total
+
+
+def disagreement(rankings: Sequence[Ranking]) -> float | None:
+    """One minus the mean :func:`pairwise_agreement` over every pair of ``rankings``: 0 when they all
+    state the same relation on every item pair, 1 when no two agree on any; ``None`` for fewer than two
+    rankings (or no pair of them sharing an item pair)."""
+    scores = [pairwise_agreement(a, b) for a, b in combinations(rankings, 2)]
+    mean = mean_or_none(scores)
+    return None if mean is None else 1.0 - mean
 
 
 def kendalls_w(rankings: Sequence[Ranking], items: Sequence[Item] | None = None) -> float | None:

@@ -36,6 +36,7 @@ from annotate.models import (
 from annotate.workflow import agreement, model_agreement
 from annotate.workflow.scoring import reward_scores
 from core import rawsql
+from core.exceptions import ApplicationError
 from generation.models import GeneratedImage
 from projects.models import Project
 
@@ -247,10 +248,136 @@ def tasks_for_review(*, project: Project) -> QuerySet[AnnotationTask]:
     )
 
 
-def review_task_ids(*, project: Project, page: Any, per_page: int) -> list[int]:
-    """The ids of the tasks on one page of :func:`tasks_for_review` (same order, same paging): two queries."""
-    ids = AnnotationTask.objects.filter(project=project).order_by("position").values_list("pk", flat=True)
-    return list(Paginator(ids, per_page).get_page(page).object_list)
+# --- the review page's filters ----------------------------------------------------------------
+
+REVIEW_STATUSES: dict[str, str] = {
+    "unanswered": "Unanswered", "answered": "Answered", "rejected": "With a rejected answer", "gold": "Gold",
+}
+# The least disagreement a task must show (1 - the mean pairwise agreement of its submitted rankings).
+REVIEW_DISAGREEMENTS: dict[str, tuple[str, float]] = {
+    "any": ("on any pair", 0.0), "25": ("on 25% of pairs or more", 0.25), "50": ("on half the pairs or more", 0.5),
+}
+REVIEW_SORTS: dict[str, str] = {"position": "Queue order", "disagreement": "Most disagreement first"}
+
+
+@dataclass(frozen=True)
+class ReviewFilters:
+    """What the review page shows: ``status`` (a key of ``REVIEW_STATUSES`` or ""), ``annotator`` (a username
+    or ""; the status is then theirs), ``disagreement`` (a key of ``REVIEW_DISAGREEMENTS`` or "") and ``sort``."""
+
+    status: str = ""
+    annotator: str = ""
+    disagreement: str = ""
+    sort: str = "position"
+
+    @property
+    def needs_disagreement(self) -> bool:
+        return bool(self.disagreement) or self.sort == "disagreement"
+
+    def as_query(self) -> dict[str, str]:
+        """The non-default filters as query parameters (for links that keep them)."""
+        values = {"status": self.status, "annotator": self.annotator, "disagreement": self.disagreement,
+                  "sort": "" if self.sort == "position" else self.sort}
+        return {key: value for key, value in values.items() if value}
+
+
+def review_filters_parse(params: Any) -> ReviewFilters:
+    """:class:`ReviewFilters` from query parameters; an unknown value is an error naming its parameter."""
+    def choice(name: str, allowed: Sequence[str], default: str = "") -> str:
+        value = (params.get(name) or "").strip()
+        if value and value not in allowed:
+            raise ApplicationError(f"{name.capitalize()} must be one of: {', '.join(allowed)}.", field=name)
+        return value or default
+
+    return ReviewFilters(status=choice("status", list(REVIEW_STATUSES)),
+                         annotator=(params.get("annotator") or "").strip()[:150],
+                         disagreement=choice("disagreement", list(REVIEW_DISAGREEMENTS)),
+                         sort=choice("sort", list(REVIEW_SORTS), "position"))
+
+
+def review_annotators(*, project: Project) -> list[str]:
+    """Usernames of everyone with an answer (submitted, amended or rejected) in ``project``: one query."""
+    return list(User.objects.filter(annotations__project=project).distinct().order_by("username")
+                .values_list("username", flat=True))
+
+
+def _filtered_tasks(project: Project, filters: ReviewFilters) -> QuerySet[AnnotationTask]:
+    """The project's tasks that pass the status and annotator filters (SQL only; no rows loaded)."""
+    tasks = AnnotationTask.objects.filter(project=project)
+    answers = Annotation.objects.filter(task=OuterRef("pk"))
+    if filters.annotator:
+        answers = answers.filter(annotator__username=filters.annotator)
+        if filters.status != "unanswered":
+            tasks = tasks.filter(Exists(answers.filter(status__in=[AnnotationStatus.SUBMITTED,
+                                                                    AnnotationStatus.REJECTED])))
+    if filters.status == "unanswered":
+        tasks = tasks.filter(~Exists(answers.filter(status=AnnotationStatus.SUBMITTED)))
+    elif filters.status == "answered":
+        tasks = tasks.filter(Exists(answers.filter(status=AnnotationStatus.SUBMITTED)))
+    elif filters.status == "rejected":
+        tasks = tasks.filter(Exists(answers.filter(status=AnnotationStatus.REJECTED)))
+    elif filters.status == "gold":
+        tasks = tasks.filter(is_gold=True)
+    return tasks
+
+
+def task_disagreements(*, tasks: QuerySet[AnnotationTask]) -> dict[int, float]:
+    """Task id -> :func:`agreement.disagreement` of its submitted rankings, for the tasks (of ``tasks``)
+    with two or more: one query, computed in Python (like the agreement page's figures)."""
+    rankings: dict[int, list[Any]] = {}
+    for task_id, ranking in Annotation.objects.filter(task__in=tasks.values("pk"),
+                                                      status=AnnotationStatus.SUBMITTED).values_list(
+            "task_id", "ranking"):
+        rankings.setdefault(task_id, []).append(ranking)
+    result = {}
+    for task_id, task_rankings in rankings.items():
+        value = agreement.disagreement(task_rankings)
+        if value is not None:
+            result[task_id] = value
+    return result
+
+
+@dataclass
+class ReviewPage:
+    """One page of the review list: the paginator's page (of task ids), the tasks on it in order (as
+    :func:`tasks_for_review` loads them) and, when the filters asked for it, every matching task's
+    disagreement."""
+
+    page: Any
+    tasks: list[AnnotationTask]
+    disagreements: dict[int, float] | None
+
+
+def _review_page_ids(project: Project, filters: ReviewFilters, page: Any, per_page: int
+                     ) -> tuple[Any, dict[int, float] | None]:
+    tasks = _filtered_tasks(project, filters)
+    if not filters.needs_disagreement:
+        return Paginator(tasks.order_by("position").values_list("pk", flat=True), per_page).get_page(page), None
+    disagreements = task_disagreements(tasks=tasks)
+    ordered = list(tasks.order_by("position").values_list("pk", flat=True))
+    if filters.disagreement:
+        _, least = REVIEW_DISAGREEMENTS[filters.disagreement]
+        ordered = [pk for pk in ordered if pk in disagreements and (
+            disagreements[pk] > 1e-9 if least == 0 else disagreements[pk] >= least - 1e-9)]
+    if filters.sort == "disagreement":  # most first; tasks with fewer than two answers last, in queue order
+        ordered.sort(key=lambda pk: -disagreements.get(pk, -1.0))
+    return Paginator(ordered, per_page).get_page(page), disagreements
+
+
+def review_page(*, project: Project, filters: ReviewFilters, page: Any, per_page: int) -> ReviewPage:
+    """The review list's page under ``filters``: a fixed number of queries whatever the number of rows
+    (four or five for the ids and the paging, then :func:`tasks_for_review`'s four for the page's tasks)."""
+    paged, disagreements = _review_page_ids(project, filters, page, per_page)
+    ids = list(paged.object_list)
+    by_id = {task.pk: task for task in tasks_for_review(project=project).filter(pk__in=ids)} if ids else {}
+    return ReviewPage(page=paged, tasks=[by_id[pk] for pk in ids if pk in by_id], disagreements=disagreements)
+
+
+def review_task_ids(*, project: Project, page: Any, per_page: int,
+                    filters: ReviewFilters | None = None) -> list[int]:
+    """The ids of the tasks on one page of the review list (same filters, order and paging)."""
+    paged, _ = _review_page_ids(project, filters or ReviewFilters(), page, per_page)
+    return list(paged.object_list)
 
 
 def reward_versions_for_review(*, user: AnyUser) -> list[Any]:

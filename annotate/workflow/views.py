@@ -13,7 +13,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 from django.contrib import messages
-from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
@@ -341,20 +340,27 @@ def _model_comparison(by_id: dict[str, dict[str, Any]], annotations: list[Any],
 @require_GET
 @project_view("review")
 def review_tasks(request: HttpRequest, project: Project) -> HttpResponse:
-    """Every task with every annotator's ranking side by side (paginated; fixed query count per page).
+    """Tasks with every annotator's ranking side by side (paginated; fixed query count per page).
 
-    With ``?reward=<id>`` each task also shows that reward model's stored scores, its ordering and
-    the pairs where it disagrees with the annotators (highlighted and counted).
+    Filters (query parameters, kept by the pagination links): ``status`` (unanswered, answered,
+    rejected, gold), ``annotator`` (a username: only tasks they answered, and the status is theirs),
+    ``disagreement`` (any, 25, 50: the annotators disagree on that share of image pairs or more) and
+    ``sort`` (position, or disagreement: most first). With ``?reward=<id>`` each task also shows that
+    reward model's stored scores, its ordering and the pairs where it disagrees with the annotators.
     """
-    page = Paginator(workflow_selectors.tasks_for_review(project=project), REVIEW_PAGE_SIZE).get_page(
-        request.GET.get("page"))
     reward_versions = list(workflow_selectors.reward_versions_for_review(user=request.user))
     error: ApplicationError | None = None
     try:
+        filters = workflow_selectors.review_filters_parse(request.GET)
+    except ApplicationError as exc:
+        filters, error = workflow_selectors.ReviewFilters(), exc
+    try:
         reward = _chosen_reward(request.GET.get("reward", ""), reward_versions)
     except ApplicationError as exc:
-        reward, error = None, exc
-    tasks = list(page.object_list)
+        reward, error = None, error or exc
+    listing = workflow_selectors.review_page(project=project, filters=filters, page=request.GET.get("page"),
+                                             per_page=REVIEW_PAGE_SIZE)
+    tasks = listing.tasks
     scores = workflow_selectors.image_scores(
         reward_version_id=reward.pk, image_ids=[ti.image_id for task in tasks for ti in task.task_images.all()]
     ) if reward is not None else {}
@@ -368,14 +374,24 @@ def review_tasks(request: HttpRequest, project: Project) -> HttpResponse:
         unscored += len(model["unscored"]) if model else 0
         rows.append({
             "task": task, "images": list(by_id.values()), "model": model,
+            "disagreement": agreement.disagreement(
+                [a.ranking for a in annotations if a.status == AnnotationStatus.SUBMITTED]),
+            "submitted": sum(1 for a in annotations if a.status == AnnotationStatus.SUBMITTED),
             "annotations": [{"annotation": a, "ranking": ranking_display(a.ranking, by_id),
-                             "model_pairs": model["by_annotation"][a.pk] if model else []}
+                             "model_pairs": model["by_annotation"][a.pk] if model else [],
+                             "chosen": a.annotator.username == filters.annotator}
                             for a in annotations],
             "gold": ranking_display(task.gold_ranking, by_id) if task.gold_ranking else None,
         })
+    query = filters.as_query() | ({"reward": str(reward.pk)} if reward is not None else {})
     return render_page_or_partial(request, "annotate/review_tasks.html", "rows", {
-        "project": project, "page": page, "rows": rows, "reward_versions": reward_versions, "reward": reward,
-        "unscored": unscored, "error": error,
+        "project": project, "page": listing.page, "rows": rows, "reward_versions": reward_versions,
+        "reward": reward, "unscored": unscored, "error": error, "filters": filters,
+        "filtered": bool(filters.as_query()), "page_query": urlencode(query),
+        "statuses": workflow_selectors.REVIEW_STATUSES.items(),
+        "disagreements": [(key, label) for key, (label, _) in workflow_selectors.REVIEW_DISAGREEMENTS.items()],
+        "sorts": workflow_selectors.REVIEW_SORTS.items(),
+        "annotators": workflow_selectors.review_annotators(project=project),
     }, status=400 if error else 200)
 
 
@@ -384,10 +400,13 @@ def review_tasks(request: HttpRequest, project: Project) -> HttpResponse:
 def review_score(request: HttpRequest, project: Project) -> HttpResponse:
     """Queue the chosen reward model's scoring of the images of one review page's tasks (PRG)."""
     reward, page = request.POST.get("reward", ""), request.POST.get("page", "1")
+    filters = workflow_selectors.ReviewFilters()
     try:
+        filters = workflow_selectors.review_filters_parse(request.POST)
         if not reward.isdigit():
             raise ApplicationError("Choose a reward model first.", field="reward")
-        task_ids = workflow_selectors.review_task_ids(project=project, page=page, per_page=REVIEW_PAGE_SIZE)
+        task_ids = workflow_selectors.review_task_ids(project=project, page=page, per_page=REVIEW_PAGE_SIZE,
+                                                      filters=filters)
         queued = workflow_services.task_images_score_request(
             project=project, user=request.user, reward_version_id=int(reward), task_ids=task_ids)
     except ApplicationError as exc:
@@ -395,8 +414,8 @@ def review_score(request: HttpRequest, project: Project) -> HttpResponse:
     else:
         messages.success(request, f"Queued {len(queued)} image(s) for scoring; reload the page to see the scores."
                          if queued else "Every image on this page is scored already.")
-    query = urlencode({"reward": reward, "page": page} if reward.isdigit() else {"page": page})
-    return redirect_after_post(request, f"{reverse('annotate:review_tasks', args=[project.pk])}?{query}")
+    query = filters.as_query() | ({"reward": reward} if reward.isdigit() else {}) | {"page": page}
+    return redirect_after_post(request, f"{reverse('annotate:review_tasks', args=[project.pk])}?{urlencode(query)}")
 
 
 @require_POST
@@ -458,12 +477,20 @@ def _generation_progress(request: HttpRequest, project: Project, assignment: Tas
     """Only reads: the job's images joined the task in the service that marked the job succeeded."""
     job.refresh_from_db()
     if job.status == JobStatus.SUCCEEDED:
-        response = HttpResponseStopPolling()
-        response["HX-Refresh"] = "true"  # the page re-renders with the new images to rank
+        if not is_htmx(request):
+            return redirect_after_post(request, reverse("annotate:task_annotate", args=[project.pk]))
+        # The task, now with its images to rank, replaces the whole task region in place (no page reload):
+        # the same fragment a submit answers with. 286 stops the poll.
+        task = _render_task(request, project, Handout(assignment))
+        response = HttpResponseStopPolling(task.content)
+        response["Content-Type"] = task["Content-Type"]
+        response["HX-Retarget"] = "#task-region"
+        response["HX-Reswap"] = "innerHTML"
         return response
     poll_url = reverse("annotate:task_generation", args=[project.pk, assignment.task_id, job.pk])
     response = render(request, "components/generation_progress.html",
-                      {"status": generation_selectors.job_status(job), "poll_url": poll_url})
+                      {"status": generation_selectors.job_status(job), "poll_url": poll_url,
+                       "poll_ms": generation_selectors.poll_interval_ms(job)})
     if job.is_finished:
         stop = HttpResponseStopPolling(response.content)
         stop["Content-Type"] = response["Content-Type"]

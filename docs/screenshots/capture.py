@@ -4,7 +4,8 @@
 
 As the demo annotator it opens the annotation page (generating the task's images first when it has none),
 ranks two candidates by clicking them, and shoots the page at 1280x800 and at 390x844 (a phone); it then
-submits a full ranking, and as the demo admin shoots the review page at that task. The PNGs are reduced to a 256-colour
+submits a full ranking, and as the demo admin shoots the review page filtered to answered tasks and the
+project's Members page. The PNGs are reduced to a 256-colour
 palette so they stay small. Chromium is Debian's (/usr/bin/chromium), as in the tests.
 """
 
@@ -74,9 +75,11 @@ def main(base_url: str) -> None:
         page.wait_for_load_state("networkidle")
         page.get_by_role("button", name="Log out").click()
         login(page, "demo-admin", "pickwise-admin")
-        page.goto(demo_project(page) + "review/")
-        page.locator("tr[data-annotator]").first.evaluate("row => row.closest('section').scrollIntoView()")
+        project = demo_project(page)
+        page.goto(project + "review/?status=answered")
         save(page, "review-1280x800.png")
+        page.goto(project + "members/")
+        save(page, "members-1280x800.png")
         browser.close()
 
 

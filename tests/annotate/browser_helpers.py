@@ -21,3 +21,18 @@ def use_template(project, admin, *, schema=None, preset=None):
 def image_ids(task):
     """The task's image ids as strings, in the order the annotator sees them (A, B, ...)."""
     return [str(pk) for pk in task.task_images.order_by("position").values_list("image_id", flat=True)]
+
+
+def wait_until(page, script: str, *, timeout: float = 15.0, arg=None) -> None:
+    """Poll ``script`` (a JavaScript function) from Python until it returns something truthy.
+
+    ``page.wait_for_function`` polls inside the page, where the app's Content-Security-Policy (no eval)
+    refuses it; ``page.evaluate`` runs through the DevTools protocol, which the policy does not govern.
+    """
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(script, arg):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {script}")
+        page.wait_for_timeout(25)

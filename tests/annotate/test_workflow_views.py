@@ -204,7 +204,7 @@ def test_generate_button_polls_the_job_whose_images_join_the_task_when_the_worke
     assert response.status_code == 200, response.content
     job = GenerationJob.objects.get(project=project, created_by=annotator)
     poll = reverse("annotate:task_generation", args=[project.pk, task.pk, job.pk])
-    assert 'hx-trigger="every 1s"' in response.content.decode() and poll in response.content.decode()
+    assert 'hx-trigger="every 200ms"' in response.content.decode() and poll in response.content.decode()
     assert client.post(generate, **HX).status_code == 200  # a double click: the same job
     assert GenerationJob.objects.filter(created_by=annotator).count() == 1
     assert client.get(poll, **HX).status_code == 200 and image_ids(task) == []  # still running
@@ -219,7 +219,9 @@ def test_generate_button_polls_the_job_whose_images_join_the_task_when_the_worke
     assert image_ids(task) == [str(image.pk) for image in made]
     with CaptureQueriesContext(connection) as queries:
         done = client.get(poll, **HX)
-    assert done.status_code == 286 and done["HX-Refresh"] == "true"
+    assert done.status_code == 286 and done["HX-Retarget"] == "#task-region" and done["HX-Reswap"] == "innerHTML"
+    fragment = done.content.decode()  # the task with its images to rank, in place of the whole task region
+    assert "<html" not in fragment and all(f'name="ranking.rank.{i}"' in fragment for i in image_ids(task))
     writes = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))]
     assert writes == []  # the poll only reads
     assert image_ids(task) == [str(image.pk) for image in made]

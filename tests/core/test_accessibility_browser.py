@@ -1,6 +1,6 @@
 """axe-core in headless Chromium on the pages people work in: login, project, annotate (plain, with its
-inline errors and with the full-size view open), review, template builder and the reward and fine-tune run
-pages. None may have a serious or critical violation (every input labelled, enough contrast, names on
+inline errors and with the full-size view open), review, members, template builder and the reward and fine-tune
+run pages. None may have a serious or critical violation (every input labelled, enough contrast, names on
 buttons and images, ...). Every page starts with a skip link to its main content."""
 
 from __future__ import annotations
@@ -92,6 +92,7 @@ def test_pages_have_no_serious_accessibility_violations(page, axe, project, admi
     browser_login(page, admin_user, PASSWORD)
     template = project.annotation_templates.get()
     for what, url in (("project", f"/projects/{project.pk}/"), ("review", f"/projects/{project.pk}/review/"),
+                      ("members", f"/projects/{project.pk}/members/"),
                       ("builder", f"/projects/{project.pk}/templates/{template.pk}/?selected=ranking"),
                       ("reward run", f"/ml/reward-runs/{reward.pk}/"),
                       ("fine-tune run", f"/ml/finetune-runs/{finetune.pk}/")):

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Unpack, cast
+from urllib.parse import quote
 
 from pickwise_client import _wait
 from pickwise_client._base import Resource, only_given, project_path
@@ -15,7 +16,9 @@ from pickwise_client._http import dumps_jsonl
 from pickwise_client.errors import ConfigurationError, FieldError, ValidationError
 from pickwise_client.types import (
     Annotation,
+    ArenaResults,
     Handout,
+    Member,
     Project,
     ProjectSettings,
     PromptImport,
@@ -61,6 +64,43 @@ class Projects(Resource):
     def agreement(self, project: int) -> dict[str, Any]:
         """Per-annotator stats and agreement (pairwise, Kendall's tau, Kendall's W); reviewers only."""
         return cast(dict[str, Any], self._http.get(project_path(project, "agreement/")))
+
+
+class Members(Resource):
+    """Who belongs to a project and in which role (project admins of that project).
+
+    Roles: ``admin``, ``annotator``, ``ml_engineer``. A person's global role (set by a superuser) decides
+    which they may hold; a project always keeps one admin.
+    """
+
+    def list(self, project: int) -> Iterator[Member]:
+        """Every member: ``{"user_id", "username", "role"}``, admins first."""
+        return cast(Iterator[Member], self._http.paginate(project_path(project, "members/"), {"page_size": 500}))
+
+    def set(self, project: int, username: str, role: str) -> Member:
+        """Add ``username`` to the project in ``role``, or change their role. Raises
+        :class:`~pickwise_client.ValidationError` (field ``role``) when their global role does not allow it or
+        it would demote the last admin, :class:`~pickwise_client.NotFoundError` for an unknown username."""
+        return cast(Member, self._http.json("PUT", _member_path(project, username), json_body={"role": role}))
+
+    def remove(self, project: int, username: str) -> None:
+        """Take ``username`` out of the project (their annotations stay); never the last admin."""
+        self._http.json("DELETE", _member_path(project, username))
+
+
+def _member_path(project: int, username: str) -> str:
+    if not username:
+        raise ConfigurationError("Give a username.")
+    return project_path(project, f"members/{quote(username, safe='')}/")
+
+
+class Arena(Resource):
+    """A blind arena's results (ML engineers and admins of the project)."""
+
+    def results(self, project: int) -> ArenaResults:
+        """The Bradley-Terry leaderboard (best first) and every pair's head-to-head win rate with its
+        Wilson 95% interval."""
+        return cast(ArenaResults, self._http.get(project_path(project, "arena/results/")))
 
 
 def _plain(value: Any) -> Any:

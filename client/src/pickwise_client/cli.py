@@ -13,7 +13,7 @@ import shutil
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, StrEnum
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, ParamSpec, TypeVar
 
@@ -69,9 +69,12 @@ models_app = typer.Typer(help="Model versions offered for generation.", no_args_
 exports_app = typer.Typer(help="Preference exports (see also `pickwise export`).", no_args_is_help=True)
 train_app = typer.Typer(help="Start reward-model and fine-tune runs.", no_args_is_help=True)
 runs_app = typer.Typer(help="Reward-model and fine-tune runs: list, watch, cancel, retry.", no_args_is_help=True)
-for sub, name in ((projects_app, "projects"), (prompts_app, "prompts"), (tasks_app, "tasks"),
-                  (annotations_app, "annotations"), (templates_app, "templates"), (models_app, "models"),
-                  (exports_app, "exports"), (train_app, "train"), (runs_app, "runs")):
+members_app = typer.Typer(help="A project's members and their roles (project admins).", no_args_is_help=True)
+arena_app = typer.Typer(help="A blind arena's results (ML engineers and project admins).", no_args_is_help=True)
+for sub, name in ((projects_app, "projects"), (members_app, "members"), (prompts_app, "prompts"),
+                  (tasks_app, "tasks"), (annotations_app, "annotations"), (templates_app, "templates"),
+                  (models_app, "models"), (exports_app, "exports"), (train_app, "train"), (runs_app, "runs"),
+                  (arena_app, "arena")):
     app.add_typer(sub, name=name)
 
 
@@ -316,6 +319,63 @@ def projects_create(name: str, description: Annotated[str, typer.Option(help="Wh
         print_json(project)
     else:
         typer.echo(project["id"])
+
+
+class MemberRole(StrEnum):
+    admin = "admin"
+    annotator = "annotator"
+    ml_engineer = "ml_engineer"
+
+
+UsernameArgument = Annotated[str, typer.Argument(help="The member's username.")]
+
+
+@members_app.command("list")
+@handled
+def members_list(project: ProjectOption, as_json: JsonOption = False) -> None:
+    """A project's members and their roles, admins first."""
+    print_table(SETTINGS.client().members.list(project), [
+        ("user id", _key("user_id")), ("username", _key("username")), ("role", _key("role"))], as_json=as_json)
+
+
+@members_app.command("set")
+@handled
+def members_set(username: UsernameArgument,
+                role: Annotated[MemberRole, typer.Argument(help="admin, annotator or ml_engineer.")],
+                project: ProjectOption, as_json: JsonOption = False) -> None:
+    """Add a user to a project in a role, or change their role. Their global role must allow it (exit 1,
+    naming the role, otherwise), and the last admin stays an admin."""
+    member = SETTINGS.client().members.set(project, username, role.value)
+    if as_json:
+        print_json(member)
+    else:
+        say(f"{member['username']} is {member['role']} in project {project}.")
+
+
+@members_app.command("remove")
+@handled
+def members_remove(username: UsernameArgument, project: ProjectOption) -> None:
+    """Take a user out of a project (their annotations stay); never the last admin."""
+    SETTINGS.client().members.remove(project, username)
+    say(f"Removed {username} from project {project}.")
+
+
+@arena_app.command("results")
+@handled
+def arena_results(project: ProjectOption, as_json: JsonOption = False) -> None:
+    """The arena's leaderboard (Bradley-Terry strength, best first) and head-to-head win rates."""
+    results = SETTINGS.client().arena.results(project)
+    if as_json:
+        print_json(results)
+        return
+    print_table(results["leaderboard"], [
+        ("version", _key("model_version")), ("strength", lambda r: f"{r['strength']:.3f}"),
+        ("wins", _key("wins")), ("losses", _key("losses")), ("ties", _key("ties"))], as_json=False)
+    typer.echo("")
+    print_table(results["head_to_head"], [
+        ("a", _key("a")), ("b", _key("b")), ("a wins", _key("a_wins")), ("b wins", _key("b_wins")),
+        ("ties", _key("ties")), ("win rate", lambda r: f"{r['win_rate']:.3f}"),
+        ("95% interval", lambda r: f"{r['ci_low']:.3f}-{r['ci_high']:.3f}")], as_json=False)
 
 
 @prompts_app.command("import")

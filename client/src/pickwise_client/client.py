@@ -16,7 +16,7 @@ from pickwise_client._base import Context
 from pickwise_client._exports import Exports
 from pickwise_client._generation import GenerationJobs, Images, ModelVersions
 from pickwise_client._http import HTTP
-from pickwise_client._projects import Annotations, Projects, PromptSets, Tasks
+from pickwise_client._projects import Annotations, Arena, Members, Projects, PromptSets, Tasks
 from pickwise_client._runs import FineTuneRuns, RewardModels, RewardRuns
 from pickwise_client._templates import Templates
 from pickwise_client.errors import APIError, AuthenticationError, NetworkError, RequestTimeoutError
@@ -62,6 +62,8 @@ class Client:
         context = Context(http=self._http, cache_dir=Path(cache_dir) if cache_dir else config.cache_dir(),
                           sleep=sleep)
         self.projects = Projects(context)
+        self.members = Members(context)
+        self.arena = Arena(context)
         self.prompt_sets = PromptSets(context)
         self.tasks = Tasks(context)
         self.annotations = Annotations(context)

@@ -73,6 +73,44 @@ class SettingsChanges(TypedDict, total=False):
     presort_reward_version: int | None
 
 
+MemberRole = Literal["admin", "annotator", "ml_engineer"]
+MEMBER_ROLES: tuple[str, ...] = ("admin", "annotator", "ml_engineer")
+
+
+class Member(TypedDict):
+    user_id: int
+    username: str
+    role: MemberRole
+
+
+class LeaderboardRow(TypedDict):
+    model_version: str  # the version's name
+    model_version_id: int
+    strength: float  # Bradley-Terry strength; the versions' geometric mean is 1
+    rating: float  # the strength on the Elo scale: 1000 + 400 log10(strength)
+    wins: int
+    losses: int
+    ties: int
+
+
+class HeadToHead(TypedDict):
+    a: str  # the newer version of the pair
+    b: str
+    a_wins: int
+    b_wins: int
+    ties: int
+    win_rate: float  # a's, ties counting half
+    ci_low: float  # Wilson 95% interval
+    ci_high: float
+    votes: int
+
+
+class ArenaResults(TypedDict):
+    votes: int
+    leaderboard: list[LeaderboardRow]  # best first
+    head_to_head: list[HeadToHead]
+
+
 class PromptSet(TypedDict):
     id: int
     name: str
