@@ -14,6 +14,7 @@ from core.api import obtain_token
 from generation.urls import api_urlpatterns as generation_api
 from projects import api as projects_api
 from projects import views as projects_views
+from projects.webhooks import urls as webhook_urls
 from rlhf.datasets import api as rlhf_api
 from rlhf.runs import api as run_api
 
@@ -32,6 +33,7 @@ urlpatterns = [
     path("login/", auth_views.LoginView.as_view(redirect_authenticated_user=True), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("projects/", include("annotate.urls")),
+    path("projects/", include("projects.webhooks.urls")),
     path("generation/", include("generation.urls")),
     path("ml/", include("rlhf.urls")),
     path("api/me/", projects_api.me, name="api-me"),
@@ -39,6 +41,7 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="api-schema"),
     path("api/docs/", core_views.api_docs, name="api-docs"),
     path("api/", include(generation_api)),
+    path("api/", include(webhook_urls.api_urlpatterns)),
     path("api/", include(workflow_api.urlpatterns)),
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),

@@ -37,6 +37,7 @@ from core.tasks import enqueue_on_commit
 from generation.models import GeneratedImage
 from generation.selectors import image_url
 from projects.models import Project
+from projects.webhooks.events import emit, url_for
 from rlhf.exports.aggregate import ComparisonLog, count_votes, fit_bradley_terry, task_agreement
 from rlhf.exports.card import render_card
 from rlhf.exports.formats import (
@@ -584,6 +585,20 @@ def _trl_rows(directory: Path) -> int:
     return len(datasets.load_from_disk(str(directory)))
 
 
+def export_event(export_id: int) -> dict[str, Any]:
+    """The ``data`` of ``export.finished`` and ``export.failed``: ids, counts and URLs, never the data."""
+    export = PreferenceExport.objects.get(pk=export_id)
+    done = export.status == RunStatus.SUCCEEDED
+    return {"export": {
+        "id": export.pk, "name": export.name, "format": export.format, "status": export.status,
+        "counts": export.counts, "split_counts": export.split_counts, "content_hash": export.content_hash or None,
+        "error": export.error or None, "url": url_for("rlhf:export_detail", export.pk),
+        "api_url": url_for("export-detail", export.pk),
+        "download_url": url_for("rlhf:export_download", export.pk) if done else None,
+        "api_download_url": url_for("export-download", export.pk) if done else None,
+    }}
+
+
 def preference_export_build(*, export_id: int) -> PreferenceExport | None:
     """Build one export; a no-op for an export that already finished (task redelivery)."""
     with transaction.atomic():
@@ -603,18 +618,22 @@ def preference_export_build(*, export_id: int) -> PreferenceExport | None:
     except Exception as exc:
         logger.exception("export %s failed", export_id)
         shutil.rmtree(export_directory(export).with_name(f"{export.pk}.partial"), ignore_errors=True)
-        PreferenceExport.objects.filter(pk=export_id).update(
-            status=RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
-        )
+        with transaction.atomic():
+            if PreferenceExport.objects.filter(pk=export_id).update(
+                status=RunStatus.FAILED, error=f"{type(exc).__name__}: {exc}", finished_at=timezone.now()
+            ):
+                emit("export.failed", project_id=export.project_id, data=lambda: export_event(export_id))
         raise
-    PreferenceExport.objects.filter(pk=export_id, status=RunStatus.RUNNING).update(
-        status=RunStatus.SUCCEEDED,
-        progress=1.0,
-        counts=builder.counts,
-        split_counts=builder.split_counts,
-        content_hash=builder.content_hash,
-        finished_at=timezone.now(),
-    )
+    with transaction.atomic():
+        if PreferenceExport.objects.filter(pk=export_id, status=RunStatus.RUNNING).update(
+            status=RunStatus.SUCCEEDED,
+            progress=1.0,
+            counts=builder.counts,
+            split_counts=builder.split_counts,
+            content_hash=builder.content_hash,
+            finished_at=timezone.now(),
+        ):
+            emit("export.finished", project_id=export.project_id, data=lambda: export_event(export_id))
     return PreferenceExport.objects.get(pk=export_id)
 
 

@@ -22,6 +22,7 @@ from core.exceptions import ApplicationError
 from core.tasks import enqueue_on_commit
 from projects.access import project_check
 from projects.models import Project
+from projects.webhooks.events import emit, url_for
 from rlhf.models import RunStatus
 from rlhf.runs.hyperparams import json_safe
 from rlhf.training.checkpoint import latest_checkpoint, read_metadata
@@ -32,6 +33,20 @@ STALE_RUN_SECONDS = 120  # a running run without a heartbeat for this long has l
 MAX_HISTORY_POINTS = 2000  # longer histories are thinned (every other point) to stay small
 
 OnLog = Callable[[int, Mapping[str, float]], None]
+
+
+def run_event(run: Any, **extra: Any) -> dict[str, Any]:
+    """The ``data`` of a run's webhook events (``run.started``, ``run.finished``, ``run.failed``): ids and
+    URLs; ``kind`` is ``reward`` or ``finetune``."""
+    kind = "reward" if run._meta.model_name == "rewardmodelrun" else "finetune"
+    described: dict[str, Any] = {
+        "id": run.pk, "kind": kind, "name": run.name, "status": run.status, "attempt": run.attempts,
+        "export_id": run.export_id, "error": run.error or None,
+        "url": url_for(f"rlhf:{kind}_run_detail", run.pk), "api_url": url_for(f"{kind}-run-detail", run.pk),
+    }
+    if kind == "finetune":
+        described.update(method=run.method, base_version_id=run.base_version_id)
+    return {"run": described, **extra}
 
 
 def check_user_may_train(user: AbstractBaseUser | None, project: Project | None) -> None:
@@ -88,6 +103,7 @@ def run_start(model: type[models.Model], run_id: int) -> tuple[Any, bool] | None
         run.heartbeat_at = now
         run.error = ""
         run.save(update_fields=["status", "attempts", "started_at", "heartbeat_at", "error", "updated_at"])
+        emit("run.started", project_id=run.project_id, data=lambda: run_event(run))
     return run, fresh
 
 
@@ -169,10 +185,13 @@ def failure_reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
+@transaction.atomic
 def run_fail(model: type[models.Model], run_id: int, error: str) -> None:
-    model._default_manager.filter(pk=run_id, status__in=[RunStatus.RUNNING, RunStatus.QUEUED]).update(
+    if model._default_manager.filter(pk=run_id, status__in=[RunStatus.RUNNING, RunStatus.QUEUED]).update(
         status=RunStatus.FAILED, error=error[:5000], finished_at=timezone.now(), updated_at=timezone.now()
-    )
+    ):
+        run = model._default_manager.get(pk=run_id)
+        emit("run.failed", project_id=run.project_id, data=lambda: run_event(run))
 
 
 def free_memory() -> None:

@@ -21,6 +21,7 @@ from huggingface_hub import try_to_load_from_cache
 from core.exceptions import ApplicationError
 from core.tasks import enqueue_on_commit
 from generation.inference import HUB_ID_RE
+from projects.webhooks.events import emit, url_for
 from rlhf.models import PreferenceExport, RewardModelRun, RewardModelVersion, RunStatus
 from rlhf.runs.data import check_data_path, check_export
 from rlhf.runs.hyperparams import build_config, config_dict, json_safe, parse_hyperparameters
@@ -32,6 +33,7 @@ from rlhf.runs.lifecycle import (
     free_memory,
     resume_step,
     run_cancel,
+    run_event,
     run_fail,
     run_retry,
     run_start,
@@ -210,7 +212,7 @@ def _reward_run_register(*, run_id: int, path: Path, results: dict[str, Any]) ->
     base = slugify(run.name)[:80] if run.name else "reward"
     test = results.get("test") or {}
     validation = results.get("validation") or {}
-    RewardModelVersion.objects.create(
+    version = RewardModelVersion.objects.create(
         name=f"{base}-{run.pk}", project=run.project, run=run, export=run.export, path=str(path),
         metrics={"test_accuracy": test.get("accuracy"), "validation_accuracy": validation.get("accuracy"),
                  "threshold": test.get("threshold", validation.get("threshold")), "ece": test.get("ece"),
@@ -226,4 +228,7 @@ def _reward_run_register(*, run_id: int, path: Path, results: dict[str, Any]) ->
     run.step = int(results.get("step") or run.step)
     run.finished_at = timezone.now()
     run.save(update_fields=["status", "progress", "results", "step", "finished_at", "updated_at"])
+    emit("run.finished", project_id=run.project_id, data=lambda: run_event(run, reward_model={
+        "id": version.pk, "name": version.name, "metrics": version.metrics,
+        "api_url": url_for("reward-model-detail", version.pk)}))
     return run
