@@ -1,7 +1,7 @@
 """A real HTTP receiver for webhook tests (loopback, a thread per request), and a Celery worker of its own.
 
 ``Receiver`` records every request (path, headers, body) and answers each path with the answers queued for
-it (``respond``): a status code, ``Sleep(seconds, status)`` (longer than the worker's timeout: no answer in
+it (``respond``; then ``answer_always``'s status): a status code, ``Sleep(seconds, status)`` (longer than the worker's timeout: no answer in
 time) or ``HOLD`` (keep the request open until ``release()``: a worker killed mid-delivery). With nothing
 queued it answers 200.
 """
@@ -53,6 +53,7 @@ class Receiver:
     def __init__(self) -> None:
         self.requests: list[Received] = []
         self._answers: dict[str, deque[Any]] = defaultdict(deque)
+        self._defaults: dict[str, int] = {}
         self._changed = threading.Condition()
         self._release = threading.Event()
         receiver = self
@@ -65,7 +66,7 @@ class Receiver:
                 with receiver._changed:
                     receiver.requests.append(received)
                     queued = receiver._answers[self.path]
-                    answer = queued.popleft() if queued else 200
+                    answer = queued.popleft() if queued else receiver._defaults.get(self.path, 200)
                     receiver._changed.notify_all()
                 if answer == HOLD:
                     receiver._release.wait(120)
@@ -95,6 +96,11 @@ class Receiver:
     def respond(self, path: str, *answers: Any) -> None:
         with self._changed:
             self._answers[path].extend(answers)
+
+    def answer_always(self, path: str, status: int) -> None:
+        """Answer ``path`` with ``status`` once its queued answers are used up."""
+        with self._changed:
+            self._defaults[path] = status
 
     def release(self) -> None:
         self._release.set()
