@@ -49,7 +49,7 @@ from generation.services import generation_job_create, project_model_versions_se
 from projects.access import project_check
 from projects.models import Project
 from projects.services import project_update
-from projects.webhooks.events import emit, url_for
+from projects.webhooks.events import emit, subscribers, url_for
 
 AMEND_WINDOW = timedelta(hours=24)
 MAX_IDEMPOTENCY_KEY = 100
@@ -664,8 +664,9 @@ def annotation_submit(*, project: Project, user: User, task_id: int, submission:
         [AssignmentStatus.SUBMITTED.value, rawsql.param(TaskAssignment, "finished_at", now),
          rawsql.param(TaskAssignment, "updated_at", now), assignment.pk],
     )
-    emit("annotation.created", project_id=project.pk, data=lambda: _annotation_event(annotation))
-    emit("task.completed", project_id=project.pk,
+    hooks = subscribers(project_id=project.pk)  # one statement for both events (the loop's hot path)
+    emit("annotation.created", project_id=project.pk, endpoints=hooks, data=lambda: _annotation_event(annotation))
+    emit("task.completed", project_id=project.pk, endpoints=hooks,
          data=lambda: _task_completed_event(project=project, task_id=assignment.task_id))
     return annotation, True
 

@@ -321,7 +321,7 @@ def _note_lost_attempts(ids: list[int], now: datetime) -> None:
     recorded = set(WebhookAttempt.objects.filter(delivery_id__in=[pk for pk, _, _ in rows])
                    .values_list("delivery_id", "number"))
     WebhookAttempt.objects.bulk_create([
-        WebhookAttempt(delivery_id=pk, number=number, started_at=lease - timedelta(seconds=lease_seconds()),
+        WebhookAttempt(delivery_id=pk, number=number, started_at=(lease or now) - timedelta(seconds=lease_seconds()),
                        error="The worker sending it stopped before it recorded an answer (its lease ran out); "
                              "sent again with the same webhook-id.")
         for pk, number, lease in rows if (pk, number) not in recorded

@@ -73,15 +73,19 @@ def envelope(*, event: str, project_id: int, data: Mapping[str, Any], timestamp:
     return parsed
 
 
-def _subscribed(project_id: int, event: str) -> list[int]:
-    """Ids of the project's active endpoints that receive ``event``: one statement (it runs in the annotator
-    loop's submit, where compiling an ORM query costs more than running it)."""
+Subscribers = list[tuple[int, list[str]]]
+
+
+def subscribers(*, project_id: int) -> Subscribers:
+    """The project's active endpoints and the events each receives: one statement (it runs in the annotator
+    loop's submit, where compiling an ORM query costs more than running it). A caller emitting several
+    events at once looks them up once and hands them to each :func:`emit`."""
     rows = rawsql.fetchall(
         rawsql.query("SELECT {e.pk}, {e.event_types} FROM {e} WHERE {e.project} = %s AND {e.is_active} = %s",
                      e=WebhookEndpoint),
         [project_id, True],
     )
-    return [pk for pk, raw in rows if event in (rawsql.value(WebhookEndpoint, "event_types", raw) or ())]
+    return [(pk, list(rawsql.value(WebhookEndpoint, "event_types", raw) or ())) for pk, raw in rows]
 
 
 def queue_delivery(delivery_id: int, *, countdown: float | None = None) -> None:
@@ -107,18 +111,21 @@ def deliveries_create(*, endpoint_ids: list[int], event: str, payload: dict[str,
     return made
 
 
-def emit(event: str, *, project_id: int | None, data: Data) -> int:
+def emit(event: str, *, project_id: int | None, data: Data, endpoints: Subscribers | None = None) -> int:
     """Queue ``event`` for every active endpoint of the project that subscribes to it; returns how many.
 
     Call it inside the transaction that makes the event. ``data`` is the payload's ``data`` (the project is
     added), or a function returning it, called only when some endpoint subscribes; a function may return
     None to send nothing (an event that turned out not to happen). No project (a run outside any), no event.
+    ``endpoints`` is what :func:`subscribers` returned for the project in this transaction, when the caller
+    emits several events and looked them up once.
     """
     if event not in EVENT_TYPES:
         raise ValueError(f"unknown webhook event {event!r}; add it to projects.webhooks.events.EVENT_TYPES")
     if project_id is None:
         return 0
-    endpoint_ids = _subscribed(project_id, event)
+    found = subscribers(project_id=project_id) if endpoints is None else endpoints
+    endpoint_ids = [pk for pk, events in found if event in events]
     if not endpoint_ids:
         return 0
     values = data() if callable(data) else data
