@@ -313,6 +313,8 @@ SITE_URL = env_url(
 WEBHOOK_TIMEOUT_SECONDS = env_int(
     "WEBHOOK_TIMEOUT_SECONDS", 10, "Seconds a webhook endpoint has to connect and answer", minimum=1
 )
+if WEBHOOK_TIMEOUT_SECONDS > 300:  # a delivery task's time limit (4x this + 60 s) stays far below the visibility timeout
+    raise ImproperlyConfigured("WEBHOOK_TIMEOUT_SECONDS: at most 300 (a receiver should answer in seconds)")
 WEBHOOK_RETRY_BASE_SECONDS = env_int(
     "WEBHOOK_RETRY_BASE_SECONDS", 10,
     "First wait (s) before retrying a failed webhook delivery; doubles each time (with jitter), at most an hour",

@@ -197,7 +197,9 @@ def delivery_send(*, delivery_id: int) -> WebhookDelivery | None:
 @transaction.atomic
 def _record(*, claim: Claim, outcome: Outcome) -> WebhookDelivery:
     delivery = (WebhookDelivery.objects.select_for_update(of=("self",)).select_related("endpoint")
-                .get(pk=claim.delivery.pk))
+                .filter(pk=claim.delivery.pk).first())
+    if delivery is None:  # its endpoint was removed while the request was out
+        return claim.delivery
     WebhookAttempt.objects.create(
         delivery=delivery, number=claim.number, started_at=claim.started_at, succeeded=outcome.succeeded,
         status_code=outcome.status_code, latency_ms=outcome.latency_ms, response_excerpt=outcome.excerpt,

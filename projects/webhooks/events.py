@@ -89,12 +89,16 @@ def subscribers(*, project_id: int) -> Subscribers:
 
 
 def queue_delivery(delivery_id: int, *, countdown: float | None = None) -> None:
-    """Send a delivery from a worker (on ``WEBHOOK_QUEUE``) once the current transaction commits."""
+    """Send a delivery from a worker (on ``WEBHOOK_QUEUE``) once the current transaction commits.
+
+    ``robust``: a broker that cannot take the message is logged, not raised, so it never fails the request
+    whose change already committed; the sweeper queues the delivery again later.
+    """
     queue, task = settings.WEBHOOK_QUEUE, registered_task(DELIVER_TASK)
     options: dict[str, Any] = {"queue": queue}
     if countdown:
         options["countdown"] = countdown
-    transaction.on_commit(lambda: task.apply_async(args=[delivery_id], **options))
+    transaction.on_commit(lambda: task.apply_async(args=[delivery_id], **options), robust=True)
 
 
 def deliveries_create(*, endpoint_ids: list[int], event: str, payload: dict[str, Any], now: datetime

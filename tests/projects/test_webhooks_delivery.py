@@ -41,8 +41,8 @@ SITE = "https://pickwise.example.org"
 
 @pytest.fixture(scope="module")
 def webhook_worker(django_db_setup, django_db_blocker, tmp_path_factory):
-    """A worker of these tests only: loopback allowed, 1 s timeout, retries after 1 s doubling, for 6 s,
-    endpoints disabled after 2 deliveries in a row fail (tests/projects/webhook_receiver.py)."""
+    """A worker of these tests only: loopback allowed, 3 s timeout, retries after 1 s doubling, endpoints
+    disabled after 2 deliveries in a row fail (tests/projects/webhook_receiver.py)."""
     with django_db_blocker.unblock():
         database = connection.settings_dict["NAME"]
     proc = start_worker(database=database, queue=QUEUE, log=tmp_path_factory.mktemp("webhooks") / "worker.log")
@@ -52,10 +52,11 @@ def webhook_worker(django_db_setup, django_db_blocker, tmp_path_factory):
 
 @pytest.fixture(autouse=True)
 def _webhook_settings(settings):
-    """This process emits to the worker's queue, with the same retry window (it stamps ``retry_until``)."""
+    """This process emits to the worker's queue; the retry window it stamps on each delivery (``retry_until``)
+    is generous unless a test wants deliveries to give up soon."""
     settings.WEBHOOK_QUEUE = QUEUE
     settings.OUTBOUND_ALLOW_PRIVATE_ADDRESSES = True
-    settings.WEBHOOK_RETRY_FOR_SECONDS = 6
+    settings.WEBHOOK_RETRY_FOR_SECONDS = 120
     settings.SITE_URL = SITE
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
@@ -87,7 +88,7 @@ def finished(endpoint, count: int):
 
 def test_a_delivery_is_retried_on_500_and_on_a_timeout_with_the_same_webhook_id(webhook_worker, project, receiver):
     endpoint = services.webhook_endpoint_create(project=project, url=receiver.url("/flaky"))
-    receiver.respond("/flaky", 500, Sleep(2.5))  # then 200
+    receiver.respond("/flaky", 500, Sleep(4.5))  # then 200
     with transaction.atomic():
         emit("export.finished", project_id=project.pk, data={"export": {"id": 41}})
     (delivery,) = wait_until(lambda: finished(endpoint, 1), what="the delivery")
@@ -97,18 +98,20 @@ def test_a_delivery_is_retried_on_500_and_on_a_timeout_with_the_same_webhook_id(
     assert {r.headers["webhook-id"] for r in requests} == {delivery.webhook_id}
     assert bodies[0] == bodies[2] and bodies[0]["data"]["export"] == {"id": 41}
     assert requests[1].at - requests[0].at >= 0.5  # a wait of 0.5-1 s after the first failure
-    assert requests[2].at - requests[1].at >= 1 + 1  # the 1 s timeout, then a wait of 1-2 s
+    assert requests[2].at - requests[1].at >= 3 + 1  # the 3 s timeout, then a wait of 1-2 s
     assert [(a.number, a.succeeded, a.status_code) for a in delivery.attempt_log.all()] == [
         (1, False, 500), (2, False, None), (3, True, 200)]
     first, second, third = delivery.attempt_log.all()
     assert first.error == "Answered 500." and first.response_excerpt == "receiver says 500"
-    assert second.error == "No answer within 1 s (WEBHOOK_TIMEOUT_SECONDS)." and second.latency_ms >= 1000
-    assert third.response_excerpt == "ok" and third.latency_ms < 1000
+    assert second.error == "No answer within 3 s (WEBHOOK_TIMEOUT_SECONDS)." and second.latency_ms >= 3000
+    assert third.response_excerpt == "ok" and third.latency_ms < 3000
     endpoint.refresh_from_db()
     assert endpoint.consecutive_failures == 0 and endpoint.last_success_at is not None
 
 
-def test_repeated_failures_disable_the_endpoint_and_its_page_says_so(webhook_worker, project, admin_user, receiver):
+def test_repeated_failures_disable_the_endpoint_and_its_page_says_so(webhook_worker, project, admin_user, receiver,
+                                                                     settings):
+    settings.WEBHOOK_RETRY_FOR_SECONDS = 6  # each delivery gives up 6 s after its event
     endpoint = services.webhook_endpoint_create(project=project, url=receiver.url("/down"))
     healthy = services.webhook_endpoint_create(project=project, url=receiver.url("/up"))
     receiver.answer_always("/down", 500)
@@ -199,11 +202,13 @@ def test_every_event_type_is_delivered_signed(webhook_worker, project, admin_use
     assert set(expected) == set(EVENT_TYPES)
     deliveries = wait_until(lambda: finished(endpoint, expected.total()), what="every delivery")
     assert Counter(d.event_type for d in deliveries) == expected
-    assert all(d.status == DeliveryStatus.SUCCEEDED and d.attempts == 1 for d in deliveries)
-    received = receiver.received("/all")
-    assert len(received) == expected.total()
+    assert all(d.status == DeliveryStatus.SUCCEEDED for d in deliveries)
+    received = {}  # by webhook-id, as a receiver de-duplicates (a busy receiver may have seen a retry too)
+    for request in receiver.received("/all"):
+        received.setdefault(request.headers["webhook-id"], request)
+    assert sorted(received) == sorted(d.webhook_id for d in deliveries)
     events = {}
-    for request in received:
+    for request in received.values():
         body = request.verified(endpoint.secret)
         assert len(request.body) < 8000  # ids, figures and URLs; never image bytes
         assert body["data"]["project"] == {"id": project.pk, "url": f"{SITE}/projects/{project.pk}/"}
