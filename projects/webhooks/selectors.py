@@ -21,6 +21,12 @@ def endpoints_for_project(*, project: Project) -> QuerySet[WebhookEndpoint]:
             .order_by("created_at", "pk"))
 
 
+def endpoints_disabled_automatically(*, project: Project) -> list[WebhookEndpoint]:
+    """The project's endpoints that repeated failures disabled (the notice on the project's page)."""
+    return list(WebhookEndpoint.objects.filter(project=project, is_active=False, disabled_automatically=True)
+                .order_by("disabled_at", "pk"))
+
+
 def endpoint_of_project(*, project: Project, endpoint_id: object) -> WebhookEndpoint:
     """One of the project's endpoints; ``Http404`` for another project's or an unknown id."""
     try:

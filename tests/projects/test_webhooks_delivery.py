@@ -110,7 +110,7 @@ def test_a_delivery_is_retried_on_500_and_on_a_timeout_with_the_same_webhook_id(
 
 
 def test_repeated_failures_disable_the_endpoint_and_its_page_says_so(webhook_worker, project, admin_user, receiver,
-                                                                     settings):
+                                                                     ml_engineer, settings):
     settings.WEBHOOK_RETRY_FOR_SECONDS = 6  # each delivery gives up 6 s after its event
     endpoint = services.webhook_endpoint_create(project=project, url=receiver.url("/down"))
     healthy = services.webhook_endpoint_create(project=project, url=receiver.url("/up"))
@@ -132,6 +132,10 @@ def test_repeated_failures_disable_the_endpoint_and_its_page_says_so(webhook_wor
     page = browser.get(f"/projects/{project.pk}/webhooks/").content.decode()
     notice = page.split('role="alert"', 1)[1].split("</div>", 1)[0]
     assert endpoint.url in notice and "disabled automatically" in notice and "Answered 500." in notice
+    project_page = browser.get(f"/projects/{project.pk}/").content.decode()  # where admins look first
+    assert "after repeated failed deliveries" in project_page and endpoint.url in project_page
+    browser.force_login(ml_engineer)  # not theirs to fix
+    assert "after repeated failed deliveries" not in browser.get(f"/projects/{project.pk}/").content.decode()
     with transaction.atomic():
         assert emit("run.failed", project_id=project.pk, data={"run": {"id": 3}}) == 1  # only the healthy one
 
