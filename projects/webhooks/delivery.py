@@ -252,7 +252,9 @@ def _endpoint_succeeded(endpoint_id: int, now: datetime) -> None:
 
 def _endpoint_failed(endpoint_id: int, now: datetime, error: str) -> None:
     """Count a delivery that failed for good; disable the endpoint at the threshold and tell its admins."""
-    endpoint = WebhookEndpoint.objects.select_for_update().get(pk=endpoint_id)
+    # FOR NO KEY UPDATE: events being emitted meanwhile (their deliveries' foreign keys take KEY SHARE
+    # locks on the endpoint, inside the annotator loop's submit) never wait on it.
+    endpoint = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=endpoint_id)
     endpoint.consecutive_failures += 1
     endpoint.last_failure_at = now
     fields = ["consecutive_failures", "last_failure_at", "updated_at"]

@@ -1,6 +1,8 @@
 """What a project's admins do with webhooks: register, change, rotate a secret, disable and enable, test,
 redeliver, remove. Every function takes the project (already checked by ``projects.access``) and raises
-``ApplicationError`` naming the field for bad input, before anything is written."""
+``ApplicationError`` naming the field for bad input, before anything is written. Endpoint rows are locked
+``FOR NO KEY UPDATE``: events emitted meanwhile (their deliveries' foreign keys take ``KEY SHARE`` locks on
+the endpoint, in the annotator loop's submit among others) never wait on an admin's change."""
 
 from __future__ import annotations
 
@@ -114,7 +116,7 @@ def webhook_endpoint_update(*, endpoint: WebhookEndpoint, url: Any = None, event
                             description: Any = None, is_active: bool | None = None,
                             user: AbstractBaseUser | AnonymousUser | None = None) -> WebhookEndpoint:
     """Change what is given (None leaves a field as it is); ``is_active`` enables or disables it."""
-    locked = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+    locked = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=endpoint.pk)
     fields = ["updated_at"]
     if url is not None:
         locked.url = check_endpoint_url(url)
@@ -138,7 +140,7 @@ def webhook_endpoint_update(*, endpoint: WebhookEndpoint, url: Any = None, event
 def webhook_endpoint_disable(*, endpoint: WebhookEndpoint,
                              user: AbstractBaseUser | AnonymousUser | None = None) -> WebhookEndpoint:
     """Stop sending (what is waiting fails, and can be redelivered once the endpoint is enabled again)."""
-    locked = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+    locked = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=endpoint.pk)
     if not locked.is_active:
         return locked
     who = user.get_username() if user is not None and user.is_authenticated else "an admin"
@@ -155,7 +157,7 @@ def webhook_endpoint_disable(*, endpoint: WebhookEndpoint,
 @transaction.atomic
 def webhook_endpoint_enable(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
     """Send again from now on, with a clean failure count (redeliver what failed meanwhile from the log)."""
-    locked = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+    locked = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=endpoint.pk)
     if locked.is_active:
         return locked
     locked.is_active, locked.disabled_at, locked.disabled_reason = True, None, ""
@@ -169,7 +171,7 @@ def webhook_endpoint_enable(*, endpoint: WebhookEndpoint) -> WebhookEndpoint:
 def webhook_endpoint_rotate_secret(*, endpoint: WebhookEndpoint, keep_previous: bool = True) -> WebhookEndpoint:
     """A new secret. The old one keeps signing (a second signature) for 24 hours while receivers switch,
     unless ``keep_previous`` is false (a leaked secret)."""
-    locked = WebhookEndpoint.objects.select_for_update().get(pk=endpoint.pk)
+    locked = WebhookEndpoint.objects.select_for_update(no_key=True).get(pk=endpoint.pk)
     if keep_previous:
         locked.previous_secret = locked.secret
         locked.previous_secret_expires_at = timezone.now() + ROTATION_OVERLAP
