@@ -15,6 +15,7 @@ from projects import roles, services
 from projects.access import projects_for_user, user_can
 from projects.forms import ProjectForm
 from projects.models import Project
+from projects.webhooks.selectors import endpoints_disabled_automatically
 
 
 @login_required
@@ -43,4 +44,5 @@ def project_detail(request: HttpRequest, project: Project) -> HttpResponse:
            for action in ("manage", "annotate", "review", "export", "train")}
     members = project.memberships.select_related("user").order_by("role", "user__username")
     return render(request, "annotate/project_detail.html", {
-        "project": project, "workflow": workflow_of(project), "members": members, "project_can": can})
+        "project": project, "workflow": workflow_of(project), "members": members, "project_can": can,
+        "disabled_webhooks": endpoints_disabled_automatically(project=project) if can["manage"] else []})

@@ -343,6 +343,45 @@ OUTBOUND_ALLOW_PRIVATE_ADDRESSES = env_bool(
     "OUTBOUND_ALLOW_PRIVATE_ADDRESSES", False,
     "Let webhooks and URL imports reach private, loopback and link-local addresses (tests, on-premise use)",
 )
+
+# --- webhooks (projects/webhooks/) ------------------------------------------------------------
+SITE_URL = env_url(
+    "SITE_URL", "http://127.0.0.1:8000",
+    "The app's public address (scheme://host[:port]); webhook payloads link to it", schemes=("http", "https"),
+).rstrip("/")
+WEBHOOK_TIMEOUT_SECONDS = env_int(
+    "WEBHOOK_TIMEOUT_SECONDS", 10, "Seconds a webhook endpoint has to connect and answer", minimum=1
+)
+if WEBHOOK_TIMEOUT_SECONDS > 300:  # a delivery task's time limit (4x this + 60 s) stays far below the visibility timeout
+    raise ImproperlyConfigured("WEBHOOK_TIMEOUT_SECONDS: at most 300 (a receiver should answer in seconds)")
+WEBHOOK_RETRY_BASE_SECONDS = env_int(
+    "WEBHOOK_RETRY_BASE_SECONDS", 10,
+    "First wait (s) before retrying a failed webhook delivery; doubles each time (with jitter), at most an hour",
+    minimum=1,
+)
+WEBHOOK_RETRY_FOR_SECONDS = env_int(
+    "WEBHOOK_RETRY_FOR_SECONDS", 86400, "How long (s) after an event its delivery is retried before it fails",
+    minimum=1,
+)
+WEBHOOK_DISABLE_AFTER_FAILURES = env_int(
+    "WEBHOOK_DISABLE_AFTER_FAILURES", 5,
+    "Deliveries in a row that failed for good after which an endpoint is disabled and its admins told",
+    minimum=1,
+)
+WEBHOOK_LOG_DAYS = env_int("WEBHOOK_LOG_DAYS", 30, "Days finished webhook deliveries stay in the log", minimum=1)
+WEBHOOK_QUEUE = env_str("WEBHOOK_QUEUE", "default", "Celery queue webhook deliveries are sent from").strip()
+if not WEBHOOK_QUEUE:
+    raise ImproperlyConfigured("WEBHOOK_QUEUE: must name a Celery queue")
+
+# --- email (optional: notices such as a disabled webhook endpoint) --------------------------------
+EMAIL_HOST = env_str("EMAIL_HOST", "", "SMTP server for notices to admins; empty = no email")
+EMAIL_PORT = env_int("EMAIL_PORT", 587, "SMTP port", minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "", "SMTP user name")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "", "SMTP password")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True, "STARTTLS to the SMTP server")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "pickwise@localhost", "Sender address of notices")
+EMAIL_TIMEOUT = 30
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Pickwise API",
     "SERVE_PERMISSIONS": ["core.api.ApiDocsPermission"],
@@ -360,6 +399,7 @@ SPECTACULAR_SETTINGS = {
         "AssignmentStatusEnum": "annotate.models.AssignmentStatus",
         "ExportFormatEnum": "rlhf.models.PreferenceExport.Format",
         "PromptFileFormatEnum": ["csv", "jsonl", "txt"],
+        "WebhookDeliveryStatusEnum": "projects.models.DeliveryStatus",
     },
 }
 

@@ -14,6 +14,7 @@ from core.api import obtain_token
 from generation.urls import api_urlpatterns as generation_api
 from projects import api as projects_api
 from projects import views as projects_views
+from projects.webhooks import urls as webhook_urls
 from rlhf.datasets import api as rlhf_api
 from rlhf.loop import api as loop_api
 from rlhf.runs import api as run_api
@@ -35,6 +36,7 @@ urlpatterns = [
     path("projects/<int:project_id>/audit/", projects_views.project_audit, name="project_audit"),
     path("projects/", include("annotate.urls")),
     path("projects/", include("projects.urls")),
+    path("projects/", include("projects.webhooks.urls")),
     path("generation/", include("generation.urls")),
     path("ml/", include("rlhf.urls")),
     path("api/me/", projects_api.me, name="api-me"),
@@ -45,6 +47,7 @@ urlpatterns = [
     path("api/", include(generation_api)),
     path("api/", include(projects_api.urlpatterns)),
     path("api/", include(loop_api.urlpatterns)),
+    path("api/", include(webhook_urls.api_urlpatterns)),
     path("api/", include(workflow_api.urlpatterns)),
     path("api/", include(router.urls)),
     path("admin/", admin.site.urls),

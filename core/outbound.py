@@ -31,6 +31,21 @@ class OutboundError(ApplicationError):
     """An outbound request was refused or failed; the message says why, ``field`` names the input."""
 
 
+class AddressNotAllowed(httpcore.ConnectError):
+    """The host resolves to a private, loopback or link-local address and those are not allowed."""
+
+
+def refused_address(exc: BaseException) -> bool:
+    """Whether ``exc`` (an httpx error) was caused by :class:`AddressNotAllowed`: a setting, not a network
+    failure, so retrying cannot help."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, AddressNotAllowed):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
 def address_is_public(address: str) -> bool:
     """Whether ``address`` (an IP literal) is a public unicast address."""
     ip = ipaddress.ip_address(address)
@@ -59,7 +74,7 @@ class _PublicOnlyBackend(httpcore.SyncBackend):
         if not self.allow_private:
             refused = [address for address in addresses if not address_is_public(address)]
             if refused:
-                raise httpcore.ConnectError(
+                raise AddressNotAllowed(
                     f"{host} resolves to {refused[0]}, a private, loopback or link-local address")
         error: httpcore.ConnectError | None = None
         for address in addresses:  # the checked addresses themselves, never a second lookup

@@ -12,3 +12,6 @@ class ProjectsConfig(AppConfig):
 
     def ready(self) -> None:
         register_after_migrate("projects.role_groups", role_groups_sync)
+        # Needs the models, which load only after apps.py: imported here. Registers the delivery task and
+        # the sweeper (in web processes too, so services can queue by name).
+        from projects.webhooks import tasks  # noqa: F401

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from django.contrib.auth.models import User
+from django.contrib.auth.base_user import AbstractBaseUser
+from django.contrib.auth.models import AnonymousUser, User
 from django.db import transaction
 from django.db.models import Q
 from django.utils import timezone
@@ -26,7 +27,7 @@ def project_create(*, name: str, description: str = "", created_by: User) -> Pro
 
 
 @transaction.atomic
-def membership_set(*, project: Project, user: User, role: str, by: User | None = None) -> ProjectMembership:
+def membership_set(*, project: Project, user: User, role: str, by: AbstractBaseUser | AnonymousUser | None = None) -> ProjectMembership:
     """Trusted code (seeding, simulated annotators): make ``user`` a member in ``role``, no other rule;
     ``by`` did it (audited). People's changes go through :func:`membership_add`,
     :func:`membership_set_role` and :func:`membership_remove`."""
@@ -109,7 +110,7 @@ def _check_keeps_an_admin(memberships: dict[int, ProjectMembership], *, leaving:
 
 
 @transaction.atomic
-def membership_add(*, project: Project, identifier: str, role: str, by: User | None = None) -> ProjectMembership:
+def membership_add(*, project: Project, identifier: str, role: str, by: AbstractBaseUser | AnonymousUser | None = None) -> ProjectMembership:
     """Add the user named by ``identifier`` (username or email) to ``project`` in ``role``.
 
     Refused, with a field error and nothing written, when no one (or more than one account) matches, the
@@ -126,7 +127,7 @@ def membership_add(*, project: Project, identifier: str, role: str, by: User | N
     return _membership_create(project=project, user=user, role=role, by=by)
 
 
-def _membership_create(*, project: Project, user: User, role: str, by: User | None) -> ProjectMembership:
+def _membership_create(*, project: Project, user: User, role: str, by: AbstractBaseUser | AnonymousUser | None) -> ProjectMembership:
     membership = ProjectMembership.objects.create(project=project, user=user, role=role)
     audit_record(event="member.added", instance=membership, actor=by, project_id=project.pk,
                  changes={"role": [None, role]}, details={"user": user.get_username()})
@@ -135,7 +136,7 @@ def _membership_create(*, project: Project, user: User, role: str, by: User | No
 
 @transaction.atomic
 def membership_set_role(*, project: Project, user: User, role: str, create: bool = False,
-                        by: User | None = None) -> ProjectMembership:
+                        by: AbstractBaseUser | AnonymousUser | None = None) -> ProjectMembership:
     """Change ``user``'s role in ``project`` (with ``create``, add them when they are not a member yet).
 
     Refused when the user's global group does not allow ``role``, or when it would demote the last admin.
@@ -160,7 +161,7 @@ def membership_set_role(*, project: Project, user: User, role: str, create: bool
 
 
 @transaction.atomic
-def membership_remove(*, project: Project, user: User, by: User | None = None) -> None:
+def membership_remove(*, project: Project, user: User, by: AbstractBaseUser | AnonymousUser | None = None) -> None:
     """Take ``user`` out of ``project`` (their annotations stay); never the last admin."""
     memberships = _locked_memberships(project)
     membership = memberships.get(user.pk)

@@ -56,6 +56,7 @@ from generation.services import (
 from projects.access import project_check
 from projects.models import Project
 from projects.services import project_update
+from projects.webhooks.events import emit, subscribers, url_for
 
 AMEND_WINDOW = timedelta(hours=24)
 MAX_IDEMPOTENCY_KEY = 100
@@ -557,6 +558,38 @@ def _build_answer(version: AnnotationTemplateVersion | None, image_ids: list[str
     return groups, answers, rationale
 
 
+def _annotation_event(annotation: Annotation, **extra: Any) -> dict[str, Any]:
+    """The ``data`` of an annotation's webhook events: ids and API URLs (see the README's Webhooks)."""
+    project_id, task_id = annotation.project_id, annotation.task_id
+    return {
+        "annotation": {
+            "id": annotation.pk, "status": annotation.status, "task_id": task_id,
+            "annotator": {"id": annotation.annotator_id, "username": annotation.annotator.get_username()},
+            "template_version_id": annotation.template_version_id, "ranking": annotation.ranking,
+            "supersedes_id": annotation.supersedes_id,
+            "api_url": url_for("api-annotation-detail", project_id, annotation.pk),
+        },
+        "task": {"id": task_id, "api_url": url_for("api-task-detail", project_id, task_id)},
+        **extra,
+    }
+
+
+def _task_completed_event(*, project: Project, task_id: int) -> dict[str, Any] | None:
+    """``task.completed``'s data when the answer just stored gave the task as many current answers as the
+    overlap; None otherwise. The task row is locked first, so of two answers committing at once the second
+    one counts both."""
+    task = AnnotationTask.objects.select_for_update().filter(pk=task_id).values("is_gold", "prompt_id").first()
+    if task is None or task["is_gold"]:
+        return None
+    overlap = workflow_of(project).overlap
+    answers = Annotation.objects.filter(task_id=task_id, status=AnnotationStatus.SUBMITTED).count()
+    if answers != overlap:
+        return None
+    return {"task": {"id": task_id, "prompt_id": task["prompt_id"], "answers": answers, "overlap": overlap,
+                     "api_url": url_for("api-task-detail", project.pk, task_id),
+                     "annotations_api_url": url_for("api-annotation-list", project.pk) + f"?task={task_id}"}}
+
+
 def _check_key(key: Any) -> str:
     if not isinstance(key, str) or not key.strip() or len(key) > MAX_IDEMPOTENCY_KEY:
         raise ApplicationError(f"An idempotency key (1 to {MAX_IDEMPOTENCY_KEY} characters) is required.",
@@ -654,6 +687,10 @@ def annotation_submit(*, project: Project, user: User, task_id: int, submission:
         [AssignmentStatus.SUBMITTED.value, rawsql.param(TaskAssignment, "finished_at", now),
          rawsql.param(TaskAssignment, "updated_at", now), assignment.pk],
     )
+    hooks = subscribers(project_id=project.pk)  # one statement for both events (the loop's hot path)
+    emit("annotation.created", project_id=project.pk, endpoints=hooks, data=lambda: _annotation_event(annotation))
+    emit("task.completed", project_id=project.pk, endpoints=hooks,
+         data=lambda: _task_completed_event(project=project, task_id=assignment.task_id))
     return annotation, True
 
 
@@ -687,6 +724,7 @@ def annotation_amend(*, project: Project, user: User, annotation_id: int, submis
     )
     audit_record(event="annotation.amended", instance=amended, actor=user, project_id=project.pk,
                  changes={"ranking": [old.ranking, groups]}, details={"task": old.task_id, "supersedes": old.pk})
+    emit("annotation.amended", project_id=project.pk, data=lambda: _annotation_event(amended))
     return amended
 
 
@@ -721,6 +759,8 @@ def annotation_reject(*, project: Project, annotation_id: int, reviewer: User, n
         taken = max(task.taken_count - 1, 0)
         AnnotationTask.objects.filter(pk=task.pk).update(taken_count=taken,
                                                          is_open=taken < workflow_of(project).overlap)
+    emit("annotation.rejected", project_id=project.pk, data=lambda: _annotation_event(
+        annotation, reviewer={"id": reviewer.pk, "username": reviewer.get_username()}, review_note=note))
     return annotation
 
 

@@ -40,6 +40,7 @@ from core.tasks import enqueue_on_commit
 from generation.models import GeneratedImage, ModelVersion
 from generation.selectors import image_url
 from projects.models import Project, ProjectMembership
+from projects.webhooks.events import emit, url_for
 from rlhf.exports.aggregate import ComparisonLog, count_votes, fit_bradley_terry, task_agreement
 from rlhf.exports.card import render_card
 from rlhf.exports.formats import (
@@ -610,6 +611,20 @@ def export_partial_directory(export: PreferenceExport, attempt: int) -> Path:
     return export_directory(export).with_name(f"{export.pk}.partial-{attempt}")
 
 
+def export_event(export_id: int) -> dict[str, Any]:
+    """The ``data`` of ``export.finished`` and ``export.failed``: ids, counts and URLs, never the data."""
+    export = PreferenceExport.objects.get(pk=export_id)
+    done = export.status == RunStatus.SUCCEEDED
+    return {"export": {
+        "id": export.pk, "name": export.name, "format": export.format, "status": export.status,
+        "counts": export.counts, "split_counts": export.split_counts, "content_hash": export.content_hash or None,
+        "error": export.error or None, "url": url_for("rlhf:export_detail", export.pk),
+        "api_url": url_for("export-detail", export.pk),
+        "download_url": url_for("rlhf:export_download", export.pk) if done else None,
+        "api_download_url": url_for("export-download", export.pk) if done else None,
+    }}
+
+
 def preference_export_build(*, export_id: int) -> PreferenceExport | None:
     """Build one export; a no-op for an export that is not queued (finished, or another worker's).
 
@@ -634,7 +649,9 @@ def preference_export_build(*, export_id: int) -> PreferenceExport | None:
             logger.exception("export %s failed", export_id)
             shutil.rmtree(partial, ignore_errors=True)
             message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
-            jobs.job_fail(lease, message)
+            with transaction.atomic():
+                if jobs.job_fail(lease, message):
+                    emit("export.failed", project_id=export.project_id, data=lambda: export_event(export_id))
             raise
     with transaction.atomic():
         if jobs.job_lock_owned(lease) is None:  # cancelled or taken back while the last rows were written
@@ -645,6 +662,7 @@ def preference_export_build(*, export_id: int) -> PreferenceExport | None:
             partial.rename(final)
             jobs.job_finish(lease, counts=builder.counts, split_counts=builder.split_counts,
                             content_hash=builder.content_hash)
+            emit("export.finished", project_id=export.project_id, data=lambda: export_event(export_id))
     for leftover in final_leftovers(export):
         shutil.rmtree(leftover, ignore_errors=True)
     return PreferenceExport.objects.get(pk=export_id)

@@ -58,6 +58,7 @@ from generation.models import ModelVersion
 from generation.shapes.world import prompt_captions
 from projects.access import project_check
 from projects.models import Project
+from projects.webhooks.events import emit, url_for
 from rlhf.datasets.services import export_request_parse, preference_export_build, preference_export_create
 from rlhf.exports.splits import SplitSpec
 from rlhf.loop.evaluate import evaluation_captions, version_evaluation_run
@@ -149,6 +150,23 @@ def loop_round_create(*, project: Project, user: User | None, config: RoundConfi
     number = (LoopRound.objects.filter(project=project).aggregate(m=Max("number"))["m"] or 0) + 1
     return LoopRound.objects.create(project=project, number=number, created_by=user, input_version=current,
                                     config=config.as_dict(), max_attempts=settings.JOB_MAX_ATTEMPTS)
+
+
+def round_event(loop_round: LoopRound) -> dict[str, Any]:
+    """The ``data`` of ``loop_round.finished`` and ``loop_round.failed``: ids, figures and URLs."""
+    def version(v: ModelVersion | None) -> dict[str, Any] | None:
+        return {"id": v.pk, "name": v.name} if v is not None else None
+
+    evaluation = (loop_round.stats or {}).get("evaluation")
+    return {"round": {
+        "id": loop_round.pk, "number": loop_round.number, "status": loop_round.status, "stage": loop_round.stage,
+        "error": loop_round.error or None, "input_version": version(loop_round.input_version),
+        "output_version": version(loop_round.output_version), "export_id": loop_round.export_id,
+        "reward_run_id": loop_round.reward_run_id, "finetune_run_id": loop_round.finetune_run_id,
+        "stats": loop_round.stats, "url": url_for("rlhf:round_timeline", loop_round.project_id),
+        "evaluation_url": url_for("rlhf:evaluation_detail", evaluation) if evaluation else None,
+    }}
+
 
 
 def round_annotator_seed(*, config: RoundConfig, number: int) -> int:
@@ -411,13 +429,18 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
             logger.warning("round %s was taken back from this worker; stopping", round_id)
             return LoopRound.objects.get(pk=round_id)
         except Exception as exc:
-            jobs.job_fail(lease, str(exc)[:2000], stats={**stats, "seconds": timings})
+            with transaction.atomic():
+                if jobs.job_fail(lease, str(exc)[:2000], stats={**stats, "seconds": timings}):
+                    emit("loop_round.failed", project_id=project.pk,
+                         data=lambda: round_event(LoopRound.objects.get(pk=round_id)))
             raise
     with transaction.atomic():
         if jobs.job_lock_owned(lease) is not None:
             project_update_settings(project=project, model_version_ids=[new.pk])
             jobs.job_finish(lease, stage=LoopRound.Stage.DONE, output_version=new,
                             stats={**stats, "seconds": timings})
+            emit("loop_round.finished", project_id=project.pk,
+                 data=lambda: round_event(LoopRound.objects.get(pk=round_id)))
     say(f"round {loop_round.number}: new current version {new}")
     return LoopRound.objects.select_related("project", "input_version", "output_version").get(pk=round_id)
 

@@ -26,6 +26,7 @@ from generation.models import ModelKind, ModelVersion
 from generation.services import model_version_register, project_model_version_offer_beside
 from generation.worker import resolve_source
 from projects.models import Project
+from projects.webhooks.events import emit, url_for
 from rlhf.models import FineTuneRun, PreferenceExport, RewardModelVersion
 from rlhf.runs import grids
 from rlhf.runs.data import MAX_DDPO_PROMPTS, check_data_path, check_export, export_captions
@@ -42,6 +43,7 @@ from rlhf.runs.lifecycle import (
     resume_step,
     run_cancel,
     run_claim,
+    run_event,
     run_fail,
     run_name,
     run_retry,
@@ -398,4 +400,10 @@ def _finetune_run_register(*, lease: jobs.Lease, lora_dir: Path, step: int, last
     for leftover in other_attempt_dirs(finetune_run_dir(run), lease):  # earlier attempts' checkpoints
         shutil.rmtree(leftover, ignore_errors=True)
     run.refresh_from_db()
+    registered = {"id": version.pk, "name": version.name, "kind": version.kind, "enabled": version.enabled,
+                  "parent": {"id": base.pk, "name": base.name},
+                  "finetune_run": {"id": run.pk, "url": url_for("rlhf:finetune_run_detail", run.pk)},
+                  "model_versions_api_url": url_for("api-model-versions")}
+    emit("model_version.registered", project_id=run.project_id, data={"model_version": registered})
+    emit("run.finished", project_id=run.project_id, data=lambda: run_event(run, model_version=registered))
     return run

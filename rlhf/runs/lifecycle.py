@@ -21,7 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import models
+from django.db import models, transaction
 
 from core import jobs
 from core.audit import audit_record
@@ -30,6 +30,7 @@ from core.models import JobPhase
 from core.parsing import check_length
 from projects.access import project_check
 from projects.models import Project
+from projects.webhooks.events import emit, url_for
 from rlhf.runs.hyperparams import json_safe
 from rlhf.training.checkpoint import CHECKPOINTS_DIR, latest_checkpoint, list_checkpoints, read_metadata
 
@@ -38,6 +39,20 @@ MAX_HISTORY_POINTS = 2000  # longer histories are thinned (every other point) to
 TRAINER_PHASES = {"loading_model": JobPhase.LOADING_MODEL, "training": JobPhase.TRAINING}
 
 OnLog = Callable[[int, Mapping[str, float]], None]
+
+
+def run_event(run: Any, **extra: Any) -> dict[str, Any]:
+    """The ``data`` of a run's webhook events (``run.started``, ``run.finished``, ``run.failed``): ids and
+    URLs; ``kind`` is ``reward`` or ``finetune``."""
+    kind = "reward" if run._meta.model_name == "rewardmodelrun" else "finetune"
+    described: dict[str, Any] = {
+        "id": run.pk, "kind": kind, "name": run.name, "status": run.status, "attempt": run.attempts,
+        "export_id": run.export_id, "error": run.error or None,
+        "url": url_for(f"rlhf:{kind}_run_detail", run.pk), "api_url": url_for(f"{kind}-run-detail", run.pk),
+    }
+    if kind == "finetune":
+        described.update(method=run.method, base_version_id=run.base_version_id)
+    return {"run": described, **extra}
 
 
 def check_user_may_train(user: AbstractBaseUser | None, project: Project | None) -> None:
@@ -70,13 +85,24 @@ def run_retry(model: type[models.Model], run: Any, task_name: str, user: Any = N
 
 
 def run_claim(model: type[models.Model], run_id: int) -> tuple[Any, jobs.Lease] | None:
-    """Claim a queued run for this worker; None when it is not queued (finished, or another worker's)."""
-    return jobs.job_claim(model, run_id, phase=JobPhase.STARTING)  # type: ignore[arg-type]
+    """Claim a queued run for this worker (announced as ``run.started``); None when it is not queued
+    (finished, or another worker's)."""
+    with transaction.atomic():
+        claimed = jobs.job_claim(model, run_id, phase=JobPhase.STARTING)  # type: ignore[arg-type]
+        if claimed is not None:
+            run = claimed[0]
+            emit("run.started", project_id=run.project_id, data=lambda: run_event(run))
+    return claimed
 
 
 def run_fail(lease: jobs.Lease, error: str) -> bool:
-    """Fail the run with ``error``, if it is still this worker's."""
-    return jobs.job_fail(lease, error)
+    """Fail the run with ``error`` (announced as ``run.failed``), if it is still this worker's."""
+    with transaction.atomic():
+        if not jobs.job_fail(lease, error):
+            return False
+        run = lease.model._default_manager.get(pk=lease.pk)
+        emit("run.failed", project_id=run.project_id, data=lambda: run_event(run))
+    return True
 
 
 def attempt_dir(run_dir: Path, lease: jobs.Lease) -> Path:

@@ -23,6 +23,7 @@ from core.exceptions import ApplicationError
 from core.models import JobPhase
 from core.tasks import enqueue_on_commit
 from generation.inference import HUB_ID_RE
+from projects.webhooks.events import emit, url_for
 from rlhf.models import PreferenceExport, RewardModelRun, RewardModelVersion
 from rlhf.runs.data import check_data_path, check_export
 from rlhf.runs.hyperparams import build_config, config_dict, json_safe, parse_hyperparameters
@@ -38,6 +39,7 @@ from rlhf.runs.lifecycle import (
     resume_step,
     run_cancel,
     run_claim,
+    run_event,
     run_fail,
     run_name,
     run_retry,
@@ -240,7 +242,7 @@ def _reward_run_register(*, lease: jobs.Lease, path: Path, results: dict[str, An
     base = slugify(run.name)[:80] if run.name else "reward"
     test = results.get("test") or {}
     validation = results.get("validation") or {}
-    RewardModelVersion.objects.create(
+    version = RewardModelVersion.objects.create(
         name=f"{base}-{run.pk}", project=run.project, run=run, export=run.export, path=str(path),
         metrics={"test_accuracy": test.get("accuracy"), "validation_accuracy": validation.get("accuracy"),
                  "threshold": test.get("threshold", validation.get("threshold")), "ece": test.get("ece"),
@@ -254,4 +256,7 @@ def _reward_run_register(*, lease: jobs.Lease, path: Path, results: dict[str, An
     for leftover in other_attempt_dirs(reward_run_dir(run), lease):  # earlier attempts' checkpoints
         shutil.rmtree(leftover, ignore_errors=True)
     run.refresh_from_db()
+    emit("run.finished", project_id=run.project_id, data=lambda: run_event(run, reward_model={
+        "id": version.pk, "name": version.name, "metrics": version.metrics,
+        "api_url": url_for("reward-model-detail", version.pk)}))
     return run

@@ -71,10 +71,12 @@ train_app = typer.Typer(help="Start reward-model and fine-tune runs.", no_args_i
 runs_app = typer.Typer(help="Reward-model and fine-tune runs: list, watch, cancel, retry.", no_args_is_help=True)
 members_app = typer.Typer(help="A project's members and their roles (project admins).", no_args_is_help=True)
 arena_app = typer.Typer(help="A blind arena's results (ML engineers and project admins).", no_args_is_help=True)
+webhooks_app = typer.Typer(help="A project's webhooks (project admins): endpoints and what was sent to them.",
+                           no_args_is_help=True)
 for sub, name in ((projects_app, "projects"), (members_app, "members"), (prompts_app, "prompts"),
                   (tasks_app, "tasks"), (annotations_app, "annotations"), (templates_app, "templates"),
                   (models_app, "models"), (exports_app, "exports"), (train_app, "train"), (runs_app, "runs"),
-                  (arena_app, "arena")):
+                  (arena_app, "arena"), (webhooks_app, "webhooks")):
     app.add_typer(sub, name=name)
 
 
@@ -808,6 +810,83 @@ def runs_retry(run: RunArgument, kind: KindOption = None) -> None:
     found_kind, found = resolve_run(client, run, kind)
     queued = _resource(client, found_kind).retry(found["id"])
     typer.echo(f"{_run_ref(found_kind, queued)} {queued['status']}")
+
+
+# --- webhooks ------------------------------------------------------------------------------------
+
+EndpointArgument = Annotated[int, typer.Argument(help="Webhook endpoint id (from `pickwise webhooks list`).")]
+
+
+@webhooks_app.command("list")
+@handled
+def webhooks_list(project: ProjectOption, as_json: JsonOption = False) -> None:
+    """A project's webhook endpoints."""
+    print_table(SETTINGS.client().webhooks.list(project), [
+        ("id", _key("id")), ("url", _key("url")), ("events", lambda e: ",".join(e.get("event_types") or [])),
+        ("active", _key("is_active")), ("failures", _key("consecutive_failures")),
+        ("last success", _date("last_success_at")), ("description", _key("description"))], as_json=as_json)
+
+
+@webhooks_app.command("add")
+@handled
+def webhooks_add(
+    url: Annotated[str, typer.Argument(help="The http(s) URL that receives the events.")],
+    project: ProjectOption,
+    events: Annotated[list[str] | None, typer.Option("--event", "-e", help="An event to receive (repeat it); "
+                                                                           "every event when left out.")] = None,
+    description: Annotated[str, typer.Option(help="What it is for.")] = "",
+    as_json: JsonOption = False,
+) -> None:
+    """Register an endpoint; prints its signing secret (shown this once: keep it with the receiver)."""
+    endpoint = SETTINGS.client().webhooks.create(project, url, events=events or None, description=description)
+    if as_json:
+        print_json(endpoint)
+        return
+    say(f"Webhook {endpoint['id']} sends {len(endpoint['event_types'])} event type(s) to {endpoint['url']}. "
+        "Its signing secret, shown this once:")
+    typer.echo(endpoint["secret"])
+
+
+@webhooks_app.command("remove")
+@handled
+def webhooks_remove(endpoint: EndpointArgument, project: ProjectOption) -> None:
+    """Delete an endpoint and its delivery log."""
+    SETTINGS.client().webhooks.remove(project, endpoint)
+    say(f"Removed webhook {endpoint}.")
+
+
+@webhooks_app.command("deliveries")
+@handled
+def webhooks_deliveries(
+    endpoint: EndpointArgument,
+    project: ProjectOption,
+    status: Annotated[str | None, typer.Option(help="pending, succeeded or failed.")] = None,
+    event: Annotated[str | None, typer.Option(help="Only this event type.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What was sent to an endpoint, newest first: status, attempts, the last answer and its latency."""
+    print_table(SETTINGS.client().webhooks.deliveries(project, endpoint, status=status, event=event), [
+        ("id", _key("id")), ("event", _key("event_type")), ("webhook-id", _key("webhook_id")),
+        ("status", _key("status")), ("attempts", _key("attempts")), ("http", _key("last_status_code")),
+        ("ms", _key("last_latency_ms")), ("error", _key("last_error")), ("created", _date("created_at"))],
+        as_json=as_json)
+
+
+@webhooks_app.command("test")
+@handled
+def webhooks_test(endpoint: EndpointArgument, project: ProjectOption) -> None:
+    """Send a ping event to an endpoint now; prints the delivery's id (see `pickwise webhooks deliveries`)."""
+    delivery = SETTINGS.client().webhooks.test(project, endpoint)
+    typer.echo(delivery["id"])
+
+
+@webhooks_app.command("redeliver")
+@handled
+def webhooks_redeliver(endpoint: EndpointArgument,
+                       delivery: Annotated[int, typer.Argument(help="Delivery id.")], project: ProjectOption) -> None:
+    """Send a finished delivery again (the same webhook-id and body)."""
+    again = SETTINGS.client().webhooks.redeliver(project, endpoint, delivery)
+    typer.echo(f"{again['id']} {again['status']}")
 
 
 def main() -> None:

@@ -19,6 +19,7 @@ from pickwise_client._http import HTTP
 from pickwise_client._projects import Annotations, Arena, Members, Projects, PromptSets, Tasks
 from pickwise_client._runs import FineTuneRuns, RewardModels, RewardRuns
 from pickwise_client._templates import Templates
+from pickwise_client._webhooks import Webhooks
 from pickwise_client.errors import APIError, AuthenticationError, NetworkError, RequestTimeoutError
 from pickwise_client.types import Me
 
@@ -75,6 +76,7 @@ class Client:
         self.reward_runs = RewardRuns(context)
         self.reward_models = RewardModels(context)
         self.finetune_runs = FineTuneRuns(context)
+        self.webhooks = Webhooks(context)
 
     @classmethod
     def login(cls, url: str, username: str, password: str, *, timeout: float = 30.0, verify: bool | str = True,

@@ -5,7 +5,7 @@ They follow the server's serializers (``/api/schema/``); a newer server may send
 
 from __future__ import annotations
 
-from typing import Any, Literal, TypedDict
+from typing import Any, Literal, NotRequired, TypedDict
 
 RunStatus = Literal["queued", "running", "succeeded", "failed", "cancelled"]
 FINISHED_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
@@ -365,3 +365,69 @@ class FineTuneRun(TypedDict):
     created_at: str
     started_at: str | None
     finished_at: str | None
+
+
+WebhookEventName = Literal[
+    "annotation.created", "annotation.amended", "annotation.rejected", "task.completed", "export.finished",
+    "export.failed", "run.started", "run.finished", "run.failed", "model_version.registered",
+    "loop_round.finished", "loop_round.failed", "ping",
+]
+DeliveryStatus = Literal["pending", "succeeded", "failed"]
+
+
+class WebhookEvent(TypedDict):
+    name: str
+    description: str
+
+
+class WebhookEndpoint(TypedDict):
+    id: int
+    url: str
+    description: str
+    event_types: list[str]
+    is_active: bool
+    disabled_at: str | None
+    disabled_reason: str
+    disabled_automatically: bool  # disabled after repeated failed deliveries (not by an admin)
+    consecutive_failures: int
+    last_success_at: str | None
+    last_failure_at: str | None
+    secret_hint: str  # the secret's first characters
+    previous_secret_expires_at: str | None  # while a replaced secret still signs too
+    deliveries_url: str
+    created_at: str
+    updated_at: str
+
+
+class WebhookEndpointWithSecret(WebhookEndpoint):
+    secret: str  # whsec_...: only in the answer of create and rotate_secret
+
+
+class WebhookAttempt(TypedDict):
+    number: int
+    started_at: str
+    succeeded: bool
+    status_code: int | None
+    latency_ms: int | None
+    response_excerpt: str
+    error: str
+
+
+class WebhookDelivery(TypedDict):
+    id: int
+    endpoint: int
+    event_type: str
+    webhook_id: str  # the same on every attempt: receivers de-duplicate on it
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_at: str | None
+    retry_until: str
+    last_status_code: int | None
+    last_latency_ms: int | None
+    last_response: str
+    last_error: str
+    payload: dict[str, Any]  # {"type", "timestamp", "data"}: the body as sent
+    created_at: str
+    delivered_at: str | None
+    finished_at: str | None
+    attempt_log: NotRequired[list[WebhookAttempt]]  # delivery() only
