@@ -232,6 +232,15 @@ def _int_param(request: Request, name: str) -> int | None:
     return int(value)
 
 
+def _bool_value(value: Any, name: str) -> bool:
+    if value in (None, ""):
+        return False
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ApplicationError(f"{name} must be true or false.", field=name) from None
+
+
 def _bool_param(request: Request, name: str) -> bool | None:
     value = request.query_params.get(name)
     if value in (None, ""):
@@ -360,11 +369,15 @@ def task_images(request: Request, project: Project, task_id: int) -> Response:
     methods=["POST"],
     request={"multipart/form-data": inline_serializer("PromptSetUpload", {
         "file": serializers.FileField(), "format": serializers.ChoiceField(["csv", "jsonl", "txt"], required=False),
-        "name": serializers.CharField(required=False)})},
+        "name": serializers.CharField(required=False, max_length=200),
+        "deduplicate": serializers.BooleanField(required=False, default=False, help_text=(
+            "Skip prompts repeated in the file or already in the project (reported in duplicates); "
+            "by default every prompt becomes a task"))})},
     responses={201: inline_serializer("PromptSetImport", {
         "prompt_set": serializers.IntegerField(), "created": serializers.IntegerField(),
         "duplicates": serializers.ListField(child=serializers.DictField())})},
     summary="Upload a CSV, JSONL or text file of prompts; any error imports nothing (400 lists them by line)",
+    description="Every prompt becomes a task (repeats too) unless deduplicate is true.",
 )
 @api_view(["GET", "POST"])
 @parser_classes([MultiPartParser, FormParser, JSONParser])
@@ -378,7 +391,8 @@ def promptset_list(request: Request, project: Project) -> Response:
     data = upload.read(workflow_services.prompt_import.MAX_FILE_BYTES + 1)
     report = workflow_services.prompt_set_import(
         project=project, data=data, filename=upload.name or "", created_by=request.user,
-        fmt=request.data.get("format") or None, name=request.data.get("name", ""))
+        fmt=request.data.get("format") or None, name=request.data.get("name", ""),
+        deduplicate=_bool_value(request.data.get("deduplicate"), "deduplicate"))
     return Response(report.as_dict(), status=status.HTTP_201_CREATED)
 
 

@@ -219,6 +219,7 @@ def promptset_list(request: HttpRequest, project: Project) -> HttpResponse:
                 report = workflow_services.prompt_set_import(
                     project=project, data=data, filename=upload.name or "", created_by=request.user,
                     fmt=request.POST.get("format") or None, name=request.POST.get("name", ""),
+                    deduplicate=request.POST.get("deduplicate") == "on",
                 )
             except ApplicationError as exc:
                 error = exc

@@ -124,9 +124,12 @@ def test_prompt_upload_through_the_api(project, admin_user):
 
     client = api_client_for(admin_user)
     good = SimpleUploadedFile("p.csv", b"prompt,seed\na cat,1\na dog,2\na cat,3\n", content_type="text/csv")
-    response = client.post(base(project) + "prompt-sets/", {"file": good}, format="multipart")
+    response = client.post(base(project) + "prompt-sets/", {"file": good, "deduplicate": "true"}, format="multipart")
     assert response.status_code == 201, response.content
     assert response.json()["created"] == 2 and response.json()["duplicates"][0]["line"] == 4
+    again = SimpleUploadedFile("q.csv", b"prompt\na cat\na cat\n", content_type="text/csv")
+    response = client.post(base(project) + "prompt-sets/", {"file": again}, format="multipart")
+    assert response.status_code == 201 and response.json()["created"] == 2 and response.json()["duplicates"] == []
     bad = SimpleUploadedFile("p.jsonl", b'{"prompt": "x"}\n{"seed": 1}\n', content_type="application/json")
     response = client.post(base(project) + "prompt-sets/", {"file": bad}, format="multipart")
     assert response.status_code == 400

@@ -80,7 +80,7 @@ def test_prompts_import_from_a_list_files_and_a_dataframe(admin_api, project, tm
 
     csv_file = tmp_path / "prompts.csv"
     csv_file.write_text("prompt,negative_prompt,seed,tags\na green cross,blurry,3,small;green\na red circle,,,\n")
-    report = admin_api.prompt_sets.upload(project.pk, csv_file)
+    report = admin_api.prompt_sets.upload(project.pk, csv_file, deduplicate=True)
     assert report["created"] == 1
     assert report["duplicates"] == [{"line": 3, "text": "a red circle", "first_line": None}]  # already in the project
     jsonl_file = tmp_path / "more.jsonl"

@@ -107,9 +107,10 @@ class PromptSets(Resource):
     def list(self, project: int) -> Iterator[PromptSet]:
         return cast(Iterator[PromptSet], self._http.paginate(project_path(project, "prompt-sets/")))
 
-    def upload(self, project: int, source: Any, *, name: str = "", format: str | None = None) -> PromptImport:
-        """Import prompts; every new one becomes a task. Prompts the project already has are skipped
-        and reported in ``duplicates``.
+    def upload(self, project: int, source: Any, *, name: str = "", format: str | None = None,
+               deduplicate: bool = False) -> PromptImport:
+        """Import prompts; every one becomes a task, repeated prompts too. With ``deduplicate``, prompts
+        repeated in the source or already in the project are skipped and reported in ``duplicates``.
 
         ``source`` is a path to a ``.csv`` (a ``prompt`` column; optional ``negative_prompt``, ``seed``,
         ``tags``, other columns kept as metadata), ``.jsonl`` or ``.txt`` file; a list of prompt strings
@@ -132,7 +133,7 @@ class PromptSets(Resource):
         try:
             return cast(PromptImport, self._http.post(
                 project_path(project, "prompt-sets/"), files={"file": (filename, content)},
-                data=only_given(format=format, name=name or None)))
+                data=only_given(format=format, name=name or None, deduplicate="true" if deduplicate else None)))
         except ValidationError as exc:
             if labels is None:
                 raise
