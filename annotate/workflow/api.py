@@ -37,6 +37,7 @@ from annotate.workflow import queue
 from annotate.workflow import selectors as workflow_selectors
 from annotate.workflow import services as workflow_services
 from annotate.workflow.access import workflow_api, workflow_of
+from annotate.workflow.imports.api import urlpatterns as import_urls
 from annotate.workflow.scoring import reward_scores
 from annotate.workflow.services import Submission
 from core.exceptions import ApplicationError
@@ -75,6 +76,8 @@ class RankingRulesSerializer(serializers.Serializer):
 class HandoutSerializer(serializers.Serializer):
     assignment_id = serializers.IntegerField()
     task_id = serializers.IntegerField()
+    task_key = serializers.CharField(help_text="The task's own key from its import (\"\" when none)")
+    task_metadata = serializers.DictField(help_text="The task's metadata columns from its import")
     prompt = serializers.CharField()
     negative_prompt = serializers.CharField()
     is_gold = serializers.BooleanField(help_text="Always false to annotators (gold tasks are blind).")
@@ -122,8 +125,8 @@ class TaskSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AnnotationTask
-        fields = ["id", "prompt", "negative_prompt", "prompt_set", "position", "is_gold", "gold_ranking",
-                  "taken_count", "is_open", "submitted_count", "images", "created_at"]
+        fields = ["id", "external_key", "metadata", "prompt", "negative_prompt", "prompt_set", "position", "is_gold",
+                  "gold_ranking", "taken_count", "is_open", "submitted_count", "images", "created_at"]
         read_only_fields = fields
 
     def get_images(self, task: AnnotationTask) -> list[dict[str, Any]]:
@@ -196,7 +199,8 @@ def _handout_data(handout: queue.Handout) -> dict[str, Any]:
     assignment, task = handout.assignment, handout.task
     rules = workflow_selectors.ranking_component(assignment.template_version)["config"]
     return {
-        "assignment_id": assignment.pk, "task_id": task.pk, "prompt": task.prompt.text,
+        "assignment_id": assignment.pk, "task_id": task.pk, "task_key": task.external_key,
+        "task_metadata": task.metadata, "prompt": task.prompt.text,
         "negative_prompt": task.prompt.negative_prompt, "is_gold": False,
         "images": workflow_selectors.task_images(task_id=task.pk),
         "template_version": assignment.template_version_id,
@@ -536,6 +540,7 @@ urlpatterns = [
     path(_p + "settings/", project_settings, name="api-project-settings"),
     path(_p + "archive/", project_archive, name="api-project-archive"),
     path(_p + "unarchive/", project_unarchive, name="api-project-unarchive"),
+    *import_urls,
 ]
 
 __all__ = ["urlpatterns"]
