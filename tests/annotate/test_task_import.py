@@ -67,9 +67,9 @@ def upload(name: str, data: bytes) -> SimpleUploadedFile:
 
 
 def test_csv_with_uploaded_images_creates_tasks_with_external_images(pairs, admin_user, annotator, media):
-    table = ("key,prompt,image_0,image_1,style\n"
-             "t1,a red cat,a.png,b.png,photo\n"
-             "t2,a red cat,b.png,c.jpg,\n").encode()
+    table = (b"key,prompt,image_0,image_1,style\n"
+             b"t1,a red cat,a.png,b.png,photo\n"
+             b"t2,a red cat,b.png,c.jpg,\n")
     result = run(pairs, admin_user, table=upload("tasks.csv", table),
                  images=[upload("a.png", picture(1)), upload("b.png", picture(2)), upload("c.jpg", picture(3, "JPEG"))])
     assert result.status == "succeeded", result.report
@@ -221,14 +221,14 @@ def test_http_urls_are_fetched_with_the_outbound_guard(pairs, admin_user, media,
 def test_dry_run_reports_every_bad_row_with_its_line_and_column(pairs, admin_user, media):
     AnnotationTask.objects.create(project=pairs, prompt=Prompt.objects.create(project=pairs, text="old"),
                                   position=1, random_key=1, external_key="taken")
-    table = ("key,prompt,image_0,image_1\n"
-             "k1,fine,a.png,b.png\n"           # 2: fine
-             "k2,missing,a.png,nowhere.png\n"  # 3: missing image
-             "k3,broken,a.png,broken.png\n"    # 4: unreadable image
-             "k4,short,a.png,\n"               # 5: empty cell -> wrong count
-             "k1,again,a.png,b.png\n"          # 6: duplicate key in the file
-             "taken,old key,a.png,b.png\n"     # 7: key the project has
-             "k7,,a.png,b.png\n").encode()     # 8: empty prompt
+    table = (b"key,prompt,image_0,image_1\n"
+             b"k1,fine,a.png,b.png\n"           # 2: fine
+             b"k2,missing,a.png,nowhere.png\n"  # 3: missing image
+             b"k3,broken,a.png,broken.png\n"    # 4: unreadable image
+             b"k4,short,a.png,\n"               # 5: empty cell -> wrong count
+             b"k1,again,a.png,b.png\n"          # 6: duplicate key in the file
+             b"taken,old key,a.png,b.png\n"     # 7: key the project has
+             b"k7,,a.png,b.png\n")     # 8: empty prompt
     result = run(pairs, admin_user, table=upload("t.csv", table), dry_run=True,
                  images=[upload("a.png", picture(1)), upload("b.png", picture(2)),
                          upload("broken.png", b"\x89PNG\r\n\x1a\nnot really")])
@@ -333,3 +333,102 @@ def test_api_import_runs_in_the_request_and_lists_errors(pairs, admin_user, anno
 def test_api_import_of_another_project_is_not_found(other_project, admin_user, media):
     response = api_client_for(admin_user).get(f"/api/projects/{other_project.pk}/imports/")
     assert response.status_code == 404
+
+
+# --- S3: keys in the configured bucket, on a real S3 server on loopback (moto's) ---------------------
+
+
+@pytest.fixture
+def s3_bucket(settings, media):
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    settings.AWS_STORAGE_BUCKET_NAME = "pickwise-media"
+    settings.AWS_S3_ENDPOINT_URL = endpoint
+    settings.AWS_S3_REGION_NAME = "us-east-1"
+    settings.AWS_ACCESS_KEY_ID = "test-key"
+    settings.AWS_SECRET_ACCESS_KEY = "test-secret"  # noqa: S105
+    settings.AWS_QUERYSTRING_AUTH = True
+    settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "storages.backends.s3.S3Storage",
+                                                          "OPTIONS": {"file_overwrite": True}}}
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test-key",
+                      aws_secret_access_key="test-secret")  # noqa: S106
+    s3.create_bucket(Bucket="pickwise-media")
+    yield s3
+    server.stop()
+
+
+def test_s3_keys_in_the_configured_bucket(pairs, admin_user, s3_bucket):
+    s3_bucket.put_object(Bucket="pickwise-media", Key="incoming/a.png", Body=picture(41))
+    s3_bucket.put_object(Bucket="pickwise-media", Key="incoming/b.png", Body=picture(42))
+    table = (b"prompt,image_0,image_1\n"
+             b"from s3,s3://pickwise-media/incoming/a.png,s3://pickwise-media/incoming/b.png\n"
+             b"elsewhere,s3://other-bucket/a.png,s3://pickwise-media/incoming/none.png\n")
+    checked = run(pairs, admin_user, table=upload("s3.csv", table), dry_run=True)
+    assert [(e["line"], e["message"]) for e in checked.report["errors"]] == [
+        (3, "s3://other-bucket/a.png: only keys in the configured bucket 'pickwise-media' can be imported"),
+        (3, "missing image: no key 'incoming/none.png' in bucket 'pickwise-media'")]
+    result = run(pairs, admin_user, table=upload("s3.csv", table.split(b"\nelsewhere")[0] + b"\n"))
+    assert result.status == "succeeded", result.report
+    image = GeneratedImage.objects.get(project=pairs, external_name="s3://pickwise-media/incoming/a.png")
+    stored = s3_bucket.get_object(Bucket="pickwise-media", Key=image.storage_key)["Body"].read()
+    assert image.external_source == "s3" and stored == picture(41)
+    keys = [o["Key"] for o in s3_bucket.list_objects_v2(Bucket="pickwise-media")["Contents"]]
+    assert not any(key.startswith("imports/") for key in keys)  # the uploaded table was removed
+
+
+# --- an import killed midway ------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(transaction=True)
+def test_an_import_killed_midway_leaves_nothing(pairs, admin_user, media, image_server, settings, tmp_path):
+    """``manage.py import_tasks`` in its own process, killed (SIGKILL) after it stored its first images:
+    no task, prompt or image row exists, and once the reaper gives up on it no file it stored is left."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, _worker_env
+
+    _Images.routes = {f"/{i}.png": ("image/png", picture(100 + i)) for i in range(120)}
+    _Images.delay = 0.05
+    rows = [f"slow {i},{image_server}/{2 * i}.png,{image_server}/{2 * i + 1}.png" for i in range(60)]
+    table = tmp_path / "slow.csv"
+    table.write_text("prompt,image_0,image_1\n" + "\n".join(rows) + "\n")
+    from django.db import connection
+
+    env = {**_worker_env(connection.settings_dict["NAME"]), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+           "OUTBOUND_ALLOW_PRIVATE_ADDRESSES": "true", "IMPORT_MAX_ATTEMPTS": "1"}
+    proc = subprocess.Popen([sys.executable, "manage.py", "import_tasks", str(table), "--project", str(pairs.pk),
+                             "--user", admin_user.username], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 60
+        while not TaskImportImage.objects.exists():
+            assert proc.poll() is None, "the import ended before it could be killed"
+            assert time.monotonic() < deadline, "the import stored nothing within 60 s"
+            time.sleep(0.05)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        _Images.delay = 0.0
+        if proc.poll() is None:
+            proc.kill()
+    stored = external_files(media)
+    assert stored  # files were written before the kill...
+    assert not AnnotationTask.objects.filter(project=pairs).exists() and not Prompt.objects.exists()
+    assert not GeneratedImage.objects.exists()  # ...but no row: the commit never ran
+    task_import = TaskImport.objects.get(project=pairs)
+    assert task_import.status == "running"
+    from django.utils import timezone
+
+    assert import_services.task_imports_reap(now=timezone.now() + timezone.timedelta(hours=1)) == 1
+    task_import.refresh_from_db()
+    assert task_import.status == "failed" and "Nothing was imported" in task_import.error
+    assert external_files(media) == [] and not TaskImportImage.objects.exists()
