@@ -3,10 +3,11 @@
 Everything is scoped to one project in the URL (``/api/projects/<project_id>/...``); a caller
 who is not a member gets 404, a member without the right 403 (same rules as the pages).
 
-The annotator loop is two calls, each a fixed handful of SQL statements:
-``POST tasks/next/`` (lease the next task: prompt, images, ranking rules) and
-``POST tasks/<id>/submit/`` (``ranking`` as tie groups of image ids, best first, plus an
-``idempotency_key``: a retry with the same key returns the stored annotation with 200).
+The annotator loop is one call per annotation after the first, each a fixed handful of SQL statements:
+``POST tasks/next/`` (lease the next task: prompt, images, ranking rules, the task's key and metadata),
+then ``POST tasks/<id>/submit/`` or ``tasks/by-key/<key>/submit/`` (``ranking`` as tie groups of image
+ids, best first, plus an ``idempotency_key``: a retry with the same key stores nothing), which answers
+with the next task (or 204 when none is left).
 """
 
 from __future__ import annotations
@@ -269,11 +270,22 @@ def task_next(request: Request, project: Project) -> Response:
     return Response(_handout_data(handout))  # already JSON-ready: skips serializer field building (hot path)
 
 
-@extend_schema(request=SubmitSerializer, responses={201: SubmitAnnotationSerializer, 200: SubmitAnnotationSerializer},
-               summary="Submit the ranking of a leased task (idempotent by idempotency_key)")
-@api_view(["POST"])
-@workflow_api("annotate")
-def task_submit(request: Request, project: Project, task_id: int) -> Response:
+class SubmitNextSerializer(HandoutSerializer):
+    """What submit answers: the caller's next task (as ``tasks/next/`` hands it out), and what was stored."""
+
+    submitted = SubmitAnnotationSerializer(help_text="The annotation this submit stored (or had stored: a retry)")
+    submitted_created = serializers.BooleanField(help_text="False when this was a retry of an earlier submit")
+
+
+SUBMIT_DESCRIPTION = (
+    "One round trip per annotation: the answer is the caller's next task, leased as tasks/next/ would, with "
+    "`submitted` (the stored annotation) beside it; 204 when no task is left for the caller. Either way the "
+    "Location header names the stored annotation. Idempotent by idempotency_key: a retry stores nothing and "
+    "answers the same way."
+)
+
+
+def _submit(request: Request, project: Project, task_id: int) -> Response:
     body = SubmitSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     data = body.validated_data
@@ -283,8 +295,37 @@ def task_submit(request: Request, project: Project, task_id: int) -> Response:
                               answers=data.get("answers"), rationale=data.get("rationale"),
                               duration_ms=data.get("duration_ms")),
     )
-    return Response(_own_annotation_data(annotation),
-                    status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+    handout = queue.task_next(project=project, user=request.user)
+    location = {"Location": f"/api/projects/{project.pk}/annotations/{annotation.pk}/"}
+    if handout.task is None:
+        return Response(status=status.HTTP_204_NO_CONTENT, headers=location)
+    return Response({**_handout_data(handout), "submitted": _own_annotation_data(annotation),
+                     "submitted_created": created}, headers=location)
+
+
+@extend_schema(request=SubmitSerializer,
+               responses={200: SubmitNextSerializer, 204: OpenApiResponse(description="Stored; no task left.")},
+               summary="Submit the ranking of a leased task and get the next one (idempotent by idempotency_key)",
+               description=SUBMIT_DESCRIPTION)
+@api_view(["POST"])
+@workflow_api("annotate")
+def task_submit(request: Request, project: Project, task_id: int) -> Response:
+    return _submit(request, project, task_id)
+
+
+@extend_schema(request=SubmitSerializer,
+               responses={200: SubmitNextSerializer, 204: OpenApiResponse(description="Stored; no task left.")},
+               summary="Submit by the task's own key (from its import) and get the next task",
+               description="For clients that keep their own task keys. " + SUBMIT_DESCRIPTION)
+@api_view(["POST"])
+@workflow_api("annotate")
+def task_submit_by_key(request: Request, project: Project, task_key: str) -> Response:
+    task_id = AnnotationTask.objects.filter(project=project, external_key=task_key).values_list(
+        "pk", flat=True).first() if task_key else None
+    if task_id is None:
+        return Response({"detail": f"No task with key {task_key!r} in this project.", "field": "task_key"},
+                        status=status.HTTP_404_NOT_FOUND)
+    return _submit(request, project, task_id)
 
 
 @extend_schema(request=inline_serializer("SkipRequest", {"reason": serializers.CharField(max_length=500)}),
@@ -529,6 +570,7 @@ urlpatterns = [
     path(_p + "tasks/", task_list, name="api-task-list"),
     path(_p + "tasks/<int:task_id>/", task_detail, name="api-task-detail"),
     path(_p + "tasks/<int:task_id>/submit/", task_submit, name="api-task-submit"),
+    path(_p + "tasks/by-key/<path:task_key>/submit/", task_submit_by_key, name="api-task-submit-by-key"),
     path(_p + "tasks/<int:task_id>/skip/", task_skip, name="api-task-skip"),
     path(_p + "tasks/<int:task_id>/images/", task_images, name="api-task-images"),
     path(_p + "prompt-sets/", promptset_list, name="api-promptset-list"),
