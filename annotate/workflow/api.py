@@ -15,13 +15,17 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
 from django.urls import path
 from django.utils.dateparse import parse_datetime
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -34,7 +38,7 @@ from annotate.models import (
     TaskAssignment,
     TaskOrder,
 )
-from annotate.workflow import queue
+from annotate.workflow import annotation_export, queue
 from annotate.workflow import selectors as workflow_selectors
 from annotate.workflow import services as workflow_services
 from annotate.workflow.access import workflow_api, workflow_of
@@ -219,6 +223,15 @@ def _own_annotation_data(annotation: Annotation) -> dict[str, Any]:
         "supersedes": annotation.supersedes_id, "idempotency_key": annotation.idempotency_key,
         "created_at": annotation.created_at,
     }
+
+
+class _FormatIsAViewParameter(DefaultContentNegotiation):
+    """Content negotiation that leaves ``?format=`` to the view (the export's jsonl or json) instead of taking
+    it as a renderer name; responses other than the stream (errors) are JSON."""
+
+    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
+        renderer = JSONRenderer()
+        return renderer, renderer.media_type
 
 
 def _paginate(request: Request, queryset: QuerySet[Any], serializer_class: type[serializers.BaseSerializer]
@@ -476,6 +489,41 @@ def annotation_list(request: Request, project: Project) -> Response:
     return _paginate(request, queryset, AnnotationSerializer)
 
 
+@extend_schema(
+    parameters=[
+        OpenApiParameter("format", str, enum=list(annotation_export.FORMATS),
+                         description="jsonl (default): one annotation a line; json: an array of tasks with their "
+                                     "annotations, for Label Studio-style tools"),
+        OpenApiParameter("status", str, description="comma-separated: submitted, superseded, rejected (default: all)"),
+        OpenApiParameter("annotator", str, description="username"),
+        OpenApiParameter("template_version", int),
+        OpenApiParameter("since", str, description="ISO 8601: only annotations changed after it (created, amended, "
+                                                   "superseded or rejected)"),
+    ],
+    responses={(200, "application/x-ndjson"): OpenApiTypes.BINARY, (200, "application/json"): OpenApiTypes.BINARY},
+    summary="Every annotation of the project in one streamed download (ML engineers and admins)",
+)
+@api_view(["GET"])
+@workflow_api("export")
+def annotation_export_view(request: Request, project: Project) -> StreamingHttpResponse:
+    fmt = request.query_params.get("format") or "jsonl"
+    if fmt not in annotation_export.FORMATS:
+        raise ApplicationError(f"format must be one of {', '.join(annotation_export.FORMATS)}.", field="format")
+    filters = annotation_export.filters_parse(request.query_params)
+    queryset = annotation_export.annotations_for_export(project=project, filters=filters, by_task=fmt == "json")
+    if fmt == "json":
+        body, content_type = annotation_export.label_studio_json(queryset), "application/json"
+    else:
+        body, content_type = annotation_export.jsonl_lines(queryset), "application/x-ndjson"
+    response = StreamingHttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="project-{project.pk}-annotations.{fmt}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+annotation_export_view.cls.content_negotiation_class = _FormatIsAViewParameter  # type: ignore[attr-defined]
+
+
 @extend_schema(responses=AnnotationSerializer, summary="One annotation (own, or any for reviewers)")
 @api_view(["GET"])
 @workflow_api("annotate")
@@ -575,6 +623,7 @@ urlpatterns = [
     path(_p + "tasks/<int:task_id>/images/", task_images, name="api-task-images"),
     path(_p + "prompt-sets/", promptset_list, name="api-promptset-list"),
     path(_p + "annotations/", annotation_list, name="api-annotation-list"),
+    path(_p + "annotations/export/", annotation_export_view, name="api-annotation-export"),
     path(_p + "annotations/<int:annotation_id>/", annotation_detail, name="api-annotation-detail"),
     path(_p + "annotations/<int:annotation_id>/amend/", annotation_amend, name="api-annotation-amend"),
     path(_p + "annotations/<int:annotation_id>/reject/", annotation_reject, name="api-annotation-reject"),
