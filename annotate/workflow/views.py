@@ -8,10 +8,12 @@ and get a 303 redirect (PRG).
 
 from __future__ import annotations
 
+import contextlib
 import string
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.http import Http404, HttpRequest, HttpResponse
@@ -27,6 +29,7 @@ from annotate.models import (
     AnnotationTemplateVersion,
     AssignmentStatus,
     TaskAssignment,
+    TaskImport,
     TaskOrder,
 )
 from annotate.workflow import agreement, model_agreement, queue
@@ -34,6 +37,7 @@ from annotate.workflow import selectors as workflow_selectors
 from annotate.workflow import services as workflow_services
 from annotate.workflow.access import workflow_of
 from annotate.workflow.access import workflow_view as project_view
+from annotate.workflow.imports import services as import_services
 from annotate.workflow.queue import Handout
 from annotate.workflow.scoring import reward_scores
 from annotate.workflow.services import Submission
@@ -481,3 +485,64 @@ def task_generation(request: HttpRequest, project: Project, task_id: int, job_id
     if job is None:
         raise Http404("No such generation job")
     return _generation_progress(request, project, assignment, job)
+
+
+# --- task imports with candidate images ---------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@project_view("manage")
+def task_import(request: HttpRequest, project: Project) -> HttpResponse:
+    """Upload a table (CSV, JSONL, Parquet, a zipped dataset) with its images, or name files under the
+    import root; check it (dry run) or import it. Small imports finish in the request, larger ones on a
+    worker: either way the answer is a redirect to the import's page."""
+    error: ApplicationError | None = None
+    if request.method == "POST":
+        table = request.FILES.get("file")
+        try:
+            created = import_services.task_import_create(
+                project=project, user=request.user, name=request.POST.get("name", ""),
+                fmt=request.POST.get("format") or None, dry_run="check" in request.POST,
+                table=table, table_path=(request.POST.get("path") or "").strip() if table is None else "",
+                images=request.FILES.getlist("images"), images_zip=request.FILES.get("images_zip"),
+                images_path=(request.POST.get("images_path") or "").strip(),
+                options=import_services.ImportOptions(deduplicate=request.POST.get("deduplicate") == "on",
+                                                      key_column=(request.POST.get("key_column") or "").strip()),
+            )
+        except ApplicationError as exc:
+            error = exc
+        else:
+            import_services.task_import_start(task_import=created)
+            return redirect_after_post(request, reverse("annotate:task_import_detail", args=[project.pk, created.pk]))
+    imports = TaskImport.objects.filter(project=project).select_related("created_by").order_by("-created_at")[:20]
+    return render(request, "annotate/import_list.html", {
+        "project": project, "imports": imports, "error": error, "import_root": bool(settings.IMPORT_ROOT),
+        "workflow": workflow_of(project),
+    }, status=400 if error else 200)
+
+
+@require_GET
+@project_view("manage")
+def task_import_detail(request: HttpRequest, project: Project, import_id: int) -> HttpResponse:
+    """An import's progress bar (htmx polls the fragment until it ends) and its report."""
+    task_import = TaskImport.objects.filter(project=project, pk=import_id).select_related("prompt_set").first()
+    if task_import is None:
+        raise Http404("No such import")
+    response = render_page_or_partial(request, "annotate/import_detail.html", "progress",
+                                      {"project": project, "task_import": task_import})
+    if is_htmx(request) and task_import.is_finished:
+        stop = HttpResponseStopPolling(response.content)
+        stop["Content-Type"] = response["Content-Type"]
+        return stop
+    return response
+
+
+@require_POST
+@project_view("manage")
+def task_import_cancel(request: HttpRequest, project: Project, import_id: int) -> HttpResponse:
+    task_import = TaskImport.objects.filter(project=project, pk=import_id).first()
+    if task_import is None:
+        raise Http404("No such import")
+    with contextlib.suppress(ApplicationError):  # it finished meanwhile: the page says how
+        import_services.task_import_cancel(task_import=task_import)
+    return redirect_after_post(request, reverse("annotate:task_import_detail", args=[project.pk, import_id]))

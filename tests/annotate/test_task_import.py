@@ -432,3 +432,30 @@ def test_an_import_killed_midway_leaves_nothing(pairs, admin_user, media, image_
     task_import.refresh_from_db()
     assert task_import.status == "failed" and "Nothing was imported" in task_import.error
     assert external_files(media) == [] and not TaskImportImage.objects.exists()
+
+
+# --- the pages ------------------------------------------------------------------------------------
+
+
+def test_import_pages_with_and_without_htmx(client, pairs, admin_user, annotator, media):
+    client.force_login(admin_user)
+    page_url = f"/projects/{pairs.pk}/imports/"
+    assert client.get(page_url).status_code == 200
+    missing = client.post(page_url, {"name": "nothing"})
+    assert missing.status_code == 400 and "Give the table" in missing.content.decode()
+    response = client.post(page_url, {"file": upload("t.csv", b"prompt,image_0,image_1\nx,a.png,b.png\n"),
+                                      "images": [upload("a.png", picture(1)), upload("b.png", picture(2))],
+                                      "import": "1"})
+    assert response.status_code == 303
+    detail = response["Location"]
+    page = client.get(detail).content.decode()
+    assert "Imported 1 task with 2 new images" in page and "<html" in page
+    fragment = client.get(detail, headers={"HX-Request": "true"})
+    assert fragment.status_code == 286  # finished: htmx stops polling
+    assert "<html" not in fragment.content.decode() and 'id="import-progress"' in fragment.content.decode()
+    checked = client.post(page_url, {"file": upload("t.csv", b"prompt,image_0,image_1\nx,a.png,gone.png\n"),
+                                     "images": [upload("a.png", picture(1))], "check": "1"})
+    report = client.get(checked["Location"]).content.decode()
+    assert "missing image: no file &#x27;gone.png&#x27;" in report and "Nothing was imported" in report
+    client.force_login(annotator)
+    assert client.get(page_url).status_code == 403
