@@ -15,6 +15,7 @@ from pickwise_client import (
 )
 
 from annotate.models import Annotation, AnnotationTask, Prompt, PromptSet
+from annotate.workflow.access import workflow_of
 from projects.roles import Role
 from tests.annotate.factories_workflow import RANK_SCHEMA, images_for
 from tests.client.conftest import token_for
@@ -56,7 +57,7 @@ def test_api_errors_are_typed_with_status_field_and_message(live_server, admin_a
     assert (invalid.value.status, invalid.value.field) == (400, "overlap")
     assert invalid.value.message == "Overlap must be 1 to 100 annotators per task."
     assert "400 (PATCH /api/projects/" in str(invalid.value) and "overlap: Overlap must be" in str(invalid.value)
-    assert admin_api.projects.settings(project.pk)["overlap"] == project.workflow.overlap  # nothing half-written
+    assert admin_api.projects.settings(project.pk)["overlap"] == workflow_of(project).overlap  # nothing half-written
 
     with pytest.raises(ValidationError) as blank:  # a serializer error: {"name": ["This field may not be blank."]}
         admin_api.projects.create("")
@@ -168,13 +169,17 @@ def test_the_annotator_loop_and_review(admin_api, annotator_api, project, annota
     assert handout is not None and handout["ranking_rules"]["mode"] == "full"
     assert annotator_api.tasks.next(project.pk)["task_id"] == handout["task_id"]  # the same lease back
     ranking = [[image["id"]] for image in handout["images"]]
-    first = annotator_api.tasks.submit(project.pk, handout["task_id"], ranking,
-                                       idempotency_key=handout["idempotency_key"], rationale="biggest first")
+    result = annotator_api.tasks.submit(project.pk, handout["task_id"], ranking,
+                                        idempotency_key=handout["idempotency_key"], rationale="biggest first")
     again = annotator_api.tasks.submit(project.pk, handout["task_id"], ranking,
                                        idempotency_key=handout["idempotency_key"])
-    assert first["id"] == again["id"] and Annotation.objects.count() == 1  # a repeated submit stores nothing new
+    assert result is not None and again is not None
+    first = result["submitted"]
+    assert (result["submitted_created"], again["submitted_created"]) == (True, False)
+    assert first["id"] == again["submitted"]["id"] and Annotation.objects.count() == 1  # stores nothing new
 
     second = annotator_api.tasks.next(project.pk)
+    assert second["task_id"] == result["task_id"]  # submit handed out the next task already
     assert annotator_api.tasks.skip(project.pk, second["task_id"], "images did not load")["status"] == "skipped"
     with pytest.raises(ValidationError) as bad_ranking:
         annotator_api.tasks.submit(project.pk, handout["task_id"], [["not-an-image"]])
