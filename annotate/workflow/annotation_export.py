@@ -131,6 +131,7 @@ def jsonl_lines(queryset: QuerySet[Any]) -> Iterator[bytes]:
     buffer: list[str] = []
     size = 0
     for chunk, images in _chunks(queryset):
+        encoded = {task_id: _dumps(task_images) for task_id, task_images in images.items()}  # once per task
         for (pk, task_id, key, prompt, annotator, status, rationale, duration, version, supersedes, created,
              updated, ranking, answers, metadata) in chunk:
             line = (
@@ -138,7 +139,7 @@ def jsonl_lines(queryset: QuerySet[Any]) -> Iterator[bytes]:
                 f'"prompt": {_dumps(prompt)}, "annotator": {_dumps(annotator)}, "status": "{status}", '
                 f'"ranking": {ranking}, "answers": {answers}, "rationale": {_dumps(rationale)}, '
                 f'"duration_ms": {_dumps(duration)}, "template_version": {_dumps(version)}, '
-                f'"supersedes": {_dumps(supersedes)}, "images": {_dumps(images.get(task_id, []))}, '
+                f'"supersedes": {_dumps(supersedes)}, "images": {encoded.get(task_id, "[]")}, '
                 f'"created_at": "{_time(created)}", "updated_at": "{_time(updated)}"}}\n'
             )
             buffer.append(line)
