@@ -24,8 +24,9 @@ from PIL import Image
 from annotate.models import AnnotationTask, Prompt, TaskImport, TaskImportImage
 from annotate.workflow.imports import services as import_services
 from generation.models import GeneratedImage, ImageOrigin
+from projects.roles import Role
 from tests.annotate.factories_workflow import set_workflow
-from tests.factories import api_client_for
+from tests.factories import UserFactory, api_client_for
 
 pytestmark = pytest.mark.django_db
 
@@ -93,6 +94,8 @@ def test_csv_with_uploaded_images_creates_tasks_with_external_images(pairs, admi
     served = client.get(handout["images"][0]["url"])
     assert served.status_code == 200 and served["Content-Type"] == "image/png"
     assert b"".join(served.streaming_content) == picture(1)
+    outsider = api_client_for(UserFactory(username="not-a-member", role=Role.ANNOTATOR))
+    assert outsider.get(handout["images"][0]["url"]).status_code == 404  # never revealed outside its project
 
 
 def test_identical_bytes_in_two_projects_are_one_file(pairs, other_project, admin_user, media):
