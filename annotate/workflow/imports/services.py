@@ -349,25 +349,28 @@ def task_import_run(*, import_id: int, worker: str | None = None,
             beat(0.92, "Creating the tasks", force=True)
             _commit(task_import, token, rows, report)
     except ImportCancelled:
-        _cleanup(task_import)
-        TaskImport.objects.filter(pk=import_id, status=JobStatus.RUNNING, lease_token=token).update(
-            status=JobStatus.CANCELLED, finished_at=timezone.now(), lease_token=None, lease_expires_at=None)
+        # Cancelled: delete what it stored. Otherwise its lease was lost (the reaper gave it to another
+        # attempt, which reuses the staged files and the uploads): stop and touch nothing.
+        if TaskImport.objects.filter(pk=import_id, status=JobStatus.CANCELLED).exists():
+            _cleanup(task_import)
     except ImportRejected:
         errors = report["errors"]
         first = errors[0]
         where = f"line {first['line']}" + (f", {first['column']}" if first["column"] else "") if first["line"] else ""
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        _finish(task_import, token, JobStatus.FAILED, report=report,
-                error=f"{where + ': ' if where else ''}{first['message']}{more}. Nothing was imported.")
-        _cleanup(task_import)
+        if _finish(task_import, token, JobStatus.FAILED, report=report,
+                   error=f"{where + ': ' if where else ''}{first['message']}{more}. Nothing was imported."):
+            _cleanup(task_import)
     except tables.TableError as exc:
         report = {"errors": [{"line": 0, "column": exc.column, "message": exc.message}], "rows": 0}
-        _finish(task_import, token, JobStatus.FAILED, report=report, error=f"{exc.message}. Nothing was imported.")
-        _cleanup(task_import)
+        if _finish(task_import, token, JobStatus.FAILED, report=report,
+                   error=f"{exc.message}. Nothing was imported."):
+            _cleanup(task_import)
     except Exception as exc:
         logger.exception("task import %s failed", import_id)
-        _finish(task_import, token, JobStatus.FAILED, error=f"{type(exc).__name__}: {exc}. Nothing was imported.")
-        _cleanup(task_import)
+        if _finish(task_import, token, JobStatus.FAILED,
+                   error=f"{type(exc).__name__}: {exc}. Nothing was imported."):
+            _cleanup(task_import)
         raise
     return TaskImport.objects.get(pk=import_id)
 
@@ -582,7 +585,8 @@ def _commit(task_import: TaskImport, token: uuid.UUID, rows: list[StagedRow], re
 
 
 def _finish(task_import: TaskImport, token: uuid.UUID, status: str, *, report: dict[str, Any] | None = None,
-            error: str = "") -> None:
+            error: str = "") -> bool:
+    """End the import under ``token``; False when its lease was lost meanwhile (nothing changed)."""
     fields: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "lease_token": None,
                               "lease_expires_at": None, "error": error[:5000], "updated_at": timezone.now(),
                               "phase": "Done" if status == JobStatus.SUCCEEDED else "Nothing was imported"}
@@ -590,7 +594,8 @@ def _finish(task_import: TaskImport, token: uuid.UUID, status: str, *, report: d
         fields["progress"] = 1.0
     if report is not None:
         fields["report"], fields["rows"] = report, report.get("rows", 0)
-    TaskImport.objects.filter(pk=task_import.pk, lease_token=token).update(**fields)
+    return bool(TaskImport.objects.filter(pk=task_import.pk, status=JobStatus.RUNNING, lease_token=token)
+                .update(**fields))
 
 
 # --- cleaning up, cancelling, reaping -----------------------------------------------------------
