@@ -272,6 +272,36 @@ PICKWISE_MODEL_DIRS = env_list(
 )
 EXPORT_MAX_PAIRS = env_int("EXPORT_MAX_PAIRS", 50_000_000, "Refuse exports with more pairs than this", minimum=1)
 
+# --- task imports with candidate images (annotate/workflow/imports/) -----------------------
+_import_root = env_str(
+    "PICKWISE_IMPORT_ROOT", "", "Folder on the server whose files imports may name by path; empty = none"
+)
+IMPORT_ROOT = Path(_import_root).resolve() if _import_root else None
+IMPORT_MAX_ROWS = env_int("IMPORT_MAX_ROWS", 100_000, "Most tasks one import may create", minimum=1)
+IMPORT_INLINE_MAX_ROWS = env_int(
+    "IMPORT_INLINE_MAX_ROWS", 200,
+    "Imports up to this many tasks (and no URL images) run in the request; larger ones on a worker", minimum=0,
+)
+IMPORT_MAX_IMAGE_BYTES = env_int(
+    "IMPORT_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "Largest image file (bytes) an import accepts", minimum=1024
+)
+IMPORT_MAX_IMAGE_PIXELS = env_int(
+    "IMPORT_MAX_IMAGE_PIXELS", 40_000_000, "Largest image (width x height) an import accepts", minimum=64
+)
+IMPORT_URL_TIMEOUT_SECONDS = env_int(
+    "IMPORT_URL_TIMEOUT_SECONDS", 15, "Time limit (s) of fetching one image URL during an import", minimum=1
+)
+IMPORT_MAX_FILES = env_int(
+    "IMPORT_MAX_FILES", 10_000, "Most files one upload may carry (a folder of images)", minimum=100
+)
+IMPORT_LEASE_SECONDS = env_int(
+    "IMPORT_LEASE_SECONDS", 300, "Lease (s) of a running import; renewed by progress, reaped when expired",
+    minimum=10,
+)
+IMPORT_MAX_ATTEMPTS = env_int("IMPORT_MAX_ATTEMPTS", 3, "Times an import is started before an expired lease "
+                              "fails it", minimum=1)
+DATA_UPLOAD_MAX_NUMBER_FILES = IMPORT_MAX_FILES
+
 # --- generation (generation/) -------------------------------------------------------------
 GENERATION_BATCH_LIMIT = env_int(
     "GENERATION_BATCH_LIMIT", 8, "Most images a gpu worker renders in one coalesced pipeline call", minimum=1

@@ -125,9 +125,11 @@ class Fetched:
 
 
 def fetch(url: str, *, field: str, max_bytes: int, timeout: float, max_redirects: int = 3,
-          allow_private: bool | None = None) -> Fetched:
+          allow_private: bool | None = None, content_types: tuple[str, ...] = ()) -> Fetched:
     """GET ``url``'s body, at most ``max_bytes``, following up to ``max_redirects`` redirects, each one
-    checked like the first. Every failure is an :class:`OutboundError` naming ``field``."""
+    checked like the first. With ``content_types`` (prefixes such as ``"image/"``), a response of another
+    declared type is refused before its body is read. Every failure is an :class:`OutboundError` naming
+    ``field``."""
     current = check_url(url, field=field)
     with client(timeout=timeout, allow_private=allow_private) as http:
         for _ in range(max_redirects + 1):
@@ -139,6 +141,10 @@ def fetch(url: str, *, field: str, max_bytes: int, timeout: float, max_redirects
                         continue
                     if response.status_code != 200:
                         raise OutboundError(f"{current} answered {response.status_code}.", field=field)
+                    kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+                    if content_types and not kind.startswith(content_types):
+                        raise OutboundError(f"{current} is {kind or 'of no declared type'}, not "
+                                            f"{' or '.join(t.rstrip('/') for t in content_types)}.", field=field)
                     declared = response.headers.get("content-length")
                     if declared and declared.isascii() and declared.isdigit() and int(declared) > max_bytes:
                         raise OutboundError(f"{current} is {int(declared):,} bytes; the limit is {max_bytes:,}.",

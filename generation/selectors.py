@@ -92,14 +92,18 @@ def job_for_user(*, user: User, job_id: int) -> GenerationJob:
 
 
 def image_for_user(*, user: User, image_id: Any) -> GeneratedImage:
-    """An image the user may see: they asked for it, or may view its job's project."""
-    image = GeneratedImage.objects.select_related("job__project").get(pk=image_id)
+    """An image the user may see: they asked for it, or may view its job's project (for an imported image,
+    the project it was imported into)."""
+    image = GeneratedImage.objects.select_related("job__project", "project").get(pk=image_id)
     if not user.is_authenticated:
         raise GeneratedImage.DoesNotExist
-    job = image.job
-    if job.created_by_id == user.pk or getattr(user, "is_superuser", False):
+    if getattr(user, "is_superuser", False):
         return image
-    if job.project is not None and user_can(user=user, action="view", project=job.project):
+    job = image.job
+    if job is not None and job.created_by_id == user.pk:
+        return image
+    project = job.project if job is not None else image.project
+    if project is not None and user_can(user=user, action="view", project=project):
         return image
     raise GeneratedImage.DoesNotExist
 

@@ -119,7 +119,7 @@ def image(request: HttpRequest, image_id: UUID) -> HttpResponse:
         handle = default_storage.open(found.storage_key, "rb")
     except FileNotFoundError:
         raise Http404("The image file is missing") from None
-    response = FileResponse(handle, content_type="image/png")
+    response = FileResponse(handle, content_type=found.content_type or "image/png")
     response["Cache-Control"] = "private, max-age=3600"
     response["ETag"] = f'"{found.sha256}"'
     return response

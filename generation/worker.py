@@ -34,8 +34,9 @@ from typing import Any
 from django.conf import settings
 from django.db import connections, transaction
 
+from core.exceptions import ApplicationError
 from generation import inference, selectors, services
-from generation.models import GeneratedImage, GenerationJob, ModelVersion
+from generation.models import NO_SEED_REASON, GeneratedImage, GenerationJob, ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -401,7 +402,12 @@ def drain_queue(*, model_version_id: int, claims: int, storer: Storer) -> list[R
 
 
 def reproduce_image(image: GeneratedImage) -> bytes:
-    """Render ``image`` again from its provenance (model version, prompt, params, seed); PNG bytes."""
+    """Render ``image`` again from its provenance (model version, prompt, params, seed); PNG bytes.
+
+    An imported image has no such provenance: ``ApplicationError`` says so.
+    """
+    if image.is_external or image.model_version is None or image.seed is None or image.params is None:
+        raise ApplicationError(f"Image {image.pk}: {NO_SEED_REASON}.", field="image")
     device_type = pipeline_cache().device.type
     spec = spec_for(image.model_version, device_type=device_type)
     loaded = pipeline_cache().get(spec)

@@ -3,10 +3,11 @@
 Everything is scoped to one project in the URL (``/api/projects/<project_id>/...``); a caller
 who is not a member gets 404, a member without the right 403 (same rules as the pages).
 
-The annotator loop is two calls, each a fixed handful of SQL statements:
-``POST tasks/next/`` (lease the next task: prompt, images, ranking rules) and
-``POST tasks/<id>/submit/`` (``ranking`` as tie groups of image ids, best first, plus an
-``idempotency_key``: a retry with the same key returns the stored annotation with 200).
+The annotator loop is one call per annotation after the first, each a fixed handful of SQL statements:
+``POST tasks/next/`` (lease the next task: prompt, images, ranking rules, the task's key and metadata),
+then ``POST tasks/<id>/submit/`` or ``tasks/by-key/<key>/submit/`` (``ranking`` as tie groups of image
+ids, best first, plus an ``idempotency_key``: a retry with the same key stores nothing), which answers
+with the next task (or 204 when none is left).
 """
 
 from __future__ import annotations
@@ -14,13 +15,16 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
+from django.http import StreamingHttpResponse
 from django.urls import path
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
+from rest_framework.negotiation import DefaultContentNegotiation
 from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
 
@@ -34,10 +38,11 @@ from annotate.models import (
     TaskAssignment,
     TaskOrder,
 )
-from annotate.workflow import queue
+from annotate.workflow import annotation_export, queue
 from annotate.workflow import selectors as workflow_selectors
 from annotate.workflow import services as workflow_services
 from annotate.workflow.access import workflow_api, workflow_of
+from annotate.workflow.imports.api import urlpatterns as import_urls
 from annotate.workflow.scoring import reward_scores
 from annotate.workflow.services import (
     MAX_LEASE_SECONDS,
@@ -80,6 +85,8 @@ class RankingRulesSerializer(serializers.Serializer):
 class HandoutSerializer(serializers.Serializer):
     assignment_id = serializers.IntegerField()
     task_id = serializers.IntegerField()
+    task_key = serializers.CharField(help_text="The task's own key from its import (\"\" when none)")
+    task_metadata = serializers.DictField(help_text="The task's metadata columns from its import")
     prompt = serializers.CharField()
     negative_prompt = serializers.CharField()
     is_gold = serializers.BooleanField(help_text="Always false to annotators (gold tasks are blind).")
@@ -127,8 +134,8 @@ class TaskSerializer(serializers.ModelSerializer):
 
     class Meta:
         model = AnnotationTask
-        fields = ["id", "prompt", "negative_prompt", "prompt_set", "position", "is_gold", "gold_ranking",
-                  "taken_count", "is_open", "submitted_count", "images", "created_at"]
+        fields = ["id", "external_key", "metadata", "prompt", "negative_prompt", "prompt_set", "position", "is_gold",
+                  "gold_ranking", "taken_count", "is_open", "submitted_count", "images", "created_at"]
         read_only_fields = fields
 
     def get_images(self, task: AnnotationTask) -> list[dict[str, Any]]:
@@ -198,7 +205,8 @@ def _handout_data(handout: queue.Handout) -> dict[str, Any]:
     assignment, task = handout.assignment, handout.task
     rules = workflow_selectors.ranking_component(assignment.template_version)["config"]
     return {
-        "assignment_id": assignment.pk, "task_id": task.pk, "prompt": task.prompt.text,
+        "assignment_id": assignment.pk, "task_id": task.pk, "task_key": task.external_key,
+        "task_metadata": task.metadata, "prompt": task.prompt.text,
         "negative_prompt": task.prompt.negative_prompt, "is_gold": False,
         "images": workflow_selectors.task_images(task_id=task.pk),
         "template_version": assignment.template_version_id,
@@ -216,6 +224,15 @@ def _own_annotation_data(annotation: Annotation) -> dict[str, Any]:
         "supersedes": annotation.supersedes_id, "idempotency_key": annotation.idempotency_key,
         "created_at": annotation.created_at,
     }
+
+
+class _FormatIsAViewParameter(DefaultContentNegotiation):
+    """Content negotiation that leaves ``?format=`` to the view (the export's jsonl or json) instead of taking
+    it as a renderer name; responses other than the stream (errors) are JSON."""
+
+    def select_renderer(self, request: Request, renderers: list[Any], format_suffix: str | None = None) -> Any:
+        renderer = JSONRenderer()
+        return renderer, renderer.media_type
 
 
 def _paginate(request: Request, queryset: QuerySet[Any], serializer_class: type[serializers.BaseSerializer]
@@ -245,11 +262,22 @@ def task_next(request: Request, project: Project) -> Response:
     return Response(_handout_data(handout))  # already JSON-ready: skips serializer field building (hot path)
 
 
-@extend_schema(request=SubmitSerializer, responses={201: SubmitAnnotationSerializer, 200: SubmitAnnotationSerializer},
-               summary="Submit the ranking of a leased task (idempotent by idempotency_key)")
-@api_view(["POST"])
-@workflow_api("annotate")
-def task_submit(request: Request, project: Project, task_id: int) -> Response:
+class SubmitNextSerializer(HandoutSerializer):
+    """What submit answers: the caller's next task (as ``tasks/next/`` hands it out), and what was stored."""
+
+    submitted = SubmitAnnotationSerializer(help_text="The annotation this submit stored (or had stored: a retry)")
+    submitted_created = serializers.BooleanField(help_text="False when this was a retry of an earlier submit")
+
+
+SUBMIT_DESCRIPTION = (
+    "One round trip per annotation: the answer is the caller's next task, leased as tasks/next/ would, with "
+    "`submitted` (the stored annotation) beside it; 204 when no task is left for the caller. Either way the "
+    "Location header names the stored annotation. Idempotent by idempotency_key: a retry stores nothing and "
+    "answers the same way."
+)
+
+
+def _submit(request: Request, project: Project, task_id: int) -> Response:
     body = SubmitSerializer(data=request.data)
     body.is_valid(raise_exception=True)
     data = body.validated_data
@@ -259,8 +287,37 @@ def task_submit(request: Request, project: Project, task_id: int) -> Response:
                               answers=data.get("answers"), rationale=data.get("rationale"),
                               duration_ms=data.get("duration_ms")),
     )
-    return Response(_own_annotation_data(annotation),
-                    status=status.HTTP_201_CREATED if created else status.HTTP_200_OK)
+    handout = queue.task_next(project=project, user=request.user)
+    location = {"Location": f"/api/projects/{project.pk}/annotations/{annotation.pk}/"}
+    if handout.task is None:
+        return Response(status=status.HTTP_204_NO_CONTENT, headers=location)
+    return Response({**_handout_data(handout), "submitted": _own_annotation_data(annotation),
+                     "submitted_created": created}, headers=location)
+
+
+@extend_schema(request=SubmitSerializer,
+               responses={200: SubmitNextSerializer, 204: OpenApiResponse(description="Stored; no task left.")},
+               summary="Submit the ranking of a leased task and get the next one (idempotent by idempotency_key)",
+               description=SUBMIT_DESCRIPTION)
+@api_view(["POST"])
+@workflow_api("annotate")
+def task_submit(request: Request, project: Project, task_id: int) -> Response:
+    return _submit(request, project, task_id)
+
+
+@extend_schema(request=SubmitSerializer,
+               responses={200: SubmitNextSerializer, 204: OpenApiResponse(description="Stored; no task left.")},
+               summary="Submit by the task's own key (from its import) and get the next task",
+               description="For clients that keep their own task keys. " + SUBMIT_DESCRIPTION)
+@api_view(["POST"])
+@workflow_api("annotate")
+def task_submit_by_key(request: Request, project: Project, task_key: str) -> Response:
+    task_id = AnnotationTask.objects.filter(project=project, external_key=task_key).values_list(
+        "pk", flat=True).first() if task_key else None
+    if task_id is None:
+        return Response({"detail": f"No task with key {task_key!r} in this project.", "field": "task_key"},
+                        status=status.HTTP_404_NOT_FOUND)
+    return _submit(request, project, task_id)
 
 
 @extend_schema(request=inline_serializer("SkipRequest", {"reason": serializers.CharField(max_length=500)}),
@@ -351,11 +408,15 @@ def task_images(request: Request, project: Project, task_id: int) -> Response:
     methods=["POST"],
     request={"multipart/form-data": inline_serializer("PromptSetUpload", {
         "file": serializers.FileField(), "format": serializers.ChoiceField(["csv", "jsonl", "txt"], required=False),
-        "name": serializers.CharField(required=False)})},
+        "name": serializers.CharField(required=False, max_length=200),
+        "deduplicate": serializers.BooleanField(required=False, default=False, help_text=(
+            "Skip prompts repeated in the file or already in the project (reported in duplicates); "
+            "by default every prompt becomes a task"))})},
     responses={201: inline_serializer("PromptSetImport", {
         "prompt_set": serializers.IntegerField(), "created": serializers.IntegerField(),
         "duplicates": serializers.ListField(child=serializers.DictField())})},
     summary="Upload a CSV, JSONL or text file of prompts; any error imports nothing (400 lists them by line)",
+    description="Every prompt becomes a task (repeats too) unless deduplicate is true.",
 )
 @api_view(["GET", "POST"])
 @parser_classes([MultiPartParser, FormParser, JSONParser])
@@ -369,7 +430,8 @@ def promptset_list(request: Request, project: Project) -> Response:
     data = upload.read(workflow_services.prompt_import.MAX_FILE_BYTES + 1)
     report = workflow_services.prompt_set_import(
         project=project, data=data, filename=upload.name or "", created_by=request.user,
-        fmt=request.data.get("format") or None, name=request.data.get("name", ""))
+        fmt=request.data.get("format") or None, name=request.data.get("name", ""),
+        deduplicate=bool(query_bool(request.data, "deduplicate")))
     return Response(report.as_dict(), status=status.HTTP_201_CREATED)
 
 
@@ -410,6 +472,41 @@ def annotation_list(request: Request, project: Project) -> Response:
             raise ApplicationError("created_after must be an ISO 8601 date-time.", field="created_after")
         queryset = queryset.filter(created_at__gt=after)
     return _paginate(request, queryset, AnnotationSerializer)
+
+
+@extend_schema(
+    parameters=[
+        OpenApiParameter("format", str, enum=list(annotation_export.FORMATS),
+                         description="jsonl (default): one annotation a line; json: an array of tasks with their "
+                                     "annotations, for Label Studio-style tools"),
+        OpenApiParameter("status", str, description="comma-separated: submitted, superseded, rejected (default: all)"),
+        OpenApiParameter("annotator", str, description="username"),
+        OpenApiParameter("template_version", int),
+        OpenApiParameter("since", str, description="ISO 8601: only annotations changed after it (created, amended, "
+                                                   "superseded or rejected)"),
+    ],
+    responses={(200, "application/x-ndjson"): OpenApiTypes.BINARY, (200, "application/json"): OpenApiTypes.BINARY},
+    summary="Every annotation of the project in one streamed download (ML engineers and admins)",
+)
+@api_view(["GET"])
+@workflow_api("export")
+def annotation_export_view(request: Request, project: Project) -> StreamingHttpResponse:
+    fmt = request.query_params.get("format") or "jsonl"
+    if fmt not in annotation_export.FORMATS:
+        raise ApplicationError(f"format must be one of {', '.join(annotation_export.FORMATS)}.", field="format")
+    filters = annotation_export.filters_parse(request.query_params)
+    queryset = annotation_export.annotations_for_export(project=project, filters=filters, by_task=fmt == "json")
+    if fmt == "json":
+        body, content_type = annotation_export.label_studio_json(queryset), "application/json"
+    else:
+        body, content_type = annotation_export.jsonl_lines(queryset), "application/x-ndjson"
+    response = StreamingHttpResponse(body, content_type=content_type)
+    response["Content-Disposition"] = f'attachment; filename="project-{project.pk}-annotations.{fmt}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+annotation_export_view.cls.content_negotiation_class = _FormatIsAViewParameter  # type: ignore[attr-defined]
 
 
 @extend_schema(responses=AnnotationSerializer, summary="One annotation (own, or any for reviewers)")
@@ -513,10 +610,12 @@ urlpatterns = [
     path(_p + "tasks/", task_list, name="api-task-list"),
     path(_p + "tasks/<int:task_id>/", task_detail, name="api-task-detail"),
     path(_p + "tasks/<int:task_id>/submit/", task_submit, name="api-task-submit"),
+    path(_p + "tasks/by-key/<path:task_key>/submit/", task_submit_by_key, name="api-task-submit-by-key"),
     path(_p + "tasks/<int:task_id>/skip/", task_skip, name="api-task-skip"),
     path(_p + "tasks/<int:task_id>/images/", task_images, name="api-task-images"),
     path(_p + "prompt-sets/", promptset_list, name="api-promptset-list"),
     path(_p + "annotations/", annotation_list, name="api-annotation-list"),
+    path(_p + "annotations/export/", annotation_export_view, name="api-annotation-export"),
     path(_p + "annotations/<int:annotation_id>/", annotation_detail, name="api-annotation-detail"),
     path(_p + "annotations/<int:annotation_id>/amend/", annotation_amend, name="api-annotation-amend"),
     path(_p + "annotations/<int:annotation_id>/reject/", annotation_reject, name="api-annotation-reject"),
@@ -524,6 +623,7 @@ urlpatterns = [
     path(_p + "settings/", project_settings, name="api-project-settings"),
     path(_p + "archive/", project_archive, name="api-project-archive"),
     path(_p + "unarchive/", project_unarchive, name="api-project-unarchive"),
+    *import_urls,
 ]
 
 __all__ = ["urlpatterns"]

@@ -2,8 +2,9 @@
 JSON limits come from ``core.parsing``).
 
 The parser is all-or-nothing: :func:`parse_prompt_file` returns every problem it finds with
-the line it is on, and a caller imports nothing when ``errors`` is not empty. Duplicates
-(within the file) are reported and skipped, never errors.
+the line it is on, and a caller imports nothing when ``errors`` is not empty. Repeated prompts
+are kept unless the caller asks to de-duplicate; then repeats within the file are reported and
+skipped, never errors.
 
 Formats
   * ``txt``: one prompt per line; blank lines are ignored.
@@ -168,6 +169,7 @@ def _add(
     seed: Any = None,
     tags: Any = None,
     metadata: dict[str, Any] | None = None,
+    deduplicate: bool = True,
 ) -> None:
     errors_before = len(result.errors)
     if not isinstance(text, str):
@@ -193,10 +195,10 @@ def _add(
     parsed_tags = _split_tags(tags, line, result)
     if len(result.errors) != errors_before:
         return
-    if prompt in seen:
+    if deduplicate and prompt in seen:
         result.duplicates.append(Duplicate(line, prompt, seen[prompt]))
         return
-    seen[prompt] = line
+    seen.setdefault(prompt, line)
     result.prompts.append(
         ParsedPrompt(line, prompt, negative, parsed_seed, parsed_tags, dict(metadata or {}))
     )
@@ -209,7 +211,7 @@ def _row_limit(result: ParseResult, limits: Limits, rows: int, line: int) -> boo
     return False
 
 
-def _parse_txt(lines: list[str], result: ParseResult, limits: Limits) -> None:
+def _parse_txt(lines: list[str], result: ParseResult, limits: Limits, dedupe: bool) -> None:
     seen: dict[str, int] = {}
     rows = 0
     for number, line in enumerate(lines, start=1):
@@ -218,10 +220,10 @@ def _parse_txt(lines: list[str], result: ParseResult, limits: Limits) -> None:
         rows += 1
         if _row_limit(result, limits, rows, number):
             return
-        _add(result, limits, seen, line=number, text=line)
+        _add(result, limits, seen, line=number, text=line, deduplicate=dedupe)
 
 
-def _parse_jsonl(lines: list[str], result: ParseResult, limits: Limits) -> None:
+def _parse_jsonl(lines: list[str], result: ParseResult, limits: Limits, dedupe: bool) -> None:
     seen: dict[str, int] = {}
     rows = 0
     for number, line in enumerate(lines, start=1):
@@ -254,10 +256,10 @@ def _parse_jsonl(lines: list[str], result: ParseResult, limits: Limits) -> None:
             continue
         metadata = {**{k: v for k, v in obj.items() if k not in KNOWN_KEYS}, **metadata}
         _add(result, limits, seen, line=number, text=obj["prompt"], negative=obj.get("negative_prompt", ""),
-             seed=obj.get("seed"), tags=obj.get("tags"), metadata=metadata)
+             seed=obj.get("seed"), tags=obj.get("tags"), metadata=metadata, deduplicate=dedupe)
 
 
-def _parse_csv(lines: list[str], result: ParseResult, limits: Limits) -> None:
+def _parse_csv(lines: list[str], result: ParseResult, limits: Limits, dedupe: bool) -> None:
     if not lines:
         result.errors.append(LineError(1, "the file is empty; expected a header row with a 'prompt' column"))
         return
@@ -297,11 +299,13 @@ def _parse_csv(lines: list[str], result: ParseResult, limits: Limits) -> None:
         metadata = {key: value for key, value in values.items() if key not in KNOWN_KEYS and value != ""}
         _add(result, limits, seen, line=start_line, text=values["prompt"],
              negative=values.get("negative_prompt", ""), seed=values.get("seed"), tags=values.get("tags"),
-             metadata=metadata)
+             metadata=metadata, deduplicate=dedupe)
 
 
-def parse_prompt_file(data: bytes, *, fmt: str, limits: Limits | None = None) -> ParseResult:
-    """Parse ``data`` in format ``fmt`` (csv, jsonl or txt); see the module docstring."""
+def parse_prompt_file(data: bytes, *, fmt: str, limits: Limits | None = None,
+                      deduplicate: bool = False) -> ParseResult:
+    """Parse ``data`` in format ``fmt`` (csv, jsonl or txt); see the module docstring. With ``deduplicate``,
+    a prompt repeated within the file is reported in ``duplicates`` and kept once."""
     limits = limits or Limits()
     result = ParseResult()
     if fmt not in FORMATS:
@@ -315,7 +319,7 @@ def parse_prompt_file(data: bytes, *, fmt: str, limits: Limits | None = None) ->
     lines = _decode_lines(data, result)
     if lines is None:
         return result
-    {"txt": _parse_txt, "jsonl": _parse_jsonl, "csv": _parse_csv}[fmt](lines, result, limits)
+    {"txt": _parse_txt, "jsonl": _parse_jsonl, "csv": _parse_csv}[fmt](lines, result, limits, deduplicate)
     if result.errors:
         result.prompts.clear()
     elif not result.prompts and not result.duplicates:

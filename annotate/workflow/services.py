@@ -215,11 +215,12 @@ def _next_positions(project: Project, count: int) -> list[int]:
 @transaction.atomic
 def prompt_set_import(
     *, project: Project, data: bytes, filename: str, created_by: User, fmt: str | None = None,
-    name: str = "", limits: prompt_import.Limits | None = None,
+    name: str = "", limits: prompt_import.Limits | None = None, deduplicate: bool = False,
 ) -> ImportReport:
-    """Import a prompt file: every new prompt becomes a task; any error imports nothing.
+    """Import a prompt file: every prompt becomes a task; any error imports nothing.
 
-    Duplicates (within the file, or of prompts the project already has) are reported and skipped.
+    Repeated prompts are kept (two tasks may share a prompt). With ``deduplicate``, prompts repeated
+    within the file or already in the project are reported in ``duplicates`` and skipped.
     """
     name_limit = PromptSet._meta.get_field("name").max_length or 200
     name = check_length((name or "").strip(), field="name", maximum=name_limit)
@@ -228,7 +229,7 @@ def prompt_set_import(
     if fmt is None:
         raise PromptImportError("Unknown file type; upload a .csv, .jsonl or .txt file.", field="file",
                                 extra={"errors": [{"line": 0, "message": "unknown file type"}]})
-    result = prompt_import.parse_prompt_file(data, fmt=fmt, limits=limits)
+    result = prompt_import.parse_prompt_file(data, fmt=fmt, limits=limits, deduplicate=deduplicate)
     if result.errors:
         first = result.errors[0]
         where = f"line {first.line}: " if first.line else ""
@@ -241,7 +242,7 @@ def prompt_set_import(
     existing = set(
         Prompt.objects.filter(project=project, text_sha256__in=list(hashes.values())).values_list(
             "text_sha256", flat=True)
-    )
+    ) if deduplicate else set()
     duplicates = list(result.duplicates)
     fresh = []
     for parsed in result.prompts:
@@ -288,8 +289,9 @@ def _check_images(*, project: Project, image_ids: Sequence[Any]) -> list[Any]:
                                    field="images") from None
     if len(set(ids)) != len(ids):
         raise ApplicationError("An image is listed twice.", field="images")
-    found = {str(pk) for pk in GeneratedImage.objects.filter(
-        pk__in=ids).filter(Q(job__project=project) | Q(job__project__isnull=True)).values_list("pk", flat=True)}
+    found = {str(pk) for pk in GeneratedImage.objects.filter(pk__in=ids).filter(
+        Q(job__project=project) | Q(job__isnull=False, job__project__isnull=True) | Q(project=project)
+    ).values_list("pk", flat=True)}
     missing = [image_id for image_id in ids if image_id not in found]
     if missing:
         raise ApplicationError(f"Unknown image {missing[0]} (not an image of this project).", field="images")
@@ -310,10 +312,11 @@ def task_create(
         raise ApplicationError(f"A prompt is at most {prompt_import.MAX_PROMPT_CHARS} characters.", field="prompt")
     ids = _check_images(project=project, image_ids=image_ids)
     Project.objects.select_for_update().filter(pk=project.pk).first()
-    prompt, _ = Prompt.objects.get_or_create(
-        project=project, text_sha256=text_sha256(text),
-        defaults={"text": text, "negative_prompt": negative_prompt, "source": source, "created_by": created_by},
-    )
+    digest = text_sha256(text)
+    prompt = Prompt.objects.filter(project=project, text_sha256=digest).order_by("pk").first()
+    if prompt is None:
+        prompt = Prompt.objects.create(project=project, text_sha256=digest, text=text,
+                                       negative_prompt=negative_prompt, source=source, created_by=created_by)
     (task,) = _tasks_for_prompts(project=project, prompts=[prompt], created_by=created_by)
     TaskImage.objects.bulk_create(TaskImage(task=task, image_id=image_id, position=i) for i, image_id in enumerate(ids))
     reward_scores().task_images_added(project=project, image_ids=ids)

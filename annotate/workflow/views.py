@@ -8,10 +8,12 @@ and get a 303 redirect (PRG).
 
 from __future__ import annotations
 
+import contextlib
 import string
 from typing import Any
 from urllib.parse import urlencode
 
+from django.conf import settings
 from django.contrib import messages
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
@@ -26,6 +28,7 @@ from annotate.models import (
     AnnotationTemplateVersion,
     AssignmentStatus,
     TaskAssignment,
+    TaskImport,
     TaskOrder,
 )
 from annotate.workflow import agreement, model_agreement, queue
@@ -33,6 +36,7 @@ from annotate.workflow import selectors as workflow_selectors
 from annotate.workflow import services as workflow_services
 from annotate.workflow.access import workflow_of
 from annotate.workflow.access import workflow_view as project_view
+from annotate.workflow.imports import services as import_services
 from annotate.workflow.queue import Handout
 from annotate.workflow.scoring import reward_scores
 from annotate.workflow.services import Submission
@@ -91,7 +95,7 @@ def _task_context(request: HttpRequest, project: Project, handout: Handout, *,
         idempotency_key=f"assignment-{assignment.pk}",
         keys=[(i + 1, string.ascii_uppercase[i]) for i in range(len(images))],
         can_generate=not images and generation_selectors.project_model_versions(project=project).exists(),
-        job_id=request.GET.get("job", "") if request.GET.get("job", "").isdigit() else "",
+        job_id=request.GET.get("job", "") if request.GET.get("job", "").isdecimal() else "",
     )
     return context
 
@@ -121,7 +125,7 @@ def task_submit(request: HttpRequest, project: Project, task_id: int) -> HttpRes
     submission = Submission(
         idempotency_key=request.POST.get("idempotency_key", ""),
         form=request.POST,
-        duration_ms=int(duration) if duration.isdigit() else None,
+        duration_ms=int(duration) if duration.isdecimal() else None,
     )
     try:
         workflow_services.annotation_submit(project=project, user=request.user, task_id=task_id,
@@ -218,6 +222,7 @@ def promptset_list(request: HttpRequest, project: Project) -> HttpResponse:
                 report = workflow_services.prompt_set_import(
                     project=project, data=data, filename=upload.name or "", created_by=request.user,
                     fmt=request.POST.get("format") or None, name=request.POST.get("name", ""),
+                    deduplicate=request.POST.get("deduplicate") == "on",
                 )
             except ApplicationError as exc:
                 error = exc
@@ -246,7 +251,7 @@ def project_settings(request: HttpRequest, project: Project) -> HttpResponse:
                 project_set_archived(project=project, archived=action == "archive")
             else:
                 version_id = post.get("template_version", "")
-                version = versions.filter(pk=version_id).first() if version_id.isdigit() else None
+                version = versions.filter(pk=version_id).first() if version_id.isdecimal() else None
                 if version_id and version is None:
                     raise ApplicationError("Choose one of this project's published versions.",
                                            field="template_version")
@@ -259,7 +264,7 @@ def project_settings(request: HttpRequest, project: Project) -> HttpResponse:
                     images_per_task=_int(post, "images_per_task"), overlap=_int(post, "overlap"),
                     task_order=post.get("task_order") or None, gold_rate=_float(post, "gold_rate"),
                     lease_seconds=_int(post, "lease_seconds"),
-                    model_version_ids=[int(v) for v in post.getlist("model_versions") if v.isdigit()],
+                    model_version_ids=[int(v) for v in post.getlist("model_versions") if v.isdecimal()],
                 )
         except ApplicationError as exc:
             error = exc
@@ -281,7 +286,7 @@ def _int(post: Any, key: str) -> int | None:
     value = (post.get(key) or "").strip()
     if not value:
         return None
-    if not value.lstrip("-").isdigit():
+    if not value.lstrip("-").isdecimal() or len(value) > 19:
         raise ApplicationError(f"{key.replace('_', ' ').capitalize()} must be a whole number.", field=key)
     return int(value)
 
@@ -403,7 +408,7 @@ def review_score(request: HttpRequest, project: Project) -> HttpResponse:
     filters = workflow_selectors.ReviewFilters()
     try:
         filters = workflow_selectors.review_filters_parse(request.POST)
-        if not reward.isdigit():
+        if not reward.isdecimal():
             raise ApplicationError("Choose a reward model first.", field="reward")
         task_ids = workflow_selectors.review_task_ids(project=project, page=page, per_page=REVIEW_PAGE_SIZE,
                                                       filters=filters)
@@ -414,7 +419,7 @@ def review_score(request: HttpRequest, project: Project) -> HttpResponse:
     else:
         messages.success(request, f"Queued {len(queued)} image(s) for scoring; reload the page to see the scores."
                          if queued else "Every image on this page is scored already.")
-    query = filters.as_query() | ({"reward": reward} if reward.isdigit() else {}) | {"page": page}
+    query = filters.as_query() | ({"reward": reward} if reward.isdecimal() else {}) | {"page": page}
     return redirect_after_post(request, f"{reverse('annotate:review_tasks', args=[project.pk])}?{urlencode(query)}")
 
 
@@ -507,3 +512,64 @@ def task_generation(request: HttpRequest, project: Project, task_id: int, job_id
     if job is None:
         raise Http404("No such generation job")
     return _generation_progress(request, project, assignment, job)
+
+
+# --- task imports with candidate images ---------------------------------------------------------
+
+
+@require_http_methods(["GET", "POST"])
+@project_view("manage")
+def task_import(request: HttpRequest, project: Project) -> HttpResponse:
+    """Upload a table (CSV, JSONL, Parquet, a zipped dataset) with its images, or name files under the
+    import root; check it (dry run) or import it. Small imports finish in the request, larger ones on a
+    worker: either way the answer is a redirect to the import's page."""
+    error: ApplicationError | None = None
+    if request.method == "POST":
+        table = request.FILES.get("file")
+        try:
+            created = import_services.task_import_create(
+                project=project, user=request.user, name=request.POST.get("name", ""),
+                fmt=request.POST.get("format") or None, dry_run="check" in request.POST,
+                table=table, table_path=(request.POST.get("path") or "").strip() if table is None else "",
+                images=request.FILES.getlist("images"), images_zip=request.FILES.get("images_zip"),
+                images_path=(request.POST.get("images_path") or "").strip(),
+                options=import_services.ImportOptions(deduplicate=request.POST.get("deduplicate") == "on",
+                                                      key_column=(request.POST.get("key_column") or "").strip()),
+            )
+        except ApplicationError as exc:
+            error = exc
+        else:
+            import_services.task_import_start(task_import=created)
+            return redirect_after_post(request, reverse("annotate:task_import_detail", args=[project.pk, created.pk]))
+    imports = TaskImport.objects.filter(project=project).select_related("created_by").order_by("-created_at")[:20]
+    return render(request, "annotate/import_list.html", {
+        "project": project, "imports": imports, "error": error, "import_root": bool(settings.IMPORT_ROOT),
+        "workflow": workflow_of(project),
+    }, status=400 if error else 200)
+
+
+@require_GET
+@project_view("manage")
+def task_import_detail(request: HttpRequest, project: Project, import_id: int) -> HttpResponse:
+    """An import's progress bar (htmx polls the fragment until it ends) and its report."""
+    task_import = TaskImport.objects.filter(project=project, pk=import_id).select_related("prompt_set").first()
+    if task_import is None:
+        raise Http404("No such import")
+    response = render_page_or_partial(request, "annotate/import_detail.html", "progress",
+                                      {"project": project, "task_import": task_import})
+    if is_htmx(request) and task_import.is_finished:
+        stop = HttpResponseStopPolling(response.content)
+        stop["Content-Type"] = response["Content-Type"]
+        return stop
+    return response
+
+
+@require_POST
+@project_view("manage")
+def task_import_cancel(request: HttpRequest, project: Project, import_id: int) -> HttpResponse:
+    task_import = TaskImport.objects.filter(project=project, pk=import_id).first()
+    if task_import is None:
+        raise Http404("No such import")
+    with contextlib.suppress(ApplicationError):  # it finished meanwhile: the page says how
+        import_services.task_import_cancel(task_import=task_import)
+    return redirect_after_post(request, reverse("annotate:task_import_detail", args=[project.pk, import_id]))

@@ -121,5 +121,5 @@ class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         export = self.get_object()
         if export.status != RunStatus.SUCCEEDED:
             raise Http404("This export has no files (it has not succeeded).")
-        archive = export_archive(export_services.export_directory(export))
+        archive = export_archive(export)
         return FileResponse(archive.open("rb"), as_attachment=True, filename=f"pickwise-export-{export.pk}.zip")

@@ -5,6 +5,7 @@ The Django side of exports; the row logic, formats and dataset card are the Djan
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -22,7 +23,6 @@ from django.contrib.auth.models import User
 from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import Prefetch, QuerySet
-from django.utils import timezone
 
 from annotate.models import (
     Annotation,
@@ -37,7 +37,7 @@ from core.exceptions import ApplicationError
 from core.models import JobPhase
 from core.parsing import check_length, parse_bool, parse_ids, parse_int
 from core.tasks import enqueue_on_commit
-from generation.models import GeneratedImage, ModelVersion
+from generation.models import GeneratedImage, ImageOrigin, ModelVersion
 from generation.selectors import image_url
 from projects.models import Project, ProjectMembership
 from projects.webhooks.events import emit, url_for
@@ -247,8 +247,55 @@ def preference_export_create(*, project: Project, user: User, request: ExportReq
     return export
 
 
+def export_root() -> Path:
+    return Path(settings.PICKWISE_EXPORT_DIR)
+
+
 def export_directory(export: PreferenceExport) -> Path:
-    return Path(settings.PICKWISE_EXPORT_DIR) / str(export.pk)
+    """The export's data files: ``PICKWISE_EXPORT_DIR/data/<content hash>/``, keyed by content, never by id.
+
+    Two exports with the same data share the directory, and a row restored from a backup finds exactly
+    the data its hash names (or nothing), never another export's files that reused its id. An export
+    built before files were keyed by content is moved there the first time it is read, after its
+    files are checked against its hash. Without a hash (not built yet) the path names no directory.
+    """
+    root = export_root() / "data"
+    if not export.content_hash:
+        return root / f"unbuilt-{export.pk}"
+    directory = root / export.content_hash
+    if not directory.is_dir():
+        legacy = export_root() / str(export.pk)
+        if legacy.is_dir() and _hash_directory(legacy) == export.content_hash:
+            root.mkdir(parents=True, exist_ok=True)
+            with contextlib.suppress(OSError):  # another process moved it first
+                legacy.rename(directory)
+    return directory
+
+
+def export_files_present(export: PreferenceExport) -> bool:
+    return bool(export.content_hash) and export_directory(export).is_dir()
+
+
+def export_card(export: PreferenceExport) -> str:
+    """The dataset card (README.md) of a finished export, rendered from its row."""
+    filters = filters_from_json(export.filters)
+    counts = dict(export.counts or {})
+    external = int(counts.get("external_images", 0))
+    return render_card(
+        title=export.name or f"Pickwise export {export.pk}",
+        source_project=export.project.name,
+        export_format=export.get_format_display(),
+        created_at=export.finished_at or export.created_at,
+        tie_policy=export.tie_policy,
+        filters=filters.described(),
+        counts=counts,
+        split_counts=export.split_counts or {},
+        split_seed=filters.split.seed,
+        content_hash=export.content_hash,
+        weighting="1 / (pairs of the prompt)" if export.weight_per_prompt else "every pair weighs 1",
+        notes=[f"External images are imported (origin `external`): no seed to regenerate; their seed, "
+               f"parameters and model version id are empty ({external} in this export)"] if external else [],
+    )
 
 
 # --- building ------------------------------------------------------------------------------
@@ -290,7 +337,8 @@ def _task_groups(queryset: QuerySet[Annotation], *, chunk_size: int = 500) -> It
         .prefetch_related(task_images)
         .only(
             "id", "task_id", "annotator_id", "template_version_id", "ranking", "answers", "rationale",
-            "created_at", "status", "task__id", "task__is_gold", "task__prompt__id", "task__prompt__text",
+            "created_at", "status", "task__id", "task__is_gold", "task__external_key", "task__metadata",
+            "task__prompt__id", "task__prompt__text",
         )
         .iterator(chunk_size=chunk_size)
     )
@@ -321,6 +369,7 @@ class ExportBuilder:
         self.split_counts = {"train": 0, "validation": 0, "test": 0}
         self.comparisons = ComparisonLog()
         self.compared_images: dict[str, int] = {}
+        self.external_images: set[str] = set()
 
     # -- rows --
     def _kept_pairs(self, group: TaskGroup) -> list[tuple[Annotation, Pair]]:
@@ -366,6 +415,7 @@ class ExportBuilder:
             votes = count_votes(pair for _, pair in pairs)
             # Per-image columns are computed once per task, not once per pair.
             columns = {uid: self._image_columns(image, with_bytes=with_bytes) for uid, image in group.images.items()}
+            task_key, task_metadata = group.task.external_key, json.dumps(group.task.metadata or {}, sort_keys=True)
             for annotation, pair in pairs:
                 zero, one = columns[str(pair.image_0)], columns[str(pair.image_1)]
                 low, high = sorted((pair.image_0, pair.image_1), key=str)
@@ -399,6 +449,8 @@ class ExportBuilder:
                     "votes_tie": vote.ties,
                     "majority_uid": "" if vote.majority is None else str(vote.majority),
                     "task_agreement": agreement,
+                    "task_key": task_key,
+                    "task_metadata": task_metadata,
                 }
                 for side, image in (("0", zero), ("1", one)):
                     row[f"jpg_{side}"] = image["bytes"]
@@ -410,20 +462,26 @@ class ExportBuilder:
                     row[f"seed_{side}"] = image["seed"]
                     row[f"params_{side}"] = image["params"]
                     row[f"sha256_{side}"] = image["sha256"]
+                    row[f"origin_{side}"] = image["origin"]
+                    if image["origin"] == ImageOrigin.EXTERNAL:
+                        self.external_images.add(image["uid"])
                 yield row
             self._progress()
 
     def _image_columns(self, image: GeneratedImage, *, with_bytes: bool) -> dict[str, Any]:
+        """One image's columns. An external (imported) image has no model version, seed or parameters: those
+        columns are empty and ``origin`` says ``external`` (the card counts them: no seed to regenerate)."""
         return {
             "uid": str(image.pk),
             "url": self._url(image),
             "path": image.storage_key,
             "bytes": _read(image.storage_key) if with_bytes else None,
-            "model": image.model_version.name,
+            "model": image.model_label,
             "model_version_id": image.model_version_id,
             "seed": image.seed,
-            "params": json.dumps(image.params, sort_keys=True),
+            "params": json.dumps(image.params, sort_keys=True) if image.params is not None else "",
             "sha256": image.sha256,
+            "origin": image.origin,
         }
 
     _url_template: str | None = None
@@ -451,6 +509,7 @@ class ExportBuilder:
                         rank_of[str(image)] = rank
                 last = len(rank_of)
                 ordered = sorted(columns.values(), key=lambda im: (rank_of.get(im["uid"], last), im["uid"]))
+                self.external_images.update(im["uid"] for im in ordered if im["origin"] == ImageOrigin.EXTERNAL)
                 answers = annotation.answers or {}
                 yield {
                     "ranking_id": annotation.pk,
@@ -469,6 +528,9 @@ class ExportBuilder:
                     "model_version_ids": [im["model_version_id"] for im in ordered],
                     "seeds": [im["seed"] for im in ordered],
                     "sha256s": [im["sha256"] for im in ordered],
+                    "origins": [im["origin"] for im in ordered],
+                    "task_key": group.task.external_key,
+                    "task_metadata": json.dumps(group.task.metadata or {}, sort_keys=True),
                     "has_ties": any(len(g) > 1 for g in annotation.ranking),
                     "rationale": annotation.rationale,
                     "ratings": json.dumps(self._answers_of_type(annotation, answers, "rating")),
@@ -546,8 +608,9 @@ class ExportBuilder:
             if fmt == PreferenceExport.Format.TRL:
                 self.counts["strict_pairs"] = _trl_rows(partial / "dataset")
         self.counts["images"] = len(self.comparisons.ids) if fmt != PreferenceExport.Format.LISTWISE else 0
+        if self.external_images:
+            self.counts["external_images"] = len(self.external_images)
         content_hash = _hash_directory(partial)
-        (partial / "README.md").write_text(self._card(content_hash))
         self.content_hash = content_hash
         return partial
 
@@ -568,26 +631,31 @@ class ExportBuilder:
                     "comparisons": comparisons,
                 })
 
-    def _card(self, content_hash: str) -> str:
-        export = self.export
-        return render_card(
-            title=export.name or f"Pickwise export {export.pk}",
-            source_project=export.project.name,
-            export_format=export.get_format_display(),
-            created_at=timezone.now(),
-            tie_policy=export.tie_policy,
-            filters=self.filters.described(),
-            counts=self.counts,
-            split_counts=self.split_counts,
-            split_seed=self.filters.split.seed,
-            content_hash=content_hash,
-            weighting="1 / (pairs of the prompt)" if export.weight_per_prompt else "every pair weighs 1",
-        )
-
 
 def _read(storage_key: str) -> bytes:
     with default_storage.open(storage_key, "rb") as handle:
         return handle.read()
+
+
+def export_partial_directory(export: PreferenceExport, attempt: int) -> Path:
+    """Where attempt ``attempt`` builds the export's files before they move to their content-keyed
+    directory (whole or not at all)."""
+    return export_root() / "building" / f"{export.pk}-attempt-{attempt}"
+
+
+def _move_into_place(partial: Path, content_hash: str) -> Path:
+    """The built files become ``data/<content_hash>``; when the same data was exported before (or a
+    concurrent export of it got there first) those files are these, and the copy is dropped."""
+    final = export_root() / "data" / content_hash
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.is_dir():
+        shutil.rmtree(partial, ignore_errors=True)
+    else:
+        try:
+            partial.rename(final)
+        except OSError:
+            shutil.rmtree(partial, ignore_errors=True)
+    return final
 
 
 def _hash_directory(directory: Path) -> str:
@@ -604,11 +672,6 @@ def _trl_rows(directory: Path) -> int:
     import datasets  # lazy: the datasets library costs a second to import, and only the trl format needs it
 
     return len(datasets.load_from_disk(str(directory)))
-
-
-def export_partial_directory(export: PreferenceExport, attempt: int) -> Path:
-    """Where attempt ``attempt`` writes the export's files before they become the export (whole or absent)."""
-    return export_directory(export).with_name(f"{export.pk}.partial-{attempt}")
 
 
 def export_event(export_id: int) -> dict[str, Any]:
@@ -657,9 +720,7 @@ def preference_export_build(*, export_id: int) -> PreferenceExport | None:
         if jobs.job_lock_owned(lease) is None:  # cancelled or taken back while the last rows were written
             shutil.rmtree(partial, ignore_errors=True)
         else:
-            final = export_directory(export)
-            shutil.rmtree(final, ignore_errors=True)
-            partial.rename(final)
+            _move_into_place(partial, builder.content_hash)
             jobs.job_finish(lease, counts=builder.counts, split_counts=builder.split_counts,
                             content_hash=builder.content_hash)
             emit("export.finished", project_id=export.project_id, data=lambda: export_event(export_id))
@@ -673,7 +734,7 @@ def final_leftovers(export: PreferenceExport) -> list[Path]:
     if not PreferenceExport.objects.filter(pk=export.pk, status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED,
                                                                        RunStatus.CANCELLED]).exists():
         return []
-    return list(export_directory(export).parent.glob(f"{export.pk}.partial-*"))
+    return list((export_root() / "building").glob(f"{export.pk}-attempt-*"))
 
 
 def preference_exports_reap_expired() -> int:

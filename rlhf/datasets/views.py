@@ -59,9 +59,7 @@ def export_detail(request: HttpRequest, export_id: int) -> HttpResponse:
     export = _export(request, export_id)
     card = None
     if export.status == RunStatus.SUCCEEDED:
-        card_path = export_services.export_directory(export) / "README.md"
-        if card_path.exists():
-            card = render_markdown(card_path.read_text())
+        card = render_markdown(export_services.export_card(export))
     response = render_page_or_partial(request, "rlhf/export_detail.html", "progress",
                                       {"export": export, "card": card})
     if request.htmx and export.is_finished:
@@ -88,5 +86,5 @@ def export_download(request: HttpRequest, export_id: int) -> FileResponse:
     export = _export(request, export_id)
     if export.status != RunStatus.SUCCEEDED:
         raise Http404("This export has no files (it has not succeeded).")
-    archive = export_archive(export_services.export_directory(export))
+    archive = export_archive(export)
     return FileResponse(archive.open("rb"), as_attachment=True, filename=f"pickwise-export-{export.pk}.zip")

@@ -56,6 +56,11 @@ PAIR_SCHEMA = pa.schema(
         ("params_1", pa.string()),
         ("sha256_0", pa.string()),
         ("sha256_1", pa.string()),
+        # "generated", or "external" for an imported image (no seed or parameters to regenerate it)
+        ("origin_0", pa.string()),
+        ("origin_1", pa.string()),
+        ("task_key", pa.string()),  # the importer's own key of the task ("" when none)
+        ("task_metadata", pa.string()),  # JSON of the task's metadata columns
         ("tie", pa.bool_()),
         ("weight", pa.float64()),
         ("split", pa.string()),
@@ -97,6 +102,9 @@ LISTWISE_SCHEMA = pa.schema(
         ("model_version_ids", pa.list_(pa.int64())),
         ("seeds", pa.list_(pa.int64())),
         ("sha256s", pa.list_(pa.string())),
+        ("origins", pa.list_(pa.string())),
+        ("task_key", pa.string()),
+        ("task_metadata", pa.string()),
         ("has_ties", pa.bool_()),
         ("rationale", pa.string()),
         ("ratings", pa.string()),  # JSON {component: {image_uid: value}}
@@ -185,6 +193,9 @@ def save_hf_pairs(
             "model_1": datasets.Value("string"),
             "image_0_uid": datasets.Value("string"),
             "image_1_uid": datasets.Value("string"),
+            "origin_0": datasets.Value("string"),
+            "origin_1": datasets.Value("string"),
+            "task_key": datasets.Value("string"),
             "ranking_id": datasets.Value("int64"),
             "user_id": datasets.Value("int64"),
             "tie": datasets.Value("bool"),

@@ -253,13 +253,24 @@ def test_a_database_error_while_checking_task_images_is_not_reported_as_bad_inpu
 def test_prompt_import_creates_tasks_and_reports_duplicates(project, admin_user):
     Prompt.objects.create(project=project, text="old one", text_sha256=workflow_services.text_sha256("old one"))
     report = workflow_services.prompt_set_import(
-        project=project, data=b"a cat\nold one\na dog\na cat\n", filename="p.txt", created_by=admin_user
+        project=project, data=b"a cat\nold one\na dog\na cat\n", filename="p.txt", created_by=admin_user,
+        deduplicate=True,
     )
     assert report.created == 2
     assert [(d.line, d.first_line) for d in report.duplicates] == [(2, None), (4, 1)]
     assert list(AnnotationTask.objects.filter(project=project).values_list("prompt__text", flat=True)) == [
         "a cat", "a dog"]
     assert report.prompt_set.prompt_count == 2 and report.prompt_set.duplicate_count == 2
+
+
+def test_prompt_import_keeps_repeated_prompts_by_default(project, admin_user):
+    Prompt.objects.create(project=project, text="old one", text_sha256=workflow_services.text_sha256("old one"))
+    report = workflow_services.prompt_set_import(
+        project=project, data=b"a cat\nold one\na dog\na cat\n", filename="p.txt", created_by=admin_user)
+    assert report.created == 4 and report.duplicates == []
+    assert list(AnnotationTask.objects.filter(project=project).values_list("prompt__text", flat=True)) == [
+        "a cat", "old one", "a dog", "a cat"]
+    assert Prompt.objects.filter(project=project, text="a cat").count() == 2
 
 
 def test_prompt_import_with_any_error_imports_nothing(project, admin_user):

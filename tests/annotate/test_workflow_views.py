@@ -120,7 +120,7 @@ def test_prompt_upload_page_reports_line_errors_and_duplicates(client, project, 
     response = client.post(url, {"file": bad})
     assert response.status_code == 400 and "Line 3: seed" in response.content.decode()
     good = SimpleUploadedFile("p.txt", b"<b>bold</b> cat\ndog\ndog\n")
-    response = client.post(url, {"file": good})
+    response = client.post(url, {"file": good, "deduplicate": "on"})
     assert response.status_code == 303
     html = client.get(url).content.decode()
     assert "Imported 2 prompts" in html and "Line 3" in html and "repeats line 2" in html

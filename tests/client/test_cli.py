@@ -112,3 +112,32 @@ def test_exit_codes_and_messages(run, live_server, project, other_project, admin
     template = tmp_path / "template.json"
     made = run("templates", "import", str(template), "-p", str(project.pk), user=admin_user)
     assert made.exit_code == ExitCode.USAGE and "No template file" in made.stderr
+
+
+def test_tasks_import_then_annotations_export(run, project, admin_user, ml_engineer, tmp_path, settings):
+    import io
+
+    from PIL import Image
+
+    from tests.annotate.factories_workflow import set_workflow
+
+    settings.MEDIA_ROOT = tmp_path / "media"
+    set_workflow(project, images_per_task=2)
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for n in range(2):
+        buffer = io.BytesIO()
+        Image.new("RGB", (8, 8), (90 * n, 20, 20)).save(buffer, format="PNG")
+        (folder / f"{n}.png").write_bytes(buffer.getvalue())
+    table = tmp_path / "tasks.csv"
+    table.write_text("prompt,image_0,image_1\na pair,0.png,gone.png\n")
+    bad = run("-q", "tasks", "import", str(table), "-p", str(project.pk), "--images", str(folder), user=admin_user)
+    assert bad.exit_code == ExitCode.API_ERROR
+    assert "line 2 [image_1]: missing image: no file 'gone.png'" in bad.stderr
+    table.write_text("prompt,image_0,image_1\na pair,0.png,1.png\n")
+    good = run("-q", "tasks", "import", str(table), "-p", str(project.pk), "--images", str(folder), user=admin_user)
+    assert good.exit_code == 0, good.stderr
+    assert good.stdout.startswith("Imported 1 task (2 new images)")
+    target = tmp_path / "out.jsonl"
+    exported = run("annotations", "export", "-p", str(project.pk), "-o", str(target), user=ml_engineer)
+    assert exported.exit_code == 0 and exported.stdout.strip() == str(target) and target.read_text() == ""

@@ -81,7 +81,7 @@ def test_prompts_import_from_a_list_files_and_a_dataframe(admin_api, project, tm
 
     csv_file = tmp_path / "prompts.csv"
     csv_file.write_text("prompt,negative_prompt,seed,tags\na green cross,blurry,3,small;green\na red circle,,,\n")
-    report = admin_api.prompt_sets.upload(project.pk, csv_file)
+    report = admin_api.prompt_sets.upload(project.pk, csv_file, deduplicate=True)
     assert report["created"] == 1
     assert report["duplicates"] == [{"line": 3, "text": "a red circle", "first_line": None}]  # already in the project
     jsonl_file = tmp_path / "more.jsonl"
@@ -169,13 +169,17 @@ def test_the_annotator_loop_and_review(admin_api, annotator_api, project, annota
     assert handout is not None and handout["ranking_rules"]["mode"] == "full"
     assert annotator_api.tasks.next(project.pk)["task_id"] == handout["task_id"]  # the same lease back
     ranking = [[image["id"]] for image in handout["images"]]
-    first = annotator_api.tasks.submit(project.pk, handout["task_id"], ranking,
-                                       idempotency_key=handout["idempotency_key"], rationale="biggest first")
+    result = annotator_api.tasks.submit(project.pk, handout["task_id"], ranking,
+                                        idempotency_key=handout["idempotency_key"], rationale="biggest first")
     again = annotator_api.tasks.submit(project.pk, handout["task_id"], ranking,
                                        idempotency_key=handout["idempotency_key"])
-    assert first["id"] == again["id"] and Annotation.objects.count() == 1  # a repeated submit stores nothing new
+    assert result is not None and again is not None
+    first = result["submitted"]
+    assert (result["submitted_created"], again["submitted_created"]) == (True, False)
+    assert first["id"] == again["submitted"]["id"] and Annotation.objects.count() == 1  # stores nothing new
 
     second = annotator_api.tasks.next(project.pk)
+    assert second["task_id"] == result["task_id"]  # submit handed out the next task already
     assert annotator_api.tasks.skip(project.pk, second["task_id"], "images did not load")["status"] == "skipped"
     with pytest.raises(ValidationError) as bad_ranking:
         annotator_api.tasks.submit(project.pk, handout["task_id"], [["not-an-image"]])

@@ -21,7 +21,12 @@ from generation import tasks as generation_tasks
 from generation.models import GenerationJob, ModelVersion
 from generation.services import model_version_register
 from rlhf import tasks
-from rlhf.datasets.services import export_directory, export_request_parse, preference_export_create
+from rlhf.datasets.services import (
+    export_directory,
+    export_request_parse,
+    export_root,
+    preference_export_create,
+)
 from rlhf.loop.arena import arena_setup
 from rlhf.loop.rounds import RoundConfig, loop_round_start
 from rlhf.models import (
@@ -146,8 +151,8 @@ def test_an_export_survives_its_worker(workers, ranked, ml_engineer):
         holder.close()
     assert done.pairs > 0 and len(done.content_hash) == 64
     directory = export_directory(done)
-    assert (directory / "pairs.parquet").is_file() and (directory / "README.md").is_file()
-    assert not list(directory.parent.glob(f"{done.pk}.partial*"))
+    assert (directory / "pairs.parquet").is_file() and directory.name == done.content_hash
+    assert not list((export_root() / "building").glob(f"{done.pk}-attempt-*"))  # the killed attempt's files too
 
 
 def test_an_arena_generation_survives_its_worker(workers, project, admin_user, tiny_base, tiny_base_dir):

@@ -84,7 +84,7 @@ class Command(BaseCommand):
             captions = "\n".join(prompt_captions(40, seed=1)).encode()
             report = workflow_services.prompt_set_import(
                 project=project, data=captions, filename="shapes-world.txt", created_by=admin,
-                name="Shapes world captions",
+                name="Shapes world captions", deduplicate=True,
             )
             self.stdout.write(f"Imported {report.created} demo prompts.")
 

@@ -170,9 +170,12 @@ class HTTP:
                           stream=False)
 
     @contextmanager
-    def stream(self, path: str, *, follow_redirects: bool = False) -> Iterator[httpx.Response]:
+    def stream(self, path: str, *, follow_redirects: bool = False, params: Params | None = None,
+               timeout: float | None = None) -> Iterator[httpx.Response]:
         """A GET whose body is read in chunks (downloads)."""
-        request = self.client.build_request("GET", self.url(path))
+        request = self.client.build_request(
+            "GET", self.url(path), params=_clean(params),
+            timeout=httpx.Timeout(timeout) if timeout is not None else httpx.USE_CLIENT_DEFAULT)
         response = self._send(request, idempotent=True, stream=True)
         try:
             if follow_redirects and response.is_redirect:

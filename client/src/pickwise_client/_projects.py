@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import uuid
@@ -16,6 +17,7 @@ from pickwise_client._http import dumps_jsonl
 from pickwise_client.errors import ConfigurationError, FieldError, ValidationError
 from pickwise_client.types import (
     Annotation,
+    AnnotationRecord,
     ArenaResults,
     Handout,
     Member,
@@ -25,6 +27,7 @@ from pickwise_client.types import (
     PromptSet,
     Ranking,
     SettingsChanges,
+    SubmitResult,
     Task,
     TaskImage,
 )
@@ -147,9 +150,10 @@ class PromptSets(Resource):
     def list(self, project: int) -> Iterator[PromptSet]:
         return cast(Iterator[PromptSet], self._http.paginate(project_path(project, "prompt-sets/")))
 
-    def upload(self, project: int, source: Any, *, name: str = "", format: str | None = None) -> PromptImport:
-        """Import prompts; every new one becomes a task. Prompts the project already has are skipped
-        and reported in ``duplicates``.
+    def upload(self, project: int, source: Any, *, name: str = "", format: str | None = None,
+               deduplicate: bool = False) -> PromptImport:
+        """Import prompts; every one becomes a task, repeated prompts too. With ``deduplicate``, prompts
+        repeated in the source or already in the project are skipped and reported in ``duplicates``.
 
         ``source`` is a path to a ``.csv`` (a ``prompt`` column; optional ``negative_prompt``, ``seed``,
         ``tags``, other columns kept as metadata), ``.jsonl`` or ``.txt`` file; a list of prompt strings
@@ -172,7 +176,7 @@ class PromptSets(Resource):
         try:
             return cast(PromptImport, self._http.post(
                 project_path(project, "prompt-sets/"), files={"file": (filename, content)},
-                data=only_given(format=format, name=name or None)))
+                data=only_given(format=format, name=name or None, deduplicate="true" if deduplicate else None)))
         except ValidationError as exc:
             if labels is None:
                 raise
@@ -227,18 +231,30 @@ class Tasks(Resource):
 
     def submit(self, project: int, task: int, ranking: Ranking, *, idempotency_key: str | None = None,
                answers: Mapping[str, Any] | None = None, rationale: str | None = None,
-               duration_ms: int | None = None) -> Annotation:
-        """Submit your ranking of a leased task: tie groups of image ids, best first.
+               duration_ms: int | None = None) -> SubmitResult | None:
+        """Submit your ranking of a leased task (tie groups of image ids, best first) and get your next task
+        in the same round trip: a handout with ``submitted`` (the stored annotation) beside it, or ``None``
+        when no task is left for you.
 
-        The idempotency key makes a retry safe (the server returns the stored annotation), so this
-        call is retried on 429/503; pass the handout's ``idempotency_key`` to make a resubmission
-        after a crash safe too.
+        The idempotency key makes a retry safe (the server stores nothing twice), so this call is retried
+        on 429/503; pass the handout's ``idempotency_key`` to make a resubmission after a crash safe too.
         """
+        return self._submit(project_path(project, f"tasks/{int(task)}/submit/"), ranking, idempotency_key,
+                            answers, rationale, duration_ms)
+
+    def submit_by_key(self, project: int, task_key: str, ranking: Ranking, *, idempotency_key: str | None = None,
+                      answers: Mapping[str, Any] | None = None, rationale: str | None = None,
+                      duration_ms: int | None = None) -> SubmitResult | None:
+        """:meth:`submit` naming the task by its own key (``task_key`` from its import) instead of its id."""
+        return self._submit(project_path(project, f"tasks/by-key/{quote(task_key, safe='')}/submit/"), ranking,
+                            idempotency_key, answers, rationale, duration_ms)
+
+    def _submit(self, path: str, ranking: Ranking, idempotency_key: str | None, answers: Mapping[str, Any] | None,
+                rationale: str | None, duration_ms: int | None) -> SubmitResult | None:
         body = only_given(ranking=ranking, answers=dict(answers) if answers is not None else None,
                           rationale=rationale, duration_ms=duration_ms)
         body["idempotency_key"] = idempotency_key or f"client-{uuid.uuid4()}"
-        return cast(Annotation, self._http.post(project_path(project, f"tasks/{int(task)}/submit/"), body,
-                                                idempotent=True))
+        return cast("SubmitResult | None", self._http.post(path, body, idempotent=True))
 
     def skip(self, project: int, task: int, reason: str) -> dict[str, Any]:
         """Give a leased task back, with a reason."""
@@ -275,6 +291,53 @@ class Annotations(Resource):
         """Reject an annotation in review; its task goes back to the queue."""
         return cast(Annotation, self._http.post(project_path(project, f"annotations/{int(annotation)}/reject/"),
                                                 {"note": note}))
+
+    def stream(self, project: int, *, status: str | Sequence[str] | None = None, annotator: str | None = None,
+               template_version: int | None = None, since: str | None = None,
+               timeout: float | None = 600.0) -> Iterator[AnnotationRecord]:
+        """Every annotation of the project (ML engineers and admins), read from one streamed download
+        (``annotations/export/``) as it arrives: constant memory, one request. Filters: ``status``
+        (submitted, superseded, rejected; one or several), ``annotator`` (username), ``template_version``,
+        ``since`` (ISO 8601: changed after it). Each record carries the task's key, metadata, prompt and
+        images."""
+        params = self._export_params(status, annotator, template_version, since, "jsonl")
+        with self._http.stream(project_path(project, "annotations/export/"), params=params,
+                               timeout=timeout) as response:
+            for line in response.iter_lines():
+                if line.strip():
+                    yield cast(AnnotationRecord, json.loads(line))
+
+    def export(self, project: int, path: str | os.PathLike[str], *, format: str = "jsonl",
+               status: str | Sequence[str] | None = None, annotator: str | None = None,
+               template_version: int | None = None, since: str | None = None,
+               timeout: float | None = 600.0) -> Path:
+        """Download every annotation in one request to ``path``: ``jsonl`` (one annotation a line) or ``json``
+        (tasks with their annotations, for Label Studio-style tools). The file appears once complete."""
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.part")
+        params = self._export_params(status, annotator, template_version, since, format)
+        try:
+            with self._http.stream(project_path(project, "annotations/export/"), params=params,
+                                   timeout=timeout) as response, partial.open("wb") as sink:
+                for block in response.iter_bytes():
+                    sink.write(block)
+            partial.replace(target)
+        finally:
+            partial.unlink(missing_ok=True)
+        return target
+
+    def to_pandas(self, project: int, **filters: Any) -> Any:
+        """:meth:`stream` as a pandas DataFrame (needs the ``data`` extra)."""
+        import pandas as pd  # an optional dependency: imported only when asked for
+
+        return pd.DataFrame.from_records(list(self.stream(project, **filters)))
+
+    @staticmethod
+    def _export_params(status: str | Sequence[str] | None, annotator: str | None, template_version: int | None,
+                       since: str | None, fmt: str) -> dict[str, Any]:
+        statuses = [status] if isinstance(status, str) else list(status or [])
+        return {"format": fmt, "status": ",".join(statuses) or None, "annotator": annotator,
+                "template_version": template_version, "since": since}
 
     def wait(self, project: int, *, at_least: int, status: str = "submitted", timeout: float | None = None,
              poll_interval: float = 5.0, progress: bool = True) -> int:

@@ -427,6 +427,62 @@ def tasks_list(
         as_json=as_json)
 
 
+@tasks_app.command("import")
+@handled
+def tasks_import(
+    table: Annotated[Path, typer.Argument(help="A .csv, .jsonl or .parquet table, or a Hugging Face dataset folder.")],
+    project: ProjectOption,
+    images: Annotated[Path | None, typer.Option(help="A folder of the images the table names, or a .zip of them.")]
+    = None,
+    name: Annotated[str, typer.Option(help="Name of the prompt set (default: the file name).")] = "",
+    key_column: Annotated[str, typer.Option(help="The column of each task's own key.")] = "",
+    deduplicate: Annotated[bool, typer.Option(help="Skip rows whose prompt is repeated.")] = False,
+    dry_run: Annotated[bool, typer.Option(help="Check every row and image; write nothing.")] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Create tasks with images you already have (project admins); waits with a progress bar. Every bad row is
+    listed with its line and column, and then nothing is imported (exit 1)."""
+    if not table.exists():
+        fail(f"No file or folder {str(table)!r}.", ExitCode.USAGE)
+    if images is not None and not images.exists():
+        fail(f"No folder or zip {str(images)!r}.", ExitCode.USAGE)
+    is_zip = images is not None and images.suffix.lower() == ".zip"
+    result = SETTINGS.client().imports.create(
+        project, table, images=images if images is not None and not is_zip else None,
+        images_zip=images if is_zip else None, name=name, key_column=key_column, deduplicate=deduplicate,
+        dry_run=dry_run, progress=not SETTINGS.quiet)
+    if as_json:
+        print_json(result)
+    report = result["report"]
+    for error in report.get("errors", []):
+        where = f"line {error['line']}" if error["line"] else "table"
+        typer.echo(f"{where}{' [' + error['column'] + ']' if error['column'] else ''}: {error['message']}", err=True)
+    if result["status"] != "succeeded":
+        fail(result["error"] or f"import {result['id']} {result['status']}", ExitCode.API_ERROR)
+    if not as_json:
+        typer.echo(f"Dry run: {report['rows']} rows and {report['images']} images are fine; nothing was written."
+                   if dry_run else f"Imported {report['tasks']} task{'' if report['tasks'] == 1 else 's'} "
+                                   f"({report['new_images']} new images) as prompt set {result['prompt_set']}.")
+
+
+@annotations_app.command("export")
+@handled
+def annotations_export(
+    project: ProjectOption,
+    output: Annotated[Path, typer.Option("-o", "--output", help="Where to write (.jsonl or .json).")],
+    status: Annotated[str | None, typer.Option(help="submitted, superseded, rejected (comma-separated).")] = None,
+    annotator: Annotated[str | None, typer.Option(help="Username.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO 8601: only annotations changed after it.")] = None,
+) -> None:
+    """Download every annotation of a project in one request (JSON Lines, or JSON for Label Studio-style tools
+    when OUTPUT ends in .json); prints the file."""
+    fmt = "json" if output.suffix.lower() == ".json" else "jsonl"
+    path = SETTINGS.client().annotations.export(project, output, format=fmt,
+                                                status=status.split(",") if status else None,
+                                                annotator=annotator, since=since)
+    typer.echo(str(path))
+
+
 @annotations_app.command("list")
 @handled
 def annotations_list(

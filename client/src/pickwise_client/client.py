@@ -16,6 +16,7 @@ from pickwise_client._base import Context
 from pickwise_client._exports import Exports
 from pickwise_client._generation import GenerationJobs, Images, ModelVersions
 from pickwise_client._http import HTTP
+from pickwise_client._imports import TaskImports
 from pickwise_client._projects import Annotations, Arena, Members, Projects, PromptSets, Tasks
 from pickwise_client._runs import FineTuneRuns, RewardModels, RewardRuns
 from pickwise_client._templates import Templates
@@ -68,6 +69,7 @@ class Client:
         self.prompt_sets = PromptSets(context)
         self.tasks = Tasks(context)
         self.annotations = Annotations(context)
+        self.imports = TaskImports(context)
         self.templates = Templates(context)
         self.model_versions = ModelVersions(context)
         self.generation = GenerationJobs(context)

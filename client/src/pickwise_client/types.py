@@ -161,10 +161,12 @@ class RankingRules(TypedDict):
 
 
 class Handout(TypedDict):
-    """A task leased to you by ``tasks.next``."""
+    """A task leased to you by ``tasks.next`` (or handed out by ``tasks.submit``)."""
 
     assignment_id: int
     task_id: int
+    task_key: str  # the task's own key from its import ("" when none)
+    task_metadata: dict[str, Any]  # the task's metadata columns from its import
     prompt: str
     negative_prompt: str
     is_gold: bool
@@ -431,3 +433,84 @@ class WebhookDelivery(TypedDict):
     delivered_at: str | None
     finished_at: str | None
     attempt_log: NotRequired[list[WebhookAttempt]]  # delivery() only
+
+
+class SubmittedAnnotation(TypedDict):
+    """The annotation a submit stored (as its author sees it)."""
+
+    id: int
+    task: int
+    status: str
+    ranking: Ranking
+    answers: dict[str, Any]
+    rationale: str
+    duration_ms: int | None
+    template_version: int | None
+    supersedes: int | None
+    idempotency_key: str
+    created_at: str
+
+
+class SubmitResult(Handout):
+    """What ``tasks.submit`` returns: your next task, with the annotation just stored beside it."""
+
+    submitted: SubmittedAnnotation
+    submitted_created: bool  # False when the submit was a retry that stored nothing new
+
+
+class ImportProblem(TypedDict):
+    """One bad row of an import: its line (row number for Parquet and datasets), column and what is wrong."""
+
+    line: int
+    column: str
+    message: str
+
+
+class TaskImport(TypedDict):
+    """A task import (``imports.create``): its status, progress and report (``report["errors"]``)."""
+
+    id: int
+    name: str
+    source_format: str
+    dry_run: bool
+    options: dict[str, Any]
+    status: str
+    progress: float
+    phase: str
+    rows: int
+    report: dict[str, Any]
+    error: str
+    prompt_set: int | None
+    attempts: int
+    created_by: str | None
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+
+
+class ExportedImage(TypedDict):
+    id: str
+    url: str
+    sha256: str
+    origin: str  # "generated" or "external"
+
+
+class AnnotationRecord(TypedDict):
+    """One row of ``annotations.stream``: an annotation with its task's key, metadata, prompt and images."""
+
+    id: int
+    task_id: int
+    task_key: str
+    task_metadata: dict[str, Any]
+    prompt: str
+    annotator: str
+    status: str
+    ranking: Ranking
+    answers: dict[str, Any]
+    rationale: str
+    duration_ms: int | None
+    template_version: int | None
+    supersedes: int | None
+    images: list[ExportedImage]
+    created_at: str
+    updated_at: str
