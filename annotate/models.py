@@ -3,8 +3,8 @@ from __future__ import annotations
 from django.conf import settings
 from django.db import models
 
-from core.models import TimeStampedModel
-from generation.models import GeneratedImage, GenerationJob, JobStatus
+from core.models import JobPhase, LeasedJob, TimeStampedModel, leased_job_constraints
+from generation.models import GeneratedImage, GenerationJob
 from projects.models import Project
 
 
@@ -391,14 +391,15 @@ class Annotation(TimeStampedModel):
 # --- task imports with candidate images (issue 28) ----------------------------------------------
 
 
-class TaskImport(TimeStampedModel):
+class TaskImport(LeasedJob):
     """One import of tasks with their candidate images (a table plus image files, zip, paths, keys or URLs).
 
     Runs through ``annotate.workflow.imports``: a dry run checks every row and image and writes
     nothing; a real run resolves and stores the images (content-addressed), then creates the prompt
-    set, prompts, images and tasks in one transaction, so it lands whole or not at all. Large ones run
-    on a Celery worker (``annotate.tasks.run_task_import``) under a lease with attempts and progress,
-    the same lifecycle as generation jobs, exports and runs; an admin may cancel it until it commits.
+    set, prompts, images and tasks in one transaction, so it lands whole or not at all. It is a
+    :class:`core.models.LeasedJob` run through :mod:`core.jobs` like generation jobs, exports and runs
+    (phases: reading the data, checking the images, creating the tasks); large ones run on a Celery
+    worker (``annotate.tasks.run_task_import``); an admin may cancel it until it commits.
     """
 
     class Format(models.TextChoices):
@@ -418,44 +419,33 @@ class TaskImport(TimeStampedModel):
     options = models.JSONField(default=dict, blank=True)
     # Where the inputs are: storage keys of the uploaded table, zip and files, or a path under the import root.
     inputs = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    max_attempts = models.PositiveSmallIntegerField(default=3)
-    lease_token = models.UUIDField(null=True, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    leased_by = models.CharField(max_length=200, blank=True)
-    progress = models.FloatField(default=0.0)
-    phase = models.CharField(max_length=200, blank=True)
+    # Rows checked so far of the table's total_steps rows (the "checking the images" phase counts them).
+    step = models.PositiveIntegerField(default=0)
+    total_steps = models.PositiveIntegerField(default=0)
     rows = models.PositiveIntegerField(default=0)
     # {"errors": [{"line", "column", "message"}], "duplicates": [...], "tasks", "images", "new_images", ...}
     report = models.JSONField(default=dict, blank=True)
-    error = models.TextField(blank=True)
     prompt_set = models.ForeignKey(PromptSet, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
         indexes = [models.Index(fields=["status", "lease_expires_at"], name="taskimport_lease_idx")]
         constraints = [
-            models.CheckConstraint(condition=models.Q(status__in=JobStatus.values), name="taskimport_status_valid"),
+            *leased_job_constraints("taskimport"),
             models.CheckConstraint(condition=models.Q(source_format__in=["csv", "jsonl", "parquet", "hf"]),
                                    name="taskimport_format_valid"),
-            models.CheckConstraint(condition=models.Q(progress__gte=0, progress__lte=1),
-                                   name="taskimport_progress_range"),
-            models.CheckConstraint(
-                condition=~models.Q(status=JobStatus.RUNNING)
-                | models.Q(lease_expires_at__isnull=False, lease_token__isnull=False),
-                name="taskimport_running_has_lease",
-            ),
         ]
 
     def __str__(self) -> str:
         return f"Import {self.pk} ({self.status}) into project {self.project_id}"
 
     @property
-    def is_finished(self) -> bool:
-        return self.status in (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+    def phase_text(self) -> str:
+        """The phase in words, with the rows checked so far while it checks them."""
+        label = JobPhase(self.phase).label if self.phase in JobPhase.values else self.phase
+        if self.phase == JobPhase.CHECKING_IMAGES and self.total_steps:
+            return f"{label}: {self.step:,} of {self.total_steps:,} rows"
+        return str(label)
 
     @property
     def staging_prefix(self) -> str:

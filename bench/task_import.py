@@ -77,6 +77,7 @@ def main() -> int:
             raise SystemExit("run it through tests/services.sh (PostgreSQL)")
         from annotate.models import AnnotationTask, TaskImage, TaskImport
         from annotate.workflow.imports import services
+        from core.models import JobPhase
         from generation.models import GeneratedImage
         from projects.models import Project, ProjectMembership
         from projects.roles import Role
@@ -105,7 +106,7 @@ def main() -> int:
         phases: dict[str, float] = {}
 
         def progress(current: TaskImport) -> None:
-            if current.phase.startswith("Creating") and "commit" not in phases:
+            if current.phase == JobPhase.CREATING_TASKS and "commit" not in phases:
                 phases["commit"] = time.perf_counter()
 
         started = time.perf_counter()

@@ -239,9 +239,10 @@ CELERY_FILESYSTEM_POLL_MS = env_int(
     minimum=10,
 )
 REAPER_INTERVAL_SECONDS = env_int("REAPER_INTERVAL_SECONDS", 60, "How often beat runs the lease reapers", minimum=5)
-# --- background jobs (core/jobs.py): runs, exports, arena generations, loop rounds ------------
+# --- background jobs (core/jobs.py): runs, exports, arena generations, loop rounds, imports ---
 JOB_LEASE_SECONDS = env_int(
-    "JOB_LEASE_SECONDS", 120, "Lease (s) of a running run, export, arena generation or round; reaped when expired",
+    "JOB_LEASE_SECONDS", 120,
+    "Lease (s) of a running run, export, arena generation, round or import; reaped when expired",
     minimum=2,
 )
 JOB_HEARTBEAT_SECONDS = env_int(
@@ -250,7 +251,8 @@ JOB_HEARTBEAT_SECONDS = env_int(
 if JOB_HEARTBEAT_SECONDS >= JOB_LEASE_SECONDS:
     raise ImproperlyConfigured("JOB_HEARTBEAT_SECONDS: heartbeats must come more often than JOB_LEASE_SECONDS")
 JOB_MAX_ATTEMPTS = env_int(
-    "JOB_MAX_ATTEMPTS", 3, "Times a run, export, arena generation or round is started before an expired lease fails it",
+    "JOB_MAX_ATTEMPTS", 3,
+    "Times a run, export, arena generation, round or import is started before an expired lease fails it",
     minimum=1,
 )
 
@@ -294,12 +296,6 @@ IMPORT_URL_TIMEOUT_SECONDS = env_int(
 IMPORT_MAX_FILES = env_int(
     "IMPORT_MAX_FILES", 10_000, "Most files one upload may carry (a folder of images)", minimum=100
 )
-IMPORT_LEASE_SECONDS = env_int(
-    "IMPORT_LEASE_SECONDS", 300, "Lease (s) of a running import; renewed by progress, reaped when expired",
-    minimum=10,
-)
-IMPORT_MAX_ATTEMPTS = env_int("IMPORT_MAX_ATTEMPTS", 3, "Times an import is started before an expired lease "
-                              "fails it", minimum=1)
 DATA_UPLOAD_MAX_NUMBER_FILES = IMPORT_MAX_FILES
 
 # --- generation (generation/) -------------------------------------------------------------

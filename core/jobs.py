@@ -1,7 +1,7 @@
 """The one lifecycle of every background job: claim, heartbeat, finish, fail, cancel, retry, reap.
 
 Every kind of job (generation jobs, reward-model and fine-tune runs, exports, arena generations, loop
-rounds) is a :class:`core.models.LeasedJob` and goes through these functions:
+rounds, task imports) is a :class:`core.models.LeasedJob` and goes through these functions:
 
 - :func:`job_claim` (or :func:`jobs_claim_rows` for rows a caller has locked, as the generation worker
   does to coalesce jobs) turns a queued job into a running one under a fresh ``lease_token``: a

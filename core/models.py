@@ -1,7 +1,7 @@
 """The shared kernel's abstract models: timestamps, and the one lifecycle every background job shares.
 
 ``LeasedJob`` is what generation jobs, reward-model and fine-tune runs, preference exports, arena
-generations and loop rounds have in common: a status (``JobStatus``), the phase a running job is in
+generations, loop rounds and task imports have in common: a status (``JobStatus``), the phase a running job is in
 (``JobPhase``, shown to people with an ETA), and a lease: whoever claimed the job holds its
 ``lease_token`` until ``lease_expires_at``, renews it with heartbeats, and every write it makes
 afterwards names that token, so a worker whose job was taken from it (reaped, retried, cancelled)
@@ -41,6 +41,7 @@ class JobPhase(models.TextChoices):
     STARTING = "starting", "Starting"
     LOADING_MODEL = "loading_model", "Loading the model"
     READING_DATA = "reading_data", "Reading the data"
+    CHECKING_IMAGES = "checking_images", "Checking the images"
     RENDERING_BASE = "rendering_base", "Rendering base images"
     RENDERING = "rendering", "Rendering images"
     TRAINING = "training", "Training"
@@ -50,6 +51,7 @@ class JobPhase(models.TextChoices):
     EXPORTING = "exporting", "Writing the export"
     EVALUATING = "evaluating", "Evaluating"
     REGISTERING = "registering", "Registering the result"
+    CREATING_TASKS = "creating_tasks", "Creating the tasks"
     DONE = "done", "Done"
 
 

@@ -308,6 +308,11 @@ def test_management_command_imports_a_folder_with_a_progress_bar(pairs, admin_us
     captured = capsys.readouterr()
     assert "Imported 2 tasks (4 new images)" in captured.out and "100%" in captured.err
     assert AnnotationTask.objects.filter(project=pairs).count() == 2
+    done = TaskImport.objects.get(project=pairs, dry_run=False)
+    assert [entry["phase"] for entry in done.progress_history] == [
+        "reading_data", "checking_images", "creating_tasks", "done"]
+    assert (done.status, done.attempts, done.step, done.total_steps, done.lease_expires_at) == (
+        "succeeded", 1, 2, 2, None)
 
 
 # --- the API --------------------------------------------------------------------------------------
@@ -389,25 +394,34 @@ def test_s3_keys_in_the_configured_bucket(pairs, admin_user, s3_bucket):
 
 
 @pytest.mark.django_db(transaction=True)
-def test_an_import_killed_midway_leaves_nothing(pairs, admin_user, media, image_server, settings, tmp_path):
-    """``manage.py import_tasks`` in its own process, killed (SIGKILL) after it stored its first images:
-    no task, prompt or image row exists, and once the reaper gives up on it no file it stored is left."""
+@pytest.mark.parametrize("max_attempts", [1, 2], ids=["given-up", "retried"])
+def test_an_import_killed_midway_is_reaped(pairs, admin_user, media, image_server, settings, tmp_path, monkeypatch,
+                                          max_attempts):
+    """``manage.py import_tasks`` in its own process, killed (SIGKILL) after it stored its first images: no
+    task, prompt or image row exists; once its lease lapses the reaper (``annotate.task_imports``, as beat
+    runs it) takes it exactly once. With attempts left it is re-queued, keeping its staged files, and the
+    retried attempt imports every row; with none left it is failed and no file it stored is left."""
     import os
     import signal
     import subprocess
     import sys
 
+    from django.db import connection
+    from django.utils import timezone
+
+    from annotate import tasks as annotate_tasks
+    from core.tasks import run_reapers
     from tests.conftest import ROOT, _worker_env
+    from tests.workers import wait_for
 
     _Images.routes = {f"/{i}.png": ("image/png", picture(100 + i)) for i in range(120)}
     _Images.delay = 0.05
     rows = [f"slow {i},{image_server}/{2 * i}.png,{image_server}/{2 * i + 1}.png" for i in range(60)]
     table = tmp_path / "slow.csv"
     table.write_text("prompt,image_0,image_1\n" + "\n".join(rows) + "\n")
-    from django.db import connection
-
     env = {**_worker_env(connection.settings_dict["NAME"]), "MEDIA_ROOT": str(settings.MEDIA_ROOT),
-           "OUTBOUND_ALLOW_PRIVATE_ADDRESSES": "true", "IMPORT_MAX_ATTEMPTS": "1"}
+           "OUTBOUND_ALLOW_PRIVATE_ADDRESSES": "true", "JOB_MAX_ATTEMPTS": str(max_attempts),
+           "JOB_LEASE_SECONDS": "3", "JOB_HEARTBEAT_SECONDS": "1"}
     proc = subprocess.Popen([sys.executable, "manage.py", "import_tasks", str(table), "--project", str(pairs.pk),
                              "--user", admin_user.username], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -428,13 +442,32 @@ def test_an_import_killed_midway_leaves_nothing(pairs, admin_user, media, image_
     assert not AnnotationTask.objects.filter(project=pairs).exists() and not Prompt.objects.exists()
     assert not GeneratedImage.objects.exists()  # ...but no row: the commit never ran
     task_import = TaskImport.objects.get(project=pairs)
-    assert task_import.status == "running"
-    from django.utils import timezone
+    assert task_import.status == "running" and task_import.attempts == 1
+    assert task_import.phase == "checking_images" and task_import.total_steps == 60
 
-    assert import_services.task_imports_reap(now=timezone.now() + timezone.timedelta(hours=1)) == 1
+    queued: list[tuple[int, ...]] = []  # what the reaper sends to the workers' queue
+    monkeypatch.setattr(annotate_tasks.run_task_import, "delay_on_commit", lambda *args: queued.append(args))
+    wait_for(lambda: TaskImport.objects.get(pk=task_import.pk).lease_expires_at < timezone.now(), 30,
+             "the dead command's lease")
+    assert run_reapers()["annotate.task_imports"] == 1
+    assert run_reapers()["annotate.task_imports"] == 0  # taken once
     task_import.refresh_from_db()
-    assert task_import.status == "failed" and "Nothing was imported" in task_import.error
-    assert external_files(media) == [] and not TaskImportImage.objects.exists()
+    if max_attempts == 1:
+        assert task_import.status == "failed" and task_import.lease_token is None and queued == []
+        assert "stopped 1 time while importing" in task_import.error and "Nothing was imported" in task_import.error
+        assert external_files(media) == [] and not TaskImportImage.objects.exists()
+        return
+    assert task_import.status == "queued" and task_import.lease_token is None and task_import.attempts == 1
+    assert queued == [(task_import.pk,)]
+    assert set(stored) <= set(external_files(media))  # kept for the retry, which reuses them
+    settings.OUTBOUND_ALLOW_PRIVATE_ADDRESSES = True  # as the command's environment had it
+    annotate_tasks.run_task_import(*queued[0])  # the retried attempt, as a worker runs it
+    task_import.refresh_from_db()
+    assert task_import.status == "succeeded", (task_import.error, task_import.report.get("errors"))
+    assert task_import.attempts == 2 and task_import.phase == "done" and task_import.report["tasks"] == 60
+    assert {entry["attempt"] for entry in task_import.progress_history} == {1, 2}
+    assert AnnotationTask.objects.filter(project=pairs).count() == 60 and GeneratedImage.objects.count() == 120
+    assert len(external_files(media)) == 120 and not TaskImportImage.objects.exists()
 
 
 # --- the pages ------------------------------------------------------------------------------------

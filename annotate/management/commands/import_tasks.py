@@ -63,7 +63,7 @@ class Command(BaseCommand):
                 zip_file.close()
         with tqdm(total=100, unit="%", desc=f"import {task_import.pk}") as bar:
             def progress(current: TaskImport) -> None:
-                bar.set_postfix_str(current.phase, refresh=False)
+                bar.set_postfix_str(current.phase_text, refresh=False)
                 bar.update(max(0, round(current.progress * 100) - bar.n))
 
             result = import_services.task_import_start(task_import=task_import, inline=True, progress=progress)

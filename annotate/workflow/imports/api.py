@@ -23,18 +23,22 @@ from annotate.models import TaskImport
 from annotate.workflow.access import workflow_api
 from annotate.workflow.imports import services as import_services
 from annotate.workflow.imports.table import FORMATS
+from core.api import JobProgressFields
 from projects.models import Project
 
 
-class TaskImportSerializer(serializers.ModelSerializer):
+class TaskImportSerializer(JobProgressFields, serializers.ModelSerializer):
     created_by = serializers.CharField(source="created_by.username", allow_null=True, read_only=True)
 
     class Meta:
         model = TaskImport
-        fields = ["id", "name", "source_format", "dry_run", "options", "status", "progress", "phase", "rows",
-                  "report", "error", "prompt_set", "attempts", "created_by", "created_at", "started_at",
-                  "finished_at"]
+        fields = ["id", "name", "source_format", "dry_run", "options", "status", "progress", "phase", "phase_label",
+                  "step", "total_steps", "eta_seconds", "rows", "report", "error", "prompt_set", "attempts",
+                  "created_by", "created_at", "started_at", "finished_at"]
         read_only_fields = fields
+
+    def get_phase_label(self, job: TaskImport) -> str:
+        return job.phase_text
 
 
 class TaskImportRequestSerializer(serializers.Serializer):

@@ -12,25 +12,23 @@ A run has two phases:
    rows, tasks and their images. The import lands whole or not at all.
 
 A failed or cancelled import deletes the files it wrote that no image row and no other unfinished
-import uses (the staging table says which), and its uploads. The lifecycle is the house's leased job:
-status, attempts, a lease renewed by progress writes, and a reaper that re-queues an expired lease up
-to ``IMPORT_MAX_ATTEMPTS`` and then fails the import; a retry reuses the files already stored.
+import uses (the staging table says which), and its uploads; only the attempt that ends the import
+does, never one whose lease was taken back. The lifecycle is the house's one leased job
+(:mod:`core.jobs`): claimed under a lease token, phases ``reading_data``, ``checking_images`` (rows
+counted in ``step``/``total_steps``) and ``creating_tasks``, a heartbeat on a timer, finish and fail
+under the token, and a reaper (``annotate.task_imports``) that re-queues an expired lease up to
+``JOB_MAX_ATTEMPTS`` claims and then fails the import; a retry reuses the files already stored.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import random
-import socket
 import tempfile
-import time
-import uuid
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
-from datetime import timedelta
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -40,7 +38,6 @@ from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
 from django.db.models import Max
-from django.utils import timezone
 
 from annotate.models import (
     AnnotationTask,
@@ -57,9 +54,11 @@ from annotate.workflow.imports.images import CheckedImage, ImageProblem, Limits,
 from annotate.workflow.scoring import reward_scores
 from annotate.workflow.selectors import components_of
 from annotate.workflow.services import text_sha256
+from core import jobs
 from core.exceptions import ApplicationError
+from core.models import JobPhase, JobStatus
 from core.tasks import enqueue_on_commit, register_reaper
-from generation.models import ExternalSource, GeneratedImage, ImageOrigin, JobStatus
+from generation.models import ExternalSource, GeneratedImage, ImageOrigin
 from projects.models import Project
 
 logger = logging.getLogger(__name__)
@@ -85,7 +84,7 @@ class ImportOptions:
 
 
 class ImportCancelled(Exception):
-    pass
+    """The import is no longer this attempt's (cancelled, or its lease was taken back): stop."""
 
 
 class ImportRejected(Exception):
@@ -152,7 +151,7 @@ def task_import_create(
     task_import = TaskImport.objects.create(
         project=project, created_by=user, name=(name or inputs["table_name"] or "import").strip()[:200] or "import",
         source_format=fmt, dry_run=dry_run, options=options.as_json(), inputs=inputs,
-        max_attempts=settings.IMPORT_MAX_ATTEMPTS,
+        max_attempts=settings.JOB_MAX_ATTEMPTS,
     )
     prefix = task_import.staging_prefix
     if table is not None:
@@ -270,43 +269,27 @@ def _unzip(archive: Path, target: Path) -> Path:
     return entries[0] if len(entries) == 1 and entries[0].is_dir() else target
 
 
-def _claim(import_id: int, worker: str) -> tuple[TaskImport, uuid.UUID] | None:
-    with transaction.atomic():
-        task_import = TaskImport.objects.select_for_update().select_related("project").get(pk=import_id)
-        if task_import.is_finished or (task_import.status == JobStatus.RUNNING and task_import.lease_expires_at
-                                       and task_import.lease_expires_at > timezone.now()):
-            return None
-        token = uuid.uuid4()
-        now = timezone.now()
-        task_import.status, task_import.lease_token, task_import.leased_by = JobStatus.RUNNING, token, worker
-        task_import.lease_expires_at = now + timedelta(seconds=settings.IMPORT_LEASE_SECONDS)
-        task_import.attempts += 1
-        task_import.started_at = task_import.started_at or now
-        task_import.save(update_fields=["status", "lease_token", "leased_by", "lease_expires_at", "attempts",
-                                        "started_at", "updated_at"])
-        return task_import, token
+class _Progress:
+    """An attempt's progress: kept in memory for the caller's callback (the command's progress bar) and
+    carried to the row by the job's heartbeat; a new phase is written at once. Raises
+    :class:`ImportCancelled` once the import is no longer this attempt's (cancelled, reaped, retried)."""
 
-
-class _Heartbeat:
-    """Progress writes (at most twice a second) that renew the lease; a cancelled import stops the run."""
-
-    def __init__(self, task_import: TaskImport, token: uuid.UUID,
+    def __init__(self, task_import: TaskImport, heartbeat: jobs.JobHeartbeat,
                  callback: Callable[[TaskImport], None] | None) -> None:
-        self.task_import, self.token, self.callback, self.last = task_import, token, callback, 0.0
+        self.task_import, self.heartbeat, self.callback = task_import, heartbeat, callback
 
-    def __call__(self, progress: float, phase: str, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last < 0.5:
-            return
-        self.last = now
+    def __call__(self, progress: float, phase: str, **fields: Any) -> None:
         progress = max(0.0, min(1.0, progress))
-        updated = TaskImport.objects.filter(pk=self.task_import.pk, status=JobStatus.RUNNING,
-                                            lease_token=self.token).update(
-            progress=progress, phase=phase[:200], updated_at=timezone.now(),
-            lease_expires_at=timezone.now() + timedelta(seconds=settings.IMPORT_LEASE_SECONDS))
-        if not updated:
+        if phase != self.task_import.phase:
+            ours = self.heartbeat.phase(phase, progress=progress, **fields)
+        else:
+            self.heartbeat.set(progress=progress, **fields)
+            ours = not self.heartbeat.should_stop()
+        if not ours:
             raise ImportCancelled
         self.task_import.progress, self.task_import.phase = progress, phase
+        for name, value in fields.items():
+            setattr(self.task_import, name, value)
         if self.callback is not None:
             self.callback(self.task_import)
 
@@ -333,49 +316,60 @@ def _expected_count(project: Project) -> tuple[int, str]:
 
 def task_import_run(*, import_id: int, worker: str | None = None,
                     progress: Callable[[TaskImport], None] | None = None) -> TaskImport:
-    """Run an import to its end (see the module docstring). A no-op for a finished or live-leased one."""
-    claimed = _claim(import_id, worker or f"{socket.gethostname()}:{os.getpid()}")
+    """Run an import to its end (see the module docstring). A no-op for one that is not queued (finished,
+    or running under another worker's lease)."""
+    claimed = jobs.job_claim(TaskImport, import_id, phase=JobPhase.READING_DATA, worker=worker)
     if claimed is None:
         return TaskImport.objects.get(pk=import_id)
-    task_import, token = claimed
-    beat = _Heartbeat(task_import, token, progress)
-    try:
-        rows, report = _check_and_stage(task_import, beat)
-        if report["errors"]:
-            raise ImportRejected
-        if task_import.dry_run:
-            _finish(task_import, token, JobStatus.SUCCEEDED, report=report)
-        else:
-            beat(0.92, "Creating the tasks", force=True)
-            _commit(task_import, token, rows, report)
-    except ImportCancelled:
-        # Cancelled: delete what it stored. Otherwise its lease was lost (the reaper gave it to another
-        # attempt, which reuses the staged files and the uploads): stop and touch nothing.
-        if TaskImport.objects.filter(pk=import_id, status=JobStatus.CANCELLED).exists():
-            _cleanup(task_import)
-    except ImportRejected:
-        errors = report["errors"]
-        first = errors[0]
-        where = f"line {first['line']}" + (f", {first['column']}" if first["column"] else "") if first["line"] else ""
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        if _finish(task_import, token, JobStatus.FAILED, report=report,
-                   error=f"{where + ': ' if where else ''}{first['message']}{more}. Nothing was imported."):
-            _cleanup(task_import)
-    except tables.TableError as exc:
-        report = {"errors": [{"line": 0, "column": exc.column, "message": exc.message}], "rows": 0}
-        if _finish(task_import, token, JobStatus.FAILED, report=report,
-                   error=f"{exc.message}. Nothing was imported."):
-            _cleanup(task_import)
-    except Exception as exc:
-        logger.exception("task import %s failed", import_id)
-        if _finish(task_import, token, JobStatus.FAILED,
-                   error=f"{type(exc).__name__}: {exc}. Nothing was imported."):
-            _cleanup(task_import)
-        raise
+    task_import, lease = claimed
+    task_import = TaskImport.objects.select_related("project").get(pk=task_import.pk)
+    report: dict[str, Any] = {}
+    committed = False
+    with jobs.JobHeartbeat(lease) as heartbeat:
+        beat = _Progress(task_import, heartbeat, progress)
+        try:
+            rows, report = _check_and_stage(task_import, beat)
+            if report["errors"]:
+                raise ImportRejected
+            if task_import.dry_run:  # stored nothing; its uploads stay for the import that may follow
+                jobs.job_finish(lease, report=report, rows=report.get("rows", 0))
+            else:
+                beat(0.92, JobPhase.CREATING_TASKS)
+                _commit(task_import, lease, rows, report)
+                committed = True
+        except ImportCancelled:
+            # Cancelled: delete what it stored. Otherwise its lease was taken back (the reaper gave the
+            # import to another attempt, which reuses the staged files and the uploads): touch nothing.
+            if TaskImport.objects.filter(pk=import_id, status=JobStatus.CANCELLED).exists():
+                _cleanup(task_import)
+        except ImportRejected:
+            errors = report["errors"]
+            first = errors[0]
+            where = (f"line {first['line']}" + (f", {first['column']}" if first["column"] else "")
+                     if first["line"] else "")
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            _fail(task_import, lease, f"{where + ': ' if where else ''}{first['message']}{more}", report=report)
+        except tables.TableError as exc:
+            _fail(task_import, lease, exc.message,
+                  report={"errors": [{"line": 0, "column": exc.column, "message": exc.message}], "rows": 0})
+        except Exception as exc:
+            logger.exception("task import %s failed", import_id)
+            _fail(task_import, lease, f"{type(exc).__name__}: {exc}")
+            raise
+    if committed:
+        _delete_uploads(task_import)
     return TaskImport.objects.get(pk=import_id)
 
 
-def _check_and_stage(task_import: TaskImport, beat: _Heartbeat) -> tuple[list[StagedRow], dict[str, Any]]:
+def _fail(task_import: TaskImport, lease: jobs.Lease, message: str, *, report: dict[str, Any] | None = None) -> None:
+    """Fail the import under this attempt's lease and delete what it stored; nothing when the lease was lost
+    (the attempt now holding the import owns its files)."""
+    fields: dict[str, Any] = {} if report is None else {"report": report, "rows": report.get("rows", 0)}
+    if jobs.job_fail(lease, f"{message}. Nothing was imported.", **fields):
+        _cleanup(task_import)
+
+
+def _check_and_stage(task_import: TaskImport, beat: _Progress) -> tuple[list[StagedRow], dict[str, Any]]:
     project = task_import.project
     expected, why = _expected_count(project)
     errors: list[tables.RowError] = []
@@ -386,10 +380,12 @@ def _check_and_stage(task_import: TaskImport, beat: _Heartbeat) -> tuple[list[St
                                width=s.width, height=s.height, size_bytes=s.size_bytes, source=s.source, name=s.name)
         for s in TaskImportImage.objects.filter(task_import=task_import)
     }  # a retried import reuses what its earlier attempt stored
-    beat(0.0, "Reading the table", force=True)
+    beat(0.0, JobPhase.READING_DATA)
     with _opened_inputs(task_import) as (reader, sources), ThreadPoolExecutor(URL_THREADS) as pool:
-        total = max(reader.count(), 1)
+        count = reader.count()
+        total = max(count, 1)
         done = 0
+        beat(0.0, JobPhase.CHECKING_IMAGES, step=0, total_steps=count)
         for chunk in _chunks(reader.rows(), CHUNK_ROWS):
             refs = [ref for row in chunk for ref in row.images]
             results = list(pool.map(_reader_of(sources), refs)) if any(r.kind == "url" for r in refs) \
@@ -431,7 +427,7 @@ def _check_and_stage(task_import: TaskImport, beat: _Heartbeat) -> tuple[list[St
             for sha, (checked, _) in fresh.items():
                 staged[sha] = checked
             done += len(chunk)
-            beat(0.9 * done / total, f"Checking images: {done:,} of {total:,} rows")
+            beat(0.9 * done / total, JobPhase.CHECKING_IMAGES, step=done)
         errors.extend(reader.errors)
     if keys:
         taken = dict(AnnotationTask.objects.filter(project=project, external_key__in=list(keys)).values_list(
@@ -506,12 +502,12 @@ def _stage(task_import: TaskImport, images: list[tuple[CheckedImage, bytes]]) ->
         TaskImportImage.objects.bulk_create(rows, ignore_conflicts=True)
 
 
-def _commit(task_import: TaskImport, token: uuid.UUID, rows: list[StagedRow], report: dict[str, Any]) -> None:
+def _commit(task_import: TaskImport, lease: jobs.Lease, rows: list[StagedRow], report: dict[str, Any]) -> None:
+    """Create everything, and end the import, in one transaction that only the lease holder can take."""
     project = task_import.project
     options = ImportOptions.from_json(task_import.options)
     with transaction.atomic():
-        locked = TaskImport.objects.select_for_update().get(pk=task_import.pk)
-        if locked.status != JobStatus.RUNNING or locked.lease_token != token:
+        if jobs.job_lock_owned(lease) is None:  # cancelled or taken back: nothing of it may land
             raise ImportCancelled
         Project.objects.select_for_update().filter(pk=project.pk).first()  # one import (or prompt set) at a time
         keys = [row.key for row in rows if row.key]
@@ -577,25 +573,7 @@ def _commit(task_import: TaskImport, token: uuid.UUID, rows: list[StagedRow], re
         TaskImportImage.objects.filter(task_import=task_import).delete()
         report.update(tasks=len(tasks), new_images=len(new_images), duplicates=duplicates[:1000],
                       duplicate_count=len(duplicates))
-        TaskImport.objects.filter(pk=task_import.pk).update(
-            status=JobStatus.SUCCEEDED, progress=1.0, phase="Done", report=report, prompt_set=prompt_set,
-            rows=len(rows), finished_at=timezone.now(), lease_token=None, lease_expires_at=None,
-            updated_at=timezone.now())
-    _delete_uploads(task_import)
-
-
-def _finish(task_import: TaskImport, token: uuid.UUID, status: str, *, report: dict[str, Any] | None = None,
-            error: str = "") -> bool:
-    """End the import under ``token``; False when its lease was lost meanwhile (nothing changed)."""
-    fields: dict[str, Any] = {"status": status, "finished_at": timezone.now(), "lease_token": None,
-                              "lease_expires_at": None, "error": error[:5000], "updated_at": timezone.now(),
-                              "phase": "Done" if status == JobStatus.SUCCEEDED else "Nothing was imported"}
-    if status == JobStatus.SUCCEEDED:
-        fields["progress"] = 1.0
-    if report is not None:
-        fields["report"], fields["rows"] = report, report.get("rows", 0)
-    return bool(TaskImport.objects.filter(pk=task_import.pk, status=JobStatus.RUNNING, lease_token=token)
-                .update(**fields))
+        jobs.job_finish(lease, report=report, prompt_set=prompt_set, rows=len(rows))
 
 
 # --- cleaning up, cancelling, reaping -----------------------------------------------------------
@@ -635,49 +613,33 @@ def _delete_uploads(task_import: TaskImport) -> None:
 
 @transaction.atomic
 def task_import_cancel(*, task_import: TaskImport) -> TaskImport:
-    """Cancel an import that has not finished: a queued one at once, a running one at its next progress
-    write (its worker then deletes what it stored). One that already committed cannot be cancelled."""
+    """Cancel an import that has not finished: a queued one at once, a running one at its worker's next
+    progress step (the worker then deletes what it stored). One that already committed cannot be cancelled."""
     locked = TaskImport.objects.select_for_update().get(pk=task_import.pk)
     if locked.is_finished:
         raise ApplicationError(f"Import {locked.pk} has already {locked.status}.", field="status")
     was_queued = locked.status == JobStatus.QUEUED
-    locked.status, locked.finished_at, locked.lease_token, locked.lease_expires_at = (
-        JobStatus.CANCELLED, timezone.now(), None, None)
-    locked.phase = "Cancelled; nothing was imported"
-    locked.save(update_fields=["status", "finished_at", "lease_token", "lease_expires_at", "phase", "updated_at"])
+    cancelled = jobs.job_cancel(TaskImport, locked.pk)
     if was_queued:
-        transaction.on_commit(lambda: _cleanup(locked))
-    return locked
+        transaction.on_commit(lambda: _cleanup(cancelled))
+    return cancelled
 
 
 @register_reaper("annotate.task_imports")
-def task_imports_reap(*, now: Any = None) -> int:
-    """Re-queue imports whose worker died (lease expired) until their attempts run out, then fail them;
-    clean up after finished imports that still hold staged files. Returns how many were handled."""
-    now = now or timezone.now()
-    handled = 0
-    expired = list(TaskImport.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lte=now).order_by("pk")
-                   .values_list("pk", flat=True)[:100])
-    for import_id in expired:
-        with transaction.atomic():
-            task_import = TaskImport.objects.select_for_update().filter(
-                pk=import_id, status=JobStatus.RUNNING, lease_expires_at__lte=now).first()
-            if task_import is None:
-                continue
-            retry = task_import.attempts < task_import.max_attempts
-            task_import.lease_token, task_import.lease_expires_at = None, None
-            if retry:
-                task_import.status, task_import.phase = JobStatus.QUEUED, "Waiting to be retried"
-                enqueue_on_commit(RUN_TASK_IMPORT, task_import.pk)
-            else:
-                task_import.status, task_import.finished_at = JobStatus.FAILED, now
-                task_import.error = (f"The worker stopped during attempt {task_import.attempts} of "
-                                     f"{task_import.max_attempts}. Nothing was imported.")
-                task_import.phase = "Nothing was imported"
-            task_import.save()
-        if not retry:
-            _cleanup(task_import)
-        handled += 1
+def task_imports_reap() -> int:
+    """Re-queue imports whose worker died (lease expired) until their attempts run out, then fail them and
+    delete what they stored; clean up after ended imports that still hold staged files (a worker that died
+    while cleaning up). Returns how many were handled."""
+    gave_up: list[TaskImport] = []
+
+    def give_up(task_import: TaskImport) -> None:  # inside the reaper's transaction, the row locked
+        task_import.error = f"{task_import.error} Nothing was imported."
+        TaskImport.objects.filter(pk=task_import.pk).update(error=task_import.error)
+        gave_up.append(task_import)
+
+    handled = jobs.jobs_reap(TaskImport, task_name=RUN_TASK_IMPORT, what="importing", on_fail=give_up)
+    for task_import in gave_up:
+        _cleanup(task_import)
     leftovers = TaskImport.objects.filter(status__in=[JobStatus.FAILED, JobStatus.CANCELLED],
                                           staged_images__isnull=False).distinct()[:100]
     for task_import in leftovers:

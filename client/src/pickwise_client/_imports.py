@@ -88,7 +88,7 @@ class TaskImports(Resource):
         :class:`~pickwise_client.JobFailedError` (a failed one is returned: read its ``report``)."""
         done = _wait.poll(
             lambda: self.get(project, task_import), finished=lambda i: i["status"] in FINISHED,
-            position=lambda i: (round(100 * i["progress"], 1), 100, i["phase"]),
+            position=lambda i: (round(100 * i["progress"], 1), 100, i.get("phase_label") or i["phase"]),
             description=f"import {task_import}", progress=progress, timeout=timeout, poll_interval=poll_interval,
             sleep=self._context.sleep)
         if raise_on_cancel and done["status"] == "cancelled":

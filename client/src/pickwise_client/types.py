@@ -476,7 +476,11 @@ class TaskImport(TypedDict):
     options: dict[str, Any]
     status: str
     progress: float
-    phase: str
+    phase: str  # core JobPhase code: queued, reading_data, checking_images, creating_tasks, done
+    phase_label: str  # the phase in words, with the rows checked so far ("Checking the images: 40 of 60 rows")
+    step: int  # rows checked so far
+    total_steps: int  # rows in the table
+    eta_seconds: float | None
     rows: int
     report: dict[str, Any]
     error: str
