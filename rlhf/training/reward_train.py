@@ -3,7 +3,7 @@
 Entry points: :func:`train_reward_model` (config + data path + output dir in, :class:`RewardTrainResult`
 out) and :func:`evaluate_reward_model`. Output layout::
 
-    <output_dir>/backbone-tiny/               only for backbone="tiny": the initial tiny CLIP
+    <output_dir>/backbone-<name>/             for a named backbone (BACKBONES: "tiny", "shapes_vae", ...)
     <output_dir>/checkpoints/checkpoint-<N>/  model + pickwise.json + training_state/ (resumable)
     <output_dir>/final/                       the trained model + pickwise.json with eval metrics
 """
@@ -17,7 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 import numpy as np
 import torch
@@ -47,10 +47,9 @@ from rlhf.training.data import (
 )
 from rlhf.training.losses import bradley_terry_loss, choose_one_loss, plackett_luce_loss
 from rlhf.training.reward_model import (
-    TINY_IMAGE_SIZE,
+    BACKBONES,
     RewardModel,
-    build_tiny_clip,
-    check_clip_backbone,
+    check_backbone_dir,
     load_reward_model,
     save_reward_model,
 )
@@ -67,7 +66,8 @@ PAD_SCORE = -1e4  # score of padding slots in listwise batches (kept finite for 
 
 @dataclass(frozen=True)
 class RewardModelConfig:
-    backbone: str = "tiny"  # local CLIP directory, a hub id already in the local HF cache, or "tiny"
+    backbone: str = "tiny"  # a name in BACKBONES ("tiny", "shapes_vae", "shapes_conv"), a local reward-model or
+    # CLIP directory (a backbone, checkpoint or final model), or a CLIP hub id already in the local HF cache
     loss: RewardLoss = "bradley_terry"  # pairwise BT (PickScore), listwise Plackett-Luce, or HPSv2 choose-one
     lr: float = 3e-6  # AdamW learning rate (PickScore: 3e-6)
     weight_decay: float = 0.3  # AdamW weight decay (PickScore: 0.3)
@@ -100,15 +100,17 @@ class RewardModelConfig:
         ):
             if getattr(self, name) not in get_args(choices):
                 raise ValueError(f"{name} must be one of {get_args(choices)}, not {getattr(self, name)!r}")
-        if self.backbone != "tiny" and not (Path(self.backbone).is_dir() or _HUB_ID.match(self.backbone)):
+        named = self.backbone in BACKBONES
+        if not named and not (Path(self.backbone).is_dir() or _HUB_ID.match(self.backbone)):
             raise ValueError(
-                f"backbone {self.backbone!r} does not exist (expected a directory, a hub id or 'tiny')"
+                f"backbone {self.backbone!r} does not exist (expected one of {sorted(BACKBONES)}, "
+                "a directory or a hub id)"
             )
-        if self.backbone != "tiny" and Path(self.backbone).is_dir():
+        if not named and Path(self.backbone).is_dir():
             try:
-                check_clip_backbone(self.backbone)
+                check_backbone_dir(self.backbone)
             except ValueError as exc:
-                raise ValueError(f"backbone: {exc}") from exc
+                raise ValueError(f"backbone {exc}") from exc
         positive = ("lr", "batch_size", "grad_accum", "epochs", "eval_batch_size")
         for name in positive:
             if not getattr(self, name) > 0:
@@ -160,6 +162,52 @@ def pickscore_preset(backbone: str, **overrides: Any) -> RewardModelConfig:
         "eval_every": 500,
     }
     return RewardModelConfig(**{**base, **overrides})
+
+
+def shapes_reward_preset(**overrides: Any) -> RewardModelConfig:
+    """The latent reward model on the shipped shapes model's VAE (backbone ``shapes_vae``).
+
+    Only the head trains (about 40k parameters; the VAE and text encoder are frozen), so it takes a far
+    higher lr than a CLIP fine-tune. ``bench/reward_shapes.py`` measures it on one round's data for each
+    built-in preference.
+    """
+    base: dict[str, Any] = {
+        "backbone": "shapes_vae",
+        "lr": 1e-3,
+        "weight_decay": 0.01,
+        "batch_size": 16,
+        "epochs": 6,
+        "shuffle_buffer": 512,
+    }
+    return RewardModelConfig(**{**base, **overrides})
+
+
+class RewardPreset(Protocol):
+    """A named recipe: overrides of any RewardModelConfig field in, a validated config out."""
+
+    def __call__(self, **overrides: Any) -> RewardModelConfig: ...
+
+
+def _pickscore(**overrides: Any) -> RewardModelConfig:
+    backbone = overrides.pop("backbone", None)
+    if not backbone or backbone in BACKBONES:
+        raise ValueError("the pickscore preset needs backbone: a local CLIP directory or a hub id")
+    return pickscore_preset(backbone, **overrides)
+
+
+# Presets by name (a reward run's ``preset``); each is validated when its config is built.
+REWARD_PRESETS: dict[str, RewardPreset] = {
+    "tiny": tiny_reward_preset,
+    "shapes": shapes_reward_preset,
+    "pickscore": _pickscore,
+}
+
+
+def reward_preset(name: str, **overrides: Any) -> RewardModelConfig:
+    """The config of preset ``name`` with ``overrides``; ValueError naming the choices for an unknown name."""
+    if name not in REWARD_PRESETS:
+        raise ValueError(f"preset must be one of {sorted(REWARD_PRESETS)}, not {name!r}")
+    return REWARD_PRESETS[name](**overrides)
 
 
 @dataclass(frozen=True)
@@ -342,8 +390,10 @@ def train_reward_model(
     )
     set_seed(config.seed)
     backbone = (
-        build_tiny_clip(output_dir / "backbone-tiny", seed=config.seed, image_size=config.image_size or TINY_IMAGE_SIZE)
-        if config.backbone == "tiny"
+        BACKBONES[config.backbone](
+            output_dir / f"backbone-{config.backbone}", seed=config.seed, image_size=config.image_size
+        )
+        if config.backbone in BACKBONES
         else Path(config.backbone)
     )
     model = load_reward_model(backbone, image_size=config.image_size).train()
@@ -370,7 +420,7 @@ def train_reward_model(
         collate_fn=partial(collate_ranked, transform=model.transform),
         num_workers=config.num_workers,
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (config.warmup_steps + 1))
     )
