@@ -7,7 +7,8 @@ from which the image can be redrawn, so every such property is a simple function
 on top is small enough to learn from a round:
 
 1. features: the encoder's last hidden map (64 channels, after its mid-block attention, so each cell
-   also sees the background around it), its latent mean, or both; normalised per channel with
+   also sees the background around it) and its latent mean (4 channels), concatenated by default
+   (``feature`` picks one or both); normalised per channel with
    statistics of rendered shapes-world scenes taken when the backbone is built; plus two coordinate
    channels (x, y in [-1, 1]);
 2. ``layers`` 3 x 3 convolutions with SiLU, the first modulated by the caption (FiLM, starting as the
@@ -53,7 +54,7 @@ WEIGHTS_FILE = "model.safetensors"
 EncoderKind = Literal["vae", "conv"]
 FeatureKind = Literal["hidden", "latent", "both"]
 STATS_SCENES = 256  # rendered shapes-world scenes whose encoder features set the normalisation
-FEATURE_CACHE_SIZE = 2048  # frozen-encoder feature maps kept while training (64 KB each at 64 px, "hidden")
+FEATURE_CACHE_SIZE = 2048  # frozen-encoder feature maps kept while training (68 KB each at 64 px, "both")
 _HALF = (0.5, 0.5, 0.5)  # ImageTransform mean and std that map [0, 1] to the VAE's [-1, 1]
 
 
@@ -80,7 +81,7 @@ class LatentRewardConfig:
 
     text: dict[str, Any]  # CLIPTextConfig of the frozen caption encoder
     encoder: EncoderKind = "vae"  # the pipeline's VAE encoder (frozen), or a conv tower trained from scratch
-    feature: FeatureKind = "hidden"  # vae: the last hidden map, the latent mean, or both (concatenated)
+    feature: FeatureKind = "both"  # vae: the last hidden map, the latent mean, or both (concatenated)
     vae: dict[str, Any] | None = None  # AutoencoderKL config (encoder "vae")
     conv_channels: tuple[int, ...] = (16, 32, 32)  # conv tower: widths; each layer after the first halves the side
     image_size: int = 64  # the side images are resized to (the shapes model makes 64 px images)
@@ -321,7 +322,7 @@ def build_latent_reward(
     pipeline_dir: Path,
     *,
     encoder: EncoderKind = "vae",
-    feature: FeatureKind = "hidden",
+    feature: FeatureKind = "both",
     head: HeadConfig | None = None,
     seed: int = 0,
     image_size: int | None = None,
