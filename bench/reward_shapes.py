@@ -201,11 +201,13 @@ def main() -> None:
                           f"trained in {seconds:.0f} s{verdict}")
         summary.append((name, temperature, ceiling, runs))
 
-    print("\npreference      T        ceiling  target  model (per seed)        control (per seed)")
+    print("\npreference      T        ceiling  target  model (per seed)     mean / ceiling  control (per seed)")
     for name, temperature, ceiling, runs in summary:
         model = " ".join(f"{a:.3f}" for a in runs["model"])
         control = " ".join(f"{a:.3f}" for a in runs["control"]) or "-"
-        print(f"{name:15s} {temperature:<8g} {ceiling:.3f}    {0.9 * ceiling:.3f}   {model:23s} {control}")
+        ratio = np.mean(runs["model"]) / ceiling
+        print(f"{name:15s} {temperature:<8g} {ceiling:.3f}    {0.9 * ceiling:.3f}   {model:20s} {ratio:6.0%}          "
+              f"{control}")
 
 
 if __name__ == "__main__":

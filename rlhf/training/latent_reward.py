@@ -34,7 +34,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -207,6 +207,10 @@ class LatentRewardModel(RewardModel):
         # hash, filled while training, read always, so epochs after the first cost only the head.
         self._feature_cache: OrderedDict[bytes, Tensor] = OrderedDict()
         self.eval()
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        self._feature_cache.clear()  # memoised features belong to the weights they came from
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     def train(self, mode: bool = True) -> LatentRewardModel:
         super().train(mode)

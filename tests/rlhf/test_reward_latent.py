@@ -174,3 +174,17 @@ def test_label_accuracy_is_the_annotators_ceiling() -> None:
     simulated = label_accuracy(scores * 400, temperature=t, annotators=3, seed=5)
     assert simulated == pytest.approx(expected, abs=0.02)
     assert math.isnan(label_accuracy([[1.0, 1.0]], temperature=t))  # no pair with different scores
+
+
+def test_frozen_features_are_memoised_while_training_only(latent_backbone: Path) -> None:
+    model = load_reward_model(latent_backbone)
+    assert isinstance(model, LatentRewardModel)
+    pixels = torch.stack([model.transform(im) for im in images(3)])
+    fresh = model.raw_features(pixels)
+    assert len(model._feature_cache) == 0  # scoring (eval mode) leaves nothing behind
+    model.train()
+    torch.testing.assert_close(model.raw_features(pixels), fresh)
+    assert len(model._feature_cache) == 3
+    torch.testing.assert_close(model.raw_features(pixels[[2, 0]]), fresh[[2, 0]])  # served from the memo
+    model.load_state_dict(model.state_dict())
+    assert len(model._feature_cache) == 0  # new weights, new features
