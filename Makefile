@@ -14,8 +14,9 @@ $(VENV)/.run-installed: requirements.txt | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.test-installed: requirements.txt requirements-test.txt | $(VENV)/bin/python
+$(VENV)/.test-installed: requirements.txt requirements-test.txt client/pyproject.toml | $(VENV)/bin/python
 	$(PY) -m pip install --quiet -r requirements-test.txt
+	$(PY) -m pip install --quiet -e ./client
 	touch $@ $(VENV)/.run-installed
 
 ## run: install, migrate, seed the demo and start the web server + a Celery worker (embedded defaults)
@@ -24,15 +25,19 @@ run: $(VENV)/.run-installed
 	$(PY) manage.py seed_demo
 	$(PY) manage.py rundemo --addr $(ADDR)
 
-## test: install test deps, start private PostgreSQL and Redis on loopback, run the whole suite
+## test: install test deps, start private PostgreSQL and Redis on loopback, run the whole suite in
+## PYTEST_WORKERS parallel processes (pytest-xdist; 0 runs it in one process)
+PYTEST_WORKERS ?= 3
 test: $(VENV)/.test-installed
-	bash tests/services.sh $(PY) -m pytest $(PYTEST_ARGS)
+	bash tests/services.sh $(PY) -m pytest $(if $(filter 0,$(PYTEST_WORKERS)),,-n $(PYTEST_WORKERS) --dist loadgroup) $(PYTEST_ARGS)
 
 lint: $(VENV)/.test-installed
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 typecheck: $(VENV)/.test-installed
 	$(VENV)/bin/mypy
+	cd client && ../$(VENV)/bin/mypy
 
 clean:
 	rm -rf var staticfiles .pytest_cache .ruff_cache .mypy_cache

@@ -1,28 +1,40 @@
 from __future__ import annotations
 
-from django.db.models import QuerySet
-from drf_spectacular.utils import extend_schema
-from rest_framework import mixins, permissions, serializers, viewsets
-from rest_framework.decorators import api_view, permission_classes
-from rest_framework.request import Request
-from rest_framework.response import Response
+from typing import Any
 
-from annotate import selectors, services
-from annotate.models import Project
-from core import roles
+from django.db.models import QuerySet
+from rest_framework import mixins, permissions, serializers, viewsets
+from rest_framework.request import Request
+
+from annotate.models import TaskOrder
+from annotate.workflow.access import workflow_of
+from projects import roles, services
+from projects.access import projects_for_user
+from projects.models import Project
 
 
 class ProjectSerializer(serializers.ModelSerializer):
     role = serializers.SerializerMethodField()
+    # The workflow settings (read-only here; change them through /api/projects/<id>/settings/).
+    instructions = serializers.CharField(source="workflow.instructions", read_only=True)
+    template_version = serializers.IntegerField(source="workflow.template_version_id", read_only=True,
+                                                allow_null=True)
+    images_per_task = serializers.IntegerField(source="workflow.images_per_task", read_only=True)
+    overlap = serializers.IntegerField(source="workflow.overlap", read_only=True)
+    task_order = serializers.ChoiceField(source="workflow.task_order", choices=TaskOrder.choices, read_only=True)
+    gold_rate = serializers.FloatField(source="workflow.gold_rate", read_only=True)
+    lease_seconds = serializers.IntegerField(source="workflow.lease_seconds", read_only=True)
 
     class Meta:
         model = Project
         fields = ["id", "name", "description", "archived_at", "created_at", "role",
-                  # workflow settings (issue 4); change them through /api/projects/<id>/settings/
                   "instructions", "template_version", "images_per_task", "overlap", "task_order", "gold_rate",
                   "lease_seconds"]
-        read_only_fields = ["id", "archived_at", "created_at", "role", "instructions", "template_version",
-                            "images_per_task", "overlap", "task_order", "gold_rate", "lease_seconds"]
+        read_only_fields = ["id", "archived_at", "created_at", "role"]
+
+    def to_representation(self, instance: Project) -> dict[str, Any]:
+        workflow_of(instance)  # a project without a workflow row yet shows the defaults
+        return super().to_representation(instance)
 
     def get_role(self, project: Project) -> str | None:
         roles_by_project = self.context.get("roles_by_project", {})
@@ -46,7 +58,7 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
     permission_classes = [permissions.IsAuthenticated, CanCreateProjects]
 
     def get_queryset(self) -> QuerySet[Project]:
-        return selectors.projects_for_user(user=self.request.user, include_archived=True)
+        return projects_for_user(user=self.request.user, include_archived=True).select_related("workflow")
 
     def get_serializer_context(self) -> dict[str, object]:
         context = super().get_serializer_context()
@@ -58,32 +70,3 @@ class ProjectViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.Cr
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
         serializer.instance = services.project_create(created_by=self.request.user, **serializer.validated_data)
-
-
-class MeSerializer(serializers.Serializer):
-    id = serializers.IntegerField()
-    username = serializers.CharField()
-    roles = serializers.ListField(child=serializers.CharField())
-    permissions = serializers.DictField(child=serializers.BooleanField())
-
-
-@extend_schema(responses=MeSerializer)
-@api_view(["GET"])
-@permission_classes([permissions.IsAuthenticated])
-def me(request: Request) -> Response:
-    """The caller, their global roles and what those let them do."""
-    user = request.user
-    group_roles = [role for role, group in roles.GROUP_NAMES.items() if user.groups.filter(name=group).exists()]
-    return Response(
-        {
-            "id": user.pk,
-            "username": user.get_username(),
-            "roles": group_roles,
-            "permissions": {
-                "manage": user.has_perm(roles.MANAGE),
-                "annotate": user.has_perm(roles.ANNOTATE),
-                "export": user.has_perm(roles.EXPORT),
-                "train": user.has_perm(roles.TRAIN),
-            },
-        }
-    )

@@ -2,15 +2,16 @@ from __future__ import annotations
 
 from django.apps import AppConfig
 
+from generation.registry import register_jobs_succeeded
+
 
 class AnnotateConfig(AppConfig):
     name = "annotate"
     verbose_name = "Annotation"
 
     def ready(self) -> None:
-        from django.db.models.signals import post_migrate
+        # Both need the models, which load only after apps.py: imported here.
+        from annotate import tasks  # noqa: F401 - registers the Celery task and the lease reaper
+        from annotate.workflow.services import task_images_attach_generated
 
-        from annotate.role_groups import sync_after_migrate
-
-        # Runs once per migrate, after every app's permissions exist (``sender`` = this app).
-        post_migrate.connect(sync_after_migrate, sender=self, dispatch_uid="annotate.sync_role_groups")
+        register_jobs_succeeded("annotate.attach_task_images", task_images_attach_generated)

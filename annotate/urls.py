@@ -2,7 +2,9 @@ from __future__ import annotations
 
 from django.urls import path
 
-from annotate import template_views, views, workflow_views
+from annotate import views
+from annotate.builder import views as template_views
+from annotate.workflow import views as workflow_views
 
 app_name = "annotate"
 
@@ -43,6 +45,10 @@ urlpatterns = [
     path("<int:project_id>/my-annotations/<int:annotation_id>/amend/", workflow_views.review_amend,
          name="review_amend"),
     path("<int:project_id>/prompt-sets/", workflow_views.promptset_list, name="promptset_list"),
+    path("<int:project_id>/imports/", workflow_views.task_import, name="task_import"),
+    path("<int:project_id>/imports/<int:import_id>/", workflow_views.task_import_detail, name="task_import_detail"),
+    path("<int:project_id>/imports/<int:import_id>/cancel/", workflow_views.task_import_cancel,
+         name="task_import_cancel"),
     path("<int:project_id>/settings/", workflow_views.project_settings, name="project_settings"),
     path("<int:project_id>/review/", workflow_views.review_tasks, name="review_tasks"),
     path("<int:project_id>/review/stats/", workflow_views.review_stats, name="review_stats"),

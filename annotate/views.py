@@ -1,23 +1,26 @@
+"""A project's pages: the list of one's projects, creating one, and its overview with what one may do there."""
+
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required, permission_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 
-from annotate import access, selectors, services
-from annotate.forms import ProjectForm
-from annotate.models import Project
-from core import roles
+from annotate.workflow.access import workflow_of, workflow_view
 from core.exceptions import ApplicationError
 from core.htmx import redirect_after_post
+from projects import roles, services
+from projects.access import projects_for_user, user_can
+from projects.forms import ProjectForm
+from projects.models import Project
+from projects.webhooks.selectors import endpoints_disabled_automatically
 
 
 @login_required
 def project_list(request: HttpRequest) -> HttpResponse:
-    projects = selectors.projects_for_user(user=request.user)
-    return render(request, "annotate/project_list.html", {"projects": projects})
+    return render(request, "annotate/project_list.html", {"projects": projects_for_user(user=request.user)})
 
 
 @login_required
@@ -35,14 +38,11 @@ def project_create(request: HttpRequest) -> HttpResponse:
     return render(request, "annotate/project_create.html", {"form": form}, status=400 if form.errors else 200)
 
 
-@login_required
-def project_detail(request: HttpRequest, project_id: int) -> HttpResponse:
-    try:
-        project = selectors.project_for_user(user=request.user, project_id=project_id)
-        project = Project.objects.select_related("template_version__template").get(pk=project.pk)
-    except Project.DoesNotExist:
-        raise Http404("No such project") from None
-    can = {action: access.can(user=request.user, action=action, project=project)
+@workflow_view("view")
+def project_detail(request: HttpRequest, project: Project) -> HttpResponse:
+    can = {action: user_can(user=request.user, action=action, project=project)
            for action in ("manage", "annotate", "review", "export", "train")}
     members = project.memberships.select_related("user").order_by("role", "user__username")
-    return render(request, "annotate/project_detail.html", {"project": project, "members": members, "project_can": can})
+    return render(request, "annotate/project_detail.html", {
+        "project": project, "workflow": workflow_of(project), "members": members, "project_can": can,
+        "disabled_webhooks": endpoints_disabled_automatically(project=project) if can["manage"] else []})

@@ -47,13 +47,15 @@ def seed(pairs: int) -> None:
     from django.utils import timezone
     from tqdm import tqdm
 
-    from annotate.models import Annotation, AnnotationTask, Project, Prompt, TaskAssignment, TaskImage
+    from annotate.models import Annotation, AnnotationTask, ProjectWorkflow, Prompt, TaskAssignment, TaskImage
     from generation.models import GeneratedImage, GenerationJob, ModelVersion
+    from projects.models import Project
 
     call_command("migrate", verbosity=0)
     user_model = get_user_model()
     annotators = [user_model.objects.create(username=f"bench{i}") for i in range(OVERLAP)]
-    project = Project.objects.create(name="bench", overlap=OVERLAP, images_per_task=IMAGES_PER_TASK)
+    project = Project.objects.create(name="bench")
+    ProjectWorkflow.objects.create(project=project, overlap=OVERLAP, images_per_task=IMAGES_PER_TASK)
     version = ModelVersion.objects.create(name="bench-model", source="bench/none", dtype="float32")
     tasks_needed = -(-pairs // (PAIRS_PER_RANKING * OVERLAP))
     now = timezone.now()
@@ -107,8 +109,8 @@ def export(pairs: int) -> dict[str, float]:
     import django
 
     django.setup()
-    from annotate.models import Project
-    from rlhf.export_services import export_request_parse, preference_export_build
+    from projects.models import Project
+    from rlhf.datasets.services import export_request_parse, preference_export_build
     from rlhf.models import PreferenceExport
 
     project = Project.objects.get(name="bench")

@@ -7,9 +7,11 @@ Queues: ``default`` (exports, reapers, bookkeeping), ``gpu`` (inference) and ``g
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from django.conf import settings as django_settings
 from kombu import Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
@@ -28,20 +30,21 @@ TASK_ROUTES = {
 
 
 def build_config(settings: Any) -> dict[str, Any]:
-    """Celery configuration derived from Django settings (pure, so tests can inspect it)."""
+    """Celery configuration derived from Django settings (pure: it creates nothing, so tests can inspect it)."""
     broker = settings.CELERY_BROKER_URL
     transport_options: dict[str, Any] = {"visibility_timeout": settings.CELERY_VISIBILITY_TIMEOUT}
     result_backend = settings.CELERY_RESULT_BACKEND
     if broker.startswith("filesystem://"):
         folder = settings.CELERY_BROKER_DIR
-        for sub in ("queue", "processed", "results", "control"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
         transport_options.update(
             data_folder_in=str(folder / "queue"),
             data_folder_out=str(folder / "queue"),
             processed_folder=str(folder / "processed"),
             control_folder=str(folder / "control"),
             store_processed=False,
+            # Workers poll the folder for messages (every second by default): a short interval is what lets
+            # a Generate click start within a few tens of milliseconds; a listdir each time costs little.
+            polling_interval=settings.CELERY_FILESYSTEM_POLL_MS / 1000,
         )
         result_backend = result_backend or f"file://{folder / 'results'}"
     elif broker.startswith(("redis://", "rediss://")):
@@ -78,10 +81,27 @@ def build_config(settings: Any) -> dict[str, Any]:
     }
 
 
-def _configure() -> None:
-    from django.conf import settings
+def embedded_broker_folders(conf: Any) -> list[Path]:
+    """The folders the embedded filesystem broker and its file result store need (none for Redis)."""
+    options = conf.get("broker_transport_options") or {}
+    folders = [Path(options[key]) for key in ("data_folder_in", "data_folder_out", "processed_folder",
+                                                "control_folder") if options.get(key)]
+    backend = conf.get("result_backend") or ""
+    if backend.startswith("file://"):
+        folders.append(Path(backend.removeprefix("file://")))
+    return folders
 
-    app.conf.update(build_config(settings))
+
+@app.on_after_configure.connect
+def _make_embedded_broker_folders(sender: Celery, source: Any, **kwargs: Any) -> None:
+    """Celery reads its configuration on first use (a worker starting, a task sent), not at import:
+    only then are the embedded broker's folders made."""
+    for folder in embedded_broker_folders(source):
+        folder.mkdir(parents=True, exist_ok=True)
+
+
+def _configure() -> None:
+    app.conf.update(build_config(django_settings))
 
 
 _configure()

@@ -14,6 +14,8 @@ from urllib.parse import urlparse
 
 from django.core.exceptions import ImproperlyConfigured
 
+from core.parsing import parse_bool
+
 
 @dataclass(frozen=True)
 class EnvKey:
@@ -23,10 +25,6 @@ class EnvKey:
 
 
 REGISTRY: dict[str, EnvKey] = {}
-
-_TRUE = {"1", "true", "yes", "on"}
-_FALSE = {"0", "false", "no", "off", ""}
-
 
 def _raw(name: str, default: str, doc: str) -> str:
     REGISTRY[name] = EnvKey(name=name, default=default, doc=doc)
@@ -39,11 +37,12 @@ def env_str(name: str, default: str, doc: str) -> str:
 
 def env_bool(name: str, default: bool, doc: str) -> bool:
     value = _raw(name, "true" if default else "false", doc).strip().lower()
-    if value in _TRUE:
-        return True
-    if value in _FALSE:
+    if not value:  # set but empty: off
         return False
-    raise ImproperlyConfigured(f"{name}: expected true or false, got {value!r}")
+    try:
+        return parse_bool(value)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}: expected true or false, got {value!r}") from None
 
 
 def env_int(name: str, default: int, doc: str, *, minimum: int | None = None) -> int:

@@ -67,9 +67,12 @@ INSTALLED_APPS = [
     "template_partials",
     "axes",
     "csp",
+    "auditlog",  # the audit trail's store; services write entries explicitly (core/audit.py)
+    # Pickwise, lowest layer first: core <- projects <- generation <- annotate <- rlhf (the loop on top).
     "core",
-    "annotate",
+    "projects",
     "generation",
+    "annotate",
     "rlhf",
 ]
 
@@ -104,7 +107,7 @@ TEMPLATES = [
                 "django.template.context_processors.request",
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
-                "core.context_processors.roles",
+                "projects.context_processors.roles",
             ],
         },
     },
@@ -167,6 +170,10 @@ AXES_LOCKOUT_CALLABLE = "core.login_protection.lockout_response"
 AXES_RESET_ON_SUCCESS = False
 AXES_VERBOSE = False  # no start-up banner in every command; failures and lockouts are still logged
 
+# --- audit trail (django-auditlog, core/audit.py): no model is registered, services write entries ---
+AUDITLOG_INCLUDE_ALL_MODELS = False
+AUDITLOG_DISABLE_REMOTE_ADDR = True  # services write entries, not a middleware that sees the request
+
 # --- i18n / time ------------------------------------------------------------------------
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = env_str("TIME_ZONE", "UTC", "Time zone for display; storage is always UTC")
@@ -227,7 +234,25 @@ if max(CELERY_TASK_TIME_LIMIT, CELERY_TRAIN_TIME_LIMIT) >= CELERY_VISIBILITY_TIM
         "CELERY_TASK_TIME_LIMIT: task time limits must stay below CELERY_VISIBILITY_TIMEOUT"
     )
 CELERY_BROKER_DIR = VAR_DIR / "broker"
+CELERY_FILESYSTEM_POLL_MS = env_int(
+    "CELERY_FILESYSTEM_POLL_MS", 50, "How often (ms) a worker looks for new messages in the embedded filesystem broker",
+    minimum=10,
+)
 REAPER_INTERVAL_SECONDS = env_int("REAPER_INTERVAL_SECONDS", 60, "How often beat runs the lease reapers", minimum=5)
+# --- background jobs (core/jobs.py): runs, exports, arena generations, loop rounds ------------
+JOB_LEASE_SECONDS = env_int(
+    "JOB_LEASE_SECONDS", 120, "Lease (s) of a running run, export, arena generation or round; reaped when expired",
+    minimum=2,
+)
+JOB_HEARTBEAT_SECONDS = env_int(
+    "JOB_HEARTBEAT_SECONDS", 5, "How often (s) a running job renews its lease and writes its progress", minimum=1
+)
+if JOB_HEARTBEAT_SECONDS >= JOB_LEASE_SECONDS:
+    raise ImproperlyConfigured("JOB_HEARTBEAT_SECONDS: heartbeats must come more often than JOB_LEASE_SECONDS")
+JOB_MAX_ATTEMPTS = env_int(
+    "JOB_MAX_ATTEMPTS", 3, "Times a run, export, arena generation or round is started before an expired lease fails it",
+    minimum=1,
+)
 
 # --- ML ---------------------------------------------------------------------------------
 PICKWISE_DEVICE = env_choice(
@@ -239,7 +264,43 @@ PICKWISE_MODEL_CACHE_DIR = Path(
 PICKWISE_EXPORT_DIR = Path(
     env_str("PICKWISE_EXPORT_DIR", str(VAR_DIR / "exports"), "Where preference exports are written")
 )
+# Local model directories a user may name (a reward model's backbone); the worker opens no other directory
+# a user types. Registered model versions and the shipped presets need no entry here.
+PICKWISE_MODEL_DIRS = env_list(
+    "PICKWISE_MODEL_DIRS", "",
+    "Comma-separated directories under which users may name local model directories (reward backbones); empty: none",
+)
 EXPORT_MAX_PAIRS = env_int("EXPORT_MAX_PAIRS", 50_000_000, "Refuse exports with more pairs than this", minimum=1)
+
+# --- task imports with candidate images (annotate/workflow/imports/) -----------------------
+_import_root = env_str(
+    "PICKWISE_IMPORT_ROOT", "", "Folder on the server whose files imports may name by path; empty = none"
+)
+IMPORT_ROOT = Path(_import_root).resolve() if _import_root else None
+IMPORT_MAX_ROWS = env_int("IMPORT_MAX_ROWS", 100_000, "Most tasks one import may create", minimum=1)
+IMPORT_INLINE_MAX_ROWS = env_int(
+    "IMPORT_INLINE_MAX_ROWS", 200,
+    "Imports up to this many tasks (and no URL images) run in the request; larger ones on a worker", minimum=0,
+)
+IMPORT_MAX_IMAGE_BYTES = env_int(
+    "IMPORT_MAX_IMAGE_BYTES", 20 * 1024 * 1024, "Largest image file (bytes) an import accepts", minimum=1024
+)
+IMPORT_MAX_IMAGE_PIXELS = env_int(
+    "IMPORT_MAX_IMAGE_PIXELS", 40_000_000, "Largest image (width x height) an import accepts", minimum=64
+)
+IMPORT_URL_TIMEOUT_SECONDS = env_int(
+    "IMPORT_URL_TIMEOUT_SECONDS", 15, "Time limit (s) of fetching one image URL during an import", minimum=1
+)
+IMPORT_MAX_FILES = env_int(
+    "IMPORT_MAX_FILES", 10_000, "Most files one upload may carry (a folder of images)", minimum=100
+)
+IMPORT_LEASE_SECONDS = env_int(
+    "IMPORT_LEASE_SECONDS", 300, "Lease (s) of a running import; renewed by progress, reaped when expired",
+    minimum=10,
+)
+IMPORT_MAX_ATTEMPTS = env_int("IMPORT_MAX_ATTEMPTS", 3, "Times an import is started before an expired lease "
+                              "fails it", minimum=1)
+DATA_UPLOAD_MAX_NUMBER_FILES = IMPORT_MAX_FILES
 
 # --- generation (generation/) -------------------------------------------------------------
 GENERATION_BATCH_LIMIT = env_int(
@@ -256,6 +317,10 @@ GENERATION_PIPELINE_CACHE_SIZE = env_int(
 GENERATION_LEASE_SECONDS = env_int(
     "GENERATION_LEASE_SECONDS", 300, "Lease (s) of a running job; renewed by progress, reaped when expired",
     minimum=2,
+)
+GENERATION_PRELOAD = env_bool(
+    "GENERATION_PRELOAD", True,
+    "A gpu worker loads the model versions projects offer when it starts, and warms them up with a one-step render",
 )
 GENERATION_TORCH_THREADS = env_int(
     "GENERATION_TORCH_THREADS", 0, "CPU threads torch may use in a gpu worker process; 0 = torch's default",
@@ -288,15 +353,65 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    # page and page_size are read by core.parsing (400 for "", "abc", "²", 0) and documented with bounds
+    "DEFAULT_PAGINATION_CLASS": "core.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_PARSER_CLASSES": [
+        "core.parsers.JSONParser",  # refuses bodies nested deeper than core.parsing.JSON_MAX_DEPTH
+        "rest_framework.parsers.FormParser",
+        "rest_framework.parsers.MultiPartParser",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "core.schema.AutoSchema",  # documents every operation's errors
     "EXCEPTION_HANDLER": "core.api.exception_handler",
 }
 API_DOCS_PUBLIC = env_bool(
     "API_DOCS_PUBLIC", not PRODUCTION,
     "Serve /api/schema/ and /api/docs/ to anonymous callers (default false in production: signed-in users only)",
 )
+# Webhook deliveries and URL imports go only to public addresses unless this is on (core/outbound.py).
+OUTBOUND_ALLOW_PRIVATE_ADDRESSES = env_bool(
+    "OUTBOUND_ALLOW_PRIVATE_ADDRESSES", False,
+    "Let webhooks and URL imports reach private, loopback and link-local addresses (tests, on-premise use)",
+)
+
+# --- webhooks (projects/webhooks/) ------------------------------------------------------------
+SITE_URL = env_url(
+    "SITE_URL", "http://127.0.0.1:8000",
+    "The app's public address (scheme://host[:port]); webhook payloads link to it", schemes=("http", "https"),
+).rstrip("/")
+WEBHOOK_TIMEOUT_SECONDS = env_int(
+    "WEBHOOK_TIMEOUT_SECONDS", 10, "Seconds a webhook endpoint has to connect and answer", minimum=1
+)
+if WEBHOOK_TIMEOUT_SECONDS > 300:  # a delivery task's time limit (4x this + 60 s) stays far below the visibility timeout
+    raise ImproperlyConfigured("WEBHOOK_TIMEOUT_SECONDS: at most 300 (a receiver should answer in seconds)")
+WEBHOOK_RETRY_BASE_SECONDS = env_int(
+    "WEBHOOK_RETRY_BASE_SECONDS", 10,
+    "First wait (s) before retrying a failed webhook delivery; doubles each time (with jitter), at most an hour",
+    minimum=1,
+)
+WEBHOOK_RETRY_FOR_SECONDS = env_int(
+    "WEBHOOK_RETRY_FOR_SECONDS", 86400, "How long (s) after an event its delivery is retried before it fails",
+    minimum=1,
+)
+WEBHOOK_DISABLE_AFTER_FAILURES = env_int(
+    "WEBHOOK_DISABLE_AFTER_FAILURES", 5,
+    "Deliveries in a row that failed for good after which an endpoint is disabled and its admins told",
+    minimum=1,
+)
+WEBHOOK_LOG_DAYS = env_int("WEBHOOK_LOG_DAYS", 30, "Days finished webhook deliveries stay in the log", minimum=1)
+WEBHOOK_QUEUE = env_str("WEBHOOK_QUEUE", "default", "Celery queue webhook deliveries are sent from").strip()
+if not WEBHOOK_QUEUE:
+    raise ImproperlyConfigured("WEBHOOK_QUEUE: must name a Celery queue")
+
+# --- email (optional: notices such as a disabled webhook endpoint) --------------------------------
+EMAIL_HOST = env_str("EMAIL_HOST", "", "SMTP server for notices to admins; empty = no email")
+EMAIL_PORT = env_int("EMAIL_PORT", 587, "SMTP port", minimum=1)
+EMAIL_HOST_USER = env_str("EMAIL_HOST_USER", "", "SMTP user name")
+EMAIL_HOST_PASSWORD = env_str("EMAIL_HOST_PASSWORD", "", "SMTP password")
+EMAIL_USE_TLS = env_bool("EMAIL_USE_TLS", True, "STARTTLS to the SMTP server")
+DEFAULT_FROM_EMAIL = env_str("DEFAULT_FROM_EMAIL", "pickwise@localhost", "Sender address of notices")
+EMAIL_TIMEOUT = 30
+
 SPECTACULAR_SETTINGS = {
     "TITLE": "Pickwise API",
     "SERVE_PERMISSIONS": ["core.api.ApiDocsPermission"],
@@ -312,6 +427,9 @@ SPECTACULAR_SETTINGS = {
         "JobStatusEnum": "generation.models.JobStatus",
         "AnnotationStatusEnum": "annotate.models.AnnotationStatus",
         "AssignmentStatusEnum": "annotate.models.AssignmentStatus",
+        "ExportFormatEnum": "rlhf.models.PreferenceExport.Format",
+        "PromptFileFormatEnum": ["csv", "jsonl", "txt"],
+        "WebhookDeliveryStatusEnum": "projects.models.DeliveryStatus",
     },
 }
 

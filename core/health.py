@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from celery import current_app
 from django.db import connections
 
 
@@ -17,11 +18,12 @@ def check_database() -> str | None:
 
 
 def check_broker(timeout: float = 2.0) -> str | None:
-    """None when the Celery broker accepts a connection within ``timeout`` seconds."""
-    from config.celery import app
+    """None when the Celery broker accepts a connection within ``timeout`` seconds.
 
+    ``current_app`` is the project's app (``config/__init__.py`` creates it when Django starts).
+    """
     try:
-        with app.connection_for_write() as conn:
+        with current_app.connection_for_write() as conn:
             conn.ensure_connection(max_retries=1, timeout=timeout, interval_start=0, interval_step=0)
     except Exception as exc:
         return f"{type(exc).__name__}: {exc}"

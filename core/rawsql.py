@@ -3,9 +3,9 @@
 The annotator loop (``POST tasks/next/`` then ``tasks/<id>/submit/``) and API token
 authentication run a handful of small statements per request; the ORM spends several
 milliseconds of CPU per request turning querysets into SQL, more than PostgreSQL spends
-executing them. Their callers (``annotate.queue``, ``annotate.workflow_selectors``,
-``annotate.workflow_services``, ``core.authentication``) write those few statements as
-parameterised SQL with these helpers instead (every value a bound parameter; table and
+executing them. Their callers (``projects.access``, ``annotate.workflow.access``,
+``annotate.workflow.queue``, ``annotate.workflow.selectors``, ``annotate.workflow.services``,
+``core.authentication``) write those few statements as parameterised SQL with these helpers instead (every value a bound parameter; table and
 column names from model metadata), and the rows are turned back into model instances with
 the converters the ORM uses, so callers get the same Python values (aware datetimes, UUIDs,
 decoded JSON, booleans) on PostgreSQL and on SQLite.
@@ -15,6 +15,7 @@ Everything else keeps the ORM: use these helpers only where a profile shows the 
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
@@ -62,6 +63,36 @@ def columns(model: type[Model], alias: str) -> str:
 @lru_cache(maxsize=256)
 def _columns(model: type[Model], alias: str, vendor: str) -> str:
     return ", ".join(f"{alias}.{_quoted(f)}" for f in model._meta.concrete_fields)
+
+
+def query(template: str, **aliases: type[Model]) -> str:
+    """SQL text from a template that names tables and columns through model metadata, by alias.
+
+    With ``t=AnnotationTask``: ``{t}`` is the table followed by its alias (``"annotate_annotationtask" t``),
+    ``{t.*}`` every concrete column in :func:`load` order, ``{t.project}`` one column (``t."project_id"``; a
+    field name or attname, ``pk`` for the primary key). Values stay ``%s`` parameters. The text is built
+    once per template, models and database vendor.
+    """
+    return _query(template, tuple(sorted(aliases.items(), key=lambda item: item[0])), connection.vendor)
+
+
+_PLACE = re.compile(r"\{(\w+)(?:\.(\w+|\*))?\}")
+
+
+@lru_cache(maxsize=256)
+def _query(template: str, aliases: tuple[tuple[str, type[Model]], ...], vendor: str) -> str:
+    models = dict(aliases)
+
+    def expand(match: re.Match[str]) -> str:
+        alias, attr = match.group(1), match.group(2)
+        model = models[alias]
+        if attr is None:
+            return f"{table(model)} {alias}"
+        if attr == "*":
+            return columns(model, alias)
+        return f"{alias}.{column(model, attr)}"
+
+    return _PLACE.sub(expand, template)
 
 
 def width(model: type[Model]) -> int:

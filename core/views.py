@@ -3,10 +3,9 @@ from __future__ import annotations
 import logging
 
 from django.conf import settings
-from django.contrib.auth.decorators import login_required
 from django.contrib.auth.views import redirect_to_login
-from django.http import HttpRequest, HttpResponse, HttpResponseBase, JsonResponse
-from django.shortcuts import render
+from django.http import HttpRequest, HttpResponseBase, JsonResponse
+from django.views import defaults
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET
 from drf_spectacular.views import SpectacularSwaggerSplitView
@@ -47,9 +46,34 @@ def api_docs(request: HttpRequest) -> HttpResponseBase:
     return _swagger(request)
 
 
-@login_required
-def home(request: HttpRequest) -> HttpResponse:
-    from annotate.selectors import projects_for_user
 
-    projects = projects_for_user(user=request.user)
-    return render(request, "core/home.html", {"projects": projects})
+def _is_api(request: HttpRequest) -> bool:
+    return request.path.startswith("/api/")
+
+
+def page_not_found(request: HttpRequest, exception: Exception | None = None) -> HttpResponseBase:
+    """404 for a URL no pattern matches (``handler404``): JSON under ``/api/``, as every API answer is."""
+    if _is_api(request):
+        return JsonResponse({"detail": "Not found."}, status=404)
+    return defaults.page_not_found(request, exception)
+
+
+def server_error(request: HttpRequest) -> HttpResponseBase:
+    """500 (``handler500``): JSON under ``/api/``, the HTML page elsewhere; the exception is logged."""
+    if _is_api(request):
+        return JsonResponse({"detail": "Server error."}, status=500)
+    return defaults.server_error(request)
+
+
+def bad_request(request: HttpRequest, exception: Exception | None = None) -> HttpResponseBase:
+    """400 Django raises before a view runs (``handler400``: a suspicious or oversized request body)."""
+    if _is_api(request):
+        return JsonResponse({"detail": "Bad request: the request could not be read."}, status=400)
+    return defaults.bad_request(request, exception)  # type: ignore[arg-type]
+
+
+def permission_denied(request: HttpRequest, exception: Exception | None = None) -> HttpResponseBase:
+    """403 Django raises outside DRF (``handler403``): JSON under ``/api/``."""
+    if _is_api(request):
+        return JsonResponse({"detail": "You do not have permission to perform this action."}, status=403)
+    return defaults.permission_denied(request, exception)  # type: ignore[arg-type]

@@ -11,16 +11,20 @@ from rest_framework.exceptions import NotFound
 from rest_framework.request import Request
 from rest_framework.response import Response
 
-from annotate import selectors as annotate_selectors
-from annotate.models import Project
+from core.api import HidesServerPaths
 from core.exceptions import ApplicationError
+from core.parsing import parse_id
+from core.schema import id_field
 from generation import selectors, services
 from generation.inference import MAX_SEED, SCHEDULERS
 from generation.models import GenerationJob, ModelVersion
+from projects.access import project_get_for_user
+from projects.models import Project
 
 
-class ModelVersionSerializer(serializers.ModelSerializer):
-    parent = serializers.SlugRelatedField(slug_field="name", read_only=True)
+class ModelVersionSerializer(HidesServerPaths, serializers.ModelSerializer):
+    parent = serializers.SlugRelatedField(slug_field="name", read_only=True, allow_null=True,
+                                          help_text="A LoRA version's parent; null for a base version")
 
     class Meta:
         model = ModelVersion
@@ -47,7 +51,7 @@ class JobCreateSerializer(serializers.Serializer):
         child=serializers.IntegerField(min_value=0, max_value=MAX_SEED), required=False, allow_empty=False
     )
     params = ParamsSerializer(required=False)
-    project = serializers.IntegerField(required=False, allow_null=True)
+    project = id_field(required=False, allow_null=True)
     idempotency_key = serializers.CharField(required=False, allow_blank=True, max_length=100)
 
 
@@ -85,7 +89,8 @@ class JobStatusSerializer(serializers.Serializer):
 
 def _model_version(value: str) -> ModelVersion:
     queryset = selectors.model_versions_enabled()
-    version = queryset.filter(pk=int(value)).first() if value.isdigit() else queryset.filter(name=value).first()
+    version = (queryset.filter(pk=parse_id(value, field="model_version")).first() if value.isascii() and value.isdigit()
+               else queryset.filter(name=value).first())
     if version is None:
         raise ApplicationError(f"No enabled model version {value!r}.", field="model_version")
     return version
@@ -94,10 +99,7 @@ def _model_version(value: str) -> ModelVersion:
 def _project(request: Request, project_id: int | None) -> Project | None:
     if project_id is None:
         return None
-    try:
-        return annotate_selectors.project_for_user(user=request.user, project_id=project_id)
-    except Project.DoesNotExist:
-        raise NotFound("No such project") from None
+    return project_get_for_user(user=request.user, project_id=project_id, action="view")
 
 
 def _job(request: Request, job_id: int) -> GenerationJob:

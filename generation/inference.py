@@ -72,6 +72,8 @@ __all__ = [
     "draw_seed",
     "generate_batch",
     "image_to_png_bytes",
+    "load_adapter",
+    "load_base_pipeline",
     "load_pipeline",
     "pipeline_errors",
     "resolve_device",
@@ -105,7 +107,10 @@ _MAX_DRAWN_SEED = 2**31 - 1
 VAE_BATCH_PIXELS = 8 * 512 * 512
 _KEY_RE = re.compile(r"^[A-Za-z0-9_-]{1,100}$")
 # A hub id is "org/name"; anything else that does not exist on disk is reported as a missing path.
-_HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+# The file a saved LoRA adapter's weights are in (diffusers' ``save_lora_weights``).
+LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
 
 # (images done so far in steps, total steps of the whole generate_batch call)
 ProgressCallback = Callable[[int, int], None]
@@ -316,7 +321,7 @@ def pipeline_errors() -> Iterator[None]:
 
 
 def _free_accelerator_memory() -> None:
-    import torch
+    import torch  # lazy: web processes import this module (for its types) and never load torch
 
     gc.collect()
     if torch.cuda.is_available():
@@ -331,7 +336,7 @@ def resolve_device(setting: str) -> torch.device:
     "auto" picks cuda, then mps, then cpu; "cuda" / "cuda:N", "mps" and "cpu" are taken as given and
     raise RuntimeError when that device is not available.
     """
-    import torch
+    import torch  # lazy: web processes import this module (for its types) and never load torch
 
     if setting == "auto":
         if torch.cuda.is_available():
@@ -353,7 +358,7 @@ def resolve_device(setting: str) -> torch.device:
 
 
 def _torch_dtype(name: DTypeName) -> torch.dtype:
-    import torch
+    import torch  # lazy: web processes import this module (for its types) and never load torch
 
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
@@ -445,47 +450,63 @@ def _local_path(source: str) -> Path | None:
         if not (path / "model_index.json").is_file():
             raise ValueError(f"{path} is not a diffusers pipeline directory: it has no model_index.json")
         return path
-    if _HUB_ID_RE.match(source) and not source.startswith("."):
+    if HUB_ID_RE.match(source) and not source.startswith("."):
         return None
     raise FileNotFoundError(f"model path does not exist: {path}")
 
 
-def _load_base(spec: ModelSpec, device: torch.device, *, local_files_only: bool) -> Any:
-    """Load `spec.source` with AutoPipelineForText2Image (SD 1.x/2.x, SDXL, SD3, ...) onto `device`."""
-    from diffusers import AutoPipelineForText2Image, DiffusionPipeline
+def load_base_pipeline(
+    source: str | Path, *, dtype: DTypeName = "float32", device: torch.device | str = "cpu",
+    local_files_only: bool = True,
+) -> Any:
+    """The one pipeline loader, for generation workers and training alike: a diffusers text-to-image
+    pipeline (``AutoPipelineForText2Image``: SD 1.x/2.x, SDXL, SD3, ...) from a local directory or a hub
+    id, in ``dtype`` on ``device``, with its progress bar off and no safety checker.
 
-    path = _local_path(spec.source)
-    location = str(path) if path is not None else spec.source
+    Raises FileNotFoundError for a missing path, ValueError for a path that is not a diffusers
+    text-to-image pipeline. Hub ids are read from the local Hugging Face cache unless
+    ``local_files_only=False``.
+    """
+    import torch  # lazy: web processes import this module (for its types) and never load torch
+    from diffusers import AutoPipelineForText2Image, DiffusionPipeline  # lazy: as torch
+
+    path = _local_path(str(source))
+    location = str(path) if path is not None else str(source)
     try:
         index = DiffusionPipeline.load_config(location, local_files_only=local_files_only)
     except (OSError, ValueError) as exc:
-        raise FileNotFoundError(f"cannot read the diffusers pipeline {spec.source!r}: {exc}") from exc
+        raise FileNotFoundError(f"cannot read the diffusers pipeline {str(source)!r}: {exc}") from exc
     extra: dict[str, Any] = {}
     if "safety_checker" in index:
         # Skip loading it at all; images are reviewed by people, and it blacks out false positives.
         extra = {"safety_checker": None, "requires_safety_checker": False}
     try:
         pipe = AutoPipelineForText2Image.from_pretrained(
-            location, dtype=_torch_dtype(spec.dtype), local_files_only=local_files_only, **extra
+            location, dtype=_torch_dtype(dtype), local_files_only=local_files_only, **extra
         )
     except ValueError as exc:
         raise ValueError(f"{location} is not a text-to-image pipeline diffusers can load: {exc}") from exc
     except OSError as exc:
         raise FileNotFoundError(f"cannot load the diffusers pipeline {location}: {exc}") from exc
     pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)
+    return pipe.to(resolve_device(device) if isinstance(device, str) else torch.device(device))
 
 
-def _load_adapter(pipe: Any, spec: ModelSpec) -> None:
-    assert spec.lora_path is not None
-    path = spec.lora_path.expanduser()
+def load_adapter(pipe: Any, path: str | Path, *, adapter_name: str | None = None) -> None:
+    """Load the LoRA weights at ``path`` (a directory or a weights file) into ``pipe``."""
+    path = Path(path).expanduser()
     if not path.exists():
         raise FileNotFoundError(f"LoRA weights do not exist: {path}")
     location, weight_name = (path.parent, path.name) if path.is_file() else (path, None)
     with warnings.catch_warnings():
         # peft warns whenever a second adapter joins a model; sharing the parent is the point here.
         warnings.filterwarnings("ignore", message="Already found a `peft_config` attribute")
-        pipe.load_lora_weights(str(location), weight_name=weight_name, adapter_name=spec.key)
+        pipe.load_lora_weights(str(location), weight_name=weight_name, adapter_name=adapter_name)
+
+
+def _load_adapter(pipe: Any, spec: ModelSpec) -> None:
+    assert spec.lora_path is not None
+    load_adapter(pipe, spec.lora_path, adapter_name=spec.key)
 
 
 def load_pipeline(
@@ -501,11 +522,12 @@ def load_pipeline(
     text-to-image pipeline. Hub ids are read from the local Hugging Face cache unless
     `local_files_only=False`. Use `PipelineCache` in workers.
     """
-    import torch
+    import torch  # lazy: web processes import this module (for its types) and never load torch
 
     device = resolve_device(device) if isinstance(device, str) else torch.device(device)
     root = spec.root
-    slot = _Slot(root, _load_base(root, device, local_files_only=local_files_only), device, max_adapters)
+    pipe = load_base_pipeline(root.source, dtype=root.dtype, device=device, local_files_only=local_files_only)
+    slot = _Slot(root, pipe, device, max_adapters)
     with slot.lock:
         slot.ensure_adapters(spec)
     return LoadedPipeline(spec, slot)
@@ -528,7 +550,7 @@ class PipelineCache:
         max_adapters: int = 8,
         local_files_only: bool = True,
     ) -> None:
-        import torch
+        import torch  # lazy: web processes import this module (for its types) and never load torch
 
         if max_size < 1 or max_adapters < 1:
             raise ValueError("max_size and max_adapters must be at least 1")
@@ -550,7 +572,8 @@ class PipelineCache:
                 while len(self._slots) >= self.max_size:
                     _, old = self._slots.popitem(last=False)
                     old.close()
-                pipe = _load_base(root, self.device, local_files_only=self.local_files_only)
+                pipe = load_base_pipeline(root.source, dtype=root.dtype, device=self.device,
+                                          local_files_only=self.local_files_only)
                 slot = _Slot(root, pipe, self.device, self.max_adapters)
                 self._slots[root.key] = slot
             self._slots.move_to_end(root.key)
@@ -611,14 +634,14 @@ def ddim_from_config(config: Mapping[str, Any], **overrides: Any) -> Any:
     is to clip, and a pipeline saved with another scheduler (the shapes model's DPM-Solver) carries no
     such key, while its scaled latents go well beyond that range: clipped, it renders smears.
     """
-    import diffusers
+    import diffusers  # lazy: web processes import this module (for its types) and never load torch
 
     return diffusers.DDIMScheduler.from_config(
         dict(config), **{"clip_sample": bool(config.get("clip_sample", False)), **overrides})
 
 
 def _make_scheduler(name: SchedulerName, base_config: Mapping[str, Any]) -> Any:
-    import diffusers
+    import diffusers  # lazy: web processes import this module (for its types) and never load torch
 
     class_name, extra = SCHEDULERS[name]
     if class_name == "DDIMScheduler":
@@ -692,7 +715,7 @@ def _run_chunk(
     pad_to: int,
 ) -> tuple[list[Image.Image], float]:
     """One pipeline call for `chunk`; returns its images (in order) and its wall time."""
-    import torch
+    import torch  # lazy: web processes import this module (for its types) and never load torch
 
     pipe = slot.pipe
     prompts = [item.prompt for item in chunk]

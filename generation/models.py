@@ -13,7 +13,14 @@ import uuid
 from django.conf import settings
 from django.db import models
 
-from core.models import TimeStampedModel
+from core.models import (  # the job statuses are core's; generation's callers import them from here too
+    ACTIVE_STATUSES,
+    FINAL_STATUSES,
+    JobStatus,
+    LeasedJob,
+    TimeStampedModel,
+    leased_job_constraints,
+)
 from generation.inference import SCHEDULERS, GenerationParams
 
 
@@ -53,6 +60,10 @@ class ModelVersion(TimeStampedModel):
     enabled = models.BooleanField(default=True)
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # The projects that offer this version to their annotators (``project.model_versions``).
+    projects = models.ManyToManyField(
+        "projects.Project", through="ProjectModelVersion", related_name="model_versions", blank=True
     )
 
     class Meta:
@@ -105,22 +116,29 @@ class ModelVersion(TimeStampedModel):
         )
 
 
-class JobStatus(models.TextChoices):
-    QUEUED = "queued", "Queued"
-    RUNNING = "running", "Running"
-    SUCCEEDED = "succeeded", "Succeeded"
-    FAILED = "failed", "Failed"
-    CANCELLED = "cancelled", "Cancelled"
+class ProjectModelVersion(TimeStampedModel):
+    """A model version a project offers to its annotators (the Generate button's choices)."""
+
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="model_version_offers")
+    model_version = models.ForeignKey(ModelVersion, on_delete=models.CASCADE, related_name="project_offers")
+
+    class Meta:
+        ordering = ["project", "model_version"]
+        constraints = [
+            models.UniqueConstraint(fields=["project", "model_version"], name="projectmodelversion_once"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.model_version_id} offered in {self.project_id}"
 
 
-ACTIVE_STATUSES = (JobStatus.QUEUED, JobStatus.RUNNING)
-FINAL_STATUSES = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+class GenerationJob(LeasedJob):
+    """``num_images`` images of one prompt; its lifecycle (status, lease, attempts, phase) is core's ``LeasedJob``."""
 
 
-class GenerationJob(TimeStampedModel):
     # The project the images belong to (who may see them); null for an ML engineer's own jobs.
     project = models.ForeignKey(
-        "annotate.Project", null=True, blank=True, on_delete=models.CASCADE, related_name="generation_jobs"
+        "projects.Project", null=True, blank=True, on_delete=models.CASCADE, related_name="generation_jobs"
     )
     created_by = models.ForeignKey(
         settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="generation_jobs"
@@ -134,20 +152,9 @@ class GenerationJob(TimeStampedModel):
     num_images = models.PositiveSmallIntegerField()
     # One seed per image, given by the caller or drawn at creation.
     seeds = models.JSONField()
-    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    max_attempts = models.PositiveSmallIntegerField(default=3)
-    # The claim: who runs the job and until when (renewed by progress heartbeats).
-    lease_token = models.UUIDField(null=True, blank=True)
-    lease_expires_at = models.DateTimeField(null=True, blank=True)
-    leased_by = models.CharField(max_length=200, blank=True)
     # How many images the claiming batch held (all coalesced jobs share one lease token).
     batch_images = models.PositiveSmallIntegerField(default=0)
-    progress = models.FloatField(default=0.0)
-    error = models.TextField(blank=True)
     idempotency_key = models.CharField(max_length=100, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -157,16 +164,8 @@ class GenerationJob(TimeStampedModel):
             models.Index(fields=["status", "lease_expires_at"], name="genjob_lease_idx"),
         ]
         constraints = [
-            models.CheckConstraint(condition=models.Q(status__in=JobStatus.values), name="genjob_status_valid"),
+            *leased_job_constraints("genjob"),
             models.CheckConstraint(condition=models.Q(num_images__gte=1), name="genjob_num_images_positive"),
-            models.CheckConstraint(
-                condition=models.Q(progress__gte=0, progress__lte=1), name="genjob_progress_range"
-            ),
-            models.CheckConstraint(
-                condition=~models.Q(status=JobStatus.RUNNING)
-                | models.Q(lease_expires_at__isnull=False, lease_token__isnull=False),
-                name="genjob_running_has_lease",
-            ),
             models.UniqueConstraint(
                 fields=["created_by", "idempotency_key"],
                 condition=~models.Q(idempotency_key=""),
@@ -176,10 +175,6 @@ class GenerationJob(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"Job {self.pk} ({self.status}): {self.prompt[:40]}"
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in FINAL_STATUSES
 
     @property
     def storage_prefix(self) -> str:
@@ -193,34 +188,112 @@ class GenerationJob(TimeStampedModel):
         return GenerationParams.from_dict(self.params)
 
 
+class ImageOrigin(models.TextChoices):
+    GENERATED = "generated", "Generated by a Pickwise job"
+    EXTERNAL = "external", "Imported (made elsewhere)"
+
+
+class ExternalSource(models.TextChoices):
+    UPLOAD = "upload", "Uploaded file"
+    ZIP = "zip", "Entry of an uploaded zip"
+    PATH = "path", "File under the import root"
+    S3 = "s3", "Key in the configured bucket"
+    URL = "url", "Fetched from an http(s) URL"
+    INLINE = "inline", "Bytes inside the imported table"
+
+
+# What an external image has no value for: it was not made by a Pickwise job.
+NO_SEED_REASON = "external image: no seed to regenerate"
+
+
 class GeneratedImage(TimeStampedModel):
+    """A candidate image: made by a generation job (``generated``), or imported (``external``).
+
+    Generated rows keep their job, model version, seed and parameters; external rows have none of
+    them and carry where they came from instead (source, original name or URL, metadata) and the
+    project they were imported into. External bytes are stored once per sha256
+    (``external/<sha256[:2]>/<sha256>.<ext>``, shared by every project that imports them) and there
+    is one row per (project, sha256). Everything downstream (tasks, rankings, review, exports,
+    reward training, DPO) treats both alike.
+    """
+
     # Random, so image URLs cannot be enumerated (they are permission-checked as well).
     id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
-    job = models.ForeignKey(GenerationJob, on_delete=models.CASCADE, related_name="images")
+    origin = models.CharField(max_length=10, choices=ImageOrigin.choices, default=ImageOrigin.GENERATED)
+    job = models.ForeignKey(GenerationJob, null=True, blank=True, on_delete=models.CASCADE, related_name="images")
     # Position in the job (0..num_images-1); the job's seeds[index] made it.
-    index = models.PositiveSmallIntegerField()
+    index = models.PositiveSmallIntegerField(null=True, blank=True)
     # Provenance, copied so the image stands on its own: the same inputs give the same pixels.
-    model_version = models.ForeignKey(ModelVersion, on_delete=models.PROTECT, related_name="images")
-    prompt = models.TextField()
-    seed = models.BigIntegerField()
-    params = models.JSONField()
+    model_version = models.ForeignKey(ModelVersion, null=True, blank=True, on_delete=models.PROTECT,
+                                      related_name="images")
+    prompt = models.TextField(blank=True)
+    seed = models.BigIntegerField(null=True, blank=True)
+    params = models.JSONField(null=True, blank=True)
     # Device, dtype and library versions that made it (exact reproduction needs the same ones).
-    runtime = models.JSONField(default=dict)
-    storage_key = models.CharField(max_length=300, unique=True)
+    runtime = models.JSONField(default=dict, blank=True)
+    # External images: the project they were imported into, and where they came from.
+    project = models.ForeignKey("projects.Project", null=True, blank=True, on_delete=models.CASCADE,
+                                related_name="external_images")
+    external_source = models.CharField(max_length=10, choices=ExternalSource.choices, blank=True)
+    external_name = models.CharField(max_length=2000, blank=True, help_text="Original file name, path, key or URL.")
+    external_metadata = models.JSONField(default=dict, blank=True)
+    storage_key = models.CharField(max_length=300)
+    content_type = models.CharField(max_length=30, default="image/png")
     sha256 = models.CharField(max_length=64)
     width = models.PositiveIntegerField()
     height = models.PositiveIntegerField()
     size_bytes = models.PositiveIntegerField()
     # This image's share of its pipeline call, and how many images that call made.
-    generation_seconds = models.FloatField()
+    generation_seconds = models.FloatField(null=True, blank=True)
     batch_size = models.PositiveSmallIntegerField(default=1)
 
     class Meta:
         ordering = ["job", "index"]
+        indexes = [
+            models.Index(fields=["storage_key"], name="genimage_storage_key_idx"),
+        ]
         constraints = [
             models.UniqueConstraint(fields=["job", "index"], name="genimage_one_per_job_index"),
             models.CheckConstraint(condition=models.Q(seed__gte=0), name="genimage_seed_nonnegative"),
+            models.CheckConstraint(condition=models.Q(origin__in=ImageOrigin.values), name="genimage_origin_valid"),
+            models.CheckConstraint(
+                condition=models.Q(
+                    origin=ImageOrigin.GENERATED, job__isnull=False, index__isnull=False,
+                    model_version__isnull=False, seed__isnull=False, params__isnull=False,
+                    generation_seconds__isnull=False, project__isnull=True, external_source="",
+                )
+                | models.Q(
+                    origin=ImageOrigin.EXTERNAL, job__isnull=True, index__isnull=True, model_version__isnull=True,
+                    seed__isnull=True, params__isnull=True, generation_seconds__isnull=True,
+                    project__isnull=False, external_source__in=ExternalSource.values,
+                ),
+                name="genimage_generated_has_provenance_external_has_source",
+            ),
+            # A generated image owns its file; external rows of several projects share one per sha256.
+            models.UniqueConstraint(fields=["storage_key"], condition=models.Q(origin=ImageOrigin.GENERATED),
+                                    name="genimage_generated_storage_key_unique"),
+            models.UniqueConstraint(fields=["project", "sha256"], condition=models.Q(origin=ImageOrigin.EXTERNAL),
+                                    name="genimage_external_once_per_project"),
         ]
 
     def __str__(self) -> str:
+        if self.origin == ImageOrigin.EXTERNAL:
+            return f"External image {self.sha256[:12]} ({self.external_name[:40]})"
         return f"Image {self.job_id}/{self.index} seed {self.seed}"
+
+    @property
+    def is_external(self) -> bool:
+        return self.origin == ImageOrigin.EXTERNAL
+
+    @property
+    def model_label(self) -> str:
+        """What made it: the model version's name, or for an external image the ``model`` its import named
+        (``external`` when none)."""
+        if self.origin == ImageOrigin.EXTERNAL:
+            return str((self.external_metadata or {}).get("model") or "external")
+        return self.model_version.name if self.model_version is not None else ""
+
+
+__all__ = ["ACTIVE_STATUSES", "FINAL_STATUSES", "DType", "GeneratedImage", "GenerationJob", "ImageOrigin", "JobStatus",
+           "ModelKind",
+           "ModelVersion", "ProjectModelVersion", "Scheduler"]

@@ -1,10 +1,11 @@
 """Every write of the generation app: model versions, jobs (create, claim, heartbeat, finish, fail,
 release, reap, cancel) and stored images.
 
-The job life cycle: ``queued`` -> ``running`` (claimed under a lease token, possibly together with
-other queued jobs of the same model version and parameters) -> ``succeeded`` / ``failed``, or back to
-``queued`` when the lease expires (the reaper) or storage is unavailable (a release), until
-``max_attempts`` claims have been used up.
+The job life cycle is every background job's (:mod:`core.jobs`): ``queued`` -> ``running`` (claimed
+under a lease token, possibly together with other queued jobs of the same model version and parameters)
+-> ``succeeded`` / ``failed``, or back to ``queued`` when the lease expires (the reaper) or storage is
+unavailable (a release), until ``max_attempts`` claims have been used up. Every write of the worker
+names its lease token, so a worker whose jobs were taken back writes nothing.
 """
 
 from __future__ import annotations
@@ -18,21 +19,23 @@ from dataclasses import dataclass, fields
 from datetime import timedelta
 from typing import Any
 
+from botocore.exceptions import BotoCoreError, ClientError
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser, AnonymousUser
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from django.db import transaction
-from django.db.models import Count, F
-from django.db.models.functions import Coalesce
+from django.db.models import Count
 from django.utils import timezone
 
-from annotate import access
-from annotate.models import Project
-from core import roles
+from core import jobs
+from core.audit import audit_record
 from core.exceptions import ApplicationError, PermissionDeniedError
 from core.locks import lock_objects
+from core.models import JobPhase
+from core.tasks import enqueue_on_commit
+from generation import registry
 from generation.inference import MAX_SEED, GenerationParams, draw_seed, sha256_hex
 from generation.models import (
     ACTIVE_STATUSES,
@@ -41,11 +44,16 @@ from generation.models import (
     JobStatus,
     ModelKind,
     ModelVersion,
+    ProjectModelVersion,
 )
+from projects import roles
+from projects.access import project_check
+from projects.models import Project
 
 logger = logging.getLogger(__name__)
 
 _PARAM_FIELDS = tuple(f.name for f in fields(GenerationParams))
+PARAM_FIELDS = _PARAM_FIELDS  # what a job's params (and a project's generation settings) may override
 
 # Storage writes are retried in place this many times, sleeping base * 2**n seconds in between.
 STORAGE_TRIES = 4
@@ -64,19 +72,13 @@ class TransientStorageError(Exception):
     """Media storage failed repeatedly; the job goes back to the queue and the task retries later."""
 
 
-class LeaseLost(Exception):  # noqa: N818 - a signal, not an error
-    """The job's lease was taken back (reaped or cancelled) while this worker was running it."""
+# The job's lease was taken back (reaped or cancelled) while this worker was running it.
+LeaseLost = jobs.LeaseLost
 
 
-def _transient_storage_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [OSError]
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-
-        errors += [BotoCoreError, ClientError]
-    except ImportError:  # pragma: no cover - botocore ships with django-storages[s3]
-        pass
-    return tuple(errors)
+# Storage errors worth retrying: the filesystem's, and S3's (botocore ships with django-storages[s3]).
+TRANSIENT_STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, BotoCoreError, ClientError)
+RUN_GENERATION = "generation.tasks.run_generation"
 
 
 def params_hash(params: GenerationParams) -> str:
@@ -154,7 +156,10 @@ def model_version_register(
         "description": description,
     }
     if existing is None:
-        return ModelVersion.objects.create(name=name, created_by=created_by, **values)
+        version = ModelVersion.objects.create(name=name, created_by=created_by, **values)
+        audit_record(event="model_version.registered", instance=version, actor=created_by, project_id=None,
+                     details={"kind": version.kind, "parent": parent.name if parent is not None else None})
+        return version
     if parent is not None and parent.pk == existing.pk:
         raise ApplicationError("A version cannot be its own parent.", field="parent")
     for key, value in values.items():
@@ -164,10 +169,40 @@ def model_version_register(
 
 
 @transaction.atomic
-def model_version_set_enabled(*, version: ModelVersion, enabled: bool) -> ModelVersion:
+def model_version_set_enabled(*, version: ModelVersion, enabled: bool,
+                              by: AbstractBaseUser | None = None) -> ModelVersion:
+    before = version.enabled
     version.enabled = enabled
     version.save(update_fields=["enabled", "updated_at"])
+    if before != enabled:
+        audit_record(event="model_version.enabled" if enabled else "model_version.disabled", instance=version,
+                     actor=by, project_id=None, changes={"enabled": [before, enabled]})
     return version
+
+
+@transaction.atomic
+def project_model_versions_set(*, project: Project, version_ids: list[int]) -> list[ModelVersion]:
+    """Offer exactly these enabled versions in ``project`` (the Generate button's choices)."""
+    wanted = set(version_ids)
+    versions = list(ModelVersion.objects.filter(pk__in=wanted, enabled=True))
+    if len(versions) != len(wanted):
+        raise ApplicationError("Unknown or disabled model version.", field="model_versions")
+    ProjectModelVersion.objects.filter(project=project).exclude(model_version_id__in=wanted).delete()
+    have = set(ProjectModelVersion.objects.filter(project=project).values_list("model_version_id", flat=True))
+    ProjectModelVersion.objects.bulk_create(
+        ProjectModelVersion(project=project, model_version=version) for version in versions if version.pk not in have
+    )
+    return versions
+
+
+@transaction.atomic
+def project_model_version_offer_beside(*, project: Project, version: ModelVersion, beside: ModelVersion) -> bool:
+    """Offer ``version`` in ``project`` too when the project offers ``beside`` (a fine-tune's start
+    version); returns whether it does now."""
+    if not ProjectModelVersion.objects.filter(project=project, model_version=beside).exists():
+        return False
+    ProjectModelVersion.objects.get_or_create(project=project, model_version=version)
+    return True
 
 
 def _root(version: ModelVersion) -> ModelVersion:
@@ -193,6 +228,23 @@ def _validated_params(values: dict[str, Any]) -> GenerationParams:
         if getattr(params, side) > limit:
             raise ApplicationError(f"{side.capitalize()} must be at most {limit} pixels.", field=side)
     return params
+
+
+def generation_settings_validate(values: Any, *, field: str = "generation_settings") -> dict[str, Any]:
+    """A project's overrides for every Generate, held to the limits a job is (``_validated_params``: the
+    worker's ``GenerationParams`` ranges and ``GENERATION_MAX_IMAGE_SIDE``); errors name
+    ``generation_settings.<key>``."""
+    if not isinstance(values, dict):
+        raise ApplicationError("Generation settings must be an object.", field=field)
+    unknown = sorted(set(values) - set(_PARAM_FIELDS))
+    if unknown:
+        raise ApplicationError(f"Unknown generation setting {unknown[0]!r}; expected some of "
+                               f"{', '.join(_PARAM_FIELDS)}.", field=f"{field}.{unknown[0]}")
+    try:
+        _validated_params({**GenerationParams().to_dict(), **values})
+    except ApplicationError as exc:
+        raise ApplicationError(exc.message, field=f"{field}.{exc.field}") from None
+    return dict(values)
 
 
 def _seeds(seeds: list[int] | None, num_images: int) -> list[int]:
@@ -224,10 +276,8 @@ def generation_job_create(
     negative_prompt). ``seeds`` gives one seed per image; missing seeds are drawn and stored. A
     repeated ``idempotency_key`` returns the job it created the first time.
     """
-    from generation.tasks import run_generation
-
     if project is not None:
-        access.require(user=user, action="view", project=project)
+        project_check(user=user, project=project, action="view")
         if project.is_archived:
             raise ApplicationError("This project is archived.", field="project")
     elif not (getattr(user, "is_superuser", False) or user.has_perm(roles.TRAIN)):
@@ -293,7 +343,7 @@ def generation_job_create(
         max_attempts=settings.GENERATION_MAX_ATTEMPTS,
         idempotency_key=idempotency_key,
     )
-    run_generation.delay_on_commit(job.pk)
+    enqueue_on_commit(RUN_GENERATION, job.pk)
     return job
 
 
@@ -305,11 +355,7 @@ def generation_job_cancel(*, job: GenerationJob, user: AbstractBaseUser | Anonym
         raise PermissionDeniedError("Only the person who asked for these images may cancel them.")
     if job.is_finished:
         raise ApplicationError(f"This job has {job.status} already.", field="status")
-    job.status = JobStatus.CANCELLED
-    job.lease_expires_at = None
-    job.finished_at = timezone.now()
-    job.save(update_fields=["status", "lease_expires_at", "finished_at", "updated_at"])
-    return job
+    return jobs.job_cancel(GenerationJob, job.pk)
 
 
 # --- the worker's side: claim, heartbeat, store, finish ---------------------------------------------
@@ -385,39 +431,23 @@ def generation_jobs_claim(*, job_id: int, worker: str, batch_limit: int) -> Clai
         claimed.append(job)
         missing[job.pk] = todo
         total += len(todo)
-    token = uuid.uuid4()
-    now = timezone.now()
-    GenerationJob.objects.filter(pk__in=[job.pk for job in claimed]).update(
-        status=JobStatus.RUNNING,
-        attempts=F("attempts") + 1,
-        lease_token=token,
-        lease_expires_at=now + timedelta(seconds=settings.GENERATION_LEASE_SECONDS),
-        leased_by=worker[:200],
-        batch_images=min(total, 32767),
-        started_at=Coalesce("started_at", now),
-        error="",
-        updated_at=now,
-    )
-    jobs = list(GenerationJob.objects.filter(pk__in=missing).select_related("model_version").order_by("pk"))
-    for job in jobs:
+    token = jobs.jobs_claim_rows(GenerationJob, [job.pk for job in claimed], lease_seconds=settings.GENERATION_LEASE_SECONDS,
+                                 worker=worker, phase=JobPhase.RENDERING, batch_images=min(total, 32767))
+    claimed_jobs = list(GenerationJob.objects.filter(pk__in=missing).select_related("model_version").order_by("pk"))
+    for job in claimed_jobs:
         _delete_orphans(job)
-    return Claim(token=token, jobs=jobs, params=lead.generation_params(), missing=missing)
+    return Claim(token=token, jobs=claimed_jobs, params=lead.generation_params(), missing=missing)
 
 
 def generation_jobs_heartbeat(*, token: uuid.UUID, progress: float) -> bool:
     """Record progress and renew the lease of every job under ``token``; False when none is ours any more."""
-    now = timezone.now()
-    updated = GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING).update(
-        progress=max(0.0, min(1.0, progress)),
-        lease_expires_at=now + timedelta(seconds=settings.GENERATION_LEASE_SECONDS),
-        updated_at=now,
-    )
-    return updated > 0
+    return jobs.jobs_heartbeat_token(GenerationJob, token, lease_seconds=settings.GENERATION_LEASE_SECONDS,
+                                     progress=max(0.0, min(1.0, progress))) > 0
 
 
 def _save_file(key: str, data: bytes) -> None:
     """Write ``data`` under exactly ``key`` (overwriting), retrying transient failures with backoff."""
-    transient = _transient_storage_errors()
+    transient = TRANSIENT_STORAGE_ERRORS
     for attempt in range(STORAGE_TRIES):
         try:
             if default_storage.exists(key):
@@ -502,40 +532,33 @@ def _finish_locked(jobs: list[GenerationJob]) -> None:
     now = timezone.now()
     done = [job for job in jobs if counts.get(job.pk, 0) >= job.num_images]
     GenerationJob.objects.filter(pk__in=[job.pk for job in done]).update(
-        status=JobStatus.SUCCEEDED, progress=1.0, finished_at=now, lease_expires_at=None, updated_at=now)
+        status=JobStatus.SUCCEEDED, phase=JobPhase.DONE, progress=1.0, finished_at=now, lease_expires_at=None,
+        updated_at=now)
     for job in done:
-        job.status, job.progress, job.finished_at, job.lease_expires_at, job.updated_at = (
-            JobStatus.SUCCEEDED, 1.0, now, None, now)
+        job.status, job.phase, job.progress, job.finished_at, job.lease_expires_at, job.updated_at = (
+            JobStatus.SUCCEEDED, JobPhase.DONE, 1.0, now, None, now)
+    registry.jobs_succeeded(done)  # e.g. annotate attaches a task's candidates, in this transaction
     for job in jobs:
         if job not in done:  # cannot happen unless rows were deleted mid-run; try again
-            job.status, job.lease_expires_at = JobStatus.QUEUED, None
-            job.save(update_fields=["status", "lease_expires_at", "updated_at"])
+            job.status, job.phase, job.lease_token, job.lease_expires_at = JobStatus.QUEUED, JobPhase.QUEUED, None, None
+            job.save(update_fields=["status", "phase", "lease_token", "lease_expires_at", "updated_at"])
             _enqueue_on_commit([job.pk])
 
 
 @transaction.atomic
 def generation_jobs_fail(*, token: uuid.UUID, error: str) -> list[GenerationJob]:
     """Mark the jobs under ``token`` failed with a readable reason (pipeline error, out of memory)."""
-    jobs = lock_objects(GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING))
-    for job in jobs:
-        _fail(job, error)
-    return jobs
+    failed = jobs.jobs_fail_token(GenerationJob, token, error[:2000])
+    for job in failed:
+        _delete_orphans(job)
+    return failed
 
 
 @transaction.atomic
 def generation_job_fail_unclaimed(*, job_id: int, error: str) -> None:
     """Fail a queued job that cannot start at all (its model does not load)."""
-    for job in lock_objects(GenerationJob.objects.filter(pk=job_id, status=JobStatus.QUEUED)):
-        _fail(job, error)
-
-
-def _fail(job: GenerationJob, error: str) -> None:
-    job.status = JobStatus.FAILED
-    job.error = error[:2000]
-    job.lease_expires_at = None
-    job.finished_at = timezone.now()
-    job.save(update_fields=["status", "error", "lease_expires_at", "finished_at", "updated_at"])
-    _delete_orphans(job)
+    if jobs.job_fail_unclaimed(GenerationJob, job_id, error[:2000]):
+        _delete_orphans(GenerationJob.objects.get(pk=job_id))
 
 
 @transaction.atomic
@@ -544,44 +567,23 @@ def generation_jobs_release(*, token: uuid.UUID, lead_job_id: int) -> list[Gener
 
     The lead job's task retries itself later; the coalesced companions get tasks of their own.
     """
-    jobs = lock_objects(GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING))
-    for job in jobs:
-        job.status, job.lease_token, job.lease_expires_at = JobStatus.QUEUED, None, None
-        job.save(update_fields=["status", "lease_token", "lease_expires_at", "updated_at"])
-    _enqueue_on_commit([job.pk for job in jobs if job.pk != lead_job_id])
-    return jobs
+    released = lock_objects(GenerationJob.objects.filter(lease_token=token, status=JobStatus.RUNNING))
+    for job in released:
+        job.status, job.phase, job.lease_token, job.lease_expires_at = JobStatus.QUEUED, JobPhase.QUEUED, None, None
+        job.save(update_fields=["status", "phase", "lease_token", "lease_expires_at", "updated_at"])
+    _enqueue_on_commit([job.pk for job in released if job.pk != lead_job_id])
+    return released
 
 
 def _enqueue_on_commit(job_ids: list[int]) -> None:
-    from generation.tasks import run_generation
-
     for job_id in job_ids:
-        run_generation.delay_on_commit(job_id)
+        enqueue_on_commit(RUN_GENERATION, job_id)
 
 
-@transaction.atomic
 def generation_jobs_reap_expired() -> int:
     """Re-queue running jobs whose lease expired (their worker died) or fail them after max_attempts."""
-    expired = lock_objects(
-        GenerationJob.objects.filter(status=JobStatus.RUNNING, lease_expires_at__lt=timezone.now()),
-        skip_locked=True,
-    )
-    requeue: list[int] = []
-    for job in expired:
-        if job.attempts >= job.max_attempts:
-            _fail(
-                job,
-                f"The worker stopped {job.attempts} times while making these images "
-                f"(last on {job.leased_by or 'an unknown worker'}); giving up.",
-            )
-            continue
-        job.status, job.lease_token, job.lease_expires_at = JobStatus.QUEUED, None, None
-        job.save(update_fields=["status", "lease_token", "lease_expires_at", "updated_at"])
-        requeue.append(job.pk)
-    _enqueue_on_commit(requeue)
-    if expired:
-        logger.info("reaped %d expired generation lease(s); re-queued %d", len(expired), len(requeue))
-    return len(expired)
+    return jobs.jobs_reap(GenerationJob, task_name=RUN_GENERATION, what="making these images",
+                          on_fail=_delete_orphans)
 
 
 __all__ = [
@@ -602,5 +604,7 @@ __all__ = [
     "generation_jobs_release",
     "model_version_register",
     "model_version_set_enabled",
+    "project_model_version_offer_beside",
+    "project_model_versions_set",
     "params_hash",
 ]

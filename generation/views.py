@@ -13,19 +13,21 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_GET, require_http_methods
 from django_htmx.http import HttpResponseStopPolling
+from rest_framework.exceptions import AuthenticationFailed
 
-from annotate import selectors as annotate_selectors
+from core.authentication import TokenAuthentication
 from core.exceptions import ApplicationError
 from core.htmx import is_htmx, redirect_after_post
 from generation import selectors, services
 from generation.forms import GenerateForm
 from generation.models import GeneratedImage, GenerationJob, ModelVersion
+from projects.access import projects_for_user
 
 
 @login_required
 @require_http_methods(["GET", "POST"])
 def generate(request: HttpRequest) -> HttpResponse:
-    projects = annotate_selectors.projects_for_user(user=request.user)
+    projects = projects_for_user(user=request.user)
     form = GenerateForm(
         request.POST or None,
         model_choices=selectors.model_version_choices(),
@@ -61,7 +63,7 @@ def job_detail(request: HttpRequest, job_id: int) -> HttpResponse:
         job = selectors.job_for_user(user=request.user, job_id=job_id)
     except GenerationJob.DoesNotExist:
         raise Http404("No such generation job") from None
-    context = {"job": job, "status": selectors.job_status(job)}
+    context = {"job": job, "status": selectors.job_status(job), "poll_ms": selectors.poll_interval_ms(job)}
     if is_htmx(request):
         fragment = render(request, "generation/job_detail.html#progress", context)
         if job.is_finished:
@@ -87,9 +89,6 @@ def job_cancel(request: HttpRequest, job_id: int) -> HttpResponse:
 
 def _api_token_user(request: HttpRequest) -> object | None:
     """The user of a DRF ``Authorization: Token ...`` header, so API clients can fetch image URLs too."""
-    from rest_framework.authentication import TokenAuthentication
-    from rest_framework.exceptions import AuthenticationFailed
-
     try:
         found = TokenAuthentication().authenticate(request)  # type: ignore[arg-type]
     except AuthenticationFailed:
@@ -120,7 +119,7 @@ def image(request: HttpRequest, image_id: UUID) -> HttpResponse:
         handle = default_storage.open(found.storage_key, "rb")
     except FileNotFoundError:
         raise Http404("The image file is missing") from None
-    response = FileResponse(handle, content_type="image/png")
+    response = FileResponse(handle, content_type=found.content_type or "image/png")
     response["Cache-Control"] = "private, max-age=3600"
     response["ETag"] = f'"{found.sha256}"'
     return response

@@ -7,9 +7,12 @@
   deterministic key, record it, and finish the claimed jobs. Every write goes through services.
 - ``Storer`` stores each rendered chunk (PNG encoding, storage writes, rows) on a background thread
   during the next pipeline call, one chunk at a time; a task closes it before it returns.
+- ``run_job_to_end(job_id)`` runs a job here, or waits for the worker that has it (rounds, the arena).
 - ``drain_queue(model_version_id)`` runs more queued jobs of a loaded model version in the same task,
   so a busy GPU never waits for the broker between claims.
 - ``reproduce_image(image)`` renders a stored image again from its provenance.
+- ``preload_in_background()`` loads the versions projects offer into this process's cache when a gpu
+  worker starts, and warms each with a one-step render, so the first Generate does not wait for them.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from typing import Any
 from django.conf import settings
 from django.db import connections, transaction
 
-from generation import inference
-from generation.models import GeneratedImage, GenerationJob, ModelVersion
+from core.exceptions import ApplicationError
+from generation import inference, selectors, services
+from generation.models import NO_SEED_REASON, GeneratedImage, GenerationJob, ModelVersion
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +53,7 @@ def pipeline_cache() -> inference.PipelineCache:
     with _cache_lock:
         if _cache is None:
             if settings.GENERATION_TORCH_THREADS:
-                import torch
+                import torch  # lazy: web processes import this module and never load torch
 
                 # Oversubscribed OpenMP threads spin against other processes: cap them where asked.
                 torch.set_num_threads(settings.GENERATION_TORCH_THREADS)
@@ -106,7 +110,7 @@ def spec_for(version: ModelVersion, *, device_type: str | None = None) -> infere
 
 def runtime_info(device_type: str, dtype: str) -> dict[str, str]:
     """What exact reproduction needs to match: device, dtype and library versions."""
-    import diffusers
+    import diffusers  # lazy: web processes import this module and never load torch
     import torch
 
     info = {"device": device_type, "dtype": dtype, "torch": torch.__version__, "diffusers": diffusers.__version__}
@@ -201,8 +205,6 @@ class Storer:
 
     def wait(self) -> None:
         """Wait for the pending store, if any, and settle it (see the class docstring)."""
-        from generation import services
-
         pending, self._pending = self._pending, None
         if pending is None:
             return
@@ -250,8 +252,6 @@ class Storer:
 def _store_chunk(*, token: uuid.UUID, made: list[tuple[GenerationJob, int, int, inference.GeneratedImage]],
                  runtime: dict[str, Any], finish: bool) -> None:
     """Encode, write and record one rendered chunk (on the storer's thread)."""
-    from generation import services
-
     pngs = inference.images_to_png_bytes([generated.image for *_, generated in made])
     services.generated_images_store(token=token, runtime=runtime, finish=finish, images=[
         services.ImageToStore(
@@ -275,8 +275,6 @@ def run_job(job_id: int, *, batch_limit: int | None = None, storer: Storer | Non
         with Storer() as own:
             result = run_job(job_id, batch_limit=batch_limit, storer=own)
         return result
-    from generation import services
-
     result = RunResult(job_id=job_id)
     batch_limit = batch_limit or settings.GENERATION_BATCH_LIMIT
     job = GenerationJob.objects.select_related("model_version").filter(pk=job_id).first()
@@ -368,6 +366,21 @@ def run_job(job_id: int, *, batch_limit: int | None = None, storer: Storer | Non
     return result
 
 
+def run_job_to_end(job_id: int, *, poll_s: float = 0.5, tick: Callable[[], object] | None = None) -> GenerationJob:
+    """Run ``job_id`` in this process while it is queued, or wait while another worker has it (a retried
+    round or arena finds the job its dead worker had started, re-queued by the reaper or already claimed by
+    a gpu worker); returns the finished job. ``tick()`` runs between waits (an outer job's stop check, which
+    may raise to give up)."""
+    while True:
+        run_job(job_id)
+        job = GenerationJob.objects.get(pk=job_id)
+        if job.is_finished:
+            return job
+        if tick is not None:
+            tick()
+        time.sleep(poll_s)
+
+
 def drain_queue(*, model_version_id: int, claims: int, storer: Storer) -> list[RunResult]:
     """Run up to ``claims`` more queued jobs of this model version, oldest first, while it is loaded.
 
@@ -376,8 +389,6 @@ def drain_queue(*, model_version_id: int, claims: int, storer: Storer) -> list[R
     return at once. Stops at the first claim that does not succeed, or once any store has failed; the
     task settles the last store and re-queues claims that storage turned away.
     """
-    from generation import selectors
-
     results: list[RunResult] = []
     while len(results) < claims and not storer.failed:
         job_id = selectors.next_queued_job_id(model_version_id=model_version_id)
@@ -391,7 +402,12 @@ def drain_queue(*, model_version_id: int, claims: int, storer: Storer) -> list[R
 
 
 def reproduce_image(image: GeneratedImage) -> bytes:
-    """Render ``image`` again from its provenance (model version, prompt, params, seed); PNG bytes."""
+    """Render ``image`` again from its provenance (model version, prompt, params, seed); PNG bytes.
+
+    An imported image has no such provenance: ``ApplicationError`` says so.
+    """
+    if image.is_external or image.model_version is None or image.seed is None or image.params is None:
+        raise ApplicationError(f"Image {image.pk}: {NO_SEED_REASON}.", field="image")
     device_type = pipeline_cache().device.type
     spec = spec_for(image.model_version, device_type=device_type)
     loaded = pipeline_cache().get(spec)
@@ -402,3 +418,60 @@ def reproduce_image(image: GeneratedImage) -> bytes:
     [[generated]] = inference.generate_batch(loaded, [request], max_batch=shape)
     return inference.image_to_png_bytes(generated.image)
 
+
+
+# --- preloading at start -----------------------------------------------------------------------------
+
+# The warm-up render: one step of the version's own size and sampler, in the padded batch shape of the
+# usual request (four images), so the first real call finds its kernels chosen and its memory allocated.
+WARMUP_IMAGES = 4
+
+
+def preload_versions() -> list[str]:
+    """Load the versions a gpu worker should hold (``selectors.model_versions_to_preload``) into this
+    process's pipeline cache and warm each up; returns their names. A version that cannot be loaded is
+    logged and skipped: the jobs that ask for it fail with the reason, as without a preload."""
+    loaded_names = []
+    for version in selectors.model_versions_to_preload(limit=settings.GENERATION_PIPELINE_CACHE_SIZE):
+        started = time.monotonic()
+        try:
+            spec = spec_for(version)
+            loaded = pipeline_cache().get(spec)
+            params = inference.GenerationParams(**{**version.default_params().to_dict(), "steps": 1})
+            shape = batch_shape(min(WARMUP_IMAGES, settings.GENERATION_BATCH_LIMIT), settings.GENERATION_BATCH_LIMIT)
+            inference.generate_batch(loaded, [inference.GenerationRequest(prompt="warm-up", seeds=[0], params=params,
+                                                                          spec=spec)], max_batch=shape)
+        except Exception:  # a worker must start whatever one model's files hold
+            logger.exception("could not preload model version %r; its jobs load it (and report why) when asked",
+                             version.name)
+            continue
+        loaded_names.append(version.name)
+        logger.info("preloaded model version %r in %.1f s", version.name, time.monotonic() - started)
+    return loaded_names
+
+
+_preloading: dict[int, threading.Thread] = {}  # process id -> its preload thread (one per process)
+_preload_lock = threading.Lock()
+
+
+def _preload_and_close() -> None:
+    try:
+        preload_versions()
+    except Exception:
+        logger.exception("preloading model versions failed")
+    finally:
+        connections.close_all()  # this thread's own connections
+
+
+def preload_in_background() -> threading.Thread:
+    """:func:`preload_versions` on a thread of its own, once per process: the worker takes tasks meanwhile
+    (a job for a version being loaded waits on the cache's lock, then finds it loaded). The thread has its
+    own database connection (Django's are per thread), so a forked pool process never touches the one it
+    inherited."""
+    with _preload_lock:
+        thread = _preloading.get(os.getpid())
+        if thread is None:
+            thread = threading.Thread(target=_preload_and_close, name="pickwise-preload", daemon=True)
+            _preloading[os.getpid()] = thread
+            thread.start()
+    return thread

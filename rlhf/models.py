@@ -1,18 +1,17 @@
-"""Preference exports (issue 6); reward-model and fine-tune runs arrive with their issues."""
+"""Preference exports, reward-model and fine-tune runs, reward scores, and the loop's rounds, evaluations and arena."""
 
 from __future__ import annotations
 
 from django.conf import settings
 from django.db import models
 
-from core.models import TimeStampedModel
-from generation.models import JobStatus
+from core.models import JobStatus, LeasedJob, TimeStampedModel, leased_job_constraints
 
-# Exports and training runs share the generation jobs' lifecycle.
+# Exports, runs, arena generations and rounds share every background job's lifecycle (core.models.LeasedJob).
 RunStatus = JobStatus
 
 
-class PreferenceExport(TimeStampedModel):
+class PreferenceExport(LeasedJob):
     """An immutable snapshot of a project's rankings in one dataset format.
 
     Made by ``rlhf.tasks.export_preferences`` on the ``default`` queue into
@@ -32,41 +31,31 @@ class PreferenceExport(TimeStampedModel):
         SOFT = "soft", "Keep as 0.5/0.5 labels"
         MARK = "mark", "Keep, marked as ties"
 
-    project = models.ForeignKey("annotate.Project", on_delete=models.CASCADE, related_name="exports")
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="exports")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
     name = models.CharField(max_length=200, blank=True)
     format = models.CharField(max_length=20, choices=Format.choices)
     tie_policy = models.CharField(max_length=10, choices=TiePolicy.choices, default=TiePolicy.SOFT)
     weight_per_prompt = models.BooleanField(default=False)
     include_images = models.BooleanField(default=True)
-    # Validated filter values (see rlhf.export_services.ExportFilters), and the split spec.
+    # Validated filter values (see rlhf.datasets.services.ExportFilters), and the split spec.
     filters = models.JSONField(default=dict, blank=True)
-    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.QUEUED)
-    progress = models.FloatField(default=0.0)
     counts = models.JSONField(default=dict, blank=True)
     split_counts = models.JSONField(default=dict, blank=True)
     content_hash = models.CharField(max_length=64, blank=True)
-    error = models.TextField(blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
         constraints = [
-            models.CheckConstraint(condition=models.Q(status__in=RunStatus.values), name="export_status_valid"),
+            *leased_job_constraints("export"),
             models.CheckConstraint(condition=models.Q(format__in=["pickapic", "listwise", "jsonl", "hf", "trl"]),
                                    name="export_format_valid"),
             models.CheckConstraint(condition=models.Q(tie_policy__in=["drop", "soft", "mark"]),
                                    name="export_tie_policy_valid"),
-            models.CheckConstraint(condition=models.Q(progress__gte=0, progress__lte=1), name="export_progress_range"),
         ]
 
     def __str__(self) -> str:
         return self.name or f"Export {self.pk} ({self.format})"
-
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
 
     @property
     def pairs(self) -> int:
@@ -76,7 +65,7 @@ class PreferenceExport(TimeStampedModel):
 # --- reward-model and fine-tune runs (issues 7 and 8) ------------------------------------------------
 
 
-class RewardModelRun(TimeStampedModel):
+class RewardModelRun(LeasedJob):
     """One reward-model training run on a preference export, run by ``rlhf.tasks.train_reward_model``.
 
     ``config`` is the validated ``RewardModelConfig`` (as a dict); ``history`` the logged points
@@ -86,9 +75,10 @@ class RewardModelRun(TimeStampedModel):
 
     class Preset(models.TextChoices):
         TINY = "tiny", "Tiny CLIP (CPU demo, tests)"
+        SHAPES = "shapes", "Latent reward on the shapes model's VAE"
         PICKSCORE = "pickscore", "PickScore recipe"
 
-    project = models.ForeignKey("annotate.Project", null=True, blank=True, on_delete=models.CASCADE,
+    project = models.ForeignKey("projects.Project", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="reward_runs")
     export = models.ForeignKey(PreferenceExport, null=True, blank=True, on_delete=models.PROTECT,
                                related_name="reward_runs")
@@ -100,26 +90,18 @@ class RewardModelRun(TimeStampedModel):
     backbone = models.CharField(max_length=500)
     preset = models.CharField(max_length=20, choices=Preset.choices, default=Preset.TINY)
     config = models.JSONField(default=dict)
-    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.QUEUED)
-    progress = models.FloatField(default=0.0)
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     history = models.JSONField(default=list, blank=True)
     last_metrics = models.JSONField(default=dict, blank=True)
     results = models.JSONField(default=dict, blank=True)
-    error = models.TextField(blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
         constraints = [
-            models.CheckConstraint(condition=models.Q(status__in=RunStatus.values), name="rewardrun_status_valid"),
-            models.CheckConstraint(condition=models.Q(preset__in=["tiny", "pickscore"]), name="rewardrun_preset_valid"),
-            models.CheckConstraint(condition=models.Q(progress__gte=0, progress__lte=1),
-                                   name="rewardrun_progress_range"),
+            *leased_job_constraints("rewardrun"),
+            models.CheckConstraint(condition=models.Q(preset__in=["tiny", "shapes", "pickscore"]),
+                                   name="rewardrun_preset_valid"),
             models.CheckConstraint(condition=models.Q(export__isnull=False) | ~models.Q(data_path=""),
                                    name="rewardrun_has_data"),
         ]
@@ -127,16 +109,12 @@ class RewardModelRun(TimeStampedModel):
     def __str__(self) -> str:
         return self.name or f"Reward run {self.pk}"
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
-
 
 class RewardModelVersion(TimeStampedModel):
     """A trained reward model that can score images: registered when its run succeeds."""
 
     name = models.SlugField(max_length=100, unique=True)
-    project = models.ForeignKey("annotate.Project", null=True, blank=True, on_delete=models.CASCADE,
+    project = models.ForeignKey("projects.Project", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="reward_versions")
     run = models.OneToOneField(RewardModelRun, null=True, blank=True, on_delete=models.SET_NULL,
                                related_name="registered_version")
@@ -156,6 +134,21 @@ class RewardModelVersion(TimeStampedModel):
         return self.name
 
 
+class ProjectPresort(TimeStampedModel):
+    """The reward model whose stored scores order a project's candidates for its annotators.
+
+    Annotators then see each task's images highest score first (unscored ones last, in task order);
+    new task images are queued for scoring with it. What they submit is unchanged.
+    """
+
+    project = models.OneToOneField("projects.Project", primary_key=True, on_delete=models.CASCADE,
+                                   related_name="presort")
+    reward_version = models.ForeignKey(RewardModelVersion, on_delete=models.CASCADE, related_name="presorted_projects")
+
+    def __str__(self) -> str:
+        return f"Project {self.project_id} pre-sorted by {self.reward_version_id}"
+
+
 class ImageScore(TimeStampedModel):
     """A reward model's score of a generated image under the image's own prompt (background scoring)."""
 
@@ -169,11 +162,11 @@ class ImageScore(TimeStampedModel):
         ]
 
 
-class FineTuneRun(TimeStampedModel):
+class FineTuneRun(LeasedJob):
     """A LoRA fine-tune of a base model version with Diffusion-DPO or DDPO (``rlhf.tasks.finetune_model``).
 
-    Works in ``PICKWISE_MODEL_CACHE_DIR/runs/finetune-<id>`` (resumable checkpoints); a finished run
-    copies its LoRA to ``PICKWISE_MODEL_CACHE_DIR/loras/finetune-<id>`` and registers ``result_version``.
+    Works in ``PICKWISE_MODEL_CACHE_DIR/runs/finetune-<id>/attempt-<n>`` (resumable checkpoints); a finished run
+    copies its LoRA to ``PICKWISE_MODEL_CACHE_DIR/loras/finetune-<id>-attempt-<n>`` and registers ``result_version``.
     ``eval_grids`` holds the evaluation images (``[{"label", "step", "images": [{"prompt", "seed", "key"}]}]``),
     labelled ``base``, ``step-<N>`` (one per periodic checkpoint) and ``final``; a checkpoint grid whose
     rendering failed has no images and an ``error``.
@@ -192,7 +185,7 @@ class FineTuneRun(TimeStampedModel):
         PROJECT = "project", "The project's prompts"
         EXPORT = "export", "The export's captions"
 
-    project = models.ForeignKey("annotate.Project", null=True, blank=True, on_delete=models.CASCADE,
+    project = models.ForeignKey("projects.Project", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="finetune_runs")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
@@ -210,8 +203,6 @@ class FineTuneRun(TimeStampedModel):
     config = models.JSONField(default=dict)
     eval_prompts = models.JSONField(default=list, blank=True)
     eval_seeds = models.JSONField(default=list, blank=True)
-    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.QUEUED)
-    progress = models.FloatField(default=0.0)
     step = models.PositiveIntegerField(default=0)
     total_steps = models.PositiveIntegerField(default=0)
     history = models.JSONField(default=list, blank=True)
@@ -220,22 +211,15 @@ class FineTuneRun(TimeStampedModel):
     lineage = models.JSONField(default=dict, blank=True)
     result_version = models.OneToOneField("generation.ModelVersion", null=True, blank=True,
                                           on_delete=models.SET_NULL, related_name="finetune_run")
-    error = models.TextField(blank=True)
-    attempts = models.PositiveSmallIntegerField(default=0)
-    heartbeat_at = models.DateTimeField(null=True, blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
         constraints = [
-            models.CheckConstraint(condition=models.Q(status__in=RunStatus.values), name="finetunerun_status_valid"),
+            *leased_job_constraints("finetunerun"),
             models.CheckConstraint(condition=models.Q(method__in=["dpo", "ddpo"]), name="finetunerun_method_valid"),
             models.CheckConstraint(condition=models.Q(preset__in=["tiny", "sd15"]), name="finetunerun_preset_valid"),
             models.CheckConstraint(condition=models.Q(prompt_source__in=["", "project", "export"]),
                                    name="finetunerun_prompt_source_valid"),
-            models.CheckConstraint(condition=models.Q(progress__gte=0, progress__lte=1),
-                                   name="finetunerun_progress_range"),
             models.CheckConstraint(
                 condition=~models.Q(method="dpo") | models.Q(export__isnull=False) | ~models.Q(data_path=""),
                 name="finetunerun_dpo_has_pairs",
@@ -249,15 +233,11 @@ class FineTuneRun(TimeStampedModel):
     def __str__(self) -> str:
         return self.name or f"Fine-tune {self.pk} ({self.method})"
 
-    @property
-    def is_finished(self) -> bool:
-        return self.status in (RunStatus.SUCCEEDED, RunStatus.FAILED, RunStatus.CANCELLED)
-
 
 # --- the closed loop (issue 10): rounds, the blind arena, version evaluations ------------------------
 
 
-class LoopRound(TimeStampedModel):
+class LoopRound(LeasedJob):
     """One round of a project's loop: prompts -> generation with ``input_version`` -> (simulated)
     annotation -> export -> optional reward model -> fine-tune -> ``output_version``, which is the
     current version of the next round. ``stats`` holds the timeline's figures."""
@@ -272,7 +252,7 @@ class LoopRound(TimeStampedModel):
         EVALUATION = "evaluation", "Evaluation"
         DONE = "done", "Done"
 
-    project = models.ForeignKey("annotate.Project", on_delete=models.CASCADE, related_name="loop_rounds")
+    project = models.ForeignKey("projects.Project", on_delete=models.CASCADE, related_name="loop_rounds")
     number = models.PositiveIntegerField()
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
@@ -281,7 +261,6 @@ class LoopRound(TimeStampedModel):
                                           on_delete=models.SET_NULL, related_name="loop_round")
     # RoundConfig.as_dict(): prompts, images per prompt, annotators, preference, method, hyperparameters...
     config = models.JSONField(default=dict)
-    status = models.CharField(max_length=20, choices=RunStatus.choices, default=RunStatus.QUEUED)
     stage = models.CharField(max_length=20, choices=Stage.choices, default=Stage.PENDING)
     export = models.ForeignKey(PreferenceExport, null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
     reward_run = models.ForeignKey(RewardModelRun, null=True, blank=True, on_delete=models.SET_NULL,
@@ -290,9 +269,6 @@ class LoopRound(TimeStampedModel):
                                      related_name="+")
     # data size, agreement, reward accuracy, preference and adherence before/after, stage timings
     stats = models.JSONField(default=dict, blank=True)
-    error = models.TextField(blank=True)
-    started_at = models.DateTimeField(null=True, blank=True)
-    finished_at = models.DateTimeField(null=True, blank=True)
 
     @property
     def stage_index(self) -> int:
@@ -304,7 +280,7 @@ class LoopRound(TimeStampedModel):
         ordering = ["project", "number"]
         constraints = [
             models.UniqueConstraint(fields=["project", "number"], name="loopround_number_unique_per_project"),
-            models.CheckConstraint(condition=models.Q(status__in=RunStatus.values), name="loopround_status_valid"),
+            *leased_job_constraints("loopround"),
             models.CheckConstraint(
                 condition=models.Q(stage__in=["pending", "generation", "annotation", "export", "reward", "finetune",
                                               "evaluation", "done"]),
@@ -322,7 +298,7 @@ class VersionEvaluation(TimeStampedModel):
 
     version = models.ForeignKey("generation.ModelVersion", on_delete=models.CASCADE, related_name="evaluations")
     baseline = models.ForeignKey("generation.ModelVersion", on_delete=models.CASCADE, related_name="+")
-    project = models.ForeignKey("annotate.Project", null=True, blank=True, on_delete=models.CASCADE,
+    project = models.ForeignKey("projects.Project", null=True, blank=True, on_delete=models.CASCADE,
                                 related_name="version_evaluations")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
@@ -349,13 +325,38 @@ class Arena(TimeStampedModel):
     """Makes a project a blind arena: its annotators vote A/B/tie on pairs of images of the same prompt
     and seed from two model versions, shown in random order without labels."""
 
-    project = models.OneToOneField("annotate.Project", on_delete=models.CASCADE, related_name="arena")
+    project = models.OneToOneField("projects.Project", on_delete=models.CASCADE, related_name="arena")
     created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                                    related_name="+")
     versions = models.ManyToManyField("generation.ModelVersion", related_name="arenas")
 
     def __str__(self) -> str:
         return f"Arena of project {self.project_id}"
+
+
+class ArenaGeneration(LeasedJob):
+    """Rendering an arena's prompts x seeds with each of its versions (``rlhf.tasks.arena_generate_comparisons``).
+
+    A leased job: a worker that dies mid-way is reaped and the retry renders only what is missing (each
+    prompt's images come from generation jobs with deterministic idempotency keys, each comparison is
+    unique), so the arena ends with every comparison exactly once.
+    """
+
+    arena = models.ForeignKey(Arena, on_delete=models.CASCADE, related_name="generations")
+    created_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                                   related_name="+")
+    prompts = models.JSONField(default=list)
+    seeds = models.JSONField(default=list)
+    # Generation parameters for every version (None: each version's defaults).
+    params = models.JSONField(null=True, blank=True)
+    prompts_done = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+        constraints = leased_job_constraints("arenageneration")
+
+    def __str__(self) -> str:
+        return f"Arena generation {self.pk} ({len(self.prompts)} prompts x {len(self.seeds)} seeds)"
 
 
 class ArenaComparison(TimeStampedModel):

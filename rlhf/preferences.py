@@ -11,17 +11,24 @@ Any other callable is named by a dotted path, ``"package.module:function"`` or
 ``"package.module.function"``; :func:`build_preference` imports and checks it when a
 :class:`SimulationConfig` is built, never mid-run. :func:`noisy_ranking` turns scores into a
 ranking with Bradley-Terry noise at a temperature. Django-free.
+
+A temperature is in its preference's own score units, so one temperature is very different noise for
+two preferences. :func:`temperature_for_label_accuracy` sets the noise as a *label accuracy* instead (the
+share of pairwise labels that agree with the preference), calibrated on the score differences of the
+pairs the annotators will rank; :func:`expected_label_accuracy` is the other direction.
 """
 
 from __future__ import annotations
 
 import importlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
 import numpy as np
 from PIL import Image
+from scipy.special import expit
 
 
 @runtime_checkable
@@ -129,12 +136,85 @@ def noisy_ranking(scores: Sequence[float], *, temperature: float, rng: np.random
     return [int(i) for i in np.argsort(-noisy, kind="stable")]
 
 
+_MAX_HALVINGS = 400  # more than a float's range of exponents needs
+
+
+def check_label_accuracy(label_accuracy: float) -> None:
+    """ValueError unless ``label_accuracy`` is a share from 0.5 (labels of pure noise) to 1 (none wrong)."""
+    if isinstance(label_accuracy, bool) or not isinstance(label_accuracy, int | float) or not (
+            0.5 <= label_accuracy <= 1):
+        raise ValueError("label_accuracy must be from 0.5 (labels of pure noise) to 1 (every label agrees with "
+                         f"the preference), not {label_accuracy!r}")
+
+
+def _gaps(differences: Sequence[float]) -> np.ndarray:
+    """The pairs' absolute score differences, without the ties (a pair of equal scores has no right label)."""
+    gaps = np.abs(np.asarray(differences, dtype=np.float64))
+    if not np.isfinite(gaps).all():
+        raise ValueError("score differences must be finite numbers")
+    gaps = gaps[gaps > 0]
+    if not gaps.size:
+        raise ValueError("the preference gives every pair the same score: no label can be right or wrong")
+    return gaps
+
+
+def expected_label_accuracy(differences: Sequence[float], temperature: float) -> float:
+    """The share of labels Bradley-Terry annotators at ``temperature`` get right, in expectation, over pairs
+    whose scores differ by ``differences``: the mean of sigmoid(|d| / T). Pairs of equal score are left out.
+
+    It is what :func:`noisy_ranking`'s rankings give over all the pairs they order (their pairwise
+    marginals are Bradley-Terry); 1 at temperature 0, 0.5 at an infinite one.
+    """
+    gaps = _gaps(differences)
+    if temperature < 0:
+        raise ValueError("temperature must be >= 0")
+    if temperature == 0:
+        return 1.0
+    if math.isinf(temperature):
+        return 0.5
+    return float(np.mean(expit(gaps / temperature)))
+
+
+def temperature_for_label_accuracy(differences: Sequence[float], label_accuracy: float, *,
+                                   rtol: float = 1e-9) -> float:
+    """The temperature at which :func:`expected_label_accuracy` over these pairs is ``label_accuracy``.
+
+    Accuracy falls strictly from 1 to 0.5 as the temperature rises, so the root is unique: bracketed by
+    halving and doubling from the median difference, then bisected on log T to a relative ``rtol``.
+    1 gives 0 (annotators rank by score) and 0.5 gives ``math.inf`` (labels of pure noise).
+    """
+    check_label_accuracy(label_accuracy)
+    gaps = _gaps(differences)
+    if label_accuracy == 1:
+        return 0.0
+    if label_accuracy == 0.5:
+        return math.inf
+    low = high = float(np.median(gaps))
+    for _ in range(_MAX_HALVINGS):  # lower temperatures label more pairs right
+        if expected_label_accuracy(gaps, low) >= label_accuracy:
+            break
+        low /= 2
+    for _ in range(_MAX_HALVINGS):
+        if expected_label_accuracy(gaps, high) <= label_accuracy:
+            break
+        high *= 2
+    for _ in range(_MAX_HALVINGS):
+        if high / low - 1 <= rtol:
+            break
+        middle = math.sqrt(low * high)
+        if expected_label_accuracy(gaps, middle) > label_accuracy:
+            low = middle
+        else:
+            high = middle
+    return math.sqrt(low * high)
+
+
 @dataclass(frozen=True)
 class SimulationConfig:
     """How simulated annotators rank."""
 
     preference: str = "larger_shapes"  # a name in PREFERENCES or a dotted path to a callable
-    temperature: float = 0.02  # Bradley-Terry noise on the preference scale; 0 = always by score
+    temperature: float = 0.02  # Bradley-Terry noise on the preference scale; 0 = always by score, inf = at random
     seed: int = 0  # the annotators' noise; annotator i draws from seed + i
     rationale: bool = True  # write a one-line rationale with every ranking
 

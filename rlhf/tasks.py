@@ -1,25 +1,32 @@
-"""Celery tasks of the rlhf app. Names starting ``train_``/``finetune_`` route to ``gpu-train``."""
+"""Celery tasks of the rlhf app, one service call each. Names starting ``train_``/``finetune_`` route to
+``gpu-train``, ``score_``/``arena_`` to ``gpu``, the rest to ``default`` (``config/celery.py``).
+
+Each task re-fetches its row, claims it under a lease (:mod:`core.jobs`) and returns early when it is not
+queued. The services queue them by name (``core.tasks.enqueue_on_commit``); ``RlhfConfig.ready()`` imports
+this module so the names and each kind's reaper (run by beat through ``core.tasks.run_reapers``) are
+registered in every process.
+"""
 
 from __future__ import annotations
 
 from django.conf import settings
 
-from core.tasks import pickwise_task
+from core.tasks import pickwise_task, register_reaper
+from rlhf.datasets.services import preference_export_build, preference_exports_reap_expired
+from rlhf.loop.arena import arena_generation_execute, arena_generations_reap_expired
+from rlhf.loop.rounds import loop_round_execute, loop_rounds_reap_expired
+from rlhf.runs.finetune import finetune_run_execute, finetune_runs_reap_expired
+from rlhf.runs.reward import reward_run_execute, reward_runs_reap_expired
+from rlhf.runs.scoring import image_scores_compute
 
 
 @pickwise_task(name="rlhf.tasks.export_preferences")
 def export_preferences(export_id: int) -> dict[str, object]:
-    from rlhf.export_services import preference_export_build
-
     export = preference_export_build(export_id=export_id)
     if export is None:
         return {"export": export_id, "status": "missing"}
     return {"export": export.pk, "status": export.status, "pairs": export.pairs}
 
-
-# --- reward models, fine-tunes and scoring (issues 7 and 8) ---------------------------------------------
-# ``train_*``/``finetune_*`` route to gpu-train, ``score_*`` to gpu (config/celery.py). Each task is one
-# service call: it re-fetches the run, claims it under a row lock and returns early when it is done.
 
 _TRAIN_LIMITS = {"time_limit": settings.CELERY_TRAIN_TIME_LIMIT,
                  "soft_time_limit": max(1, settings.CELERY_TRAIN_TIME_LIMIT - 60)}
@@ -27,16 +34,12 @@ _TRAIN_LIMITS = {"time_limit": settings.CELERY_TRAIN_TIME_LIMIT,
 
 @pickwise_task(name="rlhf.tasks.train_reward_model", **_TRAIN_LIMITS)
 def train_reward_model(run_id: int) -> dict[str, object]:
-    from rlhf.run_services import reward_run_execute
-
     run = reward_run_execute(run_id=run_id)
     return {"run": run_id, "status": run.status if run else "missing"}
 
 
 @pickwise_task(name="rlhf.tasks.finetune_model", **_TRAIN_LIMITS)
 def finetune_model(run_id: int) -> dict[str, object]:
-    from rlhf.run_services import finetune_run_execute
-
     run = finetune_run_execute(run_id=run_id)
     return {"run": run_id, "status": run.status if run else "missing"}
 
@@ -44,8 +47,6 @@ def finetune_model(run_id: int) -> dict[str, object]:
 @pickwise_task(name="rlhf.tasks.score_images")
 def score_images(reward_version_id: int, image_ids: list[str], prompt: str | None = None,
                  store: bool = True) -> dict[str, object]:
-    from rlhf.run_services import image_scores_compute
-
     scores = image_scores_compute(reward_version_id=reward_version_id, image_ids=image_ids, prompt=prompt,
                                   store=store)
     return {"reward_version": reward_version_id, "scores": scores}
@@ -54,24 +55,20 @@ def score_images(reward_version_id: int, image_ids: list[str], prompt: str | Non
 @pickwise_task(name="rlhf.tasks.finetune_loop_round", **_TRAIN_LIMITS)
 def finetune_loop_round(round_id: int) -> dict[str, object]:
     """A round started from the timeline: generation, simulated annotation, export, training, evaluation."""
-    from rlhf.loop.rounds import loop_round_execute
-
     loop_round = loop_round_execute(round_id=round_id)
     return {"round": round_id, "status": loop_round.status if loop_round else "missing"}
 
 
 @pickwise_task(name="rlhf.tasks.arena_generate_comparisons")
-def arena_generate_comparisons(arena_id: int, user_id: int, prompts: list[str], seeds: list[int]
-                               ) -> dict[str, object]:
+def arena_generate_comparisons(generation_id: int) -> dict[str, object]:
     """Render an arena's prompts x seeds with each of its versions and add the comparisons (idempotent)."""
-    from django.contrib.auth import get_user_model
+    generation = arena_generation_execute(generation_id=generation_id)
+    return {"generation": generation_id, "status": generation.status if generation else "missing"}
 
-    from rlhf.loop.arena import arena_comparisons_generate
-    from rlhf.models import Arena
 
-    arena = Arena.objects.select_related("project").filter(pk=arena_id).first()
-    user = get_user_model().objects.filter(pk=user_id).first()
-    if arena is None or user is None:
-        return {"arena": arena_id, "status": "missing"}
-    made = arena_comparisons_generate(arena=arena, user=user, prompts=prompts, seeds=seeds)
-    return {"arena": arena_id, "status": "succeeded", "comparisons": len(made)}
+# One reaper per kind of job: beat runs them all (core.tasks.run_reapers) every REAPER_INTERVAL_SECONDS.
+register_reaper("rlhf.exports")(preference_exports_reap_expired)
+register_reaper("rlhf.reward_runs")(reward_runs_reap_expired)
+register_reaper("rlhf.finetune_runs")(finetune_runs_reap_expired)
+register_reaper("rlhf.arena_generations")(arena_generations_reap_expired)
+register_reaper("rlhf.loop_rounds")(loop_rounds_reap_expired)

@@ -2,8 +2,9 @@ from __future__ import annotations
 
 from django.urls import path
 
-from rlhf import run_views, views
+from rlhf.datasets import views
 from rlhf.loop import views as loop_views
+from rlhf.runs import views as run_views
 
 app_name = "rlhf"
 

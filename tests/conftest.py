@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from rest_framework.test import APIClient
 
-from core.roles import Role
+from projects.roles import Role
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +28,15 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny diffusers pipeline (seed 0) every test that needs one shares, built once per session (per xdist
+    worker). Read-only: a test that changes a pipeline builds its own."""
+    from generation.tiny import build_tiny_pipeline
+
+    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline", seed=0)
 
 
 @pytest.fixture
@@ -93,7 +102,8 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
     log = open(Path(settings.VAR_DIR) / "celery-worker.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu,gpu-train",
-         "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO", "-n", "pytest@%h"],
+         "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
+         "-n", f"pytest-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}@%h"],
         cwd=ROOT, env=_worker_env(database_name), stdout=log, stderr=subprocess.STDOUT,
     )
     from config.celery import app
@@ -114,6 +124,28 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
     except subprocess.TimeoutExpired:
         proc.kill()
     log.close()
+
+
+@pytest.fixture(autouse=True)
+def _worker_starts_idle(request: pytest.FixtureRequest) -> None:
+    """Each test that uses the shared worker finds it idle: messages that earlier tests queued (their rows
+    are gone) are purged, and a task still running for one of them is stopped, so no test waits behind
+    another's leftovers."""
+    if "celery_worker_process" not in request.fixturenames:
+        return
+    request.getfixturevalue("celery_worker_process")
+    from config.celery import app
+
+    app.control.purge()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        replies = app.control.inspect(timeout=1.0).active() or {}
+        running = [task["id"] for tasks in replies.values() for task in tasks]
+        if not running:
+            return
+        app.control.revoke(running, terminate=True)
+        time.sleep(0.5)
+    pytest.fail(f"the shared worker is still running {running} from an earlier test")
 
 
 CHROMIUM_ARGS = [

@@ -5,8 +5,8 @@ from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
 from rest_framework.test import APIClient
 
-from annotate.models import Project, ProjectMembership
-from core.roles import GROUP_NAMES, Role
+from projects.models import Project, ProjectMembership
+from projects.roles import GROUP_NAMES, Role
 
 PASSWORD = "correct-horse-battery-staple"
 

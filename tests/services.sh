@@ -60,7 +60,8 @@ run_pg "$PG_BIN/createdb" -h 127.0.0.1 -p "$PG_PORT" -U pickwise pickwise
 # Ours only when the server on the port answers with our data directory (another suite's may hold the port).
 redis_is_ours() { [ "$(redis-cli -p "$REDIS_PORT" config get dir 2>/dev/null | tail -n1)" = "$WORK/redis" ]; }
 for attempt in 1 2 3 4 5; do
-  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes \
+  # 64 databases: each pytest-xdist worker takes two of its own (tests/parallel.py).
+  redis-server --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no --daemonize yes --databases 64 \
     --dir "$WORK/redis" --pidfile "$WORK/redis/redis.pid" --logfile "$WORK/redis/redis.log"
   for _ in $(seq 50); do redis_is_ours && break; sleep 0.1; done
   redis_is_ours && break

@@ -31,6 +31,7 @@ from generation.shapes.world import (
     Scene,
     ShapeSpec,
     parse_caption,
+    shape_mask,
 )
 
 OBJECT_ATTRIBUTES: tuple[str, ...] = ("shape", "colour", "size", "position")
@@ -45,8 +46,6 @@ _CELL_TO_POSITION = {cell: phrase for phrase, cell in POSITIONS.items()}
 
 
 def _template(shape: str) -> np.ndarray:
-    from generation.shapes.world import shape_mask
-
     return shape_mask(shape, TEMPLATE_SIDE)
 
 

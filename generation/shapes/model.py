@@ -15,7 +15,6 @@ from typing import Literal
 import torch
 from diffusers import (
     AutoencoderKL,
-    DDIMScheduler,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     StableDiffusionPipeline,
@@ -24,7 +23,8 @@ from diffusers import (
 from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-from generation.shapes.tokenizer import MAX_LENGTH, build_tokenizer
+from generation.inference import load_base_pipeline
+from generation.shapes.tokenizer import MAX_LENGTH
 
 IMAGE_SIZE = 64
 WEIGHTS_DIR = Path(__file__).resolve().parent.parent / "weights" / "shapes"
@@ -162,30 +162,6 @@ def build_inference_scheduler(cfg: ModelConfig) -> DPMSolverMultistepScheduler:
     )
 
 
-def build_ddim_scheduler(cfg: ModelConfig) -> DDIMScheduler:
-    return DDIMScheduler(
-        num_train_timesteps=cfg.num_train_timesteps,
-        beta_schedule=cfg.beta_schedule,
-        prediction_type=cfg.prediction_type,
-        clip_sample=False,
-        set_alpha_to_one=False,
-        steps_offset=1,
-    )
-
-
-def build_pipeline(cfg: ModelConfig, seed: int = 0) -> StableDiffusionPipeline:
-    """A random-weight pipeline of the shipped shape (the baseline the trained one must beat)."""
-    torch.manual_seed(seed)
-    tokenizer = build_tokenizer()
-    return assemble_pipeline(
-        cfg,
-        vae=build_vae(cfg),
-        unet=build_unet(cfg),
-        text_encoder=build_text_encoder(cfg, tokenizer),
-        tokenizer=tokenizer,
-    )
-
-
 def assemble_pipeline(
     cfg: ModelConfig,
     *,
@@ -209,9 +185,9 @@ def assemble_pipeline(
 
 
 def load_pipeline(path: str | Path = WEIGHTS_DIR) -> StableDiffusionPipeline:
-    """Load a shapes pipeline from a directory (fp32 on CPU), progress bar off."""
-    pipe = StableDiffusionPipeline.from_pretrained(str(path), dtype=torch.float32)
-    pipe.set_progress_bar_config(disable=True)
+    """Load a shapes pipeline from a directory (fp32 on CPU, progress bar off) with the one loader the
+    generation worker and training use (``generation.inference.load_base_pipeline``)."""
+    pipe: StableDiffusionPipeline = load_base_pipeline(path, dtype="float32", device="cpu")
     return pipe
 
 

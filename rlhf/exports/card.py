@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -20,6 +20,7 @@ def render_card(
     split_seed: int,
     content_hash: str,
     weighting: str,
+    notes: Sequence[str] = (),
 ) -> str:
     lines = [
         f"# {title}",
@@ -38,6 +39,7 @@ def render_card(
         f"- Tie policy: `{tie_policy}`",
         f"- Pair weighting: {weighting}",
         f"- Content hash (sha256 of the data files): `{content_hash}`",
+        *(f"- {note}" for note in notes),
         "",
         "## Splits",
         "",
@@ -61,7 +63,9 @@ def render_card(
         "Pair formats follow the Pick-a-Pic v2 schema: `caption`, `jpg_0`, `jpg_1` (image bytes), "
         "`label_0`, `label_1` (1/0 for a preference, 0.5/0.5 for a kept tie), `model_0`, `model_1`, "
         "`user_id`, `ranking_id`, plus provenance: seeds, generation parameters, model version ids, "
-        "sha256 of each image, `tie`, `weight` and `split`.",
+        "sha256 and origin of each image (`generated`, or `external` for an imported image, whose seed, "
+        "parameters and model version id are empty: it has no seed to regenerate), the task's own key and "
+        "metadata, `tie`, `weight` and `split`.",
         "",
     ]
     return "\n".join(lines)

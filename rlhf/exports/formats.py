@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -55,6 +56,11 @@ PAIR_SCHEMA = pa.schema(
         ("params_1", pa.string()),
         ("sha256_0", pa.string()),
         ("sha256_1", pa.string()),
+        # "generated", or "external" for an imported image (no seed or parameters to regenerate it)
+        ("origin_0", pa.string()),
+        ("origin_1", pa.string()),
+        ("task_key", pa.string()),  # the importer's own key of the task ("" when none)
+        ("task_metadata", pa.string()),  # JSON of the task's metadata columns
         ("tie", pa.bool_()),
         ("weight", pa.float64()),
         ("split", pa.string()),
@@ -96,6 +102,9 @@ LISTWISE_SCHEMA = pa.schema(
         ("model_version_ids", pa.list_(pa.int64())),
         ("seeds", pa.list_(pa.int64())),
         ("sha256s", pa.list_(pa.string())),
+        ("origins", pa.list_(pa.string())),
+        ("task_key", pa.string()),
+        ("task_metadata", pa.string()),
         ("has_ties", pa.bool_()),
         ("rationale", pa.string()),
         ("ratings", pa.string()),  # JSON {component: {image_uid: value}}
@@ -171,7 +180,7 @@ def save_hf_pairs(
     rows: Callable[[], Iterator[dict[str, Any]]], directory: Path, *, image_loader: Callable[[str], bytes]
 ) -> int:
     """A ``datasets`` dataset with the pair columns, images as the ``Image`` feature, saved to disk."""
-    import datasets
+    import datasets  # lazy: the datasets library costs a second to import, and only the hf format needs it
 
     features = datasets.Features(
         {
@@ -184,6 +193,9 @@ def save_hf_pairs(
             "model_1": datasets.Value("string"),
             "image_0_uid": datasets.Value("string"),
             "image_1_uid": datasets.Value("string"),
+            "origin_0": datasets.Value("string"),
+            "origin_1": datasets.Value("string"),
+            "task_key": datasets.Value("string"),
             "ranking_id": datasets.Value("int64"),
             "user_id": datasets.Value("int64"),
             "tie": datasets.Value("bool"),
@@ -207,7 +219,7 @@ def save_trl_preferences(
     rows: Callable[[], Iterator[dict[str, Any]]], directory: Path, *, image_loader: Callable[[str], bytes]
 ) -> int:
     """trl's preference format: ``prompt``, ``chosen``, ``rejected`` (images), strict pairs only."""
-    import datasets
+    import datasets  # lazy: the datasets library costs a second to import, and only the trl format needs it
 
     features = datasets.Features(
         {
@@ -236,9 +248,7 @@ def save_trl_preferences(
 
 
 def _save_generated(generate: Callable[[], Iterator[dict[str, Any]]], features: Any, directory: Path) -> int:
-    import shutil
-
-    import datasets
+    import datasets  # lazy: the datasets library costs a second to import, and only the hf format needs it
 
     if next(generate(), None) is None:
         dataset = datasets.Dataset.from_dict({name: [] for name in features}, features=features)

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-from collections.abc import Sequence
+import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,16 +20,26 @@ from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
 from django.db.models import Exists, OuterRef
 
-from annotate.access import can
-from annotate.models import Project
+from core import jobs
 from core.exceptions import ApplicationError, PermissionDeniedError
+from core.models import JobPhase
+from core.tasks import enqueue_on_commit
+from generation import services as generation_services
+from generation import worker
 from generation.models import GeneratedImage, ModelVersion
+from projects.access import user_can
+from projects.models import Project
 from rlhf.loop import stats
-from rlhf.models import Arena, ArenaComparison, ArenaVote
+from rlhf.models import Arena, ArenaComparison, ArenaGeneration, ArenaVote
+
+logger = logging.getLogger(__name__)
+
+ARENA_GENERATE_COMPARISONS = "rlhf.tasks.arena_generate_comparisons"
 
 
 def _require(user: User, action: str, project: Project) -> None:
-    if not can(user=user, action="view", project=project) or not can(user=user, action=action, project=project):
+    """A 403 for anyone who may not do ``action`` in the project (services are called after the view's check)."""
+    if not user_can(user=user, action=action, project=project):
         raise PermissionDeniedError(f"You may not {action} in project {project.name!r}.")
 
 
@@ -51,9 +62,8 @@ ARENA_MAX_SEEDS = 8
 def arena_setup(*, project: Project, user: User, versions: Sequence[ModelVersion], prompts: Sequence[str],
                 seeds: Sequence[int]) -> Arena:
     """Make ``project`` an arena between ``versions`` and queue the rendering of every prompt x seed by every
-    version on a gpu worker (``rlhf.tasks.arena_generate_comparisons``); comparisons appear as images land."""
-    from rlhf.tasks import arena_generate_comparisons
-
+    version on a gpu worker: an :class:`ArenaGeneration` job (``rlhf.tasks.arena_generate_comparisons``);
+    comparisons appear as images land."""
     _require(user, "manage", project)
     if not prompts:
         raise ApplicationError("Give at least one prompt.", field="prompts")
@@ -68,7 +78,10 @@ def arena_setup(*, project: Project, user: User, versions: Sequence[ModelVersion
         raise ApplicationError("Seeds are whole numbers from 0.", field="seeds")
     with transaction.atomic():
         arena = arena_create(project=project, user=user, versions=versions)
-        arena_generate_comparisons.delay_on_commit(arena.pk, user.pk, [p.strip() for p in prompts], list(seeds))
+        generation = ArenaGeneration.objects.create(
+            arena=arena, created_by=user, prompts=[p.strip() for p in prompts], seeds=list(seeds),
+            max_attempts=settings.JOB_MAX_ATTEMPTS)
+        enqueue_on_commit(ARENA_GENERATE_COMPARISONS, generation.pk)
     return arena
 
 
@@ -90,33 +103,81 @@ def arena_comparison_add(*, arena: Arena, prompt: str, seed: int, image_a: Gener
     return comparison
 
 
+def _prompt_comparisons(*, arena: Arena, user: User, versions: list[ModelVersion], prompt: str,
+                        seeds: Sequence[int], params: dict[str, Any] | None,
+                        tick: Callable[[], object] | None = None) -> list[ArenaComparison]:
+    """Render ``prompt`` x ``seeds`` with every version (generation jobs with deterministic idempotency keys,
+    run here, or waited for while another worker has them) and add a comparison for every pair of versions.
+    Running it again adds nothing twice."""
+    images: dict[int, dict[int, GeneratedImage]] = {}
+    digest = hashlib.sha256(f"{prompt}|{list(seeds)}".encode()).hexdigest()[:40]
+    for version in versions:
+        job = generation_services.generation_job_create(
+            user=user, model_version=version, prompt=prompt, seeds=list(seeds), params=params,
+            project=arena.project, idempotency_key=f"arena-{arena.pk}-{version.pk}-{digest}",
+        )
+        job = worker.run_job_to_end(job.pk, tick=tick)
+        if job.status != "succeeded":
+            raise ApplicationError(f"Generation job {job.pk} {job.status}: {job.error}", field="generation")
+        images[version.pk] = {image.seed: image for image in job.images.all()}
+    return [arena_comparison_add(arena=arena, prompt=prompt, seed=seed, image_a=images[first.pk][seed],
+                                 image_b=images[second.pk][seed])
+            for first, second in itertools.combinations(versions, 2) for seed in seeds]
+
+
 def arena_comparisons_generate(*, arena: Arena, user: User, prompts: Sequence[str], seeds: Sequence[int],
                                params: dict[str, Any] | None = None) -> list[ArenaComparison]:
     """Render every prompt x seed with every version of the arena (generation jobs run in this process,
     for commands and the bench) and add a comparison for every pair of versions."""
-    from generation import services as generation_services
-    from generation import worker
-
     versions = list(arena.versions.order_by("pk"))
     made: list[ArenaComparison] = []
     for prompt in prompts:
-        images: dict[int, dict[int, GeneratedImage]] = {}
-        digest = hashlib.sha256(f"{prompt}|{list(seeds)}".encode()).hexdigest()[:40]
-        for version in versions:
-            job = generation_services.generation_job_create(
-                user=user, model_version=version, prompt=prompt, seeds=list(seeds), params=params,
-                project=arena.project, idempotency_key=f"arena-{arena.pk}-{version.pk}-{digest}",
-            )
-            worker.run_job(job.pk)
-            job.refresh_from_db()
-            if job.status != "succeeded":
-                raise ApplicationError(f"Generation job {job.pk} {job.status}: {job.error}", field="generation")
-            images[version.pk] = {image.seed: image for image in job.images.all()}
-        for first, second in itertools.combinations(versions, 2):
-            for seed in seeds:
-                made.append(arena_comparison_add(arena=arena, prompt=prompt, seed=seed,
-                                                 image_a=images[first.pk][seed], image_b=images[second.pk][seed]))
+        made += _prompt_comparisons(arena=arena, user=user, versions=versions, prompt=prompt, seeds=seeds,
+                                    params=params)
     return made
+
+
+def arena_generation_execute(*, generation_id: int) -> ArenaGeneration | None:
+    """The task body of an arena's rendering: claim the job, render its prompts one by one (what an earlier
+    attempt rendered is found, not redone), then finish; a no-op for a job that is not queued."""
+    claimed = jobs.job_claim(ArenaGeneration, generation_id, phase=JobPhase.RENDERING)
+    if claimed is None:
+        return ArenaGeneration.objects.filter(pk=generation_id).first()
+    generation, lease = claimed
+    generation = ArenaGeneration.objects.select_related("arena__project", "created_by").get(pk=generation.pk)
+
+    def still_ours() -> None:
+        if heartbeat.should_stop():
+            raise jobs.LeaseLost(f"arena generation {generation_id} was taken back")
+
+    with jobs.JobHeartbeat(lease) as heartbeat:
+        try:
+            if generation.created_by is None:
+                raise ApplicationError("The person who set up the arena no longer exists.", field="created_by")
+            versions = list(generation.arena.versions.order_by("pk"))
+            total = max(1, len(generation.prompts))
+            for number, prompt in enumerate(generation.prompts, start=1):
+                still_ours()
+                _prompt_comparisons(arena=generation.arena, user=generation.created_by, versions=versions,
+                                    prompt=prompt, seeds=generation.seeds, params=generation.params, tick=still_ours)
+                heartbeat.set(prompts_done=number, progress=min(0.99, number / total))
+        except jobs.LeaseLost:
+            return ArenaGeneration.objects.get(pk=generation_id)
+        except Exception as exc:
+            logger.exception("arena generation %s failed", generation_id)
+            jobs.job_fail(lease, exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}")
+            return ArenaGeneration.objects.get(pk=generation_id)
+    jobs.job_finish(lease, prompts_done=len(generation.prompts))
+    return ArenaGeneration.objects.get(pk=generation_id)
+
+
+def arena_generations_reap_expired() -> int:
+    """Re-queue arena generations whose worker died (the retry renders only what is missing)."""
+    return jobs.jobs_reap(ArenaGeneration, task_name=ARENA_GENERATE_COMPARISONS, what="rendering the arena")
+
+
+def arena_generation_latest(*, arena: Arena) -> ArenaGeneration | None:
+    return arena.generations.order_by("-pk").first()
 
 
 def a_shown_left(*, comparison_id: int, voter_id: int) -> bool:

@@ -5,6 +5,13 @@ Both versions render every prompt x seed with the same generation parameters; ea
 shapes-world judge when the prompts are shapes captions, and compared: the paired win rate with its
 Wilson 95% interval says how often the version beats the baseline on the preference, and the mean paired
 change with its t interval how far it moved (a version that shifts every image a hair wins most pairs).
+Beside them: each version's mean score (t interval), the change relative to the baseline's mean and the
+standardised effect size (Cohen's d_av), both with paired-bootstrap intervals.
+
+Every interval is over the n held-out (caption, seed) pairs of one evaluation: it covers drawing those
+pairs from the shapes world's captions, for the versions as trained. It does not cover how the versions
+came to be (a round's captions, images, labels and training), which only other rounds show.
+:func:`evaluation_captions` draws another held-out set for each ``eval_seed``.
 """
 
 from __future__ import annotations
@@ -19,20 +26,29 @@ from django.db import transaction
 from django.utils import timezone
 from PIL import Image
 
-from annotate.models import Project
 from core.exceptions import ApplicationError
+from generation import inference, worker
 from generation.models import ModelVersion
-from generation.shapes.world import held_out_captions
+from generation.shapes.judge import judge
+from generation.shapes.world import HELD_OUT_SEED, held_out_captions, parse_caption, prompt_captions
+from projects.models import Project
 from rlhf.loop import stats
 from rlhf.models import RunStatus, VersionEvaluation
 from rlhf.preferences import build_preference
+from rlhf.training.rewards import build_reward
+
+
+def evaluation_captions(n: int, *, eval_seed: int = 0) -> list[str]:
+    """``n`` held-out captions of draw ``eval_seed``: 0 is :func:`held_out_captions`, every other seed another
+    draw from the same stream (far from the seeds rounds and training runs draw their prompts with)."""
+    if eval_seed < 0:
+        raise ValueError(f"eval_seed must be >= 0, not {eval_seed}")
+    return held_out_captions(n) if eval_seed == 0 else prompt_captions(n, seed=HELD_OUT_SEED + eval_seed)
 
 
 def render(version: ModelVersion, prompts: Sequence[str], seeds: Sequence[int], *,
            params: dict[str, Any] | None = None, batch: int = 8) -> list[Image.Image]:
     """Every prompt x seed (prompt-major) by ``version`` with its default params (plus ``params``)."""
-    from generation import inference, worker
-
     cache = worker.pipeline_cache()
     spec = worker.spec_for(version, device_type=cache.device.type)
     loaded = cache.get(spec)
@@ -45,9 +61,6 @@ def render(version: ModelVersion, prompts: Sequence[str], seeds: Sequence[int], 
 
 def _verdicts(images: Sequence[Image.Image], captions: Sequence[str]) -> list[bool] | None:
     """The shapes-world judge's overall verdict on each image, or None when the captions are not the world's."""
-    from generation.shapes.judge import judge
-    from generation.shapes.world import parse_caption
-
     try:
         for caption in set(captions):
             parse_caption(caption)
@@ -64,6 +77,10 @@ class EvaluationResult:
     score_baseline: float
     win: stats.WinRate
     score_change: stats.MeanDifference
+    version_mean: stats.Estimate  # the version's mean score with its t interval
+    baseline_mean: stats.Estimate
+    relative_change: stats.Estimate | None  # the change over |the baseline's mean| (None at a mean of 0)
+    effect_size: stats.Estimate | None  # Cohen's d_av of the paired scores (None when neither varies)
     adherence_version: float | None
     adherence_baseline: float | None
     adherence_change: stats.MeanDifference | None  # in the judge's pass rate, pair by pair
@@ -75,11 +92,21 @@ class EvaluationResult:
         return {"n": self.n, "score_name": self.score_name, "score_version": self.score_version,
                 "score_baseline": self.score_baseline, "score_delta": self.score_change.mean,
                 "score_delta_interval": [self.score_change.low, self.score_change.high],
+                "score_version_interval": [self.version_mean.low, self.version_mean.high],
+                "score_baseline_interval": [self.baseline_mean.low, self.baseline_mean.high],
+                **_estimate("score_relative", self.relative_change),
+                **_estimate("score_effect_size", self.effect_size),
                 "win_rate": self.win.as_dict(), "adherence_version": self.adherence_version,
                 "adherence_baseline": self.adherence_baseline,
                 "adherence_delta": None if adherence is None else adherence.mean,
                 "adherence_delta_interval": None if adherence is None else [adherence.low, adherence.high],
                 "adherence_fixed": self.fixed, "adherence_broken": self.broken}
+
+
+def _estimate(key: str, estimate: stats.Estimate | None) -> dict[str, Any]:
+    if estimate is None:
+        return {key: None, f"{key}_interval": None}
+    return {key: estimate.value, f"{key}_interval": [estimate.low, estimate.high]}
 
 
 def compare(new: Sequence[Image.Image], old: Sequence[Image.Image], captions: Sequence[str], *,
@@ -98,15 +125,16 @@ def compare(new: Sequence[Image.Image], old: Sequence[Image.Image], captions: Se
     return EvaluationResult(
         n=len(captions), score_name=score_name, score_version=float(new_scores.mean()),
         score_baseline=float(old_scores.mean()), win=stats.paired_win_rate(new_scores, old_scores),
-        score_change=stats.paired_difference(new_scores, old_scores), **adherence,
+        score_change=stats.paired_difference(new_scores, old_scores),
+        version_mean=stats.mean_interval(new_scores), baseline_mean=stats.mean_interval(old_scores),
+        relative_change=stats.relative_change(new_scores, old_scores),
+        effect_size=stats.standardised_difference(new_scores, old_scores), **adherence,
     )
 
 
 def scorer_for(*, preference: str = "", reward_path: str = "") -> tuple[Any, str]:
     """A batch scorer ``(images, prompts) -> scores``: a preference function, or a reward model's scores."""
     if reward_path:
-        from rlhf.training.rewards import build_reward
-
         return build_reward("reward_model", reward_path), "reward model"
     fn = build_preference(preference)
     return (lambda images, prompts: [float(fn(i, p)) for i, p in zip(images, prompts, strict=True)]), preference

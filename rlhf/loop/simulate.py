@@ -1,11 +1,11 @@
 """Simulated annotators: accounts that work a project's queue through the browser's own services.
 
-Each simulated annotator asks :func:`annotate.queue.task_next` for a task, generates its images when
-it has none (the Generate button's service, :func:`generation.services.generation_job_create`, run
-in this process by :func:`generation.worker.run_job`, then :func:`annotate.workflow_services.
-task_set_images`, exactly as the page's progress poll does), ranks them with a preference function
+Each simulated annotator asks :func:`annotate.workflow.queue.task_next` for a task, generates its images
+when it has none (the Generate button's service, :func:`annotate.workflow.services.task_generation_start`,
+with the job run in this process by :func:`generation.worker.run_job`: the service that marks the job
+succeeded attaches its images to the task, as for a person), ranks them with a preference function
 plus Bradley-Terry noise (:mod:`rlhf.preferences`), writes a rationale and submits with
-:func:`annotate.workflow_services.annotation_submit`. Overlap, leases and permissions are the
+:func:`annotate.workflow.services.annotation_submit`. Overlap, leases and permissions are the
 queue's and the services' own: a simulated annotator is refused exactly where a person would be.
 """
 
@@ -17,21 +17,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group, User
 from django.core.files.storage import default_storage
 from django.db import transaction
 from PIL import Image
 
-from annotate import queue
-from annotate.access import can
-from annotate.models import Project, TaskAssignment
-from annotate.services import membership_set
-from annotate.workflow_selectors import ranking_component, task_image_ids
-from annotate.workflow_services import Submission, annotation_submit, task_set_images
+from annotate.models import TaskAssignment
+from annotate.workflow import queue
+from annotate.workflow.selectors import components_of, ranking_component, task_image_ids
+from annotate.workflow.services import Submission, annotation_submit, task_generation_start
 from core.exceptions import ApplicationError, PermissionDeniedError
-from core.roles import GROUP_NAMES, Role
+from generation import worker
+from generation.models import GeneratedImage, JobStatus
+from generation.services import RateLimitedError
+from projects.access import user_can
+from projects.models import Project
+from projects.roles import GROUP_NAMES, Role
+from projects.services import membership_set
 from rlhf.preferences import SimulationConfig, noisy_ranking
 
 GENERATION_WAIT_S = 600
@@ -76,26 +79,13 @@ def _load_image(storage_key: str) -> Image.Image:
 
 
 def _generate(*, project: Project, user: User, assignment: TaskAssignment, model_version_id: int | None) -> bool:
-    """What the Generate button and its progress poll do, with the job run in this process."""
-    from generation import services as generation_services
-    from generation import worker
-    from generation.models import JobStatus
-
-    versions = project.model_versions.filter(enabled=True).order_by("name")
-    version = (versions.filter(pk=model_version_id).first() if model_version_id else None) or versions.first()
-    if version is None:
-        raise ApplicationError("This project offers no model version to generate with.", field="model_version")
-    task = assignment.task
+    """What the Generate button does, with the job run in this process (or by a worker that took it first)."""
     while True:
         try:
-            job = generation_services.generation_job_create(
-                user=user, model_version=version, prompt=task.prompt.text,
-                num_images=min(project.images_per_task, settings.GENERATION_MAX_IMAGES_PER_JOB),
-                params=project.generation_settings or None, project=project,
-                idempotency_key=f"task-{task.pk}-assignment-{assignment.pk}",
-            )
+            job = task_generation_start(project=project, user=user, assignment=assignment,
+                                        model_version_id=model_version_id)
             break
-        except generation_services.RateLimitedError as exc:  # a person would wait too
+        except RateLimitedError as exc:  # a person would wait too
             time.sleep(exc.retry_after)
     worker.run_job(job.pk)
     deadline = time.monotonic() + GENERATION_WAIT_S
@@ -107,9 +97,6 @@ def _generate(*, project: Project, user: User, assignment: TaskAssignment, model
         job.refresh_from_db()
     if job.status != JobStatus.SUCCEEDED:
         raise ApplicationError(f"Generation job {job.pk} {job.status}: {job.error}", field="generation")
-    if not task_image_ids(task_id=task.pk):
-        image_ids = [image.pk for image in sorted(job.images.all(), key=lambda image: image.index)]
-        task_set_images(task=task, image_ids=image_ids)
     return True
 
 
@@ -135,8 +122,7 @@ def annotators_simulate(
     is written). Annotator ``i`` draws their noise from ``config.seed + i``.
     """
     for user in users:
-        if not can(user=user, action="view", project=project) or not can(user=user, action="annotate",
-                                                                           project=project):
+        if not user_can(user=user, action="annotate", project=project):
             raise PermissionDeniedError(f"{user.username} may not annotate in project {project.name!r}.")
     preference = config.preference_fn()
     rngs = {user.pk: np.random.default_rng(config.seed + i) for i, user in enumerate(users)}
@@ -159,8 +145,6 @@ def annotators_simulate(
                 _generate(project=project, user=user, assignment=assignment, model_version_id=model_version_id)
                 report.generation_jobs += 1
                 image_ids = task_image_ids(task_id=task.pk)
-            from generation.models import GeneratedImage
-
             keys = dict(GeneratedImage.objects.filter(pk__in=image_ids).values_list("pk", "storage_key"))
             keys = {str(k): v for k, v in keys.items()}
             scores = [float(preference(_load_image(keys[i]), task.prompt.text)) for i in image_ids]
@@ -185,6 +169,4 @@ def annotators_simulate(
 
 def _text_answers(assignment: TaskAssignment, rationale: str) -> dict[str, Any]:
     """Fill the template's text components (a required "Why?" box) with the rationale."""
-    from annotate.workflow_selectors import components_of
-
     return {c["name"]: rationale for c in components_of(assignment.template_version, "text")}

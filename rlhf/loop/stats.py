@@ -1,11 +1,13 @@
-"""Statistics of the loop, Django-free: Wilson intervals, paired win rates and mean differences, a Bradley-Terry
+"""Statistics of the loop, Django-free: Wilson intervals, paired win rates and mean differences, means, relative
+changes and standardised effect sizes with their intervals, the label accuracy of rankings, a Bradley-Terry
 leaderboard."""
 
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable, Iterable, Sequence
+from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from itertools import combinations
 
 import numpy as np
 from scipy import stats as scipy_stats
@@ -14,6 +16,7 @@ from rlhf.exports.aggregate import fit_bradley_terry
 from rlhf.exports.pairs import Pair
 
 Z95 = 1.959963984540054
+BOOTSTRAP_RESAMPLES = 2000  # paired bootstrap of the ratio-type figures (relative change, effect size)
 
 
 def wilson_interval(successes: float, n: float, *, z: float = Z95) -> tuple[float, float]:
@@ -89,6 +92,104 @@ def paired_difference(new: Sequence[float], old: Sequence[float]) -> MeanDiffere
         return MeanDifference(mean=mean, low=None, high=None, n=n)
     half = float(scipy_stats.t.ppf(0.975, n - 1) * differences.std(ddof=1) / math.sqrt(n))
     return MeanDifference(mean=mean, low=mean - half, high=mean + half, n=n)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A figure with its 95% interval (None where it has none) over ``n`` observations."""
+
+    value: float
+    low: float | None
+    high: float | None
+    n: int
+
+    def as_dict(self) -> dict[str, float | int | None]:
+        return asdict(self)
+
+
+def mean_interval(values: Sequence[float]) -> Estimate:
+    """The mean with its Student-t 95% interval (none below two values)."""
+    data = np.asarray(values, dtype=float)
+    if not data.size:
+        raise ValueError("no values to average")
+    n, mean = data.size, float(data.mean())
+    if n < 2:
+        return Estimate(value=mean, low=None, high=None, n=n)
+    half = float(scipy_stats.t.ppf(0.975, n - 1) * data.std(ddof=1) / math.sqrt(n))
+    return Estimate(value=mean, low=mean - half, high=mean + half, n=n)
+
+
+def _relative(new_means: np.ndarray, old_means: np.ndarray) -> np.ndarray:
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(old_means != 0, (new_means - old_means) / np.abs(old_means), np.nan)
+
+
+def _standardised(new: np.ndarray, old: np.ndarray) -> np.ndarray:
+    """d_av along the last axis: mean paired difference over the root mean of the two variances."""
+    spread = np.sqrt((new.var(axis=-1, ddof=1) + old.var(axis=-1, ddof=1)) / 2)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(spread > 0, (new.mean(axis=-1) - old.mean(axis=-1)) / spread, np.nan)
+
+
+def _paired_bootstrap(new: Sequence[float], old: Sequence[float], figure: str, *, resamples: int,
+                      seed: int) -> Estimate | None:
+    a, b = np.asarray(new, dtype=float), np.asarray(old, dtype=float)
+    if a.shape != b.shape:
+        raise ValueError(f"{a.size} new scores but {b.size} old ones")
+    if a.size < 2:
+        return None
+    if figure == "relative":
+        value = float(_relative(np.array(a.mean()), np.array(b.mean())))
+    else:
+        value = float(_standardised(a, b))
+    if math.isnan(value):
+        return None
+    index = np.random.default_rng(seed).integers(0, a.size, size=(resamples, a.size))
+    if figure == "relative":
+        draws = _relative(a[index].mean(axis=1), b[index].mean(axis=1))
+    else:
+        draws = _standardised(a[index], b[index])
+    draws = draws[np.isfinite(draws)]
+    if not draws.size:
+        return Estimate(value=value, low=None, high=None, n=int(a.size))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return Estimate(value=value, low=float(low), high=float(high), n=int(a.size))
+
+
+def relative_change(new: Sequence[float], old: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                    seed: int = 0) -> Estimate | None:
+    """``(mean(new) - mean(old)) / |mean(old)|`` of paired scores, with a paired-bootstrap percentile 95%
+    interval (the pairs resampled together, ``resamples`` times from ``seed``). None when the old mean is 0
+    or there are fewer than two pairs."""
+    return _paired_bootstrap(new, old, "relative", resamples=resamples, seed=seed)
+
+
+def standardised_difference(new: Sequence[float], old: Sequence[float], *, resamples: int = BOOTSTRAP_RESAMPLES,
+                            seed: int = 0) -> Estimate | None:
+    """The standardised mean difference of paired scores, Cohen's d_av: the mean paired change over the
+    root mean of the two versions' variances, ``mean(new - old) / sqrt((var(new) + var(old)) / 2)``, so it
+    reads on the usual d scale (0.2 small, 0.8 large) whatever the score's units. Its 95% interval is a
+    paired-bootstrap percentile one. None when neither version's scores vary or below two pairs."""
+    return _paired_bootstrap(new, old, "standardised", resamples=resamples, seed=seed)
+
+
+def ranking_label_counts(ranking: Sequence[Sequence[Hashable]], scores: Mapping[Hashable, float], *,
+                         tolerance: float = 0.0) -> tuple[int, int]:
+    """(right, judged): of the pairs a ranking orders (best group first; items it leaves out share last
+    place; items in one group are not ordered), those whose scores differ by more than ``tolerance``, and
+    how many of them the ranking puts the higher-scored item first in. Items without a score are ignored."""
+    place = {item: index for index, group in enumerate(ranking) for item in group}
+    last = len(ranking)
+    items = [item for item in scores if item in place] + [item for item in scores if item not in place]
+    right = judged = 0
+    for x, y in combinations(items, 2):
+        px, py = place.get(x, last), place.get(y, last)
+        gap = scores[x] - scores[y]
+        if px == py or abs(gap) <= tolerance:
+            continue
+        judged += 1
+        right += (px < py) == (gap > 0)
+    return right, judged
 
 
 @dataclass(frozen=True)

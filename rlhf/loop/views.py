@@ -9,28 +9,21 @@ from django.urls import reverse
 from django.views.decorators.http import require_http_methods
 from django_htmx.http import HttpResponseStopPolling
 
-from annotate import access
-from annotate.models import Project
-from annotate.selectors import project_for_user
-from annotate.workflow_selectors import image_url
+from annotate.workflow.selectors import image_url
 from core.charts import Chart, Series, line_chart_svg
 from core.exceptions import ApplicationError
 from core.htmx import redirect_after_post, render_page_or_partial
-from rlhf import run_selectors
-from rlhf.forms import ArenaSetupForm, RoundStartForm
+from generation.models import GenerationJob, JobStatus
+from generation.selectors import model_versions_enabled
+from projects import roles
+from projects.access import project_check, project_view, user_can
+from projects.models import Project
 from rlhf.loop import arena as arena_services
+from rlhf.loop.forms import ArenaSetupForm, RoundStartForm
 from rlhf.loop.rounds import RoundConfig, loop_round_start, project_current_version, rounds_for_project
 from rlhf.models import Arena, RunStatus, VersionEvaluation
 from rlhf.preferences import PREFERENCES
-
-
-def _project(request: HttpRequest, project_id: int, action: str) -> Project:
-    try:
-        project = project_for_user(user=request.user, project_id=project_id)
-    except Project.DoesNotExist:
-        raise Http404("No such project") from None
-    access.require(user=request.user, action=action, project=project)
-    return project
+from rlhf.runs.selectors import finetune_start_versions
 
 
 def _rounds_chart(rounds: list) -> str:
@@ -47,10 +40,10 @@ def _rounds_chart(rounds: list) -> str:
 
 def _round_form(request: HttpRequest, project: Project) -> RoundStartForm | None:
     """The Start-a-round form for users who may train in this project (None for everyone else)."""
-    if not access.can(user=request.user, action="train", project=project):
+    if not user_can(user=request.user, action="train", project=project):
         return None
     return RoundStartForm(request.POST if request.method == "POST" else None, preferences=sorted(PREFERENCES),
-                          versions=run_selectors.finetune_start_versions(),
+                          versions=finetune_start_versions(),
                           first_round=project_current_version(project=project) is None)
 
 
@@ -67,25 +60,24 @@ def _timeline(request: HttpRequest, project: Project, form: RoundStartForm | Non
     return response
 
 
-@login_required
-def round_timeline(request: HttpRequest, project_id: int) -> HttpResponse:
+@project_view("view")
+def round_timeline(request: HttpRequest, project: Project) -> HttpResponse:
     """The project's rounds as a timeline: data size, agreement, reward accuracy, preference/adherence change."""
-    project = _project(request, project_id, "view")
     return _timeline(request, project, _round_form(request, project))
 
 
-@login_required
+@project_view("train")
 @require_http_methods(["POST"])
-def round_start(request: HttpRequest, project_id: int) -> HttpResponse:
+def round_start(request: HttpRequest, project: Project) -> HttpResponse:
     """Queue the project's next round (simulated annotators) for a gpu-train worker."""
-    project = _project(request, project_id, "train")
     form = _round_form(request, project)
     if form is not None and form.is_valid():
         data = form.cleaned_data
         try:
             config = RoundConfig(prompts=data["prompts"], images_per_prompt=data["images_per_prompt"],
                                  annotators=data["annotators"], preference=data["preference"],
-                                 temperature=data["temperature"], method=data["method"],
+                                 temperature=data["temperature"], label_accuracy=data["label_accuracy"],
+                                 method=data["method"],
                                  reward_model=data["method"] == "ddpo")
             loop_round_start(project=project, user=request.user, config=config,
                              start_version=data["start_version"])
@@ -98,11 +90,10 @@ def round_start(request: HttpRequest, project_id: int) -> HttpResponse:
     return _timeline(request, project, form, status=400)
 
 
-@login_required
+@project_view("annotate")
 @require_http_methods(["GET", "POST"])
-def arena_vote(request: HttpRequest, project_id: int) -> HttpResponse:
+def arena_vote(request: HttpRequest, project: Project) -> HttpResponse:
     """The blind arena: two images, no labels, A / tie / B."""
-    project = _project(request, project_id, "annotate")
     arena = get_object_or_404(Arena, project=project)
     error = None
     if request.method == "POST":
@@ -120,14 +111,10 @@ def arena_vote(request: HttpRequest, project_id: int) -> HttpResponse:
     return render_page_or_partial(request, "rlhf/arena_vote.html", "matchup", context)
 
 
-@login_required
+@project_view("manage")
 @require_http_methods(["GET", "POST"])
-def arena_setup(request: HttpRequest, project_id: int) -> HttpResponse:
+def arena_setup(request: HttpRequest, project: Project) -> HttpResponse:
     """Project admins make the project a blind arena between model versions; rendering runs on a gpu worker."""
-    from generation.models import GenerationJob, JobStatus
-    from generation.selectors import model_versions_enabled
-
-    project = _project(request, project_id, "manage")
     form = ArenaSetupForm(request.POST or None, versions=model_versions_enabled())
     if request.method == "POST" and form.is_valid():
         try:
@@ -139,18 +126,18 @@ def arena_setup(request: HttpRequest, project_id: int) -> HttpResponse:
             return redirect_after_post(request, reverse("rlhf:arena_setup", args=[project.pk]))
     arena = Arena.objects.filter(project=project).prefetch_related("versions").first()
     context = {"project": project, "form": form, "arena": arena,
+               "generation": arena_services.arena_generation_latest(arena=arena) if arena else None,
                "comparisons": arena.comparisons.count() if arena else 0,
                "pending_jobs": GenerationJob.objects.filter(
                    project=project, status__in=(JobStatus.QUEUED, JobStatus.RUNNING)).count()}
     return render(request, "rlhf/arena_setup.html", context, status=400 if form.errors else 200)
 
 
-@login_required
-def arena_results(request: HttpRequest, project_id: int) -> HttpResponse:
-    project = _project(request, project_id, "view")
+@project_view("view")
+def arena_results(request: HttpRequest, project: Project) -> HttpResponse:
     arena = get_object_or_404(Arena, project=project)
-    if not (access.can(user=request.user, action="train", project=project)
-            or access.can(user=request.user, action="manage", project=project)):
+    if not (user_can(user=request.user, action="train", project=project)
+            or user_can(user=request.user, action="manage", project=project)):
         raise Http404("No such arena")  # voters never see which version won while they vote
     results = arena_services.arena_results(arena=arena)
     return render_page_or_partial(request, "rlhf/arena_results.html", "results",
@@ -162,8 +149,13 @@ def evaluation_detail(request: HttpRequest, evaluation_id: int) -> HttpResponse:
     evaluation = get_object_or_404(VersionEvaluation.objects.select_related("version", "baseline", "project"),
                                    pk=evaluation_id)
     if evaluation.project is not None:
-        _project(request, evaluation.project_id, "view")
-    elif not request.user.has_perm("annotate.train_models"):
+        project_check(user=request.user, project=evaluation.project, action="view")
+    elif not request.user.has_perm(roles.TRAIN):
         raise Http404("No such evaluation")
+    results = evaluation.results or {}
+    relative = results.get("score_relative")
+    low, high = results.get("score_relative_interval") or (None, None)
+    relative_percent = None if relative is None else (
+        100 * relative, None if low is None else 100 * low, None if high is None else 100 * high)
     return render_page_or_partial(request, "rlhf/evaluation_detail.html", "report",
-                                  {"evaluation": evaluation, "results": evaluation.results})
+                                  {"evaluation": evaluation, "results": results, "relative_percent": relative_percent})

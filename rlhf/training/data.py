@@ -196,11 +196,6 @@ class PreferenceDataset(IterableDataset[RankedList]):
                 yield row
 
 
-def preference_rows(path: Path, split: Split) -> list[RankedList]:
-    """All rows of a split in file order (for evaluation of small splits)."""
-    return list(iter_rows(path, split))
-
-
 @dataclass
 class RankedBatch:
     """A collated batch: the images of all lists flattened, with padded per-list ranks."""

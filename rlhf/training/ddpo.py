@@ -16,9 +16,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -37,13 +36,14 @@ from rlhf.training.checkpoint import (
     prune_checkpoints,
     read_metadata,
 )
+from rlhf.training.configs import DDPOConfig as DDPOConfig
+from rlhf.training.configs import MixedPrecision as MixedPrecision
+from rlhf.training.configs import sd15_ddpo_preset as sd15_ddpo_preset
+from rlhf.training.configs import tiny_ddpo_preset as tiny_ddpo_preset
 from rlhf.training.ddim import ddim_step_full, encode_prompts, guided_noise, sample_with_logprob
 from rlhf.training.dpo import FineTuneResult
 from rlhf.training.lora import (
-    DEFAULT_TARGETS,
     add_lora,
-    check_init_lora,
-    init_lora_hyperparameters,
     load_pipeline,
     lora_parameters,
     reference_pass,
@@ -52,122 +52,17 @@ from rlhf.training.lora import (
     start_from_adapter,
 )
 from rlhf.training.losses import (
-    AdvantageScale,
     ddpo_clipped_loss,
     gaussian_kl_same_std,
     normalize_advantages_per_prompt,
 )
 from rlhf.training.rewards import RewardFunction, build_reward
 
-MixedPrecision = Literal["no", "fp16", "bf16"]
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
+OnPhase = Callable[[str], None]  # "loading_model", "training", ... (where the trainer is)
 _RESUME_KEYS = ("base_model", "reward", "reward_arg", "seed", "lora_rank", "lora_alpha", "init_lora")
 _RESUME_ADDED = {"init_lora": ""}  # keys newer than some checkpoints: what those checkpoints ran with
-
-
-@dataclass(frozen=True)
-class DDPOConfig:
-    base_model: str  # diffusers StableDiffusionPipeline directory
-    prompts: tuple[str, ...]  # the prompt set sampled from each iteration
-    reward: str = "brightness"  # a name in rewards.REWARD_FUNCTIONS
-    reward_arg: str | None = None  # e.g. the checkpoint path for reward="reward_model"
-    iterations: int = 100  # sample-then-train rounds
-    prompts_per_iteration: int = 8
-    images_per_prompt: int = 4  # group size for per-prompt advantage normalisation
-    sample_steps: int = 50  # DDIM steps
-    eta: float = 1.0  # DDIM stochasticity (> 0: the policy needs a density)
-    guidance_scale: float = 5.0
-    resolution: int = 512
-    train_batch_size: int = 4  # trajectories per micro-batch
-    grad_accum: int = 1  # micro-batches per optimisation step (each already sums over its timesteps)
-    inner_epochs: int = 1  # passes over each iteration's samples
-    timestep_fraction: float = 1.0  # share of denoising steps trained on per trajectory
-    lr: float = 3e-4
-    weight_decay: float = 1e-4
-    lora_rank: int = 4
-    lora_alpha: int | None = None  # None: equal to the rank
-    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
-    # A saved adapter directory (save_lora's layout) the policy starts from; "" starts as the base UNet.
-    # lora_rank, lora_alpha and lora_targets must be the adapter's (the presets take them from it).
-    init_lora: str = ""
-    clip_range: float = 1e-4  # PPO ratio clip (log-probs are per-element means, as in ddpo-pytorch)
-    adv_clip_max: float = 5.0
-    # "group": each prompt's rewards over their own std (Flow-GRPO); "batch": over one std for the whole
-    # iteration, so a group the reward barely separates moves the policy less (after Dr. GRPO; for a weak reward model)
-    advantage_scale: AdvantageScale = "group"
-    kl_coef: float = 0.0  # > 0 adds kl_coef * KL(policy step || base step), Flow-GRPO style
-    max_grad_norm: float = 1.0
-    mixed_precision: MixedPrecision = "no"
-    seed: int = 0
-    checkpoint_every: int = 10  # iterations between checkpoints (0: only at the end or on stop)
-    keep_last: int = 2
-    cpu: bool = False
-
-    def __post_init__(self) -> None:
-        if self.mixed_precision not in get_args(MixedPrecision):
-            raise ValueError(
-                f"mixed_precision must be one of {get_args(MixedPrecision)}, not {self.mixed_precision!r}"
-            )
-        if self.advantage_scale not in get_args(AdvantageScale):
-            raise ValueError(
-                f"advantage_scale must be one of {get_args(AdvantageScale)}, not {self.advantage_scale!r}"
-            )
-        try:
-            build_reward(self.reward, self.reward_arg)
-        except ValueError as exc:
-            raise ValueError(f"reward: {exc}") from exc
-        if not (Path(self.base_model) / "model_index.json").is_file():
-            raise ValueError(
-                f"base_model {self.base_model!r} is not a diffusers pipeline directory (no model_index.json)"
-            )
-        if not self.prompts:
-            raise ValueError("prompts must not be empty")
-        positive = (
-            "iterations", "prompts_per_iteration", "images_per_prompt", "sample_steps", "eta", "resolution",
-            "train_batch_size", "grad_accum", "inner_epochs", "lr", "lora_rank", "clip_range", "adv_clip_max",
-            "max_grad_norm",
-        )  # fmt: skip
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
-        if not 0 < self.timestep_fraction <= 1:
-            raise ValueError(f"timestep_fraction must be in (0, 1], not {self.timestep_fraction}")
-        if self.resolution % 8:
-            raise ValueError(f"resolution must be a multiple of 8, not {self.resolution}")
-        for name in ("kl_coef", "weight_decay", "checkpoint_every", "keep_last", "guidance_scale"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
-        if self.lora_alpha is not None and self.lora_alpha <= 0:
-            raise ValueError(f"lora_alpha must be > 0 or None, not {self.lora_alpha!r}")
-        if self.init_lora:
-            check_init_lora(self.init_lora, rank=self.lora_rank, alpha=self.lora_alpha or self.lora_rank,
-                            targets=self.lora_targets)
-
-    @property
-    def reward_id(self) -> str:
-        return self.reward if self.reward_arg is None else f"{self.reward}:{self.reward_arg}"
-
-
-def sd15_ddpo_preset(base_model: str, prompts: tuple[str, ...], **overrides: Any) -> DDPOConfig:
-    """ddpo-pytorch's LoRA settings for SD 1.5: 50 steps, CFG 5, eta 1, lr 3e-4, clip 1e-4, fp16."""
-    base: dict[str, Any] = {
-        "sample_steps": 50, "guidance_scale": 5.0, "eta": 1.0, "lr": 3e-4, "clip_range": 1e-4,
-        "prompts_per_iteration": 8, "images_per_prompt": 16, "train_batch_size": 4, "grad_accum": 8,
-        "mixed_precision": "fp16", "resolution": 512,
-        **init_lora_hyperparameters(overrides.get("init_lora", "")),
-    }  # fmt: skip
-    return DDPOConfig(base_model=base_model, prompts=prompts, **{**base, **overrides})
-
-
-def tiny_ddpo_preset(base_model: str, prompts: tuple[str, ...], **overrides: Any) -> DDPOConfig:
-    """For the tiny test pipeline on a CPU."""
-    base: dict[str, Any] = {
-        "sample_steps": 6, "guidance_scale": 3.0, "resolution": 32, "iterations": 8, "prompts_per_iteration": 4,
-        "images_per_prompt": 4, "train_batch_size": 8, "lr": 3e-3, "clip_range": 0.2, "checkpoint_every": 0,
-        "weight_decay": 0.0, **init_lora_hyperparameters(overrides.get("init_lora", "")),
-    }  # fmt: skip
-    return DDPOConfig(base_model=base_model, prompts=prompts, **{**base, **overrides})
 
 
 def ddpo_scheduler(config: Any) -> Any:  # a DDIMScheduler (diffusers types its mixins loosely)
@@ -198,20 +93,24 @@ def train_ddpo(
     should_stop: ShouldStop | None = None,
     on_checkpoint: OnCheckpoint | None = None,
     resume: bool = True,
+    on_phase: OnPhase | None = None,
     reward_fn: RewardFunction | None = None,
 ) -> FineTuneResult:
     """Run DDPO; ``on_log(iteration, metrics)`` after each iteration, ``should_stop()`` polled after each.
 
     ``on_checkpoint(iteration, checkpoint_dir)`` after every checkpoint under ``checkpoints/`` is written,
     as in :func:`rlhf.training.dpo.train_dpo`. ``reward_fn`` overrides the registry lookup (the config
-    still names and validates its reward).
+    still names and validates its reward). ``on_phase(name)`` hears where it is: "loading_model", then
+    "training".
     """
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     log: OnLog = on_log or (lambda step, metrics: None)
+    phase: OnPhase = on_phase or (lambda name: None)
     reward = reward_fn or build_reward(config.reward, config.reward_arg)
     n_train_t = max(1, int(config.sample_steps * config.timestep_fraction))
 
+    phase("loading_model")
     # --- setup: accelerator, frozen pipeline + LoRA, DDIM scheduler, optimiser
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
@@ -262,6 +161,7 @@ def train_ddpo(
             reward_id=config.reward_id, with_state=with_state, extra={"metrics": metrics},
         )  # fmt: skip
 
+    phase("training")
     stopped, last = False, {}
     while iteration < config.iterations and not stopped:
         tick = time.perf_counter()
@@ -296,9 +196,9 @@ def train_ddpo(
                     t = traj.timesteps[j]
                     with accelerator.accumulate(unet), accelerator.autocast():
                         x_t = traj.latents[idx, j]
-                        eps = guided_noise(
-                            unet, scheduler.scale_model_input(x_t, t), t, cond, uncond, config.guidance_scale
-                        )
+                        # The UNet's input at t: the policy and the KL's reference both see exactly this.
+                        model_input = scheduler.scale_model_input(x_t, t)
+                        eps = guided_noise(unet, model_input, t, cond, uncond, config.guidance_scale)
                         step = ddim_step_full(
                             scheduler,
                             eps,
@@ -319,7 +219,7 @@ def train_ddpo(
                         if config.kl_coef > 0:
                             with torch.no_grad():
                                 with reference_pass(accelerator.unwrap_model(unet), reference):
-                                    ref_eps = guided_noise(unet, x_t, t, cond, uncond, config.guidance_scale)
+                                    ref_eps = guided_noise(unet, model_input, t, cond, uncond, config.guidance_scale)
                                 ref = ddim_step_full(
                                     scheduler, ref_eps, t, x_t, config.eta, prev_sample=step.prev_sample
                                 )

@@ -17,17 +17,16 @@ which pulls the policy towards treating the two images alike.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator
+from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from diffusers.training_utils import cast_training_params
@@ -43,13 +42,15 @@ from rlhf.training.checkpoint import (
     prune_checkpoints,
     read_metadata,
 )
+from rlhf.training.configs import DPOConfig as DPOConfig
+from rlhf.training.configs import DPOTies as DPOTies
+from rlhf.training.configs import MixedPrecision as MixedPrecision
+from rlhf.training.configs import sd15_dpo_preset as sd15_dpo_preset
+from rlhf.training.configs import tiny_dpo_preset as tiny_dpo_preset
 from rlhf.training.data import PreferenceDataset, count_rows, decode_image
 from rlhf.training.ddim import encode_prompts
 from rlhf.training.lora import (
-    DEFAULT_TARGETS,
     add_lora,
-    check_init_lora,
-    init_lora_hyperparameters,
     load_pipeline,
     lora_parameters,
     reference_pass,
@@ -60,96 +61,11 @@ from rlhf.training.lora import (
 from rlhf.training.losses import dpo_loss
 from rlhf.training.reward_model import ImageTransform
 
-MixedPrecision = Literal["no", "fp16", "bf16"]
-DPOTies = Literal["skip", "symmetric"]
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
+OnPhase = Callable[[str], None]  # "loading_model", "training", ... (where the trainer is)
 _RESUME_KEYS = ("base_model", "export_id", "seed", "lora_rank", "lora_alpha", "beta", "init_lora")
 _RESUME_ADDED = {"init_lora": ""}  # keys newer than some checkpoints: what those checkpoints ran with
-
-
-@dataclass(frozen=True)
-class DPOConfig:
-    base_model: str  # diffusers StableDiffusionPipeline directory (save_pretrained layout)
-    export_id: str = ""  # the preference export, recorded in every checkpoint
-    beta: float = 5000.0  # KL strength (paper: 2000-5000 for SD 1.5, 5000 for SDXL)
-    lr: float = 1e-5  # AdamW learning rate on the LoRA parameters
-    weight_decay: float = 1e-2
-    lora_rank: int = 8
-    lora_alpha: int | None = None  # None: equal to the rank (scale 1)
-    lora_targets: tuple[str, ...] = DEFAULT_TARGETS
-    # A saved adapter directory (save_lora's layout) the trained LoRA starts from, and the frozen reference
-    # is a copy of; "" starts fresh against the base UNet. lora_rank, lora_alpha and lora_targets must be
-    # the adapter's (the presets take them from it).
-    init_lora: str = ""
-    max_steps: int = 2000  # optimisation steps
-    batch_size: int = 4  # pairs per micro-batch per process
-    grad_accum: int = 1
-    max_grad_norm: float = 1.0
-    mixed_precision: MixedPrecision = "no"  # frozen weights in this dtype; LoRA weights stay float32
-    seed: int = 0
-    resolution: int = 512  # training images are resized (short side) and centre-cropped to this
-    ties: DPOTies = "skip"
-    checkpoint_every: int = 500  # optimisation steps between checkpoints (0: only at the end or on stop)
-    keep_last: int = 2  # checkpoints that keep their resumable training state
-    shuffle_buffer: int = 512
-    cpu: bool = False  # force the CPU even where a GPU exists
-
-    def __post_init__(self) -> None:
-        for name, choices in (("mixed_precision", MixedPrecision), ("ties", DPOTies)):
-            if getattr(self, name) not in get_args(choices):
-                raise ValueError(f"{name} must be one of {get_args(choices)}, not {getattr(self, name)!r}")
-        if not (Path(self.base_model) / "model_index.json").is_file():
-            raise ValueError(
-                f"base_model {self.base_model!r} is not a diffusers pipeline directory (no model_index.json)"
-            )
-        for name in (
-            "beta",
-            "lr",
-            "lora_rank",
-            "max_steps",
-            "batch_size",
-            "grad_accum",
-            "resolution",
-            "max_grad_norm",
-        ):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
-        if self.resolution % 8:
-            raise ValueError(f"resolution must be a multiple of 8, not {self.resolution}")
-        if self.lora_alpha is not None and self.lora_alpha <= 0:
-            raise ValueError(f"lora_alpha must be > 0 or None, not {self.lora_alpha!r}")
-        for name in ("weight_decay", "checkpoint_every", "keep_last", "shuffle_buffer"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
-        if not self.lora_targets:
-            raise ValueError("lora_targets must name at least one module")
-        if self.init_lora:
-            check_init_lora(self.init_lora, rank=self.lora_rank, alpha=self.lora_alpha or self.lora_rank,
-                            targets=self.lora_targets)
-
-
-def sd15_dpo_preset(base_model: str, **overrides: Any) -> DPOConfig:
-    """Diffusion-DPO LoRA on SD 1.5 (diffusers example): beta 5000, lr 1e-5, rank 8, fp16, 512 px."""
-    base: dict[str, Any] = {
-        "beta": 5000.0,
-        "lr": 1e-5,
-        "lora_rank": 8,
-        "mixed_precision": "fp16",
-        "resolution": 512,
-        **init_lora_hyperparameters(overrides.get("init_lora", "")),
-    }
-    return DPOConfig(base_model=base_model, **{**base, **overrides})
-
-
-def tiny_dpo_preset(base_model: str, **overrides: Any) -> DPOConfig:
-    """For small models on a CPU: the tiny test pipeline, the shipped shapes model (about 2 minutes there)."""
-    base: dict[str, Any] = {
-        "beta": 500.0, "lr": 1e-3, "lora_rank": 4, "resolution": 32, "batch_size": 8,
-        "max_steps": 300, "checkpoint_every": 0, "shuffle_buffer": 64, "weight_decay": 0.0,
-        **init_lora_hyperparameters(overrides.get("init_lora", "")),
-    }  # fmt: skip
-    return DPOConfig(base_model=base_model, **{**base, **overrides})
 
 
 @dataclass(frozen=True)
@@ -250,14 +166,16 @@ def train_dpo(
     should_stop: ShouldStop | None = None,
     on_checkpoint: OnCheckpoint | None = None,
     resume: bool = True,
+    on_phase: OnPhase | None = None,
 ) -> FineTuneResult:
     """Run Diffusion-DPO on the export's train split; returns where the final (or stop) LoRA is.
 
-    ``on_log(step, {"loss", "implicit_accuracy", "reward_margin", "mse_chosen", "lr", "s_per_step"})`` after every
+    ``on_log(step, {"loss", "implicit_accuracy", "reward_margin", "mse_chosen", "lr", "s_per_step", "pairs"})`` after every
     optimisation step; ``should_stop()`` polled after every step (saves a checkpoint, returns
     ``stopped=True``). ``on_checkpoint(step, checkpoint_dir)`` after every checkpoint under
     ``checkpoints/`` is written (periodic, last-step and stop ones; not ``final/``), on the main process,
     under saved random state (:mod:`rlhf.training.callbacks`); its time is left out of ``s_per_step``.
+    ``on_phase(name)`` hears where it is: "loading_model", then "training".
     A non-finite loss raises FloatingPointError.
     """
     data_path, output_dir = Path(data_path), Path(output_dir)
@@ -265,10 +183,14 @@ def train_dpo(
         raise FileNotFoundError(f"preference export {data_path} does not exist")
     output_dir.mkdir(parents=True, exist_ok=True)
     log: OnLog = on_log or (lambda step, metrics: None)
+    phase: OnPhase = on_phase or (lambda name: None)
 
+    phase("loading_model")
     # --- setup: accelerator, frozen pipeline + LoRA, data, optimiser
     accelerator = Accelerator(
-        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=config.cpu
+        mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=config.cpu,
+        # Batches carry captions (strings), which cannot be broadcast: every process reads the stream itself.
+        dataloader_config=DataLoaderConfiguration(dispatch_batches=False),
     )
     set_seed(config.seed)
     weight_dtype = {"no": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[
@@ -291,9 +213,11 @@ def train_dpo(
                                        keep_reference=True)
     noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     transform = ImageTransform(config.resolution, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # -> [-1, 1]
+    # The whole stream here; the prepared loader gives each process its share of every global batch, and ends
+    # each epoch's last gradient accumulation with the epoch (an unprepared loader let it run into the next).
     rows = PreferenceDataset(
         data_path, "train", shuffle_buffer=config.shuffle_buffer, seed=config.seed,
-        drop_ties=config.ties == "skip", rank=accelerator.process_index, world_size=accelerator.num_processes,
+        drop_ties=config.ties == "skip",
     )  # fmt: skip
     if count_rows(data_path, "train") == 0:
         raise ValueError(f"{data_path} has no rows in the train split")
@@ -306,7 +230,7 @@ def train_dpo(
     optimizer = torch.optim.AdamW(lora_parameters(unet), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     register_lora_state_hooks(accelerator, accelerator.unwrap_model)
-    unet, optimizer, scheduler = accelerator.prepare(unet, optimizer, scheduler)
+    unet, optimizer, scheduler, loader = accelerator.prepare(unet, optimizer, scheduler, loader)
 
     # --- resume
     step, epoch, pairs_in_epoch, micro_step = 0, 0, 0, 0
@@ -317,6 +241,10 @@ def train_dpo(
         accelerator.load_state(str(latest / STATE_DIR))
         step, epoch, pairs_in_epoch = meta["step"], meta["epoch"], meta["pairs_in_epoch"]
         micro_step = meta["micro_step"]
+    # Checkpoints are written only after an optimisation step, so the resumed run starts a fresh accumulation
+    # window; accelerate's own micro-batch counter (saved with the state, and reset by the prepared loader
+    # at each epoch's end) must agree, or the first step after a resume would accumulate the wrong count.
+    accelerator.step = 0
 
     def checkpoint(directory: Path, with_state: bool, metrics: dict[str, float]) -> None:
         save_lora_checkpoint(
@@ -326,13 +254,14 @@ def train_dpo(
         )  # fmt: skip
 
     # --- train
+    phase("training")
     unet.train()
     stopped, last = False, {}
-    micro: list[tuple[float, float, float, float]] = []
+    micro: list[tuple[float, float, float, float, int]] = []
     tick = time.perf_counter()
     while step < config.max_steps and not stopped:
         rows.set_epoch(epoch)
-        pair_stream.skip = pairs_in_epoch
+        pair_stream.skip = pairs_in_epoch * accelerator.num_processes  # the stream's pairs all processes consumed
         batches = 0
         for batch in loader:
             batches += 1
@@ -369,7 +298,7 @@ def train_dpo(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            micro.append((loss.item(), accuracy.item(), margin.item(), mse.item()))
+            micro.append((loss.item(), accuracy.item(), margin.item(), mse.item(), len(batch["captions"])))
             pairs_in_epoch += len(batch["captions"])  # pairs this process consumed
             if not accelerator.sync_gradients:
                 continue
@@ -381,6 +310,7 @@ def train_dpo(
             last = {
                 "loss": float(means[0]), "implicit_accuracy": float(means[1]), "reward_margin": float(means[2]),
                 "mse_chosen": float(means[3]), "lr": float(scheduler.get_last_lr()[0]), "s_per_step": now - tick,
+                "pairs": float(sum(m[4] for m in micro)),  # pairs this process accumulated into the step
             }  # fmt: skip
             micro, tick = [], now
             log(step, last)
@@ -410,6 +340,3 @@ def train_dpo(
     return FineTuneResult(final, step, False, last)
 
 
-def steps_per_epoch(config: DPOConfig, data_path: Path) -> int:
-    """Optimisation steps in one pass over the train split (single process), for progress bars."""
-    return math.ceil(count_rows(data_path, "train") / (config.batch_size * config.grad_accum))

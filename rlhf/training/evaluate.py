@@ -25,12 +25,6 @@ from numpy.typing import ArrayLike, NDArray
 FloatArray = NDArray[np.float64]
 
 
-def preference_probability(r0: ArrayLike, r1: ArrayLike) -> FloatArray:
-    """``p0 = sigmoid(r0 - r1)``, the two-way softmax of the rewards."""
-    diff = np.asarray(r0, dtype=np.float64) - np.asarray(r1, dtype=np.float64)
-    return 1.0 / (1.0 + np.exp(-diff))
-
-
 def predicted_labels(p0: ArrayLike, threshold: float) -> FloatArray:
     """1.0 (image 0), 0.0 (image 1) or 0.5 (tie: ``|p0 - p1| < threshold``)."""
     p = np.asarray(p0, dtype=np.float64)

@@ -47,9 +47,10 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+from rlhf.training.configs import LATENT_REWARD_MODEL_TYPE
 from rlhf.training.reward_base import ImageTransform, RewardModel
 
-MODEL_TYPE = "pickwise_latent_reward"
+MODEL_TYPE = LATENT_REWARD_MODEL_TYPE  # config.json's model_type for this kind
 WEIGHTS_FILE = "model.safetensors"
 EncoderKind = Literal["vae", "conv"]
 FeatureKind = Literal["hidden", "latent", "both"]

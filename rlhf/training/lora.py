@@ -12,11 +12,9 @@ gets its weights and, where a reference model is needed, an untrained copy besid
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,10 +24,15 @@ from diffusers.utils import convert_state_dict_to_diffusers, convert_unet_state_
 from peft import LoraConfig
 from peft.utils import get_peft_model_state_dict, set_peft_model_state_dict
 from PIL import Image
-from safetensors import safe_open
 
-LORA_WEIGHTS_FILE = "pytorch_lora_weights.safetensors"
-DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
+from generation.inference import load_adapter, load_base_pipeline
+from rlhf.training.checkpoint import STATE_DIR, write_metadata
+from rlhf.training.configs import DEFAULT_TARGETS as DEFAULT_TARGETS
+from rlhf.training.configs import AdapterShape as AdapterShape
+from rlhf.training.configs import check_init_lora as check_init_lora
+from rlhf.training.configs import init_lora_hyperparameters as init_lora_hyperparameters
+from rlhf.training.configs import read_adapter_shape as read_adapter_shape
+
 TRAINED_ADAPTER = "default"  # the adapter add_lora adds and save_lora writes
 REFERENCE_ADAPTER = "reference"  # add_frozen_adapter's copy of the starting adapter
 
@@ -79,94 +82,6 @@ def load_lora_into_unet(unet: Any, directory: Path, *, adapter_name: str = TRAIN
     missing = [k for k in getattr(result, "missing_keys", None) or () if f".{adapter_name}." in k]
     if missing:
         raise ValueError(f"{directory}: LoRA weights miss part of the UNet adapter: {missing[:5]}")
-
-
-@dataclass(frozen=True)
-class AdapterShape:
-    """What a saved adapter was trained with."""
-
-    rank: int
-    alpha: int
-    targets: tuple[str, ...]  # sorted module names, as LoraConfig.target_modules
-
-    def hyperparameters(self) -> dict[str, Any]:
-        """The trainers' config fields that must equal the adapter's."""
-        return {"lora_rank": self.rank, "lora_alpha": self.alpha, "lora_targets": self.targets}
-
-
-def read_adapter_shape(directory: Path | str) -> AdapterShape:
-    """Rank, alpha and targets of the adapter saved in ``directory``; ValueError when it holds none.
-
-    They come from the LoRA config saved with the weights (:func:`save_lora` writes it). An adapter saved
-    without one gets its rank from its weights' shapes, its targets from their names and alpha = rank
-    (what ``load_lora_weights`` assumes). Adapters this trainer cannot continue (DoRA, rsLoRA, per-module
-    ranks or alphas, several ranks) are refused.
-    """
-    path = Path(directory) / LORA_WEIGHTS_FILE
-    if not path.is_file():
-        raise ValueError(f"{directory} holds no LoRA adapter ({LORA_WEIGHTS_FILE} is missing)")
-    try:
-        with safe_open(str(path), framework="pt") as handle:
-            metadata = handle.metadata() or {}
-            ranks = {
-                key: handle.get_slice(key).get_shape()[0]
-                for key in handle.keys()  # noqa: SIM118 - a safetensors handle is not a mapping
-                if key.startswith("unet.") and key.endswith((".lora.down.weight", ".lora_A.weight"))
-            }
-    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same answer
-        raise ValueError(f"{path} is not a readable safetensors file: {exc}") from None
-    if not ranks:
-        raise ValueError(f"{path} holds no UNet LoRA weights")
-    if len(set(ranks.values())) != 1:
-        raise ValueError(f"{path}: the adapter's modules have different ranks {sorted(set(ranks.values()))}")
-    rank = next(iter(ranks.values()))
-    saved = json.loads(metadata.get("lora_adapter_metadata", "{}"))
-    config = {k.removeprefix("unet."): v for k, v in saved.items() if k.startswith("unet.")}
-    for flag in ("use_dora", "use_rslora", "rank_pattern", "alpha_pattern"):
-        if config.get(flag):
-            raise ValueError(f"{path}: the adapter uses {flag}, which fine-tuning here does not continue")
-    if config.get("r", rank) != rank:
-        raise ValueError(f"{path}: the saved config says rank {config['r']}, the weights {rank}")
-    alpha = config.get("lora_alpha", rank)
-    if not float(alpha).is_integer() or alpha <= 0:
-        raise ValueError(f"{path}: lora_alpha {alpha!r} is not a positive whole number")
-    targets = config.get("target_modules")
-    if not isinstance(targets, list) or not targets:  # no config, or a regular expression: from the names
-        targets = []
-        for key in ranks:
-            parts = key.rsplit(".lora", 1)[0].split(".")  # unet.<module path>.lora.down.weight
-            targets.append(".".join(parts[-2:]) if parts[-1].isdigit() else parts[-1])
-    return AdapterShape(rank=int(rank), alpha=int(alpha), targets=tuple(sorted(set(targets))))
-
-
-def check_init_lora(init_lora: str, *, rank: int, alpha: int, targets: Sequence[str]) -> None:
-    """The trainers' ``init_lora`` check: a readable adapter whose rank, alpha and targets are the config's.
-
-    Messages start with the field at fault (``init_lora``, ``lora_rank``, ``lora_alpha``, ``lora_targets``).
-    """
-    try:
-        shape = read_adapter_shape(init_lora)
-    except ValueError as exc:
-        raise ValueError(f"init_lora {init_lora!r} is not a saved LoRA adapter: {exc}") from None
-    if rank != shape.rank:
-        raise ValueError(f"lora_rank {rank} differs from the rank {shape.rank} of the init_lora adapter")
-    if alpha != shape.alpha:
-        raise ValueError(f"lora_alpha {alpha} differs from the alpha {shape.alpha} of the init_lora adapter")
-    if set(targets) != set(shape.targets):
-        raise ValueError(
-            f"lora_targets {tuple(targets)} differ from the targets {shape.targets} of the init_lora adapter"
-        )
-
-
-def init_lora_hyperparameters(init_lora: str) -> dict[str, Any]:
-    """For the presets: the adapter's rank, alpha and targets (``{}`` when there is none to read; the
-    config's own check then says why)."""
-    if not init_lora:
-        return {}
-    try:
-        return read_adapter_shape(init_lora).hyperparameters()
-    except ValueError:
-        return {}
 
 
 def add_frozen_adapter(
@@ -272,13 +187,14 @@ def eval_images(
 
 
 def load_pipeline(base: Path | str, lora_dir: Path | str | None = None, *, fuse: bool = False) -> Any:
-    """A pipeline from a base directory, optionally with a saved LoRA loaded (and fused)."""
-    pipe: Any = StableDiffusionPipeline.from_pretrained(
-        str(base), safety_checker=None, requires_safety_checker=False
-    )
-    pipe.set_progress_bar_config(disable=True)
+    """A float32 CPU pipeline from a base directory, optionally with a saved LoRA loaded (and fused).
+
+    Loaded by the generation worker's loader (``generation.inference.load_base_pipeline`` and
+    ``load_adapter``), so training, its evaluation grids and generation read a checkpoint the same way.
+    """
+    pipe: Any = load_base_pipeline(base, dtype="float32", device="cpu")
     if lora_dir is not None:
-        pipe.load_lora_weights(str(lora_dir))
+        load_adapter(pipe, lora_dir)
         if fuse:
             pipe.fuse_lora()
             pipe.unload_lora_weights()
@@ -300,8 +216,6 @@ def save_lora_checkpoint(
     with_state: bool = True,
 ) -> Path:
     """LoRA weights + ``pickwise.json`` (+ accelerate training state) in ``directory``; metadata last."""
-    from rlhf.training.checkpoint import STATE_DIR, write_metadata
-
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         save_lora(accelerator.unwrap_model(unet), directory)

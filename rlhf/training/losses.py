@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Hashable, Sequence
-from typing import Literal, NamedTuple, get_args
+from typing import NamedTuple, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from rlhf.training.configs import AdvantageScale as AdvantageScale
 
 
 def _weighted_mean(values: Tensor, weight: Tensor | None) -> Tensor:
@@ -161,7 +163,6 @@ def gaussian_kl_same_std(mean_p: Tensor, mean_q: Tensor, std: Tensor | float) ->
 
 
 # How normalize_advantages_per_prompt scales each prompt's centred rewards (DDPOConfig.advantage_scale).
-AdvantageScale = Literal["group", "batch"]
 
 
 def normalize_advantages_per_prompt(

@@ -13,7 +13,6 @@ backbones a run builds from :data:`BACKBONES` included. Two kinds ship:
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,7 +25,15 @@ from torch import Tensor
 from transformers import AutoConfig, CLIPConfig, CLIPModel, CLIPTokenizer, PreTrainedTokenizerBase
 
 from generation.shapes.model import WEIGHTS_DIR as SHAPES_WEIGHTS_DIR
-from rlhf.training.latent_reward import MODEL_TYPE as LATENT_MODEL_TYPE
+from rlhf.training.configs import (
+    BACKBONE_NAMES,
+    CLIP_MODEL_TYPE,
+    LATENT_REWARD_MODEL_TYPE,
+    REWARD_MODEL_TYPES,
+)
+from rlhf.training.configs import check_backbone_dir as check_backbone_dir
+from rlhf.training.configs import check_clip_backbone as check_clip_backbone
+from rlhf.training.configs import model_type_of as model_type_of
 from rlhf.training.latent_reward import build_latent_reward, load_latent_reward
 from rlhf.training.reward_base import (
     OPENAI_CLIP_MEAN,
@@ -145,29 +152,10 @@ def _load_latent_dir(path: Path, *, image_size: int | None) -> RewardModel:
     return load_latent_reward(path, image_size=image_size)
 
 
-MODEL_TYPES: dict[str, RewardModelLoader] = {"clip": _load_clip_dir, LATENT_MODEL_TYPE: _load_latent_dir}
-
-
-def model_type_of(path: str | Path) -> str | None:
-    """The ``model_type`` in ``path/config.json``; ValueError when the directory or its config is missing."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise ValueError(f"{str(path)!r} does not exist")
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"{str(path)!r} has no config.json, so it is not a reward model or a transformers model")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    return model_type if isinstance(model_type, str) else None
-
-
-def check_backbone_dir(path: str) -> None:
-    """Raise ValueError unless ``path`` is a directory holding a model type in :data:`MODEL_TYPES`."""
-    model_type = model_type_of(path)
-    if model_type not in MODEL_TYPES:
-        raise ValueError(
-            f"{path!r} is model_type {model_type!r}, not a CLIP model ('clip') or another reward model "
-            f"({', '.join(repr(t) for t in sorted(MODEL_TYPES) if t != 'clip')})"
-        )
+# Loaders by ``model_type`` (the names, torch-free, are configs.REWARD_MODEL_TYPES, which validates configs).
+MODEL_TYPES: dict[str, RewardModelLoader] = {CLIP_MODEL_TYPE: _load_clip_dir, LATENT_REWARD_MODEL_TYPE: _load_latent_dir}
+if set(MODEL_TYPES) != set(REWARD_MODEL_TYPES):
+    raise RuntimeError(f"reward model loaders {sorted(MODEL_TYPES)} differ from the model types {REWARD_MODEL_TYPES}")
 
 
 def load_reward_model(path: str | Path, *, image_size: int | None = None, device: str = "cpu") -> RewardModel:
@@ -291,17 +279,22 @@ def _shapes_conv_backbone(directory: Path, *, seed: int, image_size: int | None)
     return build_latent_reward(directory, SHAPES_WEIGHTS_DIR, encoder="conv", seed=seed, image_size=image_size)
 
 
-# Backbones a run builds by name (``RewardModelConfig.backbone``), beside local directories and hub ids.
+# Backbones a run builds by name (``RewardModelConfig.backbone``), beside local directories and hub ids; what
+# each is: configs.BACKBONE_NAMES (torch-free, so a config validates without torch).
 BACKBONES: dict[str, BackboneBuilder] = {
-    "tiny": _tiny_backbone,  # random-init CLIP reading 16 px images as one token per pixel
-    "shapes_vae": _shapes_vae_backbone,  # the shipped shapes model's VAE encoder, frozen, + a trainable head
-    "shapes_conv": _shapes_conv_backbone,  # the same head on a small conv tower trained from scratch
+    "tiny": _tiny_backbone,
+    "shapes_vae": _shapes_vae_backbone,
+    "shapes_conv": _shapes_conv_backbone,
 }
+if set(BACKBONES) != set(BACKBONE_NAMES):
+    raise RuntimeError(f"backbone builders {sorted(BACKBONES)} differ from the named backbones {sorted(BACKBONE_NAMES)}")
 
 
-def register_backbone(name: str, builder: BackboneBuilder) -> None:
-    if name in BACKBONES:
+def register_backbone(name: str, builder: BackboneBuilder, description: str = "") -> None:
+    """Add a backbone a run can build by name (and a config then accepts)."""
+    if name in BACKBONES or name in BACKBONE_NAMES:
         raise ValueError(f"backbone {name!r} is already registered")
     if not callable(builder):
         raise ValueError(f"backbone {name!r} needs a callable builder (directory, *, seed, image_size) -> Path")
     BACKBONES[name] = builder
+    BACKBONE_NAMES[name] = description or name

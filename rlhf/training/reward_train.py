@@ -11,13 +11,12 @@ out) and :func:`evaluate_reward_model`. Output layout::
 from __future__ import annotations
 
 import math
-import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, Literal, Protocol, get_args
+from typing import Any
 
 import numpy as np
 import torch
@@ -36,6 +35,16 @@ from rlhf.training.checkpoint import (
     read_metadata,
     write_metadata,
 )
+from rlhf.training.configs import REWARD_PRESETS as REWARD_PRESETS
+from rlhf.training.configs import MixedPrecision as MixedPrecision
+from rlhf.training.configs import RewardLoss as RewardLoss
+from rlhf.training.configs import RewardModelConfig as RewardModelConfig
+from rlhf.training.configs import RewardPreset as RewardPreset
+from rlhf.training.configs import TieHandling as TieHandling
+from rlhf.training.configs import pickscore_preset as pickscore_preset
+from rlhf.training.configs import reward_preset as reward_preset
+from rlhf.training.configs import shapes_reward_preset as shapes_reward_preset
+from rlhf.training.configs import tiny_reward_preset as tiny_reward_preset
 from rlhf.training.data import (
     PreferenceDataset,
     RankedBatch,
@@ -49,165 +58,15 @@ from rlhf.training.losses import bradley_terry_loss, choose_one_loss, plackett_l
 from rlhf.training.reward_model import (
     BACKBONES,
     RewardModel,
-    check_backbone_dir,
     load_reward_model,
     save_reward_model,
 )
 
-RewardLoss = Literal["bradley_terry", "plackett_luce", "choose_one"]
-MixedPrecision = Literal["no", "fp16", "bf16"]
-TieHandling = Literal["soft", "skip"]
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+OnPhase = Callable[[str], None]  # "loading_model", "training", ... (where the trainer is)
 _RESUME_KEYS = ("backbone", "loss", "seed", "export_id", "batch_size", "grad_accum")
 PAD_SCORE = -1e4  # score of padding slots in listwise batches (kept finite for bf16/fp16)
-
-
-@dataclass(frozen=True)
-class RewardModelConfig:
-    backbone: str = "tiny"  # a name in BACKBONES ("tiny", "shapes_vae", "shapes_conv"), a local reward-model or
-    # CLIP directory (a backbone, checkpoint or final model), or a CLIP hub id already in the local HF cache
-    loss: RewardLoss = "bradley_terry"  # pairwise BT (PickScore), listwise Plackett-Luce, or HPSv2 choose-one
-    lr: float = 3e-6  # AdamW learning rate (PickScore: 3e-6)
-    weight_decay: float = 0.3  # AdamW weight decay (PickScore: 0.3)
-    warmup_steps: int = 0  # linear warm-up, in optimisation steps, then constant
-    batch_size: int = 8  # lists (pairs) per micro-batch per process
-    grad_accum: int = 1  # micro-batches per optimisation step
-    epochs: int = 1  # passes over the train split
-    max_steps: int | None = None  # stop after this many optimisation steps even mid-epoch
-    max_grad_norm: float = 1.0  # gradient clipping
-    mixed_precision: MixedPrecision = "no"
-    image_size: int | None = None  # None: the backbone's own preprocessing size
-    seed: int = 0
-    weight_pairs_per_prompt: bool = False  # divide each row's weight by its prompt's row count
-    ties: TieHandling = "soft"  # "soft": train ties as 0.5/0.5 labels (PickScore); "skip": drop tied rows
-    tie_threshold: float | None = None  # predicted-tie threshold for accuracy; None: tune on validation
-    export_id: str = ""  # the preference export these rows come from, recorded in every checkpoint
-    checkpoint_every: int = 0  # optimisation steps between checkpoints; 0: only at the end or on stop
-    keep_last: int = 2  # checkpoints that keep their resumable training state
-    shuffle_buffer: int = 512  # rows held for streaming shuffle
-    eval_every: int = 0  # steps between validation passes reported through on_log; 0: only at the end
-    eval_batch_size: int = 32
-    num_workers: int = 0  # DataLoader workers decoding images
-    cpu: bool = False  # force the CPU even where a GPU exists
-
-    def __post_init__(self) -> None:
-        for name, choices in (
-            ("loss", RewardLoss),
-            ("mixed_precision", MixedPrecision),
-            ("ties", TieHandling),
-        ):
-            if getattr(self, name) not in get_args(choices):
-                raise ValueError(f"{name} must be one of {get_args(choices)}, not {getattr(self, name)!r}")
-        named = self.backbone in BACKBONES
-        if not named and not (Path(self.backbone).is_dir() or _HUB_ID.match(self.backbone)):
-            raise ValueError(
-                f"backbone {self.backbone!r} does not exist (expected one of {sorted(BACKBONES)}, "
-                "a directory or a hub id)"
-            )
-        if not named and Path(self.backbone).is_dir():
-            try:
-                check_backbone_dir(self.backbone)
-            except ValueError as exc:
-                raise ValueError(f"backbone {exc}") from exc
-        positive = ("lr", "batch_size", "grad_accum", "epochs", "eval_batch_size")
-        for name in positive:
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be > 0, not {getattr(self, name)!r}")
-        non_negative = ("weight_decay", "warmup_steps", "checkpoint_every", "keep_last", "shuffle_buffer")
-        for name in (*non_negative, "eval_every", "num_workers"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"max_steps must be > 0 or None, not {self.max_steps!r}")
-        if self.image_size is not None and self.image_size <= 0:
-            raise ValueError(f"image_size must be > 0 or None, not {self.image_size!r}")
-        if self.tie_threshold is not None and not 0 <= self.tie_threshold <= 1:
-            raise ValueError(f"tie_threshold must be in [0, 1] or None, not {self.tie_threshold!r}")
-        if self.max_grad_norm <= 0:
-            raise ValueError(f"max_grad_norm must be > 0, not {self.max_grad_norm!r}")
-
-
-def tiny_reward_preset(**overrides: Any) -> RewardModelConfig:
-    """A tiny CLIP built from config (:func:`build_tiny_clip`); trains in about a minute on one CPU thread.
-
-    lr 3e-4 (not PickScore's 3e-6, which is for fine-tuning a pretrained CLIP-H and leaves a random-init
-    tower where it starts); 4 epochs, since a round's pairs are mostly under the annotators' noise and
-    longer runs memorise them. ``bench/reward_shapes.py`` measures it on one DDPO round's data.
-    """
-    base: dict[str, Any] = {
-        "backbone": "tiny",
-        "lr": 3e-4,
-        "weight_decay": 0.0,
-        "batch_size": 16,
-        "epochs": 4,
-        "shuffle_buffer": 256,
-    }
-    return RewardModelConfig(**{**base, **overrides})
-
-
-def pickscore_preset(backbone: str, **overrides: Any) -> RewardModelConfig:
-    """PickScore's recipe (Kirstain et al. 2023) on a CLIP-H backbone: lr 3e-6, wd 0.3, 500 warm-up, bf16."""
-    base: dict[str, Any] = {
-        "backbone": backbone,
-        "lr": 3e-6,
-        "weight_decay": 0.3,
-        "warmup_steps": 500,
-        "batch_size": 8,
-        "grad_accum": 2,
-        "max_steps": 4000,
-        "mixed_precision": "bf16",
-        "checkpoint_every": 500,
-        "eval_every": 500,
-    }
-    return RewardModelConfig(**{**base, **overrides})
-
-
-def shapes_reward_preset(**overrides: Any) -> RewardModelConfig:
-    """The latent reward model on the shipped shapes model's VAE (backbone ``shapes_vae``).
-
-    Only the head trains (about 40k parameters; the VAE and text encoder are frozen), so it takes a far
-    higher lr than a CLIP fine-tune. ``bench/reward_shapes.py`` measures it on one round's data for each
-    built-in preference.
-    """
-    base: dict[str, Any] = {
-        "backbone": "shapes_vae",
-        "lr": 1e-3,
-        "weight_decay": 0.01,
-        "batch_size": 16,
-        "epochs": 6,
-        "shuffle_buffer": 512,
-    }
-    return RewardModelConfig(**{**base, **overrides})
-
-
-class RewardPreset(Protocol):
-    """A named recipe: overrides of any RewardModelConfig field in, a validated config out."""
-
-    def __call__(self, **overrides: Any) -> RewardModelConfig: ...
-
-
-def _pickscore(**overrides: Any) -> RewardModelConfig:
-    backbone = overrides.pop("backbone", None)
-    if not backbone or backbone in BACKBONES:
-        raise ValueError("the pickscore preset needs backbone: a local CLIP directory or a hub id")
-    return pickscore_preset(backbone, **overrides)
-
-
-# Presets by name (a reward run's ``preset``); each is validated when its config is built.
-REWARD_PRESETS: dict[str, RewardPreset] = {
-    "tiny": tiny_reward_preset,
-    "shapes": shapes_reward_preset,
-    "pickscore": _pickscore,
-}
-
-
-def reward_preset(name: str, **overrides: Any) -> RewardModelConfig:
-    """The config of preset ``name`` with ``overrides``; ValueError naming the choices for an unknown name."""
-    if name not in REWARD_PRESETS:
-        raise ValueError(f"preset must be one of {sorted(REWARD_PRESETS)}, not {name!r}")
-    return REWARD_PRESETS[name](**overrides)
 
 
 @dataclass(frozen=True)
@@ -370,21 +229,25 @@ def train_reward_model(
     on_log: OnLog | None = None,
     should_stop: ShouldStop | None = None,
     resume: bool = True,
+    on_phase: OnPhase | None = None,
 ) -> RewardTrainResult:
     """Train on the ``train`` split, tune the tie threshold on ``validation``, report ``test``.
 
     ``on_log(step, metrics)`` is called after every optimisation step (loss, accuracy, lr, pairs_per_s)
     and after evaluations; ``should_stop()`` is polled after every step and, when true, the run saves a
     checkpoint and returns with ``stopped=True``. With ``resume`` the latest checkpoint in ``output_dir``
-    is continued. A non-finite loss raises FloatingPointError.
+    is continued. ``on_phase(name)`` hears where it is: "loading_model", "training", "evaluating". A
+    non-finite loss raises FloatingPointError.
     """
     data_path, output_dir = Path(data_path), Path(output_dir)
     if not data_path.is_file():
         raise FileNotFoundError(f"preference export {data_path} does not exist")
     output_dir.mkdir(parents=True, exist_ok=True)
     log: OnLog = on_log or (lambda step, metrics: None)
+    phase: OnPhase = on_phase or (lambda name: None)
 
     # --- setup: accelerator, backbone, data, optimiser
+    phase("loading_model")
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=config.cpu
     )
@@ -436,6 +299,7 @@ def train_reward_model(
         step, epoch, rows_in_epoch = meta["step"], meta["epoch"], meta["rows_in_epoch"]
 
     # --- train
+    phase("training")
     stopped = False
     last: dict[str, float] = {}
     micro_losses: list[float] = []
@@ -502,6 +366,7 @@ def train_reward_model(
         return RewardTrainResult(checkpoint_dir(output_dir, step), step, True, last, None, None)
 
     # --- evaluate: tune the tie threshold on validation, apply it to test; save the final model
+    phase("evaluating")
     unwrapped = accelerator.unwrap_model(model)
     validation = evaluate_reward_model(
         unwrapped, data_path, "validation", threshold=config.tie_threshold, batch_size=config.eval_batch_size

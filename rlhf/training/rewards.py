@@ -17,6 +17,8 @@ from typing import Protocol
 import numpy as np
 from PIL import Image
 
+from generation.shapes.judge import judge
+
 
 class RewardFunction(Protocol):
     def __call__(self, images: list[Image.Image], prompts: list[str]) -> np.ndarray | list[float]: ...
@@ -43,8 +45,6 @@ def shapes_adherence(images: list[Image.Image], prompts: list[str]) -> np.ndarra
     """Partial credit for prompt adherence in the shapes world: the judge's correct attributes
     (shape, colour, size, position of each object, the object count and the background) over all
     of them. Dense, unlike the judge's all-or-nothing ``overall``, so RL gets a gradient."""
-    from generation.shapes.judge import judge
-
     scores = []
     for image, prompt in zip(images, prompts, strict=True):
         verdict = judge(image, prompt)
@@ -74,6 +74,7 @@ class RewardModelReward:
         self._model: object | None = None
 
     def __call__(self, images: list[Image.Image], prompts: list[str]) -> np.ndarray:
+        # lazy: torch and transformers load on first scoring, so building a DDPO config stays cheap
         from rlhf.training.reward_model import RewardModel, load_reward_model, score
 
         if self._model is None:

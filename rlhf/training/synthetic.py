@@ -13,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
+from diffusers import AutoencoderKL
 from PIL import Image
 
 from generation.inference import image_to_png_bytes
@@ -196,9 +198,6 @@ def fit_tiny_vae(
     brightness. A few hundred reconstruction steps (seconds on a CPU) make decoded brightness follow
     the latents, which brightness-reward learning tests need. The UNet and text encoder are untouched.
     """
-    import torch
-    from diffusers import AutoencoderKL
-
     vae = AutoencoderKL.from_pretrained(Path(pipeline_dir), subfolder="vae")
     side = int(vae.config.sample_size)
     rng = np.random.default_rng(seed)

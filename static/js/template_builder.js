@@ -46,3 +46,43 @@
     form.requestSubmit();
   });
 })();
+
+// Keyboard edits keep the focus where the hand is: htmx swaps the whole workspace after every edit, so the
+// control that made the change (a ↑/↓ button, "+ Add", Save) is focused again in the new workspace; a move
+// button that can no longer move (the item reached the top or bottom) hands the focus to its other arrow.
+// A live region says where the moved component is now.
+(function () {
+  "use strict";
+  let pending = null;
+
+  document.addEventListener("htmx:beforeSwap", function (event) {
+    if (!event.detail.target || event.detail.target.id !== "workspace") return;
+    const active = document.activeElement;
+    if (!active || !active.id || !document.getElementById("workspace").contains(active)) { pending = null; return; }
+    const item = active.closest("li.tpl-component");
+    pending = { id: active.id, move: active.dataset.move || "", component: active.dataset.component || "",
+                position: item ? Number(item.dataset.position) : 0 };
+  });
+
+  document.addEventListener("htmx:afterSettle", function () {
+    const workspace = document.getElementById("workspace");
+    if (!pending || !workspace) return;
+    const want = pending;
+    pending = null;
+    let target = document.getElementById(want.id);
+    if (want.move) {
+      const other = want.move === "up" ? "down" : "up";
+      if (!target || target.disabled) target = document.getElementById("move-" + other + "-" + want.component);
+      const item = workspace.querySelector('li.tpl-component[data-name="' + want.component + '"]');
+      const status = document.querySelector("[data-builder-status]");
+      if (item && status) {
+        status.textContent = want.component + " moved " + want.move + ": now " + item.dataset.position + " of " + item.dataset.count + ".";
+      }
+    }
+    if (!target && want.position) {                     // removed: the component now in its place, or the last one
+      const links = workspace.querySelectorAll("ol.tpl-components li[data-name] > a");
+      target = links[Math.min(want.position, links.length) - 1] || null;
+    }
+    if (target && !target.disabled) target.focus();
+  });
+})();

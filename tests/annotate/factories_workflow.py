@@ -11,9 +11,10 @@ from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
 from PIL import Image
 
-from annotate import workflow_services
-from annotate.models import AnnotationTask, Project
+from annotate.models import AnnotationTask, ProjectWorkflow
+from annotate.workflow import services as workflow_services
 from generation.models import GeneratedImage, GenerationJob, ModelVersion
+from projects.models import Project
 
 _counter = itertools.count(1)
 # A template of four task images and a full ranking that allows ties.
@@ -33,6 +34,19 @@ def _png(color: tuple[int, int, int]) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (16, 16), color).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def png(index: int) -> bytes:
+    """A 16x16 PNG in the ``index``-th test colour."""
+    return _png(_COLORS[index % len(_COLORS)])
+
+
+def set_workflow(project: Project, **settings: Any) -> ProjectWorkflow:
+    """Store these workflow settings of ``project`` as they are (no validation: fixtures set odd values on
+    purpose), and let the ``project`` instance see them."""
+    workflow, _ = ProjectWorkflow.objects.update_or_create(project=project, defaults=settings)
+    project.workflow = workflow
+    return workflow
 
 
 def model_version() -> ModelVersion:

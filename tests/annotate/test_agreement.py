@@ -6,7 +6,13 @@ import math
 
 import pytest
 
-from annotate.agreement import average_ranks, consensus, kendall_tau_b, kendalls_w, pairwise_agreement
+from annotate.workflow.agreement import (
+    average_ranks,
+    consensus,
+    kendall_tau_b,
+    kendalls_w,
+    pairwise_agreement,
+)
 
 
 def test_tau_b_identical_and_reversed():

@@ -18,11 +18,12 @@ assert connection.vendor == "sqlite", connection.vendor
 call_command("migrate", verbosity=0)
 
 from annotate.models import Annotation, AnnotationTask, TaskAssignment
-from core.roles import Role
-from tests.annotate.factories_workflow import task_with_images
+from projects.roles import Role
+from tests.annotate.factories_workflow import set_workflow, task_with_images
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory, api_client_for
 
-project = ProjectFactory(overlap=1)
+project = ProjectFactory()
+set_workflow(project, overlap=1)
 annotator, stranger = UserFactory(role=Role.ANNOTATOR), UserFactory(role=Role.ANNOTATOR)
 MembershipFactory(project=project, user=annotator, role=Role.ANNOTATOR)
 task = task_with_images(project)
@@ -42,10 +43,11 @@ bad = client.post(base + f"tasks/{task.pk}/submit/", {"ranking": [[i] for i in i
 assert bad.status_code == 400 and bad.json()["field"] == "ranking", bad.content
 payload = {"ranking": [[i] for i in reversed(ids)], "idempotency_key": "k", "rationale": "d first"}
 first = client.post(base + f"tasks/{task.pk}/submit/", payload, format="json")
-assert first.status_code == 201, first.content
+assert first.status_code == 204, first.content  # stored; no task left
 again = client.post(base + f"tasks/{task.pk}/submit/", payload, format="json")
-assert again.status_code == 200 and again.json()["id"] == first.json()["id"], again.content
-assert first.json()["created_at"].endswith("Z") and first.json()["ranking"] == payload["ranking"]
+assert again.status_code == 204 and again["Location"] == first["Location"], again.content
+stored = client.get(first["Location"]).json()
+assert stored["created_at"].endswith("Z") and stored["ranking"] == payload["ranking"]
 
 annotation = Annotation.objects.get()
 assert annotation.ranking == payload["ranking"] and annotation.rationale == "d first" and annotation.duration_ms >= 0

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from annotate.model_agreement import disagreeing_pairs, model_ranking, order_by_score
+from annotate.workflow.model_agreement import disagreeing_pairs, model_ranking, order_by_score
 
 
 def test_model_ranking_orders_by_score_ties_equal_scores_and_leaves_out_unscored():

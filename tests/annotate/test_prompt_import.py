@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from annotate.prompt_import import Limits, detect_format, parse_prompt_file
+from annotate.workflow.prompt_import import Limits, detect_format, parse_prompt_file
 
 
 def lines(result):
@@ -12,10 +12,17 @@ def lines(result):
 
 
 def test_plain_text_one_prompt_per_line_blank_lines_ignored():
-    result = parse_prompt_file(b"a cat\n\n  a dog  \r\na cat\n", fmt="txt")
+    result = parse_prompt_file(b"a cat\n\n  a dog  \r\na cat\n", fmt="txt", deduplicate=True)
     assert result.ok
     assert [(p.line, p.text) for p in result.prompts] == [(1, "a cat"), (3, "a dog")]
     assert [(d.line, d.first_line) for d in result.duplicates] == [(4, 1)]
+
+
+def test_repeated_prompts_are_kept_unless_deduplicating():
+    result = parse_prompt_file(b"a cat\na dog\na cat\n", fmt="txt")
+    assert result.ok
+    assert [(p.line, p.text) for p in result.prompts] == [(1, "a cat"), (2, "a dog"), (3, "a cat")]
+    assert result.duplicates == []
 
 
 def test_csv_with_metadata_columns():

@@ -9,11 +9,12 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from django.db import connection, connections
 
-from annotate import queue, workflow_services
 from annotate.models import Annotation, AnnotationStatus, AnnotationTask, AssignmentStatus, TaskAssignment
-from annotate.workflow_services import Submission
-from core.roles import Role
-from tests.annotate.factories_workflow import tasks_with_images
+from annotate.workflow import queue
+from annotate.workflow import services as workflow_services
+from annotate.workflow.services import Submission
+from projects.roles import Role
+from tests.annotate.factories_workflow import set_workflow, tasks_with_images
 from tests.factories import MembershipFactory, ProjectFactory, UserFactory
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -27,7 +28,8 @@ K = 3
 def busy_project():
     if connection.vendor != "postgresql":
         pytest.skip("SKIP LOCKED concurrency needs PostgreSQL (run through `make test`)")
-    project = ProjectFactory(name="Busy", overlap=K)
+    project = ProjectFactory(name="Busy")
+    set_workflow(project, overlap=K)
     users = [UserFactory(username=f"busy-{i}", role=Role.ANNOTATOR, password=None) for i in range(N_ANNOTATORS)]
     for user in users:
         MembershipFactory(project=project, user=user, role=Role.ANNOTATOR)

@@ -7,8 +7,8 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
-from annotate import queue
 from annotate.models import AssignmentStatus, TaskAssignment
+from annotate.workflow import queue
 from tests.annotate.factories_workflow import tasks_with_images
 
 pytestmark = pytest.mark.django_db(transaction=True)

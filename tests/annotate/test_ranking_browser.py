@@ -36,7 +36,7 @@ def test_rank_by_keys_and_drag_then_review(page, project, annotator, admin_user)
     assert [rows.nth(i).get_attribute("data-image") for i in range(4)] == [c, a, d, b]
 
     # Drag B onto A's row: B moves above A -> C > B > A > D
-    page.drag_and_drop(f'.ann-rank-list li[data-image="{b}"]', f'.ann-rank-list li[data-image="{a}"]',
+    page.drag_and_drop(f'.ann-rank-list li[data-image="{b}"] .rank-handle', f'.ann-rank-list li[data-image="{a}"]',
                        target_position={"x": 10, "y": 2})
     assert [select_value(x) for x in (c, b, a, d)] == ["1", "2", "3", "4"]
 

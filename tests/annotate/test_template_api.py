@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from annotate.presets import rlhf_image_generation
-from annotate.template_selectors import render_annotation_form
+from annotate.builder.presets import rlhf_image_generation
+from annotate.builder.selectors import render_annotation_form
 from tests.factories import api_client_for
 
 pytestmark = pytest.mark.django_db

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from annotate.components import (
+from annotate.builder.components import (
     CATALOGUE,
     SubmissionError,
     new_component,
@@ -16,7 +16,7 @@ from annotate.components import (
     schema_diff,
     validate_schema,
 )
-from annotate.presets import PRESETS, rlhf_image_generation
+from annotate.builder.presets import PRESETS, rlhf_image_generation
 
 
 def _locations(schema):

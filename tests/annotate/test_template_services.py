@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from django.db import IntegrityError, transaction
 
-from annotate import template_services
+from annotate.builder import services as template_services
+from annotate.builder.presets import PRESETS
+from annotate.builder.selectors import render_annotation_form, template_history
+from annotate.builder.services import TemplateSchemaError
 from annotate.models import AnnotationTemplateVersion
-from annotate.presets import PRESETS
-from annotate.template_selectors import render_annotation_form, template_history
-from annotate.template_services import TemplateSchemaError
 from core.exceptions import ApplicationError
 
 pytestmark = pytest.mark.django_db

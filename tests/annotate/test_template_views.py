@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from django.urls import reverse
 
-from annotate import template_services
+from annotate.builder import services as template_services
 
 pytestmark = pytest.mark.django_db
 
@@ -40,14 +40,19 @@ def test_add_component_plain_post_redirects(client, admin_user, template):
     assert response["Location"] == _url("template_builder", template) + "?selected=rating"
 
 
-def test_add_component_htmx_returns_workspace(client, admin_user, template):
+def test_add_component_htmx_returns_workspace(client, admin_user, template, project):
     client.force_login(admin_user)
     response = client.post(_url("template_component_add", template), {"type": "rating"}, **HX)
     assert response.status_code == 200
     body = response.content.decode()
     assert body.lstrip().startswith('<div id="workspace"') and "<html" not in body
     assert 'data-name="rating"' in body
-    # Its missing image source is shown inline, next to the component.
+    # The preset has one Images component: the new Rating is wired to it.
+    rating = next(c for c in template.versions.order_by("-number").first().schema["components"] if c["name"] == "rating")
+    assert rating["config"]["images"] == "images"
+    # With no Images to rate, its missing image source is shown inline, next to the component.
+    blank = template_services.template_create(project=project, name="Blank", created_by=admin_user)
+    body = client.post(_url("template_component_add", blank), {"type": "rating"}, **HX).content.decode()
     assert 'data-field="images"' in body
 
 

@@ -6,9 +6,9 @@ import random
 from datetime import timedelta
 
 import pytest
+from django.db import OperationalError, connection
 from django.utils import timezone
 
-from annotate import queue, workflow_services
 from annotate.models import (
     Annotation,
     AnnotationStatus,
@@ -17,10 +17,12 @@ from annotate.models import (
     Prompt,
     TaskAssignment,
 )
-from annotate.workflow_services import Submission
+from annotate.workflow import queue
+from annotate.workflow import services as workflow_services
+from annotate.workflow.services import Submission
 from core.exceptions import ApplicationError
-from core.roles import Role
-from tests.annotate.factories_workflow import task_with_images, tasks_with_images
+from projects.roles import Role
+from tests.annotate.factories_workflow import images_for, set_workflow, task_with_images, tasks_with_images
 from tests.factories import MembershipFactory, UserFactory
 
 
@@ -53,16 +55,14 @@ def test_next_task_follows_sequential_order_and_returns_the_same_lease(project, 
 
 
 def test_random_order_uses_random_keys(project, annotator):
-    project.task_order = "random"
-    project.save()
+    set_workflow(project, task_order="random")
     tasks = tasks_with_images(project, 5)
     expected = min(tasks, key=lambda t: (t.random_key, t.pk))
     assert queue.task_next(project=project, user=annotator).task.pk == expected.pk
 
 
 def test_overlap_k_limits_annotators_per_task_and_nobody_gets_a_task_twice(project):
-    project.overlap = 2
-    project.save()
+    set_workflow(project, overlap=2)
     task_a, task_b = tasks_with_images(project, 2)
     u1, u2, u3 = annotators(project, 3)
     assert queue.task_next(project=project, user=u1).task == task_a
@@ -77,8 +77,7 @@ def test_overlap_k_limits_annotators_per_task_and_nobody_gets_a_task_twice(proje
 
 
 def test_lease_expiry_returns_the_slot_through_the_reaper(project):
-    project.lease_seconds = 60
-    project.save()
+    set_workflow(project, lease_seconds=60)
     (task,) = tasks_with_images(project, 1)
     u1, u2 = annotators(project, 2)
     handout = queue.task_next(project=project, user=u1)
@@ -97,8 +96,7 @@ def test_lease_expiry_returns_the_slot_through_the_reaper(project):
 
 
 def test_late_submit_after_expiry_is_accepted_while_the_task_has_room(project):
-    project.overlap = 2
-    project.save()
+    set_workflow(project, overlap=2)
     (task,) = tasks_with_images(project, 1)
     (u1,) = annotators(project, 1)
     queue.task_next(project=project, user=u1)
@@ -191,8 +189,7 @@ def test_amend_keeps_history_and_reject_reopens_the_task(project, annotator, adm
 
 
 def test_gold_tasks_are_mixed_in_and_do_not_count_towards_k(project):
-    project.gold_rate = 1.0
-    project.save()
+    set_workflow(project, gold_rate=1.0)
     normal = task_with_images(project)
     gold = task_with_images(project, gold_ranking="identity")
     u1, u2 = annotators(project, 2)
@@ -205,16 +202,75 @@ def test_gold_tasks_are_mixed_in_and_do_not_count_towards_k(project):
     assert queue.task_next(project=project, user=u1, rng=rng).task == normal
 
 
+def test_a_gold_task_made_normal_again_is_not_offered_beyond_its_overlap(project):
+    """Its gold answers (which never counted towards k) and leases count once it is a normal task again."""
+    set_workflow(project, gold_rate=1.0, overlap=2)
+    gold = task_with_images(project, gold_ranking="identity")
+    u1, u2, u3, u4 = annotators(project, 4)
+    for user in (u1, u2):
+        assert queue.task_next(project=project, user=user).task == gold
+        submit(project, user, gold)
+    assert queue.task_next(project=project, user=u3).task == gold  # a third holds a lease on it
+    workflow_services.task_set_gold(task=gold, ranking=None)
+    gold.refresh_from_db()
+    assert (gold.is_gold, gold.taken_count, gold.is_open) == (False, 3, False)
+    assert queue.task_next(project=project, user=u4).task is None  # not a fourth annotator: k is 2
+    # Made gold and normal again, it keeps counting; once the lease expires only the two answers count.
+    TaskAssignment.objects.filter(annotator=u3).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    queue.leases_reap()
+    workflow_services.task_set_gold(task=gold, ranking=[[i] for i in image_ids(gold)])
+    workflow_services.task_set_gold(task=gold, ranking=None)
+    gold.refresh_from_db()
+    assert (gold.taken_count, gold.is_open) == (2, False)
+    assert queue.task_next(project=project, user=u4).task is None
+
+
+def test_task_images_name_the_id_that_is_not_a_uuid_and_store_nothing(project):
+    images = images_for(project, 2)
+    with pytest.raises(ApplicationError) as exc:
+        workflow_services.task_create(project=project, prompt_text="a cat", created_by=None,
+                                      image_ids=[images[0].pk, "not-a-uuid"])
+    assert exc.value.field == "images" and exc.value.message == "Image id 'not-a-uuid' (number 2) is not a UUID."
+    assert not AnnotationTask.objects.filter(project=project).exists()
+
+
+def test_a_database_error_while_checking_task_images_is_not_reported_as_bad_input(project):
+    """The images query failing (here: the server cancels it) raises the database's error; it used to be caught
+    as "Image ids must be UUIDs." inside the transaction."""
+    images = images_for(project, 2)
+
+    def cancel_image_lookups(execute, sql, params, many, context):
+        if "generation_generatedimage" in sql and "SELECT" in sql:
+            raise OperationalError("canceling statement due to statement timeout")
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(cancel_image_lookups), pytest.raises(OperationalError, match="statement timeout"):
+        workflow_services.task_create(project=project, prompt_text="a cat", created_by=None,
+                                      image_ids=[image.pk for image in images])
+    assert not AnnotationTask.objects.filter(project=project).exists()
+
+
 def test_prompt_import_creates_tasks_and_reports_duplicates(project, admin_user):
     Prompt.objects.create(project=project, text="old one", text_sha256=workflow_services.text_sha256("old one"))
     report = workflow_services.prompt_set_import(
-        project=project, data=b"a cat\nold one\na dog\na cat\n", filename="p.txt", created_by=admin_user
+        project=project, data=b"a cat\nold one\na dog\na cat\n", filename="p.txt", created_by=admin_user,
+        deduplicate=True,
     )
     assert report.created == 2
     assert [(d.line, d.first_line) for d in report.duplicates] == [(2, None), (4, 1)]
     assert list(AnnotationTask.objects.filter(project=project).values_list("prompt__text", flat=True)) == [
         "a cat", "a dog"]
     assert report.prompt_set.prompt_count == 2 and report.prompt_set.duplicate_count == 2
+
+
+def test_prompt_import_keeps_repeated_prompts_by_default(project, admin_user):
+    Prompt.objects.create(project=project, text="old one", text_sha256=workflow_services.text_sha256("old one"))
+    report = workflow_services.prompt_set_import(
+        project=project, data=b"a cat\nold one\na dog\na cat\n", filename="p.txt", created_by=admin_user)
+    assert report.created == 4 and report.duplicates == []
+    assert list(AnnotationTask.objects.filter(project=project).values_list("prompt__text", flat=True)) == [
+        "a cat", "old one", "a dog", "a cat"]
+    assert Prompt.objects.filter(project=project, text="a cat").count() == 2
 
 
 def test_prompt_import_with_any_error_imports_nothing(project, admin_user):

@@ -5,9 +5,10 @@ from __future__ import annotations
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
-from annotate import queue, workflow_services
-from annotate.models import Annotation, AnnotationStatus, AnnotationTask
-from annotate.workflow_services import Submission
+from annotate.models import Annotation, AnnotationStatus, AnnotationTask, ProjectWorkflow
+from annotate.workflow import queue
+from annotate.workflow import services as workflow_services
+from annotate.workflow.services import Submission
 from tests.annotate.factories_workflow import task_with_images, tasks_with_images
 from tests.factories import PASSWORD
 
@@ -119,7 +120,7 @@ def test_prompt_upload_page_reports_line_errors_and_duplicates(client, project, 
     response = client.post(url, {"file": bad})
     assert response.status_code == 400 and "Line 3: seed" in response.content.decode()
     good = SimpleUploadedFile("p.txt", b"<b>bold</b> cat\ndog\ndog\n")
-    response = client.post(url, {"file": good})
+    response = client.post(url, {"file": good, "deduplicate": "on"})
     assert response.status_code == 303
     html = client.get(url).content.decode()
     assert "Imported 2 prompts" in html and "Line 3" in html and "repeats line 2" in html
@@ -132,9 +133,9 @@ def test_settings_page_saves_and_archives(client, project, admin_user, annotator
     response = client.post(url, {"overlap": "3", "images_per_task": "4", "task_order": "random", "gold_rate": "0.1",
                                  "lease_seconds": "300", "instructions": "Be quick"})
     assert response.status_code == 303
-    project.refresh_from_db()
-    assert (project.overlap, project.task_order, project.gold_rate, project.instructions) == (3, "random", 0.1,
-                                                                                              "Be quick")
+    workflow = ProjectWorkflow.objects.get(project=project)
+    assert (workflow.overlap, workflow.task_order, workflow.gold_rate, workflow.instructions) == (3, "random", 0.1,
+                                                                                                  "Be quick")
     assert client.post(url, {"overlap": "0"}).status_code == 400
     client.post(url, {"action": "archive"})
     project.refresh_from_db()
@@ -184,9 +185,14 @@ def test_own_answers_can_be_amended_keeping_history(client, project, annotator):
     assert Annotation.objects.get(status=AnnotationStatus.SUBMITTED).supersedes_id == first.pk
 
 
-def test_generate_button_polls_the_job_and_attaches_its_images(client, project, annotator):
-    from generation.models import GeneratedImage, GenerationJob
-    from tests.annotate.factories_workflow import images_for, model_version
+def test_generate_button_polls_the_job_whose_images_join_the_task_when_the_worker_finishes_it(
+        client, project, annotator):
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from generation import services as generation_services
+    from generation.models import GenerationJob
+    from tests.annotate.factories_workflow import model_version, png
 
     project.model_versions.add(model_version())
     task = workflow_services.task_create(project=project, prompt_text="a blue cube", created_by=None)
@@ -198,14 +204,25 @@ def test_generate_button_polls_the_job_and_attaches_its_images(client, project, 
     assert response.status_code == 200, response.content
     job = GenerationJob.objects.get(project=project, created_by=annotator)
     poll = reverse("annotate:task_generation", args=[project.pk, task.pk, job.pk])
-    assert 'hx-trigger="every 1s"' in response.content.decode() and poll in response.content.decode()
+    assert 'hx-trigger="every 200ms"' in response.content.decode() and poll in response.content.decode()
     assert client.post(generate, **HX).status_code == 200  # a double click: the same job
     assert GenerationJob.objects.filter(created_by=annotator).count() == 1
-    # the worker finishes: the poll attaches the images and refreshes the page
-    made = images_for(project, 4, prompt="a blue cube")
-    GeneratedImage.objects.filter(pk__in=[i.pk for i in made]).update(job=job)
-    GenerationJob.objects.filter(pk=job.pk).update(status="succeeded", progress=1.0)
-    done = client.get(poll, **HX)
-    assert done.status_code == 286 and done["HX-Refresh"] == "true"
-    assert sorted(image_ids(task)) == sorted(str(i.pk) for i in made)
+    assert client.get(poll, **HX).status_code == 200 and image_ids(task) == []  # still running
+    # The worker claims the job and stores its images, the last store marking it succeeded: that
+    # service attaches them to the task, in its transaction (the same one simulated annotators use).
+    claim = generation_services.generation_jobs_claim(job_id=job.pk, worker="test-worker", batch_limit=8)
+    (claimed,) = claim.jobs
+    made = generation_services.generated_images_store(token=claim.token, runtime={}, finish=True, images=[
+        generation_services.ImageToStore(job=claimed, index=i, seed=seed, png=png(i), width=16, height=16,
+                                         generation_seconds=0.01, batch_size=4)
+        for i, seed in enumerate(claimed.seeds)])
+    assert image_ids(task) == [str(image.pk) for image in made]
+    with CaptureQueriesContext(connection) as queries:
+        done = client.get(poll, **HX)
+    assert done.status_code == 286 and done["HX-Retarget"] == "#task-region" and done["HX-Reswap"] == "innerHTML"
+    fragment = done.content.decode()  # the task with its images to rank, in place of the whole task region
+    assert "<html" not in fragment and all(f'name="ranking.rank.{i}"' in fragment for i in image_ids(task))
+    writes = [q["sql"] for q in queries if q["sql"].lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE"))]
+    assert writes == []  # the poll only reads
+    assert image_ids(task) == [str(image.pk) for image in made]
     assert "ranking.rank." in client.get(reverse("annotate:task_annotate", args=[project.pk])).content.decode()

@@ -13,8 +13,9 @@ from django.urls import reverse
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 
-from core.roles import Role
+from core.audit import audit_record
 from generation.models import GenerationJob, ModelVersion
+from projects.roles import Role
 from tests.factories import PASSWORD, MembershipFactory, ProjectFactory, UserFactory
 
 # Every model registered with the admin, and what a superuser's add page answers (axes' logs
@@ -24,6 +25,7 @@ SUPERUSER_ADD_STATUS = {
     "group": 200, "user": 200, "tokenproxy": 200,
     "accessattempt": 403, "accesslog": 403, "accessfailurelog": 403,
     "project": 200, "modelversion": 200, "generationjob": 200,
+    "logentry": 403,  # the audit trail (django-auditlog) is read-only
 }
 
 
@@ -63,6 +65,7 @@ def one_of_each(superuser, staff_project_admin, foreign_project):
     version = ModelVersion.objects.create(name="tiny", source="/nowhere", dtype="float32", created_by=superuser)
     GenerationJob.objects.create(project=foreign_project, created_by=superuser, model_version=version,
                                  prompt="a red circle", params={}, params_hash="0" * 64, num_images=1, seeds=[1])
+    audit_record(event="model_version.registered", instance=version, actor=superuser, project_id=None)
     now = timezone.now()
     AccessAttempt.objects.create(username="someone", ip_address="127.0.0.1", user_agent="test", attempt_time=now,
                                  get_data="", post_data="", http_accept="*/*", path_info="/login/",

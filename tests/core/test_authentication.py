@@ -8,7 +8,7 @@ from django.test.utils import CaptureQueriesContext
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from core.roles import Role
+from projects.roles import Role
 from tests.factories import UserFactory
 
 

@@ -18,13 +18,47 @@ def test_round_trip_through_a_real_worker(celery_worker_process):
     assert result["pid"] != os.getpid()
 
 
-def test_queue_routing_and_reliability_settings():
+# Every task of the project and the queue it must run on: a new task has to be placed here on purpose.
+EXPECTED_QUEUES = {
+    "core.tasks.ping": "default",
+    "core.tasks.run_reapers": "default",
+    "annotate.tasks.reap_expired_leases": "default",
+    "generation.tasks.run_generation": "gpu",
+    "rlhf.tasks.export_preferences": "default",
+    "rlhf.tasks.train_reward_model": "gpu-train",
+    "rlhf.tasks.finetune_model": "gpu-train",
+    "rlhf.tasks.finetune_loop_round": "gpu-train",
+    "rlhf.tasks.score_images": "gpu",
+    "rlhf.tasks.arena_generate_comparisons": "gpu",
+}
+
+
+def test_every_task_is_registered_and_routed_to_its_queue():
+    ours = {name for name in app.tasks if name.split(".", 1)[0] in {"core", "annotate", "generation", "rlhf"}}
+    assert ours == set(EXPECTED_QUEUES)
+    router = app.amqp.router
+    assert {name: router.route({}, name)["queue"].name for name in ours} == EXPECTED_QUEUES
+
+
+def test_the_names_services_queue_are_registered_tasks():
+    """Services queue by name (core.tasks.enqueue_on_commit); each name is a task of that name."""
+    from core.tasks import registered_task
+    from generation.services import RUN_GENERATION
+    from rlhf.datasets.services import EXPORT_PREFERENCES
+    from rlhf.loop.arena import ARENA_GENERATE_COMPARISONS
+    from rlhf.loop.rounds import FINETUNE_LOOP_ROUND
+    from rlhf.runs.finetune import FINETUNE_MODEL
+    from rlhf.runs.reward import TRAIN_REWARD_MODEL
+    from rlhf.runs.scoring import SCORE_IMAGES
+
+    for name in (RUN_GENERATION, EXPORT_PREFERENCES, ARENA_GENERATE_COMPARISONS, FINETUNE_LOOP_ROUND,
+                 FINETUNE_MODEL, TRAIN_REWARD_MODEL, SCORE_IMAGES):
+        assert registered_task(name).name == name
+
+
+def test_queue_reliability_settings():
     conf = app.conf
     assert {q.name for q in conf.task_queues} == {"default", "gpu", "gpu-train"}
-    router = app.amqp.router
-    assert router.route({}, "generation.tasks.generate_images")["queue"].name == "gpu"
-    assert router.route({}, "rlhf.tasks.train_reward_model")["queue"].name == "gpu-train"
-    assert router.route({}, "rlhf.tasks.export_preferences")["queue"].name == "default"
     assert TASK_ROUTES["*"] == {"queue": "default"}
     assert conf.task_acks_late is True
     assert conf.worker_prefetch_multiplier == 1
@@ -42,7 +76,8 @@ def test_embedded_filesystem_broker_round_trip(tmp_path):
 
     root = Path(__file__).resolve().parents[2]
     env = {k: v for k, v in os.environ.items() if k not in REGISTRY}
-    env.update(PICKWISE_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="config.settings")
+    # A fresh checkout: the var directory does not exist yet (manage.py and Celery make what they need).
+    env.update(PICKWISE_VAR_DIR=str(tmp_path / "var"), DJANGO_SETTINGS_MODULE="config.settings")
     subprocess.run([sys.executable, "manage.py", "migrate", "-v0"], cwd=root, env=env, check=True, timeout=120)  # noqa: S603
     worker = subprocess.Popen(  # noqa: S603
         [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default", "--pool", "solo"],
@@ -60,3 +95,23 @@ def test_embedded_filesystem_broker_round_trip(tmp_path):
     assert client.returncode == 0, client.stderr
     assert "'payload': 'fs'" in client.stdout
     assert "'database': True" in client.stdout
+
+
+def test_importing_the_celery_app_creates_no_folders(tmp_path):
+    """The embedded broker's folders are made when Celery first reads its configuration, not at import."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from config.env import REGISTRY
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in REGISTRY}
+    env.update(PICKWISE_VAR_DIR=str(tmp_path), DJANGO_SETTINGS_MODULE="config.settings")
+    probe = ("import django, pathlib; django.setup(); from django.conf import settings; from config.celery import app; "
+             "broker = pathlib.Path(settings.CELERY_BROKER_DIR); print(broker.exists()); app.conf.broker_url; "
+             "print(sorted(p.name for p in broker.iterdir()))")
+    result = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,  # noqa: S603
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "['control',", "'processed',", "'queue',", "'results']"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from annotate import queue, template_services
-from annotate.workflow_services import Submission, annotation_submit
+from annotate.builder import services as template_services
+from annotate.workflow import queue
+from annotate.workflow import services as workflow_services
+from annotate.workflow.services import Submission, annotation_submit
 from rlhf.models import RewardModelRun
 from tests.annotate.factories_workflow import RANK_SCHEMA, task_with_images
 from tests.conftest import browser_login
@@ -29,8 +31,8 @@ def reviewed_project(project, admin_user, annotator):
     """The shared project with a published template, two tasks with stored images and one ranking."""
     template = template_services.template_create(project=project, name="Rank", created_by=admin_user,
                                                  schema=RANK_SCHEMA, strict=True)
-    project.template_version = template_services.template_version_publish(template=template, created_by=admin_user)
-    project.save()
+    version = template_services.template_version_publish(template=template, created_by=admin_user)
+    workflow_services.project_update_settings(project=project, template_version=version)
     for n in range(2):
         task_with_images(project, prompt=f"a red circle number {n}", store=True)
     task = queue.task_next(project=project, user=annotator).task

@@ -6,8 +6,9 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 
-from annotate import queue
-from annotate.models import Project
+from annotate.workflow import queue
+from annotate.workflow.access import workflow_of
+from projects.models import Project
 
 
 @pytest.mark.django_db
@@ -15,8 +16,9 @@ def test_seed_demo_makes_a_ready_project_and_is_idempotent(client):
     call_command("seed_demo")
     call_command("seed_demo")
     project = Project.objects.get(name="Shapes world demo")
-    assert project.template_version is not None and project.template_version.is_published
-    types = [c["type"] for c in project.template_version.schema["components"]]
+    version = workflow_of(project).template_version
+    assert version is not None and version.is_published
+    types = [c["type"] for c in version.schema["components"]]
     assert types[:3] == ["instructions", "prompt_input", "generate_button"] and "ranking" in types
     assert project.tasks.count() == 40
     annotator = get_user_model().objects.get(username="demo-annotator")

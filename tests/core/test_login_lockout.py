@@ -11,7 +11,7 @@ from django.urls import reverse
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from core.roles import Role
+from projects.roles import Role
 from tests.factories import PASSWORD, UserFactory
 
 LOCKOUT = ("Too many failed logins for this account or from this address. Logins are refused, even with the "

@@ -59,3 +59,14 @@ def test_every_value_is_a_bound_parameter():
     task = task_with_images(ProjectFactory(), prompt=text)
     row = rawsql.fetchone(f"SELECT p.id FROM {rawsql.table(Prompt)} p WHERE p.text = %s", [text])  # noqa: S608
     assert row == (task.prompt_id,)
+
+
+def test_query_names_tables_and_columns_from_model_metadata(db):
+    sql = rawsql.query("SELECT {t.*}, {p.text} FROM {t} JOIN {p} ON {p.pk} = {t.prompt} WHERE {t.project} = %s",
+                       t=AnnotationTask, p=Prompt)
+    quote = connection.ops.quote_name
+    assert sql == (f"SELECT {rawsql.columns(AnnotationTask, 't')}, p.{quote('text')} "  # noqa: S608 - expected text
+                   f"FROM {quote('annotate_annotationtask')} t JOIN {quote('annotate_prompt')} p "
+                   f"ON p.{quote('id')} = t.{quote('prompt_id')} WHERE t.{quote('project_id')} = %s")
+    with pytest.raises(KeyError):
+        rawsql.query("SELECT {x.pk} FROM {t}", t=AnnotationTask)  # an alias nobody bound

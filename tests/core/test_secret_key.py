@@ -63,6 +63,8 @@ def test_published_keys_are_refused_even_once_gone_from_the_tree(tmp_path):
         ("django-insecure-" + secrets.token_urlsafe(48), "placeholder"),
         ("please-change-me-" + secrets.token_urlsafe(48), "placeholder"),
     ],
+    # Fixed ids: the keys are drawn per process, and parallel workers must collect the same test names.
+    ids=["empty", "short", "few-characters", "django-insecure-prefix", "please-change-me-prefix"],
 )
 def test_weak_keys_are_refused_naming_why(tmp_path, key, reason):
     assert reason in refusal(key, tmp_path)

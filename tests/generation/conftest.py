@@ -8,15 +8,10 @@ from pathlib import Path
 import pytest
 
 from generation import worker
-from generation.tiny import build_tiny_lora, build_tiny_pipeline
+from generation.tiny import build_tiny_lora
 
 # Cheap defaults for the tiny model: 32x32 images (4x4 latents), 4 DDIM steps, with guidance.
 TINY_DEFAULTS = {"scheduler": "ddim", "steps": 4, "guidance": 5.0, "width": 32, "height": 32}
-
-
-@pytest.fixture(scope="session")
-def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny-generation") / "pipeline", seed=0)
 
 
 @pytest.fixture(scope="session")

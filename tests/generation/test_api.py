@@ -133,10 +133,10 @@ def test_progress_fragment_polls_until_the_job_ends(client, annotator, project, 
     )
     url = reverse("generation:job_detail", args=[job.pk])
     full = client.get(url)
-    assert full.status_code == 200 and b"<html" in full.content and b'hx-trigger="every 1s"' in full.content
+    assert full.status_code == 200 and b"<html" in full.content and b'hx-trigger="every 200ms"' in full.content
     fragment = client.get(url, HTTP_HX_REQUEST="true")
     assert fragment.status_code == 200 and b"<html" not in fragment.content
-    assert b"Waiting in the queue" in fragment.content and b'hx-trigger="every 1s"' in fragment.content
+    assert b"Waiting in the queue" in fragment.content and b'hx-trigger="every 200ms"' in fragment.content
 
     worker.run_job(job.pk)
     done = client.get(url, HTTP_HX_REQUEST="true")

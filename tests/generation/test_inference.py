@@ -45,8 +45,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: many ti
 
 
 @pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_pipeline(tmp_path_factory.mktemp("tiny") / "pipeline", seed=0)
+def tiny_dir(tiny_pipeline_dir: Path) -> Path:
+    """The session's tiny pipeline (tests/conftest.py), read-only here."""
+    return tiny_pipeline_dir
 
 
 @pytest.fixture(scope="module")

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from django.contrib.auth.models import Group
 
-from core.roles import GROUP_NAMES, Role
 from generation import services, worker
 from generation.models import GeneratedImage
+from projects.roles import GROUP_NAMES, Role
 from tests.factories import MembershipFactory, UserFactory
 
 

@@ -2,80 +2,31 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
-import time
 import uuid
 from pathlib import Path
 
 import pytest
 from django.core.files.base import ContentFile
 from django.core.files.storage import default_storage
-from django.db import connection, transaction
+from django.db import transaction
 from django.utils import timezone
 
 from generation import services
 from generation.models import GeneratedImage, GenerationJob, JobStatus
 from generation.tasks import run_generation
-from tests.conftest import ROOT, _worker_env
+from tests import workers
+from tests.workers import stop, wait_for
 
 # A queue of our own, so that the session's shared worker never takes this test's job.
 QUEUE = f"gpu-kill-{uuid.uuid4().hex[:8]}"
 
 
 def start_worker(log: Path) -> subprocess.Popen[bytes]:
-    env = _worker_env(connection.settings_dict["NAME"])
     # Short leases (renewed by progress heartbeats) and two images per pipeline call, so the job
     # is stored in chunks and a kill lands between them.
-    env.update(GENERATION_LEASE_SECONDS="3", GENERATION_BATCH_LIMIT="2", GENERATION_TORCH_THREADS="1")
-    with open(log, "ab") as out:
-        return subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "config",
-                "worker",
-                "-Q",
-                QUEUE,
-                "--pool",
-                "prefork",
-                "--concurrency",
-                "1",
-                "--loglevel",
-                "INFO",
-                "-n",
-                f"kill-{uuid.uuid4().hex[:6]}@%h",
-            ],
-            cwd=ROOT,
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
+    return workers.start_worker(log, QUEUE, GENERATION_LEASE_SECONDS="3", GENERATION_BATCH_LIMIT="2")
 
 
 @pytest.mark.django_db(transaction=True)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from annotate import queue, template_services
-from annotate.workflow_services import Submission, annotation_submit
-from core.roles import Role
-from tests.annotate.factories_workflow import RANK_SCHEMA, task_with_images
+from annotate.builder import services as template_services
+from annotate.workflow import queue
+from annotate.workflow.services import Submission, annotation_submit
+from projects.roles import Role
+from tests.annotate.factories_workflow import RANK_SCHEMA, set_workflow, task_with_images
 from tests.factories import MembershipFactory, UserFactory
 
 TINY_GENERATION = {"scheduler": "ddim", "steps": 4, "guidance": 5.0, "width": 32, "height": 32}
@@ -28,9 +29,8 @@ def rank_project(project, admin_user, *, tasks: int = 10, raters: int = 2):
     """
     template = template_services.template_create(project=project, name="Rank", created_by=admin_user,
                                                  schema=RANK_SCHEMA, strict=True)
-    project.template_version = template_services.template_version_publish(template=template, created_by=admin_user)
-    project.overlap = raters
-    project.save()
+    version = template_services.template_version_publish(template=template, created_by=admin_user)
+    set_workflow(project, template_version=version, overlap=raters)
     made = [task_with_images(project, prompt=f"a shape number {i}", store=True) for i in range(tasks)]
     order = [t.pk for t in made]
     for rater in range(raters):
@@ -68,7 +68,7 @@ def build_export(project, user, *, worker: bool = False, **fields):
     """Build an export in this process, or (``worker=True``, with a real worker running) wait for the worker."""
     import time
 
-    from rlhf.export_services import export_request_parse, preference_export_build, preference_export_create
+    from rlhf.datasets.services import export_request_parse, preference_export_build, preference_export_create
 
     fields.setdefault("split_train", 0.6)
     fields.setdefault("split_validation", 0.2)
@@ -104,10 +104,9 @@ def model_cache(settings, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_base_dir(tmp_path_factory) -> Path:
-    from generation.tiny import build_tiny_pipeline
-
-    return build_tiny_pipeline(tmp_path_factory.mktemp("rlhf-tiny") / "pipeline", seed=0)
+def tiny_base_dir(tiny_pipeline_dir) -> Path:
+    """The session's tiny pipeline (tests/conftest.py)."""
+    return tiny_pipeline_dir
 
 
 @pytest.fixture

@@ -9,10 +9,11 @@ from django.test import Client
 
 from core.exceptions import PermissionDeniedError
 from generation.models import GeneratedImage, GenerationJob, ModelVersion
+from projects.roles import Role
 from rlhf.loop import stats
 from rlhf.loop.arena import arena_comparison_add, arena_create, arena_next, arena_results, arena_vote
 from rlhf.models import Arena, ArenaVote
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, UserFactory
 
 PROMPT = "a large red circle in the center on a white background"
 
@@ -144,9 +145,12 @@ def test_admins_set_up_an_arena_in_the_browser_and_a_gpu_task_fills_it(
                                    **{**TINY_GENERATION, "guidance": 2.0})
     url = f"/ml/projects/{project.pk}/arena/setup/"
     valid = {"versions": [tiny_base.pk, other.pk], "prompts": "a red circle\n\na blue square\n", "seeds": "3, 4"}
-    voter = Client()
+    voter = Client()  # a member who may not manage the project: refused, and told so
     assert voter.login(username=annotator.username, password=PASSWORD)
-    assert voter.get(url).status_code in (403, 404) and voter.post(url, valid).status_code in (403, 404)
+    assert voter.get(url).status_code == 403 and voter.post(url, valid).status_code == 403
+    stranger = Client()  # not a member: the project does not exist for them
+    stranger.force_login(UserFactory(username="arena-stranger", role=Role.ADMIN))
+    assert stranger.get(url).status_code == 404 and stranger.post(url, valid).status_code == 404
 
     browser = Client()
     assert browser.login(username=admin_user.username, password=PASSWORD)
@@ -166,10 +170,13 @@ def test_admins_set_up_an_arena_in_the_browser_and_a_gpu_task_fills_it(
         assert browser.post(url, valid).status_code == 303
     arena = Arena.objects.get(project=project)
     assert set(arena.versions.all()) == {tiny_base, other} and len(callbacks) == 1
-    # What the queued gpu task does (run here in the test process); a repeat adds nothing.
-    prompts, seeds = ["a red circle", "a blue square"], [3, 4]
-    assert tasks.arena_generate_comparisons(arena.pk, admin_user.pk, prompts, seeds)["comparisons"] == 4
-    assert tasks.arena_generate_comparisons(arena.pk, admin_user.pk, prompts, seeds)["comparisons"] == 4
+    # What the queued gpu task does (run here in the test process); a repeat finds it done.
+    generation = arena.generations.get()
+    assert generation.prompts == ["a red circle", "a blue square"] and generation.seeds == [3, 4]
+    assert tasks.arena_generate_comparisons(generation.pk)["status"] == "succeeded"
+    assert tasks.arena_generate_comparisons(generation.pk)["status"] == "succeeded"
+    generation.refresh_from_db()
+    assert generation.attempts == 1 and generation.prompts_done == 2 and generation.progress == 1.0
     assert arena.comparisons.count() == 4
     page = browser.get(url).content.decode()
     assert "This project is an arena" in page and "4 comparisons ready" in page

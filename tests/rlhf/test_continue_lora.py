@@ -12,12 +12,12 @@ from diffusers import DDPMScheduler
 from safetensors.torch import load_file
 from transformers.utils import logging as hf_logging
 
+from generation.inference import LORA_WEIGHTS_FILE
 from generation.tiny import build_tiny_lora
 from rlhf.training.ddim import encode_prompts, sample_with_logprob
 from rlhf.training.ddpo import ddpo_scheduler, tiny_ddpo_preset, to_pil, train_ddpo
 from rlhf.training.dpo import dpo_batch_loss, tiny_dpo_preset, train_dpo
 from rlhf.training.lora import (
-    LORA_WEIGHTS_FILE,
     add_lora,
     load_pipeline,
     start_from_adapter,

@@ -35,8 +35,9 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")
-def tiny_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return build_tiny_pipeline(tmp_path_factory.mktemp("sd") / "base", seed=0)
+def tiny_base(tiny_pipeline_dir: Path) -> Path:
+    """The session's tiny pipeline (tests/conftest.py), read-only here."""
+    return tiny_pipeline_dir
 
 
 def scheduler(steps: int = 10, **overrides: object) -> DDIMScheduler:
@@ -234,6 +235,23 @@ def test_ddpo_runs_stops_resumes_and_saves_loadable_lora(tiny_base: Path, tmp_pa
     assert (done.lora_dir / "pytorch_lora_weights.safetensors").is_file()
     pipe = load_pipeline(tiny_base, done.lora_dir)
     assert len(eval_images(pipe, ["a cat"], [0], num_inference_steps=2)) == 1
+
+
+def test_ddpo_kl_reference_sees_the_model_input_the_policy_sees(
+    tiny_base: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With a sampler that scales the UNet's input (as Euler-type schedulers do), the reference of the KL
+    penalty must get the same scaled input as the policy: at the start (a fresh LoRA, a learning rate too
+    small to move it) policy and reference are one model, so the KL is zero. It used to get the unscaled
+    latent, which made the KL a constant push towards nothing."""
+    monkeypatch.setattr(DDIMScheduler, "scale_model_input", lambda self, sample, timestep=None: sample * 0.5)
+    config = tiny_ddpo_preset(
+        str(tiny_base), PROMPTS, iterations=1, prompts_per_iteration=2, images_per_prompt=2, sample_steps=3,
+        kl_coef=1.0, lr=1e-12, train_batch_size=4,
+    )  # fmt: skip
+    logged: list[dict[str, float]] = []
+    train_ddpo(config, tmp_path / "run", on_log=lambda s, m: logged.append(dict(m)))
+    assert logged[0]["kl"] == pytest.approx(0.0, abs=1e-12)
 
 
 @pytest.mark.slow

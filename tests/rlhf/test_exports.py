@@ -10,15 +10,18 @@ from pathlib import Path
 import datasets
 import pyarrow.parquet as pq
 import pytest
+from django.conf import settings
 from django.core.files.storage import default_storage
+from django.http import Http404
 
-from annotate import queue, template_services
-from annotate.workflow_services import Submission, annotation_submit
-from core.roles import Role
-from rlhf import export_services
-from rlhf.export_services import export_request_parse, preference_export_build, preference_export_create
+from annotate.builder import services as template_services
+from annotate.workflow import queue
+from annotate.workflow.services import Submission, annotation_submit
+from projects.roles import Role
+from rlhf.datasets import services as export_services
+from rlhf.datasets.services import export_request_parse, preference_export_build, preference_export_create
 from rlhf.models import PreferenceExport, RunStatus
-from tests.annotate.factories_workflow import task_with_images
+from tests.annotate.factories_workflow import set_workflow, task_with_images
 from tests.factories import MembershipFactory, UserFactory, api_client_for
 
 RANKING_SCHEMA = {
@@ -49,9 +52,7 @@ def ranked_project(project, admin_user, settings, tmp_path):
         project=project, name="Rank", created_by=admin_user, schema=RANKING_SCHEMA, strict=True
     )
     version = template_services.template_version_publish(template=template, created_by=admin_user)
-    project.template_version = version
-    project.overlap = 3
-    project.save()
+    set_workflow(project, template_version=version, overlap=3)
     tasks = [task_with_images(project, prompt=f"a shape number {i}", store=True) for i in range(3)]
     annotators = [UserFactory(username=f"rater{i}", role=Role.ANNOTATOR) for i in range(3)]
     for user in annotators:
@@ -272,7 +273,7 @@ def test_filters_matching_nothing_give_an_empty_export_with_a_card_that_says_so(
     )
     assert export.status == RunStatus.SUCCEEDED
     assert pq.read_table(data_dir(export) / "pairs.parquet").num_rows == 0
-    card = (data_dir(export) / "README.md").read_text()
+    card = export_services.export_card(export)
     assert "This export is empty" in card and "date_from" in card
 
 
@@ -280,10 +281,36 @@ def test_card_and_content_hash(ranked_project, ml_engineer):
     first = build(ranked_project, ml_engineer, format="pickapic", tie_policy="drop")
     again = build(ranked_project, ml_engineer, format="pickapic", tie_policy="drop")
     assert len(first.content_hash) == 64
-    card = (data_dir(first) / "README.md").read_text()
+    card = export_services.export_card(first)
     for needle in ("Tie policy: `drop`", "Pairs: 51", "| train |", ranked_project.name):
         assert needle in card
     assert first.content_hash == again.content_hash
+    assert data_dir(first) == data_dir(again) == Path(settings.PICKWISE_EXPORT_DIR) / "data" / first.content_hash
+
+
+def test_cached_files_are_keyed_by_content_not_by_id(ranked_project, ml_engineer):
+    """After a database restore an id may name another export: its files and zip are found by content hash,
+    so the restored row never serves the other export's data."""
+    from rlhf.datasets.archive import export_archive
+
+    soft = build(ranked_project, ml_engineer, format="pickapic", tie_policy="soft")
+    drop = build(ranked_project, ml_engineer, format="pickapic", tie_policy="drop")
+    soft_zip = export_archive(soft)
+    # "Restore" a backup in which the soft export's id holds the drop export's row (its hash, its settings).
+    PreferenceExport.objects.filter(pk=drop.pk).delete()
+    PreferenceExport.objects.filter(pk=soft.pk).update(content_hash=drop.content_hash, tie_policy="drop",
+                                                        counts=drop.counts, split_counts=drop.split_counts)
+    restored = PreferenceExport.objects.get(pk=soft.pk)
+    restored_zip = export_archive(restored)
+    assert restored_zip != soft_zip
+    with zipfile.ZipFile(restored_zip) as bundle:
+        name = next(n for n in bundle.namelist() if n.endswith("pairs.parquet"))
+        pairs = pq.read_table(io.BytesIO(bundle.read(name)))
+    assert pairs.num_rows == drop.counts["pairs"] and not any(pairs.column("tie").to_pylist())
+    # A row whose data was never on this machine gets a 404, not someone else's files.
+    PreferenceExport.objects.filter(pk=soft.pk).update(content_hash="0" * 64)
+    with pytest.raises(Http404):
+        export_archive(PreferenceExport.objects.get(pk=soft.pk))
 
 
 # --- API and permissions ----------------------------------------------------------------------
@@ -413,4 +440,4 @@ def test_an_export_over_the_pair_limit_fails_with_the_reason_and_leaves_no_files
     export.refresh_from_db()
     assert export.status == RunStatus.FAILED and "EXPORT_MAX_PAIRS" in export.error
     assert not data_dir(export).exists()
-    assert not data_dir(export).with_name(f"{export.pk}.partial").exists()
+    assert not list((export_services.export_root() / "building").glob(f"{export.pk}-attempt-*"))

@@ -14,8 +14,8 @@ from PIL import Image
 
 from generation import services as generation_services
 from generation.models import ModelKind
-from rlhf import run_services
 from rlhf.models import FineTuneRun, RunStatus
+from rlhf.runs import finetune
 from tests.factories import PASSWORD, api_client_for
 from tests.rlhf.conftest import TINY_GENERATION
 from tests.rlhf.test_finetune_runs import DPO_FAST, ONE_PROMPT, generate
@@ -49,13 +49,13 @@ def test_a_dpo_run_continues_a_lora_version_and_registers_its_result_on_the_base
     from rlhf.training.lora import eval_images, load_pipeline
 
     pairs_export.project.model_versions.add(start)  # the project offers the start version
-    run = run_services.finetune_run_create(user=ml_engineer, base_version=start, method="dpo", export=pairs_export,
+    run = finetune.finetune_run_create(user=ml_engineer, base_version=start, method="dpo", export=pairs_export,
                                            hyperparameters=DPO_FAST, eval_prompts=ONE_PROMPT)
     assert run.config["base_model"] == str(tiny_base_dir) and run.config["init_lora"] == start.lora_path
     assert run.config["lora_rank"] == 4 and run.config["resolution"] == 32  # the adapter's rank, the base's size
     assert run.lineage["continued_from"] == {"id": start.pk, "name": "tiny-start"}
     assert run.lineage["base_version"]["id"] == tiny_base.pk
-    run = run_services.finetune_run_execute(run_id=run.pk)
+    run = finetune.finetune_run_execute(run_id=run.pk)
     assert run.status == RunStatus.SUCCEEDED, run.error
     first = run.history[0]  # the reference is the start version: the first step has nothing to prefer yet
     assert first["reward_margin"] == 0.0 and first["loss"] == pytest.approx(math.log(2), abs=1e-6)
@@ -77,7 +77,7 @@ def test_a_dpo_run_continues_a_lora_version_and_registers_its_result_on_the_base
 
     version = run.result_version
     assert version.kind == ModelKind.LORA and version.parent == tiny_base  # one adapter on the base
-    assert version.name == f"tiny-base-dpo-{run.pk}" == run_services.finetune_version_name(run)
+    assert version.name == f"tiny-base-dpo-{run.pk}" == finetune.finetune_version_name(run)
     assert "continuing tiny-start" in version.description and f"export {pairs_export.pk}" in version.description
     assert version in pairs_export.project.model_versions.all()
     base_image = generate(ml_engineer, tiny_base, pairs_export.project)
@@ -90,14 +90,14 @@ def test_a_dpo_run_continues_a_lora_version_and_registers_its_result_on_the_base
 
 
 def test_a_ddpo_run_continues_a_lora_version(ranked, ml_engineer, tiny_base, start, model_cache):
-    run = run_services.finetune_run_create(
+    run = finetune.finetune_run_create(
         user=ml_engineer, base_version=start, method="ddpo", project=ranked, reward_name="brightness",
         prompt_source="project", eval_prompts=ONE_PROMPT,
         hyperparameters={"iterations": 1, "prompts_per_iteration": 2, "images_per_prompt": 2, "sample_steps": 3,
                          "train_batch_size": 4},
     )
     assert run.config["init_lora"] == start.lora_path
-    run = run_services.finetune_run_execute(run_id=run.pk)
+    run = finetune.finetune_run_execute(run_id=run.pk)
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.result_version.parent == tiny_base and run.lineage["continued_from"]["name"] == "tiny-start"
 
@@ -161,7 +161,8 @@ def test_the_form_and_api_offer_lora_starts_to_ml_engineers_only(
         assert created.status_code == 201 and created.json()["base_version"] == "tiny-start"
         assert created.json()["lineage"]["continued_from"] == {"id": start.pk, "name": "tiny-start"}
         assert api_client_for(annotator).post("/api/finetune-runs/", payload, format="json").status_code == 403
-        assert api_client_for(outsider).post("/api/finetune-runs/", payload, format="json").status_code == 404
+        refused = api_client_for(outsider).post("/api/finetune-runs/", payload, format="json")  # as if it did not exist
+        assert (refused.status_code, refused.json()["field"]) == (400, "export")
         for user, expected in ((annotator, 403), (outsider, 404)):
             browser = Client()
             assert browser.login(username=user.username, password=PASSWORD)

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import pytest
 from django.test import Client
+from django.utils import timezone
 
 from generation import services as generation_services
 from generation import worker as generation_worker
 from generation.models import GeneratedImage, ModelKind, ModelVersion
 from generation.selectors import model_versions_enabled
-from rlhf import run_services
 from rlhf.models import FineTuneRun, RunStatus
+from rlhf.runs import finetune, grids, lifecycle, paths
 from tests.factories import PASSWORD, api_client_for
 from tests.rlhf.conftest import build_export
 
@@ -36,7 +37,7 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 def dpo(user, base, export, **kwargs):
     kwargs.setdefault("hyperparameters", DPO_FAST)
     kwargs.setdefault("eval_prompts", ONE_PROMPT)
-    return run_services.finetune_run_create(
+    return finetune.finetune_run_create(
         user=user, base_version=base, method="dpo", export=export, **kwargs
     )
 
@@ -107,7 +108,7 @@ def test_dpo_on_a_real_worker_registers_a_lora_that_generates(
 
 
 def test_ddpo_with_the_brightness_reward_in_process(ranked, ml_engineer, tiny_base, model_cache):
-    run = run_services.finetune_run_create(
+    run = finetune.finetune_run_create(
         user=ml_engineer,
         base_version=tiny_base,
         method="ddpo",
@@ -118,7 +119,7 @@ def test_ddpo_with_the_brightness_reward_in_process(ranked, ml_engineer, tiny_ba
         eval_prompts=ONE_PROMPT,
     )
     assert len(run.config["prompts"]) == 10
-    run = run_services.finetune_run_execute(run_id=run.pk)
+    run = finetune.finetune_run_execute(run_id=run.pk)
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert [p["step"] for p in run.history] == [1] and "reward_mean" in run.history[-1]
     assert run.result_version.parent == tiny_base and "brightness" in run.result_version.description
@@ -131,15 +132,15 @@ class WorkerKilled(BaseException):
 
 def count_renders(monkeypatch, die_on=()):
     """Record the label of every grid rendered; the first render of a label in ``die_on`` kills the worker."""
-    real, rendered = run_services._render_grid, []
+    real, rendered = grids.render_grid, []
 
-    def render(run, base_dir, lora_dir, label, step):
+    def render(run, base_dir, lora_dir, label, step, **kwargs):
         rendered.append(label)
         if label in die_on and rendered.count(label) == 1:
             raise WorkerKilled
-        return real(run, base_dir, lora_dir, label, step)
+        return real(run, base_dir, lora_dir, label, step, **kwargs)
 
-    monkeypatch.setattr(run_services, "_render_grid", render)
+    monkeypatch.setattr(grids, "render_grid", render)
     return rendered
 
 
@@ -169,22 +170,22 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_when_retried(
             raise WorkerKilled
 
     with pytest.raises(WorkerKilled):
-        run_services.finetune_run_execute(run_id=run.pk, echo=die_at_step_3)
+        finetune.finetune_run_execute(run_id=run.pk, echo=die_at_step_3)
     run.refresh_from_db()
     assert run.status == RunStatus.RUNNING and run.attempts == 1
     assert grid_steps(run) == [("base", 0), ("step-2", 2)]  # checkpoint 2's grid, before the worker died
-    assert (run_services.finetune_run_dir(run) / "checkpoints" / "checkpoint-2").is_dir()
-    # A redelivered task while the heartbeat is fresh does not start a second copy; an API retry refuses too.
-    assert run_services.finetune_run_execute(run_id=run.pk).attempts == 1
+    assert (paths.finetune_run_dir(run) / "attempt-1" / "checkpoints" / "checkpoint-2").is_dir()
+    # A redelivered task while the lease is live does not start a second copy; an API retry refuses too.
+    assert finetune.finetune_run_execute(run_id=run.pk).attempts == 1
     with django_capture_on_commit_callbacks(execute=False):
         busy = api_client_for(ml_engineer).post(f"/api/finetune-runs/{run.pk}/retry/")
     assert busy.status_code == 400 and busy.json()["field"] == "status"
-    FineTuneRun.objects.filter(pk=run.pk).update(heartbeat_at=None)  # the worker is gone
+    FineTuneRun.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now())  # the worker is gone
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
         retried = api_client_for(ml_engineer).post(f"/api/finetune-runs/{run.pk}/retry/")
     assert retried.status_code == 200 and len(callbacks) == 1
     seen: list[int] = []
-    run = run_services.finetune_run_execute(run_id=run.pk, echo=lambda step, metrics: seen.append(step))
+    run = finetune.finetune_run_execute(run_id=run.pk, echo=lambda step, metrics: seen.append(step))
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert seen == [3, 4] and run.attempts == 2 and [p["step"] for p in run.history] == [1, 2, 3, 4]
     # each grid rendered once, none duplicated; the last checkpoint (step 4 of 4) is the "final" grid
@@ -199,11 +200,13 @@ def test_a_grid_the_dead_worker_did_not_render_is_rendered_on_resume_once(
     hyperparameters = {**DPO_FAST, "max_steps": 2, "checkpoint_every": 1}
     run = dpo(ml_engineer, tiny_base, pairs_export, hyperparameters=hyperparameters)
     with pytest.raises(WorkerKilled):  # checkpoint 1 is on disk; the worker died rendering its grid
-        run_services.finetune_run_execute(run_id=run.pk)
+        finetune.finetune_run_execute(run_id=run.pk)
     run.refresh_from_db()
     assert grid_steps(run) == [("base", 0)]
-    FineTuneRun.objects.filter(pk=run.pk).update(heartbeat_at=None)
-    run = run_services.finetune_run_execute(run_id=run.pk)
+    assert finetune.finetune_runs_reap_expired() == 0  # the lease is live: nothing to reap
+    FineTuneRun.objects.filter(pk=run.pk).update(lease_expires_at=timezone.now())
+    assert finetune.finetune_runs_reap_expired() == 1  # re-queued (its task is queued on commit)
+    run = finetune.finetune_run_execute(run_id=run.pk)
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert grid_steps(run) == [("base", 0), ("step-1", 1), ("final", 2)]
     assert rendered == ["base", "step-1", "step-1", "final"]  # the killed try, then once on resume
@@ -212,17 +215,17 @@ def test_a_grid_the_dead_worker_did_not_render_is_rendered_on_resume_once(
 def test_a_checkpoint_grid_that_fails_to_render_is_shown_as_such_and_training_goes_on(
     pairs_export, ml_engineer, tiny_base, model_cache, monkeypatch, client
 ):
-    real = run_services._render_grid
+    real = grids.render_grid
 
-    def out_of_memory(run, base_dir, lora_dir, label, step):
+    def out_of_memory(run, base_dir, lora_dir, label, step, **kwargs):
         if label == "step-1":
             raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
-        return real(run, base_dir, lora_dir, label, step)
+        return real(run, base_dir, lora_dir, label, step, **kwargs)
 
-    monkeypatch.setattr(run_services, "_render_grid", out_of_memory)
+    monkeypatch.setattr(grids, "render_grid", out_of_memory)
     hyperparameters = {**DPO_FAST, "max_steps": 2, "checkpoint_every": 1}
     run = dpo(ml_engineer, tiny_base, pairs_export, hyperparameters=hyperparameters)
-    run = run_services.finetune_run_execute(run_id=run.pk)
+    run = finetune.finetune_run_execute(run_id=run.pk)
     assert run.status == RunStatus.SUCCEEDED and run.result_version is not None, run.error
     assert grid_steps(run) == [("base", 0), ("step-1", 1), ("final", 2)]
     failed = run.eval_grids[1]
@@ -243,7 +246,7 @@ def test_a_training_error_after_a_checkpoint_grid_still_fails_the_run(
         if step == 2:
             raise FloatingPointError("DPO loss became nan at step 2; lower lr or beta")
 
-    run = run_services.finetune_run_execute(run_id=run.pk, echo=diverge)
+    run = finetune.finetune_run_execute(run_id=run.pk, echo=diverge)
     assert run.status == RunStatus.FAILED and "diverged" in run.error and run.result_version is None
     assert grid_steps(run) == [("base", 0), ("step-1", 1)]
 
@@ -267,7 +270,7 @@ def test_checkpoint_grids_appear_on_the_page_while_the_run_trains(
         if step == 2:  # checkpoint 1 and its grid are written; what the page's htmx poll gets now
             polled.append(client.get(url, HTTP_HX_REQUEST="true").content.decode())
 
-    run = run_services.finetune_run_execute(run_id=run.pk, echo=poll)
+    run = finetune.finetune_run_execute(run_id=run.pk, echo=poll)
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert 'hx-trigger="every 2s"' in polled[0] and "<html" not in polled[0]
     assert cell_sources(polled[0], run.pk) == [["base", "step-1"]] * 4
@@ -278,7 +281,7 @@ def test_checkpoint_grids_appear_on_the_page_while_the_run_trains(
     assert headers == ["Prompt", "Seed", "base", "step 1", "step 2", "final (step 3)"]
     assert cell_sources(page, run.pk) == [labels] * 4  # one row per (prompt, seed), one column per grid
     rows = re.findall(r"<tr><td>([^<]*)</td><td>(\d+)</td>", page)
-    assert rows == [(p, str(seed)) for p in prompts for seed in run_services.EVAL_SEEDS]
+    assert rows == [(p, str(seed)) for p in prompts for seed in finetune.EVAL_SEEDS]
     for grid in run.eval_grids:
         assert [(i["prompt"], str(i["seed"])) for i in grid["images"]] == rows
         for image in grid["images"]:
@@ -294,18 +297,18 @@ def test_nan_fails_the_run_and_registers_nothing(pairs_export, ml_engineer, tiny
         raise FloatingPointError("DPO loss became nan at step 2; lower lr or beta")
 
     monkeypatch.setattr(dpo_module, "train_dpo", diverge)
-    run = run_services.finetune_run_execute(run_id=dpo(ml_engineer, tiny_base, pairs_export).pk)
+    run = finetune.finetune_run_execute(run_id=dpo(ml_engineer, tiny_base, pairs_export).pk)
     assert run.status == RunStatus.FAILED and "diverged" in run.error and "lower lr or beta" in run.error
     assert run.result_version is None and ModelVersion.objects.filter(kind=ModelKind.LORA).count() == 0
-    assert not run_services.finetune_lora_dir(run).exists()
+    assert not paths.finetune_lora_dir(run, 1).exists()
 
 
 def test_out_of_memory_is_named_as_such():
     import torch
 
-    assert run_services.failure_reason(torch.cuda.OutOfMemoryError("CUDA out of memory")).startswith("Out of memory")
-    assert run_services.failure_reason(RuntimeError("CUDA out of memory. Tried")).startswith("Out of memory")
-    assert run_services.failure_reason(ValueError("bad")) == "ValueError: bad"
+    assert lifecycle.failure_reason(torch.cuda.OutOfMemoryError("CUDA out of memory")).startswith("Out of memory")
+    assert lifecycle.failure_reason(RuntimeError("CUDA out of memory. Tried")).startswith("Out of memory")
+    assert lifecycle.failure_reason(ValueError("bad")) == "ValueError: bad"
 
 
 def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
@@ -385,7 +388,8 @@ def test_permissions_pages_and_cancel(
         assert (
             api_client_for(annotator).post("/api/finetune-runs/", payload, format="json").status_code == 403
         )
-        assert api_client_for(outsider).post("/api/finetune-runs/", payload, format="json").status_code == 404
+        refused = api_client_for(outsider).post("/api/finetune-runs/", payload, format="json")  # as if it did not exist
+        assert (refused.status_code, refused.json()["field"]) == (400, "export")
         assert (
             api_client_for(admin_user).post("/api/finetune-runs/", payload, format="json").status_code == 201
         )
@@ -413,7 +417,7 @@ def test_permissions_pages_and_cancel(
     done = client.get(f"/ml/finetune-runs/{run.pk}/", HTTP_HX_REQUEST="true")
     assert done.status_code == 286 and b"hx-trigger" not in done.content
     assert (
-        run_services.finetune_run_execute(run_id=run.pk).status == RunStatus.CANCELLED
+        finetune.finetune_run_execute(run_id=run.pk).status == RunStatus.CANCELLED
     )  # no-op once finished
     url = f"/ml/projects/{pairs_export.project_id}/finetune-runs/new/"
     assert client.get(url).status_code == 200
@@ -488,7 +492,7 @@ def test_runs_train_at_the_base_versions_native_size_unless_told_otherwise(pairs
                                                       width=48, height=48)
     assert dpo(ml_engineer, wide, pairs_export, hyperparameters={}).config["resolution"] == 48
     assert dpo(ml_engineer, wide, pairs_export, hyperparameters={"resolution": 32}).config["resolution"] == 32
-    ddpo = run_services.finetune_run_create(user=ml_engineer, base_version=wide, method="ddpo",
+    ddpo = finetune.finetune_run_create(user=ml_engineer, base_version=wide, method="ddpo",
                                             project=pairs_export.project, reward_name="brightness",
                                             prompt_source="project", enqueue=False)
     assert ddpo.config["resolution"] == 48

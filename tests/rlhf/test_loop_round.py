@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 from django.test import Client
 
-from annotate import template_services
+from annotate.builder import services as template_services
 from annotate.models import Annotation, AnnotationTask
-from annotate.workflow_services import project_update_settings
+from annotate.workflow.services import project_update_settings
+from projects.roles import Role
 from rlhf import tasks
 from rlhf.loop.rounds import (
     RoundConfig,
@@ -20,8 +22,10 @@ from rlhf.loop.rounds import (
     round_run,
 )
 from rlhf.models import LoopRound, RunStatus, VersionEvaluation
+from rlhf.runs.paths import export_data_path
+from rlhf.training.data import iter_rows
 from tests.annotate.factories_workflow import RANK_SCHEMA
-from tests.factories import PASSWORD
+from tests.factories import PASSWORD, UserFactory
 from tests.rlhf.conftest import TINY_GENERATION
 
 DPO_FAST = {"max_steps": 2, "batch_size": 4}
@@ -43,11 +47,48 @@ def test_round_config_is_validated_when_built():
         RoundConfig(method="ddpo")
     with pytest.raises(ValueError, match="preference"):
         RoundConfig(preference="nope")
+    with pytest.raises(ValueError, match="label_accuracy must be from 0.5"):
+        RoundConfig(label_accuracy=0.45)
+    with pytest.raises(ValueError, match="temperature must be finite; for labels of pure noise set label_accuracy"):
+        RoundConfig(temperature=float("inf"))
+    with pytest.raises(ValueError, match="eval_caption_seed"):
+        RoundConfig(eval_caption_seed=-1)
+
+
+def test_evaluation_captions_of_other_eval_seeds_are_other_held_out_draws():
+    from generation.shapes.world import held_out_captions
+    from rlhf.loop.evaluate import evaluation_captions
+
+    assert evaluation_captions(20) == held_out_captions(20)  # eval seed 0: the captions every figure so far used
+    assert evaluation_captions(20, eval_seed=1) == evaluation_captions(20, eval_seed=1)
+    assert evaluation_captions(20, eval_seed=1) != evaluation_captions(20) != evaluation_captions(20, eval_seed=2)
+    with pytest.raises(ValueError, match="eval_seed"):
+        evaluation_captions(20, eval_seed=-1)
+
+
+def test_means_relative_change_and_effect_size_with_their_intervals():
+    from rlhf.loop import stats
+
+    mean = stats.mean_interval([1.0, 2.0, 3.0])
+    half = 4.302653 / math.sqrt(3)  # t(0.975, 2) * sd 1 / sqrt(3)
+    assert (mean.value, mean.n) == (2.0, 3) and (mean.low, mean.high) == pytest.approx((2 - half, 2 + half))
+    assert stats.mean_interval([5.0]).low is None
+
+    new, old = [2.0, 4.0, 3.0, 5.0], [1.0, 2.0, 2.0, 3.0]
+    relative = stats.relative_change(new, old)
+    assert relative.value == pytest.approx((3.5 - 2.0) / 2.0)
+    effect = stats.standardised_difference(new, old)  # d_av: mean change over the root mean of the variances
+    assert effect.value == pytest.approx(1.5 / math.sqrt((np.var(new, ddof=1) + np.var(old, ddof=1)) / 2))
+    for estimate in (relative, effect):
+        assert estimate.n == 4 and estimate.low <= estimate.value <= estimate.high
+    assert stats.standardised_difference(new, old) == effect  # the bootstrap is seeded: the same interval
+    # A scale-free figure: the same scores in other units give the same effect size and relative change.
+    assert stats.standardised_difference([x * 100 for x in new], [x * 100 for x in old]) == effect
+    assert stats.relative_change([1.0, -1.0], [1.0, -1.0]) is None  # the baseline's mean is 0
+    assert stats.standardised_difference([1.0, 1.0], [1.0, 1.0]) is None  # no spread to standardise by
 
 
 def test_rounds_of_other_prompt_seeds_are_labelled_with_other_noise():
-    import numpy as np
-
     from rlhf.preferences import noisy_ranking
 
     def rankings(prompt_seed: int) -> list[list[int]]:  # 20 ties ranked by annotator 0 of round 1
@@ -86,17 +127,30 @@ def test_reduced_round_runs_every_stage(project, admin_user, ml_engineer, tiny_b
     stats = loop_round.stats
     assert stats["images"] == 12 and stats["annotations"] == 6 and stats["pairs"] > 0
     assert "reward_accuracy" in stats and stats["win_rate"]["n"] == 2
+    # The annotators' noise as given, the label accuracy their rankings reached, and DPO's fit on the pairs of
+    # the export's held-out captions (a round of three still holds some out).
+    assert stats["temperature"] == 0.02 and "label_accuracy_target" not in stats
+    assert stats["label_pairs"] <= 6 * 6 and 0 <= stats["label_accuracy"] <= 1
+    held_out = sum(not row.is_tie for row in iter_rows(export_data_path(loop_round.export), "validation"))
+    fit = stats["dpo_heldout"]
+    assert fit["n"] == held_out > 0 and fit["low"] <= fit["accuracy"] <= fit["high"]
     evaluation = VersionEvaluation.objects.get(pk=stats["evaluation"])
+    for key in ("score_version", "score_baseline", "score_relative", "score_effect_size"):
+        assert stats[f"{key}_interval"] == evaluation.results[f"{key}_interval"]  # as the report page has them
     assert evaluation.version == new and evaluation.baseline == tiny_base and evaluation.status == "succeeded"
 
     browser = Client()
     assert browser.login(username=ml_engineer.username, password=PASSWORD)
     page = browser.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
     assert "Round 1" in page and new.name in page
+    assert f"{stats['label_accuracy']:.3f}, temperature 0.02" in page
+    assert f"{fit['accuracy']:.3f} (95% CI {fit['low']:.3f}–{fit['high']:.3f}, {fit['n']} pairs)" in page
     fragment = browser.get(f"/ml/projects/{project.pk}/rounds/", HTTP_HX_REQUEST="true").content.decode()
     assert "<html" not in fragment and "Round 1" in fragment
     report = browser.get(f"/ml/evaluations/{evaluation.pk}/").content.decode()
     assert "win rate" in report.lower() and new.name in report
+    assert f"{100 * evaluation.results['score_relative']:.2f}% of the baseline mean" in report
+    assert f"d<sub>av</sub> {evaluation.results['score_effect_size']:.3f}" in report
     results = evaluation.results
     assert f"{results['adherence_fixed']} fixed, {results['adherence_broken']} broken" in report
     assert stats["adherence_delta_interval"] == results["adherence_delta_interval"]
@@ -113,10 +167,22 @@ def test_reduced_ddpo_round_optimises_the_rounds_reward_model(project, admin_use
                          reward_model=True, reward_hyperparameters={"max_steps": 2, "batch_size": 4},
                          hyperparameters={"iterations": 2, "prompts_per_iteration": 2, "images_per_prompt": 2,
                                           "sample_steps": 2},
-                         eval_prompts=2)
+                         eval_prompts=2, label_accuracy=0.9)
     loop_round = round_run(project=project, user=admin_user, config=config, start_version=tiny_base)
 
     assert loop_round.status == RunStatus.SUCCEEDED and loop_round.stage == "done", loop_round.error
+    # The temperature was calibrated to label accuracy 0.9 on the pairs of this round's own images.
+    from rlhf.loop.simulate import _load_image
+    from rlhf.preferences import brighter, temperature_for_label_accuracy
+
+    differences = []
+    for task in AnnotationTask.objects.filter(project=project).prefetch_related("task_images__image"):
+        scores = [brighter(_load_image(ti.image.storage_key), "") for ti in task.task_images.all()]
+        differences += [a - b for i, a in enumerate(scores) for b in scores[i + 1:]]
+    stats = loop_round.stats
+    assert stats["label_accuracy_target"] == 0.9
+    assert stats["temperature"] == pytest.approx(temperature_for_label_accuracy(differences, 0.9), rel=1e-9)
+    assert "dpo_heldout" not in stats and "reward_accuracy" in stats
     run = loop_round.finetune_run
     reward_version = loop_round.reward_run.registered_version
     assert run.method == "ddpo" and run.reward_version == reward_version and run.step == 2
@@ -133,9 +199,12 @@ def test_start_button_queues_one_round_for_the_train_worker(
     url = f"/ml/projects/{project.pk}/rounds/start/"
     valid = {"method": "dpo", "prompts": 20, "images_per_prompt": 4, "annotators": 3,
              "preference": "larger_shapes", "temperature": 0.02, "start_version": tiny_base.pk}
-    people = Client()
+    people = Client()  # a member who may not train: refused, and told so
     assert people.login(username=annotator.username, password=PASSWORD)
-    assert people.post(url, valid).status_code in (403, 404)
+    assert people.post(url, valid).status_code == 403
+    stranger = Client()  # not a member: the project does not exist for them
+    stranger.force_login(UserFactory(username="round-stranger", role=Role.ML_ENGINEER))
+    assert stranger.post(url, valid).status_code == 404
     assert "Start a round" not in people.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
 
     browser = Client()
@@ -148,14 +217,17 @@ def test_start_button_queues_one_round_for_the_train_worker(
     assert response.status_code == 400 and "Prompts:" in response.content.decode()
     first = browser.post(url, {**valid, "start_version": ""})
     assert first.status_code == 400 and "Start version:" in first.content.decode()
+    noisy = browser.post(url, {**valid, "label_accuracy": 0.3})
+    assert noisy.status_code == 400 and "Label accuracy:" in noisy.content.decode()
     assert callbacks == [] and not LoopRound.objects.filter(project=project).exists()
 
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
-        assert browser.post(url, {**valid, "method": "ddpo"}).status_code == 303
+        assert browser.post(url, {**valid, "method": "ddpo", "label_accuracy": 0.7}).status_code == 303
     loop_round = LoopRound.objects.get(project=project)
     assert (loop_round.status, loop_round.stage, loop_round.input_version) == ("queued", "pending", tiny_base)
     assert loop_round.config["method"] == "ddpo" and loop_round.config["reward_model"] is True
     assert loop_round.config["prompts"] == 20 and loop_round.created_by == ml_engineer
+    assert loop_round.config["label_accuracy"] == 0.7  # the temperature is calibrated to it when the round runs
     assert len(callbacks) == 1  # rlhf.tasks.finetune_loop_round, on commit
     # The page follows it (htmx polling) and a second start waits for it to end.
     page = browser.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
@@ -168,7 +240,6 @@ def test_start_button_queues_one_round_for_the_train_worker(
 
 
 def test_comparison_counts_fixed_and_broken_captions_and_sizes_the_changes():
-    import numpy as np
     from PIL import Image
 
     from generation.shapes.world import held_out_captions, parse_caption, render

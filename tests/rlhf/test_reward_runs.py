@@ -7,8 +7,11 @@ import time
 
 import pytest
 
-from rlhf import run_selectors, run_services
+from core import jobs
 from rlhf.models import ImageScore, RewardModelRun, RewardModelVersion, RunStatus
+from rlhf.runs import reward
+from rlhf.runs import selectors as run_selectors
+from rlhf.training.configs import REWARD_PRESETS
 from tests.factories import PASSWORD, api_client_for
 from tests.rlhf.conftest import build_export
 
@@ -17,7 +20,7 @@ FAST = {"max_steps": 4, "batch_size": 8}
 
 def create(user, export, **kwargs):
     kwargs.setdefault("hyperparameters", FAST)
-    return run_services.reward_run_create(user=user, export=export, **kwargs)
+    return reward.reward_run_create(user=user, export=export, **kwargs)
 
 
 def wait(client, url, timeout=240):
@@ -78,7 +81,7 @@ def test_listwise_export_trains_with_plackett_luce(ranked, ml_engineer, model_ca
     export = build_export(ranked, ml_engineer, format="listwise", split_train=0.8, split_validation=0.2, split_test=0.0)
     run = create(ml_engineer, export, hyperparameters={"max_steps": 2, "batch_size": 4})
     assert run.config["loss"] == "plackett_luce"
-    run = run_services.reward_run_execute(run_id=run.pk)
+    run = reward.reward_run_execute(run_id=run.pk)
     assert run.status == RunStatus.SUCCEEDED, run.error
     assert run.registered_version.path.startswith(str(model_cache))
     assert run.results["ceiling"] is None  # listwise exports carry no vote columns
@@ -87,7 +90,7 @@ def test_listwise_export_trains_with_plackett_luce(ranked, ml_engineer, model_ca
 def test_cancel_stops_a_running_run_and_registers_nothing(
     pairs_export, ml_engineer, model_cache, monkeypatch
 ):
-    monkeypatch.setattr(run_services, "STOP_POLL_SECONDS", 0.0)
+    monkeypatch.setattr(jobs, "STOP_POLL_SECONDS", 0.0)
     run = create(ml_engineer, pairs_export, hyperparameters={"max_steps": 50, "batch_size": 4})
 
     def cancel_after_first_step(step, metrics):
@@ -95,11 +98,11 @@ def test_cancel_stops_a_running_run_and_registers_nothing(
             response = api_client_for(ml_engineer).post(f"/api/reward-runs/{run.pk}/cancel/")
             assert response.status_code == 200 and response.json()["status"] == "cancelled"
 
-    run = run_services.reward_run_execute(run_id=run.pk, echo=cancel_after_first_step)
+    run = reward.reward_run_execute(run_id=run.pk, echo=cancel_after_first_step)
     assert run.status == RunStatus.CANCELLED and run.step < 50
     assert not RewardModelVersion.objects.exists()
     # A redelivered task for a finished run is a no-op; cancelling twice is a 400 naming the status.
-    assert run_services.reward_run_execute(run_id=run.pk).status == RunStatus.CANCELLED
+    assert reward.reward_run_execute(run_id=run.pk).status == RunStatus.CANCELLED
     again = api_client_for(ml_engineer).post(f"/api/reward-runs/{run.pk}/cancel/")
     assert again.status_code == 400 and again.json()["field"] == "status"
 
@@ -118,7 +121,7 @@ def test_failing_run_says_why(pairs_export, ml_engineer, model_cache, monkeypatc
         raise error
 
     monkeypatch.setattr(reward_train, "train_reward_model", boom)
-    run = run_services.reward_run_execute(run_id=create(ml_engineer, pairs_export).pk)
+    run = reward.reward_run_execute(run_id=create(ml_engineer, pairs_export).pk)
     assert run.status == RunStatus.FAILED and says in run.error and str(error) in run.error
     assert not RewardModelVersion.objects.exists()
 
@@ -128,7 +131,7 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
 ):
     good = build_export(ranked, ml_engineer, format="pickapic")
     empty = build_export(ranked, ml_engineer, format="pickapic", date_from="2001-01-01", date_to="2001-01-02")
-    few = build_export(ranked, ml_engineer, format="pickapic", annotators=[999999])
+    few = build_export(ranked, ml_engineer, format="pickapic", annotators=[ml_engineer.pk])  # a member with no answers
     jsonl = build_export(ranked, ml_engineer, format="jsonl")
     not_clip = tmp_path / "bert"
     not_clip.mkdir()
@@ -142,6 +145,8 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
         ({"export": good.pk, "backbone": "nobody/no-such-clip-model"}, "backbone"),
         ({"export": good.pk, "backbone": str(not_clip)}, "backbone"),
         ({"export": good.pk, "preset": "huge"}, "preset"),
+        ({"export": good.pk, "preset": "pickscore"}, "backbone"),  # PickScore fine-tunes a pretrained CLIP
+        ({"export": good.pk, "preset": "pickscore", "backbone": "shapes_vae"}, "backbone"),
         ({"export": good.pk, "hyperparameters": {"lr": -1}}, "lr"),
         ({"export": good.pk, "hyperparameters": {"lr": 5}}, "lr"),
         ({"export": good.pk, "hyperparameters": {"batch_size": 0}}, "batch_size"),
@@ -159,6 +164,23 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
     assert not callbacks and not RewardModelRun.objects.exists()
 
 
+def test_the_shapes_preset_queues_a_latent_reward_run_on_the_shapes_vae(
+    pairs_export, ml_engineer, django_capture_on_commit_callbacks
+):
+    api = api_client_for(ml_engineer)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        own = api.post("/api/reward-runs/", {"export": pairs_export.pk, "preset": "shapes"}, format="json")
+        conv = api.post("/api/reward-runs/", {"export": pairs_export.pk, "preset": "shapes",
+                                              "backbone": "shapes_conv"}, format="json")
+    assert own.status_code == 201, own.content
+    assert conv.status_code == 201, conv.content
+    assert own.json()["preset"] == "shapes" and own.json()["backbone"] == "shapes_vae"
+    assert own.json()["config"]["lr"] == 0.001 and own.json()["config"]["epochs"] == 6
+    assert conv.json()["backbone"] == "shapes_conv" and conv.json()["config"]["lr"] == 0.001
+    assert len(callbacks) == 2
+    assert set(RewardModelRun.Preset.values) == set(REWARD_PRESETS)  # every preset a run offers builds
+
+
 def test_only_ml_engineers_and_admins_of_the_project_may_train_or_score(
     pairs_export,
     ml_engineer,
@@ -171,7 +193,8 @@ def test_only_ml_engineers_and_admins_of_the_project_may_train_or_score(
     payload = {"export": pairs_export.pk, "hyperparameters": FAST}
     with django_capture_on_commit_callbacks(execute=False):
         assert api_client_for(annotator).post("/api/reward-runs/", payload, format="json").status_code == 403
-        assert api_client_for(outsider).post("/api/reward-runs/", payload, format="json").status_code == 404
+        refused = api_client_for(outsider).post("/api/reward-runs/", payload, format="json")  # as if it did not exist
+        assert (refused.status_code, refused.json()["field"]) == (400, "export")
         assert api_client_for(admin_user).post("/api/reward-runs/", payload, format="json").status_code == 201
         run = create(ml_engineer, pairs_export)
     version = RewardModelVersion.objects.create(name="rm-test", project=pairs_export.project, path="/nowhere")
@@ -214,7 +237,7 @@ def test_run_pages_full_and_htmx_fragment_and_form(
     assert "<html" in full and "run-progress" in full and 'hx-trigger="every 2s"' in full
     fragment = client.get(f"/ml/reward-runs/{run.pk}/", HTTP_HX_REQUEST="true")
     assert fragment.status_code == 200 and "<html" not in fragment.content.decode()
-    run_services.reward_run_execute(run_id=run.pk)
+    reward.reward_run_execute(run_id=run.pk)
     done = client.get(f"/ml/reward-runs/{run.pk}/", HTTP_HX_REQUEST="true")
     assert done.status_code == 286 and b"hx-trigger" not in done.content  # htmx stops polling
     assert done.content.count(b"<polyline") >= 2
@@ -243,7 +266,7 @@ def test_run_pages_full_and_htmx_fragment_and_form(
 def test_management_command_trains_from_an_export_or_a_parquet_file(pairs_export, model_cache, capsys):
     from django.core.management import CommandError, call_command
 
-    from rlhf.run_services import export_data_path
+    from rlhf.runs.paths import export_data_path
 
     call_command(
         "train_reward_model",

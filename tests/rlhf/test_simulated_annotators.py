@@ -7,20 +7,23 @@ import pytest
 from django.core.management import call_command
 from PIL import Image
 
-from annotate import template_services
+from annotate.builder import services as template_services
 from annotate.models import Annotation, AnnotationTask, TaskAssignment
-from annotate.workflow_services import project_update_settings, task_create
+from annotate.workflow.services import project_update_settings, task_create
 from core.exceptions import PermissionDeniedError
-from core.roles import Role
 from generation.models import GenerationJob
+from projects.roles import Role
 from rlhf.loop.simulate import annotators_simulate, simulated_annotators_ensure
+from rlhf.loop.stats import ranking_label_counts
 from rlhf.preferences import (
     SimulationConfig,
     brighter,
     build_preference,
+    expected_label_accuracy,
     larger_shapes,
     noisy_ranking,
     shape_centred,
+    temperature_for_label_accuracy,
 )
 from tests.annotate.factories_workflow import RANK_SCHEMA, task_with_images
 from tests.factories import MembershipFactory, UserFactory
@@ -66,6 +69,52 @@ def test_noisy_ranking_is_bradley_terry_at_the_temperature():
     assert abs(first - 1 / (1 + np.exp(-1.0))) < 0.03  # P(i above j) = sigmoid((s_i - s_j) / T)
     cold = sum(noisy_ranking([1.0, 0.0], temperature=0.05, rng=rng)[0] == 0 for _ in range(200))
     assert cold == 200
+
+
+def test_label_accuracy_is_calibrated_to_a_temperature_on_the_pairs_score_differences():
+    sigmoid = 1 / (1 + np.exp(-1.0))
+    # Ties have no right label and are left out; the rest average sigmoid(|d| / T), whichever way round.
+    assert expected_label_accuracy([1.0, -1.0, 0.0], 1.0) == pytest.approx(sigmoid)
+    assert expected_label_accuracy([2.0, 0.5], 0.5) == pytest.approx((1 / (1 + np.exp(-4)) + sigmoid) / 2)
+    assert temperature_for_label_accuracy([1.0, -1.0, 0.0], sigmoid) == pytest.approx(1.0, rel=1e-6)
+    assert temperature_for_label_accuracy([0.01, 0.02], 1.0) == 0.0  # rank by score
+    assert temperature_for_label_accuracy([0.01, 0.02], 0.5) == float("inf")  # labels of pure noise
+    # The same accuracy is the same noise whatever the preference's units: the temperature scales with them.
+    rng = np.random.default_rng(0)
+    small = rng.normal(size=200) * 0.003
+    assert temperature_for_label_accuracy(small * 1000, 0.7) == pytest.approx(
+        1000 * temperature_for_label_accuracy(small, 0.7), rel=1e-6)
+    for bad in (0.4, 1.2, float("nan")):
+        with pytest.raises(ValueError, match="label_accuracy must be from 0.5"):
+            temperature_for_label_accuracy(small, bad)
+    with pytest.raises(ValueError, match="same score"):
+        temperature_for_label_accuracy([0.0, 0.0], 0.6)
+
+
+def test_rankings_at_the_calibrated_temperature_reach_the_label_accuracy():
+    rng = np.random.default_rng(1)
+    tasks = [dict(zip("abcd", rng.uniform(0, 0.2, size=4), strict=True)) for _ in range(1500)]
+    differences = [s[x] - s[y] for s in tasks for i, x in enumerate("abcd") for y in "abcd"[i + 1:]]
+    for target in (0.6, 0.85):
+        temperature = temperature_for_label_accuracy(differences, target)
+        right = judged = 0
+        for scores in tasks:
+            order = noisy_ranking(list(scores.values()), temperature=temperature, rng=rng)
+            counts = ranking_label_counts([["abcd"[i]] for i in order], scores)
+            right, judged = right + counts[0], judged + counts[1]
+        assert judged == 6 * len(tasks) and abs(right / judged - target) < 0.015
+    # At an infinite temperature the order is a fair draw, whatever the scores.
+    firsts = sum(noisy_ranking([1.0, 0.0], temperature=float("inf"), rng=rng)[0] == 0 for _ in range(2000))
+    assert abs(firsts / 2000 - 0.5) < 0.04
+
+
+def test_label_counts_cover_the_pairs_a_ranking_orders():
+    scores = {"a": 3.0, "b": 1.0, "c": 2.0, "d": 2.0}
+    # a>b right, a>c right, a>d right, b>c wrong, b>d wrong; c and d score alike: no right answer.
+    assert ranking_label_counts([["a"], ["b"], ["c"], ["d"]], scores) == (3, 5)
+    # best-of-n: the chosen image above each other one; the others share last place, unordered.
+    assert ranking_label_counts([["b"]], scores) == (0, 3)
+    assert ranking_label_counts([["a", "b"], ["c", "d"]], scores) == (2, 4)  # a tie group orders nothing inside
 
 
 def _generate_project(project, admin_user, tiny_base, *, tasks: int, overlap: int):

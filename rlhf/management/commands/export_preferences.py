@@ -9,10 +9,10 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from annotate import access
-from annotate.models import Project
 from core.exceptions import ApplicationError
-from rlhf import export_services
+from projects.access import user_can
+from projects.models import Project
+from rlhf.datasets import services as export_services
 from rlhf.models import PreferenceExport, RunStatus
 
 
@@ -38,7 +38,7 @@ class Command(BaseCommand):
             user = get_user_model().objects.get(username=options["user"])
         except (Project.DoesNotExist, get_user_model().DoesNotExist) as exc:
             raise CommandError(str(exc)) from None
-        if not access.can(user=user, action="export", project=project):
+        if not user_can(user=user, action="export", project=project):
             raise CommandError(f"{user} may not export from project {project.name!r}")
         try:
             request = export_services.export_request_parse({

@@ -9,11 +9,11 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
-from annotate.models import Project
 from core.exceptions import ApplicationError
 from generation.models import ModelVersion
-from rlhf import run_services
+from projects.models import Project
 from rlhf.models import FineTuneRun, PreferenceExport, RewardModelVersion, RunStatus
+from rlhf.runs import finetune
 
 
 class Command(BaseCommand):
@@ -45,7 +45,7 @@ class Command(BaseCommand):
 
         user = get(get_user_model(), username=options["user"]) if options["user"] else None
         try:
-            run = run_services.finetune_run_create(
+            run = finetune.finetune_run_create(
                 user=user, base_version=get(ModelVersion, name=options["base"]), method=options["method"],
                 project=get(Project, pk=options["project"]) if options["project"] else None,
                 export=get(PreferenceExport, pk=options["export"]) if options["export"] else None,
@@ -64,7 +64,7 @@ class Command(BaseCommand):
             bar.update(max(0, step - bar.n))
             bar.set_postfix({k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "reward_mean", "kl")})
 
-        run = run_services.finetune_run_execute(run_id=run.pk, echo=echo)
+        run = finetune.finetune_run_execute(run_id=run.pk, echo=echo)
         bar.close()
         if run is None or run.status != RunStatus.SUCCEEDED:
             raise CommandError(f"run {run.pk if run else '?'} {run.status if run else 'vanished'}: "

@@ -9,9 +9,9 @@ from typing import Any
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 
-from annotate.models import Project
 from core.exceptions import ApplicationError
 from generation.models import ModelVersion
+from projects.models import Project
 from rlhf.loop.rounds import RoundConfig, round_run
 
 
@@ -26,7 +26,11 @@ class Command(BaseCommand):
         parser.add_argument("--images", type=int, default=4)
         parser.add_argument("--annotators", type=int, default=3)
         parser.add_argument("--preference", default="larger_shapes")
-        parser.add_argument("--temperature", type=float, default=0.02)
+        parser.add_argument("--temperature", type=float, default=0.02,
+                            help="the annotators' Bradley-Terry noise, in the preference's score units")
+        parser.add_argument("--label-accuracy", type=float, default=None,
+                            help="or the share of their pairwise labels that agree with the preference (0.5-1), "
+                                 "calibrated on the round's images; replaces --temperature")
         parser.add_argument("--method", default="dpo", choices=["dpo", "ddpo"])
         parser.add_argument("--reward-model", action="store_true", help="train a reward model (DDPO needs it)")
         parser.add_argument("--hyperparameters", default="{}", help="fine-tune overrides as JSON")
@@ -46,7 +50,8 @@ class Command(BaseCommand):
         try:
             config = RoundConfig(
                 prompts=options["prompts"], images_per_prompt=options["images"], annotators=options["annotators"],
-                preference=options["preference"], temperature=options["temperature"], method=options["method"],
+                preference=options["preference"], temperature=options["temperature"],
+                label_accuracy=options["label_accuracy"], method=options["method"],
                 reward_model=options["reward_model"], hyperparameters=json.loads(options["hyperparameters"]),
                 reward_hyperparameters=json.loads(options["reward_hyperparameters"]),
                 eval_prompts=options["eval_prompts"],

@@ -9,8 +9,8 @@ from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
 
 from core.exceptions import ApplicationError
-from rlhf import run_services
 from rlhf.models import PreferenceExport, RewardModelRun, RunStatus
+from rlhf.runs import reward
 
 
 class Command(BaseCommand):
@@ -21,7 +21,9 @@ class Command(BaseCommand):
         source.add_argument("--export", type=int, help="preference export id (pickapic or listwise)")
         source.add_argument("--data", help="a Pick-a-Pic or listwise Parquet file")
         parser.add_argument("--user", help="username to check permissions for (default: trusted shell user)")
-        parser.add_argument("--backbone", default="tiny", help="'tiny', a CLIP directory or a cached hub id")
+        parser.add_argument("--backbone", default="",
+                            help="empty: the preset's own; 'tiny', 'shapes_vae', 'shapes_conv', a reward-model "
+                                 "or CLIP directory, or a cached CLIP hub id")
         parser.add_argument("--preset", default="tiny", choices=RewardModelRun.Preset.values)
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="hyper-parameter override (repeatable), e.g. --set lr=1e-4")
@@ -39,10 +41,10 @@ class Command(BaseCommand):
             if export is None:
                 raise CommandError(f"No export {options['export']}")
         try:
-            run = run_services.reward_run_create(
+            run = reward.reward_run_create(
                 user=user, export=export, data_path=options["data"] or "", backbone=options["backbone"],
                 preset=options["preset"], hyperparameters="\n".join(options["set"]), name=options["name"],
-                enqueue=False,
+                enqueue=False, trusted_paths=True,  # the shell's user may name any directory of this server
             )
         except ApplicationError as exc:
             raise CommandError(f"{exc.field or 'error'}: {exc.message}") from None
@@ -53,7 +55,7 @@ class Command(BaseCommand):
             if "loss" in metrics:
                 bar.set_postfix(loss=f"{metrics['loss']:.4f}", acc=f"{metrics.get('accuracy', 0):.3f}")
 
-        run = run_services.reward_run_execute(run_id=run.pk, echo=echo)
+        run = reward.reward_run_execute(run_id=run.pk, echo=echo)
         bar.close()
         if run is None or run.status != RunStatus.SUCCEEDED:
             raise CommandError(f"run {run.pk if run else '?'} {run.status if run else 'vanished'}: "

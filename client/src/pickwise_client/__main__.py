@@ -1,0 +1,3 @@
+from pickwise_client.cli import main
+
+main()

@@ -1,0 +1,44 @@
+"""Zip archives of finished exports, made once on first download and cached under a key of their content.
+
+The cache key is a hash of the export's content hash, its dataset card and its id (the folder name inside
+the zip), never the id alone: after a database restore, an id that names another export finds another
+archive, not a stale one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+
+from django.http import Http404
+
+from rlhf.datasets.services import export_card, export_directory, export_root
+from rlhf.models import PreferenceExport
+
+
+def export_archive(export: PreferenceExport) -> Path:
+    """The zip of a succeeded export: every data file plus README.md (the card) under
+    ``pickwise-export-<id>/``. ``Http404`` when its files are missing (a restored row whose data
+    was never on this machine)."""
+    directory = export_directory(export)
+    if not export.content_hash or not directory.is_dir():
+        raise Http404("The files of this export are missing; export again.")
+    card = export_card(export)
+    key = hashlib.sha256(f"{export.content_hash}\x00{export.pk}\x00{card}".encode()).hexdigest()[:40]
+    folder = export_root() / "archives"
+    archive = folder / f"{key}.zip"
+    if archive.exists():
+        return archive
+    folder.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".zip.partial")
+    os.close(handle)
+    prefix = f"pickwise-export-{export.pk}"
+    with zipfile.ZipFile(temporary, "w", compression=zipfile.ZIP_STORED) as bundle:
+        for path in sorted(p for p in directory.rglob("*") if p.is_file() and p.name != "README.md"):
+            bundle.write(path, arcname=f"{prefix}/{path.relative_to(directory)}")
+        bundle.writestr(f"{prefix}/README.md", card)
+    os.replace(temporary, archive)  # atomic: concurrent downloads never see half a zip
+    return archive
