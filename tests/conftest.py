@@ -101,7 +101,7 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
         database_name = connection.settings_dict["NAME"]
     log = open(Path(settings.VAR_DIR) / "celery-worker.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "default,gpu,gpu-train",
+        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-Q", "default,gpu,gpu-train",
          "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
          "-n", f"pytest-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}@%h"],
         cwd=ROOT, env=_worker_env(database_name), stdout=log, stderr=subprocess.STDOUT,

@@ -25,7 +25,7 @@ def start_worker(log: Path, queue: str, **env: str) -> subprocess.Popen[bytes]:
     worker_env.update({"GENERATION_TORCH_THREADS": "1", **env})
     with open(log, "ab") as out:
         return subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queue, "--pool", "prefork",
+            [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-Q", queue, "--pool", "prefork",
              "--concurrency", "1", "--loglevel", "INFO", "-n", f"kill-{uuid.uuid4().hex[:6]}@%h"],
             cwd=ROOT, env=worker_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )

@@ -148,7 +148,7 @@ def start_worker(*, database: str, queue: str, log: Path, **settings: str) -> su
     name = f"webhooks-{uuid.uuid4().hex[:6]}@%h"
     with open(log, "ab") as out:
         proc = subprocess.Popen(  # noqa: S603
-            [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", queue, "--pool", "prefork",
+            [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-Q", queue, "--pool", "prefork",
              "--concurrency", "1", "--loglevel", "INFO", "-n", name],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )
