@@ -75,6 +75,7 @@ class RewardModelRun(LeasedJob):
 
     class Preset(models.TextChoices):
         TINY = "tiny", "Tiny CLIP (CPU demo, tests)"
+        SHAPES = "shapes", "Latent reward on the shapes model's VAE"
         PICKSCORE = "pickscore", "PickScore recipe"
 
     project = models.ForeignKey("projects.Project", null=True, blank=True, on_delete=models.CASCADE,
@@ -99,7 +100,8 @@ class RewardModelRun(LeasedJob):
         ordering = ["-created_at", "-pk"]
         constraints = [
             *leased_job_constraints("rewardrun"),
-            models.CheckConstraint(condition=models.Q(preset__in=["tiny", "pickscore"]), name="rewardrun_preset_valid"),
+            models.CheckConstraint(condition=models.Q(preset__in=["tiny", "shapes", "pickscore"]),
+                                   name="rewardrun_preset_valid"),
             models.CheckConstraint(condition=models.Q(export__isnull=False) | ~models.Q(data_path=""),
                                    name="rewardrun_has_data"),
         ]

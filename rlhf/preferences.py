@@ -225,3 +225,36 @@ class SimulationConfig:
 
     def preference_fn(self) -> PreferenceFunction:
         return build_preference(self.preference)
+
+
+def label_accuracy(
+    scores: Sequence[Sequence[float]], *, temperature: float, annotators: int = 1, seed: int | None = None
+) -> float:
+    """How often simulated annotators' pairwise labels agree with the true preference: the ceiling of
+    what their labels can teach a reward model about one pair.
+
+    ``scores`` holds each prompt's images' true scores; every pair of a prompt's images whose scores
+    differ counts. With ``seed`` None the exact expectation, the mean of sigmoid(|s_i - s_j| / T) (the
+    pairwise marginal of :func:`noisy_ranking`); with a seed, the share of right labels in ``annotators``
+    rankings of every prompt drawn as :func:`noisy_ranking` draws them (annotator i from seed + i).
+    """
+    if temperature < 0:
+        raise ValueError("temperature must be >= 0")
+    rngs = [np.random.default_rng(seed + i) for i in range(annotators)] if seed is not None else []
+    right, pairs = 0.0, 0
+    for row in scores:
+        values = np.asarray(row, dtype=np.float64)
+        orders = [noisy_ranking(values, temperature=temperature, rng=rng) for rng in rngs]
+        for i in range(len(values)):
+            for j in range(i + 1, len(values)):
+                delta = values[i] - values[j]
+                if delta == 0:
+                    continue
+                if seed is None:
+                    right += 1.0 if temperature == 0 else float(1 / (1 + np.exp(-abs(delta) / temperature)))
+                    pairs += 1
+                    continue
+                for order in orders:
+                    right += (order.index(i) < order.index(j)) == (delta > 0)
+                    pairs += 1
+    return right / pairs if pairs else float("nan")

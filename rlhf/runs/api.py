@@ -68,7 +68,7 @@ class RewardRunCreateSerializer(serializers.Serializer):
     """Each field is validated by ``reward_run_create`` (a 400 names the field)."""
 
     export = id_field()
-    backbone = serializers.CharField(required=False, default="tiny")
+    backbone = serializers.CharField(required=False, allow_blank=True, default="")  # "": the preset's own
     preset = serializers.CharField(required=False, default="tiny")
     hyperparameters = serializers.DictField(required=False, default=dict)
     name = serializers.CharField(required=False, allow_blank=True, default="")

@@ -24,8 +24,10 @@ HYPERPARAMETER_HELP = "One key = value per line (or a JSON object), e.g. lr = 0.
 class RewardRunForm(forms.Form):
     name = forms.CharField(required=False, max_length=200)
     export = forms.ModelChoiceField(queryset=PreferenceExport.objects.none())
-    backbone = forms.CharField(initial="tiny", max_length=500,
-                               help_text="'tiny', a local CLIP directory, or a hub id in the local cache")
+    backbone = forms.CharField(required=False, max_length=500,
+                               help_text="Empty for the preset's own (tiny: 'tiny', shapes: 'shapes_vae'); or "
+                                         "'tiny', 'shapes_vae', 'shapes_conv', a local reward-model or CLIP "
+                                         "directory, or a CLIP hub id in the local cache")
     preset = forms.ChoiceField(choices=RewardModelRun.Preset.choices, initial="tiny")
     hyperparameters = forms.CharField(required=False, widget=forms.Textarea(attrs={"rows": 4}),
                                       help_text=HYPERPARAMETER_HELP)

@@ -52,7 +52,7 @@ from rlhf.runs.paths import (
     reward_version_dir,
     run_data_path,
 )
-from rlhf.training.configs import RewardModelConfig, pickscore_preset, tiny_reward_preset
+from rlhf.training.configs import BACKBONE_NAMES, REWARD_PRESETS, RewardModelConfig
 from rlhf.training.evaluate import agreement_ceiling
 
 logger = logging.getLogger(__name__)
@@ -61,11 +61,13 @@ TRAIN_REWARD_MODEL = "rlhf.tasks.train_reward_model"
 
 
 def _check_backbone(backbone: str, *, trusted: bool = False) -> str:
-    """The shipped ``tiny`` preset, a local CLIP directory under ``PICKWISE_MODEL_DIRS`` (any directory for
-    ``trusted`` code: the management command, run by someone who has the server already), or a hub id
-    in the local Hugging Face cache. Nothing else is loaded: a worker never opens a directory a user named."""
-    backbone = (backbone or "tiny").strip()
-    if backbone == "tiny":
+    """A backbone built by name (``BACKBONE_NAMES``: ``tiny``, ``shapes_vae``, ``shapes_conv``), a local
+    reward-model or CLIP directory under ``PICKWISE_MODEL_DIRS`` (any directory for ``trusted`` code: the
+    management command, run by someone who has the server already), or a CLIP hub id in the local Hugging
+    Face cache; ``""`` for the preset's own. Nothing else is loaded: a worker never opens a directory a user
+    named."""
+    backbone = (backbone or "").strip()
+    if not backbone or backbone in BACKBONE_NAMES:
         return backbone
     if trusted and Path(backbone).expanduser().is_dir():
         return str(Path(backbone).expanduser())
@@ -82,19 +84,21 @@ def reward_config_build(
     *, backbone: str, preset: str, hyperparameters: Mapping[str, Any], export_id: str, listwise: bool,
     trusted_paths: bool = False,
 ) -> Any:
-    """A validated ``RewardModelConfig``; every problem is an ApplicationError naming its field."""
+    """A validated ``RewardModelConfig`` from preset ``preset`` (``REWARD_PRESETS``) on ``backbone`` (empty:
+    the preset's own); every problem is an ApplicationError naming its field."""
     if preset not in RewardModelRun.Preset.values:
         raise ApplicationError(f"Unknown preset {preset!r}; choose one of {', '.join(RewardModelRun.Preset.values)}.",
                                field="preset")
     backbone = _check_backbone(backbone, trusted=trusted_paths)
-    factory = tiny_reward_preset if preset == RewardModelRun.Preset.TINY else pickscore_preset
-    fixed = {"backbone": backbone, "export_id": export_id, "cpu": settings.PICKWISE_DEVICE == "cpu",
-             "loss": "plackett_luce" if listwise else "bradley_terry"}
-    if factory is pickscore_preset:
-        fixed.pop("backbone")
-        factory = lambda **kw: pickscore_preset(backbone, **kw)  # noqa: E731
-    return build_config(factory, RewardModelConfig, fixed, hyperparameters,
-                         protected={"backbone", "export_id", "cpu"}, rename={})
+    if preset == RewardModelRun.Preset.PICKSCORE and (not backbone or backbone in BACKBONE_NAMES):
+        raise ApplicationError("The pickscore preset fine-tunes a pretrained CLIP: name its directory or cached "
+                               "hub id as the backbone.", field="backbone")
+    fixed: dict[str, Any] = {"export_id": export_id, "cpu": settings.PICKWISE_DEVICE == "cpu",
+                             "loss": "plackett_luce" if listwise else "bradley_terry"}
+    if backbone:
+        fixed["backbone"] = backbone
+    return build_config(REWARD_PRESETS[preset], RewardModelConfig, fixed, hyperparameters,
+                        protected={"backbone", "export_id", "cpu"}, rename={})
 
 
 @transaction.atomic
@@ -103,7 +107,7 @@ def reward_run_create(
     user: AbstractBaseUser | None,
     export: PreferenceExport | None = None,
     data_path: str = "",
-    backbone: str = "tiny",
+    backbone: str = "",
     preset: str = "tiny",
     hyperparameters: Mapping[str, Any] | str | None = None,
     name: str = "",
@@ -112,6 +116,7 @@ def reward_run_create(
 ) -> RewardModelRun:
     """Validate and queue a reward-model run on ``export`` (or, from trusted code, a Parquet file).
 
+    ``backbone`` empty means the preset's own (``tiny`` for ``tiny``, ``shapes_vae`` for ``shapes``).
     ``user=None`` means trusted code (the management command) and skips the permission check;
     ``trusted_paths`` (the command) lets ``backbone`` name any local directory.
     """

@@ -2,8 +2,12 @@
 
 Entry points (dataclass configs and paths in, plain results out):
 
-- ``reward_train.train_reward_model(config, data_path, output_dir, on_log=, should_stop=)``,
-  ``reward_model.load_reward_model(path)`` + ``reward_model.score(model, prompts, images)``
+- ``reward_train.train_reward_model(config, data_path, output_dir, on_log=, should_stop=)`` with a config from
+  ``configs.reward_preset(name, **overrides)`` (torch-free, like every config: the web process validates a
+  run's config without importing torch); ``reward_model.load_reward_model(path)`` +
+  ``reward_model.score(model, prompts, images)`` for every kind (a CLIP, or ``latent_reward``'s head on the
+  shapes model's own VAE); backbones by name in ``reward_model.BACKBONES`` (their names in
+  ``configs.BACKBONE_NAMES``)
 - ``dpo.train_dpo(config, data_path, output_dir, on_log=, should_stop=, on_checkpoint=)`` (Diffusion-DPO, LoRA)
 - ``ddpo.train_ddpo(config, output_dir, on_log=, should_stop=, on_checkpoint=)`` (DDPO, LoRA, registered
   reward functions); ``on_checkpoint(step, checkpoint_dir)``: see ``callbacks``

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from safetensors import safe_open
 
@@ -28,19 +28,6 @@ DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
 # --- checks of what a config names ---------------------------------------------------------------------
-
-
-def check_clip_backbone(path: str) -> None:
-    """Raise ValueError unless ``path`` is a local directory holding a CLIP-type config."""
-    directory = Path(path)
-    if not directory.is_dir():
-        raise ValueError(f"backbone {path!r} does not exist")
-    config_file = directory / "config.json"
-    if not config_file.is_file():
-        raise ValueError(f"backbone {path!r} has no config.json, so it is not a transformers model")
-    model_type = json.loads(config_file.read_text()).get("model_type")
-    if model_type != "clip":
-        raise ValueError(f"backbone {path!r} is model_type {model_type!r}, not a CLIP model ('clip')")
 
 
 @dataclass(frozen=True)
@@ -134,10 +121,60 @@ def init_lora_hyperparameters(init_lora: str) -> dict[str, Any]:
 
 # --- reward models -------------------------------------------------------------------------------------
 
+# The ``model_type`` (in a model directory's config.json) of every kind of reward model; the loaders (torch)
+# are :data:`rlhf.training.reward_model.MODEL_TYPES`, keyed by these.
+CLIP_MODEL_TYPE = "clip"  # PickScore on a transformers CLIP
+LATENT_REWARD_MODEL_TYPE = "pickwise_latent_reward"  # rlhf.training.latent_reward's head on the shapes VAE
+REWARD_MODEL_TYPES = (CLIP_MODEL_TYPE, LATENT_REWARD_MODEL_TYPE)
+
+# Backbones a run builds by name (``RewardModelConfig.backbone``), with what each is; the builders (torch)
+# are :data:`rlhf.training.reward_model.BACKBONES`, whose ``register_backbone`` adds a name here too.
+BACKBONE_NAMES: dict[str, str] = {
+    "tiny": "random-init CLIP reading 16 px images as one token per pixel (CPU demo, tests)",
+    "shapes_vae": "the shipped shapes model's VAE encoder, frozen, with a trainable head",
+    "shapes_conv": "the same head on a small conv tower trained from scratch",
+}
+
+
+def model_type_of(path: str | Path) -> str | None:
+    """The ``model_type`` in ``path/config.json``; ValueError when the directory or its config is missing."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"{str(path)!r} does not exist")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{str(path)!r} has no config.json, so it is not a reward model or a transformers model")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    return model_type if isinstance(model_type, str) else None
+
+
+def check_backbone_dir(path: str) -> None:
+    """Raise ValueError unless ``path`` is a directory holding a model type in :data:`REWARD_MODEL_TYPES`."""
+    model_type = model_type_of(path)
+    if model_type not in REWARD_MODEL_TYPES:
+        others = ", ".join(repr(t) for t in REWARD_MODEL_TYPES if t != CLIP_MODEL_TYPE)
+        raise ValueError(
+            f"{path!r} is model_type {model_type!r}, not a CLIP model ('clip') or another reward model ({others})"
+        )
+
+
+def check_clip_backbone(path: str) -> None:
+    """Raise ValueError unless ``path`` is a local directory holding a CLIP-type config."""
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ValueError(f"backbone {path!r} does not exist")
+    config_file = directory / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"backbone {path!r} has no config.json, so it is not a transformers model")
+    model_type = json.loads(config_file.read_text()).get("model_type")
+    if model_type != CLIP_MODEL_TYPE:
+        raise ValueError(f"backbone {path!r} is model_type {model_type!r}, not a CLIP model ('clip')")
+
 
 @dataclass(frozen=True)
 class RewardModelConfig:
-    backbone: str = "tiny"  # local CLIP directory, a hub id already in the local HF cache, or "tiny"
+    backbone: str = "tiny"  # a name in BACKBONE_NAMES ("tiny", "shapes_vae", "shapes_conv"), a local reward-model
+    # or CLIP directory (a backbone, checkpoint or final model), or a CLIP hub id already in the local HF cache
     loss: RewardLoss = "bradley_terry"  # pairwise BT (PickScore), listwise Plackett-Luce, or HPSv2 choose-one
     lr: float = 3e-6  # AdamW learning rate (PickScore: 3e-6)
     weight_decay: float = 0.3  # AdamW weight decay (PickScore: 0.3)
@@ -170,15 +207,17 @@ class RewardModelConfig:
         ):
             if getattr(self, name) not in get_args(choices):
                 raise ValueError(f"{name} must be one of {get_args(choices)}, not {getattr(self, name)!r}")
-        if self.backbone != "tiny" and not (Path(self.backbone).is_dir() or HUB_ID_RE.match(self.backbone)):
+        named = self.backbone in BACKBONE_NAMES
+        if not named and not (Path(self.backbone).is_dir() or HUB_ID_RE.match(self.backbone)):
             raise ValueError(
-                f"backbone {self.backbone!r} does not exist (expected a directory, a hub id or 'tiny')"
+                f"backbone {self.backbone!r} does not exist (expected one of {sorted(BACKBONE_NAMES)}, "
+                "a directory or a hub id)"
             )
-        if self.backbone != "tiny" and Path(self.backbone).is_dir():
+        if not named and Path(self.backbone).is_dir():
             try:
-                check_clip_backbone(self.backbone)
+                check_backbone_dir(self.backbone)
             except ValueError as exc:
-                raise ValueError(f"backbone: {exc}") from exc
+                raise ValueError(f"backbone {exc}") from exc
         positive = ("lr", "batch_size", "grad_accum", "epochs", "eval_batch_size")
         for name in positive:
             if not getattr(self, name) > 0:
@@ -215,6 +254,24 @@ def tiny_reward_preset(**overrides: Any) -> RewardModelConfig:
     return RewardModelConfig(**{**base, **overrides})
 
 
+def shapes_reward_preset(**overrides: Any) -> RewardModelConfig:
+    """The latent reward model on the shipped shapes model's VAE (backbone ``shapes_vae``).
+
+    Only the head trains (about 40k parameters; the VAE and text encoder are frozen), so it takes a far
+    higher lr than a CLIP fine-tune. ``bench/reward_shapes.py`` measures it on one round's data for each
+    built-in preference.
+    """
+    base: dict[str, Any] = {
+        "backbone": "shapes_vae",
+        "lr": 1e-3,
+        "weight_decay": 0.01,
+        "batch_size": 16,
+        "epochs": 6,
+        "shuffle_buffer": 512,
+    }
+    return RewardModelConfig(**{**base, **overrides})
+
+
 def pickscore_preset(backbone: str, **overrides: Any) -> RewardModelConfig:
     """PickScore's recipe (Kirstain et al. 2023) on a CLIP-H backbone: lr 3e-6, wd 0.3, 500 warm-up, bf16."""
     base: dict[str, Any] = {
@@ -231,6 +288,33 @@ def pickscore_preset(backbone: str, **overrides: Any) -> RewardModelConfig:
     }
     return RewardModelConfig(**{**base, **overrides})
 
+
+class RewardPreset(Protocol):
+    """A named recipe: overrides of any RewardModelConfig field in, a validated config out."""
+
+    def __call__(self, **overrides: Any) -> RewardModelConfig: ...
+
+
+def _pickscore(**overrides: Any) -> RewardModelConfig:
+    backbone = overrides.pop("backbone", None)
+    if not backbone or backbone in BACKBONE_NAMES:
+        raise ValueError("the pickscore preset needs backbone: a local CLIP directory or a hub id")
+    return pickscore_preset(backbone, **overrides)
+
+
+# Presets by name (a reward run's ``preset``); each is validated when its config is built.
+REWARD_PRESETS: dict[str, RewardPreset] = {
+    "tiny": tiny_reward_preset,
+    "shapes": shapes_reward_preset,
+    "pickscore": _pickscore,
+}
+
+
+def reward_preset(name: str, **overrides: Any) -> RewardModelConfig:
+    """The config of preset ``name`` with ``overrides``; ValueError naming the choices for an unknown name."""
+    if name not in REWARD_PRESETS:
+        raise ValueError(f"preset must be one of {sorted(REWARD_PRESETS)}, not {name!r}")
+    return REWARD_PRESETS[name](**overrides)
 
 
 # --- Diffusion-DPO ----------------------------------------------------------------------------------------

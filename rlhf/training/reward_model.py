@@ -1,75 +1,64 @@
-"""The PickScore-style reward model: ``reward = logit_scale.exp() * cos(text_emb, image_emb)`` on a CLIP.
+"""Reward models: the PickScore-style CLIP, the registries of backbones and model types, loading and scoring.
 
-A reward model directory (a backbone, a checkpoint, or the final model) holds ``config.json`` +
-``model.safetensors`` (transformers ``CLIPModel.save_pretrained``), the tokenizer files and
+A reward model directory (a backbone, a checkpoint, or the final model) holds ``config.json`` (whose
+``model_type`` picks the loader in :data:`MODEL_TYPES`), ``model.safetensors``, the tokenizer files and
 ``preprocess.json`` (image size, mean, std). Everything loads through :func:`load_reward_model`, the
-tiny test backbone included.
+backbones a run builds from :data:`BACKBONES` included. Two kinds ship:
+
+- ``clip``: PickScore, ``reward = logit_scale.exp() * cos(text_emb, image_emb)`` on a CLIP
+  (``transformers`` ``CLIPModel.save_pretrained``); the ``tiny`` backbone is a random-init one;
+- ``pickwise_latent_reward``: the shapes model's own VAE encoder, frozen, with a small trainable head
+  (:mod:`rlhf.training.latent_reward`); backbones ``shapes_vae`` and ``shapes_conv``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-import numpy as np
 import torch
 from PIL import Image
 from tokenizers.pre_tokenizers import ByteLevel
-from torch import Tensor, nn
+from torch import Tensor
 from transformers import AutoConfig, CLIPConfig, CLIPModel, CLIPTokenizer, PreTrainedTokenizerBase
 
+from generation.shapes.model import WEIGHTS_DIR as SHAPES_WEIGHTS_DIR
+from rlhf.training.configs import (
+    BACKBONE_NAMES,
+    CLIP_MODEL_TYPE,
+    LATENT_REWARD_MODEL_TYPE,
+    REWARD_MODEL_TYPES,
+)
+from rlhf.training.configs import check_backbone_dir as check_backbone_dir
 from rlhf.training.configs import check_clip_backbone as check_clip_backbone
+from rlhf.training.configs import model_type_of as model_type_of
+from rlhf.training.latent_reward import build_latent_reward, load_latent_reward
+from rlhf.training.reward_base import (
+    OPENAI_CLIP_MEAN,
+    OPENAI_CLIP_STD,
+    PREPROCESS_FILE,
+    ImageTransform,
+    RewardModel,
+)
 
-PREPROCESS_FILE = "preprocess.json"
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-
-
-@dataclass(frozen=True)
-class ImageTransform:
-    """CLIP preprocessing without torchvision: bicubic resize of the short side, centre crop, normalise."""
-
-    image_size: int = 224
-    mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
-    std: tuple[float, float, float] = OPENAI_CLIP_STD
-
-    def __call__(self, image: Image.Image) -> Tensor:
-        image = image.convert("RGB")
-        w, h = image.size
-        scale = self.image_size / min(w, h)
-        new_w, new_h = max(self.image_size, round(w * scale)), max(self.image_size, round(h * scale))
-        if (new_w, new_h) != (w, h):
-            image = image.resize((new_w, new_h), Image.Resampling.BICUBIC)
-        left, top = (new_w - self.image_size) // 2, (new_h - self.image_size) // 2
-        image = image.crop((left, top, left + self.image_size, top + self.image_size))
-        array = np.asarray(image, dtype=np.float32) / 255.0
-        tensor = torch.from_numpy(array).permute(2, 0, 1)
-        mean = torch.tensor(self.mean).view(3, 1, 1)
-        std = torch.tensor(self.std).view(3, 1, 1)
-        return (tensor - mean) / std
-
-    def save(self, directory: Path) -> None:
-        (directory / PREPROCESS_FILE).write_text(json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def load(cls, directory: Path, image_size: int | None = None) -> ImageTransform:
-        """From ``preprocess.json``, else from a Hugging Face ``preprocessor_config.json``, else defaults."""
-        ours, hf = directory / PREPROCESS_FILE, directory / "preprocessor_config.json"
-        if ours.is_file():
-            raw = json.loads(ours.read_text())
-            return cls(image_size or raw["image_size"], tuple(raw["mean"]), tuple(raw["std"]))
-        if hf.is_file():
-            raw = json.loads(hf.read_text())
-            crop = raw.get("crop_size", 224)
-            size = crop.get("height", 224) if isinstance(crop, dict) else int(crop)
-            mean = tuple(raw.get("image_mean", OPENAI_CLIP_MEAN))
-            std = tuple(raw.get("image_std", OPENAI_CLIP_STD))
-            return cls(image_size or size, mean, std)
-        return cls(image_size or 224)
+__all__ = [
+    "BACKBONES",
+    "MODEL_TYPES",
+    "OPENAI_CLIP_MEAN",
+    "OPENAI_CLIP_STD",
+    "PREPROCESS_FILE",
+    "CLIPRewardModel",
+    "ImageTransform",
+    "RewardModel",
+    "build_tiny_clip",
+    "check_backbone_dir",
+    "load_reward_model",
+    "register_backbone",
+    "save_reward_model",
+    "score",
+]
 
 
 def _features(output: Any) -> Tensor:
@@ -82,7 +71,7 @@ def _features(output: Any) -> Tensor:
     return pooled
 
 
-class RewardModel(nn.Module):
+class CLIPRewardModel(RewardModel):
     """A CLIP backbone with its tokenizer and image transform; ``forward`` returns PickScore rewards."""
 
     def __init__(
@@ -92,10 +81,6 @@ class RewardModel(nn.Module):
         self.clip = clip
         self.tokenizer = tokenizer
         self.transform = transform
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.clip.parameters()).device
 
     def tokenize(self, captions: Sequence[str]) -> dict[str, Tensor]:
         max_length = int(getattr(self.clip.config.text_config, "max_position_embeddings", 77))
@@ -126,9 +111,16 @@ class RewardModel(nn.Module):
         scale = self.clip.logit_scale.exp()
         return scale * (text * image).sum(dim=-1)
 
+    def save_pretrained(self, directory: Path) -> None:
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.clip.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        self.transform.save(directory)
 
-def load_reward_model(path: str | Path, *, image_size: int | None = None, device: str = "cpu") -> RewardModel:
-    """Load a backbone, checkpoint or final model directory (or a hub id already in the local cache)."""
+
+def load_clip_reward(path: str | Path, *, image_size: int | None = None) -> CLIPRewardModel:
+    """A CLIP reward model from a directory (or a hub id already in the local cache)."""
     config = AutoConfig.from_pretrained(str(path))
     if not isinstance(config, CLIPConfig):
         raise ValueError(f"{path}: model_type {config.model_type!r} is not a CLIP model")
@@ -142,21 +134,49 @@ def load_reward_model(path: str | Path, *, image_size: int | None = None, device
         if Path(path).is_dir()
         else ImageTransform(image_size or 224)
     )
-    return RewardModel(clip, tokenizer, transform).to(device).eval()
+    return CLIPRewardModel(clip, tokenizer, transform)
+
+
+# ----------------------------------------------------------------------------------------- model types
+class RewardModelLoader(Protocol):
+    """Reads a model directory whose ``config.json`` names this loader's ``model_type``."""
+
+    def __call__(self, path: Path, *, image_size: int | None) -> RewardModel: ...
+
+
+def _load_clip_dir(path: Path, *, image_size: int | None) -> RewardModel:
+    return load_clip_reward(path, image_size=image_size)
+
+
+def _load_latent_dir(path: Path, *, image_size: int | None) -> RewardModel:
+    return load_latent_reward(path, image_size=image_size)
+
+
+# Loaders by ``model_type`` (the names, torch-free, are configs.REWARD_MODEL_TYPES, which validates configs).
+MODEL_TYPES: dict[str, RewardModelLoader] = {CLIP_MODEL_TYPE: _load_clip_dir, LATENT_REWARD_MODEL_TYPE: _load_latent_dir}
+if set(MODEL_TYPES) != set(REWARD_MODEL_TYPES):
+    raise RuntimeError(f"reward model loaders {sorted(MODEL_TYPES)} differ from the model types {REWARD_MODEL_TYPES}")
+
+
+def load_reward_model(path: str | Path, *, image_size: int | None = None, device: str = "cpu") -> RewardModel:
+    """Load a backbone, checkpoint or final model directory (or a CLIP hub id already in the local cache)."""
+    if Path(path).is_dir():
+        check_backbone_dir(str(path))
+        model = MODEL_TYPES[str(model_type_of(path))](Path(path), image_size=image_size)
+    else:
+        model = load_clip_reward(path, image_size=image_size)
+    return model.to(device).eval()
 
 
 def save_reward_model(model: RewardModel, directory: Path) -> None:
-    directory.mkdir(parents=True, exist_ok=True)
-    model.clip.save_pretrained(directory)
-    model.tokenizer.save_pretrained(directory)
-    model.transform.save(directory)
+    model.save_pretrained(Path(directory))
 
 
 @torch.no_grad()
 def score(
     model: RewardModel, prompts: Sequence[str], images: Sequence[Image.Image], batch_size: int = 32
 ) -> list[float]:
-    """PickScore rewards for (prompt, image) pairs, in order."""
+    """Rewards for (prompt, image) pairs, in order."""
     if len(prompts) != len(images):
         raise ValueError(f"{len(prompts)} prompts but {len(images)} images")
     was_training = model.training
@@ -235,3 +255,46 @@ def build_tiny_clip(
     tokenizer.save_pretrained(directory)
     ImageTransform(image_size=image_size, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)).save(directory)
     return directory
+
+
+# ----------------------------------------------------------------------------------------- backbones
+class BackboneBuilder(Protocol):
+    """Writes a fresh backbone directory (loadable by :func:`load_reward_model`) and returns its path.
+
+    ``image_size`` None means the backbone's own default input size.
+    """
+
+    def __call__(self, directory: Path, *, seed: int, image_size: int | None) -> Path: ...
+
+
+def _tiny_backbone(directory: Path, *, seed: int, image_size: int | None) -> Path:
+    return build_tiny_clip(directory, seed=seed, image_size=image_size or TINY_IMAGE_SIZE)
+
+
+def _shapes_vae_backbone(directory: Path, *, seed: int, image_size: int | None) -> Path:
+    return build_latent_reward(directory, SHAPES_WEIGHTS_DIR, encoder="vae", seed=seed, image_size=image_size)
+
+
+def _shapes_conv_backbone(directory: Path, *, seed: int, image_size: int | None) -> Path:
+    return build_latent_reward(directory, SHAPES_WEIGHTS_DIR, encoder="conv", seed=seed, image_size=image_size)
+
+
+# Backbones a run builds by name (``RewardModelConfig.backbone``), beside local directories and hub ids; what
+# each is: configs.BACKBONE_NAMES (torch-free, so a config validates without torch).
+BACKBONES: dict[str, BackboneBuilder] = {
+    "tiny": _tiny_backbone,
+    "shapes_vae": _shapes_vae_backbone,
+    "shapes_conv": _shapes_conv_backbone,
+}
+if set(BACKBONES) != set(BACKBONE_NAMES):
+    raise RuntimeError(f"backbone builders {sorted(BACKBONES)} differ from the named backbones {sorted(BACKBONE_NAMES)}")
+
+
+def register_backbone(name: str, builder: BackboneBuilder, description: str = "") -> None:
+    """Add a backbone a run can build by name (and a config then accepts)."""
+    if name in BACKBONES or name in BACKBONE_NAMES:
+        raise ValueError(f"backbone {name!r} is already registered")
+    if not callable(builder):
+        raise ValueError(f"backbone {name!r} needs a callable builder (directory, *, seed, image_size) -> Path")
+    BACKBONES[name] = builder
+    BACKBONE_NAMES[name] = description or name

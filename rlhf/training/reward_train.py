@@ -3,7 +3,7 @@
 Entry points: :func:`train_reward_model` (config + data path + output dir in, :class:`RewardTrainResult`
 out) and :func:`evaluate_reward_model`. Output layout::
 
-    <output_dir>/backbone-tiny/               only for backbone="tiny": the initial tiny CLIP
+    <output_dir>/backbone-<name>/             for a named backbone (BACKBONES: "tiny", "shapes_vae", ...)
     <output_dir>/checkpoints/checkpoint-<N>/  model + pickwise.json + training_state/ (resumable)
     <output_dir>/final/                       the trained model + pickwise.json with eval metrics
 """
@@ -35,11 +35,15 @@ from rlhf.training.checkpoint import (
     read_metadata,
     write_metadata,
 )
+from rlhf.training.configs import REWARD_PRESETS as REWARD_PRESETS
 from rlhf.training.configs import MixedPrecision as MixedPrecision
 from rlhf.training.configs import RewardLoss as RewardLoss
 from rlhf.training.configs import RewardModelConfig as RewardModelConfig
+from rlhf.training.configs import RewardPreset as RewardPreset
 from rlhf.training.configs import TieHandling as TieHandling
 from rlhf.training.configs import pickscore_preset as pickscore_preset
+from rlhf.training.configs import reward_preset as reward_preset
+from rlhf.training.configs import shapes_reward_preset as shapes_reward_preset
 from rlhf.training.configs import tiny_reward_preset as tiny_reward_preset
 from rlhf.training.data import (
     PreferenceDataset,
@@ -52,9 +56,8 @@ from rlhf.training.data import (
 )
 from rlhf.training.losses import bradley_terry_loss, choose_one_loss, plackett_luce_loss
 from rlhf.training.reward_model import (
-    TINY_IMAGE_SIZE,
+    BACKBONES,
     RewardModel,
-    build_tiny_clip,
     load_reward_model,
     save_reward_model,
 )
@@ -250,8 +253,10 @@ def train_reward_model(
     )
     set_seed(config.seed)
     backbone = (
-        build_tiny_clip(output_dir / "backbone-tiny", seed=config.seed, image_size=config.image_size or TINY_IMAGE_SIZE)
-        if config.backbone == "tiny"
+        BACKBONES[config.backbone](
+            output_dir / f"backbone-{config.backbone}", seed=config.seed, image_size=config.image_size
+        )
+        if config.backbone in BACKBONES
         else Path(config.backbone)
     )
     model = load_reward_model(backbone, image_size=config.image_size).train()
@@ -278,7 +283,7 @@ def train_reward_model(
         collate_fn=partial(collate_ranked, transform=model.transform),
         num_workers=config.num_workers,
     )
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (config.warmup_steps + 1))
     )

@@ -11,6 +11,7 @@ from core import jobs
 from rlhf.models import ImageScore, RewardModelRun, RewardModelVersion, RunStatus
 from rlhf.runs import reward
 from rlhf.runs import selectors as run_selectors
+from rlhf.training.configs import REWARD_PRESETS
 from tests.factories import PASSWORD, api_client_for
 from tests.rlhf.conftest import build_export
 
@@ -144,6 +145,8 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
         ({"export": good.pk, "backbone": "nobody/no-such-clip-model"}, "backbone"),
         ({"export": good.pk, "backbone": str(not_clip)}, "backbone"),
         ({"export": good.pk, "preset": "huge"}, "preset"),
+        ({"export": good.pk, "preset": "pickscore"}, "backbone"),  # PickScore fine-tunes a pretrained CLIP
+        ({"export": good.pk, "preset": "pickscore", "backbone": "shapes_vae"}, "backbone"),
         ({"export": good.pk, "hyperparameters": {"lr": -1}}, "lr"),
         ({"export": good.pk, "hyperparameters": {"lr": 5}}, "lr"),
         ({"export": good.pk, "hyperparameters": {"batch_size": 0}}, "batch_size"),
@@ -159,6 +162,23 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
             assert response.status_code == 400, (payload, response.content)
             assert response.json()["field"] == field, (payload, response.json())
     assert not callbacks and not RewardModelRun.objects.exists()
+
+
+def test_the_shapes_preset_queues_a_latent_reward_run_on_the_shapes_vae(
+    pairs_export, ml_engineer, django_capture_on_commit_callbacks
+):
+    api = api_client_for(ml_engineer)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        own = api.post("/api/reward-runs/", {"export": pairs_export.pk, "preset": "shapes"}, format="json")
+        conv = api.post("/api/reward-runs/", {"export": pairs_export.pk, "preset": "shapes",
+                                              "backbone": "shapes_conv"}, format="json")
+    assert own.status_code == 201, own.content
+    assert conv.status_code == 201, conv.content
+    assert own.json()["preset"] == "shapes" and own.json()["backbone"] == "shapes_vae"
+    assert own.json()["config"]["lr"] == 0.001 and own.json()["config"]["epochs"] == 6
+    assert conv.json()["backbone"] == "shapes_conv" and conv.json()["config"]["lr"] == 0.001
+    assert len(callbacks) == 2
+    assert set(RewardModelRun.Preset.values) == set(REWARD_PRESETS)  # every preset a run offers builds
 
 
 def test_only_ml_engineers_and_admins_of_the_project_may_train_or_score(

@@ -90,10 +90,11 @@ class RewardRuns(_Runs[RewardRun]):
     kind = "reward run"
     path = "api/reward-runs/"
 
-    def create(self, export: int, *, backbone: str = "tiny", preset: str = "tiny",
+    def create(self, export: int, *, backbone: str = "", preset: str = "tiny",
                hyperparameters: Mapping[str, Any] | None = None, name: str = "") -> RewardRun:
-        """Queue a run. ``backbone``: ``tiny``, a CLIP directory on the server or a hub id in its cache;
-        ``preset``: ``tiny`` or ``pickscore``; ``hyperparameters`` overrides any ``RewardModelConfig``
+        """Queue a run. ``backbone``: empty for the preset's own, ``tiny``, ``shapes_vae``, ``shapes_conv``,
+        a reward-model or CLIP directory on the server or a CLIP hub id in its cache; ``preset``: ``tiny``,
+        ``shapes`` (the latent reward model on the shapes model's VAE) or ``pickscore``; ``hyperparameters`` overrides any ``RewardModelConfig``
         field (``{"max_steps": 200, "learning_rate": 1e-5}``)."""
         return cast(RewardRun, self._http.post(self.path, {
             "export": export, "backbone": backbone, "preset": preset,

@@ -21,7 +21,9 @@ class Command(BaseCommand):
         source.add_argument("--export", type=int, help="preference export id (pickapic or listwise)")
         source.add_argument("--data", help="a Pick-a-Pic or listwise Parquet file")
         parser.add_argument("--user", help="username to check permissions for (default: trusted shell user)")
-        parser.add_argument("--backbone", default="tiny", help="'tiny', a CLIP directory or a cached hub id")
+        parser.add_argument("--backbone", default="",
+                            help="empty: the preset's own; 'tiny', 'shapes_vae', 'shapes_conv', a reward-model "
+                                 "or CLIP directory, or a cached CLIP hub id")
         parser.add_argument("--preset", default="tiny", choices=RewardModelRun.Preset.values)
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                             help="hyper-parameter override (repeatable), e.g. --set lr=1e-4")
