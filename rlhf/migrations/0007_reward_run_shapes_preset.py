@@ -6,7 +6,7 @@ from django.db import migrations, models
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('rlhf', '0005_runs_exports_rounds_arena_leased_job_lifecycle'),
+        ('rlhf', '0006_job_phases_for_imports'),
     ]
 
     operations = [
