@@ -42,7 +42,12 @@ def _first_error(detail: Any, path: str = "") -> tuple[str, str] | None:
     """The path and message of the first error in a DRF error structure (dicts of fields, lists of items)."""
     if isinstance(detail, dict):
         for key, value in detail.items():
-            inner = path if key == api_settings.NON_FIELD_ERRORS_KEY else (f"{path}.{key}" if path else str(key))
+            if key == api_settings.NON_FIELD_ERRORS_KEY:
+                inner = path
+            elif isinstance(key, int):  # a list's items, keyed by index (ListField, many=True)
+                inner = f"{path}[{key}]"
+            else:
+                inner = f"{path}.{key}" if path else str(key)
             found = _first_error(value, inner)
             if found is not None:
                 return found

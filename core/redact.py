@@ -54,6 +54,8 @@ def hide_paths(value: Any, *, key: str | None = None) -> Any:
     if isinstance(value, list | tuple):
         return [hide_paths(item, key=key) for item in value]
     if isinstance(value, str):
+        if key is not None and (key == "url" or key.endswith("_url")):  # a link ("/api/exports/7/download/")
+            return value
         if key in PATH_KEYS and is_local_path(value):
             return HIDDEN
         return hide_text(value)

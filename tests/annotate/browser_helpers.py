@@ -31,8 +31,16 @@ def wait_until(page, script: str, *, timeout: float = 15.0, arg=None) -> None:
     """
     import time
 
+    from playwright.sync_api import Error
+
     deadline = time.monotonic() + timeout
-    while not page.evaluate(script, arg):
+    while True:
+        try:
+            if page.evaluate(script, arg):
+                return
+        except Error as exc:  # the page navigated meanwhile (a form post, a redirect): ask the new one
+            if "context was destroyed" not in str(exc):
+                raise
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {script}")
         page.wait_for_timeout(25)

@@ -9,7 +9,7 @@ import pytest
 
 from annotate.models import Annotation
 from generation.models import ModelVersion
-from tests.annotate.browser_helpers import image_ids, use_template
+from tests.annotate.browser_helpers import image_ids, use_template, wait_until
 from tests.annotate.factories_workflow import RANK_SCHEMA, model_version, task_with_images
 from tests.conftest import browser_login
 from tests.factories import PASSWORD
@@ -154,7 +154,7 @@ def test_demo_preset_preselects_its_only_model_and_a_required_choice_explains_it
         page.keyboard.press(key)
     page.keyboard.press("Enter")
     page.wait_for_selector(f'section.task[data-task="{second.pk}"]')
-    page.wait_for_function("() => document.querySelector('[data-notice]').textContent === 'Saved. Here is the next task.'")
+    wait_until(page, "() => document.querySelector('[data-notice]').textContent === 'Saved. Here is the next task.'")
     assert Annotation.objects.get(task=first).answers["model"] == [version.name]
 
     # With two models to choose from nothing is chosen for the annotator: Submit says so, and trying anyway

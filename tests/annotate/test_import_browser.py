@@ -12,6 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
+from tests.annotate.browser_helpers import wait_until
 from tests.conftest import browser_login
 from tests.factories import PASSWORD
 
@@ -70,7 +71,7 @@ def test_fill_a_project_from_a_pickapic_parquet_and_a_folder_then_annotate(
     for done, caption in enumerate(captions, start=1):
         assert tab.locator("[data-prompt]").inner_text() == caption
         assert tab.locator("figure.ann-image img").count() == 2
-        tab.wait_for_function("() => [...document.querySelectorAll('figure.ann-image img')]"
+        wait_until(tab, "() => [...document.querySelectorAll('figure.ann-image img')]"
                               ".every(img => img.complete && img.naturalWidth === 32)")  # the imported pixels
         tab.locator("h1").click()
         tab.keyboard.press("2")

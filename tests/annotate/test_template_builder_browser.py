@@ -7,6 +7,7 @@ import pytest
 from playwright.sync_api import expect
 
 from annotate.builder import services as template_services
+from tests.annotate.browser_helpers import wait_until
 from tests.conftest import browser_login
 from tests.factories import PASSWORD, api_client_for
 
@@ -25,8 +26,10 @@ def _preview_types(page):
 
 
 def _focus_moves_to(page, element_id):
-    """The focus lands on ``element_id`` once htmx has settled the new workspace."""
-    page.wait_for_function("id => document.activeElement && document.activeElement.id === id", arg=element_id)
+    """The focus lands on ``element_id`` once htmx has settled the new workspace. (htmx makes the swapped-in
+    forms its own when the swap settles: a key pressed before then would post the form without it.)"""
+    wait_until(page, "id => document.activeElement && document.activeElement.id === id"
+                     " && !document.querySelector('.htmx-request, .htmx-swapping, .htmx-settling')", arg=element_id)
 
 
 def test_build_seed_chain_reorder_publish(page, admin_user, project):
@@ -58,7 +61,7 @@ def test_build_seed_chain_reorder_publish(page, admin_user, project):
     # Reorder with the keyboard: the focus stays on the moved item's arrow after every swap, and hands over
     # to the other arrow when the item reaches the top. (The drag script submits the same reorder form.)
     def order_is(names):
-        page.wait_for_function("names => JSON.stringify(Array.from(document.querySelectorAll("
+        wait_until(page, "names => JSON.stringify(Array.from(document.querySelectorAll("
                                "'ol.tpl-components li[data-name]'), e => e.dataset.name)) === JSON.stringify(names)",
                                arg=names)
 

@@ -128,7 +128,8 @@ def test_query_counts_are_small_and_do_not_grow(project):
     big = loop_counts(8, 20, 6)
     assert len(set(small + big)) == 1, (small, big)
     next_count, submit_count = small[0]
-    assert next_count <= 8 and submit_count <= 14, small  # submit hands out the next task as well
+    # submit hands out the next task as well, and looks up the webhook endpoints its events go to
+    assert next_count <= 8 and submit_count <= 15, small
 
 
 def test_tasks_list_filters_and_paginates_for_reviewers(project, admin_user, annotator):

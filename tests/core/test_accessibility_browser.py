@@ -5,8 +5,12 @@ buttons and images, ...). Every page starts with a skip link to its main content
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
 import pytest
 from axe_playwright_python.sync_playwright import Axe
+from django.utils import timezone
 
 from annotate.workflow import queue
 from annotate.workflow import services as workflow_services
@@ -66,7 +70,8 @@ def test_pages_have_no_serious_accessibility_violations(page, axe, project, admi
         step=2, total_steps=2, history=[{"step": 1, "loss": 0.69}, {"step": 2, "loss": 0.61}])
     finetune = FineTuneRun.objects.create(
         project=project, created_by=ml_engineer, name="a11y fine-tune", base_version=version, method="dpo", data_path="pairs",
-        status="running", step=1, total_steps=4, history=[{"step": 1, "loss": 0.69}])
+        status="running", phase="training", lease_token=uuid.uuid4(),
+        lease_expires_at=timezone.now() + timedelta(hours=1), step=1, total_steps=4, history=[{"step": 1, "loss": 0.69}])
 
     page.goto("/login/")
     assert_skip_link_works(page)

@@ -19,10 +19,13 @@ from django.contrib.auth import get_user_model
 from django.contrib.contenttypes.models import ContentType
 from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
+from django.utils import timezone
 
 from annotate.builder import services as template_services
+from annotate.models import AnnotationTask, TaskImport
 from annotate.workflow import queue
 from annotate.workflow.services import Submission, annotation_submit
+from projects.models import DeliveryStatus, WebhookDelivery, WebhookEndpoint
 from projects.roles import Role
 from rlhf.datasets import services as export_services
 from rlhf.models import FineTuneRun, RewardModelRun, RewardModelVersion
@@ -85,6 +88,14 @@ def world(project, admin_user, annotator, ml_engineer):
     finetune_run = FineTuneRun.objects.create(project=secret, name=f"{MARK} finetune", base_version=model_version(),
                                               method="dpo", export=export, created_by=b_admin)
     image = images_for(secret, 1, prompt=f"a {MARK} square")[0]
+    AnnotationTask.objects.filter(pk=task.pk).update(external_key="b-task-1")  # echoed back: no MARK
+    task_import = TaskImport.objects.create(project=secret, created_by=b_admin, name=f"{MARK} import",
+                                            source_format=TaskImport.Format.CSV)
+    endpoint = WebhookEndpoint.objects.create(project=secret, url="https://receiver.invalid/b", secret="whsec_b",
+                                              event_types=["run.finished"], description=f"{MARK} hook")
+    delivery = WebhookDelivery.objects.create(endpoint=endpoint, event_type="run.finished", webhook_id="msg_b",
+                                              payload={"data": MARK}, status=DeliveryStatus.FAILED,
+                                              retry_until=timezone.now())
     outsider = UserFactory(username="oscar-outsider", role=Role.ADMIN)
     for role in (Role.ANNOTATOR, Role.ML_ENGINEER):
         UserFactory(username="oscar-outsider", role=role)
@@ -94,7 +105,8 @@ def world(project, admin_user, annotator, ml_engineer):
         "job_id": image.job_id, "annotation_id": annotation.pk, "export_id": export.pk, "label": "final",
         "index": 0, "evaluation_id": 1, "image_id": image.pk, "object_id": secret.pk, "app_label": "projects",
         "content_type_id": ContentType.objects.get_for_model(secret).pk, "id": b_admin.pk,
-        "comparison_id": 1,
+        "comparison_id": 1, "import_id": task_import.pk, "endpoint_id": endpoint.pk, "delivery_id": delivery.pk,
+        "user_id": b_annotator.pk, "username": b_annotator.username, "task_key": "b-task-1",
     }
     by_route = {"finetune": finetune_run.pk, "reward-model": reward_version.pk, "reward-run": reward_run.pk,
                 "reward_run": reward_run.pk, "annotation-template-version": version.pk,

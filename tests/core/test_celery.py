@@ -23,6 +23,9 @@ EXPECTED_QUEUES = {
     "core.tasks.ping": "default",
     "core.tasks.run_reapers": "default",
     "annotate.tasks.reap_expired_leases": "default",
+    "annotate.tasks.run_task_import": "default",
+    "projects.webhooks.deliver": "default",  # or WEBHOOK_QUEUE, named when a delivery is queued
+    "projects.webhooks.sweep": "default",
     "generation.tasks.run_generation": "gpu",
     "rlhf.tasks.export_preferences": "default",
     "rlhf.tasks.train_reward_model": "gpu-train",
@@ -34,7 +37,7 @@ EXPECTED_QUEUES = {
 
 
 def test_every_task_is_registered_and_routed_to_its_queue():
-    ours = {name for name in app.tasks if name.split(".", 1)[0] in {"core", "annotate", "generation", "rlhf"}}
+    ours = {name for name in app.tasks if name.split(".", 1)[0] in {"core", "projects", "annotate", "generation", "rlhf"}}
     assert ours == set(EXPECTED_QUEUES)
     router = app.amqp.router
     assert {name: router.route({}, name)["queue"].name for name in ours} == EXPECTED_QUEUES

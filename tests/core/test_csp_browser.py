@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
+from datetime import timedelta
+
 import pytest
+from django.utils import timezone
 
 from annotate.builder import services as template_services
 from annotate.workflow import queue
@@ -46,7 +50,9 @@ def reviewed_project(project, admin_user, annotator):
 def reward_run(reviewed_project, admin_user):
     project, _ = reviewed_project
     return RewardModelRun.objects.create(
-        project=project, created_by=admin_user, data_path="pairs.parquet", backbone="tiny", status="running", progress=0.5, step=2,
+        project=project, created_by=admin_user, data_path="pairs.parquet", backbone="tiny", status="running",
+        phase="training", lease_token=uuid.uuid4(), lease_expires_at=timezone.now() + timedelta(hours=1),
+        progress=0.5, step=2,
         total_steps=4, history=[{"step": 1, "loss": 0.69, "accuracy": 0.5}, {"step": 2, "loss": 0.61, "accuracy": 0.6}],
     )
 

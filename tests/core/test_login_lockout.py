@@ -123,7 +123,8 @@ def test_api_token_locks_out_with_a_json_answer(annotator):
     for _ in range(4):
         response = token(annotator.username, "wrong")
         assert response.status_code == 400
-        assert response.json() == {"non_field_errors": ["Unable to log in with provided credentials."]}
+        assert response.json() == {"non_field_errors": ["Unable to log in with provided credentials."],
+                                   "detail": "Unable to log in with provided credentials."}
     fifth = token(annotator.username, "wrong")
     assert fifth.status_code == 429
     assert fifth["Retry-After"] == "900"
