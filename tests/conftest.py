@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -89,6 +90,13 @@ def _worker_env(database_name: str) -> dict[str, str]:
     return env
 
 
+SHARED_WORKER_QUEUES = ("default", "gpu", "gpu-train")
+# The shared worker of this process (one per pytest-xdist worker): control commands name it alone, never
+# the workers of the kill and webhook tests, which consume queues of their own.
+SHARED_WORKER = f"pytest-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}@{socket.gethostname()}"
+_shared_worker = {"started": False, "consuming": False}
+
+
 @pytest.fixture(scope="session")
 def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subprocess.Popen[bytes]]:
     """A real ``celery worker`` process on all three queues, talking to the test database."""
@@ -101,9 +109,9 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
         database_name = connection.settings_dict["NAME"]
     log = open(Path(settings.VAR_DIR) / "celery-worker.log", "ab")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-Q", "default,gpu,gpu-train",
+        [sys.executable, "-m", "celery", "-A", "tests.celery_app", "worker", "-Q", ",".join(SHARED_WORKER_QUEUES),
          "--pool", "prefork", "--concurrency", "1", "--loglevel", "INFO",
-         "-n", f"pytest-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}@%h"],
+         "-n", SHARED_WORKER],
         cwd=ROOT, env=_worker_env(database_name), stdout=log, stderr=subprocess.STDOUT,
     )
     from config.celery import app
@@ -112,12 +120,14 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             pytest.fail(f"celery worker exited with {proc.returncode}; see {log.name}")
-        if app.control.ping(timeout=1.0):
+        if app.control.ping(destination=[SHARED_WORKER], timeout=1.0):
             break
     else:
         proc.kill()
         pytest.fail("celery worker did not answer a ping within 60 s")
+    _shared_worker.update(started=True, consuming=True)
     yield proc
+    _shared_worker.update(started=False, consuming=False)
     proc.terminate()
     try:
         proc.wait(timeout=20)
@@ -128,22 +138,34 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
 
 @pytest.fixture(autouse=True)
 def _worker_starts_idle(request: pytest.FixtureRequest) -> None:
-    """Each test that uses the shared worker finds it idle: messages that earlier tests queued (their rows
-    are gone) are purged, and a task still running for one of them is stopped, so no test waits behind
-    another's leftovers."""
-    if "celery_worker_process" not in request.fixturenames:
-        return
-    request.getfixturevalue("celery_worker_process")
+    """The shared worker takes only the tasks of the tests that ask for it.
+
+    A test without it that commits (a transactional test running worker code in its own process) would
+    otherwise hand its job to the shared worker, if this process started one: the worker stops consuming
+    while such tests run. A test that uses it finds it idle: messages queued meanwhile (their rows are
+    gone) are purged first, and a task still running for an earlier test is stopped.
+    """
     from config.celery import app
 
+    if "celery_worker_process" not in request.fixturenames:
+        if _shared_worker["consuming"]:
+            for queue in SHARED_WORKER_QUEUES:
+                app.control.cancel_consumer(queue, destination=[SHARED_WORKER], reply=True, timeout=5.0)
+            _shared_worker["consuming"] = False
+        return
+    request.getfixturevalue("celery_worker_process")
     app.control.purge()
+    if not _shared_worker["consuming"]:
+        for queue in SHARED_WORKER_QUEUES:
+            app.control.add_consumer(queue, destination=[SHARED_WORKER], reply=True, timeout=5.0)
+        _shared_worker["consuming"] = True
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        replies = app.control.inspect(timeout=1.0).active() or {}
+        replies = app.control.inspect(destination=[SHARED_WORKER], timeout=1.0).active() or {}
         running = [task["id"] for tasks in replies.values() for task in tasks]
         if not running:
             return
-        app.control.revoke(running, terminate=True)
+        app.control.revoke(running, destination=[SHARED_WORKER], terminate=True)
         time.sleep(0.5)
     pytest.fail(f"the shared worker is still running {running} from an earlier test")
 
