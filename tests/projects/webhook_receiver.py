@@ -23,6 +23,7 @@ from typing import Any
 from svix.webhooks import Webhook
 
 from tests.conftest import ROOT, _worker_env
+from tests.workers import stop
 
 
 @dataclass(frozen=True)
@@ -161,18 +162,6 @@ def start_worker(*, database: str, queue: str, log: Path, **settings: str) -> su
             return proc
     stop(proc, signal.SIGKILL)
     raise AssertionError(f"the webhook worker did not answer a ping in 90 s: {log.read_text()[-2000:]}")
-
-
-def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM) -> None:
-    import os
-
-    if proc.poll() is None:
-        os.killpg(proc.pid, sig)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
 
 
 def new_queue() -> str:
