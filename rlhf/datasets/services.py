@@ -739,7 +739,9 @@ def final_leftovers(export: PreferenceExport) -> list[Path]:
 
 def preference_exports_reap_expired() -> int:
     """Re-queue exports whose worker died (the retry writes them again, into a directory of its own)."""
-    return jobs.jobs_reap(PreferenceExport, task_name=EXPORT_PREFERENCES, what="writing this export")
+    return jobs.jobs_reap(PreferenceExport, task_name=EXPORT_PREFERENCES, what="writing this export",
+                          on_fail=lambda export: emit("export.failed", project_id=export.project_id,
+                                                      data=lambda: export_event(export.pk)))
 
 
 def preference_export_cancel(*, export: PreferenceExport) -> PreferenceExport:

@@ -447,7 +447,9 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
 
 def loop_rounds_reap_expired() -> int:
     """Re-queue rounds whose worker died (the retry carries on where the round got to)."""
-    return jobs.jobs_reap(LoopRound, task_name=FINETUNE_LOOP_ROUND, what="running this round")
+    return jobs.jobs_reap(LoopRound, task_name=FINETUNE_LOOP_ROUND, what="running this round",
+                          on_fail=lambda loop_round: emit("loop_round.failed", project_id=loop_round.project_id,
+                                                          data=lambda: round_event(loop_round)))
 
 
 def _dpo_heldout(run: FineTuneRun, export: Any) -> dict[str, Any] | None:

@@ -95,6 +95,11 @@ def run_claim(model: type[models.Model], run_id: int) -> tuple[Any, jobs.Lease] 
     return claimed
 
 
+def run_gave_up(run: Any) -> None:
+    """The reaper failed ``run`` (its workers kept dying): announced as ``run.failed``, like any failure."""
+    emit("run.failed", project_id=run.project_id, data=lambda: run_event(run))
+
+
 def run_fail(lease: jobs.Lease, error: str) -> bool:
     """Fail the run with ``error`` (announced as ``run.failed``), if it is still this worker's."""
     with transaction.atomic():
