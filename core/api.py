@@ -81,11 +81,11 @@ class JobProgressFields(serializers.Serializer):
     eta_seconds = serializers.SerializerMethodField()
 
     def get_phase_label(self, job: LeasedJob) -> str:
-        return str(jobs.job_progress(job)["phase_label"])
+        return jobs.phase_label(job)
 
     def get_eta_seconds(self, job: LeasedJob) -> float | None:
-        eta: float | None = jobs.job_progress(job)["eta_seconds"]
-        return eta
+        eta = jobs.eta_seconds(job)
+        return None if eta is None else round(eta, 1)
 
 
 class ApiDocsPermission(permissions.BasePermission):

@@ -443,13 +443,18 @@ def format_duration(seconds: float) -> str:
     return f"{hours} h {minutes:02d} min"
 
 
+def phase_label(job: LeasedJob) -> str:
+    """The job's phase in words."""
+    return str(JobPhase(job.phase).label) if job.phase in JobPhase.values else job.phase
+
+
 def job_progress(job: LeasedJob) -> dict[str, Any]:
     """What a page or API response says about where a job is: phase (code and words), step k/N, ETA."""
     eta = eta_seconds(job)
     step, total = getattr(job, "step", None), getattr(job, "total_steps", None)
     return {
         "phase": job.phase,
-        "phase_label": JobPhase(job.phase).label if job.phase in JobPhase.values else job.phase,
+        "phase_label": phase_label(job),
         "step": step,
         "total_steps": total or None,
         "progress": job.progress,
@@ -463,5 +468,5 @@ __all__ = [
     "JobHeartbeat", "Lease", "LeaseLost", "attempt_name", "eta_seconds", "format_duration", "gave_up_message",
     "history_entry", "job_cancel", "job_claim", "job_fail", "job_fail_unclaimed", "job_finish", "job_heartbeat",
     "job_lock_owned", "job_progress", "job_retry", "jobs_claim_rows", "jobs_fail_token", "jobs_heartbeat_token",
-    "jobs_reap", "worker_name",
+    "jobs_reap", "phase_label", "worker_name",
 ]

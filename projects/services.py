@@ -11,6 +11,9 @@ from core.exceptions import ApplicationError
 from projects.models import Project, ProjectMembership
 from projects.roles import GROUP_NAMES, Role, role_permissions
 
+# Who made a change, for the audit trail (None: trusted code, such as seeding).
+Actor = AbstractBaseUser | AnonymousUser | None
+
 
 @transaction.atomic
 def project_create(*, name: str, description: str = "", created_by: User) -> Project:
@@ -20,14 +23,12 @@ def project_create(*, name: str, description: str = "", created_by: User) -> Pro
     if len(name) > 200:
         raise ApplicationError("A project name is at most 200 characters.", field="name")
     project = Project.objects.create(name=name, description=description, created_by=created_by)
-    membership = ProjectMembership.objects.create(project=project, user=created_by, role=Role.ADMIN)
-    audit_record(event="member.added", instance=membership, actor=created_by, project_id=project.pk,
-                 changes={"role": [None, Role.ADMIN.value]}, details={"user": created_by.get_username()})
+    _membership_create(project=project, user=created_by, role=Role.ADMIN, by=created_by)
     return project
 
 
 @transaction.atomic
-def membership_set(*, project: Project, user: User, role: str, by: AbstractBaseUser | AnonymousUser | None = None) -> ProjectMembership:
+def membership_set(*, project: Project, user: User, role: str, by: Actor = None) -> ProjectMembership:
     """Trusted code (seeding, simulated annotators): make ``user`` a member in ``role``, no other rule;
     ``by`` did it (audited). People's changes go through :func:`membership_add`,
     :func:`membership_set_role` and :func:`membership_remove`."""
@@ -110,7 +111,7 @@ def _check_keeps_an_admin(memberships: dict[int, ProjectMembership], *, leaving:
 
 
 @transaction.atomic
-def membership_add(*, project: Project, identifier: str, role: str, by: AbstractBaseUser | AnonymousUser | None = None) -> ProjectMembership:
+def membership_add(*, project: Project, identifier: str, role: str, by: Actor = None) -> ProjectMembership:
     """Add the user named by ``identifier`` (username or email) to ``project`` in ``role``.
 
     Refused, with a field error and nothing written, when no one (or more than one account) matches, the
@@ -127,7 +128,7 @@ def membership_add(*, project: Project, identifier: str, role: str, by: Abstract
     return _membership_create(project=project, user=user, role=role, by=by)
 
 
-def _membership_create(*, project: Project, user: User, role: str, by: AbstractBaseUser | AnonymousUser | None) -> ProjectMembership:
+def _membership_create(*, project: Project, user: User, role: str, by: Actor) -> ProjectMembership:
     membership = ProjectMembership.objects.create(project=project, user=user, role=role)
     audit_record(event="member.added", instance=membership, actor=by, project_id=project.pk,
                  changes={"role": [None, role]}, details={"user": user.get_username()})
@@ -136,7 +137,7 @@ def _membership_create(*, project: Project, user: User, role: str, by: AbstractB
 
 @transaction.atomic
 def membership_set_role(*, project: Project, user: User, role: str, create: bool = False,
-                        by: AbstractBaseUser | AnonymousUser | None = None) -> ProjectMembership:
+                        by: Actor = None) -> ProjectMembership:
     """Change ``user``'s role in ``project`` (with ``create``, add them when they are not a member yet).
 
     Refused when the user's global group does not allow ``role``, or when it would demote the last admin.
@@ -161,7 +162,7 @@ def membership_set_role(*, project: Project, user: User, role: str, create: bool
 
 
 @transaction.atomic
-def membership_remove(*, project: Project, user: User, by: AbstractBaseUser | AnonymousUser | None = None) -> None:
+def membership_remove(*, project: Project, user: User, by: Actor = None) -> None:
     """Take ``user`` out of ``project`` (their annotations stay); never the last admin."""
     memberships = _locked_memberships(project)
     membership = memberships.get(user.pk)

@@ -94,7 +94,7 @@ SHARED_WORKER_QUEUES = ("default", "gpu", "gpu-train")
 # The shared worker of this process (one per pytest-xdist worker): control commands name it alone, never
 # the workers of the kill and webhook tests, which consume queues of their own.
 SHARED_WORKER = f"pytest-{os.environ.get('PYTEST_XDIST_WORKER', 'main')}@{socket.gethostname()}"
-_shared_worker = {"started": False, "consuming": False}
+_shared_worker = {"consuming": False}
 
 
 @pytest.fixture(scope="session")
@@ -125,9 +125,9 @@ def celery_worker_process(django_db_setup, django_db_blocker) -> Iterator[subpro
     else:
         proc.kill()
         pytest.fail("celery worker did not answer a ping within 60 s")
-    _shared_worker.update(started=True, consuming=True)
+    _shared_worker["consuming"] = True
     yield proc
-    _shared_worker.update(started=False, consuming=False)
+    _shared_worker["consuming"] = False
     proc.terminate()
     try:
         proc.wait(timeout=20)

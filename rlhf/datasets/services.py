@@ -688,6 +688,11 @@ def export_event(export_id: int) -> dict[str, Any]:
     }}
 
 
+def export_failed_announce(export: PreferenceExport) -> None:
+    """``export.failed``, whoever failed the export: its worker or the reaper (``jobs_reap``'s ``on_fail``)."""
+    emit("export.failed", project_id=export.project_id, data=lambda: export_event(export.pk))
+
+
 def preference_export_build(*, export_id: int) -> PreferenceExport | None:
     """Build one export; a no-op for an export that is not queued (finished, or another worker's).
 
@@ -714,7 +719,7 @@ def preference_export_build(*, export_id: int) -> PreferenceExport | None:
             message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
             with transaction.atomic():
                 if jobs.job_fail(lease, message):
-                    emit("export.failed", project_id=export.project_id, data=lambda: export_event(export_id))
+                    export_failed_announce(export)
             raise
     with transaction.atomic():
         if jobs.job_lock_owned(lease) is None:  # cancelled or taken back while the last rows were written
@@ -740,8 +745,7 @@ def final_leftovers(export: PreferenceExport) -> list[Path]:
 def preference_exports_reap_expired() -> int:
     """Re-queue exports whose worker died (the retry writes them again, into a directory of its own)."""
     return jobs.jobs_reap(PreferenceExport, task_name=EXPORT_PREFERENCES, what="writing this export",
-                          on_fail=lambda export: emit("export.failed", project_id=export.project_id,
-                                                      data=lambda: export_event(export.pk)))
+                          on_fail=export_failed_announce)
 
 
 def preference_export_cancel(*, export: PreferenceExport) -> PreferenceExport:

@@ -168,6 +168,10 @@ def round_event(loop_round: LoopRound) -> dict[str, Any]:
     }}
 
 
+def round_failed_announce(loop_round: LoopRound) -> None:
+    """``loop_round.failed``, whoever failed the round: its worker or the reaper (``jobs_reap``'s ``on_fail``)."""
+    emit("loop_round.failed", project_id=loop_round.project_id, data=lambda: round_event(loop_round))
+
 
 def round_annotator_seed(*, config: RoundConfig, number: int) -> int:
     """The simulated annotators' noise seed in round ``number`` (annotator i draws from it + i): from the same
@@ -431,8 +435,7 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
         except Exception as exc:
             with transaction.atomic():
                 if jobs.job_fail(lease, str(exc)[:2000], stats={**stats, "seconds": timings}):
-                    emit("loop_round.failed", project_id=project.pk,
-                         data=lambda: round_event(LoopRound.objects.get(pk=round_id)))
+                    round_failed_announce(LoopRound.objects.get(pk=round_id))
             raise
     with transaction.atomic():
         if jobs.job_lock_owned(lease) is not None:
@@ -448,8 +451,7 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
 def loop_rounds_reap_expired() -> int:
     """Re-queue rounds whose worker died (the retry carries on where the round got to)."""
     return jobs.jobs_reap(LoopRound, task_name=FINETUNE_LOOP_ROUND, what="running this round",
-                          on_fail=lambda loop_round: emit("loop_round.failed", project_id=loop_round.project_id,
-                                                          data=lambda: round_event(loop_round)))
+                          on_fail=round_failed_announce)
 
 
 def _dpo_heldout(run: FineTuneRun, export: Any) -> dict[str, Any] | None:

@@ -45,7 +45,7 @@ from rlhf.runs.lifecycle import (
     run_claim,
     run_event,
     run_fail,
-    run_gave_up,
+    run_failed_announce,
     run_name,
     run_retry,
 )
@@ -271,7 +271,7 @@ def finetune_run_retry(*, run: FineTuneRun, user: AbstractBaseUser | None = None
 
 def finetune_runs_reap_expired() -> int:
     """Re-queue fine-tune runs whose worker died (the retry resumes from their last checkpoint)."""
-    return jobs.jobs_reap(FineTuneRun, task_name=FINETUNE_MODEL, what="fine-tuning", on_fail=run_gave_up)
+    return jobs.jobs_reap(FineTuneRun, task_name=FINETUNE_MODEL, what="fine-tuning", on_fail=run_failed_announce)
 
 
 def finetune_config_from_run(run: FineTuneRun) -> Any:

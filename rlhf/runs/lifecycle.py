@@ -95,8 +95,9 @@ def run_claim(model: type[models.Model], run_id: int) -> tuple[Any, jobs.Lease] 
     return claimed
 
 
-def run_gave_up(run: Any) -> None:
-    """The reaper failed ``run`` (its workers kept dying): announced as ``run.failed``, like any failure."""
+def run_failed_announce(run: Any) -> None:
+    """``run.failed``, whoever failed the run: its worker (:func:`run_fail`) or the reaper, once its workers
+    kept dying (``jobs_reap``'s ``on_fail``)."""
     emit("run.failed", project_id=run.project_id, data=lambda: run_event(run))
 
 
@@ -105,8 +106,7 @@ def run_fail(lease: jobs.Lease, error: str) -> bool:
     with transaction.atomic():
         if not jobs.job_fail(lease, error):
             return False
-        run = lease.model._default_manager.get(pk=lease.pk)
-        emit("run.failed", project_id=run.project_id, data=lambda: run_event(run))
+        run_failed_announce(lease.model._default_manager.get(pk=lease.pk))
     return True
 
 

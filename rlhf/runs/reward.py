@@ -41,7 +41,7 @@ from rlhf.runs.lifecycle import (
     run_claim,
     run_event,
     run_fail,
-    run_gave_up,
+    run_failed_announce,
     run_name,
     run_retry,
 )
@@ -162,7 +162,7 @@ def reward_run_retry(*, run: RewardModelRun, user: AbstractBaseUser | None = Non
 def reward_runs_reap_expired() -> int:
     """Re-queue reward runs whose worker died (the retry resumes from their last checkpoint)."""
     return jobs.jobs_reap(RewardModelRun, task_name=TRAIN_REWARD_MODEL, what="training this reward model",
-                          on_fail=run_gave_up)
+                          on_fail=run_failed_announce)
 
 
 def agreement_ceiling_of(path: Path) -> dict[str, Any] | None:
