@@ -725,8 +725,10 @@ TimeoutOption = Annotated[float | None, typer.Option(help="With --wait: give up 
 @handled
 def train_reward(
     export: Annotated[int, typer.Option(help="A succeeded pickapic or listwise export.")],
-    backbone: Annotated[str, typer.Option(help="tiny, a CLIP folder on the server, or a cached hub id.")] = "tiny",
-    preset: Annotated[str, typer.Option(help="tiny or pickscore.")] = "tiny",
+    backbone: Annotated[str, typer.Option(
+        help="Empty for the preset's own; tiny, shapes_vae, shapes_conv, a CLIP folder on the server, or a cached "
+             "hub id.")] = "",
+    preset: Annotated[str, typer.Option(help="tiny, shapes (images of the shipped shapes model) or pickscore.")] = "tiny",
     hyperparameters: SetOption = None,
     name: Annotated[str, typer.Option(help="A name for the run.")] = "",
     wait: WaitOption = False,
@@ -898,8 +900,8 @@ def webhooks_add(
     if as_json:
         print_json(endpoint)
         return
-    say(f"Webhook {endpoint['id']} sends {len(endpoint['event_types'])} event type(s) to {endpoint['url']}. "
-        "Its signing secret, shown this once:")
+    events = ", ".join(endpoint["event_types"])
+    say(f"Webhook {endpoint['id']} sends {events} to {endpoint['url']}. Its signing secret, shown this once:")
     typer.echo(endpoint["secret"])
 
 
