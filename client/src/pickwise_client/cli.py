@@ -900,8 +900,8 @@ def webhooks_add(
     if as_json:
         print_json(endpoint)
         return
-    events = ", ".join(endpoint["event_types"])
-    say(f"Webhook {endpoint['id']} sends {events} to {endpoint['url']}. Its signing secret, shown this once:")
+    sent = ", ".join(endpoint["event_types"])
+    say(f"Webhook {endpoint['id']} sends {sent} to {endpoint['url']}. Its signing secret, shown this once:")
     typer.echo(endpoint["secret"])
 
 
