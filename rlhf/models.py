@@ -43,6 +43,9 @@ class PreferenceExport(LeasedJob):
     counts = models.JSONField(default=dict, blank=True)
     split_counts = models.JSONField(default=dict, blank=True)
     content_hash = models.CharField(max_length=64, blank=True)
+    # Where the files go: "" for PICKWISE_EXPORT_DIR on the server, else the object store (s3://bucket/prefix,
+    # EXPORT_STORAGE_URL when the export was asked for) whose data/<content_hash>/ holds them.
+    storage_url = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at", "-pk"]
