@@ -15,8 +15,9 @@ class PreferenceExport(LeasedJob):
     """An immutable snapshot of a project's rankings in one dataset format.
 
     Made by ``rlhf.tasks.export_preferences`` on the ``default`` queue into
-    ``PICKWISE_EXPORT_DIR/<id>/`` (data files plus README.md); ``content_hash`` is the sha256
-    over the data files, so two exports with the same hash hold the same data.
+    ``PICKWISE_EXPORT_DIR/data/<content hash>/``, or with ``storage_url`` set into that object store's
+    ``data/<content hash>/`` (``rlhf.datasets.storage``); ``content_hash`` is the sha256 over the data
+    files, so two exports with the same hash hold the same data.
     """
 
     class Format(models.TextChoices):
