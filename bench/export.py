@@ -3,6 +3,10 @@
 Run through the test services so PostgreSQL is up:
 
     bash tests/services.sh .venv/bin/python bench/export.py --pairs 10000 100000 1000000
+    bash tests/services.sh .venv/bin/python bench/export.py --pairs 100000 --destination object_store
+
+``--destination object_store`` streams the export into a bucket of moto's S3 server on loopback (started
+here, in the parent process, so the objects' memory is not the export's).
 
 Each size gets a fresh database (``pickwise_bench_<n>``) seeded with bulk inserts: rankings of
 four images (six pairs each) by five annotators per task. The export itself runs in a child
@@ -109,14 +113,19 @@ def export(pairs: int) -> dict[str, float]:
     import django
 
     django.setup()
+    from django.conf import settings
+
     from projects.models import Project
     from rlhf.datasets.services import export_request_parse, preference_export_build
     from rlhf.models import PreferenceExport
 
     project = Project.objects.get(name="bench")
-    request = export_request_parse({"format": "pickapic", "include_images": False})
-    export_row = PreferenceExport.objects.create(project=project, format=request.format, include_images=False,
-                                                 tie_policy=request.tie_policy, filters=request.filters.as_json())
+    request = export_request_parse({"format": "pickapic", "include_images": False,
+                                    "destination": os.environ.get("BENCH_DESTINATION", "server")})
+    export_row = PreferenceExport.objects.create(
+        project=project, format=request.format, include_images=False, tie_policy=request.tie_policy,
+        filters=request.filters.as_json(),
+        storage_url=settings.EXPORT_STORAGE_URL if request.destination == "object_store" else "")
     started = time.perf_counter()
     done = preference_export_build(export_id=export_row.pk)
     seconds = time.perf_counter() - started
@@ -129,6 +138,7 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, nargs="+", default=[10_000, 100_000, 1_000_000])
     parser.add_argument("--child", choices=["seed", "export"])
     parser.add_argument("--size", type=int)
+    parser.add_argument("--destination", default="server", choices=["server", "object_store"])
     args = parser.parse_args()
     if args.child == "seed":
         seed(args.size)
@@ -138,10 +148,12 @@ def main() -> None:
         return
     admin_url = os.environ["DATABASE_URL"]
     scratch = Path(tempfile.mkdtemp(prefix="pickwise-bench-export-"))
+    store_env = _object_store() if args.destination == "object_store" else {}
     rows = []
     for pairs in args.pairs:
         name = f"pickwise_bench_{pairs}"
-        with_db = dict(os.environ, DATABASE_URL=database_url(pairs), PICKWISE_EXPORT_DIR=str(scratch / name))
+        with_db = dict(os.environ, DATABASE_URL=database_url(pairs), PICKWISE_EXPORT_DIR=str(scratch / name),
+                       BENCH_DESTINATION=args.destination, **store_env)
         _psql(admin_url, f"DROP DATABASE IF EXISTS {name}")
         _psql(admin_url, f"CREATE DATABASE {name}")
         subprocess.run([sys.executable, __file__, "--child", "seed", "--size", str(pairs)], env=with_db, check=True)
@@ -155,6 +167,22 @@ def main() -> None:
         first, last = rows[0], rows[-1]
         ratio = (last["seconds"] / first["seconds"]) / (last["pairs"] / first["pairs"])
         print(f"time scaling vs linear from {first['pairs']} to {last['pairs']} pairs: {ratio:.2f}x (1.00 = linear)")
+
+
+def _object_store() -> dict[str, str]:
+    """moto's S3 server on loopback with a bucket, as the settings of an export's object store."""
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="bench",
+                 aws_secret_access_key="bench").create_bucket(Bucket="bench-exports")  # noqa: S106
+    return {"EXPORT_STORAGE_URL": "s3://bench-exports/exports", "EXPORT_S3_ENDPOINT_URL": endpoint,
+            "EXPORT_S3_REGION_NAME": "us-east-1", "EXPORT_S3_ACCESS_KEY_ID": "bench",
+            "EXPORT_S3_SECRET_ACCESS_KEY": "bench"}
 
 
 def _psql(url: str, sql: str) -> None:

@@ -9,6 +9,7 @@ Two modes:
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -273,6 +274,40 @@ PICKWISE_MODEL_DIRS = env_list(
     "Comma-separated directories under which users may name local model directories (reward backbones); empty: none",
 )
 EXPORT_MAX_PAIRS = env_int("EXPORT_MAX_PAIRS", 50_000_000, "Refuse exports with more pairs than this", minimum=1)
+# Exports asked for with destination "object_store" stream into an S3-compatible bucket (rlhf/datasets/storage.py).
+# The endpoint and credentials come from here, never from a request; empty ones fall back to the media bucket's.
+EXPORT_STORAGE_URL = env_str(
+    "EXPORT_STORAGE_URL", "", "s3://bucket/prefix that exports with destination object_store are written to; empty: none"
+)
+EXPORT_S3_ENDPOINT_URL = env_str(
+    "EXPORT_S3_ENDPOINT_URL", "", "S3-compatible endpoint of EXPORT_STORAGE_URL; empty: AWS_S3_ENDPOINT_URL"
+) or AWS_S3_ENDPOINT_URL
+EXPORT_S3_REGION_NAME = env_str(
+    "EXPORT_S3_REGION_NAME", "", "Region of EXPORT_STORAGE_URL; empty: AWS_S3_REGION_NAME, else us-east-1"
+) or AWS_S3_REGION_NAME or "us-east-1"
+EXPORT_S3_ACCESS_KEY_ID = env_str(
+    "EXPORT_S3_ACCESS_KEY_ID", "", "Access key for EXPORT_STORAGE_URL; empty: AWS_ACCESS_KEY_ID"
+) or AWS_ACCESS_KEY_ID
+EXPORT_S3_SECRET_ACCESS_KEY = env_str(
+    "EXPORT_S3_SECRET_ACCESS_KEY", "", "Secret key for EXPORT_STORAGE_URL; empty: AWS_SECRET_ACCESS_KEY"
+) or AWS_SECRET_ACCESS_KEY
+EXPORT_DOWNLOAD_URL_SECONDS = env_int(
+    "EXPORT_DOWNLOAD_URL_SECONDS", 3600, "How long (s) the signed download link of an object-store export works",
+    minimum=60,
+)
+if EXPORT_STORAGE_URL:
+    _store = urlparse(EXPORT_STORAGE_URL)
+    if _store.scheme != "s3" or not re.fullmatch(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]", _store.netloc or ""):
+        raise ImproperlyConfigured(
+            f"EXPORT_STORAGE_URL: expected s3://bucket/prefix with a valid bucket name, got {EXPORT_STORAGE_URL!r}"
+        )
+    if _store.query or _store.params or _store.fragment or "//" in _store.path or ".." in _store.path.split("/"):
+        raise ImproperlyConfigured(f"EXPORT_STORAGE_URL: a plain s3://bucket/prefix, got {EXPORT_STORAGE_URL!r}")
+    if not (EXPORT_S3_ACCESS_KEY_ID and EXPORT_S3_SECRET_ACCESS_KEY):
+        raise ImproperlyConfigured(
+            "EXPORT_S3_ACCESS_KEY_ID: exports to EXPORT_STORAGE_URL need EXPORT_S3_ACCESS_KEY_ID and "
+            "EXPORT_S3_SECRET_ACCESS_KEY (or the AWS_ ones)"
+        )
 
 # --- task imports with candidate images (annotate/workflow/imports/) -----------------------
 _import_root = env_str(

@@ -15,8 +15,9 @@ class PreferenceExport(LeasedJob):
     """An immutable snapshot of a project's rankings in one dataset format.
 
     Made by ``rlhf.tasks.export_preferences`` on the ``default`` queue into
-    ``PICKWISE_EXPORT_DIR/<id>/`` (data files plus README.md); ``content_hash`` is the sha256
-    over the data files, so two exports with the same hash hold the same data.
+    ``PICKWISE_EXPORT_DIR/data/<content hash>/``, or with ``storage_url`` set into that object store's
+    ``data/<content hash>/`` (``rlhf.datasets.storage``); ``content_hash`` is the sha256 over the data
+    files, so two exports with the same hash hold the same data.
     """
 
     class Format(models.TextChoices):
@@ -43,6 +44,9 @@ class PreferenceExport(LeasedJob):
     counts = models.JSONField(default=dict, blank=True)
     split_counts = models.JSONField(default=dict, blank=True)
     content_hash = models.CharField(max_length=64, blank=True)
+    # Where the files go: "" for PICKWISE_EXPORT_DIR on the server, else the object store (s3://bucket/prefix,
+    # EXPORT_STORAGE_URL when the export was asked for) whose data/<content_hash>/ holds them.
+    storage_url = models.CharField(max_length=500, blank=True, default="")
 
     class Meta:
         ordering = ["-created_at", "-pk"]

@@ -7,8 +7,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from rest_framework.test import APIClient
@@ -174,6 +177,41 @@ CHROMIUM_ARGS = [
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
     "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic",
 ]
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """moto's S3 server on loopback (a real HTTP S3 API), with test credentials."""
+
+    endpoint: str
+    region: str = "us-east-1"
+    key: str = "test-key"
+    secret: str = "test-secret"  # noqa: S105
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint, region_name=self.region, aws_access_key_id=self.key,
+                            aws_secret_access_key=self.secret)
+
+    def storage_options(self) -> dict[str, Any]:
+        """What fsspec's s3fs (``datasets``, pandas) takes to read from it."""
+        return {"key": self.key, "secret": self.secret,
+                "client_kwargs": {"endpoint_url": self.endpoint, "region_name": self.region}}
+
+
+@pytest.fixture
+def s3_server() -> Iterator[S3Server]:
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    yield S3Server(endpoint=endpoint)
+    # moto keeps its buckets in this process, not in the server: empty them for the next test's server.
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/moto-api/reset", method="POST"), timeout=30)  # noqa: S310
+    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from django.db.models import QuerySet
-from django.http import FileResponse, Http404
+from django.http import FileResponse, Http404, HttpResponseRedirect
 from drf_spectacular.types import OpenApiTypes
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import mixins, permissions, serializers, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
@@ -21,7 +21,7 @@ from projects.access import project_get_for_user
 from projects.models import Project
 from rlhf.datasets import selectors
 from rlhf.datasets import services as export_services
-from rlhf.datasets.archive import export_archive
+from rlhf.datasets.archive import export_archive, export_archive_url
 from rlhf.exports.pairs import TIE_POLICIES
 from rlhf.models import PreferenceExport, RunStatus
 
@@ -29,13 +29,16 @@ from rlhf.models import PreferenceExport, RunStatus
 class ExportSerializer(HidesServerPaths, JobProgressFields, serializers.ModelSerializer):
     project = serializers.PrimaryKeyRelatedField(read_only=True)
     download_url = serializers.SerializerMethodField()
+    data_url = serializers.SerializerMethodField(
+        help_text="s3://bucket/prefix/data/<content hash> of a succeeded object-store export; null otherwise")
 
     class Meta:
         model = PreferenceExport
         fields = [
             "id", "project", "name", "format", "tie_policy", "weight_per_prompt", "include_images", "filters",
             "status", "phase", "phase_label", "eta_seconds", "progress", "counts", "split_counts", "content_hash",
-            "error", "attempts", "created_at", "started_at", "finished_at", "download_url",
+            "error", "attempts", "created_at", "started_at", "finished_at", "download_url", "storage_url",
+            "data_url",
         ]
         read_only_fields = fields
 
@@ -43,6 +46,9 @@ class ExportSerializer(HidesServerPaths, JobProgressFields, serializers.ModelSer
         if export.status != RunStatus.SUCCEEDED:
             return None
         return f"/api/exports/{export.pk}/download/"
+
+    def get_data_url(self, export: PreferenceExport) -> str | None:
+        return export_services.export_data_url(export) if export.status == RunStatus.SUCCEEDED else None
 
 
 class ExportCreateSerializer(serializers.Serializer):
@@ -69,6 +75,9 @@ class ExportCreateSerializer(serializers.Serializer):
     split_validation = serializers.FloatField(required=False, min_value=0, max_value=1)
     split_test = serializers.FloatField(required=False, min_value=0, max_value=1)
     split_seed = serializers.IntegerField(required=False, min_value=0, max_value=MAX_BIGINT)
+    destination = serializers.ChoiceField(
+        choices=list(export_services.DESTINATIONS), required=False,
+        help_text="server (PICKWISE_EXPORT_DIR, the default) or object_store (the bucket of EXPORT_STORAGE_URL)")
 
 
 def _exportable_project(request: Request, project_id: int) -> Project:
@@ -115,11 +124,15 @@ class ExportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.G
         export = export_services.preference_export_cancel(export=self.get_object())
         return Response(ExportSerializer(export, context=self.get_serializer_context()).data)
 
-    @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY})
+    @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY,
+                              302: OpenApiResponse(description="An object-store export: a signed, expiring link "
+                                                               "to its zip (Location)")})
     @action(detail=True, methods=["get"])
-    def download(self, request: Request, pk: str | None = None) -> FileResponse:
+    def download(self, request: Request, pk: str | None = None) -> FileResponse | HttpResponseRedirect:
         export = self.get_object()
         if export.status != RunStatus.SUCCEEDED:
             raise Http404("This export has no files (it has not succeeded).")
+        if export.storage_url:
+            return HttpResponseRedirect(export_archive_url(export))
         archive = export_archive(export)
         return FileResponse(archive.open("rb"), as_attachment=True, filename=f"pickwise-export-{export.pk}.zip")

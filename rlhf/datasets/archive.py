@@ -15,8 +15,28 @@ from pathlib import Path
 
 from django.http import Http404
 
-from rlhf.datasets.services import export_card, export_directory, export_root
+from rlhf.datasets.services import export_card, export_directory, export_root, export_store
 from rlhf.models import PreferenceExport
+
+
+def _archive_key(export: PreferenceExport, card: str) -> str:
+    return hashlib.sha256(f"{export.content_hash}\x00{export.pk}\x00{card}".encode()).hexdigest()[:40]
+
+
+def export_archive_url(export: PreferenceExport) -> str:
+    """A signed, expiring link to the zip of a succeeded object-store export (made in the store on first
+    download, streamed from its data objects). ``Http404`` when its data objects are missing."""
+    store = export_store(export)
+    assert store is not None, "export_archive_url is for object-store exports"
+    data = store.key("data", export.content_hash)
+    card = export_card(export)
+    key = store.key("archives", f"{_archive_key(export, card)}.zip")
+    filename = f"pickwise-export-{export.pk}.zip"
+    if not store.has(key):
+        if not export.content_hash or not store.exists(data):
+            raise Http404("The files of this export are missing; export again.")
+        store.write_zip(key, folder=data, arcname=f"pickwise-export-{export.pk}", extra={"README.md": card})
+    return store.signed_url(key, filename=filename)
 
 
 def export_archive(export: PreferenceExport) -> Path:
@@ -27,7 +47,7 @@ def export_archive(export: PreferenceExport) -> Path:
     if not export.content_hash or not directory.is_dir():
         raise Http404("The files of this export are missing; export again.")
     card = export_card(export)
-    key = hashlib.sha256(f"{export.content_hash}\x00{export.pk}\x00{card}".encode()).hexdigest()[:40]
+    key = _archive_key(export, card)
     folder = export_root() / "archives"
     archive = folder / f"{key}.zip"
     if archive.exists():

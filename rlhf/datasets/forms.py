@@ -26,3 +26,6 @@ class ExportForm(forms.Form):
     split_validation = forms.FloatField(initial=0.1, min_value=0, max_value=1)
     split_test = forms.FloatField(initial=0.1, min_value=0, max_value=1)
     split_seed = forms.IntegerField(initial=0)
+    destination = forms.ChoiceField(
+        choices=[("server", "This server (PICKWISE_EXPORT_DIR)"), ("object_store", "Object store (EXPORT_STORAGE_URL)")],
+        initial="server", required=False, help_text="Parquet and JSONL exports can go to the object store")

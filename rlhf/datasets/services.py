@@ -41,6 +41,7 @@ from generation.models import GeneratedImage, ImageOrigin, ModelVersion
 from generation.selectors import image_url
 from projects.models import Project, ProjectMembership
 from projects.webhooks.events import emit, url_for
+from rlhf.datasets.storage import ObjectStore
 from rlhf.exports.aggregate import ComparisonLog, count_votes, fit_bradley_terry, task_agreement
 from rlhf.exports.card import render_card
 from rlhf.exports.formats import (
@@ -61,6 +62,10 @@ logger = logging.getLogger(__name__)
 
 EXPORT_PREFERENCES = "rlhf.tasks.export_preferences"
 GOLD_CHOICES = ("exclude", "include", "only")
+# Where an export's files go: the server's PICKWISE_EXPORT_DIR, or the bucket of EXPORT_STORAGE_URL
+# (the Parquet and JSONL formats; hf and trl are datasets' save_to_disk folders, written on the server).
+DESTINATIONS = ("server", "object_store")
+OBJECT_STORE_FORMATS = ("pickapic", "listwise", "jsonl")
 _PLACEHOLDER_UUID = uuid.UUID(int=0)
 
 
@@ -139,6 +144,23 @@ class ExportRequest:
     include_images: bool
     filters: ExportFilters
     name: str = ""
+    destination: str = "server"
+
+
+def _destination(value: Any, export_format: str) -> str:
+    destination = str(value or "server")
+    if destination not in DESTINATIONS:
+        raise ApplicationError(f"Unknown destination {destination!r}; choose one of {', '.join(DESTINATIONS)}.",
+                               field="destination")
+    if destination == "object_store":
+        if not settings.EXPORT_STORAGE_URL:
+            raise ApplicationError("No object store is configured for exports (EXPORT_STORAGE_URL is empty).",
+                                   field="destination")
+        if export_format not in OBJECT_STORE_FORMATS:
+            raise ApplicationError(
+                f"Format {export_format!r} is written on the server; the object store takes "
+                f"{', '.join(OBJECT_STORE_FORMATS)}.", field="destination")
+    return destination
 
 
 def export_request_parse(data: dict[str, Any]) -> ExportRequest:
@@ -189,6 +211,7 @@ def export_request_parse(data: dict[str, Any]) -> ExportRequest:
         include_images=_bool(data.get("include_images"), "include_images", True),
         filters=filters,
         name=name,
+        destination=_destination(data.get("destination"), export_format),
     )
 
 
@@ -239,10 +262,12 @@ def preference_export_create(*, project: Project, user: User, request: ExportReq
         weight_per_prompt=request.weight_per_prompt,
         include_images=request.include_images,
         filters=request.filters.as_json(),
+        storage_url=settings.EXPORT_STORAGE_URL if request.destination == "object_store" else "",
         max_attempts=settings.JOB_MAX_ATTEMPTS,
     )
     audit_record(event="export.created", instance=export, actor=user, project_id=project.pk,
-                 details={"format": export.format, "tie_policy": export.tie_policy, "filters": export.filters})
+                 details={"format": export.format, "tie_policy": export.tie_policy, "filters": export.filters,
+                          "storage_url": export.storage_url})
     enqueue_on_commit(EXPORT_PREFERENCES, export.pk)
     return export
 
@@ -272,8 +297,22 @@ def export_directory(export: PreferenceExport) -> Path:
     return directory
 
 
+def export_store(export: PreferenceExport) -> ObjectStore | None:
+    """The object store holding the export's files, or ``None`` for files on the server."""
+    return ObjectStore.from_url(export.storage_url) if export.storage_url else None
+
+
+def export_data_url(export: PreferenceExport) -> str | None:
+    """``s3://bucket/prefix/data/<hash>`` of a built object-store export (what ``datasets`` reads); else None."""
+    store = export_store(export)
+    return store.path_url("data", export.content_hash) if store and export.content_hash else None
+
+
 def export_files_present(export: PreferenceExport) -> bool:
-    return bool(export.content_hash) and export_directory(export).is_dir()
+    if not export.content_hash:
+        return False
+    store = export_store(export)
+    return store.exists(store.key("data", export.content_hash)) if store else export_directory(export).is_dir()
 
 
 def export_card(export: PreferenceExport) -> str:
@@ -570,28 +609,35 @@ class ExportBuilder:
                 raise ExportStopped
 
     # -- the whole build --
-    def build(self, partial: Path) -> Path:
-        """Write the export's files into ``partial`` (a directory of this attempt's own) and return it."""
+    def build(self, partial: Path | StoreFolder) -> Path | StoreFolder:
+        """Write the export's files into ``partial`` (a directory, or an object-store folder, of this attempt's
+        own) and return it."""
         self.total_tasks = self.queryset.values("task_id").distinct().count()
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        if isinstance(partial, StoreFolder):
+            partial.store.check()
+        _remove(partial)
+        if isinstance(partial, Path):
+            partial.mkdir(parents=True)
         weights = self._pair_weights() if self.export.weight_per_prompt else None
         fmt = self.export.format
         if fmt == PreferenceExport.Format.PICKAPIC:
-            with ParquetRowWriter(partial / "pairs.parquet", PAIR_SCHEMA) as writer:
+            with _output(partial, "pairs.parquet") as out, ParquetRowWriter(out, PAIR_SCHEMA) as writer:
                 for row in self.pair_rows(with_bytes=self.export.include_images, weights=weights):
                     writer.write(row)
             self._write_strengths(partial)
         elif fmt == PreferenceExport.Format.LISTWISE:
-            with ParquetRowWriter(partial / "rankings.parquet", LISTWISE_SCHEMA, row_group_size=2000) as writer:
+            with (_output(partial, "rankings.parquet") as out,
+                  ParquetRowWriter(out, LISTWISE_SCHEMA, row_group_size=2000) as writer):
                 for row in self.listwise_rows():
                     writer.write(row)
         elif fmt == PreferenceExport.Format.JSONL:
-            with JsonlWriter(partial / "pairs.jsonl") as writer:
+            with _output(partial, "pairs.jsonl") as out, JsonlWriter(out) as writer:
                 for row in self.pair_rows(with_bytes=False, weights=weights):
                     writer.write(jsonl_row(row))
             self._write_strengths(partial)
         else:
+            if not isinstance(partial, Path):
+                raise ApplicationError(f"Format {fmt!r} is written on the server.", field="destination")
             saver = save_hf_pairs if fmt == PreferenceExport.Format.HF else save_trl_preferences
             passes = 0
 
@@ -610,18 +656,21 @@ class ExportBuilder:
         self.counts["images"] = len(self.comparisons.ids) if fmt != PreferenceExport.Format.LISTWISE else 0
         if self.external_images:
             self.counts["external_images"] = len(self.external_images)
-        content_hash = _hash_directory(partial)
-        self.content_hash = content_hash
+        if isinstance(partial, Path):
+            self.content_hash = _hash_directory(partial)
+        else:
+            self.content_hash = partial.store.content_hash(partial.key)
         return partial
 
-    def _write_strengths(self, directory: Path) -> None:
+    def _write_strengths(self, directory: Path | StoreFolder) -> None:
         fit = fit_bradley_terry(self.comparisons)
         first, second, _ = self.comparisons.arrays()
         seen: dict[int, int] = {}
         for index in [*first.tolist(), *second.tolist()]:
             seen[index] = seen.get(index, 0) + 1
         by_index = {index: identifier for identifier, index in self.comparisons.ids.items()}
-        with ParquetRowWriter(directory / "image_strengths.parquet", IMAGE_STRENGTH_SCHEMA) as writer:
+        with (_output(directory, "image_strengths.parquet") as out,
+              ParquetRowWriter(out, IMAGE_STRENGTH_SCHEMA) as writer):
             for index, comparisons in sorted(seen.items()):
                 identifier = by_index[index]
                 writer.write({
@@ -630,6 +679,32 @@ class ExportBuilder:
                     "bt_log_strength": fit.log_strengths[identifier],
                     "comparisons": comparisons,
                 })
+
+
+@dataclass(frozen=True)
+class StoreFolder:
+    """A folder (key prefix) in an object store: where one attempt of an object-store export is built."""
+
+    store: ObjectStore
+    key: str
+
+
+@contextlib.contextmanager
+def _output(folder: Path | StoreFolder, name: str) -> Iterator[Any]:
+    """A file of the export: a path on disk, or a streamed upload to the store (closed, so finished, on the way
+    out; a stream left unfinished by a killed worker never becomes an object)."""
+    if isinstance(folder, Path):
+        yield folder / name
+        return
+    with folder.store.open_output(f"{folder.key}/{name}") as stream:
+        yield stream
+
+
+def _remove(folder: Path | StoreFolder) -> None:
+    if isinstance(folder, Path):
+        shutil.rmtree(folder, ignore_errors=True)
+    else:
+        folder.store.delete(folder.key)
 
 
 def _read(storage_key: str) -> bytes:
@@ -641,6 +716,21 @@ def export_partial_directory(export: PreferenceExport, attempt: int) -> Path:
     """Where attempt ``attempt`` builds the export's files before they move to their content-keyed
     directory (whole or not at all)."""
     return export_root() / "building" / f"{export.pk}-attempt-{attempt}"
+
+
+def export_partial_folder(export: PreferenceExport, attempt: int) -> Path | StoreFolder:
+    """Where attempt ``attempt`` builds the export: on the server, or under the store's ``building/``."""
+    store = export_store(export)
+    if store is None:
+        return export_partial_directory(export, attempt)
+    return StoreFolder(store, store.key("building", f"{export.pk}-attempt-{attempt}"))
+
+
+def _publish(partial: Path | StoreFolder, content_hash: str) -> None:
+    if isinstance(partial, Path):
+        _move_into_place(partial, content_hash)
+    else:
+        partial.store.publish(partial.key, partial.store.key("data", content_hash))
 
 
 def _move_into_place(partial: Path, content_hash: str) -> Path:
@@ -705,17 +795,18 @@ def preference_export_build(*, export_id: int) -> PreferenceExport | None:
         return PreferenceExport.objects.filter(pk=export_id).first()
     export, lease = claimed
     export = PreferenceExport.objects.select_related("project").get(pk=export.pk)
-    partial = export_partial_directory(export, lease.attempt)
+    partial = export_partial_folder(export, lease.attempt)
     with jobs.JobHeartbeat(lease) as heartbeat:
         builder = ExportBuilder(export, heartbeat)
         try:
             builder.build(partial)
         except ExportStopped:
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove(partial)
             return PreferenceExport.objects.get(pk=export_id)
         except Exception as exc:
             logger.exception("export %s failed", export_id)
-            shutil.rmtree(partial, ignore_errors=True)
+            with contextlib.suppress(Exception):  # an unreachable store: nothing of this attempt got there
+                _remove(partial)
             message = exc.message if isinstance(exc, ApplicationError) else f"{type(exc).__name__}: {exc}"
             with transaction.atomic():
                 if jobs.job_fail(lease, message):
@@ -723,9 +814,9 @@ def preference_export_build(*, export_id: int) -> PreferenceExport | None:
             raise
     with transaction.atomic():
         if jobs.job_lock_owned(lease) is None:  # cancelled or taken back while the last rows were written
-            shutil.rmtree(partial, ignore_errors=True)
+            _remove(partial)
         else:
-            _move_into_place(partial, builder.content_hash)
+            _publish(partial, builder.content_hash)
             jobs.job_finish(lease, counts=builder.counts, split_counts=builder.split_counts,
                             content_hash=builder.content_hash)
             emit("export.finished", project_id=export.project_id, data=lambda: export_event(export_id))
@@ -734,10 +825,19 @@ def preference_export_build(*, export_id: int) -> PreferenceExport | None:
     return PreferenceExport.objects.get(pk=export_id)
 
 
+def _finished(export: PreferenceExport) -> bool:
+    return PreferenceExport.objects.filter(pk=export.pk, status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED,
+                                                                      RunStatus.CANCELLED]).exists()
+
+
 def final_leftovers(export: PreferenceExport) -> list[Path]:
-    """Partial directories of an export that is no longer being built (earlier attempts' leftovers)."""
-    if not PreferenceExport.objects.filter(pk=export.pk, status__in=[RunStatus.SUCCEEDED, RunStatus.FAILED,
-                                                                       RunStatus.CANCELLED]).exists():
+    """Partial directories of an export that is no longer being built (earlier attempts' leftovers); an
+    object-store export's are deleted here and not listed."""
+    if not _finished(export):
+        return []
+    store = export_store(export)
+    if store is not None:
+        store.delete(store.key("building", f"{export.pk}-attempt-"), folder=False)
         return []
     return list((export_root() / "building").glob(f"{export.pk}-attempt-*"))
 

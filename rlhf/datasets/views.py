@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.contrib.auth.decorators import login_required, permission_required
-from django.http import FileResponse, Http404, HttpRequest, HttpResponse
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse, HttpResponseRedirect
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods, require_POST
@@ -15,7 +15,7 @@ from projects.access import project_view
 from projects.models import Project
 from rlhf.datasets import selectors
 from rlhf.datasets import services as export_services
-from rlhf.datasets.archive import export_archive
+from rlhf.datasets.archive import export_archive, export_archive_url
 from rlhf.datasets.forms import ExportForm
 from rlhf.models import PreferenceExport, RunStatus
 
@@ -60,8 +60,9 @@ def export_detail(request: HttpRequest, export_id: int) -> HttpResponse:
     card = None
     if export.status == RunStatus.SUCCEEDED:
         card = render_markdown(export_services.export_card(export))
+    data_url = export_services.export_data_url(export) if export.status == RunStatus.SUCCEEDED else None
     response = render_page_or_partial(request, "rlhf/export_detail.html", "progress",
-                                      {"export": export, "card": card})
+                                      {"export": export, "card": card, "data_url": data_url})
     if request.htmx and export.is_finished:
         # The fragment carries the final state; tell htmx to stop polling and refresh the page.
         stop = HttpResponseStopPolling(response.content)
@@ -82,9 +83,12 @@ def export_cancel(request: HttpRequest, export_id: int) -> HttpResponse:
 
 
 @login_required
-def export_download(request: HttpRequest, export_id: int) -> FileResponse:
+def export_download(request: HttpRequest, export_id: int) -> FileResponse | HttpResponseRedirect:
+    """The zip: from the server's disk, or (an object-store export) a redirect to a signed, expiring link."""
     export = _export(request, export_id)
     if export.status != RunStatus.SUCCEEDED:
         raise Http404("This export has no files (it has not succeeded).")
+    if export.storage_url:
+        return HttpResponseRedirect(export_archive_url(export))
     archive = export_archive(export)
     return FileResponse(archive.open("rb"), as_attachment=True, filename=f"pickwise-export-{export.pk}.zip")

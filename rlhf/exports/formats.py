@@ -117,15 +117,18 @@ LISTWISE_SCHEMA = pa.schema(
 
 
 class ParquetRowWriter:
-    """Append rows (dicts) to a Parquet file, one row group per ``row_group_size`` rows."""
+    """Append rows (dicts) to a Parquet file, one row group per ``row_group_size`` rows.
 
-    def __init__(self, path: Path, schema: pa.Schema, *, row_group_size: int = 10_000) -> None:
+    ``path`` is a file on disk or an open binary output stream (an object store's streamed upload, which the
+    caller closes)."""
+
+    def __init__(self, path: Path | pa.NativeFile, schema: pa.Schema, *, row_group_size: int = 10_000) -> None:
         self.path = path
         self.schema = schema
         self.row_group_size = row_group_size
         self.rows = 0
         self._buffer: list[dict[str, Any]] = []
-        self._writer = pq.ParquetWriter(str(path), schema, compression="zstd")
+        self._writer = pq.ParquetWriter(str(path) if isinstance(path, Path) else path, schema, compression="zstd")
 
     def write(self, row: dict[str, Any]) -> None:
         self._buffer.append(row)
@@ -152,17 +155,21 @@ class ParquetRowWriter:
 
 
 class JsonlWriter:
-    def __init__(self, path: Path) -> None:
+    """One JSON object a line, into a file on disk or an open binary output stream (which the caller closes)."""
+
+    def __init__(self, path: Path | pa.NativeFile) -> None:
         self.path = path
         self.rows = 0
-        self._file = path.open("w", encoding="utf-8")
+        self._file: Any = path.open("wb") if isinstance(path, Path) else None
+        self._write = (self._file or path).write
 
     def write(self, row: dict[str, Any]) -> None:
-        self._file.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        self._write((json.dumps(row, ensure_ascii=False, default=str) + "\n").encode())
         self.rows += 1
 
     def close(self) -> None:
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
     def __enter__(self) -> JsonlWriter:
         return self

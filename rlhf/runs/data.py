@@ -25,6 +25,10 @@ def check_export(export: PreferenceExport, *, formats: tuple[str, ...]) -> Path:
     if not export.include_images:
         raise ApplicationError(f"Export {export.pk} was made without image bytes; training needs them.",
                                field="export")
+    if export.storage_url:
+        raise ApplicationError(
+            f"Export {export.pk} is in the object store ({export.storage_url}); training reads exports from this "
+            "server: export again with destination server.", field="export")
     path = export_data_path(export)
     if not path.is_file():
         raise ApplicationError(f"The files of export {export.pk} are missing ({path}).", field="export")

@@ -347,28 +347,18 @@ def test_api_import_of_another_project_is_not_found(other_project, admin_user, m
 
 
 @pytest.fixture
-def s3_bucket(settings, media):
-    from moto.server import ThreadedMotoServer
-
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
+def s3_bucket(settings, media, s3_server):
     settings.AWS_STORAGE_BUCKET_NAME = "pickwise-media"
-    settings.AWS_S3_ENDPOINT_URL = endpoint
-    settings.AWS_S3_REGION_NAME = "us-east-1"
-    settings.AWS_ACCESS_KEY_ID = "test-key"
-    settings.AWS_SECRET_ACCESS_KEY = "test-secret"  # noqa: S105
+    settings.AWS_S3_ENDPOINT_URL = s3_server.endpoint
+    settings.AWS_S3_REGION_NAME = s3_server.region
+    settings.AWS_ACCESS_KEY_ID = s3_server.key
+    settings.AWS_SECRET_ACCESS_KEY = s3_server.secret
     settings.AWS_QUERYSTRING_AUTH = True
     settings.STORAGES = {**settings.STORAGES, "default": {"BACKEND": "storages.backends.s3.S3Storage",
                                                           "OPTIONS": {"file_overwrite": True}}}
-    import boto3
-
-    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1", aws_access_key_id="test-key",
-                      aws_secret_access_key="test-secret")  # noqa: S106
+    s3 = s3_server.client()
     s3.create_bucket(Bucket="pickwise-media")
-    yield s3
-    server.stop()
+    return s3
 
 
 def test_s3_keys_in_the_configured_bucket(pairs, admin_user, s3_bucket):

@@ -143,3 +143,64 @@ def test_secrets_and_local_state_stay_out_of_the_build_context():
 def test_flower_is_reachable_from_the_host_only():
     """Flower has no login and can revoke tasks."""
     assert compose()["services"]["flower"]["ports"] == ["127.0.0.1:5555:5555"]
+
+
+# --- docker/compose.scale.yml: several GPU workers and a multi-GPU training worker over the base stack ---
+
+def scale() -> dict:
+    return yaml.safe_load((DOCKER / "compose.scale.yml").read_text())
+
+
+def queue_of(service: dict) -> str:
+    command = service["command"]
+    return command[command.index("-Q") + 1]
+
+
+def test_scale_file_runs_one_generation_worker_per_gpu_and_a_multi_gpu_trainer():
+    services = scale()["services"]
+    base = compose()["services"]
+    # The base file's one-GPU workers are parked in a profile; the new workers extend a base service.
+    assert services["worker-gpu"] == {"profiles": ["single-gpu"]} == {"profiles": services["worker-train"]["profiles"]}
+    workers = {name: s for name, s in services.items() if name.startswith("worker-gpu-") or name == "worker-train-multi"}
+    assert sorted(workers) == ["worker-gpu-0", "worker-gpu-1", "worker-gpu-2", "worker-gpu-3", "worker-train-multi"]
+    reserved: list[str] = []
+    for name, service in workers.items():
+        extends = service["extends"]
+        assert extends["file"] == "compose.yml" and extends["service"] in base, name
+        assert service["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+        assert service["environment"]["PICKWISE_DEVICE"] == "cuda"
+        (device,) = service["deploy"]["resources"]["reservations"]["devices"]
+        assert device["capabilities"] == ["gpu"] and "count" not in device
+        ids = device["device_ids"]
+        # Inside the container the reserved GPUs are numbered from 0; the worker uses every one of them.
+        assert service["environment"]["CUDA_VISIBLE_DEVICES"] == ",".join(str(i) for i in range(len(ids)))
+        command = service["command"]
+        assert command[command.index("--concurrency") + 1] == "1", name  # one GPU task per worker at a time
+        assert command[command.index("--prefetch-multiplier") + 1] == "1", name
+        reserved += ids
+    assert len(reserved) == len(set(reserved)) == 8  # no GPU is given to two workers
+    assert {queue_of(s) for n, s in workers.items() if n.startswith("worker-gpu-")} == {"gpu"}
+    trainer = workers["worker-train-multi"]
+    assert queue_of(trainer) == "gpu-train"
+    assert len(trainer["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]) == 4
+    # Every queue is still consumed with the base workers parked.
+    running = {**base, **services}
+    consumed = {queue_of(s) for name, s in running.items()
+                if name.startswith("worker") and "profiles" not in services.get(name, {})}
+    assert consumed == set(QUEUES)
+
+
+def test_scale_file_sets_only_real_settings_and_enough_database_connections():
+    services = scale()["services"]
+    process_env = {"CUDA_VISIBLE_DEVICES"}  # read by CUDA, not by the settings
+    for name, service in services.items():
+        for key in service.get("environment", {}):
+            assert key in REGISTRY or key in process_env, f"{name} sets {key}, which nothing reads"
+    postgres = services["postgres"]["command"]
+    max_connections = int(next(a.split("=")[1] for a in postgres if a.startswith("max_connections=")))
+    web = services["web"]["command"]
+    web_processes = int(web[web.index("--workers") + 1])
+    default = services["worker-default"]["command"]
+    worker_processes = int(default[default.index("--concurrency") + 1]) + 5  # 4 gpu + 1 train worker
+    # One connection per process (CONN_MAX_AGE keeps it), plus beat, migrate and a margin of 2x.
+    assert max_connections >= 2 * (web_processes + worker_processes + 2)

@@ -88,6 +88,10 @@ def test_production_mode_with_postgres_redis_and_s3(tmp_path):
         ({"PICKWISE_DEVICE": "tpu"}, "PICKWISE_DEVICE"),
         ({"CELERY_TASK_TIME_LIMIT": "9000"}, "CELERY_TASK_TIME_LIMIT"),
         ({"AWS_STORAGE_BUCKET_NAME": "media"}, "AWS_ACCESS_KEY_ID"),
+        ({"EXPORT_STORAGE_URL": "ftp://exports/team"}, "EXPORT_STORAGE_URL"),
+        ({"EXPORT_STORAGE_URL": "s3://Bad_Bucket/team"}, "EXPORT_STORAGE_URL"),
+        ({"EXPORT_STORAGE_URL": "s3://exports/team?x=1"}, "EXPORT_STORAGE_URL"),
+        ({"EXPORT_STORAGE_URL": "s3://exports/team"}, "EXPORT_S3_ACCESS_KEY_ID"),
     ],
 )
 def test_misconfiguration_stops_startup_naming_the_key(tmp_path, env, key):

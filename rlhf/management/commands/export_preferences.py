@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
+from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand, CommandError
 from tqdm import tqdm
@@ -31,6 +32,8 @@ class Command(BaseCommand):
         parser.add_argument("--date-from")
         parser.add_argument("--date-to")
         parser.add_argument("--split-seed", type=int, default=0)
+        parser.add_argument("--destination", default="server", choices=export_services.DESTINATIONS,
+                            help="object_store: stream into the bucket of EXPORT_STORAGE_URL")
 
     def handle(self, *args: Any, **options: Any) -> None:
         try:
@@ -46,7 +49,7 @@ class Command(BaseCommand):
                 "weight_per_prompt": options["weight_per_prompt"], "include_images": not options["no_images"],
                 "min_agreement": options["min_agreement"], "gold": options["gold"],
                 "date_from": options["date_from"], "date_to": options["date_to"],
-                "split_seed": options["split_seed"],
+                "split_seed": options["split_seed"], "destination": options["destination"],
             })
         except ApplicationError as exc:
             raise CommandError(f"--{(exc.field or '').replace('_', '-')}: {exc.message}") from None
@@ -54,6 +57,7 @@ class Command(BaseCommand):
             project=project, created_by=user, format=request.format, tie_policy=request.tie_policy,
             weight_per_prompt=request.weight_per_prompt, include_images=request.include_images,
             filters=request.filters.as_json(),
+            storage_url=settings.EXPORT_STORAGE_URL if request.destination == "object_store" else "",
         )
         # Build in this process (no worker needed) while a thread shows the stored progress.
         done = threading.Event()
@@ -78,6 +82,7 @@ class Command(BaseCommand):
         export.refresh_from_db()
         if errors or export.status != RunStatus.SUCCEEDED:
             raise CommandError(f"export {export.pk} {export.status}: {export.error or errors}")
+        where = export_services.export_data_url(export) or export_services.export_directory(export)
         self.stdout.write(self.style.SUCCESS(
-            f"export {export.pk}: {export.counts} → {export_services.export_directory(export)}"
+            f"export {export.pk}: {export.counts} → {where}"
         ))
