@@ -283,6 +283,7 @@
   };
 
   Painter.prototype.key = function (event) {
+    if (event.key !== "Tab") event.stopPropagation();   // the ranking page's shortcuts do not see the painter's keys
     const step = Math.max(1, Math.round(this.canvas.width / (event.shiftKey ? 8 : 32)));
     const moves = { ArrowLeft: [-1, 0], ArrowRight: [1, 0], ArrowUp: [0, -1], ArrowDown: [0, 1] };
     if (moves[event.key]) {
