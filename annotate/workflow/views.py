@@ -517,6 +517,9 @@ def _edit_body_limit(limits: dict[str, Any]) -> int:
 
 
 def _megabytes(n: int) -> str:
+    """A byte count as generation's messages write it (MB, one decimal; kB below 0.1 MB)."""
+    if n < 100_000:
+        return f"{n / 1000:.0f} kB"
     return f"{n / 1_000_000:.1f}".rstrip("0").rstrip(".") + " MB"
 
 
