@@ -24,20 +24,21 @@
 
   // --- the source image -------------------------------------------------------------------------------
 
+  // The chosen image's URL: an upload is read as a data: URL (the CSP allows data: images, not blob:).
   function chosenSourceUrl(fieldset) {
     const radio = fieldset.querySelector('input[type=radio]:checked');
     if (radio && radio.value === "upload") {
       const file = fieldset.querySelector("[data-source-file]");
-      if (!file || !file.files || !file.files.length) return null;
-      if (!file._objectUrl || file._objectFile !== file.files[0]) {
-        if (file._objectUrl) URL.revokeObjectURL(file._objectUrl);
-        file._objectFile = file.files[0];
-        file._objectUrl = URL.createObjectURL(file.files[0]);
-      }
-      return file._objectUrl;
+      if (!file || !file.files || !file.files.length) return Promise.resolve(null);
+      const chosen = file.files[0];
+      return new Promise(function (resolve) {
+        const reader = new FileReader();
+        reader.onload = function () { resolve(typeof reader.result === "string" ? reader.result : null); };
+        reader.onerror = function () { resolve(null); };
+        reader.readAsDataURL(chosen);
+      });
     }
-    if (radio && radio.dataset.sourceUrl) return radio.dataset.sourceUrl;
-    return null;
+    return Promise.resolve(radio && radio.dataset.sourceUrl ? radio.dataset.sourceUrl : null);
   }
 
   function fieldMessage(fieldset, text) {
@@ -88,9 +89,10 @@
     const form = formOf(fieldset);
     if (!form) return;
     const ok = checkUpload(fieldset);
-    const url = ok ? chosenSourceUrl(fieldset) : null;
     const name = fieldset.dataset.sourceImage;
-    const done = url ? loadImage(url) : Promise.resolve(null);
+    const done = (ok ? chosenSourceUrl(fieldset) : Promise.resolve(null)).then(function (url) {
+      return url ? loadImage(url) : null;
+    });
     done.then(function (img) {
       form.querySelectorAll('[data-mask-painter][data-source="' + name + '"]').forEach(function (el) { painter(el).setSource(img); });
       form.querySelectorAll('[data-outpaint][data-source="' + name + '"]').forEach(function (el) { outpaintPreview(el, img); });
@@ -134,7 +136,7 @@
   Painter.prototype.setTool = function (tool) {
     this.tool = tool;
     this.root.querySelectorAll("[data-tool]").forEach(function (b) { b.setAttribute("aria-pressed", String(b.dataset.tool === tool)); });
-    if (this.canvas) this.canvas.dataset.tool = tool;
+    if (this.canvas) this.canvas.dataset.activeTool = tool;
   };
 
   Painter.prototype.setSource = function (img) {
@@ -156,10 +158,9 @@
     canvas.className = "mask-canvas";
     canvas.tabIndex = 0;
     canvas.setAttribute("role", "application");
-    canvas.setAttribute("aria-roledescription", "mask painter");
     canvas.setAttribute("aria-label", "Mask over the source image: paint the part to repaint");
     canvas.setAttribute("aria-describedby", this.root.querySelector(".mask-help").id);
-    canvas.dataset.tool = this.tool;
+    canvas.dataset.activeTool = this.tool;
     canvas.dataset.maskCanvas = "";
     const cursor = document.createElement("canvas");
     cursor.width = w; cursor.height = h;
