@@ -47,7 +47,7 @@ from core.htmx import is_htmx, redirect_after_post, render_page_or_partial
 from core.parsing import parse_float, parse_int
 from generation import selectors as generation_selectors
 from generation import services as generation_services
-from generation.models import GenerationJob, JobStatus, ModelVersion
+from generation.models import GeneratedImage, GenerationJob, JobStatus, ModelVersion
 from projects.models import Project
 from projects.services import project_set_archived
 
@@ -89,6 +89,7 @@ def _task_context(request: HttpRequest, project: Project, handout: Handout, *,
     items = annotation_form_components(schema=schema, images=images, prompt=handout.task.prompt.text)
     has_prompt_input = any(c["type"] == "prompt_input" for c in items)
     context.update(_edit_context(project, assignment, images))
+    context["edited_from"] = _edited_from(images)
     context.update(
         assignment=assignment,
         images=images,
@@ -132,6 +133,19 @@ def _edit_context(project: Project, assignment: TaskAssignment, images: list[dic
                                   for image in candidates]
     return {"edit": {"plan": plan, "items": items, "limits": limits, "on_candidates": bool(images),
                      "button": next((c for c in schema["components"] if c["name"] == plan.generate), None)}}
+
+
+EDIT_LABELS = {"img2img": "Image-to-image edits", "inpaint": "Inpaintings", "outpaint": "Outpaintings"}
+
+
+def _edited_from(images: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the candidates were edited from (source, mask, strength or box), shown beside the prompt; None
+    when they are not edits. One query."""
+    if not images:
+        return None
+    first = GeneratedImage.objects.filter(pk=images[0]["id"]).only("pk", "edit").first()
+    info = generation_selectors.image_edit_info(first) if first is not None else {}
+    return {**info, "label": EDIT_LABELS.get(info["kind"], "Edits")} if info else None
 
 
 def _render_task(request: HttpRequest, project: Project, handout: Handout, *,

@@ -107,6 +107,7 @@ def test_paint_a_mask_generate_inpaintings_rank_and_submit(page, project, admin_
     assert page.get_by_text("Painted:").is_visible()
 
     assert_accessible(page, Axe(), "the inpainting form")
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(SHOTS / "edit-inpaint-1280x800.png"))
     page.set_viewport_size({"width": 390, "height": 844})
     page.screenshot(path=str(SHOTS / "edit-inpaint-390x844.png"), full_page=True)
@@ -120,6 +121,9 @@ def test_paint_a_mask_generate_inpaintings_rank_and_submit(page, project, admin_
         mask = Image.open(io.BytesIO(handle.read())).convert("L")
     assert mask.size == (64, 64)
     assert mask.getpixel((32, 32)) == 255 and mask.getpixel((2, 2)) == 0 and mask.getpixel((32, 4)) == 0
+    origin = page.locator("[data-edit-origin]")
+    assert origin.get_attribute("data-edit-origin") == "inpaint" and "Inpaintings of" in origin.inner_text()
+    page.evaluate("window.scrollTo(0, 0)")
     page.screenshot(path=str(SHOTS / "edit-ranked-1280x800.png"))
 
     page.wait_for_selector("form[data-rank-form][data-rank-ready]")
