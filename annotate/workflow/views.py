@@ -127,6 +127,7 @@ def _edit_context(project: Project, assignment: TaskAssignment, images: list[dic
     for item in items:
         if item["type"] == "source_image":
             item["limits"] = limits
+            item["max_upload_label"] = _megabytes(int(limits["max_upload_bytes"]))
             item["task_image"] = ({"id": str(task_image.pk), "url": workflow_selectors.image_url(task_image.pk)}
                                   if task_image is not None else None)
             item["candidates"] = [{"id": str(image.pk), "url": workflow_selectors.image_url(image.pk)}

@@ -135,3 +135,58 @@ def test_paint_a_mask_generate_inpaintings_rank_and_submit(page, project, admin_
     assert annotation.annotator == annotator and len(annotation.ranking) == 4
     ranked = {image for group in annotation.ranking for image in group}
     assert ranked == {str(pk) for pk in job.images.values_list("pk", flat=True)}
+
+
+def test_keyboard_painting_outpaint_snapping_and_the_upload_limit_in_the_browser(page, project, admin_user, annotator,
+                                                                                 tmp_path, settings):
+    from tests.annotate.factories_workflow import model_version
+
+    settings.GENERATION_EDIT_MAX_UPLOAD_BYTES = 200_000
+    task = _edit_project(project, admin_user, model_version())
+    browser_login(page, annotator, PASSWORD)
+    page.goto(f"/projects/{project.pk}/annotate/")
+    page.locator("input[name='source.file']").set_input_files(str(_source_png(tmp_path)))
+    canvas = page.locator("canvas[data-mask-canvas]")
+    canvas.focus()
+    page.keyboard.press("]")
+    assert page.locator("[data-brush-size-out]").inner_text() == "36 px"
+    page.keyboard.down(" ")
+    page.keyboard.press("ArrowRight")
+    page.keyboard.up(" ")
+    painted = page.evaluate(COVERAGE)
+    assert painted > 0.2
+    page.keyboard.press("Control+z")
+    assert page.evaluate(COVERAGE) == 0
+    assert page.evaluate("document.activeElement.matches('canvas[data-mask-canvas]')")
+
+    # An upload over the limit is refused in the page, before anything is sent.
+    big = tmp_path / "big.png"
+    Image.frombytes("RGB", (400, 400), os.urandom(400 * 400 * 3)).save(big)
+    page.locator("input[name='source.file']").set_input_files(str(big))
+    alert = page.locator("[data-source-error]")
+    alert.wait_for()
+    assert alert.inner_text().startswith("Source image: the image is 0.5 MB; the limit is 0.2 MB.")
+    page.get_by_test_id("generate-edit").click()
+    page.wait_for_timeout(300)
+    assert GenerationJob.objects.count() == 0 and page.locator("#generation [role=alert]").count() == 0
+
+    # Outpainting: sides snap to multiples of 8 within the model's limit; the preview shows the new size.
+    use_template(project, admin_user, preset="rank_outpaintings")
+    # The annotator's lease keeps the version it was handed out with: hand this one the outpainting template.
+    task.assignments.update(template_version=project.workflow.template_version)
+    page.goto(f"/projects/{project.pk}/annotate/")
+    page.locator("input[name='source.file']").set_input_files(str(_source_png(tmp_path)))
+    left = page.get_by_label("Left (px)")
+    left.fill("13")
+    left.dispatch_event("change")
+    assert left.input_value() == "16"
+    page.get_by_label("Top (px)").fill("999")
+    page.get_by_label("Top (px)").dispatch_event("change")
+    assert page.get_by_label("Top (px)").input_value() == "256"
+    wait_until(page, "() => (document.querySelector('[data-outpaint-stage] p') || {}).textContent === "
+                     "'New size: 144×384 px (the grey border is generated).'")
+    assert_accessible(page, Axe(), "the outpainting form")
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(SHOTS / "edit-outpaint-1280x800.png"))
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.screenshot(path=str(SHOTS / "edit-outpaint-390x844.png"), full_page=True)

@@ -80,6 +80,7 @@ def test_the_page_renders_the_edit_components_and_a_multipart_form(client, proje
     action = reverse("annotate:task_generate_edit", args=[project.pk, inpaint_task.pk])
     assert f'action="{action}"' in page and 'enctype="multipart/form-data"' in page
     assert 'name="source.file"' in page and 'name="source.from" value="upload"' in page
+    assert "PNG, JPEG or WebP, at most 10 MB and 1024 px a side." in page
     assert 'data-mask-painter="mask"' in page and 'name="mask.png"' in page
     assert 'name="strength"' in page and 'min="0.50"' in page and 'value="1.00"' in page
     assert "js/mask_painter.js" in page and "<script>" not in page  # no inline script (CSP)
