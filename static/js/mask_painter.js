@@ -232,7 +232,7 @@
       if (event.button !== 0 && event.pointerType === "mouse") return;
       event.preventDefault();
       canvas.focus();
-      canvas.setPointerCapture(event.pointerId);
+      try { canvas.setPointerCapture(event.pointerId); } catch (e) { /* a pointer already gone: paint anyway */ }
       active = event.pointerId;
       self.snapshot();
       last = start = self.point(event);

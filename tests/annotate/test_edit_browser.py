@@ -159,6 +159,20 @@ def test_keyboard_painting_outpaint_snapping_and_the_upload_limit_in_the_browser
     assert page.evaluate(COVERAGE) == 0
     assert page.evaluate("document.activeElement.matches('canvas[data-mask-canvas]')")
 
+    # A pen: its pressure scales the brush (full pressure paints twice the set size).
+    box = canvas.bounding_box()
+    at = {"clientX": box["x"] + box["width"] / 2, "clientY": box["y"] + box["height"] / 2, "pointerId": 7,
+          "pointerType": "pen", "isPrimary": True, "button": 0, "buttons": 1}
+    canvas.dispatch_event("pointerdown", {**at, "pressure": 0.25})
+    canvas.dispatch_event("pointerup", {**at, "pressure": 0})
+    light = page.evaluate(COVERAGE)
+    page.keyboard.press("Control+z")
+    canvas.dispatch_event("pointerdown", {**at, "pressure": 1.0})
+    canvas.dispatch_event("pointerup", {**at, "pressure": 0})
+    assert 0 < light < page.evaluate(COVERAGE)
+    page.get_by_role("button", name="Clear").click()
+    assert page.evaluate(COVERAGE) == 0
+
     # An upload over the limit is refused in the page, before anything is sent.
     big = tmp_path / "big.png"
     Image.frombytes("RGB", (400, 400), os.urandom(400 * 400 * 3)).save(big)
