@@ -68,6 +68,13 @@ def worker_side(user, version, kind: str, prompts: list[str], seeds: list[list[i
     for job in jobs:
         job.refresh_from_db()
         assert job.status == "succeeded", job.error
+    if os.environ.get("BENCH_BREAKDOWN"):
+        from django.db.models import Sum
+
+        from generation.models import GeneratedImage
+
+        pipeline = GeneratedImage.objects.filter(job__in=jobs).aggregate(s=Sum("generation_seconds"))["s"]
+        print(f"      wall {elapsed:.2f} s, pipeline calls {pipeline:.2f} s")
     return sum(map(len, seeds)) / elapsed
 
 
