@@ -39,6 +39,8 @@ urlpatterns = [
     path("<int:project_id>/tasks/<int:task_id>/submit/", workflow_views.task_submit, name="task_submit"),
     path("<int:project_id>/tasks/<int:task_id>/skip/", workflow_views.task_skip, name="task_skip"),
     path("<int:project_id>/tasks/<int:task_id>/generate/", workflow_views.task_generate, name="task_generate"),
+    path("<int:project_id>/tasks/<int:task_id>/generate/edit/", workflow_views.task_generate_edit,
+         name="task_generate_edit"),
     path("<int:project_id>/tasks/<int:task_id>/generation/<int:job_id>/", workflow_views.task_generation,
          name="task_generation"),
     path("<int:project_id>/my-annotations/", workflow_views.review_mine, name="review_mine"),

@@ -375,6 +375,17 @@ GENERATION_MAX_PROMPT_CHARS = env_int(
 GENERATION_MAX_IMAGE_SIDE = env_int(
     "GENERATION_MAX_IMAGE_SIDE", 1024, "Largest width or height (pixels) a generation job accepts", minimum=8
 )
+GENERATION_EDIT_MAX_UPLOAD_BYTES = env_int(
+    "GENERATION_EDIT_MAX_UPLOAD_BYTES", 10_000_000,
+    "Largest source image or mask file (bytes) an image-editing job accepts", minimum=1024,
+)
+GENERATION_EDIT_OUTPAINT_MAX_PER_SIDE = env_int(
+    "GENERATION_EDIT_OUTPAINT_MAX_PER_SIDE", 256, "Most pixels an outpainting job may add on one side", minimum=8
+)
+GENERATION_EDIT_STRENGTH_DEFAULT_PERCENT = env_int(
+    "GENERATION_EDIT_STRENGTH_DEFAULT_PERCENT", 75,
+    "Default strength (percent, 1-100) of image-to-image and inpainting jobs", minimum=1,
+)
 
 # --- DRF --------------------------------------------------------------------------------
 REST_FRAMEWORK = {

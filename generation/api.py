@@ -68,6 +68,7 @@ class ImageSerializer(serializers.Serializer):
     generation_seconds = serializers.FloatField()
     batch_size = serializers.IntegerField()
     runtime = serializers.DictField()
+    edit = serializers.DictField()
 
 
 class JobStatusSerializer(serializers.Serializer):
@@ -84,6 +85,8 @@ class JobStatusSerializer(serializers.Serializer):
     num_images = serializers.IntegerField()
     seeds = serializers.ListField(child=serializers.IntegerField())
     params = serializers.DictField()
+    edit_kind = serializers.CharField()
+    edit = serializers.DictField()
     images = ImageSerializer(many=True)
 
 

@@ -52,6 +52,8 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from PIL import Image
 
+from generation.editing import EDIT_KINDS, EditKind, outpaint_canvas
+
 if TYPE_CHECKING:
     import torch
 
@@ -59,6 +61,7 @@ __all__ = [
     "MAX_SEED",
     "SCHEDULERS",
     "DTypeName",
+    "EditInput",
     "GeneratedImage",
     "GenerationError",
     "GenerationOOM",
@@ -241,14 +244,67 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
+class EditInput:
+    """What an image-editing request starts from (validated by ``generation.editing.edit_prepare``).
+
+    img2img renders from the noised source (``StableDiffusionImg2ImgPipeline``); inpaint repaints the
+    mask's white part (``StableDiffusionInpaintPipeline``; a 4-channel UNet keeps the rest by blending
+    latents each step); outpaint pads the source by ``outpaint`` (edge pixels plus fixed noise,
+    ``editing.outpaint_canvas``) and inpaints the new border at strength 1. Both pipelines are built from
+    the loaded text-to-image pipeline's components (``from_pipe``): no second copy of the weights.
+    """
+
+    kind: EditKind
+    # The source as canonical PNG bytes (RGB, the output's size or, for outpaint, the size inside the box).
+    source_png: bytes
+    # Inpaint: the mask as PNG bytes (L, the source's size; 255 = repaint).
+    mask_png: bytes | None = None
+    # How far from the source to start, in (0, 1]; outpaint: 1.
+    strength: float = 1.0
+    # Outpaint: px added left, top, right, bottom.
+    outpaint: tuple[int, int, int, int] | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in EDIT_KINDS:
+            raise ValueError(f"kind must be one of {EDIT_KINDS}, got {self.kind!r}")
+        if (self.kind == "inpaint") != (self.mask_png is not None):
+            raise ValueError("an inpaint edit needs a mask, and only an inpaint edit takes one")
+        if (self.kind == "outpaint") != (self.outpaint is not None):
+            raise ValueError("an outpaint edit needs its box, and only an outpaint edit takes one")
+        if self.outpaint is not None:
+            object.__setattr__(self, "outpaint", tuple(int(px) for px in self.outpaint))
+        if isinstance(self.strength, bool) or not isinstance(self.strength, int | float) or not 0 < self.strength <= 1:
+            raise ValueError(f"strength must be a number in (0, 1], got {self.strength!r}")
+        object.__setattr__(self, "strength", float(self.strength))
+
+    def images(self, width: int, height: int) -> tuple[Image.Image, Image.Image | None]:
+        """The pipeline's image and mask (None for img2img), checked against the output size."""
+        source = Image.open(io.BytesIO(self.source_png)).convert("RGB")
+        mask: Image.Image | None = None
+        if self.kind == "outpaint":
+            assert self.outpaint is not None
+            source, mask = outpaint_canvas(source, self.outpaint, seed=0)
+        elif self.kind == "inpaint":
+            assert self.mask_png is not None
+            mask = Image.open(io.BytesIO(self.mask_png)).convert("L")
+            if mask.size != source.size:
+                raise GenerationError(f"the mask is {mask.size} but the source is {source.size}")
+        if source.size != (width, height):
+            raise GenerationError(f"the edit's image is {source.width}x{source.height}, the job's size {width}x{height}")
+        return source, mask
+
+
+@dataclass(frozen=True)
 class GenerationRequest:
-    """One prompt, rendered once per seed."""
+    """One prompt, rendered once per seed (from an edit's source image when ``edit`` is given)."""
 
     prompt: str
     # One image per seed, each in [0, MAX_SEED]; stored as a tuple.
     seeds: Sequence[int]
     params: GenerationParams
     spec: ModelSpec
+    # Image editing (img2img, inpaint, outpaint); None: text to image.
+    edit: EditInput | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.prompt, str):
@@ -378,6 +434,30 @@ class _Slot:
         self.scheduler_config = dict(pipe.scheduler.config)
         # adapter name -> spec, least recently used first
         self.adapters: OrderedDict[str, ModelSpec] = OrderedDict()
+        # "img2img" / "inpaint" -> that pipeline, sharing this one's components (built on first use)
+        self.edit_pipes: dict[str, Any] = {}
+
+    def pipe_for(self, kind: EditKind | None) -> Any:
+        """The pipeline for an edit kind (None: text to image). Call with `lock` held.
+
+        The image-to-image and inpainting pipelines are diffusers' ``AutoPipelineFor*.from_pipe`` of the
+        loaded text-to-image pipeline: the same UNet, VAE and text encoder objects (LoRA adapters included),
+        no second copy of the weights. Outpainting is an inpainting.
+        """
+        if self.pipe is None:
+            raise GenerationError(f"pipeline {self.spec.key!r} was evicted from the cache; get it again")
+        if kind is None:
+            return self.pipe
+        name = "img2img" if kind == "img2img" else "inpaint"
+        pipe = self.edit_pipes.get(name)
+        if pipe is None:
+            from diffusers import AutoPipelineForImage2Image, AutoPipelineForInpainting  # lazy: as torch
+
+            auto = AutoPipelineForImage2Image if name == "img2img" else AutoPipelineForInpainting
+            pipe = auto.from_pipe(self.pipe)
+            pipe.set_progress_bar_config(disable=True)
+            self.edit_pipes[name] = pipe
+        return pipe
 
     def ensure_adapters(self, spec: ModelSpec) -> None:
         """Load the LoRA adapters of `spec`'s lineage that are not loaded yet (call with `lock` held)."""
@@ -416,6 +496,7 @@ class _Slot:
         with self.lock:
             pipe, self.pipe = self.pipe, None
             self.adapters.clear()
+            self.edit_pipes.clear()
             if pipe is not None and self.device.type != "cpu":
                 pipe.to("cpu")
             del pipe
@@ -672,25 +753,26 @@ def generate_batch(
         if request.spec != loaded.spec:
             raise ValueError(f"request for {request.spec.key!r} given to the pipeline of {loaded.spec.key!r}")
 
-    groups: dict[GenerationParams, list[_Item]] = {}
+    groups: dict[tuple[GenerationParams, EditInput | None], list[_Item]] = {}
     for r_index, request in enumerate(requests):
         for s_index, seed in enumerate(request.seeds):
-            groups.setdefault(request.params, []).append(_Item(r_index, s_index, request.prompt, seed))
+            groups.setdefault((request.params, request.edit), []).append(_Item(r_index, s_index, request.prompt, seed))
     chunks = [
-        (params, items[start : start + max_batch])
-        for params, items in groups.items()
+        (params, edit, items[start : start + max_batch])
+        for (params, edit), items in groups.items()
         for start in range(0, len(items), max_batch)
     ]
-    total_steps = sum(params.steps for params, _ in chunks)
+    total_steps = sum(params.steps for params, _, _ in chunks)
 
     results: list[list[GeneratedImage | None]] = [[None] * len(r.seeds) for r in requests]
     slot = loaded._slot
     with slot.lock:
         slot.activate(loaded.spec)
         done_steps = 0
-        for params, chunk in chunks:
+        for params, edit, chunk in chunks:
             images, elapsed = _run_chunk(
-                slot, params, chunk, callback, done_steps, total_steps, pad_to=max_batch if fixed_shape else 0
+                slot, params, chunk, callback, done_steps, total_steps, pad_to=max_batch if fixed_shape else 0,
+                edit=edit,
             )
             done_steps += params.steps
             for item, image in zip(chunk, images, strict=True):
@@ -713,11 +795,12 @@ def _run_chunk(
     total_steps: int,
     *,
     pad_to: int,
+    edit: EditInput | None = None,
 ) -> tuple[list[Image.Image], float]:
     """One pipeline call for `chunk`; returns its images (in order) and its wall time."""
     import torch  # lazy: web processes import this module (for its types) and never load torch
 
-    pipe = slot.pipe
+    pipe = slot.pipe_for(edit.kind if edit is not None else None)
     prompts = [item.prompt for item in chunk]
     seeds = [item.seed for item in chunk]
     if len(prompts) < pad_to:
@@ -748,6 +831,16 @@ def _run_chunk(
                     raise _CallbackAbort(exc) from exc
         return tensors
 
+    # An edit's inputs, one copy per row: the pipelines encode row i's image with generator i only when
+    # the image batch is as long as the prompt batch (otherwise every row would draw from row 0's generator).
+    edit_kwargs: dict[str, Any] = {"width": params.width, "height": params.height}
+    if edit is not None:
+        with pipeline_errors():
+            image, mask = edit.images(params.width, params.height)
+        edit_kwargs = {"image": [image] * len(prompts), "strength": edit.strength}
+        if mask is not None:
+            edit_kwargs.update(mask_image=[mask] * len(prompts), width=params.width, height=params.height)
+
     started = time.perf_counter()
     try:
         # inference_mode, not the pipeline's own no_grad: no autograd bookkeeping on any tensor (version
@@ -758,11 +851,10 @@ def _run_chunk(
                 negative_prompt=[params.negative_prompt] * len(prompts) if params.negative_prompt else None,
                 num_inference_steps=params.steps,
                 guidance_scale=params.guidance,
-                width=params.width,
-                height=params.height,
                 generator=generators,
                 output_type="pil",
                 callback_on_step_end=on_step_end,
+                **edit_kwargs,
             )
     except _CallbackAbort as abort:  # not a pipeline error, so pipeline_errors lets it through
         raise abort.original from None

@@ -21,6 +21,7 @@ from core.models import (  # the job statuses are core's; generation's callers i
     TimeStampedModel,
     leased_job_constraints,
 )
+from generation.editing import EDIT_KINDS, mask_storage_key, source_storage_key
 from generation.inference import SCHEDULERS, GenerationParams
 
 
@@ -132,9 +133,22 @@ class ProjectModelVersion(TimeStampedModel):
         return f"{self.model_version_id} offered in {self.project_id}"
 
 
-class GenerationJob(LeasedJob):
-    """``num_images`` images of one prompt; its lifecycle (status, lease, attempts, phase) is core's ``LeasedJob``."""
+class EditKind(models.TextChoices):
+    NONE = "", "Text to image"
+    IMG2IMG = "img2img", "Image to image"
+    INPAINT = "inpaint", "Inpainting"
+    OUTPAINT = "outpaint", "Outpainting"
 
+
+assert set(EditKind.values) == {"", *EDIT_KINDS}
+
+
+class GenerationJob(LeasedJob):
+    """``num_images`` images of one prompt; its lifecycle (status, lease, attempts, phase) is core's ``LeasedJob``.
+
+    An image-editing job (``edit_kind`` set) also has ``edit``: ``generation.editing.PreparedEdit.provenance()``
+    (source sha256 and storage key, mask sha256 and key, strength, outpaint box, the source's size).
+    """
 
     # The project the images belong to (who may see them); null for an ML engineer's own jobs.
     project = models.ForeignKey(
@@ -155,6 +169,9 @@ class GenerationJob(LeasedJob):
     # How many images the claiming batch held (all coalesced jobs share one lease token).
     batch_images = models.PositiveSmallIntegerField(default=0)
     idempotency_key = models.CharField(max_length=100, blank=True)
+    # Image editing: "" for text to image; else the kind, and the edit's provenance (see the docstring).
+    edit_kind = models.CharField(max_length=10, choices=EditKind.choices, blank=True, default="")
+    edit = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at", "-pk"]
@@ -166,6 +183,7 @@ class GenerationJob(LeasedJob):
         constraints = [
             *leased_job_constraints("genjob"),
             models.CheckConstraint(condition=models.Q(num_images__gte=1), name="genjob_num_images_positive"),
+            models.CheckConstraint(condition=models.Q(edit_kind__in=EditKind.values), name="genjob_edit_kind_valid"),
             models.UniqueConstraint(
                 fields=["created_by", "idempotency_key"],
                 condition=~models.Q(idempotency_key=""),
@@ -186,6 +204,10 @@ class GenerationJob(LeasedJob):
 
     def generation_params(self) -> GenerationParams:
         return GenerationParams.from_dict(self.params)
+
+    @property
+    def is_edit(self) -> bool:
+        return bool(self.edit_kind)
 
 
 class ImageOrigin(models.TextChoices):
@@ -246,6 +268,8 @@ class GeneratedImage(TimeStampedModel):
     # This image's share of its pipeline call, and how many images that call made.
     generation_seconds = models.FloatField(null=True, blank=True)
     batch_size = models.PositiveSmallIntegerField(default=1)
+    # Image editing: {} for text to image; else its job's ``edit`` plus ``kind`` (copied, like the rest).
+    edit = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["job", "index"]
@@ -286,6 +310,23 @@ class GeneratedImage(TimeStampedModel):
         return self.origin == ImageOrigin.EXTERNAL
 
     @property
+    def edit_kind(self) -> str:
+        """"img2img", "inpaint" or "outpaint" for an edit; "" for text to image and imported images."""
+        return str((self.edit or {}).get("kind") or "")
+
+    @property
+    def edit_source_key(self) -> str:
+        """Storage key of the source image an edit started from ("" when not an edit)."""
+        sha = (self.edit or {}).get("source_sha256") or ""
+        return source_storage_key(sha) if sha else ""
+
+    @property
+    def edit_mask_key(self) -> str:
+        """Storage key of an inpainting's mask ("" when there is none)."""
+        sha = (self.edit or {}).get("mask_sha256") or ""
+        return mask_storage_key(sha) if sha else ""
+
+    @property
     def model_label(self) -> str:
         """What made it: the model version's name, or for an external image the ``model`` its import named
         (``external`` when none)."""
@@ -294,6 +335,6 @@ class GeneratedImage(TimeStampedModel):
         return self.model_version.name if self.model_version is not None else ""
 
 
-__all__ = ["ACTIVE_STATUSES", "FINAL_STATUSES", "DType", "GeneratedImage", "GenerationJob", "ImageOrigin", "JobStatus",
+__all__ = ["ACTIVE_STATUSES", "FINAL_STATUSES", "DType", "EditKind", "GeneratedImage", "GenerationJob", "ImageOrigin", "JobStatus",
            "ModelKind",
            "ModelVersion", "ProjectModelVersion", "Scheduler"]

@@ -128,6 +128,17 @@ def image_url(image: GeneratedImage) -> str:
     return reverse("generation:image", args=[image.pk])
 
 
+def image_edit_info(image: GeneratedImage) -> dict[str, Any]:
+    """An edited image's provenance for the UI and the API: kind, source and mask sha256, storage keys and
+    permission-checked URLs, strength and outpaint box; {} for a text-to-image or imported image."""
+    edit = dict(image.edit or {})
+    if not edit.get("kind"):
+        return {}
+    edit["source_url"] = reverse("generation:image_edit_source", args=[image.pk])
+    edit["mask_url"] = reverse("generation:image_edit_mask", args=[image.pk]) if edit.get("mask_sha256") else ""
+    return edit
+
+
 def next_queued_job_id(*, model_version_id: int) -> int | None:
     """The oldest queued job of a model version (a worker that has it loaded takes it next)."""
     return (
@@ -175,6 +186,8 @@ def job_status(job: GenerationJob) -> dict[str, Any]:
         "num_images": job.num_images,
         "seeds": job.seeds,
         "params": job.params,
+        "edit_kind": job.edit_kind,
+        "edit": job.edit,
         "created_at": job.created_at.isoformat(),
         "started_at": job.started_at.isoformat() if job.started_at else None,
         "finished_at": job.finished_at.isoformat() if job.finished_at else None,
@@ -192,6 +205,7 @@ def job_status(job: GenerationJob) -> dict[str, Any]:
                 "generation_seconds": round(image.generation_seconds, 4),
                 "batch_size": image.batch_size,
                 "runtime": image.runtime,
+                "edit": image_edit_info(image),
             }
             for image in images
         ],

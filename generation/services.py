@@ -36,6 +36,15 @@ from core.locks import lock_objects
 from core.models import JobPhase
 from core.tasks import enqueue_on_commit
 from generation import registry
+from generation.editing import (
+    EditInputError,
+    EditLimits,
+    EditRequest,
+    PreparedEdit,
+    edit_prepare,
+    mask_storage_key,
+    source_storage_key,
+)
 from generation.inference import MAX_SEED, GenerationParams, draw_seed, sha256_hex
 from generation.models import (
     ACTIVE_STATUSES,
@@ -81,9 +90,54 @@ TRANSIENT_STORAGE_ERRORS: tuple[type[BaseException], ...] = (OSError, BotoCoreEr
 RUN_GENERATION = "generation.tasks.run_generation"
 
 
-def params_hash(params: GenerationParams) -> str:
-    """Stable hash of the parameters: jobs with equal model version and hash are coalesced."""
-    return hashlib.sha256(json.dumps(params.to_dict(), sort_keys=True).encode()).hexdigest()
+def params_hash(params: GenerationParams, edit: dict[str, Any] | None = None) -> str:
+    """Stable hash of the parameters (and of an edit's provenance: kind, source, mask, strength, box): jobs
+    with equal model version and hash are coalesced, so edit jobs only with the very same edit."""
+    payload: dict[str, Any] = params.to_dict()
+    if edit:
+        payload = {"params": payload, "edit": edit}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+# --- image editing -----------------------------------------------------------------------------------
+
+
+def edit_limits_for(model_version: ModelVersion) -> EditLimits:
+    """What ``model_version`` accepts for image-editing jobs (from settings; the same for every version now)."""
+    return EditLimits(
+        max_upload_bytes=settings.GENERATION_EDIT_MAX_UPLOAD_BYTES,
+        max_source_side=settings.GENERATION_MAX_IMAGE_SIDE,
+        outpaint_max_per_side=settings.GENERATION_EDIT_OUTPAINT_MAX_PER_SIDE,
+        strength_default=min(100, settings.GENERATION_EDIT_STRENGTH_DEFAULT_PERCENT) / 100,
+    )
+
+
+def edit_limits(model_version: ModelVersion) -> dict[str, Any]:
+    """The limits the UI shows and checks before uploading (``EditLimits.as_dict``): max_upload_bytes,
+    max_source_side, outpaint_max_per_side, outpaint_multiple, strength_default, kinds, formats."""
+    return edit_limits_for(model_version).as_dict()
+
+
+def edit_validate(*, edit: EditRequest, model_version: ModelVersion, steps: int | None = None) -> PreparedEdit:
+    """Check and normalise ``edit`` for ``model_version`` without storing anything; ``ApplicationError``
+    with field source_image, mask, strength or outpaint says what is wrong."""
+    try:
+        return edit_prepare(edit, edit_limits_for(model_version), steps=steps)
+    except EditInputError as exc:
+        raise ApplicationError(exc.message, field=exc.field) from None
+
+
+def _store_content_keyed(key: str, data: bytes) -> None:
+    """Store ``data`` under its content key unless it is there already (same key, same bytes)."""
+    if not default_storage.exists(key):
+        _save_file(key, data)
+
+
+def edit_files_store(prepared: PreparedEdit) -> None:
+    """Write a validated edit's source (and mask) under their content keys."""
+    _store_content_keyed(source_storage_key(prepared.source_sha256), prepared.source_png)
+    if prepared.mask_png is not None:
+        _store_content_keyed(mask_storage_key(prepared.mask_sha256), prepared.mask_png)
 
 
 # --- model versions ----------------------------------------------------------------------------------
@@ -269,12 +323,18 @@ def generation_job_create(
     params: dict[str, Any] | None = None,
     project: Project | None = None,
     idempotency_key: str = "",
+    edit: EditRequest | None = None,
 ) -> GenerationJob:
     """Queue a generation job and enqueue its task once the transaction commits.
 
     ``params`` overrides the model version's defaults (scheduler, steps, guidance, width, height,
     negative_prompt). ``seeds`` gives one seed per image; missing seeds are drawn and stored. A
     repeated ``idempotency_key`` returns the job it created the first time.
+
+    With ``edit`` the job edits an image (img2img, inpaint or outpaint): the source and mask are validated
+    (``ApplicationError`` with field source_image, mask, strength or outpaint, and nothing stored), stored
+    under their content keys, and the output size is the source's (plus an outpaint's box), whatever
+    ``params`` says about width and height.
     """
     if project is not None:
         project_check(user=user, project=project, action="view")
@@ -312,6 +372,10 @@ def generation_job_create(
     if unknown:
         raise ApplicationError(f"Unknown parameter {unknown[0]!r}.", field=unknown[0])
     resolved = _validated_params({**model_version.default_params().to_dict(), **overrides})
+    prepared: PreparedEdit | None = None
+    if edit is not None:
+        prepared = edit_validate(edit=edit, model_version=model_version, steps=resolved.steps)
+        resolved = _validated_params({**resolved.to_dict(), "width": prepared.width, "height": prepared.height})
     seed_list = _seeds(seeds, num_images)
 
     now = timezone.now()
@@ -331,13 +395,18 @@ def generation_job_create(
             field="queue",
         )
 
+    edit_record = prepared.provenance() if prepared is not None else {}
+    if prepared is not None:
+        edit_files_store(prepared)
     job = GenerationJob.objects.create(
         project=project,
         created_by=user,
         model_version=model_version,
         prompt=prompt,
         params=resolved.to_dict(),
-        params_hash=params_hash(resolved),
+        params_hash=params_hash(resolved, edit_record),
+        edit_kind=prepared.kind if prepared is not None else "",
+        edit=edit_record,
         num_images=num_images,
         seeds=seed_list,
         max_attempts=settings.GENERATION_MAX_ATTEMPTS,
@@ -497,6 +566,7 @@ def generated_images_store(*, token: uuid.UUID, images: list[ImageToStore], runt
             seed=item.seed, params=item.job.params, runtime=runtime, storage_key=key, sha256=sha256_hex(item.png),
             width=item.width, height=item.height, size_bytes=len(item.png),
             generation_seconds=item.generation_seconds, batch_size=item.batch_size,
+            edit=item.job.edit if item.job.edit_kind else {},
         )
         for key, item in zip(keys, images, strict=True)
     ]
@@ -592,6 +662,10 @@ __all__ = [
     "RateLimitedError",
     "TransientStorageError",
     "ImageToStore",
+    "edit_files_store",
+    "edit_limits",
+    "edit_limits_for",
+    "edit_validate",
     "generated_images_store",
     "generation_job_cancel",
     "generation_job_create",

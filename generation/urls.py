@@ -11,6 +11,8 @@ urlpatterns = [
     path("jobs/<int:job_id>/", views.job_detail, name="job_detail"),
     path("jobs/<int:job_id>/cancel/", views.job_cancel, name="job_cancel"),
     path("images/<uuid:image_id>.png", views.image, name="image"),
+    path("images/<uuid:image_id>/source.png", views.image_edit_source, name="image_edit_source"),
+    path("images/<uuid:image_id>/mask.png", views.image_edit_mask, name="image_edit_mask"),
 ]
 
 # Mounted under /api/ by config/urls.py.

@@ -96,14 +96,9 @@ def _api_token_user(request: HttpRequest) -> object | None:
     return found[0] if found else None
 
 
-@require_GET
-def image(request: HttpRequest, image_id: UUID) -> HttpResponse:
-    """Stream a stored image to a user who may see it (404 to everyone else, revealing nothing).
-
-    Session (browser) and token (API) authentication both work. On S3-compatible storage with
-    signed URLs the check is followed by a redirect to a URL that expires (AWS_QUERYSTRING_EXPIRE);
-    on local disk the file is streamed from storage.
-    """
+def _stored_image_file(request: HttpRequest, image_id: UUID, part: str) -> HttpResponse:
+    """Stream ``part`` ("image", "source" or "mask") of a stored image to a user who may see the image
+    (404 to everyone else, revealing nothing; 404 too when the image has no such part)."""
     user = request.user if request.user.is_authenticated else _api_token_user(request)
     if user is None:
         if "HTTP_AUTHORIZATION" in request.META:
@@ -113,13 +108,43 @@ def image(request: HttpRequest, image_id: UUID) -> HttpResponse:
         found = selectors.image_for_user(user=user, image_id=image_id)  # type: ignore[arg-type]
     except GeneratedImage.DoesNotExist:
         raise Http404("No such image") from None
+    key, content_type, etag = {
+        "image": (found.storage_key, found.content_type or "image/png", found.sha256),
+        "source": (found.edit_source_key, "image/png", (found.edit or {}).get("source_sha256", "")),
+        "mask": (found.edit_mask_key, "image/png", (found.edit or {}).get("mask_sha256", "")),
+    }[part]
+    if not key:
+        raise Http404(f"This image has no {part}") from None
     if getattr(default_storage, "querystring_auth", False):
-        return HttpResponseRedirect(default_storage.url(found.storage_key))
+        return HttpResponseRedirect(default_storage.url(key))
     try:
-        handle = default_storage.open(found.storage_key, "rb")
+        handle = default_storage.open(key, "rb")
     except FileNotFoundError:
         raise Http404("The image file is missing") from None
-    response = FileResponse(handle, content_type=found.content_type or "image/png")
+    response = FileResponse(handle, content_type=content_type)
     response["Cache-Control"] = "private, max-age=3600"
-    response["ETag"] = f'"{found.sha256}"'
+    response["ETag"] = f'"{etag}"'
     return response
+
+
+@require_GET
+def image(request: HttpRequest, image_id: UUID) -> HttpResponse:
+    """Stream a stored image to a user who may see it (404 to everyone else, revealing nothing).
+
+    Session (browser) and token (API) authentication both work. On S3-compatible storage with
+    signed URLs the check is followed by a redirect to a URL that expires (AWS_QUERYSTRING_EXPIRE);
+    on local disk the file is streamed from storage.
+    """
+    return _stored_image_file(request, image_id, "image")
+
+
+@require_GET
+def image_edit_source(request: HttpRequest, image_id: UUID) -> HttpResponse:
+    """The source image an edited image started from (same access rule as the image itself)."""
+    return _stored_image_file(request, image_id, "source")
+
+
+@require_GET
+def image_edit_mask(request: HttpRequest, image_id: UUID) -> HttpResponse:
+    """The mask an inpainted image was painted with (same access rule as the image itself)."""
+    return _stored_image_file(request, image_id, "mask")

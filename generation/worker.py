@@ -32,10 +32,11 @@ from types import TracebackType
 from typing import Any
 
 from django.conf import settings
+from django.core.files.storage import default_storage
 from django.db import connections, transaction
 
 from core.exceptions import ApplicationError
-from generation import inference, selectors, services
+from generation import editing, inference, selectors, services
 from generation.models import NO_SEED_REASON, GeneratedImage, GenerationJob, ModelVersion
 
 logger = logging.getLogger(__name__)
@@ -135,6 +136,28 @@ def batch_shape(images: int, batch_limit: int) -> int:
     while shape < images:
         shape *= 2
     return max(images, min(shape, batch_limit))
+
+
+def edit_input(edit: dict[str, Any]) -> inference.EditInput | None:
+    """The inference input of an edit's provenance (a job's or an image's ``edit``), its source and mask
+    read from their content-keyed files; None for text to image. A missing file raises FileNotFoundError."""
+    if not edit or not edit.get("kind"):
+        return None
+
+    def read(key: str) -> bytes:
+        with default_storage.open(key, "rb") as handle:
+            data: bytes = handle.read()
+        return data
+
+    mask_sha = edit.get("mask_sha256") or ""
+    box = edit.get("outpaint")
+    return inference.EditInput(
+        kind=edit["kind"],
+        source_png=read(editing.source_storage_key(edit["source_sha256"])),
+        mask_png=read(editing.mask_storage_key(mask_sha)) if mask_sha else None,
+        strength=float(edit["strength"]),
+        outpaint=tuple(box) if box else None,  # type: ignore[arg-type]
+    )
 
 
 def worker_name() -> str:
@@ -300,6 +323,17 @@ def run_job(job_id: int, *, batch_limit: int | None = None, storer: Storer | Non
     result.claimed = [j.pk for j in claim.jobs]
     result.outcome = "running"
     runtime = runtime_info(device_type, spec.dtype)
+    # Coalesced jobs share the edit (it is part of their params hash): read its files once.
+    try:
+        edit = edit_input(claim.jobs[0].edit) if claim.jobs and claim.jobs[0].edit_kind else None
+    except FileNotFoundError as exc:
+        services.generation_jobs_fail(token=claim.token, error=f"The edit's source or mask file is missing: {exc}")
+        result.outcome = "failed"
+        return result
+    except OSError as exc:  # storage unavailable: back to the queue, the task retries later
+        services.generation_jobs_release(token=claim.token, lead_job_id=job_id)
+        result.outcome, result.error = "storage_unavailable", str(exc)
+        return result
 
     # Only the missing images, in batches of at most batch_limit images.
     todo = [(job, index, job.seeds[index]) for job in claim.jobs for index in claim.missing[job.pk]]
@@ -327,7 +361,8 @@ def run_job(job_id: int, *, batch_limit: int | None = None, storer: Storer | Non
                 by_job.setdefault(chunk_job.pk, []).append((index, seed))
             requests = [
                 inference.GenerationRequest(
-                    prompt=jobs_by_pk[pk].prompt, seeds=[seed for _, seed in items], params=claim.params, spec=spec
+                    prompt=jobs_by_pk[pk].prompt, seeds=[seed for _, seed in items], params=claim.params, spec=spec,
+                    edit=edit,
                 )
                 for pk, items in by_job.items()
             ]
@@ -402,7 +437,8 @@ def drain_queue(*, model_version_id: int, claims: int, storer: Storer) -> list[R
 
 
 def reproduce_image(image: GeneratedImage) -> bytes:
-    """Render ``image`` again from its provenance (model version, prompt, params, seed); PNG bytes.
+    """Render ``image`` again from its provenance (model version, prompt, params, seed, and for an edit its
+    kind, source, mask, strength and outpaint box); PNG bytes.
 
     An imported image has no such provenance: ``ApplicationError`` says so.
     """
@@ -412,7 +448,8 @@ def reproduce_image(image: GeneratedImage) -> bytes:
     spec = spec_for(image.model_version, device_type=device_type)
     loaded = pipeline_cache().get(spec)
     request = inference.GenerationRequest(
-        prompt=image.prompt, seeds=[image.seed], params=inference.GenerationParams.from_dict(image.params), spec=spec
+        prompt=image.prompt, seeds=[image.seed], params=inference.GenerationParams.from_dict(image.params), spec=spec,
+        edit=edit_input(image.edit),
     )
     shape = int(image.runtime.get("batch_shape", 1))
     [[generated]] = inference.generate_batch(loaded, [request], max_batch=shape)

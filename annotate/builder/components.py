@@ -30,8 +30,14 @@ NAME_RE = re.compile(r"^[a-z][a-z0-9_]{0,39}$")
 IMAGE_SOURCE_TASK = "task"  # Images whose candidates come with the task instead of a Generate button
 SELECT_SOURCES = ("static", "model_versions", "style_presets", "image_count")
 RANKING_MODES = ("full", "best_of_n", "pairwise")
+# Where an edit's source image may come from: an upload by the annotator, the task's own image (its data), or
+# one of the candidates generated earlier in the same task.
+SOURCE_IMAGE_SOURCES = ("upload", "task", "candidate")
+OUTPAINT_MULTIPLE = 8  # outpainting extends each side by a multiple of this many pixels
+OUTPAINT_MAX_DEFAULT = 1024  # the largest default extension a template may ask for; the model's limit applies too
+EDIT_COMPONENTS = ("source_image", "mask_painter", "outpaint_canvas", "strength")
 
-FieldKind = Literal["str", "text", "int", "bool", "choice", "str_list", "ref", "ref_list"]
+FieldKind = Literal["str", "text", "int", "bool", "choice", "choice_list", "str_list", "ref", "ref_list"]
 IssueKind = Literal["structure", "reference"]
 
 
@@ -43,9 +49,9 @@ class FieldSpec:
     default: Any = None
     help: str = ""
     max_length: int = 200  # str/text: characters; str_list: characters per item
-    minimum: int | None = None  # int: smallest value; str_list: fewest items
-    maximum: int | None = None  # int: largest value; str_list: most items
-    choices: tuple[str, ...] = ()  # choice: allowed values
+    minimum: int | None = None  # int: smallest value; str_list, choice_list: fewest items
+    maximum: int | None = None  # int: largest value; str_list, choice_list: most items
+    choices: tuple[str, ...] = ()  # choice, choice_list: allowed values
     ref_types: tuple[str, ...] = ()  # ref/ref_list: component types a name may point at
     extra_values: tuple[str, ...] = ()  # ref: reserved values accepted besides component names
 
@@ -200,6 +206,55 @@ CATALOGUE: dict[str, ComponentType] = {
             ),
             "rationale",
         ),
+        ComponentType(
+            "source_image", "Source image",
+            "The image an edit starts from: uploaded by the annotator, the task's own image, or a candidate "
+            "generated earlier in the task.",
+            (
+                _label("Source image"),
+                FieldSpec("sources", "choice_list", "Allowed sources", default=list(SOURCE_IMAGE_SOURCES),
+                          choices=SOURCE_IMAGE_SOURCES, minimum=1, maximum=len(SOURCE_IMAGE_SOURCES),
+                          help="upload: the annotator uploads one; task: the task's image; candidate: one "
+                               "generated earlier in the task"),
+                FieldSpec("generate", "ref", "Generate button it feeds", default="", ref_types=("generate_button",)),
+            ),
+            "source",
+        ),
+        ComponentType(
+            "mask_painter", "Mask painter",
+            "Paint over the part of the source image to repaint (brush, eraser, rectangle, invert, undo).",
+            (
+                _label("Paint the part to repaint"),
+                FieldSpec("source", "ref", "Source image component", default="", ref_types=("source_image",)),
+                FieldSpec("brush_size", "int", "Starting brush size (px)", default=32, minimum=1, maximum=512),
+                FieldSpec("brush_max", "int", "Largest brush size (px)", default=128, minimum=2, maximum=512),
+            ),
+            "mask",
+        ),
+        ComponentType(
+            "outpaint_canvas", "Outpaint canvas",
+            "Extend the source image beyond its borders, each side by a multiple of 8 px.",
+            (
+                _label("Extend the image"),
+                FieldSpec("source", "ref", "Source image component", default="", ref_types=("source_image",)),
+                FieldSpec("default_extend", "int", "Starting extension per side (px)", default=64, minimum=0,
+                          maximum=OUTPAINT_MAX_DEFAULT,
+                          help="A multiple of 8; the model's own limit caps it on the annotation page"),
+            ),
+            "outpaint",
+        ),
+        ComponentType(
+            "strength", "Strength",
+            "How far an edit may move from the source (a slider sent with the Generate button).",
+            (
+                _label("Strength"),
+                FieldSpec("generate", "ref", "Generate button", default="", ref_types=("generate_button",)),
+                FieldSpec("default", "int", "Starting strength (%)", default=75, minimum=1, maximum=100),
+                FieldSpec("minimum", "int", "Lowest strength (%)", default=10, minimum=1, maximum=100),
+                FieldSpec("maximum", "int", "Highest strength (%)", default=100, minimum=1, maximum=100),
+            ),
+            "strength",
+        ),
     )
 }
 
@@ -222,7 +277,8 @@ def new_component(*, type: str, taken: Iterable[str]) -> dict[str, Any]:  # noqa
 # The reference each kind of component gets its input from, which a new component is wired to when only one
 # component could feed it.
 SOURCE_FIELDS: dict[str, str] = {"generate_button": "prompt", "images": "source", "ranking": "images",
-                                 "rating": "images", "flags": "images"}
+                                 "rating": "images", "flags": "images", "source_image": "generate",
+                                 "mask_painter": "source", "outpaint_canvas": "source", "strength": "generate"}
 
 
 def bind_to_only_sources(components: list[dict[str, Any]], new: dict[str, Any]) -> None:
@@ -285,7 +341,7 @@ def _check_field(spec: FieldSpec, value: Any, report: Callable[[str], None]) -> 
             report("must be true or false")
             return spec.default
         return value
-    # str_list / ref_list
+    # str_list / ref_list / choice_list
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
         report("must be a list of strings")
         return _copy(spec.default)
@@ -300,6 +356,14 @@ def _check_field(spec: FieldSpec, value: Any, report: Callable[[str], None]) -> 
                 break
         if any(not item.strip() for item in value):
             report("has an empty item")
+    if spec.kind == "choice_list":
+        unknown = [item for item in value if item not in spec.choices]
+        if unknown:
+            report(f"must hold only {', '.join(spec.choices)}; got {unknown[0]!r}")
+            return [item for item in value if item in spec.choices]
+        if len(set(value)) != len(value):
+            report("names a choice twice")
+            return list(dict.fromkeys(value))
     return list(value)
 
 
@@ -454,6 +518,88 @@ def _check_rules(index: int, component: dict[str, Any], by_name: Mapping[str, di
         points = config["scale_max"] - config["scale_min"] + 1
         if config["labels"] and len(config["labels"]) != points:
             issue("labels", f"give one label per score ({points}), or none.")
+    if kind in EDIT_COMPONENTS:
+        _check_edit_rules(component, by_name, issue)
+
+
+def _check_edit_rules(component: dict[str, Any], by_name: Mapping[str, dict[str, Any]],
+                      issue: Callable[..., None]) -> None:
+    """The image-editing components: what each is bound to, and one kind of edit per Generate button."""
+    kind, name, config = component["type"], component["name"], component["config"]
+    others = [c for c in by_name.values() if c["name"] != name]
+    if kind == "source_image":
+        if not config["generate"]:
+            issue("generate", "feeds no Generate button; choose one.", "reference")
+        earlier = [c["name"] for c in others if c["type"] == "source_image" and config["generate"]
+                   and c["config"]["generate"] == config["generate"] and _before(c, component, by_name)]
+        if earlier:
+            issue("generate", f"{config['generate']!r} already takes its source from {earlier[0]!r}; "
+                              "a Generate button edits one source image.")
+    if kind in ("mask_painter", "outpaint_canvas"):
+        if not config["source"]:
+            issue("source", "has no source image; choose a Source image component.", "reference")
+        rival = next((c for c in others if c["type"] in ("mask_painter", "outpaint_canvas") and config["source"]
+                      and c["config"]["source"] == config["source"] and _before(c, component, by_name)), None)
+        if rival is not None:
+            what = "mask painter" if rival["type"] == "mask_painter" else "outpaint canvas"
+            issue("source", f"{config['source']!r} already has the {what} {rival['name']!r}; a source image "
+                            "is either inpainted (mask painter) or outpainted (outpaint canvas), once.")
+    if kind == "outpaint_canvas" and config["default_extend"] % OUTPAINT_MULTIPLE:
+        issue("default_extend", f"the starting extension must be a multiple of {OUTPAINT_MULTIPLE} px; "
+                                f"got {config['default_extend']}.")
+    if kind == "strength":
+        if not config["generate"]:
+            issue("generate", "is bound to no Generate button; choose one.", "reference")
+        if config["minimum"] > config["maximum"]:
+            issue("minimum", "the lowest strength is above the highest.")
+        elif not config["minimum"] <= config["default"] <= config["maximum"]:
+            issue("default", f"the starting strength must lie between {config['minimum']} and "
+                             f"{config['maximum']}; got {config['default']}.")
+        plan = edit_plan(list(by_name.values()), config["generate"]) if config["generate"] else None
+        if plan is not None and plan.kind == "outpaint":
+            issue("generate", f"{config['generate']!r} outpaints, which takes no strength; remove the slider or "
+                              "the outpaint canvas.")
+        elif config["generate"] in by_name and plan is None:
+            issue("generate", f"{config['generate']!r} has no Source image; strength applies to edits only.",
+                  "reference")
+
+
+def _before(a: Mapping[str, Any], b: Mapping[str, Any], by_name: Mapping[str, dict[str, Any]]) -> bool:
+    names = list(by_name)
+    return names.index(a["name"]) < names.index(b["name"])
+
+
+@dataclass(frozen=True)
+class EditPlan:
+    """What a Generate button does when a Source image feeds it: which components give the inputs."""
+
+    kind: Literal["img2img", "inpaint", "outpaint"]
+    generate: str  # the Generate button's name
+    source: Mapping[str, Any]  # the source_image component
+    mask: Mapping[str, Any] | None = None  # the mask_painter (inpaint)
+    outpaint: Mapping[str, Any] | None = None  # the outpaint_canvas (outpaint)
+    strength: Mapping[str, Any] | None = None  # the strength slider (img2img, inpaint; optional)
+
+
+def edit_plan(components: Iterable[Mapping[str, Any]], generate: str = "") -> EditPlan | None:
+    """The edit the Generate button ``generate`` (the first one fed by a source image when empty) makes,
+    or None when no Source image feeds it (plain text-to-image)."""
+    items = list(components)
+    source = next((c for c in items if c["type"] == "source_image" and c["config"]["generate"]
+                   and (not generate or c["config"]["generate"] == generate)), None)
+    if source is None:
+        return None
+    button = source["config"]["generate"]
+    bound = [c for c in items if c["type"] in ("mask_painter", "outpaint_canvas")
+             and c["config"]["source"] == source["name"]]
+    mask = next((c for c in bound if c["type"] == "mask_painter"), None)
+    outpaint = next((c for c in bound if c["type"] == "outpaint_canvas"), None)
+    strength = next((c for c in items if c["type"] == "strength" and c["config"]["generate"] == button), None)
+    if bound and bound[0] is outpaint:
+        return EditPlan("outpaint", button, source, outpaint=outpaint)
+    if mask is not None:
+        return EditPlan("inpaint", button, source, mask=mask, strength=strength)
+    return EditPlan("img2img", button, source, strength=strength)
 
 
 # --- submissions ------------------------------------------------------------------------

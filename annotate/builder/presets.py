@@ -52,6 +52,45 @@ def best_of_n_with_rationale() -> dict[str, Any]:
     )
 
 
+def _edit_preset(instructions: str, *edit: tuple[str, str, dict[str, Any]]) -> dict[str, Any]:
+    """The chain of an edit: Source image (+ mask or canvas, strength) → Generate → Images → Ranking → Text."""
+    return _schema(
+        ("instructions", "instructions", {"markdown": instructions}),
+        ("prompt_input", "prompt", {"label": "Prompt", "mode": "prompt_set"}),
+        ("source_image", "source", {"generate": "generate"}),
+        *edit,
+        ("generate_button", "generate", {"prompt": "prompt", "count": 4, "label": "Generate edits"}),
+        ("images", "images", {"source": "generate", "count": 4, "blind": True}),
+        ("ranking", "ranking", {"images": "images", "mode": "full", "allow_ties": True}),
+        ("text", "rationale", {"label": "Rationale", "required": False, "max_length": 2000}),
+    )
+
+
+def rank_img2img_edits() -> dict[str, Any]:
+    return _edit_preset(
+        "Upload or pick an image, set how far the edit may move from it, generate, then **rank** the edits "
+        "from best to worst.",
+        ("strength", "strength", {"generate": "generate", "default": 60}),
+    )
+
+
+def rank_inpaintings() -> dict[str, Any]:
+    return _edit_preset(
+        "Upload or pick an image, **paint over the part to repaint**, generate, then rank the inpaintings "
+        "from best to worst.",
+        ("mask_painter", "mask", {"source": "source"}),
+        ("strength", "strength", {"generate": "generate", "default": 100, "minimum": 50}),
+    )
+
+
+def rank_outpaintings() -> dict[str, Any]:
+    return _edit_preset(
+        "Upload or pick an image, choose how far to **extend each side**, generate, then rank the "
+        "outpaintings from best to worst.",
+        ("outpaint_canvas", "outpaint", {"source": "source", "default_extend": 64}),
+    )
+
+
 @dataclass(frozen=True)
 class Preset:
     key: str
@@ -69,5 +108,11 @@ PRESETS: dict[str, Preset] = {
                pairwise_ab_with_tie),
         Preset("best_of_n_with_rationale", "Best of N with rationale", "Pick the best image, flag problems, explain",
                best_of_n_with_rationale),
+        Preset("rank_img2img_edits", "Rank image-to-image edits",
+               "Source image → Strength → Generate → Images → Ranking → Text", rank_img2img_edits),
+        Preset("rank_inpaintings", "Rank inpaintings",
+               "Source image → Mask painter → Strength → Generate → Images → Ranking → Text", rank_inpaintings),
+        Preset("rank_outpaintings", "Rank outpaintings",
+               "Source image → Outpaint canvas → Generate → Images → Ranking → Text", rank_outpaintings),
     )
 }

@@ -115,21 +115,44 @@ def _image_count(config: Mapping[str, Any], by_name: Mapping[str, dict[str, Any]
     return max(1, min(catalogue.MAX_IMAGES, int(config.get("count") or 1)))
 
 
+# The components annotators use before there are candidates to rank (the annotation page shows them with the
+# Generate button, not in the ranking form).
+GENERATION_STEP = ("prompt_input", "generate_button", *catalogue.EDIT_COMPONENTS)
+OUTPAINT_SIDES = (("left", "Left"), ("top", "Top"), ("right", "Right"), ("bottom", "Bottom"))
+PREVIEW_EDIT_LIMITS = {"outpaint_max_per_side": 256, "outpaint_multiple": catalogue.OUTPAINT_MULTIPLE}
+
+
+def _edit_component_context(item: dict[str, Any], limits: Mapping[str, Any]) -> None:
+    """Fill in what the edit components' partials show, within the model's ``limits`` (``edit_limits``)."""
+    config = item["config"]
+    if item["type"] == "outpaint_canvas":
+        multiple = int(limits.get("outpaint_multiple") or catalogue.OUTPAINT_MULTIPLE)
+        top = int(limits.get("outpaint_max_per_side") or 0)
+        top -= top % multiple
+        item.update(sides=OUTPAINT_SIDES, multiple=multiple, max_extend=top,
+                    start=min(config["default_extend"], top))
+    elif item["type"] == "strength":
+        item.update(min=f"{config['minimum'] / 100:.2f}", max=f"{config['maximum'] / 100:.2f}",
+                    start=f"{config['default'] / 100:.2f}")
+
+
 def annotation_form_components(
     *, schema: Mapping[str, Any], images: Sequence[Mapping[str, Any]] | None = None, prompt: str = "",
-    issues: Sequence[catalogue.SchemaIssue] = (),
+    issues: Sequence[catalogue.SchemaIssue] = (), edit_limits: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Components ready for ``components/annotation/<type>.html``.
 
     ``images`` are the task's candidates (``{"id", "url", "model"}``); without them (the
     builder's preview) each Images component shows placeholders of its configured count.
+    ``edit_limits`` (the model version's ``edit_limits``) bound the edit components' controls.
     """
     normal = catalogue.normalise_schema(schema)
     items: list[dict[str, Any]] = []
     by_name: dict[str, dict[str, Any]] = {}
     for component in normal["components"]:
         item: dict[str, Any] = {**component, "label": catalogue.CATALOGUE[component["type"]].label,
-                                "issues": [i for i in issues if i.component == component["name"]]}
+                                "issues": [i for i in issues if i.component == component["name"]],
+                                "generation_step": component["type"] in GENERATION_STEP}
         config = component["config"]
         if component["type"] == "instructions":
             item["html"] = render_markdown(config["markdown"])
@@ -137,6 +160,8 @@ def annotation_form_components(
             item["options"] = select_options(config)
         elif component["type"] == "prompt_input":
             item["prompt"] = prompt
+        elif component["type"] in catalogue.EDIT_COMPONENTS:
+            _edit_component_context(item, edit_limits or PREVIEW_EDIT_LIMITS)
         items.append(item)
         by_name[component["name"]] = item
     for item in items:

@@ -253,7 +253,7 @@ def _config_from_post(spec: catalogue.ComponentType, post: Any) -> dict[str, Any
                 config[fspec.name] = raw
         elif fspec.kind == "str_list":
             config[fspec.name] = [line.strip() for line in post.get(key, "").splitlines() if line.strip()]
-        elif fspec.kind == "ref_list":
+        elif fspec.kind in ("ref_list", "choice_list"):
             config[fspec.name] = [value for value in post.getlist(key) if value]
         else:
             config[fspec.name] = post.get(key, "").replace("\r\n", "\n")

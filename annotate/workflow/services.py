@@ -16,6 +16,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.models import User
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.db.models import BooleanField, ExpressionWrapper, Max, Q
 from django.utils import timezone
@@ -46,6 +47,7 @@ from core.audit import audit_record
 from core.exceptions import ApplicationError
 from core.locks import lock_ids
 from core.parsing import check_length, parse_id
+from generation.editing import EditRequest
 from generation.models import GeneratedImage, GenerationJob, JobStatus
 from generation.selectors import project_model_versions
 from generation.services import (
@@ -404,6 +406,136 @@ def task_generation_start(*, project: Project, user: User, assignment: TaskAssig
     )
     TaskGenerationJob.objects.get_or_create(job=job, defaults={"task": task})
     if job.status == JobStatus.SUCCEEDED:  # it succeeded before it was linked (a job older than the link)
+        _attach_job_images(task_id=task.pk, job_id=job.pk)
+    return job
+
+
+# --- image-editing tasks (a Source image feeds the Generate button) ------------------------------------
+
+
+@dataclass(frozen=True)
+class EditInput:
+    """What the annotation page's edit form sends, parsed by the view (bytes already read within limits)."""
+
+    # "upload", "task" (the task's own image), or "candidate:<image id>" (one generated earlier in the task)
+    source_from: str
+    upload: bytes | None = None  # the uploaded source file (source_from "upload")
+    mask: bytes | None = None  # the mask PNG (inpaint)
+    strength: float | None = None  # img2img, inpaint (None: the slider's or the model's default)
+    outpaint: tuple[int, int, int, int] | None = None  # px added left, top, right, bottom (outpaint)
+
+
+def edit_error_located(exc: ApplicationError, plan: catalogue.EditPlan) -> ApplicationError:
+    """``exc`` from generation (field source_image, mask, strength or outpaint) named by the template's
+    component that holds the input: "Mask painter 'mask' (mask): The mask is empty: ..."; ``field`` is
+    ``<component name>.<field>``."""
+    holders = {"source_image": plan.source, "mask": plan.mask or plan.source,
+               "strength": plan.strength or plan.source, "outpaint": plan.outpaint or plan.source}
+    component = holders.get(exc.field or "")
+    if component is None:
+        return exc
+    label = catalogue.CATALOGUE[component["type"]].label
+    return ApplicationError(f"{label} {component['name']!r} ({exc.field}): {exc.message}",
+                            field=f"{component['name']}.{exc.field}", extra={"component": component["name"]})
+
+
+def task_edit_plan(*, assignment: TaskAssignment) -> catalogue.EditPlan | None:
+    """The edit the leased task's template makes (None: its Generate button makes plain text-to-image)."""
+    version = assignment.template_version
+    return catalogue.edit_plan(catalogue.normalise_schema(version.schema)["components"]) if version else None
+
+
+def task_edit_sources(*, task: AnnotationTask) -> tuple[GeneratedImage | None, list[GeneratedImage]]:
+    """The images an edit of ``task`` may start from besides an upload: the task's own image (the project
+    image its metadata names as ``source_image``) and the candidates generated earlier in the task (by its
+    generation jobs, newest job first, and its current candidates)."""
+    task_image = None
+    named = task.metadata.get("source_image") if isinstance(task.metadata, dict) else None
+    if isinstance(named, str):
+        try:
+            named_id = uuid.UUID(named)
+        except ValueError:
+            named_id = None
+        if named_id is not None:
+            task_image = GeneratedImage.objects.filter(pk=named_id).filter(
+                Q(job__project=task.project) | Q(project=task.project)).first()
+    candidates = list(GeneratedImage.objects.filter(
+        Q(job__annotation_task_link__task=task) | Q(annotation_tasks=task)).distinct().order_by("-job_id", "index"))
+    return task_image, candidates
+
+
+def _edit_source_bytes(*, task: AnnotationTask, edit: EditInput, plan: catalogue.EditPlan) -> bytes:
+    allowed = plan.source["config"]["sources"]
+    kind, _, image_id = edit.source_from.partition(":")
+
+    def refuse(message: str) -> ApplicationError:
+        return edit_error_located(ApplicationError(message, field="source_image"), plan)
+
+    if kind not in allowed:
+        raise refuse("Choose where the source image comes from: " + ", ".join(allowed) + ".")
+    if kind == "upload":
+        if not edit.upload:
+            raise refuse("Upload a source image: a PNG, JPEG or WebP file.")
+        return edit.upload
+    task_image, candidates = task_edit_sources(task=task)
+    if kind == "task":
+        image = task_image
+        if image is None:
+            raise refuse("This task's data names no image to edit; upload one instead.")
+    else:
+        image = next((c for c in candidates if str(c.pk) == image_id), None)
+        if image is None:
+            raise refuse("Choose one of the candidates generated earlier in this task.")
+    with default_storage.open(image.storage_key, "rb") as handle:
+        return handle.read()
+
+
+@transaction.atomic
+def task_edit_generation_start(*, project: Project, user: User, assignment: TaskAssignment, edit: EditInput,
+                               model_version_id: int | None = None) -> GenerationJob:
+    """Generate the leased task's candidates as edits of a source image (img2img, inpaint or outpaint, as
+    the template's components say): a generation job with ``edit``, linked to the task like
+    :func:`task_generation_start`. Errors name the component and field (:func:`edit_error_located`) and
+    store nothing. Idempotent per lease and edit: the same inputs return the same job.
+
+    Editing a candidate of a task that has candidates already (and no answer) replaces them with the
+    edits once they are generated.
+    """
+    plan = task_edit_plan(assignment=assignment)
+    if plan is None:
+        raise ApplicationError("This task's template has no Source image to edit.", field="source_image")
+    versions = project_model_versions(project=project)
+    version = (versions.filter(pk=model_version_id).first() if model_version_id else None) or versions.first()
+    if version is None:
+        raise ApplicationError("This project offers no model version to generate with.", field="model_version")
+    task, workflow = assignment.task, workflow_of(project)
+    source = _edit_source_bytes(task=task, edit=edit, plan=plan)
+    strength = None if plan.kind == "outpaint" else edit.strength
+    if strength is None and plan.strength is not None:
+        strength = plan.strength["config"]["default"] / 100
+    request = EditRequest(kind=plan.kind, source=source, mask=edit.mask if plan.kind == "inpaint" else None,
+                          strength=strength, outpaint=edit.outpaint if plan.kind == "outpaint" else None)
+    digest = hashlib.sha256(repr((request.kind, hashlib.sha256(source).hexdigest(),
+                                  hashlib.sha256(request.mask or b"").hexdigest(), request.strength,
+                                  request.outpaint)).encode()).hexdigest()
+    try:
+        job = generation_job_create(
+            user=user, model_version=version, prompt=task.prompt.text,
+            num_images=min(workflow.images_per_task, settings.GENERATION_MAX_IMAGES_PER_JOB),
+            params=workflow.generation_settings or None, project=project, edit=request,
+            idempotency_key=f"task-{task.pk}-assignment-{assignment.pk}-edit-{digest[:32]}",
+        )
+    except ApplicationError as exc:
+        raise edit_error_located(exc, plan) from None
+    _, linked = TaskGenerationJob.objects.get_or_create(job=job, defaults={"task": task})
+    if linked and TaskImage.objects.filter(task=task).exists():
+        # An earlier candidate is being edited: the edits will replace the candidates (before any answer).
+        (task,) = lock_ids(AnnotationTask, [task.pk])
+        if Annotation.objects.filter(task=task).exists():
+            raise ApplicationError("The task already has answers; its candidates can no longer change.",
+                                   field="source_image")
+        TaskImage.objects.filter(task=task).delete()
+    if job.status == JobStatus.SUCCEEDED:
         _attach_job_images(task_id=task.pk, job_id=job.pk)
     return job
 

@@ -19,9 +19,11 @@ from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.csrf import csrf_exempt, csrf_protect
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
+from annotate.builder.components import EDIT_COMPONENTS
 from annotate.builder.selectors import annotation_form_components
 from annotate.models import (
     AnnotationStatus,
@@ -42,8 +44,10 @@ from annotate.workflow.scoring import reward_scores
 from annotate.workflow.services import Submission
 from core.exceptions import ApplicationError
 from core.htmx import is_htmx, redirect_after_post, render_page_or_partial
+from core.parsing import parse_float, parse_int
 from generation import selectors as generation_selectors
-from generation.models import GenerationJob, JobStatus, ModelVersion
+from generation import services as generation_services
+from generation.models import GeneratedImage, GenerationJob, JobStatus, ModelVersion
 from projects.models import Project
 from projects.services import project_set_archived
 
@@ -84,6 +88,8 @@ def _task_context(request: HttpRequest, project: Project, handout: Handout, *,
     schema = workflow_selectors.template_schema(version)
     items = annotation_form_components(schema=schema, images=images, prompt=handout.task.prompt.text)
     has_prompt_input = any(c["type"] == "prompt_input" for c in items)
+    context.update(_edit_context(project, assignment, images))
+    context["edited_from"] = _edited_from(images)
     context.update(
         assignment=assignment,
         images=images,
@@ -98,6 +104,49 @@ def _task_context(request: HttpRequest, project: Project, handout: Handout, *,
         job_id=request.GET.get("job", "") if request.GET.get("job", "").isdecimal() else "",
     )
     return context
+
+
+def _edit_context(project: Project, assignment: TaskAssignment, images: list[dict[str, Any]]) -> dict[str, Any]:
+    """The edit form's components when the task's template edits a source image (``edit_plan``): shown while
+    the task has no candidates, and under the candidates when one of them may be edited."""
+    plan = workflow_services.task_edit_plan(assignment=assignment)
+    if plan is None:
+        return {"edit": None}
+    version = generation_selectors.project_model_versions(project=project).first()
+    if version is None:
+        return {"edit": None}
+    if images and "candidate" not in plan.source["config"]["sources"]:
+        return {"edit": None}
+    limits = generation_services.edit_limits(version)
+    task_image, candidates = workflow_services.task_edit_sources(task=assignment.task)
+    wanted = {plan.source["name"], plan.generate,
+              *(c["name"] for c in (plan.mask, plan.outpaint, plan.strength) if c is not None)}
+    schema = workflow_selectors.template_schema(assignment.template_version)
+    items = [item for item in annotation_form_components(schema=schema, edit_limits=limits)
+             if item["name"] in wanted and item["type"] in EDIT_COMPONENTS]
+    for item in items:
+        if item["type"] == "source_image":
+            item["limits"] = limits
+            item["max_upload_label"] = _megabytes(int(limits["max_upload_bytes"]))
+            item["task_image"] = ({"id": str(task_image.pk), "url": workflow_selectors.image_url(task_image.pk)}
+                                  if task_image is not None else None)
+            item["candidates"] = [{"id": str(image.pk), "url": workflow_selectors.image_url(image.pk)}
+                                  for image in candidates]
+    return {"edit": {"plan": plan, "items": items, "limits": limits, "on_candidates": bool(images),
+                     "button": next((c for c in schema["components"] if c["name"] == plan.generate), None)}}
+
+
+EDIT_LABELS = {"img2img": "Image-to-image edits", "inpaint": "Inpaintings", "outpaint": "Outpaintings"}
+
+
+def _edited_from(images: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """What the candidates were edited from (source, mask, strength or box), shown beside the prompt; None
+    when they are not edits. One query."""
+    if not images:
+        return None
+    first = GeneratedImage.objects.filter(pk=images[0]["id"]).only("pk", "edit").first()
+    info = generation_selectors.image_edit_info(first) if first is not None else {}
+    return {**info, "label": EDIT_LABELS.get(info["kind"], "Edits")} if info else None
 
 
 def _render_task(request: HttpRequest, project: Project, handout: Handout, *,
@@ -471,6 +520,119 @@ def task_generate(request: HttpRequest, project: Project, task_id: int) -> HttpR
             model_version_id=int(chosen) if chosen.isdigit() else None)
     except ApplicationError as exc:
         return _render_task(request, project, Handout(assignment), error=exc)
+    url = reverse("annotate:task_annotate", args=[project.pk]) + f"?job={job.pk}"
+    if not is_htmx(request):
+        return redirect_after_post(request, url)
+    return _generation_progress(request, project, assignment, job)
+
+
+def _edit_body_limit(limits: dict[str, Any]) -> int:
+    """The largest edit request accepted before its body is read: a source and a mask file plus the fields."""
+    return 2 * int(limits["max_upload_bytes"]) + 256 * 1024
+
+
+def _megabytes(n: int) -> str:
+    """A byte count as generation's messages write it (MB, one decimal; kB below 0.1 MB)."""
+    if n < 100_000:
+        return f"{n / 1000:.0f} kB"
+    return f"{n / 1_000_000:.1f}".rstrip("0").rstrip(".") + " MB"
+
+
+def _edit_upload(request: HttpRequest, key: str, *, limits: dict[str, Any], field: str,
+                 plan: Any) -> bytes | None:
+    """An uploaded file's bytes, refused by its size before it is read (Django streams large uploads to a
+    temporary file); None when nothing was uploaded."""
+    upload = request.FILES.get(key)
+    if upload is None:
+        return None
+    limit = int(limits["max_upload_bytes"])
+    if upload.size is not None and upload.size > limit:
+        raise workflow_services.edit_error_located(ApplicationError(
+            f"The image is {_megabytes(upload.size)}; the limit is {_megabytes(limit)}.", field=field), plan)
+    data = upload.read(limit + 1)
+    if len(data) > limit:
+        raise workflow_services.edit_error_located(ApplicationError(
+            f"The image is over {_megabytes(limit)}; the limit is {_megabytes(limit)}.", field=field), plan)
+    return data
+
+
+def _edit_input(request: HttpRequest, plan: Any, limits: dict[str, Any]) -> workflow_services.EditInput:
+    """The edit form's fields (named after the template's components) as an ``EditInput``."""
+    post, source = request.POST, plan.source
+    sources = source["config"]["sources"]
+    source_from = post.get(f"{source['name']}.from", "") or ("upload" if sources == ["upload"] else "")
+    upload = (_edit_upload(request, f"{source['name']}.file", limits=limits, field="source_image", plan=plan)
+              if source_from == "upload" else None)
+    mask = (_edit_upload(request, f"{plan.mask['name']}.png", limits=limits, field="mask", plan=plan)
+            if plan.kind == "inpaint" and plan.mask is not None else None)
+    strength = None
+    if plan.strength is not None and plan.kind != "outpaint":
+        config = plan.strength["config"]
+        raw = post.get(plan.strength["name"], "")
+        try:
+            strength = parse_float(raw, field="The strength", minimum=config["minimum"] / 100,
+                                   maximum=config["maximum"] / 100) if raw.strip() else None
+        except ApplicationError as exc:
+            raise workflow_services.edit_error_located(ApplicationError(exc.message, field="strength"), plan) from None
+    box = None
+    if plan.kind == "outpaint" and plan.outpaint is not None:
+        name, sides = plan.outpaint["name"], []
+        for side in ("left", "top", "right", "bottom"):
+            try:
+                sides.append(parse_int(post.get(f"{name}.{side}", "") or "0", field=side.capitalize(),
+                                       minimum=None, maximum=None))
+            except ApplicationError as exc:
+                raise workflow_services.edit_error_located(
+                    ApplicationError(exc.message, field="outpaint"), plan) from None
+        box = (sides[0], sides[1], sides[2], sides[3])
+    return workflow_services.EditInput(source_from=source_from, upload=upload, mask=mask, strength=strength,
+                                       outpaint=box)
+
+
+def _edit_failed(request: HttpRequest, project: Project, assignment: TaskAssignment,
+                 exc: ApplicationError) -> HttpResponse:
+    """htmx: the located error in the generation region, the form (its painted mask, its file) untouched;
+    a plain POST: the page with the error."""
+    if is_htmx(request):
+        return render(request, "annotate/task_annotate.html#edit_error", {"error": exc}, status=400)
+    return _render_task(request, project, Handout(assignment), error=exc)
+
+
+@csrf_exempt  # checked below by csrf_protect, once the body's size is known to be acceptable
+@require_POST
+@project_view("annotate")
+def task_generate_edit(request: HttpRequest, project: Project, task_id: int) -> HttpResponse:
+    """Generate the leased task's candidates as edits of a source image (multipart: the source upload or
+    the chosen image, the mask PNG, the strength, the outpaint box). A body larger than two files at the
+    model's upload limit is refused before it is read."""
+    assignment = _leased_task(project, request.user, task_id)
+    plan = workflow_services.task_edit_plan(assignment=assignment)
+    version = generation_selectors.project_model_versions(project=project).first()
+    if plan is None or version is None:
+        return _edit_failed(request, project, assignment, ApplicationError(
+            "This task has nothing to edit with: its template has no Source image or the project no model.",
+            field="source_image"))
+    limits = generation_services.edit_limits(version)
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    if length.isdecimal() and int(length) > _edit_body_limit(limits):
+        # Not read: the CSRF check would parse it. The connection carries the rest, which Django discards.
+        return _edit_failed(request, project, assignment, workflow_services.edit_error_located(ApplicationError(
+            f"The upload is {_megabytes(int(length))}; each image may be at most "
+            f"{_megabytes(int(limits['max_upload_bytes']))}.", field="source_image"), plan))
+    return _task_generate_edit_checked(request, project, assignment, plan, limits)
+
+
+@csrf_protect
+def _task_generate_edit_checked(request: HttpRequest, project: Project, assignment: TaskAssignment, plan: Any,
+                                limits: dict[str, Any]) -> HttpResponse:
+    chosen = request.POST.get("model_version", "")
+    try:
+        edit = _edit_input(request, plan, limits)
+        job = workflow_services.task_edit_generation_start(
+            project=project, user=request.user, assignment=assignment, edit=edit,
+            model_version_id=int(chosen) if chosen.isdigit() else None)
+    except ApplicationError as exc:
+        return _edit_failed(request, project, assignment, exc)
     url = reverse("annotate:task_annotate", args=[project.pk]) + f"?job={job.pk}"
     if not is_htmx(request):
         return redirect_after_post(request, url)

@@ -502,6 +502,9 @@ class ExportBuilder:
                     row[f"params_{side}"] = image["params"]
                     row[f"sha256_{side}"] = image["sha256"]
                     row[f"origin_{side}"] = image["origin"]
+                    for column in ("edit_kind", "edit", "source_path", "mask_path"):
+                        row[f"{column}_{side}"] = image[column]
+                    row[f"source_{side}"], row[f"mask_{side}"] = image["source_bytes"], image["mask_bytes"]
                     if image["origin"] == ImageOrigin.EXTERNAL:
                         self.external_images.add(image["uid"])
                 yield row
@@ -521,7 +524,30 @@ class ExportBuilder:
             "params": json.dumps(image.params, sort_keys=True) if image.params is not None else "",
             "sha256": image.sha256,
             "origin": image.origin,
+            **self._edit_columns(image, with_bytes=with_bytes),
         }
+
+    _edit_files: dict[str, bytes] | None = None
+
+    def _edit_columns(self, image: GeneratedImage, *, with_bytes: bool) -> dict[str, Any]:
+        """An edited image's kind, provenance JSON, source and mask (paths, and bytes when asked; a task's
+        candidates share their content-keyed source, read once)."""
+        if self._edit_files is None:
+            self._edit_files = {}
+        files = self._edit_files
+
+        def read(key: str) -> bytes | None:
+            if not key or not with_bytes:
+                return None
+            if key not in files:
+                if len(files) >= 64:  # a task's candidates share theirs: keep only the recent ones
+                    files.clear()
+                files[key] = _read(key)
+            return files[key]
+
+        source, mask = image.edit_source_key, image.edit_mask_key
+        return {"edit_kind": image.edit_kind, "edit": json.dumps(image.edit, sort_keys=True) if image.edit else "",
+                "source_path": source, "mask_path": mask, "source_bytes": read(source), "mask_bytes": read(mask)}
 
     _url_template: str | None = None
 
@@ -577,6 +603,12 @@ class ExportBuilder:
                     "weight": 1.0,
                     "created_at": annotation.created_at,
                     "split": split,
+                    "edit_kinds": [im["edit_kind"] for im in ordered],
+                    "edits": [im["edit"] for im in ordered],
+                    "sources": [im["source_bytes"] for im in ordered],
+                    "masks": [im["mask_bytes"] for im in ordered],
+                    "source_paths": [im["source_path"] for im in ordered],
+                    "mask_paths": [im["mask_path"] for im in ordered],
                 }
             self._progress()
 

@@ -65,7 +65,9 @@ def render_card(
         "`user_id`, `ranking_id`, plus provenance: seeds, generation parameters, model version ids, "
         "sha256 and origin of each image (`generated`, or `external` for an imported image, whose seed, "
         "parameters and model version id are empty: it has no seed to regenerate), the task's own key and "
-        "metadata, `tie`, `weight` and `split`.",
+        "metadata, `tie`, `weight` and `split`. Image-editing candidates carry `edit_kind_0/1` (img2img, "
+        "inpaint or outpaint; empty for text to image), `edit_0/1` (the edit's provenance as JSON), the source "
+        "image and mask (`source_0/1`, `mask_0/1`) and their storage paths.",
         "",
     ]
     return "\n".join(lines)

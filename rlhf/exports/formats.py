@@ -7,6 +7,11 @@
 - ``jsonl``: pairs with image paths or URLs, one JSON object a line.
 - ``hf``: a Hugging Face ``datasets`` dataset saved to disk, images as the ``Image`` feature.
 - ``trl``: trl's preference format (``prompt`` / ``chosen`` / ``rejected``), images as ``Image``.
+
+Image-editing candidates (img2img, inpaint, outpaint) carry their edit in every format: the kind, the source
+image and the mask (bytes where the export holds image bytes, storage paths always) and the edit's
+provenance as JSON (source and mask sha256, strength, outpaint box). Text-to-image and imported images have
+an empty kind and null sources and masks.
 """
 
 from __future__ import annotations
@@ -70,8 +75,24 @@ PAIR_SCHEMA = pa.schema(
         ("votes_tie", pa.int32()),
         ("majority_uid", pa.string()),
         ("task_agreement", pa.float64()),
+        # image editing: "" / img2img / inpaint / outpaint, the provenance JSON, the source and mask
+        ("edit_kind_0", pa.string()),
+        ("edit_kind_1", pa.string()),
+        ("edit_0", pa.string()),
+        ("edit_1", pa.string()),
+        ("source_0", pa.binary()),  # null without image bytes, or for a text-to-image image
+        ("source_1", pa.binary()),
+        ("mask_0", pa.binary()),  # null unless an inpainting (and with image bytes)
+        ("mask_1", pa.binary()),
+        ("source_path_0", pa.string()),  # storage keys ("" when none)
+        ("source_path_1", pa.string()),
+        ("mask_path_0", pa.string()),
+        ("mask_path_1", pa.string()),
     ]
 )
+
+# The image-editing columns of a pair row holding bytes (left out of the JSONL format, like the images).
+EDIT_BYTES_COLUMNS = ("source_0", "source_1", "mask_0", "mask_1")
 
 IMAGE_STRENGTH_SCHEMA = pa.schema(
     [
@@ -112,6 +133,13 @@ LISTWISE_SCHEMA = pa.schema(
         ("weight", pa.float64()),
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("split", pa.string()),
+        # image editing, parallel to ``images`` (see PAIR_SCHEMA's edit columns)
+        ("edit_kinds", pa.list_(pa.string())),
+        ("edits", pa.list_(pa.string())),
+        ("sources", pa.list_(pa.binary())),
+        ("masks", pa.list_(pa.binary())),
+        ("source_paths", pa.list_(pa.string())),
+        ("mask_paths", pa.list_(pa.string())),
     ]
 )
 
@@ -180,7 +208,12 @@ class JsonlWriter:
 
 def jsonl_row(pair_row: dict[str, Any]) -> dict[str, Any]:
     """A pair row without image bytes, for the lightweight JSONL format."""
-    return {k: v for k, v in pair_row.items() if k not in ("jpg_0", "jpg_1")}
+    return {k: v for k, v in pair_row.items() if k not in ("jpg_0", "jpg_1", *EDIT_BYTES_COLUMNS)}
+
+
+def _optional_image(path: str, image_loader: Callable[[str], bytes]) -> dict[str, Any] | None:
+    """An ``Image`` feature value for an edit's source or mask, None where there is none."""
+    return {"bytes": image_loader(path), "path": None} if path else None
 
 
 def save_hf_pairs(
@@ -208,6 +241,14 @@ def save_hf_pairs(
             "tie": datasets.Value("bool"),
             "weight": datasets.Value("float64"),
             "split": datasets.Value("string"),
+            "edit_kind_0": datasets.Value("string"),
+            "edit_kind_1": datasets.Value("string"),
+            "edit_0": datasets.Value("string"),
+            "edit_1": datasets.Value("string"),
+            "source_0": datasets.Image(),
+            "source_1": datasets.Image(),
+            "mask_0": datasets.Image(),
+            "mask_1": datasets.Image(),
         }
     )
 
@@ -217,6 +258,8 @@ def save_hf_pairs(
                 **{k: row[k] for k in features if k in row},
                 "image_0": {"bytes": image_loader(row["image_0_path"]), "path": None},
                 "image_1": {"bytes": image_loader(row["image_1_path"]), "path": None},
+                **{f"{part}_{side}": _optional_image(row[f"{part}_path_{side}"], image_loader)
+                   for part in ("source", "mask") for side in ("0", "1")},
             }
 
     return _save_generated(generate, features, directory)
@@ -225,7 +268,8 @@ def save_hf_pairs(
 def save_trl_preferences(
     rows: Callable[[], Iterator[dict[str, Any]]], directory: Path, *, image_loader: Callable[[str], bytes]
 ) -> int:
-    """trl's preference format: ``prompt``, ``chosen``, ``rejected`` (images), strict pairs only."""
+    """trl's preference format: ``prompt``, ``chosen``, ``rejected`` (images), strict pairs only; an edit's
+    ``edit_kind``, ``source`` and ``mask`` are the chosen image's (the conditioning of both, as a UI shows them)."""
     import datasets  # lazy: the datasets library costs a second to import, and only the trl format needs it
 
     features = datasets.Features(
@@ -235,6 +279,9 @@ def save_trl_preferences(
             "rejected": datasets.Image(),
             "weight": datasets.Value("float64"),
             "split": datasets.Value("string"),
+            "edit_kind": datasets.Value("string"),
+            "source": datasets.Image(),
+            "mask": datasets.Image(),
         }
     )
 
@@ -249,6 +296,9 @@ def save_trl_preferences(
                 "rejected": {"bytes": image_loader(row[f"image_{rejected}_path"]), "path": None},
                 "weight": row["weight"],
                 "split": row["split"],
+                "edit_kind": row[f"edit_kind_{chosen}"],
+                "source": _optional_image(row[f"source_path_{chosen}"], image_loader),
+                "mask": _optional_image(row[f"mask_path_{chosen}"], image_loader),
             }
 
     return _save_generated(generate, features, directory)

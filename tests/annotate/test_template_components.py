@@ -9,6 +9,7 @@ import pytest
 from annotate.builder.components import (
     CATALOGUE,
     SubmissionError,
+    edit_plan,
     new_component,
     normalise_schema,
     ranking_groups_from_form,
@@ -178,3 +179,74 @@ def test_diff_names_changes():
 def test_every_default_component_can_be_saved_as_a_draft(ctype):
     schema = {"schema_version": 1, "components": [new_component(type=ctype, taken=[])]}
     assert [i for i in validate_schema(schema) if i.kind == "structure"] == []
+
+
+# --- image-editing components (issue 23) ---------------------------------------------------
+
+
+def _edit(*components):
+    return _schema(("prompt_input", "prompt", {}), ("generate_button", "go", {"prompt": "prompt"}), *components)
+
+
+def test_edit_presets_plan_their_kind():
+    assert edit_plan(PRESETS["rank_img2img_edits"].build()["components"]).kind == "img2img"
+    inpaint = edit_plan(PRESETS["rank_inpaintings"].build()["components"])
+    assert (inpaint.kind, inpaint.mask["name"], inpaint.strength["name"]) == ("inpaint", "mask", "strength")
+    outpaint = edit_plan(PRESETS["rank_outpaintings"].build()["components"])
+    assert (outpaint.kind, outpaint.outpaint["name"], outpaint.strength) == ("outpaint", "outpaint", None)
+    assert edit_plan(PRESETS["rlhf_image_generation"].build()["components"]) is None
+
+
+@pytest.mark.parametrize(("components", "location", "words"), [
+    ((("source_image", "src", {"generate": "go", "sources": []}),), "src.sources", "at least 1"),
+    ((("source_image", "src", {"generate": "go", "sources": ["upload", "camera"]}),), "src.sources", "'camera'"),
+    ((("source_image", "src", {"generate": "go", "sources": ["task", "task"]}),), "src.sources", "twice"),
+    ((("source_image", "src", {"generate": "go", "sources": "upload"}),), "src.sources", "list of strings"),
+    ((("source_image", "src", {}),), "src.generate", "feeds no Generate button"),
+    ((("source_image", "src", {"generate": "prompt"}),), "src.generate", "not a Generate button"),
+    ((("source_image", "src", {"generate": "go"}), ("source_image", "src2", {"generate": "go"})), "src2.generate",
+     "already takes its source from 'src'"),
+    ((("source_image", "src", {"generate": "go"}), ("mask_painter", "m", {})), "m.source", "no source image"),
+    ((("source_image", "src", {"generate": "go"}), ("mask_painter", "m", {"source": "go"})), "m.source",
+     "not a Source image"),
+    ((("source_image", "src", {"generate": "go"}), ("mask_painter", "m", {"source": "src", "brush_size": 0})),
+     "m.brush_size", "between 1 and 512"),
+    ((("source_image", "src", {"generate": "go"}), ("mask_painter", "m", {"source": "src", "brush_max": 9999})),
+     "m.brush_max", "between 2 and 512"),
+    ((("source_image", "src", {"generate": "go"}), ("mask_painter", "m", {"source": "src"}),
+      ("outpaint_canvas", "o", {"source": "src"})), "o.source", "already has the mask painter 'm'"),
+    ((("source_image", "src", {"generate": "go"}), ("outpaint_canvas", "o", {"source": "src", "default_extend": 12})),
+     "o.default_extend", "multiple of 8 px; got 12"),
+    ((("source_image", "src", {"generate": "go"}), ("outpaint_canvas", "o", {"source": "src", "default_extend": 2048})),
+     "o.default_extend", "between 0 and 1024"),
+    ((("source_image", "src", {"generate": "go"}), ("strength", "s", {"generate": "go", "default": 5})),
+     "s.default", "between 10 and 100; got 5"),
+    ((("source_image", "src", {"generate": "go"}), ("strength", "s", {"generate": "go", "minimum": 90, "maximum": 20})),
+     "s.minimum", "lowest strength is above the highest"),
+    ((("source_image", "src", {"generate": "go"}), ("strength", "s", {"generate": "go", "default": 0.5})),
+     "s.default", "whole number"),
+    ((("strength", "s", {"generate": "go"}),), "s.generate", "has no Source image"),
+    ((("source_image", "src", {"generate": "go"}), ("outpaint_canvas", "o", {"source": "src"}),
+      ("strength", "s", {"generate": "go"})), "s.generate", "outpaints, which takes no strength"),
+])
+def test_edit_component_config_errors_are_located(components, location, words):
+    issues = validate_schema(_edit(*components))
+    assert [i.location for i in issues] == [location]
+    assert words in issues[0].message
+    assert issues[0].message.startswith(CATALOGUE[next(c[0] for c in components if c[1] == location.split(".")[0])]
+                                        .label)
+
+
+def test_edit_components_bind_to_their_only_source():
+    from annotate.builder.components import bind_to_only_sources
+
+    components = _edit()["components"]
+    for ctype in ("source_image", "mask_painter", "strength"):
+        new = new_component(type=ctype, taken=[c["name"] for c in components])
+        components.append(new)
+        bind_to_only_sources(components, new)
+    by_type = {c["type"]: c for c in components}
+    assert by_type["source_image"]["config"]["generate"] == "go"
+    assert by_type["mask_painter"]["config"]["source"] == "source"
+    assert by_type["strength"]["config"]["generate"] == "go"
+    assert validate_schema({"schema_version": 1, "components": components}) == []

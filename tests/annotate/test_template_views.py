@@ -146,3 +146,26 @@ def test_builder_query_count_does_not_grow_with_components(client, admin_user, p
             assert client.get(_url("template_builder", t)).status_code == 200
         counts.append(len(ctx.captured_queries))
     assert counts[0] == counts[1]
+
+
+def test_the_builder_lists_and_configures_the_edit_components(client, admin_user, project):
+    client.force_login(admin_user)
+    template = template_services.template_create_from_preset(project=project, preset="rank_inpaintings",
+                                                             created_by=admin_user)
+    page = client.get(_url("template_builder", template) + "?selected=source").content.decode()
+    for ctype in ("source_image", "mask_painter", "outpaint_canvas", "strength"):
+        assert f'value="{ctype}"' in page  # in the palette
+    assert page.count('name="cfg.sources"') == 3 and 'type="checkbox" name="cfg.sources" value="task" checked' in page
+    assert 'data-mask-painter="mask"' in page and 'name="strength"' in page  # the preview renders them
+    data = {"name": "source", "cfg.label": "Start from", "cfg.sources": ["upload", "candidate"],
+            "cfg.generate": "generate"}
+    assert client.post(_url("template_component_configure", template, "source"), data).status_code == 303
+    source = next(c for c in template.versions.order_by("-number").first().schema["components"]
+                  if c["name"] == "source")
+    assert source["config"] == {"label": "Start from", "sources": ["upload", "candidate"], "generate": "generate"}
+    bad = {"name": "strength", "cfg.label": "Strength", "cfg.generate": "generate", "cfg.default": "5",
+           "cfg.minimum": "10", "cfg.maximum": "100"}
+    response = client.post(_url("template_component_configure", template, "strength"), bad, **HX)
+    assert 'class="error field-error" data-field="default"' in response.content.decode()
+    assert "Strength &#x27;strength&#x27;: the starting strength must lie between 10 and 100; got 5." in (
+        response.content.decode())
