@@ -89,13 +89,14 @@ def project_for_annotation(*, user: AnyUser, project_id: Any, action: str,
 def lease_known(project: Project, *, user_id: Any, assignment_id: int | None) -> None:
     """Note on ``project`` (an instance loaded for one request) the id of ``user_id``'s active lease in it, or
     None when they hold none: what :func:`project_for_annotation` read, or what a service just changed (a
-    submit ends the caller's lease), so the queue need not look it up again."""
+    submit ends the caller's lease), so the queue's next hand-out need not look it up again."""
     project.known_lease = (user_id, assignment_id)  # type: ignore[attr-defined]
 
 
-def holds_no_lease(project: Project, *, user_id: Any) -> bool:
-    """Whether ``project`` notes (:func:`lease_known`) that ``user_id`` holds no active lease in it."""
-    return getattr(project, "known_lease", None) == (user_id, None)
+def no_lease_noted(project: Project, *, user_id: Any) -> bool:
+    """Whether ``project``'s note (:func:`lease_known`) says that ``user_id`` holds no active lease in it. The
+    note is used up: it holds for the next hand-out only (a later one may follow other changes)."""
+    return project.__dict__.pop("known_lease", None) == (user_id, None)
 
 
 def workflow_view(action: str) -> Any:

@@ -42,7 +42,7 @@ from annotate.models import (
     TaskImage,
     TaskOrder,
 )
-from annotate.workflow.access import holds_no_lease, lease_known, workflow_of
+from annotate.workflow.access import no_lease_noted, workflow_of
 from annotate.workflow.selectors import TASK_IMAGE_COLUMNS, task_images_from_rows
 from core import rawsql
 from core.exceptions import ApplicationError
@@ -151,15 +151,13 @@ def task_next(*, project: Project, user: User, rng: random.Random | None = None)
         raise ApplicationError("This project is archived; it hands out no tasks.", field="project")
     gold_rate = workflow_of(project).gold_rate
     gold_first = gold_rate > 0 and (rng or random).random() < gold_rate
-    # The project may already say that the user holds no lease (loaded with ``with_active_lease=True``, or
-    # the user's lease just submitted): then there is none to look up.
-    check_active = not holds_no_lease(project, user_id=user.pk)
+    # The project may say that the user holds no lease (loaded with ``with_active_lease=True``, or the user's
+    # lease just submitted): then there is none to look up. Were it wrong, the one-active-lease constraint
+    # stops the insert and the retry looks.
+    check_active = not no_lease_noted(project, user_id=user.pk)
     for attempt in range(3):
         try:
-            handout = _task_next_attempt(project=project, user=user, gold_first=gold_first,
-                                         check_active=check_active)
-            lease_known(project, user_id=user.pk, assignment_id=handout.assignment.pk if handout.assignment else None)
-            return handout
+            return _task_next_attempt(project=project, user=user, gold_first=gold_first, check_active=check_active)
         except IntegrityError:
             if attempt == 2 or transaction.get_connection().in_atomic_block:
                 raise
