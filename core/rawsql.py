@@ -25,7 +25,8 @@ from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.db.models import Field, Model
 
-try:  # psycopg 3: Django's cursor class that binds parameters on the server
+_server_binding: Any  # psycopg 3: Django's cursor class that binds parameters on the server
+try:
     from django.db.backends.postgresql.base import ServerBindingCursor as _server_binding
 except (ImportError, ImproperlyConfigured):  # psycopg2, or no PostgreSQL driver at all
     _server_binding = None
