@@ -5,10 +5,14 @@ authentication run a handful of small statements per request; the ORM spends sev
 milliseconds of CPU per request turning querysets into SQL, more than PostgreSQL spends
 executing them. Their callers (``projects.access``, ``annotate.workflow.access``,
 ``annotate.workflow.queue``, ``annotate.workflow.selectors``, ``annotate.workflow.services``,
-``core.authentication``) write those few statements as parameterised SQL with these helpers instead (every value a bound parameter; table and
-column names from model metadata), and the rows are turned back into model instances with
+``core.authentication``, ``projects.webhooks.events``) write those few statements as parameterised
+SQL with these helpers instead (every value a bound parameter; table and column names from model
+metadata), and the rows are turned back into model instances with
 the converters the ORM uses, so callers get the same Python values (aware datetimes, UUIDs,
 decoded JSON, booleans) on PostgreSQL and on SQLite.
+
+On PostgreSQL the statements run through these helpers are prepared once per connection (see
+``_cursor``; ``DATABASE_PREPARED_STATEMENTS``), so PostgreSQL parses and plans each only once.
 
 Everything else keeps the ORM: use these helpers only where a profile shows the ORM's cost.
 """
@@ -153,9 +157,9 @@ def param(model: type[Model], field_name: str, python_value: Any) -> Any:
 
 def _cursor() -> Any:
     """A cursor for these statements: on PostgreSQL (psycopg 3) one that binds parameters on the server, so
-    each statement is prepared once per connection and later runs skip PostgreSQL's parse and plan (they
-    cost the server about as much CPU as the annotator loop's Django code, measured in the note of
-    ``bench/annotation_loop.py``). Django's own cursors bind on the client and never prepare (a
+    each statement is prepared once per connection and later runs skip PostgreSQL's parse and plan (before,
+    they cost the server about as much CPU per annotator-loop submit as the Django code spent;
+    ``bench/annotation_submit_cpu.py`` measures both). Django's own cursors bind on the client and never prepare (a
     transaction-mode connection pooler before PgBouncer 1.21 cannot keep prepared statements):
     ``DATABASE_PREPARED_STATEMENTS=false`` gives these statements the same cursor as the ORM's.
 
