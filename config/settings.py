@@ -127,6 +127,11 @@ except ValueError as exc:  # pragma: no cover - env_url catches the common cases
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
     DATABASES["default"]["CONN_MAX_AGE"] = 0
     DATABASES["default"]["OPTIONS"] = {"timeout": 20, "transaction_mode": "IMMEDIATE"}
+RAWSQL_PREPARED_STATEMENTS = env_bool(
+    "DATABASE_PREPARED_STATEMENTS", True,
+    "PostgreSQL: prepare the hot plain-SQL statements (core/rawsql.py) once per connection; false behind a "
+    "transaction-mode connection pooler that cannot keep prepared statements (PgBouncer before 1.21)",
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- auth -------------------------------------------------------------------------------

@@ -5,10 +5,14 @@ authentication run a handful of small statements per request; the ORM spends sev
 milliseconds of CPU per request turning querysets into SQL, more than PostgreSQL spends
 executing them. Their callers (``projects.access``, ``annotate.workflow.access``,
 ``annotate.workflow.queue``, ``annotate.workflow.selectors``, ``annotate.workflow.services``,
-``core.authentication``) write those few statements as parameterised SQL with these helpers instead (every value a bound parameter; table and
-column names from model metadata), and the rows are turned back into model instances with
+``core.authentication``, ``projects.webhooks.events``) write those few statements as parameterised
+SQL with these helpers instead (every value a bound parameter; table and column names from model
+metadata), and the rows are turned back into model instances with
 the converters the ORM uses, so callers get the same Python values (aware datetimes, UUIDs,
 decoded JSON, booleans) on PostgreSQL and on SQLite.
+
+On PostgreSQL the statements run through these helpers are prepared once per connection (see
+``_cursor``; ``DATABASE_PREPARED_STATEMENTS``), so PostgreSQL parses and plans each only once.
 
 Everything else keeps the ORM: use these helpers only where a profile shows the ORM's cost.
 """
@@ -20,8 +24,16 @@ from collections.abc import Callable, Sequence
 from functools import lru_cache
 from typing import Any, TypeVar
 
+from django.conf import settings
+from django.core.exceptions import ImproperlyConfigured
 from django.db import connection
 from django.db.models import Field, Model
+
+_server_binding: Any  # psycopg 3: Django's cursor class that binds parameters on the server
+try:
+    from django.db.backends.postgresql.base import ServerBindingCursor as _server_binding
+except (ImportError, ImproperlyConfigured):  # psycopg2, or no PostgreSQL driver at all
+    _server_binding = None
 
 M = TypeVar("M", bound=Model)
 
@@ -143,21 +155,47 @@ def param(model: type[Model], field_name: str, python_value: Any) -> Any:
     return _field(model, field_name).get_db_prep_save(python_value, connection)
 
 
+def _cursor() -> Any:
+    """A cursor for these statements: on PostgreSQL (psycopg 3) one that binds parameters on the server, so
+    each statement is prepared once per connection and later runs skip PostgreSQL's parse and plan (before,
+    they cost the server about as much CPU per annotator-loop submit as the Django code spent;
+    ``bench/annotation_submit_cpu.py`` measures both). Django's own cursors bind on the client and never prepare (a
+    transaction-mode connection pooler before PgBouncer 1.21 cannot keep prepared statements):
+    ``DATABASE_PREPARED_STATEMENTS=false`` gives these statements the same cursor as the ORM's.
+
+    It is Django's cursor wrapper around it all the same: execute wrappers and ``django.db`` exceptions
+    (``IntegrityError``) behave as with ``connection.cursor()``. While queries are logged (``DEBUG``, a
+    test's ``CaptureQueriesContext``) these statements take Django's own cursor, whose log shows them with
+    their values (a prepared one's would show nothing).
+    """
+    if (connection.vendor != "postgresql" or not settings.RAWSQL_PREPARED_STATEMENTS or _server_binding is None
+            or connection.queries_logged):
+        return connection.cursor()
+    connection.close_if_health_check_failed()
+    connection.ensure_connection()
+    raw = connection.connection
+    if raw.prepare_threshold is None:  # Django turns preparing off; only server-binding cursors prepare
+        raw.prepare_threshold = 1
+    connection.validate_thread_sharing()
+    with connection.wrap_database_errors:
+        return connection.make_cursor(_server_binding(raw))
+
+
 def fetchone(sql: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchone()
 
 
 def fetchall(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.fetchall()
 
 
 def execute(sql: str, params: Sequence[Any]) -> int:
     """Run a write; returns the number of rows it changed."""
-    with connection.cursor() as cursor:
+    with _cursor() as cursor:
         cursor.execute(sql, params)
         return cursor.rowcount
 

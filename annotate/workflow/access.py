@@ -44,8 +44,8 @@ def project_for_annotation(*, user: AnyUser, project_id: Any, action: str,
     """The project when ``user`` may do ``action`` in it (the rules of ``projects.access``), with
     ``project.workflow`` and its template version loaded, in one statement.
 
-    With ``with_active_lease``, ``project.active_assignment_id`` says whether the user holds a lease
-    in it (for :func:`annotate.workflow.queue.task_next`).
+    With ``with_active_lease``, the project notes whether the user holds a lease in it (:func:`lease_known`,
+    for :func:`annotate.workflow.queue.task_next`).
     """
     check_action(action)
     if not user.is_authenticated or not user.is_active:
@@ -82,8 +82,21 @@ def project_for_annotation(*, user: AnyUser, project_id: Any, action: str,
     project.workflow = workflow  # type: ignore[attr-defined]
     role, perm_bits, lease_id = row[version_end:]
     if with_active_lease:
-        project.active_assignment_id = lease_id  # type: ignore[attr-defined]
+        lease_known(project, user_id=user.pk, assignment_id=lease_id)
     return access_from_row(user=user, project=project, role=role, perm_bits=perm_bits, action=action)
+
+
+def lease_known(project: Project, *, user_id: Any, assignment_id: int | None) -> None:
+    """Note on ``project`` (an instance loaded for one request) the id of ``user_id``'s active lease in it, or
+    None when they hold none: what :func:`project_for_annotation` read, or what a service just changed (a
+    submit ends the caller's lease), so the queue's next hand-out need not look it up again."""
+    project.known_lease = (user_id, assignment_id)  # type: ignore[attr-defined]
+
+
+def no_lease_noted(project: Project, *, user_id: Any) -> bool:
+    """Whether ``project``'s note (:func:`lease_known`) says that ``user_id`` holds no active lease in it. The
+    note is used up: it holds for the next hand-out only (a later one may follow other changes)."""
+    return project.__dict__.pop("known_lease", None) == (user_id, None)
 
 
 def workflow_view(action: str) -> Any:

@@ -208,7 +208,7 @@ def _handout_data(handout: queue.Handout) -> dict[str, Any]:
         "assignment_id": assignment.pk, "task_id": task.pk, "task_key": task.external_key,
         "task_metadata": task.metadata, "prompt": task.prompt.text,
         "negative_prompt": task.prompt.negative_prompt, "is_gold": False,
-        "images": workflow_selectors.task_images(task_id=task.pk),
+        "images": handout.images if handout.images is not None else workflow_selectors.task_images(task_id=task.pk),
         "template_version": assignment.template_version_id,
         "ranking_rules": {k: rules[k] for k in ("mode", "allow_ties", "allow_partial")},
         "lease_expires_at": assignment.lease_expires_at, "idempotency_key": f"assignment-{assignment.pk}",

@@ -16,10 +16,10 @@ How a task is handed out (:func:`task_next`):
 The lease expires after the workflow's ``lease_seconds``; the reaper (registered with
 ``core.tasks.register_reaper``, run by beat) marks expired leases and gives their slots back.
 
-Steps 2 and 3 run on every "next task" request, so their three statements (lock the task,
-count the lease, insert the assignment) are plain SQL through :mod:`core.rawsql`: compiling
-them with the ORM cost more CPU than PostgreSQL spends running them. The rarer paths (an
-existing or expired lease, skips, the reaper) keep the ORM.
+Steps 2 and 3 run on every "next task" request, so their three statements (lock the task and
+read its prompt and images, count the lease, insert the assignment) are plain SQL through
+:mod:`core.rawsql`: compiling them with the ORM cost more CPU than PostgreSQL spends running
+them. The rarer paths (an existing or expired lease, skips, the reaper) keep the ORM.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from django.contrib.auth.models import User
 from django.db import IntegrityError, transaction
@@ -38,53 +39,77 @@ from annotate.models import (
     Project,
     Prompt,
     TaskAssignment,
+    TaskImage,
     TaskOrder,
 )
-from annotate.workflow.access import workflow_of
+from annotate.workflow.access import no_lease_noted, workflow_of
+from annotate.workflow.selectors import TASK_IMAGE_COLUMNS, task_images_from_rows
 from core import rawsql
 from core.exceptions import ApplicationError
 from core.locks import lock_ids
 from core.tasks import register_reaper
+from generation.models import GeneratedImage
 
 MAX_SKIP_REASON = 500
 
 
 @dataclass(frozen=True)
 class Handout:
-    """What :func:`task_next` hands out: the lease and its task (prompt joined), or nothing left."""
+    """What :func:`task_next` hands out: the lease and its task (prompt joined), or nothing left; with the
+    task's images (``selectors.task_images``' list) when the statement that locked the task read them too."""
 
     assignment: TaskAssignment | None
+    images: list[dict[str, Any]] | None = None
 
     @property
     def task(self) -> AnnotationTask | None:
         return self.assignment.task if self.assignment else None
 
 
-def _lock_next_task(*, project: Project, user: User, gold: bool) -> AnnotationTask | None:
+def _lock_next_task(*, project: Project, user: User, gold: bool) -> tuple[AnnotationTask, list[dict[str, Any]]] | None:
     """The first task in the project's order that ``user`` was never assigned (open, non-gold
-    ones; or gold ones, in random order), with its prompt, locked ``FOR UPDATE SKIP LOCKED``.
+    ones; or gold ones, in random order), with its prompt and its images, locked ``FOR UPDATE
+    SKIP LOCKED``.
 
     Plain SQL: this runs on every "next task" and the ORM took longer to compile it than
     PostgreSQL takes to run it. The partial indexes on (project, position) and (project,
-    random_key) for open, non-gold tasks serve it.
+    random_key) for open, non-gold tasks serve the subquery that picks and locks the task; the
+    outer query joins its prompt and images (one row per image). The outer query reads the
+    task as the statement's snapshot saw it, which a transaction committing just before the lock
+    may have changed since: so the caller changes ``taken_count`` relative to the locked row
+    (:func:`_take_slot`), never from these values.
     """
     order = "random_key" if gold or workflow_of(project).task_order == TaskOrder.RANDOM else "position"
-    still_open, params = ("", [project.pk, gold]) if gold else (" AND {t.is_open} = %s", [project.pk, gold, True])
+    still_open, params = ("", [project.pk, gold]) if gold else (" AND {c.is_open} = %s", [project.pk, gold, True])
     sql = rawsql.query(  # names from model metadata; every value is a parameter
-        "SELECT {t.*}, {p.*} FROM {t} JOIN {p} ON {p.pk} = {t.prompt} "  # noqa: S608
-        "WHERE {t.project} = %s AND {t.is_gold} = %s" + still_open + " AND NOT EXISTS ("
-        "SELECT 1 FROM {a} WHERE {a.task} = {t.pk} AND {a.annotator} = %s) "
-        "ORDER BY {t." + order + "}, {t.pk} LIMIT 1",
-        t=AnnotationTask, p=Prompt, a=TaskAssignment,
-    ) + rawsql.for_update("t", skip_locked=True)
-    row = rawsql.fetchone(sql, [*params, user.pk])
-    if row is None:
+        "SELECT {t.*}, {p.*}, " + TASK_IMAGE_COLUMNS + " FROM {t} JOIN {p} ON {p.pk} = {t.prompt} "  # noqa: S608
+        "LEFT JOIN {ti} ON {ti.task} = {t.pk} LEFT JOIN {gi} ON {gi.pk} = {ti.image} "
+        "WHERE {t.pk} = (SELECT {c.pk} FROM {c} WHERE {c.project} = %s AND {c.is_gold} = %s" + still_open +
+        " AND NOT EXISTS (SELECT 1 FROM {a} WHERE {a.task} = {c.pk} AND {a.annotator} = %s) "
+        "ORDER BY {c." + order + "}, {c.pk} LIMIT 1" + rawsql.for_update("c", skip_locked=True) + ") "
+        "ORDER BY {ti.position}",
+        t=AnnotationTask, p=Prompt, ti=TaskImage, gi=GeneratedImage, c=AnnotationTask, a=TaskAssignment,
+    )
+    rows = rawsql.fetchall(sql, [*params, user.pk])
+    if not rows:
         return None
-    split = rawsql.width(AnnotationTask)
-    task = rawsql.load(AnnotationTask, row[:split])
-    task.prompt = rawsql.load(Prompt, row[split:])
-    return task
+    split, prompt_end = rawsql.width(AnnotationTask), rawsql.width(AnnotationTask) + rawsql.width(Prompt)
+    task = rawsql.load(AnnotationTask, rows[0][:split])
+    task.prompt = rawsql.load(Prompt, rows[0][split:prompt_end])
+    return task, task_images_from_rows(rows)
 
+
+def _take_slot(task: AnnotationTask, *, overlap: int) -> None:
+    """One more lease on the locked, non-gold ``task``: ``taken_count`` up by one and ``is_open`` while it
+    is below ``overlap``, computed from the row as locked (one statement); ``task`` gets the new values."""
+    table, taken, is_open = (rawsql.table(AnnotationTask), rawsql.column(AnnotationTask, "taken_count"),
+                             rawsql.column(AnnotationTask, "is_open"))
+    row = rawsql.fetchone(
+        f"UPDATE {table} SET {taken} = {taken} + 1, {is_open} = {taken} + 1 < %s "  # noqa: S608 - names only
+        f"WHERE {rawsql.column(AnnotationTask, 'pk')} = %s RETURNING {taken}, {is_open}", [overlap, task.pk])
+    if row is None:
+        raise RuntimeError(f"task {task.pk} vanished while locked")
+    task.taken_count, task.is_open = row[0], rawsql.value(AnnotationTask, "is_open", row[1])
 
 @transaction.atomic
 def _task_next_attempt(*, project: Project, user: User, gold_first: bool, check_active: bool) -> Handout:
@@ -100,24 +125,20 @@ def _task_next_attempt(*, project: Project, user: User, gold_first: bool, check_
         if current.lease_expires_at > now:
             return Handout(current)
         _expire([current.pk])  # our own lease ran out before the reaper saw it
-    task = _lock_next_task(project=project, user=user, gold=True) if gold_first else None
-    if task is None:
-        task = _lock_next_task(project=project, user=user, gold=False)
-    if task is None:
+    found = _lock_next_task(project=project, user=user, gold=True) if gold_first else None
+    if found is None:
+        found = _lock_next_task(project=project, user=user, gold=False)
+    if found is None:
         return Handout(None)
+    task, images = found
     workflow = workflow_of(project)
     if not task.is_gold:
-        taken = task.taken_count + 1
-        task.taken_count, task.is_open = taken, taken < workflow.overlap
-        rawsql.execute(
-            f"UPDATE {rawsql.table(AnnotationTask)} SET {rawsql.column(AnnotationTask, 'taken_count')} = %s, "  # noqa: S608
-            f"{rawsql.column(AnnotationTask, 'is_open')} = %s WHERE {rawsql.column(AnnotationTask, 'pk')} = %s",
-            [task.taken_count, task.is_open, task.pk])
+        _take_slot(task, overlap=workflow.overlap)
     assignment = rawsql.insert(
         TaskAssignment, task=task, project=project, annotator=user, template_version=workflow.template_version,
         lease_expires_at=now + timedelta(seconds=workflow.lease_seconds),
     )
-    return Handout(assignment)
+    return Handout(assignment, images=images)
 
 
 def task_next(*, project: Project, user: User, rng: random.Random | None = None) -> Handout:
@@ -130,9 +151,10 @@ def task_next(*, project: Project, user: User, rng: random.Random | None = None)
         raise ApplicationError("This project is archived; it hands out no tasks.", field="project")
     gold_rate = workflow_of(project).gold_rate
     gold_first = gold_rate > 0 and (rng or random).random() < gold_rate
-    # A project loaded with ``with_active_lease=True`` already says whether a lease exists.
-    known = getattr(project, "active_assignment_id", ...)
-    check_active = known is not None
+    # The project may say that the user holds no lease (loaded with ``with_active_lease=True``, or the user's
+    # lease just submitted): then there is none to look up. Were it wrong, the one-active-lease constraint
+    # stops the insert and the retry looks.
+    check_active = not no_lease_noted(project, user_id=user.pk)
     for attempt in range(3):
         try:
             return _task_next_attempt(project=project, user=user, gold_first=gold_first, check_active=check_active)

@@ -128,21 +128,35 @@ def task_image_ids(*, task_id: int) -> list[str]:
 # --- the annotator's side ---------------------------------------------------------------------
 
 
-def task_images(*, task_id: int) -> list[dict[str, Any]]:
-    """``[{"id", "url", "position", "width", "height"}]`` in display order: one query.
+# What task_images selects over TaskImage ``ti`` joined to GeneratedImage ``gi`` (the queue selects it too,
+# with the task it hands out); task_images_from_rows turns the rows into the handout's image list.
+TASK_IMAGE_COLUMNS = "{ti.image}, {ti.position}, {gi.width}, {gi.height}"
 
-    Plain SQL: every "next task" reads them, and compiling the ORM query cost more than
-    running it (the ids come back as UUIDs on every database, as the ORM returns them).
-    """
-    rows = rawsql.fetchall(rawsql.query(
-        "SELECT {ti.image}, {ti.position}, {gi.width}, {gi.height} FROM {ti} JOIN {gi} ON {gi.pk} = {ti.image} "
-        "WHERE {ti.task} = %s ORDER BY {ti.position}", ti=TaskImage, gi=GeneratedImage), [task_id])
+
+def task_images_from_rows(rows: Sequence[Sequence[Any]]) -> list[dict[str, Any]]:
+    """:func:`task_images`' list from rows ending in the four :data:`TASK_IMAGE_COLUMNS` (rows without an
+    image, from an outer join, are left out)."""
     images = []
-    for raw_id, position, width, height in rows:
+    for *_, raw_id, position, width, height in rows:
+        if raw_id is None:
+            continue
         image_id = rawsql.value(TaskImage, "image", raw_id)
         images.append({"id": str(image_id), "url": image_url(image_id), "position": position, "width": width,
                        "height": height})
     return images
+
+
+def task_images(*, task_id: int) -> list[dict[str, Any]]:
+    """``[{"id", "url", "position", "width", "height"}]`` in display order: one query.
+
+    Plain SQL: compiling the ORM query cost more than running it (the ids come back as UUIDs on
+    every database, as the ORM returns them). A task the queue hands out comes with its images,
+    read in the queue's own statement (``queue._lock_next_task``); this serves the other paths.
+    """
+    rows = rawsql.fetchall(rawsql.query(
+        "SELECT " + TASK_IMAGE_COLUMNS + " FROM {ti} JOIN {gi} ON {gi.pk} = {ti.image} "  # noqa: S608 - names only
+        "WHERE {ti.task} = %s ORDER BY {ti.position}", ti=TaskImage, gi=GeneratedImage), [task_id])
+    return task_images_from_rows(rows)
 
 
 def task_images_for_annotator(*, project: Project, task_id: int) -> list[dict[str, Any]]:

@@ -38,7 +38,7 @@ from annotate.models import (
     TaskOrder,
 )
 from annotate.workflow import prompt_import
-from annotate.workflow.access import workflow_of
+from annotate.workflow.access import lease_known, workflow_of
 from annotate.workflow.queue import assignment_release
 from annotate.workflow.scoring import reward_scores
 from annotate.workflow.selectors import components_of, ranking_component, task_image_ids
@@ -58,7 +58,7 @@ from generation.services import (
 from projects.access import project_check
 from projects.models import Project
 from projects.services import project_update
-from projects.webhooks.events import emit, subscribers, url_for
+from projects.webhooks.events import emit, has_subscribers_sql, subscribers, url_for
 
 AMEND_WINDOW = timedelta(hours=24)
 MAX_IDEMPOTENCY_KEY = 100
@@ -732,25 +732,38 @@ def _check_key(key: Any) -> str:
     return key.strip()
 
 
-def _lock_assignment(*, project: Project, user: User, task_id: int, key: str
-                     ) -> tuple[TaskAssignment | None, int | None, list[str]]:
+@dataclass(frozen=True)
+class _Locked:
+    """What :func:`_lock_assignment` read in its one statement."""
+
+    assignment: TaskAssignment | None
+    replay_id: int | None = None
+    image_ids: list[str] = field(default_factory=list)
+    has_webhooks: bool = False
+
+
+def _lock_assignment(*, project: Project, user: User, task_id: int, key: str) -> _Locked:
     """The user's assignment of ``task_id`` in ``project`` (template version joined), locked
-    ``FOR UPDATE``; the id of the user's annotation stored under ``key``, if any; and the
-    task's image ids in display order. One statement (one row per image).
+    ``FOR UPDATE``; the id of the user's annotation stored under ``key``, if any; the task's
+    image ids in display order; and whether the project has active webhook endpoints (most have
+    none, so the submit then skips looking them up). One statement (one row per image).
 
     Plain SQL: this runs on every submit and the ORM took longer to compile its queries than
     PostgreSQL takes to run them.
     """
+    hooks, hooks_params = has_subscribers_sql(project_id=project.pk)
     sql = rawsql.query(  # names from model metadata; every value is a parameter
-        "SELECT {a.*}, {tv.*}, (SELECT {r.pk} FROM {r} WHERE {r.annotator} = %s AND {r.idempotency_key} = %s), "
-        "{ti.image} FROM {a} LEFT JOIN {tv} ON {tv.pk} = {a.template_version} "
+        "SELECT {a.*}, {tv.*}, (SELECT {r.pk} FROM {r} WHERE {r.annotator} = %s AND {r.idempotency_key} = %s), ",
+        a=TaskAssignment, tv=AnnotationTemplateVersion, r=Annotation,
+    ) + hooks + rawsql.query(
+        ", {ti.image} FROM {a} LEFT JOIN {tv} ON {tv.pk} = {a.template_version} "
         "LEFT JOIN {ti} ON {ti.task} = {a.task} WHERE {a.project} = %s AND {a.annotator} = %s AND {a.task} = %s "
         "ORDER BY {ti.position}",
-        a=TaskAssignment, tv=AnnotationTemplateVersion, r=Annotation, ti=TaskImage,
+        a=TaskAssignment, tv=AnnotationTemplateVersion, ti=TaskImage,
     ) + rawsql.for_update("a")
-    rows = rawsql.fetchall(sql, [user.pk, key, project.pk, user.pk, task_id])
+    rows = rawsql.fetchall(sql, [user.pk, key, *hooks_params, project.pk, user.pk, task_id])
     if not rows:
-        return None, None, []
+        return _Locked(None)
     row = rows[0]
     split = rawsql.width(TaskAssignment)
     assignment = rawsql.load(TaskAssignment, row[:split])
@@ -759,7 +772,7 @@ def _lock_assignment(*, project: Project, user: User, task_id: int, key: str
         rawsql.load(AnnotationTemplateVersion, row[split:version_end]) if row[split] is not None else None
     )
     image_ids = [str(rawsql.value(TaskImage, "image", r[-1])) for r in rows if r[-1] is not None]
-    return assignment, row[version_end], image_ids
+    return _Locked(assignment, replay_id=row[version_end], image_ids=image_ids, has_webhooks=bool(row[-2]))
 
 
 @transaction.atomic
@@ -772,7 +785,8 @@ def annotation_submit(*, project: Project, user: User, task_id: int, submission:
     locked first, so two concurrent copies of one submit serialise on it.
     """
     key = _check_key(submission.idempotency_key)
-    assignment, replay_id, image_ids = _lock_assignment(project=project, user=user, task_id=task_id, key=key)
+    locked = _lock_assignment(project=project, user=user, task_id=task_id, key=key)
+    assignment, replay_id, image_ids = locked.assignment, locked.replay_id, locked.image_ids
     if assignment is None:
         replay = Annotation.objects.filter(annotator=user.pk, idempotency_key=key).first()
         if replay is not None:
@@ -822,10 +836,16 @@ def annotation_submit(*, project: Project, user: User, task_id: int, submission:
         [AssignmentStatus.SUBMITTED.value, rawsql.param(TaskAssignment, "finished_at", now),
          rawsql.param(TaskAssignment, "updated_at", now), assignment.pk],
     )
-    hooks = subscribers(project_id=project.pk)  # one statement for both events (the loop's hot path)
+    # one statement for both events, and none when the project has no endpoint (the loop's hot path)
+    hooks = subscribers(project_id=project.pk) if locked.has_webhooks else []
     emit("annotation.created", project_id=project.pk, endpoints=hooks, data=lambda: _annotation_event(annotation))
     emit("task.completed", project_id=project.pk, endpoints=hooks,
          data=lambda: _task_completed_event(project=project, task_id=assignment.task_id))
+    if assignment.status == AssignmentStatus.ACTIVE:
+        # That was the caller's one active lease in the project (a unique constraint): now they hold none,
+        # which spares queue.task_next, which the loop calls next, its look-up of a current lease. (Were the
+        # hint ever wrong, the one-active-lease constraint stops task_next's insert and it looks again.)
+        lease_known(project, user_id=user.pk, assignment_id=None)
     return annotation, True
 
 

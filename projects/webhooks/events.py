@@ -88,6 +88,13 @@ def subscribers(*, project_id: int) -> Subscribers:
     return [(pk, list(rawsql.value(WebhookEndpoint, "event_types", raw) or ())) for pk, raw in rows]
 
 
+def has_subscribers_sql(*, project_id: int) -> tuple[str, list[Any]]:
+    """A select-list expression saying whether the project has any active endpoint, with its parameters: a
+    hot path folds it into a statement it runs anyway and calls :func:`subscribers` only when it is true."""
+    return (rawsql.query("EXISTS (SELECT 1 FROM {e} WHERE {e.project} = %s AND {e.is_active} = %s)",
+                         e=WebhookEndpoint), [project_id, True])
+
+
 def queue_delivery(delivery_id: int, *, countdown: float | None = None) -> None:
     """Send a delivery from a worker (on ``WEBHOOK_QUEUE``) once the current transaction commits.
 

@@ -7,6 +7,7 @@ from datetime import timedelta
 
 import pytest
 from django.db import OperationalError, connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from annotate.models import (
@@ -106,6 +107,44 @@ def test_late_submit_after_expiry_is_accepted_while_the_task_has_room(project):
     assert created and annotation.status == AnnotationStatus.SUBMITTED
     task.refresh_from_db()
     assert task.taken_count == 1
+
+
+def _statements(captured):
+    """The statements a block ran, less the savepoints of the test's own transaction."""
+    return [q["sql"] for q in captured.captured_queries if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))]
+
+
+def test_a_submit_spares_its_authors_next_hand_out_the_lease_look_up_and_no_one_elses(project):
+    set_workflow(project, overlap=2)
+    tasks_with_images(project, 3)
+    u1, u2 = annotators(project, 2)
+    first, held = queue.task_next(project=project, user=u1), queue.task_next(project=project, user=u2)
+    submit(project, u1, first.task)  # the same project instance serves both annotators, as the simulator's does
+    with CaptureQueriesContext(connection) as other:
+        assert queue.task_next(project=project, user=u2).assignment.pk == held.assignment.pk  # still u2's lease
+    submit(project, u1, queue.task_next(project=project, user=u1).task)
+    with CaptureQueriesContext(connection) as own:
+        mine = queue.task_next(project=project, user=u1)
+    assert mine.task is not None and mine.assignment.annotator_id == u1.pk
+    # lock the next task (prompt and images joined), count the slot, insert the lease: no look-up before them
+    assert len(_statements(own)) == 3 and "SKIP LOCKED" in _statements(own)[0]
+    # the note was u1's: u2's current lease was looked up (and handed back)
+    assert len(_statements(other)) == 1 and _statements(other)[0].startswith('SELECT "annotate_taskassignment"')
+
+
+def test_a_late_submit_hands_back_the_lease_its_author_already_holds(project):
+    set_workflow(project, overlap=2)
+    expired_task, _, _ = tasks_with_images(project, 3)
+    (u1,) = annotators(project, 1)
+    queue.task_next(project=project, user=u1)
+    TaskAssignment.objects.filter(annotator=u1).update(lease_expires_at=timezone.now() - timedelta(seconds=1))
+    assert queue.leases_reap() == 1
+    current = queue.task_next(project=project, user=u1)
+    annotation, created = submit(project, u1, expired_task)  # the expired lease's task still has room
+    assert created and annotation.task_id == expired_task.pk
+    # the submitted lease was not u1's active one: the hand-out looks and gives back the lease u1 holds
+    assert queue.task_next(project=project, user=u1).assignment.pk == current.assignment.pk
+    assert TaskAssignment.objects.filter(annotator=u1, status=AssignmentStatus.ACTIVE).count() == 1
 
 
 def test_skip_needs_a_reason_and_frees_the_slot(project, annotator):

@@ -5,7 +5,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from django.db import connection
+from django.db import IntegrityError, connection, transaction
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
 from annotate.models import AnnotationTask, Prompt, TaskAssignment
@@ -70,3 +71,53 @@ def test_query_names_tables_and_columns_from_model_metadata(db):
                    f"ON p.{quote('id')} = t.{quote('prompt_id')} WHERE t.{quote('project_id')} = %s")
     with pytest.raises(KeyError):
         rawsql.query("SELECT {x.pk} FROM {t}", t=AnnotationTask)  # an alias nobody bound
+
+
+def _prepared_statements() -> list[str]:
+    with connection.cursor() as cursor:  # Django's own cursor: binds on the client, never prepares
+        cursor.execute("SELECT statement FROM pg_prepared_statements")
+        return [statement for (statement,) in cursor.fetchall()]
+
+
+@pytest.mark.django_db
+def test_statements_are_prepared_once_per_connection_on_postgresql(settings):
+    if connection.vendor != "postgresql":
+        pytest.skip("prepared statements are PostgreSQL's")
+    project = ProjectFactory()
+    sql = rawsql.query("SELECT {t.pk} FROM {t} WHERE {t.project} = %s", t=AnnotationTask)
+    seen = []
+
+    def wrapper(execute, sql, params, many, context):
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper):  # counted like any statement (the loop bench counts so)
+        assert rawsql.fetchone(sql, [project.pk]) is None
+        assert rawsql.fetchall(sql, [project.pk]) == []
+    assert seen == [sql, sql]
+    assert [s for s in _prepared_statements() if "annotate_annotationtask" in s] == [sql.replace("%s", "$1")]
+    # while queries are logged, they take Django's cursor, and the log shows them with their values
+    with CaptureQueriesContext(connection) as logged:
+        assert rawsql.fetchone(sql, [project.pk]) is None
+    assert [q["sql"] for q in logged.captured_queries] == [sql % project.pk]
+    # the ORM's statements stay unprepared (they change with every queryset)
+    assert list(AnnotationTask.objects.filter(project=project)) == []
+    assert not [s for s in _prepared_statements() if s.startswith('SELECT "annotate_annotationtask"')]
+
+    settings.RAWSQL_PREPARED_STATEMENTS = False
+    other = rawsql.query("SELECT {p.pk} FROM {p} WHERE {p.text} = %s", p=Prompt)
+    assert rawsql.fetchone(other, ["nothing"]) is None
+    assert not [s for s in _prepared_statements() if "annotate_prompt" in s]
+
+
+@pytest.mark.django_db
+def test_a_prepared_statement_raises_djangos_errors():
+    project = ProjectFactory()
+    task, other = task_with_images(project), task_with_images(project)
+    values = {"task": task, "project": project, "annotator": UserFactory(), "template_version": None,
+              "lease_expires_at": timezone.now()}
+    rawsql.insert(TaskAssignment, **values)
+    rawsql.insert(TaskAssignment, **{**values, "task": other, "status": "expired"})  # the prepared insert again
+    with pytest.raises(IntegrityError), transaction.atomic():  # once per task and annotator
+        rawsql.insert(TaskAssignment, **{**values, "status": "skipped"})
+    assert TaskAssignment.objects.filter(project=project).count() == 2
