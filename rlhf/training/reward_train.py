@@ -273,13 +273,16 @@ def train_reward_model(
     train_rows = count_rows(data_path, "train")
     if train_rows == 0:
         raise ValueError(f"{data_path} has no rows in the train split")
-    rows_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
+    processes = accelerator.num_processes
+    if config.batch_size % processes:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {processes} processes")
+    rows_per_step = config.batch_size * config.grad_accum  # all processes together
     total_steps = config.epochs * math.ceil(train_rows / rows_per_step)
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     loader = DataLoader(
         dataset,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size // processes,  # this process's share of the global micro-batch
         collate_fn=partial(collate_ranked, transform=model.transform),
         num_workers=config.num_workers,
     )
@@ -333,9 +336,12 @@ def train_reward_model(
             # --- one optimisation step done: log, checkpoint, maybe stop
             step += 1
             now = time.perf_counter()
+            means = np.array([np.mean(micro_losses), np.mean(micro_acc)])
+            if processes > 1:  # equal shares: the mean of the processes' means is the global batch's
+                means = accelerator.reduce(torch.tensor(means, device=accelerator.device), "mean").cpu().numpy()
             last = {
-                "loss": float(np.mean(micro_losses)),
-                "accuracy": float(np.mean(micro_acc)),
+                "loss": float(means[0]),
+                "accuracy": float(means[1]),
                 "lr": float(scheduler.get_last_lr()[0]),
                 "epoch": float(epoch),
                 "pairs_per_s": rows_since_tick / max(now - tick, 1e-9),

@@ -1,0 +1,165 @@
+"""Distributed training (num_processes > 1): 2 CPU ranks (gloo, through torchrun and rlhf.training.launch)
+train as 1 process does on the same global batch; a killed rank fails the group, cancel stops every rank.
+
+Tolerances: the first step's loss within 1e-5 (relative) of one process's; the LoRA or reward-model weights
+after 3 steps within 1e-4 (absolute, weights of order 1e-2..1): the only difference is the order in which
+the ranks' gradients are summed (gloo's all-reduce) and the per-rank batches' kernel shapes.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from rlhf.runs.distributed import TrainingProcessFailed, alive, launch_training, process_tree
+from rlhf.training.configs import RewardModelConfig, tiny_ddpo_preset, tiny_dpo_preset, tiny_reward_preset
+from rlhf.training.ddpo import train_ddpo
+from rlhf.training.dpo import train_dpo
+from rlhf.training.reward_train import train_reward_model
+from rlhf.training.synthetic import write_brightness_pairs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+PROMPTS = ("a cat", "a dog", "a red house", "a tree")
+LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-4
+
+
+@pytest.fixture(scope="module")
+def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # 0 ties, so every pair trains: 24 rows -> 16 train rows or so; steps of 8 pairs
+    return write_brightness_pairs(tmp_path_factory.mktemp("export") / "pairs.parquet", 40, seed=0, tie_fraction=0.0)
+
+
+def in_group(trainer: str, config, output_dir: Path, data_path: Path | None = None):
+    logs: list[tuple[int, dict[str, float]]] = []
+
+    def on_event(event) -> None:
+        if event["event"] == "log":
+            logs.append((event["step"], event["metrics"]))
+
+    launched = launch_training(trainer=trainer, config=config, output_dir=output_dir, data_path=data_path,
+                               on_event=on_event, should_stop=lambda: False)
+    assert launched.result is not None and not launched.stopped
+    assert launched.pids and not alive(launched.pids)  # every rank and torchrun ended
+    return launched.result, logs
+
+
+def assert_same_weights(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> None:
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=WEIGHT_ATOL, rtol=0)
+
+
+def test_dpo_two_processes_train_as_one(tiny_pipeline_dir: Path, pairs: Path, tmp_path: Path) -> None:
+    fields = {"batch_size": 4, "max_steps": 3, "shuffle_buffer": 0, "cpu": True}
+    one_logs: list[tuple[int, dict[str, float]]] = []
+    one = train_dpo(tiny_dpo_preset(str(tiny_pipeline_dir), **fields), pairs, tmp_path / "one",
+                    on_log=lambda step, metrics: one_logs.append((step, dict(metrics))))
+    result, two_logs = in_group("dpo", tiny_dpo_preset(str(tiny_pipeline_dir), num_processes=2, **fields),
+                                tmp_path / "two", pairs)
+    assert [s for s, _ in two_logs] == [1, 2, 3] and result["step"] == 3
+    assert two_logs[0][1]["loss"] == pytest.approx(one_logs[0][1]["loss"], rel=LOSS_RTOL)
+    assert two_logs[0][1]["pairs"] == one_logs[0][1]["pairs"] == 4
+    assert_same_weights(load_file(one.lora_dir / "pytorch_lora_weights.safetensors"),
+                        load_file(Path(result["dir"]) / "pytorch_lora_weights.safetensors"))
+
+
+def test_ddpo_two_processes_train_as_one(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+    fields = {"iterations": 2, "prompts_per_iteration": 2, "images_per_prompt": 2, "train_batch_size": 2,
+              "sample_steps": 3, "cpu": True}
+    one_logs: list[tuple[int, dict[str, float]]] = []
+    one = train_ddpo(tiny_ddpo_preset(str(tiny_pipeline_dir), PROMPTS, **fields), tmp_path / "one",
+                     on_log=lambda step, metrics: one_logs.append((step, dict(metrics))))
+    result, two_logs = in_group("ddpo", tiny_ddpo_preset(str(tiny_pipeline_dir), PROMPTS, num_processes=2,
+                                                         **fields), tmp_path / "two")
+    assert [s for s, _ in two_logs] == [1, 2] and result["step"] == 2
+    for key in ("loss", "reward_mean", "reward_std"):  # rewards gathered from both ranks before normalising
+        assert two_logs[0][1][key] == pytest.approx(one_logs[0][1][key], rel=LOSS_RTOL, abs=1e-7), key
+    assert one_logs[0][1]["loss"] != 0
+    assert_same_weights(load_file(one.lora_dir / "pytorch_lora_weights.safetensors"),
+                        load_file(Path(result["dir"]) / "pytorch_lora_weights.safetensors"))
+
+
+def test_reward_model_two_processes_train_as_one(pairs: Path, tmp_path: Path) -> None:
+    fields = {"batch_size": 4, "max_steps": 3, "epochs": 1, "shuffle_buffer": 0, "cpu": True}
+    one_logs: list[tuple[int, dict[str, float]]] = []
+    one = train_reward_model(tiny_reward_preset(**fields), pairs, tmp_path / "one",
+                             on_log=lambda step, metrics: one_logs.append((step, dict(metrics))))
+    config = tiny_reward_preset(num_processes=2, **fields)
+    assert isinstance(config, RewardModelConfig)
+    result, two_logs = in_group("reward", config, tmp_path / "two", pairs)
+    steps = [(s, m) for s, m in two_logs if "loss" in m]
+    assert [s for s, _ in steps] == [1, 2, 3] and result["step"] == 3
+    assert steps[0][1]["loss"] == pytest.approx(one_logs[0][1]["loss"], rel=LOSS_RTOL)
+    assert result["test"]["pairs"] == one.test.pairs
+    assert_same_weights(load_file(one.model_dir / "model.safetensors"),
+                        load_file(Path(result["dir"]) / "model.safetensors"))
+
+
+def rank_pid(group: set[int], rank: int) -> int:
+    """The pid of training rank ``rank`` among a group's processes (torchrun sets RANK in its children)."""
+    for pid in group:
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"RANK={rank}".encode() in environ and b"TORCHELASTIC_RUN_ID=" in b"\0".join(environ):
+            return pid
+    raise AssertionError(f"no rank {rank} among {sorted(group)}")
+
+
+def test_a_killed_rank_fails_the_group_and_a_retry_resumes_from_the_last_checkpoint(
+    tiny_pipeline_dir: Path, pairs: Path, tmp_path: Path
+) -> None:
+    fields = {"batch_size": 4, "checkpoint_every": 2, "shuffle_buffer": 0, "cpu": True, "num_processes": 2}
+    killed: list[int] = []
+
+    def kill_rank_1_at_step_3(event) -> None:
+        if event["event"] == "log" and event["step"] >= 3 and not killed:
+            victim = rank_pid(set(process_tree(torchrun_child())), 1)
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+
+    with pytest.raises(TrainingProcessFailed, match=r"^Training process rank 1 was killed by SIGKILL"):
+        launch_training(trainer="dpo", config=tiny_dpo_preset(str(tiny_pipeline_dir), max_steps=200, **fields),
+                        output_dir=tmp_path, data_path=pairs, on_event=kill_rank_1_at_step_3,
+                        should_stop=lambda: False)
+    assert killed and not alive(set(killed))
+    assert not process_tree(os.getpid()).keys() - {os.getpid()}  # the other rank and torchrun are gone too
+    last = max(int(p.name.removeprefix("checkpoint-")) for p in (tmp_path / "checkpoints").glob("checkpoint-*"))
+    assert 2 <= last < 200
+
+    steps: list[int] = []
+    launched = launch_training(trainer="dpo", config=tiny_dpo_preset(str(tiny_pipeline_dir), max_steps=last + 2,
+                                                                     **fields),
+                               output_dir=tmp_path, data_path=pairs,
+                               on_event=lambda e: steps.append(e["step"]) if e["event"] == "log" else None,
+                               should_stop=lambda: False)
+    assert steps == [last + 1, last + 2] and launched.result is not None and launched.result["step"] == last + 2
+
+
+def test_cancel_stops_every_rank_after_a_checkpoint(tiny_pipeline_dir: Path, pairs: Path, tmp_path: Path) -> None:
+    config = tiny_dpo_preset(str(tiny_pipeline_dir), batch_size=4, max_steps=50, checkpoint_every=0,
+                             shuffle_buffer=0, cpu=True, num_processes=2)
+    steps: list[int] = []
+    started = time.monotonic()
+    launched = launch_training(trainer="dpo", config=config, output_dir=tmp_path, data_path=pairs,
+                               on_event=lambda e: steps.append(e["step"]) if e["event"] == "log" else None,
+                               should_stop=lambda: bool(steps))
+    assert launched.stopped and launched.result is not None and launched.result["stopped"]
+    assert len(launched.pids) == 3  # torchrun and its two ranks
+    assert not alive(launched.pids)
+    stop_step = launched.result["step"]
+    assert 1 <= stop_step < 50 and (tmp_path / "checkpoints" / f"checkpoint-{stop_step}" / "pickwise.json").is_file()
+    assert time.monotonic() - started < 60
+
+
+def torchrun_child() -> int:
+    """The torchrun process launch_training started (a child of this process)."""
+    children = set(process_tree(os.getpid())) - {os.getpid()}
+    return next(pid for pid in children if b"torch.distributed.run" in Path(f"/proc/{pid}/cmdline").read_bytes())
