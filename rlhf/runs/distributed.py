@@ -44,9 +44,9 @@ def max_processes() -> tuple[int, str]:
         return settings.TRAIN_MAX_PROCESSES, "TRAIN_MAX_PROCESSES"
     if gpus:
         return len(gpus), f"GPUs in TRAIN_CUDA_VISIBLE_DEVICES ({settings.TRAIN_CUDA_VISIBLE_DEVICES})"
-    if settings.PICKWISE_DEVICE == "cpu":
+    if settings.PICKWISE_DEVICE in ("cpu", "auto"):  # "auto" on a GPU host: the worker checks its GPUs itself
         return os.cpu_count() or 1, "CPUs"
-    return 1, "processes without TRAIN_CUDA_VISIBLE_DEVICES or TRAIN_MAX_PROCESSES set"
+    return 1, f"{settings.PICKWISE_DEVICE} device without TRAIN_CUDA_VISIBLE_DEVICES or TRAIN_MAX_PROCESSES set"
 
 
 def check_distributed(config: Any) -> None:

@@ -1,23 +1,23 @@
 """Distributed training (num_processes > 1): 2 CPU ranks (gloo, through torchrun and rlhf.training.launch)
-train as 1 process does on the same global batch; a killed rank fails the group, cancel stops every rank.
+train as 1 process does on the same global batch (a killed rank, cancel and the product path:
+tests/rlhf/test_distributed_runs.py).
 
 Tolerances: the first step's loss within 1e-5 (relative) of one process's; the LoRA or reward-model weights
-after 3 steps within 1e-4 (absolute, weights of order 1e-2..1): the only difference is the order in which
-the ranks' gradients are summed (gloo's all-reduce) and the per-rank batches' kernel shapes.
+after 3 steps (2 DDPO iterations) within 1e-4 (absolute; weights up to about 1 and 4.6, each step moves them
+by about lr = 1e-3 or 3e-4, so a rank training on the wrong share would be off by more). Measured: at most
+2.0e-6 (DPO), 7.0e-6 (DDPO), 8.8e-6 (reward). What differs is only the order in which the ranks' gradients
+are summed (gloo's all-reduce) and the per-rank batches' kernel shapes.
 """
 
 from __future__ import annotations
 
-import os
-import signal
-import time
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf.runs.distributed import TrainingProcessFailed, alive, launch_training, process_tree
+from rlhf.runs.distributed import alive, launch_training
 from rlhf.training.configs import RewardModelConfig, tiny_ddpo_preset, tiny_dpo_preset, tiny_reward_preset
 from rlhf.training.ddpo import train_ddpo
 from rlhf.training.dpo import train_dpo
@@ -31,7 +31,7 @@ LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-4
 
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    # 0 ties, so every pair trains: 24 rows -> 16 train rows or so; steps of 8 pairs
+    # no ties, so every pair trains and each step takes 4 of the train split's pairs
     return write_brightness_pairs(tmp_path_factory.mktemp("export") / "pairs.parquet", 40, seed=0, tie_fraction=0.0)
 
 
@@ -99,67 +99,3 @@ def test_reward_model_two_processes_train_as_one(pairs: Path, tmp_path: Path) ->
     assert result["test"]["pairs"] == one.test.pairs
     assert_same_weights(load_file(one.model_dir / "model.safetensors"),
                         load_file(Path(result["dir"]) / "model.safetensors"))
-
-
-def rank_pid(group: set[int], rank: int) -> int:
-    """The pid of training rank ``rank`` among a group's processes (torchrun sets RANK in its children)."""
-    for pid in group:
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if f"RANK={rank}".encode() in environ and b"TORCHELASTIC_RUN_ID=" in b"\0".join(environ):
-            return pid
-    raise AssertionError(f"no rank {rank} among {sorted(group)}")
-
-
-def test_a_killed_rank_fails_the_group_and_a_retry_resumes_from_the_last_checkpoint(
-    tiny_pipeline_dir: Path, pairs: Path, tmp_path: Path
-) -> None:
-    fields = {"batch_size": 4, "checkpoint_every": 2, "shuffle_buffer": 0, "cpu": True, "num_processes": 2}
-    killed: list[int] = []
-
-    def kill_rank_1_at_step_3(event) -> None:
-        if event["event"] == "log" and event["step"] >= 3 and not killed:
-            victim = rank_pid(set(process_tree(torchrun_child())), 1)
-            os.kill(victim, signal.SIGKILL)
-            killed.append(victim)
-
-    with pytest.raises(TrainingProcessFailed, match=r"^Training process rank 1 was killed by SIGKILL"):
-        launch_training(trainer="dpo", config=tiny_dpo_preset(str(tiny_pipeline_dir), max_steps=200, **fields),
-                        output_dir=tmp_path, data_path=pairs, on_event=kill_rank_1_at_step_3,
-                        should_stop=lambda: False)
-    assert killed and not alive(set(killed))
-    assert not process_tree(os.getpid()).keys() - {os.getpid()}  # the other rank and torchrun are gone too
-    last = max(int(p.name.removeprefix("checkpoint-")) for p in (tmp_path / "checkpoints").glob("checkpoint-*"))
-    assert 2 <= last < 200
-
-    steps: list[int] = []
-    launched = launch_training(trainer="dpo", config=tiny_dpo_preset(str(tiny_pipeline_dir), max_steps=last + 2,
-                                                                     **fields),
-                               output_dir=tmp_path, data_path=pairs,
-                               on_event=lambda e: steps.append(e["step"]) if e["event"] == "log" else None,
-                               should_stop=lambda: False)
-    assert steps == [last + 1, last + 2] and launched.result is not None and launched.result["step"] == last + 2
-
-
-def test_cancel_stops_every_rank_after_a_checkpoint(tiny_pipeline_dir: Path, pairs: Path, tmp_path: Path) -> None:
-    config = tiny_dpo_preset(str(tiny_pipeline_dir), batch_size=4, max_steps=50, checkpoint_every=0,
-                             shuffle_buffer=0, cpu=True, num_processes=2)
-    steps: list[int] = []
-    started = time.monotonic()
-    launched = launch_training(trainer="dpo", config=config, output_dir=tmp_path, data_path=pairs,
-                               on_event=lambda e: steps.append(e["step"]) if e["event"] == "log" else None,
-                               should_stop=lambda: bool(steps))
-    assert launched.stopped and launched.result is not None and launched.result["stopped"]
-    assert len(launched.pids) == 3  # torchrun and its two ranks
-    assert not alive(launched.pids)
-    stop_step = launched.result["step"]
-    assert 1 <= stop_step < 50 and (tmp_path / "checkpoints" / f"checkpoint-{stop_step}" / "pickwise.json").is_file()
-    assert time.monotonic() - started < 60
-
-
-def torchrun_child() -> int:
-    """The torchrun process launch_training started (a child of this process)."""
-    children = set(process_tree(os.getpid())) - {os.getpid()}
-    return next(pid for pid in children if b"torch.distributed.run" in Path(f"/proc/{pid}/cmdline").read_bytes())

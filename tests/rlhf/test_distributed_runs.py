@@ -1,0 +1,158 @@
+"""Runs with num_processes 2 through the product: a real Celery worker trains a DPO fine-tune with two gloo
+ranks to a registered LoRA version, and a cancel stops every rank; a killed rank fails the run with its
+reason and a retry resumes from the last checkpoint; bad distributed settings are field errors."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+import pytest
+from django.test import Client
+
+from generation.models import ModelKind
+from rlhf.models import FineTuneRun, RewardModelRun, RunStatus
+from rlhf.runs import finetune, paths
+from rlhf.runs.distributed import alive, process_tree
+from rlhf.training.checkpoint import latest_checkpoint, read_metadata
+from tests.factories import PASSWORD, api_client_for
+from tests.rlhf.conftest import build_export
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+TWO_RANKS = {"max_steps": 3, "batch_size": 4, "num_processes": 2}
+ONE_PROMPT = ["a shape number 1"]
+
+
+def wait_for(api, url: str, until, seconds: float = 300):
+    deadline = time.monotonic() + seconds
+    while not until(body := api.get(url).json()):
+        assert time.monotonic() < deadline, body
+        time.sleep(0.3)
+    return body
+
+
+def launched_pids(run: FineTuneRun) -> set[int]:
+    """torchrun and the ranks of the run's first attempt (their command lines name its launch spec)."""
+    spec = str(paths.finetune_run_dir(run) / "attempt-1" / "launch" / "spec.json").encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if spec in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return alive(found)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_two_ranks_on_a_real_worker_register_a_lora_and_a_cancel_stops_every_rank(
+    celery_worker_process, ranked, ml_engineer, tiny_base
+):
+    export = build_export(ranked, ml_engineer, format="pickapic", worker=True)
+    api = api_client_for(ml_engineer)
+    payload = {"base_version": "tiny-base", "method": "dpo", "export": export.pk, "preset": "tiny",
+               "hyperparameters": TWO_RANKS, "eval_prompts": ONE_PROMPT}
+    created = api.post("/api/finetune-runs/", payload, format="json")
+    assert created.status_code == 201, created.content
+    body = wait_for(api, f"/api/finetune-runs/{created.json()['id']}/",
+                    lambda b: b["status"] not in ("queued", "running"))
+    assert body["status"] == "succeeded", body["error"]
+    assert [p["step"] for p in body["history"]] == [1, 2, 3] and body["history"][0]["pairs"] == 4.0
+    run = FineTuneRun.objects.get(pk=body["id"])
+    assert run.config["num_processes"] == 2 and run.lineage["config"]["num_processes"] == 2
+    version = run.result_version
+    assert version.kind == ModelKind.LORA and version.parent == tiny_base and version.enabled
+    assert (Path(version.lora_path) / "pytorch_lora_weights.safetensors").is_file()
+    assert [g["label"] for g in run.eval_grids] == ["base", "final"]
+    browser = Client()
+    assert browser.login(username=ml_engineer.username, password=PASSWORD)
+    page = browser.get(f"/ml/finetune-runs/{run.pk}/").content.decode()
+    assert version.name in page and "<svg" in page  # the run page charts the ranks' metrics
+
+    # A long run, cancelled while it trains: SIGTERM reaches every rank, which checkpoint and exit.
+    created = api.post("/api/finetune-runs/", {**payload, "hyperparameters": {**TWO_RANKS, "max_steps": 500}},
+                       format="json")
+    url = f"/api/finetune-runs/{created.json()['id']}/"
+    wait_for(api, url, lambda b: b["step"] >= 1 or b["status"] not in ("queued", "running"))
+    long_run = FineTuneRun.objects.get(pk=created.json()["id"])
+    pids = launched_pids(long_run)
+    assert len(pids) == 3  # torchrun and two ranks
+    assert api.post(f"{url}cancel/").status_code == 200
+    deadline = time.monotonic() + 90
+    while alive(pids):
+        assert time.monotonic() < deadline, alive(pids)
+        time.sleep(0.2)
+    assert wait_for(api, url, lambda b: b["status"] != "running")["status"] == "cancelled"
+    stop = latest_checkpoint(paths.finetune_run_dir(long_run) / "attempt-1")
+    assert stop is not None and 1 <= read_metadata(stop)["step"] < 500
+
+
+def test_a_killed_rank_fails_the_run_and_a_retry_resumes_from_the_last_checkpoint(
+    pairs_export, ml_engineer, tiny_base, model_cache
+):
+    run = finetune.finetune_run_create(
+        user=ml_engineer, base_version=tiny_base, method="dpo", export=pairs_export, eval_prompts=ONE_PROMPT,
+        hyperparameters={**TWO_RANKS, "max_steps": 200, "checkpoint_every": 2}, enqueue=False,
+    )
+    killed: list[int] = []
+
+    def kill_rank_1_from_step_3(step, metrics) -> None:
+        if step >= 3 and not killed:
+            ranks = process_tree(os.getpid())
+            victim = next(pid for pid in ranks if b"RANK=1\0" in Path(f"/proc/{pid}/environ").read_bytes()
+                          and b"rlhf.training.launch" in Path(f"/proc/{pid}/cmdline").read_bytes())
+            os.kill(victim, signal.SIGKILL)
+            killed.append(victim)
+
+    run = finetune.finetune_run_execute(run_id=run.pk, echo=kill_rank_1_from_step_3)
+    assert run.status == RunStatus.FAILED and killed
+    assert run.error.startswith("Training process rank 1 was killed by SIGKILL"), run.error
+    assert not process_tree(os.getpid()).keys() - {os.getpid()}  # no rank, no torchrun left
+    last = int(read_metadata(latest_checkpoint(paths.finetune_run_dir(run) / "attempt-1"))["step"])
+    assert 2 <= last < 200 and last % 2 == 0
+
+    FineTuneRun.objects.filter(pk=run.pk).update(config={**run.config, "max_steps": last + 2})
+    finetune.finetune_run_retry(run=run, user=ml_engineer)
+    seen: list[int] = []
+    run = finetune.finetune_run_execute(run_id=run.pk, echo=lambda step, metrics: seen.append(step))
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert seen == [last + 1, last + 2] and run.attempts == 2 and run.result_version is not None
+
+
+def test_bad_distributed_settings_are_field_errors_and_store_nothing(
+    ranked, ml_engineer, tiny_base, settings, django_capture_on_commit_callbacks
+):
+    settings.TRAIN_MAX_PROCESSES = 2
+    settings.TRAIN_MAIN_PROCESS_IP = ""
+    export = build_export(ranked, ml_engineer, format="pickapic")
+    dpo = {"base_version": tiny_base.pk, "method": "dpo", "export": export.pk}
+    ddpo = {"base_version": tiny_base.pk, "method": "ddpo", "project": ranked.pk, "reward": "brightness",
+            "prompt_source": "project"}
+    cases = [
+        ("/api/finetune-runs/", {**dpo, "hyperparameters": {"num_processes": 4, "batch_size": 8}}, "num_processes",
+         "a training worker has 2"),
+        ("/api/finetune-runs/", {**dpo, "hyperparameters": {"num_processes": 2, "batch_size": 3}}, "num_processes",
+         "does not divide the global batch (batch_size = 3)"),
+        ("/api/finetune-runs/", {**dpo, "hyperparameters": {"num_processes": 2, "num_machines": 2}}, "num_machines",
+         "TRAIN_MAIN_PROCESS_IP"),
+        ("/api/finetune-runs/", {**dpo, "hyperparameters": {"num_processes": 0}}, "num_processes", ">= 1"),
+        ("/api/finetune-runs/", {**ddpo, "hyperparameters": {"num_processes": 2, "train_batch_size": 3}},
+         "num_processes", "train_batch_size = 3"),
+        ("/api/reward-runs/", {"export": export.pk, "preset": "tiny",
+                               "hyperparameters": {"num_processes": 2, "batch_size": 5}}, "num_processes",
+         "batch_size = 5"),
+        ("/api/reward-runs/", {"export": export.pk, "preset": "tiny",
+                               "hyperparameters": {"num_processes": 3, "batch_size": 6}}, "num_processes",
+         "a training worker has 2"),
+    ]
+    api = api_client_for(ml_engineer)
+    with django_capture_on_commit_callbacks(execute=False) as callbacks:
+        for url, payload, field, words in cases:
+            response = api.post(url, payload, format="json")
+            assert response.status_code == 400, (payload, response.content)
+            assert response.json()["field"] == field, (payload, response.json())
+            assert words in response.json()["detail"], (payload, response.json())
+    assert not callbacks and not FineTuneRun.objects.exists() and not RewardModelRun.objects.exists()
