@@ -14,7 +14,7 @@ from django.test import Client
 
 from generation.models import ModelKind
 from rlhf.models import FineTuneRun, RewardModelRun, RunStatus
-from rlhf.runs import finetune, paths
+from rlhf.runs import finetune, paths, reward
 from rlhf.runs.distributed import alive, process_tree
 from rlhf.training.checkpoint import latest_checkpoint, read_metadata
 from tests.factories import PASSWORD, api_client_for
@@ -156,3 +156,17 @@ def test_bad_distributed_settings_are_field_errors_and_store_nothing(
             assert response.json()["field"] == field, (payload, response.json())
             assert words in response.json()["detail"], (payload, response.json())
     assert not callbacks and not FineTuneRun.objects.exists() and not RewardModelRun.objects.exists()
+
+
+def test_a_reward_run_on_two_ranks_registers_a_version_with_its_evaluation(pairs_export, ml_engineer, model_cache):
+    run = reward.reward_run_create(user=ml_engineer, export=pairs_export, preset="tiny",
+                                   hyperparameters={"max_steps": 2, "batch_size": 4, "num_processes": 2},
+                                   enqueue=False)
+    steps: list[int] = []
+    run = reward.reward_run_execute(run_id=run.pk, echo=lambda step, metrics: steps.append(step))
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert [p["step"] for p in run.history if "loss" in p] == [1, 2] and steps[:2] == [1, 2]
+    assert run.results["step"] == 2 and run.results["validation"]["pairs"] > 0
+    version = run.registered_version
+    assert version.path.startswith(str(model_cache)) and (Path(version.path) / "model.safetensors").is_file()
+    assert not process_tree(os.getpid()).keys() - {os.getpid()}
