@@ -278,6 +278,11 @@ TRAIN_CUDA_VISIBLE_DEVICES = env_str(
     "TRAIN_CUDA_VISIBLE_DEVICES", "",
     "GPUs (CUDA_VISIBLE_DEVICES) a gpu-train worker's training processes use; empty: the worker's own",
 )
+TRAIN_WORKER_CONCURRENCY = env_int(
+    "TRAIN_WORKER_CONCURRENCY", 1,
+    "Training tasks a worker consuming only gpu-train runs at once (unless its command line sets --concurrency)",
+    minimum=1,
+)
 TRAIN_MAX_PROCESSES = env_int(
     "TRAIN_MAX_PROCESSES", 0,
     "Most training processes a run may start on one machine; 0: the GPUs in TRAIN_CUDA_VISIBLE_DEVICES, "
