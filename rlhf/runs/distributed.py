@@ -161,7 +161,8 @@ def launch_training(
             "errors_dir": str(errors), "owner_pid": os.getpid()}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT), os.environ.get("PYTHONPATH", "")])}
+    python_path = [str(REPO_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path)}
     env.pop("DJANGO_SETTINGS_MODULE", None)  # the ranks are Django-free
     if settings.TRAIN_CUDA_VISIBLE_DEVICES:
         env["CUDA_VISIBLE_DEVICES"] = settings.TRAIN_CUDA_VISIBLE_DEVICES
@@ -236,7 +237,10 @@ def failure_of(returncode: int, errors: Path, log_path: Path) -> str:
     by_rank = {json.loads(p.read_text())["rank"]: json.loads(p.read_text()) for p in written}
     if code < 0 or rank not in by_rank:
         if code < 0:
-            name = signal.Signals(-code).name if -code in signal.Signals._value2member_map_ else str(-code)
+            try:
+                name = signal.Signals(-code).name
+            except ValueError:
+                name = f"signal {-code}"
             hint = " (the kernel's out-of-memory killer sends SIGKILL)" if -code == signal.SIGKILL else ""
             return (f"Training process rank {rank} was killed by {name}{hint}; the other ranks were stopped. "
                     "Retry resumes from the last checkpoint.")

@@ -17,7 +17,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from rlhf.runs.distributed import alive, launch_training
+from rlhf.runs.distributed import TrainingProcessFailed, alive, failure_of, launch_training
 from rlhf.training.configs import RewardModelConfig, tiny_ddpo_preset, tiny_dpo_preset, tiny_reward_preset
 from rlhf.training.ddpo import train_ddpo
 from rlhf.training.dpo import train_dpo
@@ -99,3 +99,26 @@ def test_reward_model_two_processes_train_as_one(pairs: Path, tmp_path: Path) ->
     assert result["test"]["pairs"] == one.test.pairs
     assert_same_weights(load_file(one.model_dir / "model.safetensors"),
                         load_file(Path(result["dir"]) / "model.safetensors"))
+
+
+def test_a_rank_that_raises_fails_the_group_with_its_error(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
+    ties = write_brightness_pairs(tmp_path / "ties.parquet", 12, seed=0, tie_fraction=1.0)  # no usable pair
+    config = tiny_dpo_preset(str(tiny_pipeline_dir), batch_size=4, max_steps=2, cpu=True, num_processes=2)
+    with pytest.raises(TrainingProcessFailed, match=r"^ValueError on rank [01]: .*yields no usable pairs"):
+        launch_training(trainer="dpo", config=config, output_dir=tmp_path / "out", data_path=ties,
+                        on_event=lambda event: None, should_stop=lambda: False)
+
+
+def test_an_out_of_memory_on_any_rank_is_named_with_its_rank(tmp_path: Path) -> None:
+    """What a rank writes when it runs out of memory (rlhf.training.launch), read back as the run's reason."""
+    import json
+
+    (tmp_path / "errors").mkdir()
+    (tmp_path / "errors" / "error-1.json").write_text(json.dumps(
+        {"rank": 1, "type": "OutOfMemoryError", "message": "CUDA out of memory. Tried to allocate 2.00 GiB",
+         "oom": True}))
+    (tmp_path / "torchrun.log").write_text(
+        "Root Cause (first observed failure):\n[0]:\n  rank      : 1 (local_rank: 1)\n  exitcode  : 1 (pid: 7)\n")
+    assert failure_of(1, tmp_path / "errors", tmp_path / "torchrun.log") == (
+        "Out of memory on rank 1: CUDA out of memory. Tried to allocate 2.00 GiB. Lower batch_size or "
+        "resolution, or use mixed_precision fp16/bf16.")
