@@ -132,13 +132,21 @@ def alive(pids: set[int] | tuple[int, ...]) -> set[int]:
     return {pid for pid in pids if pid in table}
 
 
-def _signal_all(groups: set[int], pids: set[int], sig: int) -> None:
-    for pgid in groups:
+def _signal_ours(pids: set[int], marker: bytes, sig: int) -> None:
+    """Signal the process group of each of ``pids`` that is still one of the run's (its command line names
+    the run's spec, ``marker``; a pid or group id reused by an unrelated process is left alone). torchrun
+    and every rank lead a group of their own (a rank's DataLoader workers are in its group)."""
+    for pid in sorted(pids):
+        try:
+            if marker not in Path(f"/proc/{pid}/cmdline").read_bytes():
+                continue
+        except OSError:
+            continue
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(pgid, sig)
-    for pid in pids:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.kill(pid, sig)
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, sig)
+            else:
+                os.kill(pid, sig)
 
 
 def launch_training(
@@ -161,6 +169,7 @@ def launch_training(
             "errors_dir": str(errors), "owner_pid": os.getpid()}
     spec_path = work / "spec.json"
     spec_path.write_text(json.dumps(spec, indent=2))
+    marker = str(spec_path).encode()  # in the command line of torchrun and of every rank
     python_path = [str(REPO_ROOT), *[p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(python_path)}
     env.pop("DJANGO_SETTINGS_MODULE", None)  # the ranks are Django-free
@@ -169,7 +178,6 @@ def launch_training(
     result: dict[str, Any] | None = None
     stopping_since: float | None = None
     seen: set[int] = set()  # every process of the run seen: torchrun, its ranks and theirs
-    groups: set[int] = set()
     offset = 0
 
     def drain() -> None:
@@ -197,19 +205,18 @@ def launch_training(
             while process.poll() is None:
                 tree = process_tree(process.pid)
                 seen |= set(tree)
-                groups |= set(tree.values())
                 drain()
                 if stopping_since is None and should_stop():
                     stopping_since = time.monotonic()
-                    _signal_all(groups, set(), signal.SIGTERM)
+                    _signal_ours(seen, marker, signal.SIGTERM)
                 elif (stopping_since is not None
                       and time.monotonic() - stopping_since > settings.TRAIN_STOP_GRACE_SECONDS):
-                    _signal_all(groups, seen, signal.SIGKILL)
+                    _signal_ours(seen, marker, signal.SIGKILL)
                 time.sleep(poll_seconds)
             drain()
         finally:
             # No rank outlives its run: whatever of the group is left (a rank torchrun left behind) is killed.
-            _signal_all(groups | {process.pid}, alive(seen) - {os.getpid()}, signal.SIGKILL)
+            _signal_ours(seen | {process.pid}, marker, signal.SIGKILL)
             process.wait()
             deadline = time.monotonic() + 10
             while alive(seen) and time.monotonic() < deadline:
