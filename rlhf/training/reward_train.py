@@ -4,6 +4,8 @@ Entry points: :func:`train_reward_model` (config + data path + output dir in, :c
 out) and :func:`evaluate_reward_model`. Output layout::
 
     <output_dir>/backbone-<name>/             for a named backbone (BACKBONES: "tiny", "shapes_vae", ...)
+                                              (rank N > 0 of a distributed run builds its copy in
+                                              backbone-<name>-rankN/ and loads rank 0's)
     <output_dir>/checkpoints/checkpoint-<N>/  model + pickwise.json + training_state/ (resumable)
     <output_dir>/final/                       the trained model + pickwise.json with eval metrics
 """
@@ -252,13 +254,16 @@ def train_reward_model(
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=config.cpu
     )
     set_seed(config.seed)
-    backbone = (
-        BACKBONES[config.backbone](
-            output_dir / f"backbone-{config.backbone}", seed=config.seed, image_size=config.image_size
-        )
-        if config.backbone in BACKBONES
-        else Path(config.backbone)
-    )
+    backbone = Path(config.backbone)
+    if config.backbone in BACKBONES:
+        # Every rank builds it (the same random draws on each), but transformers saves a model on rank 0 only:
+        # the other ranks build into a directory of their own and, once rank 0's is complete, load rank 0's.
+        main_dir = output_dir / f"backbone-{config.backbone}"
+        own_dir = (main_dir if accelerator.is_main_process
+                   else main_dir.with_name(f"{main_dir.name}-rank{accelerator.process_index}"))
+        built = BACKBONES[config.backbone](own_dir, seed=config.seed, image_size=config.image_size)
+        accelerator.wait_for_everyone()
+        backbone = main_dir / built.relative_to(own_dir)
     model = load_reward_model(backbone, image_size=config.image_size).train()
     dataset = PreferenceDataset(
         data_path,
