@@ -11,6 +11,7 @@ are summed (gloo's all-reduce) and the per-rank batches' kernel shapes.
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
@@ -49,19 +50,60 @@ def in_group(trainer: str, config, output_dir: Path, data_path: Path | None = No
     return launched.result, logs
 
 
+def one_process(train, *args):
+    """``train(*args, on_log=...)`` in this process: its result and logged metrics."""
+    logs: list[tuple[int, dict[str, float]]] = []
+    return train(*args, on_log=lambda step, metrics: logs.append((step, dict(metrics)))), logs
+
+
+DPO_FIELDS = {"batch_size": 4, "max_steps": 3, "shuffle_buffer": 0, "cpu": True}
+DDPO_FIELDS = {"iterations": 2, "prompts_per_iteration": 2, "images_per_prompt": 2, "train_batch_size": 2,
+               "sample_steps": 3, "cpu": True}
+REWARD_FIELDS = {"batch_size": 4, "max_steps": 3, "epochs": 1, "shuffle_buffer": 0, "cpu": True}
+
+
+@pytest.fixture(scope="module")
+def launched(one_torch_thread: None, tiny_pipeline_dir: Path, pairs: Path, tmp_path_factory: pytest.TempPathFactory):
+    """The module's four 2-rank launches, started together, and the one-process runs they are compared with
+    (trained here while the ranks start). Most of a launch is its processes importing torch and diffusers,
+    during which one launch alone leaves the cores partly idle; each launch has its own spec, output
+    directory and processes, and each test reads (``.result()``) only its own."""
+    base = tmp_path_factory.mktemp("launched")
+    ties = write_brightness_pairs(base / "ties.parquet", 12, seed=0, tie_fraction=1.0)  # no usable pair
+    reward_config = tiny_reward_preset(num_processes=2, **REWARD_FIELDS)
+    assert isinstance(reward_config, RewardModelConfig)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        two = {
+            "dpo": pool.submit(in_group, "dpo", tiny_dpo_preset(str(tiny_pipeline_dir), num_processes=2,
+                                                                 **DPO_FIELDS), base / "dpo-two", pairs),
+            "ddpo": pool.submit(in_group, "ddpo", tiny_ddpo_preset(str(tiny_pipeline_dir), PROMPTS,
+                                                                   num_processes=2, **DDPO_FIELDS), base / "ddpo-two"),
+            "reward": pool.submit(in_group, "reward", reward_config, base / "reward-two", pairs),
+            "raises": pool.submit(
+                launch_training, trainer="dpo", output_dir=base / "raises", data_path=ties,
+                config=tiny_dpo_preset(str(tiny_pipeline_dir), batch_size=4, max_steps=2, cpu=True, num_processes=2),
+                on_event=lambda event: None, should_stop=lambda: False),
+        }
+        one = {
+            "dpo": one_process(train_dpo, tiny_dpo_preset(str(tiny_pipeline_dir), **DPO_FIELDS), pairs,
+                               base / "dpo-one"),
+            "ddpo": one_process(train_ddpo, tiny_ddpo_preset(str(tiny_pipeline_dir), PROMPTS, **DDPO_FIELDS),
+                                base / "ddpo-one"),
+            "reward": one_process(train_reward_model, tiny_reward_preset(**REWARD_FIELDS), pairs, base / "reward-one"),
+        }
+        wait(two.values())
+    return one, two
+
+
 def assert_same_weights(one: dict[str, torch.Tensor], two: dict[str, torch.Tensor]) -> None:
     assert one.keys() == two.keys()
     for key in one:
         torch.testing.assert_close(two[key], one[key], atol=WEIGHT_ATOL, rtol=0)
 
 
-def test_dpo_two_processes_train_as_one(tiny_pipeline_dir: Path, pairs: Path, tmp_path: Path) -> None:
-    fields = {"batch_size": 4, "max_steps": 3, "shuffle_buffer": 0, "cpu": True}
-    one_logs: list[tuple[int, dict[str, float]]] = []
-    one = train_dpo(tiny_dpo_preset(str(tiny_pipeline_dir), **fields), pairs, tmp_path / "one",
-                    on_log=lambda step, metrics: one_logs.append((step, dict(metrics))))
-    result, two_logs = in_group("dpo", tiny_dpo_preset(str(tiny_pipeline_dir), num_processes=2, **fields),
-                                tmp_path / "two", pairs)
+def test_dpo_two_processes_train_as_one(launched) -> None:
+    (one, one_logs), two = launched[0]["dpo"], launched[1]["dpo"]
+    result, two_logs = two.result()
     assert [s for s, _ in two_logs] == [1, 2, 3] and result["step"] == 3
     assert two_logs[0][1]["loss"] == pytest.approx(one_logs[0][1]["loss"], rel=LOSS_RTOL)
     assert two_logs[0][1]["pairs"] == one_logs[0][1]["pairs"] == 4
@@ -69,14 +111,9 @@ def test_dpo_two_processes_train_as_one(tiny_pipeline_dir: Path, pairs: Path, tm
                         load_file(Path(result["dir"]) / "pytorch_lora_weights.safetensors"))
 
 
-def test_ddpo_two_processes_train_as_one(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
-    fields = {"iterations": 2, "prompts_per_iteration": 2, "images_per_prompt": 2, "train_batch_size": 2,
-              "sample_steps": 3, "cpu": True}
-    one_logs: list[tuple[int, dict[str, float]]] = []
-    one = train_ddpo(tiny_ddpo_preset(str(tiny_pipeline_dir), PROMPTS, **fields), tmp_path / "one",
-                     on_log=lambda step, metrics: one_logs.append((step, dict(metrics))))
-    result, two_logs = in_group("ddpo", tiny_ddpo_preset(str(tiny_pipeline_dir), PROMPTS, num_processes=2,
-                                                         **fields), tmp_path / "two")
+def test_ddpo_two_processes_train_as_one(launched) -> None:
+    (one, one_logs), two = launched[0]["ddpo"], launched[1]["ddpo"]
+    result, two_logs = two.result()
     assert [s for s, _ in two_logs] == [1, 2] and result["step"] == 2
     for key in ("loss", "reward_mean", "reward_std"):  # rewards gathered from both ranks before normalising
         assert two_logs[0][1][key] == pytest.approx(one_logs[0][1][key], rel=LOSS_RTOL, abs=1e-7), key
@@ -85,14 +122,9 @@ def test_ddpo_two_processes_train_as_one(tiny_pipeline_dir: Path, tmp_path: Path
                         load_file(Path(result["dir"]) / "pytorch_lora_weights.safetensors"))
 
 
-def test_reward_model_two_processes_train_as_one(pairs: Path, tmp_path: Path) -> None:
-    fields = {"batch_size": 4, "max_steps": 3, "epochs": 1, "shuffle_buffer": 0, "cpu": True}
-    one_logs: list[tuple[int, dict[str, float]]] = []
-    one = train_reward_model(tiny_reward_preset(**fields), pairs, tmp_path / "one",
-                             on_log=lambda step, metrics: one_logs.append((step, dict(metrics))))
-    config = tiny_reward_preset(num_processes=2, **fields)
-    assert isinstance(config, RewardModelConfig)
-    result, two_logs = in_group("reward", config, tmp_path / "two", pairs)
+def test_reward_model_two_processes_train_as_one(launched) -> None:
+    (one, one_logs), two = launched[0]["reward"], launched[1]["reward"]
+    result, two_logs = two.result()
     steps = [(s, m) for s, m in two_logs if "loss" in m]
     assert [s for s, _ in steps] == [1, 2, 3] and result["step"] == 3
     assert steps[0][1]["loss"] == pytest.approx(one_logs[0][1]["loss"], rel=LOSS_RTOL)
@@ -101,12 +133,9 @@ def test_reward_model_two_processes_train_as_one(pairs: Path, tmp_path: Path) ->
                         load_file(Path(result["dir"]) / "model.safetensors"))
 
 
-def test_a_rank_that_raises_fails_the_group_with_its_error(tiny_pipeline_dir: Path, tmp_path: Path) -> None:
-    ties = write_brightness_pairs(tmp_path / "ties.parquet", 12, seed=0, tie_fraction=1.0)  # no usable pair
-    config = tiny_dpo_preset(str(tiny_pipeline_dir), batch_size=4, max_steps=2, cpu=True, num_processes=2)
+def test_a_rank_that_raises_fails_the_group_with_its_error(launched) -> None:
     with pytest.raises(TrainingProcessFailed, match=r"^ValueError on rank [01]: .*yields no usable pairs"):
-        launch_training(trainer="dpo", config=config, output_dir=tmp_path / "out", data_path=ties,
-                        on_event=lambda event: None, should_stop=lambda: False)
+        launched[1]["raises"].result()
 
 
 def test_an_out_of_memory_on_any_rank_is_named_with_its_rank(tmp_path: Path) -> None:
