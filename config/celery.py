@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery
+from celery.signals import celeryd_init
 from django.conf import settings as django_settings
 from kombu import Queue
 
@@ -98,6 +99,23 @@ def _make_embedded_broker_folders(sender: Celery, source: Any, **kwargs: Any) ->
     only then are the embedded broker's folders made."""
     for folder in embedded_broker_folders(source):
         folder.mkdir(parents=True, exist_ok=True)
+
+
+def worker_concurrency(queues: Any, given: Any, settings: Any) -> int | None:
+    """The concurrency of a worker consuming only ``gpu-train``: ``TRAIN_WORKER_CONCURRENCY``, unless its
+    command line gives ``--concurrency`` (None: leave the worker's own)."""
+    names = queues.split(",") if isinstance(queues, str) else list(queues or [])
+    if given or [name.strip() for name in names] != ["gpu-train"]:
+        return None
+    return int(settings.TRAIN_WORKER_CONCURRENCY)
+
+
+@celeryd_init.connect
+def _train_worker_concurrency(sender: Any = None, conf: Any = None, options: Any = None, **kwargs: Any) -> None:
+    """Runs as a worker starts, before it sizes its pool."""
+    value = worker_concurrency((options or {}).get("queues"), (options or {}).get("concurrency"), django_settings)
+    if value is not None and conf is not None:
+        conf.worker_concurrency = value
 
 
 def _configure() -> None:

@@ -313,6 +313,32 @@ if EXPORT_STORAGE_URL:
             "EXPORT_S3_ACCESS_KEY_ID: exports to EXPORT_STORAGE_URL need EXPORT_S3_ACCESS_KEY_ID and "
             "EXPORT_S3_SECRET_ACCESS_KEY (or the AWS_ ones)"
         )
+# --- distributed training (rlhf/runs/distributed.py): a run with num_processes > 1 --------------
+TRAIN_CUDA_VISIBLE_DEVICES = env_str(
+    "TRAIN_CUDA_VISIBLE_DEVICES", "",
+    "GPUs (CUDA_VISIBLE_DEVICES) a gpu-train worker's training processes use; empty: the worker's own",
+)
+TRAIN_WORKER_CONCURRENCY = env_int(
+    "TRAIN_WORKER_CONCURRENCY", 1,
+    "Training tasks a worker consuming only gpu-train runs at once (unless its command line sets --concurrency)",
+    minimum=1,
+)
+TRAIN_MAX_PROCESSES = env_int(
+    "TRAIN_MAX_PROCESSES", 0,
+    "Most training processes a run may start on one machine; 0: the GPUs in TRAIN_CUDA_VISIBLE_DEVICES, "
+    "else the CPU count on a CPU device", minimum=0,
+)
+TRAIN_MACHINE_RANK = env_int("TRAIN_MACHINE_RANK", 0, "This machine's rank in a run over several machines", minimum=0)
+TRAIN_MAIN_PROCESS_IP = env_str(
+    "TRAIN_MAIN_PROCESS_IP", "", "Rendezvous address (machine rank 0) of runs over several machines; required for them"
+)
+TRAIN_MAIN_PROCESS_PORT = env_int(
+    "TRAIN_MAIN_PROCESS_PORT", 29500, "Rendezvous port of runs over several machines", minimum=1
+)
+TRAIN_STOP_GRACE_SECONDS = env_int(
+    "TRAIN_STOP_GRACE_SECONDS", 60,
+    "Seconds the training processes of a cancelled run have to checkpoint after SIGTERM before SIGKILL", minimum=1,
+)
 
 # --- task imports with candidate images (annotate/workflow/imports/) -----------------------
 _import_root = env_str(

@@ -30,6 +30,7 @@ from projects.webhooks.events import emit, url_for
 from rlhf.models import FineTuneRun, PreferenceExport, RewardModelVersion
 from rlhf.runs import grids
 from rlhf.runs.data import MAX_DDPO_PROMPTS, check_data_path, check_export, export_captions
+from rlhf.runs.distributed import check_distributed, train_in_group
 from rlhf.runs.hyperparams import build_config, config_dict, json_safe, parse_hyperparameters
 from rlhf.runs.lifecycle import (
     OnLog,
@@ -233,6 +234,7 @@ def finetune_run_create(
         config = finetune_config_build(method=method, preset=preset, base_dir=base_dir, hyperparameters=overrides,
                                        resolution=native_resolution(root), prompts=prompts, reward=reward,
                                        reward_arg=reward_arg, init_lora=init_lora)
+    check_distributed(config)
     chosen = [p.strip() for p in (eval_prompts or []) if p and p.strip()][:MAX_EVAL_PROMPTS]
     eval_list = chosen or list(prompts[:MAX_EVAL_PROMPTS]) or ["a photo"]
     config_json = config_dict(config)
@@ -296,7 +298,7 @@ def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneR
     Each attempt works in its own directory, resuming from the newest checkpoint of an earlier one.
     """
     from rlhf.training.ddpo import train_ddpo  # torch: the worker running the run loads it
-    from rlhf.training.dpo import train_dpo  # torch: as above
+    from rlhf.training.dpo import FineTuneResult, train_dpo  # torch: as above
 
     claimed = run_claim(FineTuneRun, run_id)
     if claimed is None:
@@ -327,7 +329,15 @@ def finetune_run_execute(*, run_id: int, echo: OnLog | None = None) -> FineTuneR
                     grids.render_checkpoint_grid(run, lease, base_dir, directory, step)
                     progress.enter(JobPhase.TRAINING)
 
-            if run.method == FineTuneRun.Method.DPO:
+            if config.num_processes > 1:  # a process group of ranks; this process reports its progress
+                launched = train_in_group(
+                    trainer=run.method, config=config, output_dir=output_dir, progress=progress,
+                    data_path=run_data_path(run) if run.method == FineTuneRun.Method.DPO else None,
+                    on_checkpoint=on_checkpoint)
+                result = FineTuneResult(Path(launched["dir"]), int(launched["step"]), False,
+                                        launched["last_metrics"]) if launched else FineTuneResult(
+                    output_dir, progress.step, True, {})
+            elif run.method == FineTuneRun.Method.DPO:
                 result = train_dpo(config, run_data_path(run), output_dir, on_log=progress.on_log,
                                    should_stop=progress.should_stop, on_checkpoint=on_checkpoint, resume=True,
                                    on_phase=progress.on_phase)

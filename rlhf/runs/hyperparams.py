@@ -45,7 +45,8 @@ _INT_OR_NONE = {"max_steps", "image_size"}
 
 _UPPER = {"lr": 1.0, "batch_size": 4096, "train_batch_size": 4096, "grad_accum": 1024, "epochs": 1000,
           "max_steps": 10_000_000, "iterations": 100_000, "lora_rank": 1024, "resolution": 2048,
-          "sample_steps": 1000, "images_per_prompt": 1024, "prompts_per_iteration": 1024}
+          "sample_steps": 1000, "images_per_prompt": 1024, "prompts_per_iteration": 1024,
+          "num_processes": 1024, "num_machines": 128}
 
 
 def coerce(name: str, current: Any, value: Any) -> Any:

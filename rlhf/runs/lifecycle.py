@@ -31,6 +31,7 @@ from core.parsing import check_length
 from projects.access import project_check
 from projects.models import Project
 from projects.webhooks.events import emit, url_for
+from rlhf.runs.distributed import TrainingProcessFailed
 from rlhf.runs.hyperparams import json_safe
 from rlhf.training.checkpoint import CHECKPOINTS_DIR, latest_checkpoint, list_checkpoints, read_metadata
 
@@ -223,6 +224,8 @@ def is_oom(exc: BaseException) -> bool:
 
 def failure_reason(exc: BaseException) -> str:
     """What the run page says when training raised ``exc``."""
+    if isinstance(exc, TrainingProcessFailed):  # a process group's failure, said already
+        return str(exc)
     if isinstance(exc, FloatingPointError):
         return f"Training diverged (the loss became NaN or infinite): {exc}"
     if is_oom(exc):

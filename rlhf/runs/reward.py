@@ -26,6 +26,7 @@ from generation.inference import HUB_ID_RE
 from projects.webhooks.events import emit, url_for
 from rlhf.models import PreferenceExport, RewardModelRun, RewardModelVersion
 from rlhf.runs.data import check_data_path, check_export
+from rlhf.runs.distributed import check_distributed, train_in_group
 from rlhf.runs.hyperparams import build_config, config_dict, json_safe, parse_hyperparameters
 from rlhf.runs.lifecycle import (
     OnLog,
@@ -135,6 +136,7 @@ def reward_run_create(
         export_id=str(export.pk) if export is not None else Path(data_path).name, listwise=listwise,
         trusted_paths=trusted_paths,
     )
+    check_distributed(config)
     run = RewardModelRun.objects.create(
         project=project, export=export, data_path=str(Path(data_path).expanduser()) if data_path else "",
         created_by=user, name=run_name(name, model=RewardModelRun), backbone=config.backbone, preset=preset,
@@ -196,7 +198,7 @@ def reward_run_execute(*, run_id: int, echo: OnLog | None = None) -> RewardModel
     every logged point (the management command's progress bar).
     """
     from rlhf.training.data import count_rows  # torch: the worker running it loads it, never a web process
-    from rlhf.training.reward_train import train_reward_model  # torch: as above
+    from rlhf.training.reward_train import RewardTrainResult, train_reward_model  # torch: as above
 
     claimed = run_claim(RewardModelRun, run_id)
     if claimed is None:
@@ -215,16 +217,28 @@ def reward_run_execute(*, run_id: int, echo: OnLog | None = None) -> RewardModel
             heartbeat.set(total_steps=total)
             progress = RunProgress(heartbeat, run, total_steps=total, resume_step=resume_step(output_dir),
                                    echo=echo, checkpoint_every=config.checkpoint_every)
-            result = train_reward_model(config, data_path, output_dir, on_log=progress.on_log,
-                                        should_stop=progress.should_stop, resume=True, on_phase=progress.on_phase)
-            progress.flush()
-            if result.stopped:  # cancelled, retried or reaped: the run is not ours to end
-                return RewardModelRun.objects.get(pk=run_id)
+            if config.num_processes > 1:  # a process group of ranks; this process reports its progress
+                launched = train_in_group(trainer="reward", config=config, output_dir=output_dir,
+                                          data_path=data_path, progress=progress)
+                progress.flush()
+                if launched is None:  # cancelled, retried or reaped: the run is not ours to end
+                    return RewardModelRun.objects.get(pk=run_id)
+                result = RewardTrainResult(Path(launched["dir"]), int(launched["step"]), False,
+                                           launched["last_metrics"], None, None)
+                evaluations = {"validation": launched["validation"], "test": launched["test"]}
+            else:
+                result = train_reward_model(config, data_path, output_dir, on_log=progress.on_log,
+                                            should_stop=progress.should_stop, resume=True,
+                                            on_phase=progress.on_phase)
+                progress.flush()
+                if result.stopped:  # cancelled, retried or reaped: the run is not ours to end
+                    return RewardModelRun.objects.get(pk=run_id)
+                evaluations = {"validation": result.validation.as_dict() if result.validation else None,
+                               "test": result.test.as_dict() if result.test else None}
             ceiling = agreement_ceiling_of(data_path) if run.export is not None else None
             results = json_safe({
                 "step": result.step,
-                "validation": result.validation.as_dict() if result.validation else None,
-                "test": result.test.as_dict() if result.test else None,
+                **evaluations,
                 "ceiling": ceiling,
                 "last_metrics": result.last_metrics,
             })

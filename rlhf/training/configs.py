@@ -27,6 +27,21 @@ AdvantageScale = Literal["group", "batch"]
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
+def check_processes(num_processes: int, num_machines: int, *batches: tuple[str, int]) -> None:
+    """The distributed fields' checks (messages start with the field at fault): ``num_processes`` (all
+    machines together) is a positive multiple of ``num_machines`` and divides every named global batch."""
+    if not num_processes >= 1:
+        raise ValueError(f"num_processes must be >= 1, not {num_processes!r}")
+    if not num_machines >= 1:
+        raise ValueError(f"num_machines must be >= 1, not {num_machines!r}")
+    if num_processes % num_machines:
+        raise ValueError(f"num_processes {num_processes} is not a multiple of num_machines {num_machines}")
+    for name, size in batches:
+        if size % num_processes:
+            raise ValueError(f"num_processes {num_processes} does not divide the global batch ({name} = {size}): "
+                             "every process takes an equal share of it")
+
+
 # --- checks of what a config names ---------------------------------------------------------------------
 
 
@@ -179,7 +194,7 @@ class RewardModelConfig:
     lr: float = 3e-6  # AdamW learning rate (PickScore: 3e-6)
     weight_decay: float = 0.3  # AdamW weight decay (PickScore: 0.3)
     warmup_steps: int = 0  # linear warm-up, in optimisation steps, then constant
-    batch_size: int = 8  # lists (pairs) per micro-batch per process
+    batch_size: int = 8  # lists (pairs) per micro-batch, all processes together (each takes an equal share)
     grad_accum: int = 1  # micro-batches per optimisation step
     epochs: int = 1  # passes over the train split
     max_steps: int | None = None  # stop after this many optimisation steps even mid-epoch
@@ -198,6 +213,8 @@ class RewardModelConfig:
     eval_batch_size: int = 32
     num_workers: int = 0  # DataLoader workers decoding images
     cpu: bool = False  # force the CPU even where a GPU exists
+    num_processes: int = 1  # training processes (ranks), all machines together; > 1 trains with torch.distributed
+    num_machines: int = 1  # machines the processes are spread over (the rendezvous is the worker's setting)
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -234,6 +251,7 @@ class RewardModelConfig:
             raise ValueError(f"tie_threshold must be in [0, 1] or None, not {self.tie_threshold!r}")
         if self.max_grad_norm <= 0:
             raise ValueError(f"max_grad_norm must be > 0, not {self.max_grad_norm!r}")
+        check_processes(self.num_processes, self.num_machines, ("batch_size", self.batch_size))
 
 
 def tiny_reward_preset(**overrides: Any) -> RewardModelConfig:
@@ -335,7 +353,7 @@ class DPOConfig:
     # the adapter's (the presets take them from it).
     init_lora: str = ""
     max_steps: int = 2000  # optimisation steps
-    batch_size: int = 4  # pairs per micro-batch per process
+    batch_size: int = 4  # pairs per micro-batch, all processes together (each takes an equal share)
     grad_accum: int = 1
     max_grad_norm: float = 1.0
     mixed_precision: MixedPrecision = "no"  # frozen weights in this dtype; LoRA weights stay float32
@@ -346,6 +364,8 @@ class DPOConfig:
     keep_last: int = 2  # checkpoints that keep their resumable training state
     shuffle_buffer: int = 512
     cpu: bool = False  # force the CPU even where a GPU exists
+    num_processes: int = 1  # training processes (ranks), all machines together; > 1 trains with torch.distributed
+    num_machines: int = 1  # machines the processes are spread over (the rendezvous is the worker's setting)
 
     def __post_init__(self) -> None:
         for name, choices in (("mixed_precision", MixedPrecision), ("ties", DPOTies)):
@@ -376,6 +396,7 @@ class DPOConfig:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if not self.lora_targets:
             raise ValueError("lora_targets must name at least one module")
+        check_processes(self.num_processes, self.num_machines, ("batch_size", self.batch_size))
         if self.init_lora:
             check_init_lora(self.init_lora, rank=self.lora_rank, alpha=self.lora_alpha or self.lora_rank,
                             targets=self.lora_targets)
@@ -421,7 +442,7 @@ class DDPOConfig:
     eta: float = 1.0  # DDIM stochasticity (> 0: the policy needs a density)
     guidance_scale: float = 5.0
     resolution: int = 512
-    train_batch_size: int = 4  # trajectories per micro-batch
+    train_batch_size: int = 4  # trajectories per micro-batch, all processes together (each takes an equal share)
     grad_accum: int = 1  # micro-batches per optimisation step (each already sums over its timesteps)
     inner_epochs: int = 1  # passes over each iteration's samples
     timestep_fraction: float = 1.0  # share of denoising steps trained on per trajectory
@@ -445,6 +466,9 @@ class DDPOConfig:
     checkpoint_every: int = 10  # iterations between checkpoints (0: only at the end or on stop)
     keep_last: int = 2
     cpu: bool = False
+    # training processes (ranks), all machines together; > 1 spreads sampling and training with torch.distributed
+    num_processes: int = 1
+    num_machines: int = 1  # machines the processes are spread over (the rendezvous is the worker's setting)
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in get_args(MixedPrecision):
@@ -482,6 +506,9 @@ class DDPOConfig:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0 or None, not {self.lora_alpha!r}")
+        check_processes(self.num_processes, self.num_machines, ("train_batch_size", self.train_batch_size),
+                        ("prompts_per_iteration x images_per_prompt",
+                         self.prompts_per_iteration * self.images_per_prompt))
         if self.init_lora:
             check_init_lora(self.init_lora, rank=self.lora_rank, alpha=self.lora_alpha or self.lora_rank,
                             targets=self.lora_targets)

@@ -134,7 +134,8 @@ class PreferenceDataset(IterableDataset[RankedList]):
 
     ``set_epoch`` reseeds the shuffle; ``skip`` drops the first rows of that epoch's order (used when
     resuming mid-epoch). Rows are sharded across DataLoader workers and across processes
-    (``rank``/``world_size``) by position.
+    (``rank``/``world_size``) by position; with several processes the epoch's last incomplete group of
+    rows is dropped, so every process reads as many rows.
     """
 
     def __init__(
@@ -189,11 +190,18 @@ class PreferenceDataset(IterableDataset[RankedList]):
         n_workers, worker_id = (worker.num_workers, worker.id) if worker is not None else (1, 0)
         shards = self.world_size * n_workers
         shard = self.rank * n_workers + worker_id
+        held: RankedList | None = None
         for i, row in enumerate(self._shuffled()):
             if i < self.skip:
                 continue
             if i % shards == shard:
-                yield row
+                held = row
+            # one process: every row of its shard; several: a row once its group is whole (every process has one)
+            if held is not None and (self.world_size == 1 or i % shards == shards - 1):
+                yield held
+                held = None
+        # Across processes, an epoch's last incomplete group (fewer than world_size * workers rows) is
+        # dropped: every process must take the same number of steps, or their gradient exchange would hang.
 
 
 @dataclass

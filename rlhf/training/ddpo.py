@@ -40,7 +40,7 @@ from rlhf.training.configs import DDPOConfig as DDPOConfig
 from rlhf.training.configs import MixedPrecision as MixedPrecision
 from rlhf.training.configs import sd15_ddpo_preset as sd15_ddpo_preset
 from rlhf.training.configs import tiny_ddpo_preset as tiny_ddpo_preset
-from rlhf.training.ddim import ddim_step_full, encode_prompts, guided_noise, sample_with_logprob
+from rlhf.training.ddim import Trajectory, ddim_step_full, encode_prompts, guided_noise, sample_with_logprob
 from rlhf.training.dpo import FineTuneResult
 from rlhf.training.lora import (
     add_lora,
@@ -83,6 +83,16 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) in [0, 1] -> PIL images (uint8, rounded)."""
     array = (images.permute(0, 2, 3, 1).cpu().numpy() * 255).round().astype(np.uint8)
     return [Image.fromarray(a) for a in array]
+
+
+def gather_trajectory(accelerator: Any, traj: Trajectory) -> Trajectory:
+    """Every process's share of an iteration's trajectories (latents, log-probs, prompt embeddings) in
+    process order, which is the order of one process; the images stay each process's own."""
+    return Trajectory(
+        latents=accelerator.gather(traj.latents.contiguous()), log_probs=accelerator.gather(traj.log_probs),
+        timesteps=traj.timesteps, prompt_embeds=accelerator.gather(traj.prompt_embeds.contiguous()),
+        images=traj.images,  # this process's own: scored already, not needed again
+    )
 
 
 def train_ddpo(
@@ -161,6 +171,12 @@ def train_ddpo(
             reward_id=config.reward_id, with_state=with_state, extra={"metrics": metrics},
         )  # fmt: skip
 
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    n = config.prompts_per_iteration * config.images_per_prompt
+    if n % processes or config.train_batch_size % processes:
+        raise ValueError(f"{processes} processes do not divide the {n} samples per iteration and "
+                         f"train_batch_size {config.train_batch_size}")
+
     phase("training")
     stopped, last = False, {}
     while iteration < config.iterations and not stopped:
@@ -171,13 +187,19 @@ def train_ddpo(
         chosen = rng.choice(len(config.prompts), size=config.prompts_per_iteration, replace=True)
         prompts = [config.prompts[i] for i in chosen for _ in range(config.images_per_prompt)]
         seeds = rng.integers(0, 2**31 - 1, size=len(prompts)).tolist()
+        # Each process samples and scores its share (every image from its own seed, as in one process),
+        # then the shares are gathered: advantages are normalised over the whole iteration.
+        mine = slice(rank * n // processes, (rank + 1) * n // processes)
         unet.eval()
         with accelerator.autocast():
             traj = sample_with_logprob(
-                pipe, scheduler, prompts, seeds=seeds, num_steps=config.sample_steps,
+                pipe, scheduler, prompts[mine], seeds=seeds[mine], num_steps=config.sample_steps,
                 guidance_scale=config.guidance_scale, eta=config.eta, resolution=config.resolution,
             )  # fmt: skip
-        rewards = np.asarray(reward(to_pil(traj.images), prompts), dtype=np.float64)
+        rewards = np.asarray(reward(to_pil(traj.images), prompts[mine]), dtype=np.float64)
+        if processes > 1:
+            rewards = accelerator.gather(torch.from_numpy(rewards).to(accelerator.device)).cpu().numpy()
+            traj = gather_trajectory(accelerator, traj)
         advantages = normalize_advantages_per_prompt(
             torch.from_numpy(rewards), prompts, scale=config.advantage_scale
         ).to(accelerator.device)
@@ -185,11 +207,12 @@ def train_ddpo(
         # --- train: clipped surrogate over (a share of) the recorded denoising steps
         unet.train()
         stats: list[list[float]] = []
-        n = len(prompts)
         for _ in range(config.inner_epochs):
             order = torch.from_numpy(rng.permutation(n))
             for start in range(0, n, config.train_batch_size):
-                idx = order[start : start + config.train_batch_size]
+                batch = order[start : start + config.train_batch_size]  # the global micro-batch: this
+                share = len(batch) // processes  # process trains its share, gradients are averaged
+                idx = batch[rank * share : (rank + 1) * share]
                 cond = traj.prompt_embeds[idx]
                 uncond = None if uncond_one is None else uncond_one.expand(len(idx), -1, -1)
                 for j in rng.permutation(config.sample_steps)[:n_train_t].tolist():
@@ -243,6 +266,8 @@ def train_ddpo(
         # --- log, checkpoint, maybe stop
         iteration += 1
         means = np.mean(stats, axis=0)
+        if processes > 1:  # equal shares: the mean of the processes' means is the global mean
+            means = accelerator.reduce(torch.tensor(means, device=accelerator.device), "mean").cpu().numpy()
         last = {
             "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), "loss": float(means[0]),
             "approx_kl": float(means[1]), "clip_fraction": float(means[2]), "kl": float(means[3]),

@@ -115,6 +115,16 @@ def _collate(items: Sequence[tuple[str, bytes, bytes, float]], transform: ImageT
 
 
 # ----------------------------------------------------------------------------------------------- loss
+def _shard_noise(like: Tensor, generator: torch.Generator, index: int, count: int) -> Tensor:
+    """Noise shaped as ``like`` (chosen then rejected, ``(2B, ...)``), drawn for the global batch of ``count``
+    equal shares (chosen then rejected, ``(2B * count, ...)``) and cut to share ``index``."""
+    half = like.shape[0] // 2
+    drawn = torch.randn((2 * half * count, *like.shape[1:]), generator=generator)
+    chosen = drawn[index * half : (index + 1) * half]
+    rejected = drawn[(count + index) * half : (count + index + 1) * half]
+    return torch.cat([chosen, rejected]).to(like)
+
+
 def dpo_batch_loss(
     unet: Any,
     noise_scheduler: Any,  # a diffusers DDPMScheduler
@@ -124,6 +134,7 @@ def dpo_batch_loss(
     beta: float,
     generator: torch.Generator | None = None,
     reference_adapter: str | None = None,
+    shard: tuple[int, int] = (0, 1),
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Diffusion-DPO on latents ``(2B, ...)`` (chosen then rejected).
 
@@ -131,10 +142,17 @@ def dpo_batch_loss(
     the mean argument of the log-sigmoid, 0 while the policy is the reference. Noise and timesteps come
     from ``generator`` (a CPU generator), the same for chosen and rejected. The reference pass runs the
     UNet with its adapters disabled, or with only ``reference_adapter`` active (a frozen starting adapter).
+
+    ``shard=(index, count)``: these pairs are share ``index`` of ``count`` equal shares of a global batch
+    (one per process); noise and timesteps are drawn for the whole global batch and this share taken, so
+    every pair gets what it would get in one process.
     """
     half = latents.shape[0] // 2
-    noise = torch.randn(latents[:half].shape, generator=generator).to(latents).repeat(2, 1, 1, 1)
-    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (half,), generator=generator)
+    index, count = shard
+    mine = slice(index * half, (index + 1) * half)
+    noise = torch.randn((half * count, *latents.shape[1:]), generator=generator)[mine]
+    noise = noise.to(latents).repeat(2, 1, 1, 1)
+    t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (half * count,), generator=generator)[mine]
     t = t.to(latents.device).repeat(2)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     if noise_scheduler.config.prediction_type == "v_prediction":
@@ -215,6 +233,9 @@ def train_dpo(
     transform = ImageTransform(config.resolution, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5))  # -> [-1, 1]
     # The whole stream here; the prepared loader gives each process its share of every global batch, and ends
     # each epoch's last gradient accumulation with the epoch (an unprepared loader let it run into the next).
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    if config.batch_size % processes:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {processes} processes")
     rows = PreferenceDataset(
         data_path, "train", shuffle_buffer=config.shuffle_buffer, seed=config.seed,
         drop_ties=config.ties == "skip",
@@ -224,7 +245,7 @@ def train_dpo(
     pair_stream = PreferencePairs(rows, config.ties)
     loader = DataLoader(
         pair_stream,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size // processes,  # this process's share of the global micro-batch
         collate_fn=lambda b: _collate(b, transform),
     )
     optimizer = torch.optim.AdamW(lora_parameters(unet), lr=config.lr, weight_decay=config.weight_decay)
@@ -272,7 +293,7 @@ def train_dpo(
                     generator = torch.Generator().manual_seed(config.seed * 1_000_003 + micro_step)
                     micro_step += 1
                     posterior = pipe.vae.encode(pixels).latent_dist
-                    noise = torch.randn(posterior.mean.shape, generator=generator).to(posterior.mean)
+                    noise = _shard_noise(posterior.mean, generator, rank, processes)
                     latents = (posterior.mean + posterior.std * noise) * pipe.vae.config.scaling_factor
                     text = encode_prompts(pipe, batch["captions"])
                 with accelerator.autocast():
@@ -285,6 +306,7 @@ def train_dpo(
                         config.beta,
                         generator,
                         reference_adapter=reference,
+                        shard=(rank, processes),
                     )
                 if not torch.isfinite(loss):
                     raise FloatingPointError(
@@ -307,10 +329,13 @@ def train_dpo(
             step += 1
             now = time.perf_counter()
             means = np.mean(micro, axis=0)
+            if processes > 1:  # every process's share: the global batch's means and pair count
+                means = accelerator.reduce(torch.tensor(means, device=accelerator.device), "mean").cpu().numpy()
+                means[4] *= processes
             last = {
                 "loss": float(means[0]), "implicit_accuracy": float(means[1]), "reward_margin": float(means[2]),
                 "mse_chosen": float(means[3]), "lr": float(scheduler.get_last_lr()[0]), "s_per_step": now - tick,
-                "pairs": float(sum(m[4] for m in micro)),  # pairs this process accumulated into the step
+                "pairs": float(means[4] * len(micro)),  # pairs (all processes) accumulated into the step
             }  # fmt: skip
             micro, tick = [], now
             log(step, last)

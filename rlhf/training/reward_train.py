@@ -4,6 +4,8 @@ Entry points: :func:`train_reward_model` (config + data path + output dir in, :c
 out) and :func:`evaluate_reward_model`. Output layout::
 
     <output_dir>/backbone-<name>/             for a named backbone (BACKBONES: "tiny", "shapes_vae", ...)
+                                              (rank N > 0 of a distributed run builds its copy in
+                                              backbone-<name>-rankN/ and loads rank 0's)
     <output_dir>/checkpoints/checkpoint-<N>/  model + pickwise.json + training_state/ (resumable)
     <output_dir>/final/                       the trained model + pickwise.json with eval metrics
 """
@@ -252,13 +254,16 @@ def train_reward_model(
         mixed_precision=config.mixed_precision, gradient_accumulation_steps=config.grad_accum, cpu=config.cpu
     )
     set_seed(config.seed)
-    backbone = (
-        BACKBONES[config.backbone](
-            output_dir / f"backbone-{config.backbone}", seed=config.seed, image_size=config.image_size
-        )
-        if config.backbone in BACKBONES
-        else Path(config.backbone)
-    )
+    backbone = Path(config.backbone)
+    if config.backbone in BACKBONES:
+        # Every rank builds it (the same random draws on each), but transformers saves a model on rank 0 only:
+        # the other ranks build into a directory of their own and, once rank 0's is complete, load rank 0's.
+        main_dir = output_dir / f"backbone-{config.backbone}"
+        own_dir = (main_dir if accelerator.is_main_process
+                   else main_dir.with_name(f"{main_dir.name}-rank{accelerator.process_index}"))
+        built = BACKBONES[config.backbone](own_dir, seed=config.seed, image_size=config.image_size)
+        accelerator.wait_for_everyone()
+        backbone = main_dir / built.relative_to(own_dir)
     model = load_reward_model(backbone, image_size=config.image_size).train()
     dataset = PreferenceDataset(
         data_path,
@@ -273,13 +278,16 @@ def train_reward_model(
     train_rows = count_rows(data_path, "train")
     if train_rows == 0:
         raise ValueError(f"{data_path} has no rows in the train split")
-    rows_per_step = config.batch_size * config.grad_accum * accelerator.num_processes
+    processes = accelerator.num_processes
+    if config.batch_size % processes:
+        raise ValueError(f"batch_size {config.batch_size} is not divisible by the {processes} processes")
+    rows_per_step = config.batch_size * config.grad_accum  # all processes together
     total_steps = config.epochs * math.ceil(train_rows / rows_per_step)
     if config.max_steps is not None:
         total_steps = min(total_steps, config.max_steps)
     loader = DataLoader(
         dataset,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size // processes,  # this process's share of the global micro-batch
         collate_fn=partial(collate_ranked, transform=model.transform),
         num_workers=config.num_workers,
     )
@@ -333,9 +341,12 @@ def train_reward_model(
             # --- one optimisation step done: log, checkpoint, maybe stop
             step += 1
             now = time.perf_counter()
+            means = np.array([np.mean(micro_losses), np.mean(micro_acc)])
+            if processes > 1:  # equal shares: the mean of the processes' means is the global batch's
+                means = accelerator.reduce(torch.tensor(means, device=accelerator.device), "mean").cpu().numpy()
             last = {
-                "loss": float(np.mean(micro_losses)),
-                "accuracy": float(np.mean(micro_acc)),
+                "loss": float(means[0]),
+                "accuracy": float(means[1]),
                 "lr": float(scheduler.get_last_lr()[0]),
                 "epoch": float(epoch),
                 "pairs_per_s": rows_since_tick / max(now - tick, 1e-9),

@@ -118,3 +118,41 @@ def test_importing_the_celery_app_creates_no_folders(tmp_path):
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["False", "['control',", "'processed',", "'queue',", "'results']"]
+
+
+def test_a_gpu_train_worker_runs_train_worker_concurrency_tasks_unless_told(tmp_path):
+    """TRAIN_WORKER_CONCURRENCY sizes a worker that consumes only gpu-train; --concurrency still wins, and
+    other workers keep their own."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from config.celery import worker_concurrency
+    from config.env import REGISTRY
+
+    settings = type("S", (), {"TRAIN_WORKER_CONCURRENCY": 3})
+    assert worker_concurrency(["gpu-train"], None, settings) == 3
+    assert worker_concurrency("gpu-train", 2, settings) is None
+    assert worker_concurrency(["gpu", "gpu-train"], None, settings) is None
+
+    root = Path(__file__).resolve().parents[2]
+    env = {k: v for k, v in os.environ.items() if k not in REGISTRY}
+    env.update(PICKWISE_VAR_DIR=str(tmp_path / "var"), DJANGO_SETTINGS_MODULE="config.settings",
+               TRAIN_WORKER_CONCURRENCY="3")
+    worker = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "celery", "-A", "config", "worker", "-Q", "gpu-train", "-n", "train@test"],
+        cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    probe = ("import django, time; django.setup(); from config.celery import app\n"
+             "for _ in range(60):\n"
+             "    stats = app.control.inspect(timeout=1.0, destination=['train@test']).stats()\n"
+             "    if stats: print(stats['train@test']['pool']['max-concurrency']); break\n"
+             "    time.sleep(0.5)\n")
+    try:
+        client = subprocess.run([sys.executable, "-c", probe], cwd=root, env=env, capture_output=True, text=True,  # noqa: S603
+                                timeout=120)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=20)
+    assert client.returncode == 0, client.stderr
+    assert client.stdout.strip() == "3"
