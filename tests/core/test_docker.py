@@ -174,8 +174,12 @@ def test_scale_file_runs_one_generation_worker_per_gpu_and_a_multi_gpu_trainer()
         ids = device["device_ids"]
         # Inside the container the reserved GPUs are numbered from 0; the worker uses every one of them.
         assert service["environment"]["CUDA_VISIBLE_DEVICES"] == ",".join(str(i) for i in range(len(ids)))
-        command = service["command"]
-        assert command[command.index("--concurrency") + 1] == "1", name  # one GPU task per worker at a time
+        command, environment = service["command"], service["environment"]
+        # One GPU task per worker at a time: on the command line, or for the training worker (whose runs start
+        # their own processes, one per GPU) through TRAIN_WORKER_CONCURRENCY.
+        concurrency = (command[command.index("--concurrency") + 1] if "--concurrency" in command
+                       else environment["TRAIN_WORKER_CONCURRENCY"])
+        assert concurrency == "1", name
         assert command[command.index("--prefetch-multiplier") + 1] == "1", name
         reserved += ids
     assert len(reserved) == len(set(reserved)) == 8  # no GPU is given to two workers
@@ -183,6 +187,9 @@ def test_scale_file_runs_one_generation_worker_per_gpu_and_a_multi_gpu_trainer()
     trainer = workers["worker-train-multi"]
     assert queue_of(trainer) == "gpu-train"
     assert len(trainer["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"]) == 4
+    # Its runs' processes may use all four GPUs it sees (and TRAIN_MAX_PROCESSES defaults to their count).
+    assert "--concurrency" not in trainer["command"]
+    assert trainer["environment"]["TRAIN_CUDA_VISIBLE_DEVICES"] == trainer["environment"]["CUDA_VISIBLE_DEVICES"]
     # Every queue is still consumed with the base workers parked.
     running = {**base, **services}
     consumed = {queue_of(s) for name, s in running.items()
