@@ -13,13 +13,19 @@ import resource
 import sys
 import tempfile
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def _median(values: list[float]) -> float:
-    return sorted(values)[len(values) // 2]
+    """The median of the timings after the first (warm-up: the first step compiles and allocates), or of the
+    only one when there is one; a clear error when the trainer logged none."""
+    timed = values[1:] or values
+    if not timed:
+        raise RuntimeError("the trainer logged no timings: give it more steps or iterations")
+    return sorted(timed)[len(timed) // 2]
 
 
 def run_dpo(steps: int, threads: int, out: Any) -> None:
@@ -41,7 +47,7 @@ def run_dpo(steps: int, threads: int, out: Any) -> None:
             config,
             export,
             Path(tmp) / "run",
-            on_log=lambda s, m: times.append(m["s_per_step"]) if s > 1 else None,
+            on_log=lambda s, m: times.append(m["s_per_step"]),
         )
     out.put(("dpo", _median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, config))
 
@@ -64,7 +70,7 @@ def run_ddpo(iterations: int, threads: int, out: Any) -> None:
         train_ddpo(
             config,
             Path(tmp) / "run",
-            on_log=lambda s, m: times.append(m["s_per_iteration"]) if s > 1 else None,
+            on_log=lambda s, m: times.append(m["s_per_iteration"]),
         )
     out.put(("ddpo", _median(times), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, config))
 
@@ -80,7 +86,13 @@ def main() -> None:
         queue = ctx.Queue()
         proc = ctx.Process(target=target, args=(n, args.threads, queue))
         proc.start()
-        name, seconds, peak_mib, config = queue.get()
+        while True:  # a child that dies (an error, the OOM killer) never answers: stop waiting then
+            try:
+                name, seconds, peak_mib, config = queue.get(timeout=5)
+                break
+            except Empty:
+                if not proc.is_alive():
+                    sys.exit(f"{target.__name__} failed (exit code {proc.exitcode}); its error is above")
         proc.join()
         if name == "dpo":
             print(
