@@ -182,7 +182,8 @@ def _decode(data: object, *, field: str, limits: EditLimits, what: str) -> Image
 
 
 def png_bytes(image: Image.Image) -> bytes:
-    """PNG bytes that depend only on the pixels (the same encoding as generated images)."""
+    """PNG bytes that depend only on the pixels: no metadata, no timestamps, fixed compression. Generated
+    images are stored in the same encoding (``inference.image_to_png_bytes``)."""
     if image.mode not in ("RGB", "RGBA", "L"):
         image = image.convert("RGB")
     bare = Image.frombytes(image.mode, image.size, image.tobytes())

@@ -52,7 +52,7 @@ from typing import TYPE_CHECKING, Any, Literal, get_args
 
 from PIL import Image
 
-from generation.editing import EDIT_KINDS, EditKind, outpaint_canvas
+from generation.editing import EDIT_KINDS, EditKind, outpaint_canvas, png_bytes
 
 if TYPE_CHECKING:
     import torch
@@ -869,13 +869,9 @@ def _run_chunk(
 
 
 def image_to_png_bytes(image: Image.Image) -> bytes:
-    """PNG bytes that depend only on the pixels: no metadata, no timestamps, fixed compression."""
-    if image.mode not in ("RGB", "RGBA", "L"):
-        image = image.convert("RGB")
-    bare = Image.frombytes(image.mode, image.size, image.tobytes())
-    buffer = io.BytesIO()
-    bare.save(buffer, format="PNG", optimize=False, compress_level=6)
-    return buffer.getvalue()
+    """PNG bytes that depend only on the pixels: no metadata, no timestamps, fixed compression (the encoding
+    an edit's source and mask are stored in too, ``editing.png_bytes``)."""
+    return png_bytes(image)
 
 
 _png_pool: ThreadPoolExecutor | None = None
