@@ -244,33 +244,3 @@ def browser_login(page, user, password: str) -> None:
     page.fill("input[name=password]", password)
     page.click("button[type=submit]")
     page.wait_for_url("**/")
-
-
-# --- scheduling: the longest tests first ------------------------------------------------------------------------
-# xdist hands tests out in collection order, so a two-minute test collected late runs alone at the end while the
-# other workers wait. The suite's longest tests (`make test PYTEST_ARGS=--durations=25`) are handed out first,
-# each file's tests still in their own order.
-LONGEST_FIRST = (
-    "tests/core/test_lint.py::test_mypy_clean_where_the_style_guide_asks_for_types",
-    "tests/rlhf/test_ddpo.py",
-    "tests/rlhf/test_distributed_training.py",
-    "tests/rlhf/test_distributed_runs.py",
-    "tests/core/test_api_schemathesis.py",
-    "tests/rlhf/test_worker_kill.py",
-    "tests/rlhf/test_loop_bench.py",
-    "tests/core/test_celery.py",
-    "tests/rlhf/test_loop_round.py",
-    "tests/projects/test_migrations.py",
-    "tests/generation/test_worker_kill.py",
-)
-
-
-def _longest_first_rank(item: pytest.Item) -> int:
-    for place, prefix in enumerate(LONGEST_FIRST):
-        if item.nodeid == prefix or item.nodeid.startswith(prefix + "::"):
-            return place
-    return len(LONGEST_FIRST)
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=_longest_first_rank)  # stable: every other test keeps its collection order
