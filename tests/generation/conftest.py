@@ -28,10 +28,12 @@ def tiny_version(db, tiny_pipeline_dir):
     )
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(autouse=True)
 def _one_torch_thread():
     """The tiny models gain nothing from threads, and spinning OpenMP threads on a busy 2-core machine
-    make them ~50x slower; worker subprocesses get GENERATION_TORCH_THREADS=1 the same way."""
+    make them ~50x slower; worker subprocesses get GENERATION_TORCH_THREADS=1 the same way. Set for each
+    test, not once a session: a test elsewhere in the same process may have changed the count, and
+    the byte-for-byte tests compare renders (a batch against one image alone) that agree on one thread."""
     import torch
 
     threads = torch.get_num_threads()

@@ -65,7 +65,8 @@ def seed_filling_every_split(project, fields) -> int:
 
 
 def build_export(project, user, *, worker: bool = False, **fields):
-    """Build an export in this process, or (``worker=True``, with a real worker running) wait for the worker."""
+    """Build an export in this process, or (``worker=True``, with a real worker running) wait for the worker; either
+    way it is finished when this returns."""
     import time
 
     from rlhf.datasets.services import export_request_parse, preference_export_build, preference_export_create
@@ -76,7 +77,9 @@ def build_export(project, user, *, worker: bool = False, **fields):
     fields.setdefault("split_seed", seed_filling_every_split(project, fields))
     export = preference_export_create(project=project, user=user, request=export_request_parse(fields))
     if not worker:
-        return preference_export_build(export_id=export.pk)
+        export = preference_export_build(export_id=export.pk)
+        # With a real worker running (a test that starts its own), the worker may have claimed the export's
+        # queued task first: then this build leaves it to the lease holder, and we wait for that.
     deadline = time.monotonic() + 120
     while not export.is_finished:
         assert time.monotonic() < deadline, "the worker did not build the export"
