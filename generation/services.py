@@ -437,6 +437,9 @@ class Claim:
     params: GenerationParams
     # job id -> indices that still lack an image
     missing: dict[int, list[int]]
+    # The largest padded batch shape the claimed jobs' stored images were rendered in (0 when none is stored):
+    # a re-render of a lost image pads to it, so that it gets the bytes of the batch it was first made in.
+    stored_batch_shape: int = 0
 
 
 def _existing_indices(job_ids: list[int]) -> dict[int, set[int]]:
@@ -505,7 +508,16 @@ def generation_jobs_claim(*, job_id: int, worker: str, batch_limit: int) -> Clai
     claimed_jobs = list(GenerationJob.objects.filter(pk__in=missing).select_related("model_version").order_by("pk"))
     for job in claimed_jobs:
         _delete_orphans(job)
-    return Claim(token=token, jobs=claimed_jobs, params=lead.generation_params(), missing=missing)
+    return Claim(token=token, jobs=claimed_jobs, params=lead.generation_params(), missing=missing,
+                 stored_batch_shape=_stored_batch_shape([job.pk for job in claimed_jobs if existing[job.pk]]))
+
+
+def _stored_batch_shape(job_ids: list[int]) -> int:
+    """The largest ``runtime["batch_shape"]`` among the stored images of ``job_ids`` (0 for none)."""
+    if not job_ids:
+        return 0
+    shapes = GeneratedImage.objects.filter(job_id__in=job_ids).values_list("runtime__batch_shape", flat=True)
+    return max((int(shape) for shape in shapes if isinstance(shape, int)), default=0)
 
 
 def generation_jobs_heartbeat(*, token: uuid.UUID, progress: float) -> bool:

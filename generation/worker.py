@@ -367,8 +367,10 @@ def run_job(job_id: int, *, batch_limit: int | None = None, storer: Storer | Non
                 for pk, items in by_job.items()
             ]
             # One generate_batch call = one batched pipeline call for the whole chunk, padded to a fixed
-            # shape (a power of two) so that the same shape reproduces the same pixels later.
-            shape = batch_shape(chunk_images, batch_limit)
+            # shape (a power of two) so that the same shape reproduces the same pixels later. Re-rendering
+            # the lost images of a partly stored job pads to the shape its stored images were made in: a
+            # kernel may round differently for another batch size, and the image would change.
+            shape = max(batch_shape(chunk_images, batch_limit), claim.stored_batch_shape)
             storer.start()  # the previous chunk's store runs during this pipeline call
             rows = inference.generate_batch(loaded, requests, callback=on_progress, max_batch=shape)
             made = [

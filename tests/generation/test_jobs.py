@@ -188,6 +188,7 @@ def test_rerun_makes_only_the_missing_images_and_removes_orphans(annotator, proj
     worker.run_job(job.pk)
     kept = {i.index: (i.pk, i.sha256) for i in job.images.all()}
     lost = job.images.get(index=1)
+    assert lost.runtime["batch_shape"] == 4  # three images, padded to the next power of two
     default_storage.delete(lost.storage_key)
     lost.delete()
     orphan = default_storage.save(f"{job.storage_prefix}7-123.png", ContentFile(b"half-written"))
@@ -199,6 +200,8 @@ def test_rerun_makes_only_the_missing_images_and_removes_orphans(annotator, proj
     after = {i.index: (i.pk, i.sha256) for i in job.images.all()}
     assert after[0] == kept[0] and after[2] == kept[2]
     assert after[1][1] == kept[1][1] and after[1][0] != kept[1][0]
+    # Re-rendered alone, in the batch shape the image was first made in (kernels round by shape).
+    assert job.images.get(index=1).runtime["batch_shape"] == 4
     _, files = default_storage.listdir(job.storage_prefix)
     assert sorted(files) == sorted(i.storage_key.rsplit("/", 1)[1] for i in job.images.all())
 
