@@ -116,7 +116,7 @@ def ddim_step_full(
     if bool((std <= 0).any()):
         raise ValueError("the DDIM step has zero variance (set_alpha_to_one=True at the last step?)")
     if prev_sample is None:
-        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)  # type: ignore[arg-type]
+        noise = randn_tensor(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         prev_sample = mean + std * noise
     log_prob = log_normal_density(prev_sample.detach().float(), mean, std)
     dims = tuple(range(1, log_prob.dim()))
