@@ -6,7 +6,10 @@ Seeds a project with ``--tasks`` tasks of ``--images`` pre-generated images each
 ``--overlap``, and ``--annotators`` annotators with API tokens, and ANALYZEs the bulk load;
 starts gunicorn on the test database; then every annotator loops with no think time:
 ``POST tasks/next/`` once, then ``POST tasks/<id>/submit/`` with a full ranking, which answers with the
-next task (one round trip per annotation). Prints throughput
+next task (one round trip per annotation). With ``--rate R`` the annotators instead submit on a fixed
+schedule that offers R annotations/s in all (open loop: a submit that starts late because the server fell
+behind counts its wait in its latency, so a slow server cannot hide its queue). No think time measures the
+most the server can take, where latency is all queueing; a rate measures latency at a given load. Prints throughput
 (annotations per second), p50/p95/p99 latency per operation and the SQL statements each
 request ran (counted inside the gunicorn worker by a Django execute wrapper; the
 transaction's BEGIN/COMMIT, issued by the driver, and Django's once-per-request connection
@@ -14,7 +17,8 @@ health check are not among them), then checks the data: no task above k, nobody 
 task, exactly the acknowledged rankings stored.
 
 Targets (issue 4): >= 110 annotations/s, p99 < 200 ms per operation, <= 8 SQL statements per
-operation, not growing with images, tasks or annotators.
+operation, not growing with images, tasks or annotators. The first is read with no think time, the second at
+``--rate 110``.
 """
 
 from __future__ import annotations
@@ -142,10 +146,11 @@ def _request(port: int, path: str, token: str, body: dict | None, method: str = 
 
 
 def _annotator(port: int, project_id: int, token: str, start_at: float, measure_from: float, deadline: float,
-               out: list) -> None:
+               out: list, interval: float = 0.0, phase: float = 0.0) -> None:
     while time.time() < start_at:
         time.sleep(0.001)
     n = 0
+    next_at = start_at + phase  # with an interval: when this annotator's next submit is due
     task = None  # the next task, when the last submit handed it out (one round trip per annotation)
     while time.time() < deadline:
         measured = time.time() >= measure_from
@@ -162,8 +167,16 @@ def _annotator(port: int, project_id: int, token: str, start_at: float, measure_
         ranking = [[image["id"]] for image in reversed(task["images"])]
         n += 1
         body = {"ranking": ranking, "idempotency_key": f"{token[:8]}-{task['task_id']}-{n}"}
+        late = 0.0
+        if interval:
+            wait = next_at - time.time()
+            if wait > 0:
+                time.sleep(wait)
+            late = max(0.0, time.time() - next_at)  # queued at the client because the server fell behind
+            next_at += interval
         status, payload, sql, took = _request(port, f"/api/projects/{project_id}/tasks/{task['task_id']}/submit/",
                                               token, body)
+        took += late
         if status in (200, 204):
             out.append(("ack", 0.0, sql, status))
         if time.time() >= measure_from and measured:
@@ -176,10 +189,11 @@ def _annotator(port: int, project_id: int, token: str, start_at: float, measure_
 
 
 def _load_process(args: tuple) -> list:
-    port, project_id, tokens, start_at, measure_from, deadline = args
+    port, project_id, tokens, start_at, measure_from, deadline, interval, phases = args
     out: list = []
-    threads = [threading.Thread(target=_annotator, args=(port, project_id, t, start_at, measure_from, deadline, out))
-               for t in tokens]
+    threads = [threading.Thread(target=_annotator, args=(port, project_id, t, start_at, measure_from, deadline, out,
+                                                         interval, phase))
+               for t, phase in zip(tokens, phases, strict=True)]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -214,6 +228,8 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=5, help="gunicorn sync workers")
     parser.add_argument("--clients", type=int, default=4, help="load-generator processes")
     parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--rate", type=float, default=0,
+                        help="annotations/s offered in all, on a fixed schedule (0: no think time, as fast as served)")
     args = parser.parse_args()
 
     if not os.environ.get("DATABASE_URL", "").startswith("postgres"):
@@ -260,17 +276,21 @@ def main() -> int:
         start_at = time.time() + 1.0
         measure_from = start_at + args.warmup
         deadline = measure_from + args.seconds
-        shares = [tokens[i::args.clients] for i in range(args.clients)]
+        # With a rate, annotator i submits every `interval` seconds, its phase spread evenly over one interval.
+        interval = args.annotators / args.rate if args.rate else 0.0
+        phases = [i * interval / args.annotators for i in range(args.annotators)]
+        shares = [(tokens[i::args.clients], phases[i::args.clients]) for i in range(args.clients)]
         with multiprocessing.get_context("fork").Pool(args.clients) as pool:
-            results = pool.map(_load_process, [(port, project_id, share, start_at, measure_from, deadline)
-                                               for share in shares])
+            results = pool.map(_load_process, [(port, project_id, share, start_at, measure_from, deadline, interval,
+                                                share_phases) for share, share_phases in shares])
     finally:
         gunicorn.terminate()
         gunicorn.wait(timeout=30)
 
     rows = [row for result in results for row in result]
     errors = [row for row in rows if row[0] == "error" or (not row[0].startswith("cpu-") and row[3] not in (200, 201, 204))]
-    print(f"\nannotator loop: {args.annotators} annotators, no think time, {args.workers} gunicorn workers, "
+    pace = f"offered {args.rate:g} annotations/s" if args.rate else "no think time"
+    print(f"\nannotator loop: {args.annotators} annotators, {pace}, {args.workers} gunicorn workers, "
           f"{os.cpu_count()} CPUs, {args.seconds:.0f} s measured after {args.warmup:.0f} s warm-up")
     submits = [row for row in rows if row[0] == "submit" and row[3] in (200, 201)]
     print(f"throughput: {len(submits) / args.seconds:.1f} annotations/s ({len(submits)} stored in the window)")
