@@ -204,21 +204,22 @@ def _working_size(width: int, height: int, max_side: int) -> tuple[int, int]:
     return max(SIDE_MULTIPLE, w - w % SIDE_MULTIPLE), max(SIDE_MULTIPLE, h - h % SIDE_MULTIPLE)
 
 
-def _rgb(image: Image.Image) -> Image.Image:
+def _flatten(image: Image.Image, mode: str, background: tuple[int, int, int, int]) -> Image.Image:
+    """``image`` in ``mode`` ("RGB" or "L"), any transparency composited over ``background``."""
     if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return image.convert("RGB")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, background), rgba).convert(mode)
+    return image.convert(mode)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """A source image's pixels; transparent pixels become white."""
+    return _flatten(image, "RGB", (255, 255, 255, 255))
 
 
 def _mask_grey(image: Image.Image) -> Image.Image:
     """Grey levels where white = repaint; transparent pixels count as keep (black)."""
-    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
-        rgba = image.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (0, 0, 0, 255))
-        return Image.alpha_composite(background, rgba).convert("L")
-    return image.convert("L")
+    return _flatten(image, "L", (0, 0, 0, 255))
 
 
 def _strength(value: object, default: float) -> float:
