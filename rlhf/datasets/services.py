@@ -832,6 +832,11 @@ def preference_export_build(*, export_id: int) -> PreferenceExport | None:
         builder = ExportBuilder(export, heartbeat)
         try:
             builder.build(partial)
+            if isinstance(partial, StoreFolder):
+                # The store's server-side copies take a while for a large export: made here, under the lease
+                # (its heartbeat keeps running), not under the row lock below. ``data/<hash>`` is keyed by
+                # content, so a worker that loses the lease during the copy wrote the bytes the owner would.
+                _publish(partial, builder.content_hash)
         except ExportStopped:
             _remove(partial)
             return PreferenceExport.objects.get(pk=export_id)
@@ -848,7 +853,8 @@ def preference_export_build(*, export_id: int) -> PreferenceExport | None:
         if jobs.job_lock_owned(lease) is None:  # cancelled or taken back while the last rows were written
             _remove(partial)
         else:
-            _publish(partial, builder.content_hash)
+            if isinstance(partial, Path):  # a rename: instant, so under the lock
+                _publish(partial, builder.content_hash)
             jobs.job_finish(lease, counts=builder.counts, split_counts=builder.split_counts,
                             content_hash=builder.content_hash)
             emit("export.finished", project_id=export.project_id, data=lambda: export_event(export_id))

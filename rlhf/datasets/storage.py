@@ -6,8 +6,10 @@ Laid out under the store's prefix as exports are on disk under ``PICKWISE_EXPORT
   stream sends 5 MiB multipart parts; no file is ever whole in memory). A killed attempt leaves at most an
   unfinished multipart upload there, never an object under ``data/``; the next attempt of the export, or its
   end, deletes the folder.
-- ``data/<content hash>/``: the published export. Only the lease holder copies its attempt's objects there
-  (server-side copies), after the last row and under the export's row lock, then marks the export succeeded.
+- ``data/<content hash>/``: the published export. The lease holder copies its attempt's objects there
+  (server-side copies) after the last row, while its lease is renewed, then marks the export succeeded under
+  the export's row lock (not held during the copies). The folder is keyed by content: a worker that lost its
+  lease mid-copy wrote the same bytes.
   Readers load it with ``datasets.load_dataset("parquet", data_files="s3://.../pairs.parquet",
   storage_options=...)``.
 - ``archives/<key>.zip``: the download (data files plus the dataset card), made once and handed out as a
