@@ -307,6 +307,7 @@ def failure_of(returncode: int, errors: Path, log_path: Path) -> str:
     return f"{error['type']} on rank {rank}: {error['message']}"
 
 
+TRAINING_NODE_RUN = "rlhf.tasks.training_node_run"
 RUN_MODELS: dict[str, Any] = {TrainingNode.RunKind.REWARD: RewardModelRun, TrainingNode.RunKind.FINETUNE: FineTuneRun}
 CHECK_SECONDS = 1.0  # how often the run's task reads its machines' rows
 # What a rank that lost a peer raises (gloo, nccl): the cause is on the other machine.
@@ -342,7 +343,7 @@ class Machines:
                                                  machine_rank=rank, spec=spec, max_attempts=1)
                      for rank in range(1, config.num_machines)]
             for node in nodes:
-                enqueue_on_commit("rlhf.tasks.training_node_run", node.pk)
+                enqueue_on_commit(TRAINING_NODE_RUN, node.pk)
         return cls(kind=kind, run_id=lease.pk, attempt=lease.attempt, total=config.num_machines, rendezvous=rendezvous)
 
     def nodes(self) -> list[TrainingNode]:
@@ -508,10 +509,14 @@ def training_node_execute(*, node_id: int) -> TrainingNode | None:
             reason = str(exc) if isinstance(exc, TrainingProcessFailed) else f"{type(exc).__name__}: {exc}"
             jobs.job_fail(lease, reason)
             return TrainingNode.objects.get(pk=node_id)
-    jobs.job_finish(lease)
+    if RUN_MODELS[node.run_kind].objects.filter(pk=node.run_id, status=JobStatus.CANCELLED).exists():
+        with contextlib.suppress(ApplicationError):  # the run's task may have cancelled it first
+            jobs.job_cancel(TrainingNode, node.pk)  # its ranks stopped with the others', for the run's cancel
+    else:
+        jobs.job_finish(lease)
     return TrainingNode.objects.get(pk=node_id)
 
 
 def training_nodes_reap_expired() -> int:
     """Fail the rows of machines whose node worker died after the run's task stopped watching them."""
-    return jobs.jobs_reap(TrainingNode, task_name="rlhf.tasks.training_node_run", what="running this machine's part")
+    return jobs.jobs_reap(TrainingNode, task_name=TRAINING_NODE_RUN, what="running this machine's part")
