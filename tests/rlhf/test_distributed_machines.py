@@ -3,7 +3,7 @@ gpu-train queue runs the run's task (machine rank 0) and a second real worker, t
 machine's part from TRAIN_NODE_QUEUE. A reward run of 2 machines x 1 process trains as one process on the same
 global batch (the tolerances of tests/rlhf/test_distributed_training.py); a machine that dies mid-run (its node
 worker, torchrun and rank all SIGKILLed) fails the run with a reason naming it; a machine that never joins fails
-the run after TRAIN_RENDEZVOUS_TIMEOUT.
+the run after TRAIN_RENDEZVOUS_TIMEOUT; and a failure is blamed on the machine that caused it (rows only).
 
 Each run costs four processes' imports of torch (two torchruns, two ranks), so one success and one death share
 the workers; the workers run with a 3 s node lease and a heartbeat every second.
@@ -16,15 +16,17 @@ import signal
 import socket
 import time
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from django.utils import timezone
 from safetensors.torch import load_file
 
 from rlhf import tasks
 from rlhf.models import RewardModelRun, RunStatus, TrainingNode
 from rlhf.runs import paths, reward
-from rlhf.runs.distributed import LAUNCH_DIR, alive, process_tree
+from rlhf.runs.distributed import LAUNCH_DIR, Machines, Rendezvous, TrainingProcessFailed, alive, process_tree
 from rlhf.training.configs import RewardModelConfig
 from rlhf.training.reward_train import train_reward_model
 from tests.workers import start_worker, stop, wait_for
@@ -155,3 +157,43 @@ def test_a_machine_that_never_joins_fails_the_run_after_the_rendezvous_timeout(p
     [part] = TrainingNode.objects.all()
     assert part.status == RunStatus.CANCELLED  # the run's task took its part back
     assert not process_tree(os.getpid()).keys() - {os.getpid()}
+
+
+@pytest.mark.django_db
+def test_a_failure_is_blamed_on_the_machine_that_caused_it(settings):
+    """Which reason the run gets when its main machine's group fails: the other machine's own, when the main
+    machine's ranks only lost their peer; the main machine's, when its own rank failed first; a dead machine's
+    (no heartbeat for a node lease) whatever the main machine saw; a part nobody took, once the rendezvous
+    time has passed."""
+    settings.TRAIN_NODE_LEASE_SECONDS, settings.TRAIN_RENDEZVOUS_TIMEOUT = 2, 600
+    machines = Machines(kind="reward", run_id=7, attempt=1, total=3,
+                        rendezvous=Rendezvous("10.0.0.5", 29500, "pickwise-reward-7-attempt-1"))
+    parts = [TrainingNode.objects.create(run_kind="reward", run_id=7, run_attempt=1, machine_rank=rank,
+                                         max_attempts=1) for rank in (1, 2)]
+    assert machines.problem() is None  # both still queued, well within the rendezvous time
+    two = TrainingNode.objects.filter(pk=parts[1].pk)
+    two.update(status=RunStatus.FAILED, leased_by="gpu-b:42", error="Out of memory on rank 2: CUDA out of memory")
+    lost_peer = ("RuntimeError on rank 0: [../third_party/gloo/gloo/transport/tcp/pair.cc:534] Connection closed "
+                 "by peer [10.0.0.6]:4242")
+    own_oom = "Out of memory on rank 0: CUDA out of memory. Lower batch_size or resolution, or use mixed_precision."
+    assert machines.failure(lost_peer, joined=True) == (
+        "Machine 2 of 3 (gpu-b:42): Out of memory on rank 2: CUDA out of memory")
+    assert machines.failure(own_oom, joined=True) == own_oom
+
+    now = timezone.now()
+    two.update(status=RunStatus.RUNNING, error="", lease_token=uuid.uuid4(), heartbeat_at=now - timedelta(seconds=5),
+               lease_expires_at=now - timedelta(seconds=3))
+    assert machines.failure(own_oom, joined=True) == (
+        "Machine 2 of 3 (gpu-b:42) stopped answering: no heartbeat for 5 s (TRAIN_NODE_LEASE_SECONDS 2); its node "
+        "worker or the machine died. The other machines' processes were stopped; retry resumes from the last "
+        "checkpoint.")
+
+    two.update(status=RunStatus.SUCCEEDED, lease_token=None, lease_expires_at=None)
+    machines.started -= 601
+    never = ("Machine 1 of 3 never joined: no node worker on the gpu-train-node queue took its part within 600 s "
+             "(TRAIN_RENDEZVOUS_TIMEOUT). Start one node worker on each other machine (README, Training on several "
+             "machines).")
+    assert machines.problem() == never
+    assert machines.failure("The training processes exited with code 1: ...", joined=False) == never
+    with pytest.raises(TrainingProcessFailed, match="^Machine 1 of 3 never joined"):
+        machines.check()
