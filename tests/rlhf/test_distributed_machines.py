@@ -71,70 +71,76 @@ def finished(run_id: int, seconds: float, logs: list[Path]) -> RewardModelRun:
         raise AssertionError(f"run {run_id} did not end: {RewardModelRun.objects.get(pk=run_id).status}\n{tails}") from None
 
 
-@pytest.mark.django_db(transaction=True)
-def test_two_machines_train_as_one_process_and_a_dead_machine_fails_the_run(
-    pairs_export, ml_engineer, settings, tmp_path
-):
+@pytest.fixture
+def loopback_machines(transactional_db, tmp_path):
+    """Two "machines" on loopback: a worker for the run's task (machine rank 0, the rendezvous on a free port)
+    and a node worker, each on a private queue (requested first: they boot while the data fixtures run)."""
     suffix = uuid.uuid4().hex[:8]
     main_queue, node_queue = f"multinode-main-{suffix}", f"multinode-node-{suffix}"
     env = {"TRAIN_MAIN_PROCESS_IP": "127.0.0.1", "TRAIN_MAIN_PROCESS_PORT": str(free_port()),
            "TRAIN_NODE_QUEUE": node_queue, "TRAIN_NODE_LEASE_SECONDS": "3", "JOB_HEARTBEAT_SECONDS": "1",
            "TRAIN_RENDEZVOUS_TIMEOUT": "120"}
-    settings.TRAIN_MAIN_PROCESS_IP = "127.0.0.1"  # what the API checks before anything starts
     logs = [tmp_path / "main-worker.log", tmp_path / "node-worker.log"]
     main = start_worker(logs[0], main_queue, **env)
     node = start_worker(logs[1], node_queue, **env)
-    try:
-        run = reward.reward_run_create(user=ml_engineer, export=pairs_export, preset="tiny",
-                                       hyperparameters=TWO_MACHINES, enqueue=False)
-        tasks.train_reward_model.apply_async(args=[run.pk], queue=main_queue)
-        run = finished(run.pk, 150, logs)
-        assert run.status == RunStatus.SUCCEEDED, run.error
-        [part] = TrainingNode.objects.all()
-        assert (part.run_kind, part.run_id, part.run_attempt, part.machine_rank) == ("reward", run.pk, 1, 1)
-        assert part.status == RunStatus.SUCCEEDED and part.leased_by != run.leased_by, part.error
-        assert part.spec["rendezvous"] == {"host": "127.0.0.1", "port": int(env["TRAIN_MAIN_PROCESS_PORT"]),
-                                           "id": f"pickwise-reward-{run.pk}-attempt-1"}
-        assert not launched_pids(run, LAUNCH_DIR) and not launched_pids(run, f"{LAUNCH_DIR}-machine-1")
-        # Only the main process reports: one point per step, from global rank 0.
-        steps = [p for p in run.history if "loss" in p]
-        assert [p["step"] for p in steps] == [1, 2, 3] and run.results["step"] == 3
+    yield {"main_queue": main_queue, "env": env, "logs": logs, "node": node}
+    stop(main)
+    stop(node)
 
-        # The same global batches in one process: the same first loss and (after 3 steps) the same weights.
-        one_logs: list[tuple[int, dict[str, float]]] = []
-        config = RewardModelConfig(**{**run.config, "num_processes": 1, "num_machines": 1})
-        one = train_reward_model(config, paths.run_data_path(run), tmp_path / "one",
-                                 on_log=lambda step, metrics: one_logs.append((step, dict(metrics))))
-        assert steps[0]["loss"] == pytest.approx(one_logs[0][1]["loss"], rel=LOSS_RTOL)
-        ours, theirs = load_file(one.model_dir / "model.safetensors"), load_file(
-            Path(run.registered_version.path) / "model.safetensors")
-        assert ours.keys() == theirs.keys()
-        for key in ours:
-            assert (theirs[key] - ours[key]).abs().max().item() <= WEIGHT_ATOL, key
 
-        # A machine dies mid-run: its node worker, torchrun and rank are SIGKILLed at once.
-        long = reward.reward_run_create(user=ml_engineer, export=pairs_export, preset="tiny", enqueue=False,
-                                        hyperparameters={**TWO_MACHINES, "max_steps": 100_000, "epochs": 1000})
-        tasks.train_reward_model.apply_async(args=[long.pk], queue=main_queue)
-        wait_for(lambda: RewardModelRun.objects.get(pk=long.pk).step >= 2 or RewardModelRun.objects.get(
-            pk=long.pk).is_finished, 150, "the second run's second step", poll=0.3)
-        long.refresh_from_db()
-        assert long.status == RunStatus.RUNNING, long.error
-        victims = launched_pids(long, f"{LAUNCH_DIR}-machine-1")
-        assert len(victims) == 2  # that machine's torchrun and its rank
-        stop(node, signal.SIGKILL)
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-        long = finished(long.pk, 60, logs)
-        assert long.status == RunStatus.FAILED
-        assert long.error.startswith("Machine 1 of 2 (") and "stopped answering: no heartbeat for" in long.error, (
-            long.error)
-        assert "its node worker or the machine died" in long.error
-        assert not launched_pids(long, LAUNCH_DIR)  # the main machine's torchrun and rank were stopped
-        assert not alive(victims)
-    finally:
-        stop(main)
-        stop(node)
+@pytest.mark.django_db(transaction=True)
+def test_two_machines_train_as_one_process_and_a_dead_machine_fails_the_run(
+    loopback_machines, pairs_export, ml_engineer, settings, tmp_path
+):
+    main_queue, env, logs = loopback_machines["main_queue"], loopback_machines["env"], loopback_machines["logs"]
+    settings.TRAIN_MAIN_PROCESS_IP = "127.0.0.1"  # what the API checks before anything starts
+    run = reward.reward_run_create(user=ml_engineer, export=pairs_export, preset="tiny",
+                                   hyperparameters=TWO_MACHINES, enqueue=False)
+    tasks.train_reward_model.apply_async(args=[run.pk], queue=main_queue)
+    run = finished(run.pk, 150, logs)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    [part] = TrainingNode.objects.all()
+    assert (part.run_kind, part.run_id, part.run_attempt, part.machine_rank) == ("reward", run.pk, 1, 1)
+    assert part.status == RunStatus.SUCCEEDED and part.leased_by != run.leased_by, part.error
+    assert part.spec["rendezvous"] == {"host": "127.0.0.1", "port": int(env["TRAIN_MAIN_PROCESS_PORT"]),
+                                       "id": f"pickwise-reward-{run.pk}-attempt-1"}
+    assert not launched_pids(run, LAUNCH_DIR) and not launched_pids(run, f"{LAUNCH_DIR}-machine-1")
+    # Only the main process reports: one point per step, from global rank 0.
+    steps = [p for p in run.history if "loss" in p]
+    assert [p["step"] for p in steps] == [1, 2, 3] and run.results["step"] == 3
+
+    # The same global batches in one process: the same first loss and (after 3 steps) the same weights.
+    one_logs: list[tuple[int, dict[str, float]]] = []
+    config = RewardModelConfig(**{**run.config, "num_processes": 1, "num_machines": 1})
+    one = train_reward_model(config, paths.run_data_path(run), tmp_path / "one",
+                             on_log=lambda step, metrics: one_logs.append((step, dict(metrics))))
+    assert steps[0]["loss"] == pytest.approx(one_logs[0][1]["loss"], rel=LOSS_RTOL)
+    ours, theirs = load_file(one.model_dir / "model.safetensors"), load_file(
+        Path(run.registered_version.path) / "model.safetensors")
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        assert (theirs[key] - ours[key]).abs().max().item() <= WEIGHT_ATOL, key
+
+    # A machine dies mid-run: its node worker, torchrun and rank are SIGKILLed at once.
+    long = reward.reward_run_create(user=ml_engineer, export=pairs_export, preset="tiny", enqueue=False,
+                                    hyperparameters={**TWO_MACHINES, "max_steps": 100_000, "epochs": 1000})
+    tasks.train_reward_model.apply_async(args=[long.pk], queue=main_queue)
+    wait_for(lambda: RewardModelRun.objects.get(pk=long.pk).step >= 2 or RewardModelRun.objects.get(
+        pk=long.pk).is_finished, 150, "the second run's second step", poll=0.3)
+    long.refresh_from_db()
+    assert long.status == RunStatus.RUNNING, long.error
+    victims = launched_pids(long, f"{LAUNCH_DIR}-machine-1")
+    assert len(victims) == 2  # that machine's torchrun and its rank
+    stop(loopback_machines["node"], signal.SIGKILL)
+    for pid in victims:
+        os.kill(pid, signal.SIGKILL)
+    long = finished(long.pk, 60, logs)
+    assert long.status == RunStatus.FAILED
+    assert long.error.startswith("Machine 1 of 2 (") and "stopped answering: no heartbeat for" in long.error, (
+        long.error)
+    assert "its node worker or the machine died" in long.error
+    assert not launched_pids(long, LAUNCH_DIR)  # the main machine's torchrun and rank were stopped
+    assert not alive(victims)
 
 
 @pytest.mark.django_db
