@@ -1,7 +1,8 @@
 """The Celery app: three queues, late acks, prefetch 1, time limits under the visibility timeout.
 
 Queues: ``default`` (exports, reapers, bookkeeping), ``gpu`` (inference) and ``gpu-train``
-(training). Routing is by task name, so a task module never names a queue itself.
+(training); ``TRAIN_NODE_QUEUE`` (``gpu-train-node``) is for the node workers of the other machines of a
+training run over several machines. Routing is by task name, so a task module never names a queue itself.
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ TASK_ROUTES = {
     "generation.tasks.*": {"queue": "gpu"},
     "rlhf.tasks.train_*": {"queue": "gpu-train"},
     "rlhf.tasks.finetune_*": {"queue": "gpu-train"},
+    # The other machines' parts of runs over several machines (rlhf.runs.distributed): consumed by one node
+    # worker on each of those machines, never by this app's own workers (so not one of QUEUES).
+    "rlhf.tasks.training_node_*": {"queue": django_settings.TRAIN_NODE_QUEUE},
     "rlhf.tasks.score_*": {"queue": "gpu"},
     "rlhf.tasks.arena_*": {"queue": "gpu"},
     "*": {"queue": "default"},

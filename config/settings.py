@@ -328,12 +328,29 @@ TRAIN_MAX_PROCESSES = env_int(
     "Most training processes a run may start on one machine; 0: the GPUs in TRAIN_CUDA_VISIBLE_DEVICES, "
     "else the CPU count on a CPU device", minimum=0,
 )
-TRAIN_MACHINE_RANK = env_int("TRAIN_MACHINE_RANK", 0, "This machine's rank in a run over several machines", minimum=0)
 TRAIN_MAIN_PROCESS_IP = env_str(
-    "TRAIN_MAIN_PROCESS_IP", "", "Rendezvous address (machine rank 0) of runs over several machines; required for them"
+    "TRAIN_MAIN_PROCESS_IP", "",
+    "This gpu-train worker's address as the other machines reach it: the rendezvous (machine rank 0) of its runs "
+    "over several machines; required for them",
 )
 TRAIN_MAIN_PROCESS_PORT = env_int(
-    "TRAIN_MAIN_PROCESS_PORT", 29500, "Rendezvous port of runs over several machines", minimum=1
+    "TRAIN_MAIN_PROCESS_PORT", 29500, "Rendezvous port of runs over several machines (on the main machine)", minimum=1
+)
+TRAIN_NODE_QUEUE = env_str(
+    "TRAIN_NODE_QUEUE", "gpu-train-node",
+    "Queue of the other machines' parts of a run over several machines (one node worker per machine consumes it)",
+)
+TRAIN_NODE_LEASE_SECONDS = env_int(
+    "TRAIN_NODE_LEASE_SECONDS", 30,
+    "A machine of a run over several machines whose node worker has not heartbeaten for this long is dead: the run "
+    "fails", minimum=2,
+)
+if JOB_HEARTBEAT_SECONDS >= TRAIN_NODE_LEASE_SECONDS:
+    raise ImproperlyConfigured("TRAIN_NODE_LEASE_SECONDS: must be longer than JOB_HEARTBEAT_SECONDS")
+TRAIN_RENDEZVOUS_TIMEOUT = env_int(
+    "TRAIN_RENDEZVOUS_TIMEOUT", 600,
+    "Seconds the machines of a run over several machines have to join it (a node worker takes each part and "
+    "every machine's processes meet at the rendezvous) before the run fails", minimum=1,
 )
 TRAIN_STOP_GRACE_SECONDS = env_int(
     "TRAIN_STOP_GRACE_SECONDS", 60,

@@ -410,3 +410,40 @@ class ArenaVote(TimeStampedModel):
 
     def __str__(self) -> str:
         return f"Vote {self.winner} on {self.comparison_id} by {self.voter_id}"
+
+
+class TrainingNode(LeasedJob):
+    """One other machine's part of a training run over several machines (``num_machines`` > 1).
+
+    The run's task (machine rank 0) creates one per other machine for its attempt and queues
+    ``rlhf.tasks.training_node_run`` on ``TRAIN_NODE_QUEUE``; a node worker on another machine claims it,
+    starts that machine's ranks (``machine_rank``) against the run's rendezvous (``spec``: the main address,
+    port and rendezvous id, the trainer and its config, the run's directories) and heartbeats it. The run's
+    task watches these rows: a failed one, or one whose lease lapsed (its machine died), fails the run; one
+    still queued after ``TRAIN_RENDEZVOUS_TIMEOUT`` fails it too. Never re-queued (``max_attempts`` 1): a
+    retry of the run makes new ones for its new attempt.
+    """
+
+    class RunKind(models.TextChoices):
+        REWARD = "reward", "Reward-model run"
+        FINETUNE = "finetune", "Fine-tune run"
+
+    run_kind = models.CharField(max_length=20, choices=RunKind.choices)
+    run_id = models.PositiveIntegerField()
+    run_attempt = models.PositiveSmallIntegerField()
+    machine_rank = models.PositiveSmallIntegerField()
+    spec = models.JSONField(default=dict)
+
+    class Meta:
+        ordering = ["run_kind", "run_id", "run_attempt", "machine_rank"]
+        constraints = [
+            *leased_job_constraints("trainingnode"),
+            models.CheckConstraint(condition=models.Q(run_kind__in=["reward", "finetune"]),
+                                   name="trainingnode_run_kind_valid"),
+            models.CheckConstraint(condition=models.Q(machine_rank__gte=1), name="trainingnode_not_main_machine"),
+            models.UniqueConstraint(fields=["run_kind", "run_id", "run_attempt", "machine_rank"],
+                                    name="trainingnode_one_per_machine"),
+        ]
+
+    def __str__(self) -> str:
+        return f"Machine {self.machine_rank} of {self.run_kind} run {self.run_id} (attempt {self.run_attempt})"

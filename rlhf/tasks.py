@@ -1,5 +1,5 @@
 """Celery tasks of the rlhf app, one service call each. Names starting ``train_``/``finetune_`` route to
-``gpu-train``, ``score_``/``arena_`` to ``gpu``, the rest to ``default`` (``config/celery.py``).
+``gpu-train``, ``training_node_`` to ``TRAIN_NODE_QUEUE``, ``score_``/``arena_`` to ``gpu``, the rest to ``default`` (``config/celery.py``).
 
 Each task re-fetches its row, claims it under a lease (:mod:`core.jobs`) and returns early when it is not
 queued. The services queue them by name (``core.tasks.enqueue_on_commit``); ``RlhfConfig.ready()`` imports
@@ -15,6 +15,7 @@ from core.tasks import pickwise_task, register_reaper
 from rlhf.datasets.services import preference_export_build, preference_exports_reap_expired
 from rlhf.loop.arena import arena_generation_execute, arena_generations_reap_expired
 from rlhf.loop.rounds import loop_round_execute, loop_rounds_reap_expired
+from rlhf.runs.distributed import training_node_execute, training_nodes_reap_expired
 from rlhf.runs.finetune import finetune_run_execute, finetune_runs_reap_expired
 from rlhf.runs.reward import reward_run_execute, reward_runs_reap_expired
 from rlhf.runs.scoring import image_scores_compute
@@ -42,6 +43,13 @@ def train_reward_model(run_id: int) -> dict[str, object]:
 def finetune_model(run_id: int) -> dict[str, object]:
     run = finetune_run_execute(run_id=run_id)
     return {"run": run_id, "status": run.status if run else "missing"}
+
+
+@pickwise_task(name="rlhf.tasks.training_node_run", **_TRAIN_LIMITS)
+def training_node_run(node_id: int) -> dict[str, object]:
+    """Another machine's part of a run over several machines (queue TRAIN_NODE_QUEUE, a node worker there)."""
+    node = training_node_execute(node_id=node_id)
+    return {"node": node_id, "status": node.status if node else "missing"}
 
 
 @pickwise_task(name="rlhf.tasks.score_images")
@@ -72,3 +80,4 @@ register_reaper("rlhf.reward_runs")(reward_runs_reap_expired)
 register_reaper("rlhf.finetune_runs")(finetune_runs_reap_expired)
 register_reaper("rlhf.arena_generations")(arena_generations_reap_expired)
 register_reaper("rlhf.loop_rounds")(loop_rounds_reap_expired)
+register_reaper("rlhf.training_nodes")(training_nodes_reap_expired)

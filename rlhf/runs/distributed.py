@@ -6,6 +6,19 @@ process group. The parent keeps the run's lease heartbeat, tails the events the 
 (progress, metrics, checkpoints, the result), forwards a cancel as SIGTERM to the whole group (SIGKILL after
 ``TRAIN_STOP_GRACE_SECONDS``), and turns a failed group (a rank that raised, ran out of memory or was killed)
 into the run's failure reason. Whatever happens, no process of the group outlives the call.
+
+Several machines (``num_machines`` > 1): the run's task is machine rank 0. It makes one
+:class:`rlhf.models.TrainingNode` per other machine for its attempt and queues ``rlhf.tasks.training_node_run``
+for each on ``TRAIN_NODE_QUEUE``; a node worker on another machine claims one (:func:`training_node_execute`)
+and starts that machine's torchrun with its machine rank against the same static rendezvous (this worker's
+``TRAIN_MAIN_PROCESS_IP``/``_PORT`` and a rendezvous id of the run's attempt). Only global rank 0 (on the main
+machine) writes events, so progress, metrics, checkpoints and the result come in as on one machine. The node
+workers heartbeat their rows; the run's task (:class:`Machines`) fails the run when one fails, stops
+heartbeating (``TRAIN_NODE_LEASE_SECONDS``: its machine died) or is not taken within
+``TRAIN_RENDEZVOUS_TIMEOUT``. A cancel reaches the other machines' ranks through the ranks' own stop
+agreement (an all-reduce) and through their rows, which the run's task cancels when it ends; a node worker
+also stops its group when the run is no longer running in its attempt. Every machine must see the run's
+directory and data at the same paths (shared storage): the ranks resume from the main process's checkpoints.
 """
 
 from __future__ import annotations
@@ -24,8 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
 
+from core import jobs
 from core.exceptions import ApplicationError
+from core.models import JobPhase, JobStatus
+from core.tasks import enqueue_on_commit
+from rlhf.models import FineTuneRun, RewardModelRun, TrainingNode
 from rlhf.training.checkpoint import config_dict
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -62,7 +81,8 @@ def check_distributed(config: Any) -> None:
     if config.num_machines > 1 and not settings.TRAIN_MAIN_PROCESS_IP:
         raise ApplicationError(
             f"num_machines {config.num_machines} needs a rendezvous address: set TRAIN_MAIN_PROCESS_IP (and "
-            "TRAIN_MAIN_PROCESS_PORT, TRAIN_MACHINE_RANK) on every training worker.", field="num_machines")
+            "TRAIN_MAIN_PROCESS_PORT) for the gpu-train workers, and start a node worker on "
+            f"{settings.TRAIN_NODE_QUEUE} on each other machine.", field="num_machines")
 
 
 def check_worker_devices(config: Any) -> None:
@@ -78,15 +98,29 @@ def check_worker_devices(config: Any) -> None:
             f"{torch.cuda.device_count()} (TRAIN_CUDA_VISIBLE_DEVICES).")
 
 
-def torchrun_command(config: Any, spec_path: Path) -> list[str]:
+@dataclass(frozen=True)
+class Rendezvous:
+    """Where the machines of a run over several machines meet: the main machine's address and port (its
+    torchrun hosts the store there) and an id of the run's attempt (the store's key prefix)."""
+
+    host: str
+    port: int
+    id: str
+
+
+def torchrun_command(config: Any, spec_path: Path, *, machine_rank: int = 0,
+                     rendezvous: Rendezvous | None = None) -> list[str]:
     per_machine = config.num_processes // config.num_machines
     command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={per_machine}"]
     if config.num_machines == 1:
         command.append("--standalone")  # a free local port for the rendezvous
     else:
-        command += [f"--nnodes={config.num_machines}", f"--node_rank={settings.TRAIN_MACHINE_RANK}",
-                    f"--master_addr={settings.TRAIN_MAIN_PROCESS_IP}",
-                    f"--master_port={settings.TRAIN_MAIN_PROCESS_PORT}"]
+        if rendezvous is None:
+            raise ValueError("a run over several machines needs its rendezvous")
+        # static rendezvous: machine ranks as given (rank 0, the main process, is on the main machine)
+        command += [f"--nnodes={config.num_machines}", f"--node_rank={machine_rank}",
+                    f"--master_addr={rendezvous.host}", f"--master_port={rendezvous.port}",
+                    f"--rdzv-id={rendezvous.id}", f"--rdzv-conf=timeout={settings.TRAIN_RENDEZVOUS_TIMEOUT}"]
     return [*command, "-m", "rlhf.training.launch", str(spec_path)]
 
 
@@ -151,15 +185,19 @@ def _signal_ours(pids: set[int], marker: bytes, sig: int) -> None:
 
 def launch_training(
     *, trainer: str, config: Any, output_dir: Path, data_path: Path | None = None, on_event: OnEvent,
-    should_stop: Callable[[], bool], poll_seconds: float = 0.2,
+    should_stop: Callable[[], bool], poll_seconds: float = 0.2, machine_rank: int = 0,
+    rendezvous: Rendezvous | None = None, check: Callable[[], None] | None = None,
 ) -> LaunchResult:
     """Train ``config`` with ``config.num_processes`` ranks; ``on_event`` hears the main rank's events.
 
-    Raises :class:`TrainingProcessFailed` with the failure reason when the group fails; returns when it
-    finished (``result``) or was stopped (``stopped``, after ``should_stop()`` turned true).
+    Raises :class:`TrainingProcessFailed` with the failure reason when the group fails (or ``check()``,
+    called at every poll, raises it: the group is killed); returns when it finished (``result``) or was
+    stopped (``stopped``, after ``should_stop()`` turned true). With several machines, this machine's part
+    (``machine_rank``, meeting the others at ``rendezvous``) works in a launch directory of its own; a
+    machine other than the main one has no result (its ranks write no events): exiting 0 is its success.
     """
     check_worker_devices(config)
-    work = output_dir / LAUNCH_DIR
+    work = output_dir / (LAUNCH_DIR if machine_rank == 0 else f"{LAUNCH_DIR}-machine-{machine_rank}")
     work.mkdir(parents=True, exist_ok=True)
     events, errors, log_path = work / "events.jsonl", work / "errors", work / "torchrun.log"
     for stale in (events, log_path, *errors.glob("error-*.json")):
@@ -198,7 +236,7 @@ def launch_training(
 
     with log_path.open("wb") as log:
         process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            torchrun_command(config, spec_path), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+            torchrun_command(config, spec_path, machine_rank=machine_rank, rendezvous=rendezvous), cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a cancel reaches every rank
         )
         try:
@@ -206,6 +244,8 @@ def launch_training(
                 tree = process_tree(process.pid)
                 seen |= set(tree)
                 drain()
+                if check is not None:
+                    check()
                 if stopping_since is None and should_stop():
                     stopping_since = time.monotonic()
                     _signal_ours(seen, marker, signal.SIGTERM)
@@ -222,6 +262,8 @@ def launch_training(
             while alive(seen) and time.monotonic() < deadline:
                 time.sleep(0.05)
     pids = tuple(sorted(seen))
+    if machine_rank > 0 and process.returncode == 0:
+        return LaunchResult(None, stopping_since is not None, pids)
     if result is not None and not result.get("stopped"):
         return LaunchResult(result, False, pids)
     if stopping_since is not None:
@@ -265,12 +307,126 @@ def failure_of(returncode: int, errors: Path, log_path: Path) -> str:
     return f"{error['type']} on rank {rank}: {error['message']}"
 
 
+TRAINING_NODE_RUN = "rlhf.tasks.training_node_run"
+RUN_MODELS: dict[str, Any] = {TrainingNode.RunKind.REWARD: RewardModelRun, TrainingNode.RunKind.FINETUNE: FineTuneRun}
+CHECK_SECONDS = 1.0  # how often the run's task reads its machines' rows
+# What a rank that lost a peer raises (gloo, nccl): the cause is on the other machine.
+_PEER_LOST = re.compile(r"closed by peer|reset by peer|Broken pipe|Connection refused|recvBytes|NCCL communicator was "
+                        r"aborted|DistNetworkError|Socket Timeout", re.I)
+
+
+class Machines:
+    """The other machines of the run's attempt, as the run's task sees them (their :class:`TrainingNode` rows)."""
+
+    def __init__(self, *, kind: str, run_id: int, attempt: int, total: int, rendezvous: Rendezvous) -> None:
+        self.kind, self.run_id, self.attempt, self.total = kind, run_id, attempt, total
+        self.rendezvous = rendezvous
+        self.started = time.monotonic()
+        self._last_check = 0.0
+
+    @classmethod
+    def start(cls, *, lease: jobs.Lease, trainer: str, config: Any, output_dir: Path,
+              data_path: Path | None) -> Machines:
+        """Make the attempt's rows, one per other machine, and queue a node worker's task for each."""
+        if not settings.TRAIN_MAIN_PROCESS_IP:
+            raise TrainingProcessFailed(
+                f"num_machines {config.num_machines} needs TRAIN_MAIN_PROCESS_IP (this gpu-train worker's address as "
+                "the other machines reach it); it is not set on this worker.")
+        kind = next(k for k, model in RUN_MODELS.items() if model is lease.model)
+        rendezvous = Rendezvous(settings.TRAIN_MAIN_PROCESS_IP, settings.TRAIN_MAIN_PROCESS_PORT,
+                                f"pickwise-{kind}-{lease.pk}-{jobs.attempt_name(lease.attempt)}")
+        spec = {"trainer": trainer, "config": config_dict(config), "output_dir": str(output_dir),
+                "data_path": str(data_path) if data_path is not None else None,
+                "rendezvous": {"host": rendezvous.host, "port": rendezvous.port, "id": rendezvous.id}}
+        with transaction.atomic():
+            nodes = [TrainingNode.objects.create(run_kind=kind, run_id=lease.pk, run_attempt=lease.attempt,
+                                                 machine_rank=rank, spec=spec, max_attempts=1)
+                     for rank in range(1, config.num_machines)]
+            for node in nodes:
+                enqueue_on_commit(TRAINING_NODE_RUN, node.pk)
+        return cls(kind=kind, run_id=lease.pk, attempt=lease.attempt, total=config.num_machines, rendezvous=rendezvous)
+
+    def nodes(self) -> list[TrainingNode]:
+        return list(TrainingNode.objects.filter(run_kind=self.kind, run_id=self.run_id, run_attempt=self.attempt))
+
+    def _name(self, node: TrainingNode) -> str:
+        where = f" ({node.leased_by})" if node.leased_by else ""
+        return f"Machine {node.machine_rank} of {self.total}{where}"
+
+    def problem(self) -> str | None:
+        """Why the run cannot go on, if one of its machines failed, died or never joined."""
+        now = timezone.now()
+        waited = time.monotonic() - self.started
+        for node in self.nodes():
+            if node.status == JobStatus.FAILED:
+                return f"{self._name(node)}: {node.error}"
+            if node.status == JobStatus.RUNNING and node.lease_expires_at is not None and node.lease_expires_at < now:
+                silent = (now - node.heartbeat_at).total_seconds() if node.heartbeat_at else 0.0
+                return (f"{self._name(node)} stopped answering: no heartbeat for {silent:.0f} s "
+                        f"(TRAIN_NODE_LEASE_SECONDS {settings.TRAIN_NODE_LEASE_SECONDS}); its node worker or the "
+                        "machine died. The other machines' processes were stopped; retry resumes from the last "
+                        "checkpoint.")
+            if node.status == JobStatus.QUEUED and waited > settings.TRAIN_RENDEZVOUS_TIMEOUT:
+                return (f"{self._name(node)} never joined: no node worker on the {settings.TRAIN_NODE_QUEUE} queue "
+                        f"took its part within {settings.TRAIN_RENDEZVOUS_TIMEOUT} s (TRAIN_RENDEZVOUS_TIMEOUT). Start "
+                        "one node worker on each other machine (README, Training on several machines).")
+        return None
+
+    def check(self) -> None:
+        """Called at every poll of the group: raise the problem, if any (read at most once a second)."""
+        if time.monotonic() - self._last_check < CHECK_SECONDS:
+            return
+        self._last_check = time.monotonic()
+        if (problem := self.problem()) is not None:
+            raise TrainingProcessFailed(problem)
+
+    def settled_problem(self) -> str | None:
+        """After this machine's group ended on its own: wait until every other machine has ended or is known
+        dead (at most a node lease and a few seconds), then the problem, if any."""
+        deadline = time.monotonic() + settings.TRAIN_NODE_LEASE_SECONDS + 5
+        while True:
+            problem = self.problem()
+            live = [n for n in self.nodes() if n.status in (JobStatus.QUEUED, JobStatus.RUNNING)]
+            if problem is not None or not live or time.monotonic() > deadline:
+                return problem
+            time.sleep(CHECK_SECONDS / 2)
+
+    def failure(self, own: str, *, joined: bool) -> str:
+        """The run's failure reason once this machine's group failed with ``own``: another machine's problem
+        when it caused it (this machine's ranks only lost their peers), else ``own``."""
+        if not joined and time.monotonic() - self.started >= settings.TRAIN_RENDEZVOUS_TIMEOUT:
+            problem = self.problem()
+            return problem or (
+                f"The {self.total} machines did not meet at {self.rendezvous.host}:{self.rendezvous.port} within "
+                f"{settings.TRAIN_RENDEZVOUS_TIMEOUT} s (TRAIN_RENDEZVOUS_TIMEOUT): every machine must reach that "
+                "address (TRAIN_MAIN_PROCESS_IP/_PORT of the gpu-train worker).")
+        problem = self.settled_problem()
+        if problem is not None and (_PEER_LOST.search(own) or "stopped answering" in problem):
+            return problem
+        return own
+
+    def end(self, *, trained: bool) -> None:
+        """The run's task is done with its machines: those still queued or running are cancelled (their node
+        workers stop their groups at their next stop check). After a run that ``trained`` to its end, they
+        first get a few seconds to see their ranks exit and record it."""
+        deadline = time.monotonic() + (10 if trained else 0)
+        while any(n.status == JobStatus.RUNNING for n in self.nodes()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for node in self.nodes():
+            if not node.is_finished:
+                with contextlib.suppress(ApplicationError):
+                    jobs.job_cancel(TrainingNode, node.pk)
+
+
 def train_in_group(*, trainer: str, config: Any, output_dir: Path, data_path: Path | None, progress: Any,
                    on_checkpoint: Callable[[int, Path], None] | None = None) -> dict[str, Any] | None:
     """A run's training by a process group, reported through its ``progress`` (:class:`RunProgress`): the
-    main rank's result event, or None when the run stopped being this worker's first (cancel, reap)."""
+    main rank's result event, or None when the run stopped being this worker's first (cancel, reap). With
+    several machines, the others' parts are handed to node workers first (:class:`Machines`)."""
+    heard: list[str] = []
 
     def on_event(event: Mapping[str, Any]) -> None:
+        heard.append(event["event"])
         if event["event"] == "log":
             progress.on_log(int(event["step"]), event["metrics"])
         elif event["event"] == "phase":
@@ -278,6 +434,89 @@ def train_in_group(*, trainer: str, config: Any, output_dir: Path, data_path: Pa
         elif event["event"] == "checkpoint" and on_checkpoint is not None:
             on_checkpoint(int(event["step"]), Path(event["dir"]))
 
-    launched = launch_training(trainer=trainer, config=config, output_dir=output_dir, data_path=data_path,
-                               on_event=on_event, should_stop=progress.should_stop)
-    return None if launched.stopped else launched.result
+    if config.num_machines == 1:
+        launched = launch_training(trainer=trainer, config=config, output_dir=output_dir, data_path=data_path,
+                                   on_event=on_event, should_stop=progress.should_stop)
+        return None if launched.stopped else launched.result
+    machines = Machines.start(lease=progress.heartbeat.lease, trainer=trainer, config=config,
+                              output_dir=output_dir, data_path=data_path)
+    trained = False
+    try:
+        try:
+            launched = launch_training(trainer=trainer, config=config, output_dir=output_dir, data_path=data_path,
+                                       on_event=on_event, should_stop=progress.should_stop,
+                                       rendezvous=machines.rendezvous, check=machines.check)
+        except TrainingProcessFailed as exc:
+            reason = str(exc)
+            if not reason.startswith("Machine "):  # this machine's own group failed: who caused it?
+                reason = machines.failure(reason, joined=bool(heard))
+            raise TrainingProcessFailed(reason) from exc
+        if launched.stopped and not progress.should_stop():
+            # The ranks stopped, but not for a cancel of ours: another machine's node worker went away.
+            problem = machines.settled_problem()
+            if problem is not None:
+                raise TrainingProcessFailed(problem)
+        trained = not launched.stopped
+        return launched.result if trained else None
+    finally:
+        machines.end(trained=trained)
+
+
+def _run_in_attempt(node: TrainingNode) -> bool:
+    return RUN_MODELS[node.run_kind].objects.filter(pk=node.run_id, status=JobStatus.RUNNING,
+                                                    attempts=node.run_attempt).exists()
+
+
+def training_node_execute(*, node_id: int) -> TrainingNode | None:
+    """A node worker's part of a run over several machines: this machine's ranks, until the group ends.
+
+    Claims the row (a no-op unless it is queued), heartbeats it while its torchrun runs, and ends it:
+    succeeded when its ranks exited cleanly, failed with their reason otherwise. Its group is stopped
+    (SIGTERM, then SIGKILL) when the row is cancelled or the run is no longer running in its attempt.
+    """
+    from rlhf.training.launch import build_config  # Django-free; the node worker has torch
+
+    claimed = jobs.job_claim(TrainingNode, node_id, phase=JobPhase.STARTING,
+                             lease_seconds=settings.TRAIN_NODE_LEASE_SECONDS)
+    if claimed is None:
+        return TrainingNode.objects.filter(pk=node_id).first()
+    node, lease = claimed
+    spec = node.spec
+    with jobs.JobHeartbeat(lease) as heartbeat:
+        last_look = [0.0, True]
+
+        def should_stop() -> bool:
+            if heartbeat.should_stop():
+                return True
+            if time.monotonic() - last_look[0] >= CHECK_SECONDS:
+                last_look[:] = [time.monotonic(), _run_in_attempt(node)]
+            return not last_look[1]
+
+        try:
+            output_dir = Path(spec["output_dir"])
+            data_path = Path(spec["data_path"]) if spec.get("data_path") else None
+            for what, path in (("the run's directory", output_dir), ("the run's data", data_path)):
+                if path is not None and not path.exists():
+                    raise TrainingProcessFailed(
+                        f"this machine cannot see {what} {path}: every machine of a run over several machines "
+                        "needs the run directories and exports on shared storage, at the same paths.")
+            heartbeat.phase(JobPhase.TRAINING)
+            launch_training(trainer=spec["trainer"], config=build_config(spec["trainer"], spec["config"]),
+                            output_dir=output_dir, data_path=data_path, on_event=lambda event: None,
+                            should_stop=should_stop, machine_rank=node.machine_rank,
+                            rendezvous=Rendezvous(**spec["rendezvous"]))
+        except Exception as exc:
+            reason = str(exc) if isinstance(exc, TrainingProcessFailed) else f"{type(exc).__name__}: {exc}"
+            jobs.job_fail(lease, reason)
+            return TrainingNode.objects.get(pk=node_id)
+    if RUN_MODELS[node.run_kind].objects.filter(pk=node.run_id, status=JobStatus.CANCELLED).exists():
+        with contextlib.suppress(ApplicationError):  # the run's task may have cancelled it first
+            jobs.job_cancel(TrainingNode, node.pk)  # its ranks stopped with the others', for the run's cancel
+    else:
+        jobs.job_finish(lease)
+    return TrainingNode.objects.get(pk=node_id)
+
+
+def training_nodes_reap_expired() -> int:
+    """Fail the rows of machines whose node worker died after the run's task stopped watching them."""
+    return jobs.jobs_reap(TrainingNode, task_name=TRAINING_NODE_RUN, what="running this machine's part")

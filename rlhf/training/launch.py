@@ -14,6 +14,11 @@ trainers it runs. The spec (JSON) names:
   before it exits non-zero;
 * ``owner_pid`` (optional): the worker process; when it is gone, the ranks stop as on a cancel.
 
+Over several machines each machine's torchrun (the run's worker on machine 0, a node worker on each other
+one, ``rlhf.runs.distributed``) runs this module with a spec of its own; ``RANK`` is the global rank, so only
+global rank 0, on machine 0, writes events, and every machine's ranks read ``data_path`` and resume from
+``output_dir`` (shared storage, the same paths everywhere).
+
 SIGTERM (the worker forwards a cancel to the whole process group) asks every rank to stop: the ranks agree
 on it after the step in flight (an all-reduce, so none is left waiting for the others), write a checkpoint
 and exit 0 with ``stopped: true``.

@@ -31,6 +31,7 @@ EXPECTED_QUEUES = {
     "rlhf.tasks.train_reward_model": "gpu-train",
     "rlhf.tasks.finetune_model": "gpu-train",
     "rlhf.tasks.finetune_loop_round": "gpu-train",
+    "rlhf.tasks.training_node_run": "gpu-train-node",  # TRAIN_NODE_QUEUE: the other machines' node workers
     "rlhf.tasks.score_images": "gpu",
     "rlhf.tasks.arena_generate_comparisons": "gpu",
 }
@@ -50,12 +51,13 @@ def test_the_names_services_queue_are_registered_tasks():
     from rlhf.datasets.services import EXPORT_PREFERENCES
     from rlhf.loop.arena import ARENA_GENERATE_COMPARISONS
     from rlhf.loop.rounds import FINETUNE_LOOP_ROUND
+    from rlhf.runs.distributed import TRAINING_NODE_RUN
     from rlhf.runs.finetune import FINETUNE_MODEL
     from rlhf.runs.reward import TRAIN_REWARD_MODEL
     from rlhf.runs.scoring import SCORE_IMAGES
 
     for name in (RUN_GENERATION, EXPORT_PREFERENCES, ARENA_GENERATE_COMPARISONS, FINETUNE_LOOP_ROUND,
-                 FINETUNE_MODEL, TRAIN_REWARD_MODEL, SCORE_IMAGES):
+                 FINETUNE_MODEL, TRAIN_REWARD_MODEL, SCORE_IMAGES, TRAINING_NODE_RUN):
         assert registered_task(name).name == name
 
 

@@ -211,3 +211,43 @@ def test_scale_file_sets_only_real_settings_and_enough_database_connections():
     worker_processes = int(default[default.index("--concurrency") + 1]) + 5  # 4 gpu + 1 train worker
     # One connection per process (CONN_MAX_AGE keeps it), plus beat, migrate and a margin of 2x.
     assert max_connections >= 2 * (web_processes + worker_processes + 2)
+
+
+# --- docker/compose.node.yml: another machine of training runs over several machines ---
+
+def test_node_file_runs_one_node_worker_that_reaches_the_main_host_and_its_shared_storage():
+    from django.conf import settings
+
+    from config.celery import TASK_ROUTES
+
+    services = yaml.safe_load((DOCKER / "compose.node.yml").read_text())["services"]
+    assert list(services) == ["worker-train-node"]
+    node = services["worker-train-node"]
+    assert node["build"]["dockerfile"] == "docker/Dockerfile.gpu"
+    assert (DOCKER / node["env_file"][0]).is_file()
+    command = node["command"]
+    # The queue the run's task sends each other machine's part to, one part at a time per machine.
+    assert queue_of(node) == settings.TRAIN_NODE_QUEUE == TASK_ROUTES["rlhf.tasks.training_node_*"]["queue"]
+    assert command[command.index("--concurrency") + 1] == "1"
+    assert command[command.index("--prefetch-multiplier") + 1] == "1"
+    environment = node["environment"]
+    for key in environment:
+        assert key in REGISTRY or key == "CUDA_VISIBLE_DEVICES", f"compose.node.yml sets {key}, which nothing reads"
+    # The main host's database and broker, with pickwise.env's credentials and database.
+    main_host = "${PICKWISE_MAIN_HOST:?set PICKWISE_MAIN_HOST to the main host's private address}"
+    app_env = env_file("pickwise.env")
+    assert environment["DATABASE_URL"] == app_env["DATABASE_URL"].replace("@postgres:", f"@{main_host}:")
+    assert environment["CELERY_BROKER_URL"] == app_env["CELERY_BROKER_URL"].replace("//redis:", "//${PICKWISE_MAIN_HOST:?}:")
+    # The run directories and exports at the main host's paths (the run names them by absolute path).
+    targets = {volume.rsplit(":", 1)[1] for volume in node["volumes"]}
+    assert targets == {app_env["PICKWISE_MODEL_CACHE_DIR"], app_env["PICKWISE_EXPORT_DIR"]}
+    assert node["network_mode"] == "host"  # ranks on several machines connect to each other directly
+    assert environment["TRAIN_CUDA_VISIBLE_DEVICES"] == environment["CUDA_VISIBLE_DEVICES"]
+    # On the main host, the training worker is the rendezvous, on the host's network, reaching the published
+    # database and broker on the same private address.
+    trainer = scale()["services"]["worker-train-multi"]
+    private = "${PICKWISE_PRIVATE_IP:-127.0.0.1}"
+    assert trainer["network_mode"] == "host" and trainer["environment"]["TRAIN_MAIN_PROCESS_IP"] == private
+    assert trainer["environment"]["DATABASE_URL"] == app_env["DATABASE_URL"].replace("@postgres:", f"@{private}:")
+    assert scale()["services"]["postgres"]["ports"] == [f"{private}:5432:5432"]
+    assert scale()["services"]["redis"]["ports"] == [f"{private}:6379:6379"]
