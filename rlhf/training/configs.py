@@ -214,7 +214,7 @@ class RewardModelConfig:
     num_workers: int = 0  # DataLoader workers decoding images
     cpu: bool = False  # force the CPU even where a GPU exists
     num_processes: int = 1  # training processes (ranks), all machines together; > 1 trains with torch.distributed
-    num_machines: int = 1  # machines the processes are spread over (the rendezvous is the worker's setting)
+    num_machines: int = 1  # machines the processes are spread over (rendezvous: the gpu-train worker's TRAIN_MAIN_PROCESS_IP/PORT)
 
     def __post_init__(self) -> None:
         for name, choices in (
@@ -365,7 +365,7 @@ class DPOConfig:
     shuffle_buffer: int = 512
     cpu: bool = False  # force the CPU even where a GPU exists
     num_processes: int = 1  # training processes (ranks), all machines together; > 1 trains with torch.distributed
-    num_machines: int = 1  # machines the processes are spread over (the rendezvous is the worker's setting)
+    num_machines: int = 1  # machines the processes are spread over (rendezvous: the gpu-train worker's TRAIN_MAIN_PROCESS_IP/PORT)
 
     def __post_init__(self) -> None:
         for name, choices in (("mixed_precision", MixedPrecision), ("ties", DPOTies)):
@@ -468,7 +468,7 @@ class DDPOConfig:
     cpu: bool = False
     # training processes (ranks), all machines together; > 1 spreads sampling and training with torch.distributed
     num_processes: int = 1
-    num_machines: int = 1  # machines the processes are spread over (the rendezvous is the worker's setting)
+    num_machines: int = 1  # machines the processes are spread over (rendezvous: the gpu-train worker's TRAIN_MAIN_PROCESS_IP/PORT)
 
     def __post_init__(self) -> None:
         if self.mixed_precision not in get_args(MixedPrecision):
