@@ -1,14 +1,14 @@
 """The edit loop from the Python client, through a real Celery worker on the tiny pipeline: lease an
-inpainting task, send a source image and a painted mask, wait for the four... (here two) inpaintings, rank
-them and submit; bad input comes back as a ValidationError naming the component and field."""
+inpainting task, send a source image and a painted mask, wait for the inpaintings (two a task here, to keep
+it quick), rank them and submit; bad input comes back as a ValidationError naming the component and field."""
 
 from __future__ import annotations
 
 import io
 
 import pytest
-from PIL import Image
 from pickwise_client import ValidationError
+from PIL import Image
 
 from annotate.builder import services as template_services
 from annotate.models import Annotation, TaskImage
