@@ -26,7 +26,7 @@ def _png(image: Image.Image) -> bytes:
 
 
 def test_an_annotator_inpaints_ranks_and_submits_through_the_client(celery_worker_process, connect, project,
-                                                                     admin_user, annotator, tiny_base):
+                                                                     admin_user, annotator, ml_engineer, tiny_base):
     project.model_versions.add(tiny_base)
     template = template_services.template_create_from_preset(project=project, preset="rank_inpaintings",
                                                              created_by=admin_user)
@@ -60,3 +60,13 @@ def test_an_annotator_inpaints_ranks_and_submits_through_the_client(celery_worke
     assert result is None  # stored; no task left
     annotation = Annotation.objects.get(task=task, annotator=annotator)
     assert annotation.ranking == [[ids[1]], [ids[0]]]
+
+    # The ML engineer exports the ranking: the pair carries the edit kind and the source and mask.
+    ml = connect(ml_engineer)
+    export = ml.exports.wait(ml.exports.create(project.pk, "pickapic")["id"], poll_interval=0.3, timeout=120,
+                             progress=False)
+    pairs = ml.exports.to_pandas(export["id"], progress=False)
+    assert len(pairs) == 1 and (pairs["edit_kind_0"][0], pairs["edit_kind_1"][0]) == ("inpaint", "inpaint")
+    exported = Image.open(io.BytesIO(pairs["source_0"][0])).convert("RGB")
+    assert exported.size == (32, 32) and exported.getpixel((0, 0)) == (40, 90, 200)
+    assert Image.open(io.BytesIO(pairs["mask_0"][0])).convert("L").getpixel((16, 16)) == 255
