@@ -340,9 +340,9 @@ def task_skip(request: Request, project: Project, task_id: int) -> Response:
 
 
 EDIT_FIELDS_HELP = (
-    "Multipart. `source_from`: `upload` (the default; send `source_image`, a PNG, JPEG or WebP file), `task` (the image the "
-    "task's data names) or `candidate:<image id>` (a candidate generated earlier in the task), as the template's "
-    "Source image allows; `mask`: the mask PNG (inpainting; white repaints, the source's size); `strength`: 0 to "
+    "Multipart. `source_from`: `upload` (send `source_image`, a PNG, JPEG or WebP file), `task` (the image the "
+    "task's data names; the default when it names one and no file is sent, else `upload`) or "
+    "`candidate:<image id>` (a candidate generated earlier in the task), as the template's Source image allows; `mask`: the mask PNG (inpainting; white repaints, the source's size); `strength`: 0 to "
     "1 within the template's Strength range (image-to-image, inpainting); `outpaint_left`, `outpaint_top`, "
     "`outpaint_right`, `outpaint_bottom`: px to add (outpainting; multiples of 8 within the model's limit); "
     "`model_version`: one of the project's offered versions (default: the first). The edit kind is the "
@@ -354,7 +354,9 @@ EDIT_FIELDS_HELP = (
 
 
 class EditGenerateSerializer(serializers.Serializer):
-    source_from = serializers.CharField(required=False, help_text="upload (default), task or candidate:<image id>")
+    source_from = serializers.CharField(required=False, help_text=(
+        "upload, task or candidate:<image id> (default: task when the task's data names an image and no file "
+        "is sent, else upload)"))
     source_image = serializers.FileField(required=False, help_text="The source image (source_from upload)")
     mask = serializers.FileField(required=False, help_text="The mask PNG (inpainting)")
     strength = serializers.CharField(required=False, help_text="0 to 1 (image-to-image, inpainting)")
@@ -368,6 +370,15 @@ class EditGenerateSerializer(serializers.Serializer):
 def _leased_assignment(project: Project, user: Any, task_id: int) -> TaskAssignment | None:
     return (TaskAssignment.objects.select_related("task__prompt", "template_version")
             .filter(project=project, annotator=user.pk, task_id=task_id, status=AssignmentStatus.ACTIVE).first())
+
+
+def _default_source(assignment: TaskAssignment, plan: Any, files: Any) -> str:
+    """As on the page: the task's own image when it has one and no file was sent, else an upload."""
+    metadata = assignment.task.metadata
+    if ("source_image" not in files and "task" in plan.source["config"]["sources"]
+            and isinstance(metadata, dict) and metadata.get("source_image")):
+        return "task"
+    return "upload"
 
 
 @extend_schema(
@@ -397,7 +408,7 @@ def task_generate_edit(request: Request, project: Project, task_id: int) -> Resp
     if too_large is not None:
         raise too_large
     data, files = request.data, request.FILES
-    source_from = str(data.get("source_from", "")).strip() or "upload"
+    source_from = str(data.get("source_from", "")).strip() or _default_source(assignment, plan, files)
     upload = (edit_input.read_upload(files.get("source_image"), limits=limits, field="source_image", plan=plan)
               if source_from == "upload" else None)
     mask = (edit_input.read_upload(files.get("mask"), limits=limits, field="mask", plan=plan)

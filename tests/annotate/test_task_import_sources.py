@@ -81,7 +81,7 @@ def test_sources_from_a_zip_a_url_a_data_uri_and_metadata(edits, admin_user, ann
     handout = client.post(f"/api/projects/{edits.pk}/tasks/next/").json()
     task = AnnotationTask.objects.get(pk=handout["task_id"])
     response = client.post(f"/api/projects/{edits.pk}/tasks/{task.pk}/generate/edit/",
-                           {"source_from": "task", "strength": "0.7"}, format="multipart")
+                           {"strength": "0.7"}, format="multipart")  # no file: the task's image, as on the page
     assert response.status_code == 201, response.content
     image = GeneratedImage.objects.get(pk=task.metadata["source_image"])
     assert GenerationJob.objects.get().edit["source_sha256"] == image.sha256
