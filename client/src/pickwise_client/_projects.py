@@ -266,7 +266,8 @@ class Tasks(Resource):
         ``client.generation_jobs.wait(job["id"])``; its images then join the task).
 
         ``source``: an image file (path or bytes) to upload; or ``source_from="task"`` (the image the task's
-        data names) or ``"candidate:<image id>"`` (a candidate generated earlier in the task). ``mask``: the
+        data names; what the server takes when neither is given and the task has one) or
+        ``"candidate:<image id>"`` (a candidate generated earlier in the task). ``mask``: the
         mask PNG (white repaints) for inpainting; ``strength``: 0 to 1; ``outpaint``: px to add (left, top,
         right, bottom), multiples of 8. Bad input raises a ``ValidationError`` whose ``field`` names the
         template's component and field (``mask.mask``); nothing is stored. The same inputs on the same lease
