@@ -34,11 +34,12 @@ from annotate.models import (
     AnnotationStatus,
     AnnotationTask,
     AnnotationTemplateVersion,
+    AssignmentStatus,
     PromptSet,
     TaskAssignment,
     TaskOrder,
 )
-from annotate.workflow import annotation_export, queue
+from annotate.workflow import annotation_export, edit_input, queue
 from annotate.workflow import selectors as workflow_selectors
 from annotate.workflow import services as workflow_services
 from annotate.workflow.access import workflow_api, workflow_of
@@ -56,7 +57,10 @@ from core.pagination import LargePagination
 from core.parsers import JSONParser
 from core.parsing import query_bool, query_id
 from core.schema import id_field, id_parameter, page_of
-from generation.services import PARAM_FIELDS
+from generation import selectors as generation_selectors
+from generation.api import JobStatusSerializer
+from generation.selectors import project_model_versions
+from generation.services import PARAM_FIELDS, RateLimitedError, edit_limits
 from projects.access import user_can
 from projects.models import Project
 from projects.services import project_set_archived
@@ -330,6 +334,101 @@ def task_skip(request: Request, project: Project, task_id: int) -> Response:
     assignment = queue.assignment_skip(project=project, user=request.user, task_id=task_id,
                                        reason=str(request.data.get("reason", "")))
     return Response({"task_id": assignment.task_id, "status": assignment.status})
+
+
+# --- generating a leased task's candidates as edits ----------------------------------------------
+
+
+EDIT_FIELDS_HELP = (
+    "Multipart. `source_from`: `upload` (send `source_image`, a PNG, JPEG or WebP file), `task` (the image the "
+    "task's data names; the default when it names one and no file is sent, else `upload`) or "
+    "`candidate:<image id>` (a candidate generated earlier in the task), as the template's Source image allows; `mask`: the mask PNG (inpainting; white repaints, the source's size); `strength`: 0 to "
+    "1 within the template's Strength range (image-to-image, inpainting); `outpaint_left`, `outpaint_top`, "
+    "`outpaint_right`, `outpaint_bottom`: px to add (outpainting; multiples of 8 within the model's limit); "
+    "`model_version`: one of the project's offered versions (default: the first). The edit kind is the "
+    "template's. Errors are 400 naming the component and field (`field`: `<component>.<field>`) and store "
+    "nothing; a body over two images' worth is refused before it is read. Idempotent per lease and inputs: "
+    "the same request answers with the same job. Poll it at /api/generation-jobs/<id>/; the images join the "
+    "task when it succeeds."
+)
+
+
+class EditGenerateSerializer(serializers.Serializer):
+    source_from = serializers.CharField(required=False, help_text=(
+        "upload, task or candidate:<image id> (default: task when the task's data names an image and no file "
+        "is sent, else upload)"))
+    source_image = serializers.FileField(required=False, help_text="The source image (source_from upload)")
+    mask = serializers.FileField(required=False, help_text="The mask PNG (inpainting)")
+    strength = serializers.CharField(required=False, help_text="0 to 1 (image-to-image, inpainting)")
+    outpaint_left = serializers.IntegerField(required=False)
+    outpaint_top = serializers.IntegerField(required=False)
+    outpaint_right = serializers.IntegerField(required=False)
+    outpaint_bottom = serializers.IntegerField(required=False)
+    model_version = serializers.IntegerField(required=False)
+
+
+def _leased_assignment(project: Project, user: Any, task_id: int) -> TaskAssignment | None:
+    return (TaskAssignment.objects.select_related("task__prompt", "template_version")
+            .filter(project=project, annotator=user.pk, task_id=task_id, status=AssignmentStatus.ACTIVE).first())
+
+
+def _default_source(assignment: TaskAssignment, plan: Any, files: Any) -> str:
+    """As on the page: the task's own image when it has one and no file was sent, else an upload."""
+    metadata = assignment.task.metadata
+    if ("source_image" not in files and "task" in plan.source["config"]["sources"]
+            and isinstance(metadata, dict) and metadata.get("source_image")):
+        return "task"
+    return "upload"
+
+
+@extend_schema(
+    request={"multipart/form-data": EditGenerateSerializer},
+    responses={201: JobStatusSerializer,
+               400: OpenApiResponse(description="Bad input: `detail` and `field` name the component and field"),
+               404: OpenApiResponse(description="No such task leased to the caller"),
+               429: OpenApiResponse(description="Rate limited (Retry-After)")},
+    summary="Generate a leased task's candidates as edits of a source image (inpaint, img2img, outpaint)",
+    description=EDIT_FIELDS_HELP,
+)
+@api_view(["POST"])
+@parser_classes([MultiPartParser, FormParser])
+@workflow_api("annotate")
+def task_generate_edit(request: Request, project: Project, task_id: int) -> Response:
+    assignment = _leased_assignment(project, request.user, task_id)
+    if assignment is None:
+        return Response({"detail": "No such task leased to you.", "field": "task_id"},
+                        status=status.HTTP_404_NOT_FOUND)
+    plan = workflow_services.task_edit_plan(assignment=assignment)
+    version = project_model_versions(project=project).first()
+    if plan is None or version is None:
+        raise ApplicationError("This task has nothing to edit with: its template has no Source image or the "
+                               "project no model.", field="source_image")
+    limits = edit_limits(version)
+    too_large = edit_input.body_too_large(request.META.get("CONTENT_LENGTH") or "", limits=limits, plan=plan)
+    if too_large is not None:
+        raise too_large
+    data, files = request.data, request.FILES
+    source_from = str(data.get("source_from", "")).strip() or _default_source(assignment, plan, files)
+    upload = (edit_input.read_upload(files.get("source_image"), limits=limits, field="source_image", plan=plan)
+              if source_from == "upload" else None)
+    mask = (edit_input.read_upload(files.get("mask"), limits=limits, field="mask", plan=plan)
+            if plan.kind == "inpaint" else None)
+    strength = edit_input.parse_strength(str(data.get("strength", "")), plan=plan)
+    box = edit_input.parse_outpaint({side: str(data.get(f"outpaint_{side}", "")) for side in edit_input.SIDES},
+                                    plan=plan)
+    chosen = str(data.get("model_version", ""))
+    try:
+        job = workflow_services.task_edit_generation_start(
+            project=project, user=request.user, assignment=assignment,
+            edit=workflow_services.EditInput(source_from=source_from, upload=upload, mask=mask, strength=strength,
+                                             outpaint=box),
+            model_version_id=int(chosen) if chosen.isdigit() else None)
+    except RateLimitedError as exc:
+        return Response(exc.as_dict(), status=status.HTTP_429_TOO_MANY_REQUESTS,
+                        headers={"Retry-After": str(exc.retry_after)})
+    job = generation_selectors.job_for_user(user=request.user, job_id=job.pk)
+    return Response(generation_selectors.job_status(job), status=status.HTTP_201_CREATED,
+                    headers={"Location": f"/api/generation-jobs/{job.pk}/"})
 
 
 # --- tasks and prompt sets ------------------------------------------------------------------
@@ -612,6 +711,7 @@ urlpatterns = [
     path(_p + "tasks/<int:task_id>/submit/", task_submit, name="api-task-submit"),
     path(_p + "tasks/by-key/<path:task_key>/submit/", task_submit_by_key, name="api-task-submit-by-key"),
     path(_p + "tasks/<int:task_id>/skip/", task_skip, name="api-task-skip"),
+    path(_p + "tasks/<int:task_id>/generate/edit/", task_generate_edit, name="api-task-generate-edit"),
     path(_p + "tasks/<int:task_id>/images/", task_images, name="api-task-images"),
     path(_p + "prompt-sets/", promptset_list, name="api-promptset-list"),
     path(_p + "annotations/", annotation_list, name="api-annotation-list"),

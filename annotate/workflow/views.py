@@ -33,7 +33,7 @@ from annotate.models import (
     TaskImport,
     TaskOrder,
 )
-from annotate.workflow import agreement, model_agreement, queue
+from annotate.workflow import agreement, edit_input, model_agreement, queue
 from annotate.workflow import selectors as workflow_selectors
 from annotate.workflow import services as workflow_services
 from annotate.workflow.access import workflow_of
@@ -44,7 +44,6 @@ from annotate.workflow.scoring import reward_scores
 from annotate.workflow.services import Submission
 from core.exceptions import ApplicationError
 from core.htmx import is_htmx, redirect_after_post, render_page_or_partial
-from core.parsing import parse_float, parse_int
 from generation import selectors as generation_selectors
 from generation import services as generation_services
 from generation.models import GeneratedImage, GenerationJob, JobStatus, ModelVersion
@@ -127,7 +126,7 @@ def _edit_context(project: Project, assignment: TaskAssignment, images: list[dic
     for item in items:
         if item["type"] == "source_image":
             item["limits"] = limits
-            item["max_upload_label"] = _megabytes(int(limits["max_upload_bytes"]))
+            item["max_upload_label"] = edit_input.megabytes(int(limits["max_upload_bytes"]))
             item["task_image"] = ({"id": str(task_image.pk), "url": workflow_selectors.image_url(task_image.pk)}
                                   if task_image is not None else None)
             item["candidates"] = [{"id": str(image.pk), "url": workflow_selectors.image_url(image.pk)}
@@ -526,65 +525,20 @@ def task_generate(request: HttpRequest, project: Project, task_id: int) -> HttpR
     return _generation_progress(request, project, assignment, job)
 
 
-def _edit_body_limit(limits: dict[str, Any]) -> int:
-    """The largest edit request accepted before its body is read: a source and a mask file plus the fields."""
-    return 2 * int(limits["max_upload_bytes"]) + 256 * 1024
-
-
-def _megabytes(n: int) -> str:
-    """A byte count as generation's messages write it (MB, one decimal; kB below 0.1 MB)."""
-    if n < 100_000:
-        return f"{n / 1000:.0f} kB"
-    return f"{n / 1_000_000:.1f}".rstrip("0").rstrip(".") + " MB"
-
-
-def _edit_upload(request: HttpRequest, key: str, *, limits: dict[str, Any], field: str,
-                 plan: Any) -> bytes | None:
-    """An uploaded file's bytes, refused by its size before it is read (Django streams large uploads to a
-    temporary file); None when nothing was uploaded."""
-    upload = request.FILES.get(key)
-    if upload is None:
-        return None
-    limit = int(limits["max_upload_bytes"])
-    if upload.size is not None and upload.size > limit:
-        raise workflow_services.edit_error_located(ApplicationError(
-            f"The image is {_megabytes(upload.size)}; the limit is {_megabytes(limit)}.", field=field), plan)
-    data = upload.read(limit + 1)
-    if len(data) > limit:
-        raise workflow_services.edit_error_located(ApplicationError(
-            f"The image is over {_megabytes(limit)}; the limit is {_megabytes(limit)}.", field=field), plan)
-    return data
-
-
 def _edit_input(request: HttpRequest, plan: Any, limits: dict[str, Any]) -> workflow_services.EditInput:
     """The edit form's fields (named after the template's components) as an ``EditInput``."""
     post, source = request.POST, plan.source
     sources = source["config"]["sources"]
     source_from = post.get(f"{source['name']}.from", "") or ("upload" if sources == ["upload"] else "")
-    upload = (_edit_upload(request, f"{source['name']}.file", limits=limits, field="source_image", plan=plan)
+    upload = (edit_input.read_upload(request.FILES.get(f"{source['name']}.file"), limits=limits,
+                                     field="source_image", plan=plan)
               if source_from == "upload" else None)
-    mask = (_edit_upload(request, f"{plan.mask['name']}.png", limits=limits, field="mask", plan=plan)
+    mask = (edit_input.read_upload(request.FILES.get(f"{plan.mask['name']}.png"), limits=limits, field="mask",
+                                   plan=plan)
             if plan.kind == "inpaint" and plan.mask is not None else None)
-    strength = None
-    if plan.strength is not None and plan.kind != "outpaint":
-        config = plan.strength["config"]
-        raw = post.get(plan.strength["name"], "")
-        try:
-            strength = parse_float(raw, field="The strength", minimum=config["minimum"] / 100,
-                                   maximum=config["maximum"] / 100) if raw.strip() else None
-        except ApplicationError as exc:
-            raise workflow_services.edit_error_located(ApplicationError(exc.message, field="strength"), plan) from None
-    box = None
-    if plan.kind == "outpaint" and plan.outpaint is not None:
-        name, sides = plan.outpaint["name"], []
-        for side in ("left", "top", "right", "bottom"):
-            try:
-                sides.append(parse_int(post.get(f"{name}.{side}", "") or "0", field=side.capitalize(),
-                                       minimum=None, maximum=None))
-            except ApplicationError as exc:
-                raise workflow_services.edit_error_located(
-                    ApplicationError(exc.message, field="outpaint"), plan) from None
-        box = (sides[0], sides[1], sides[2], sides[3])
+    strength = edit_input.parse_strength(post.get(plan.strength["name"], "") if plan.strength else "", plan=plan)
+    name = plan.outpaint["name"] if plan.outpaint is not None else ""
+    box = edit_input.parse_outpaint({side: post.get(f"{name}.{side}", "") for side in edit_input.SIDES}, plan=plan)
     return workflow_services.EditInput(source_from=source_from, upload=upload, mask=mask, strength=strength,
                                        outpaint=box)
 
@@ -613,12 +567,10 @@ def task_generate_edit(request: HttpRequest, project: Project, task_id: int) -> 
             "This task has nothing to edit with: its template has no Source image or the project no model.",
             field="source_image"))
     limits = generation_services.edit_limits(version)
-    length = request.META.get("CONTENT_LENGTH") or "0"
-    if length.isdecimal() and int(length) > _edit_body_limit(limits):
+    too_large = edit_input.body_too_large(request.META.get("CONTENT_LENGTH") or "", limits=limits, plan=plan)
+    if too_large is not None:
         # Not read: the CSRF check would parse it. The connection carries the rest, which Django discards.
-        return _edit_failed(request, project, assignment, workflow_services.edit_error_located(ApplicationError(
-            f"The upload is {_megabytes(int(length))}; each image may be at most "
-            f"{_megabytes(int(limits['max_upload_bytes']))}.", field="source_image"), plan))
+        return _edit_failed(request, project, assignment, too_large)
     return _task_generate_edit_checked(request, project, assignment, plan, limits)
 
 

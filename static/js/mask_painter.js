@@ -122,7 +122,7 @@
     root.querySelectorAll("[data-mask-action]").forEach(function (b) {
       b.addEventListener("click", function () { self.action(b.dataset.maskAction); });
     });
-    if (this.size) this.size.addEventListener("input", function () { self.showSize(); });
+    if (this.size) this.size.addEventListener("input", function () { self.sizeChosen = true; self.showSize(); });
     if (this.fileInput) this.fileInput.addEventListener("change", function () { self.fileInput.dataset.userFile = self.fileInput.files.length ? "1" : ""; });
   }
 
@@ -147,6 +147,13 @@
     if (!img) { if (placeholder) placeholder.hidden = false; this.updateCoverage(); return; }
     if (placeholder) placeholder.hidden = true;
     const w = img.naturalWidth, h = img.naturalHeight;
+    // A small source gets a brush to match (an eighth of its longer side), until the annotator picks a size:
+    // the template's default on a 64 px image would cover half of it.
+    if (this.size && !this.sizeChosen) {
+      if (!this.size.dataset.defaultSize) this.size.dataset.defaultSize = this.size.value;
+      this.size.value = String(Math.max(2, Math.min(Number(this.size.dataset.defaultSize), Math.round(Math.max(w, h) / 8))));
+      if (this.sizeOut) this.sizeOut.textContent = this.brush() + " px";
+    }
     const wrap = document.createElement("div");
     wrap.className = "mask-layer";
     wrap.style.aspectRatio = w + " / " + h;
@@ -307,6 +314,7 @@
     } else if (event.key === "[" || event.key === "]") {
       event.preventDefault();
       const v = this.brush() + (event.key === "]" ? 4 : -4);
+      this.sizeChosen = true;
       this.size.value = String(Math.max(Number(this.size.min), Math.min(Number(this.size.max), v)));
       this.showSize();
     } else if ((event.key === "z" || event.key === "Z") && (event.ctrlKey || event.metaKey)) {

@@ -147,6 +147,9 @@ def test_keyboard_painting_outpaint_snapping_and_the_upload_limit_in_the_browser
     page.goto(f"/projects/{project.pk}/annotate/")
     page.locator("input[name='source.file']").set_input_files(str(_source_png(tmp_path)))
     canvas = page.locator("canvas[data-mask-canvas]")
+    # A 64 px source gets an 8 px brush (an eighth of its side) until the annotator picks a size.
+    assert page.locator("[data-brush-size-out]").inner_text() == "8 px"
+    page.locator("[data-brush-size]").fill("32")
     canvas.focus()
     page.keyboard.press("]")
     assert page.locator("[data-brush-size-out]").inner_text() == "36 px"

@@ -252,7 +252,8 @@ def test_the_tasks_own_image_is_a_source(client, project, admin_user, annotator)
     task.metadata = {"source_image": str(image.pk)}
     task.save(update_fields=["metadata"])
     page = _open_page(client, project, annotator)
-    assert 'name="source.from" value="task"' in page
+    assert 'name="source.from" value="task" checked' in page  # chosen to begin with; the upload is not
+    assert 'name="source.from" value="upload" checked' not in page
     assert _post(client, project, task, {"source.from": "task", "strength": "0.7"}, **HX).status_code == 200
     job = GenerationJob.objects.get(created_by=annotator)
     assert (job.edit_kind, job.edit["source_width"], job.edit["source_height"]) == ("img2img", 16, 16)

@@ -1,7 +1,13 @@
-"""Create the demo users and project (idempotent). ``make run`` calls it on every start."""
+"""Create the demo users and projects (idempotent). ``make run`` calls it on every start.
+
+Two projects: "Shapes world demo" (rank text-to-image candidates of the shapes model) and "Rank inpaintings"
+(paint over a shape of a shapes-model render, generate four inpaintings, rank them), whose tasks are
+imported through the task import, each with its source image as a base64 data URI."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -9,12 +15,14 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import Group
+from django.core.files.base import ContentFile
 from django.core.management.base import BaseCommand
 from django.db import transaction
 
 from annotate.builder import services as template_services
 from annotate.workflow import services as workflow_services
 from annotate.workflow.access import workflow_of
+from annotate.workflow.imports import services as import_services
 from generation.models import ModelVersion
 from generation.selectors import project_model_version_ids
 from generation.services import model_version_register
@@ -29,6 +37,8 @@ DEMO_USERS: tuple[tuple[str, str, str], ...] = (
 )
 DEMO_PROJECT = "Shapes world demo"
 DEMO_MODEL = "shapes-v1"
+INPAINT_PROJECT = "Rank inpaintings"
+INPAINT_TASKS = 6
 
 
 class Command(BaseCommand):
@@ -48,6 +58,9 @@ class Command(BaseCommand):
                 ProjectMembership.objects.update_or_create(project=project, user=user, defaults={"role": role})
             self._demo_model(users[Role.ADMIN])
             self._demo_workflow(project, users[Role.ADMIN])
+            inpaint = self._inpaint_project(users)
+        if inpaint is not None and not inpaint.tasks.exists():
+            self._inpaint_tasks(inpaint, users[Role.ADMIN])  # outside the transaction: the import's heartbeat
         self.stdout.write(self.style.SUCCESS("Demo logins (username / password):"))
         for username, password, role in DEMO_USERS:
             self.stdout.write(f"  {Role(role).label:<14} {username} / {password}")
@@ -87,6 +100,57 @@ class Command(BaseCommand):
                 name="Shapes world captions", deduplicate=True,
             )
             self.stdout.write(f"Imported {report.created} demo prompts.")
+
+    def _inpaint_project(self, users: dict[str, Any]) -> Project | None:
+        """The "Rank inpaintings" project (the preset of that name, four edits a task, the shapes model), once
+        the shapes model is registered."""
+        demo_model = ModelVersion.objects.filter(name=DEMO_MODEL).first()
+        if demo_model is None:
+            return None
+        admin = users[Role.ADMIN]
+        project, _ = Project.objects.get_or_create(name=INPAINT_PROJECT, defaults={
+            "description": "Paint over a shape of a shapes-model render, generate four inpaintings, rank them.",
+            "created_by": admin})
+        for role, user in users.items():
+            ProjectMembership.objects.update_or_create(project=project, user=user, defaults={"role": role})
+        if workflow_of(project).template_version is None:
+            template = template_services.template_create_from_preset(
+                project=project, preset="rank_inpaintings", created_by=admin)
+            version = template_services.template_version_publish(template=template, created_by=admin)
+            workflow_services.project_update_settings(project=project, template_version=version, images_per_task=4)
+        if demo_model.pk not in project_model_version_ids(project=project):
+            workflow_services.project_update_settings(
+                project=project, model_version_ids=[*project_model_version_ids(project=project), demo_model.pk])
+        return project
+
+    def _inpaint_tasks(self, project: Project, admin: Any) -> None:
+        """Tasks whose source images are renders of the shapes model (one shape each), with a prompt that asks
+        for that shape in another colour, imported like any task table (the sources as data URIs)."""
+        # torch loads here, on the first start only, not on every `make run`
+        from generation.shapes.edits import recolour_cases
+        from generation.shapes.model import generate, load_pipeline
+
+        self.stdout.write(f"Rendering {INPAINT_TASKS} source images with the shapes model...")
+        cases = recolour_cases(INPAINT_TASKS, seed=23)
+        pipe = load_pipeline(Path(settings.BASE_DIR) / "generation" / "weights" / "shapes")
+        renders = generate(pipe, [case.scene.caption for case in cases], seed=23)
+        rows = []
+        for index, (case, render) in enumerate(zip(cases, renders, strict=True)):
+            buffer = io.BytesIO()
+            render.save(buffer, format="PNG")
+            shape = case.scene.objects[0]
+            rows.append({
+                "key": f"inpaint-demo-{index + 1}", "prompt": case.prompt,
+                "source_image": "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode(),
+                "hint": f"Paint over the {shape.colour} {shape.shape}; the prompt asks for it in {case.new_colour}.",
+            })
+        table = ContentFile("".join(json.dumps(row) + "\n" for row in rows).encode(), name="inpaint-demo.jsonl")
+        task_import = import_services.task_import_create(project=project, user=admin, name="Inpainting demo",
+                                                         table=table)
+        done = import_services.task_import_start(task_import=task_import, inline=True)
+        if done.status != "succeeded":
+            raise RuntimeError(f"The inpainting demo's import failed: {done.error}")
+        self.stdout.write(f"Imported {len(rows)} inpainting tasks into {INPAINT_PROJECT!r}.")
 
     def _user(self, username: str, password: str, role: str) -> Any:
         user_model = get_user_model()

@@ -37,7 +37,7 @@ from django.contrib.auth.models import User
 from django.core.files.base import ContentFile, File
 from django.core.files.storage import default_storage
 from django.db import connection, transaction
-from django.db.models import Max
+from django.db.models import Max, Q
 
 from annotate.models import (
     AnnotationTask,
@@ -196,7 +196,7 @@ def _small_enough(task_import: TaskImport) -> bool:
         with _opened_inputs(task_import) as (reader, _):
             if reader.count() > settings.IMPORT_INLINE_MAX_ROWS:
                 return False
-            return not any(ref.kind == "url" for row in reader.rows() for ref in row.images)
+            return not any(ref.kind == "url" for row in reader.rows() for ref in _refs(row))
     except (tables.TableError, OSError, ValueError):
         return True
 
@@ -303,6 +303,13 @@ class StagedRow:
     metadata: dict[str, Any]
     shas: list[str]
     image_metadata: list[dict[str, Any]]
+    source_sha: str = ""  # the source image of an editing task (stored like the candidates)
+    source_id: str = ""  # ... or the id of an image already in the project
+
+
+def _refs(row: tables.TableRow) -> list[tables.ImageRef]:
+    """A row's image references: its candidates, then its source image."""
+    return [*row.images, *([row.source] if row.source is not None else [])]
 
 
 def _expected_count(project: Project) -> tuple[int, str]:
@@ -375,6 +382,7 @@ def _check_and_stage(task_import: TaskImport, beat: _Progress) -> tuple[list[Sta
     errors: list[tables.RowError] = []
     rows: list[StagedRow] = []
     keys: dict[str, int] = {}
+    source_ids: dict[str, int] = {}  # image id -> the first line naming it as a source
     staged: dict[str, CheckedImage] = {
         s.sha256: CheckedImage(sha256=s.sha256, content_type=s.content_type, extension=s.storage_key.rsplit(".", 1)[-1],
                                width=s.width, height=s.height, size_bytes=s.size_bytes, source=s.source, name=s.name)
@@ -387,7 +395,7 @@ def _check_and_stage(task_import: TaskImport, beat: _Progress) -> tuple[list[Sta
         done = 0
         beat(0.0, JobPhase.CHECKING_IMAGES, step=0, total_steps=count)
         for chunk in _chunks(reader.rows(), CHUNK_ROWS):
-            refs = [ref for row in chunk for ref in row.images]
+            refs = [ref for row in chunk for ref in _refs(row)]
             results = list(pool.map(_reader_of(sources), refs)) if any(r.kind == "url" for r in refs) \
                 else [_reader_of(sources)(ref) for ref in refs]
             position = 0
@@ -405,8 +413,21 @@ def _check_and_stage(task_import: TaskImport, beat: _Progress) -> tuple[list[Sta
                     shas.append(checked.sha256)
                     if checked.sha256 not in staged:
                         fresh.setdefault(checked.sha256, (checked, data))
+                source_sha = ""
+                if row.source is not None:
+                    outcome = results[position]
+                    position += 1
+                    if isinstance(outcome, ImageProblem):
+                        errors.append(tables.RowError(row.line, row.source.column, outcome.message))
+                    else:
+                        source_sha = outcome[0].sha256
+                        if source_sha not in staged:
+                            fresh.setdefault(source_sha, outcome)
+                if row.source_id:
+                    source_ids.setdefault(row.source_id, row.line)
                 flagged = len(errors) != before or any(e.line == row.line for e in reader.errors)
-                if len(row.images) != expected and not flagged:
+                editing = (row.source is not None or bool(row.source_id)) and not row.images
+                if len(row.images) != expected and not flagged and not editing:
                     errors.append(tables.RowError(row.line, _column(reader, "images"),
                                                   f"wrong count for the template: the row has {len(row.images)} "
                                                   f"image{'s' if len(row.images) != 1 else ''}; {why}"))
@@ -419,7 +440,7 @@ def _check_and_stage(task_import: TaskImport, beat: _Progress) -> tuple[list[Sta
                     else:
                         keys[row.key] = row.line
                 rows.append(StagedRow(row.line, row.prompt, row.negative_prompt, row.key, row.metadata, shas,
-                                      row.image_metadata))
+                                      row.image_metadata, source_sha=source_sha, source_id=row.source_id))
             errors.extend(reader.errors)
             reader.errors.clear()
             if not errors and not task_import.dry_run and fresh:
@@ -436,11 +457,19 @@ def _check_and_stage(task_import: TaskImport, beat: _Progress) -> tuple[list[Sta
             if key in taken:
                 errors.append(tables.RowError(line, _column(reader, "key"),
                                               f"duplicate key {key!r}: the project already has it (task {taken[key]})"))
+    if source_ids:
+        known = {str(pk) for pk in GeneratedImage.objects.filter(
+            Q(project=project) | Q(job__project=project), pk__in=list(source_ids)).values_list("pk", flat=True)}
+        for image_id, line in source_ids.items():
+            if image_id not in known:
+                errors.append(tables.RowError(line, _column(reader, "source_image"),
+                                              f"missing image: no image {image_id} in this project"))
     if not rows and not errors:
         errors.append(tables.RowError(0, "", "the table holds no rows"))
     errors.sort(key=lambda e: (e.line, e.column))
     report = {"errors": [e.as_dict() for e in errors[:1000]], "error_count": len(errors), "rows": len(rows),
               "images": sum(len(r.shas) for r in rows), "distinct_images": len({s for r in rows for s in r.shas}),
+              "source_images": sum(1 for r in rows if r.source_sha or r.source_id),
               "expected_images_per_task": expected}
     return rows, report
 
@@ -448,7 +477,9 @@ def _check_and_stage(task_import: TaskImport, beat: _Progress) -> tuple[list[Sta
 def _column(reader: tables.TableReader, what: str) -> str:
     """The table's name of the images or key column, for error reports."""
     layout = reader.layout
-    name = (layout.images if what == "images" else layout.key) if layout is not None else None
+    if layout is None:
+        return what
+    name = {"images": layout.images, "key": layout.key, "source_image": layout.source}.get(what)
     return name or what
 
 
@@ -530,7 +561,8 @@ def _commit(task_import: TaskImport, lease: jobs.Lease, rows: list[StagedRow], r
                 kept.append(row)
             rows = kept
         staged = {s.sha256: s for s in TaskImportImage.objects.filter(task_import=task_import)}
-        wanted = {sha for row in rows for sha in row.shas}
+        candidates = {sha for row in rows for sha in row.shas}
+        wanted = candidates | {row.source_sha for row in rows if row.source_sha}
         images = dict(GeneratedImage.objects.filter(
             project=project, origin=ImageOrigin.EXTERNAL, sha256__in=list(wanted)).values_list("sha256", "pk"))
         first_meta: dict[str, dict[str, Any]] = {}
@@ -539,6 +571,9 @@ def _commit(task_import: TaskImport, lease: jobs.Lease, rows: list[StagedRow], r
             for sha, meta in zip(row.shas, row.image_metadata, strict=False):
                 first_meta.setdefault(sha, meta)
                 first_prompt.setdefault(sha, row.prompt)
+            if row.source_sha:
+                first_meta.setdefault(row.source_sha, {"column": "source_image"})
+                first_prompt.setdefault(row.source_sha, row.prompt)
         new_images = [
             GeneratedImage(
                 origin=ImageOrigin.EXTERNAL, project=project, prompt=first_prompt[sha],
@@ -563,17 +598,25 @@ def _commit(task_import: TaskImport, lease: jobs.Lease, rows: list[StagedRow], r
         rng = random.SystemRandom()
         tasks = AnnotationTask.objects.bulk_create([
             AnnotationTask(project=project, prompt=prompt, position=start + i, random_key=rng.randint(0, RANDOM_KEY_MAX),
-                           external_key=row.key, metadata=row.metadata, created_by=task_import.created_by)
+                           external_key=row.key, metadata=_task_metadata(row, images),
+                           created_by=task_import.created_by)
             for i, (row, prompt) in enumerate(zip(rows, prompts, strict=True))], batch_size=2000)
         TaskImage.objects.bulk_create([
             TaskImage(task=task, image_id=images[sha], position=position)
             for task, row in zip(tasks, rows, strict=True) for position, sha in enumerate(row.shas)],
             batch_size=5000)
-        reward_scores().task_images_added(project=project, image_ids=[str(images[sha]) for sha in wanted])
+        reward_scores().task_images_added(project=project, image_ids=[str(images[sha]) for sha in candidates])
         TaskImportImage.objects.filter(task_import=task_import).delete()
         report.update(tasks=len(tasks), new_images=len(new_images), duplicates=duplicates[:1000],
                       duplicate_count=len(duplicates))
         jobs.job_finish(lease, report=report, prompt_set=prompt_set, rows=len(rows))
+
+
+def _task_metadata(row: StagedRow, images: dict[str, Any]) -> dict[str, Any]:
+    """The row's metadata; an editing task's also names its source image (``source_image``: the image's id,
+    which the Source image component's "from the task's data" choice reads)."""
+    source = str(images[row.source_sha]) if row.source_sha else row.source_id
+    return {**row.metadata, "source_image": source} if source else row.metadata
 
 
 # --- cleaning up, cancelling, reaping -----------------------------------------------------------

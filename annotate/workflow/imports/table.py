@@ -13,6 +13,10 @@ carries. Columns are matched by name, case-insensitively:
   or path (an uploaded file, an entry of the uploaded zip, or a file under the import root).
 - Per image: ``model_<n>``, ``image_<n>_uid`` and an unused ``image_<n>_url`` become that image's
   provenance metadata.
+- The image an editing task starts from: a ``source_image`` column (or a ``source_image`` key in a JSONL
+  ``metadata`` object), any of the image references above or a ``data:image/...;base64,`` URI, or the id of
+  an image already in the project. A row with a source image may list no candidates (the annotator
+  generates them as edits of it); the task's ``source_image`` metadata then names the stored image.
 - Every other column with a JSON value (text, numbers, booleans, lists of them) goes into the task's
   metadata (a JSONL ``metadata`` object is merged in); bytes columns are left out.
 
@@ -22,10 +26,13 @@ number (from 1) for Parquet and datasets. Nothing here reads an image; :mod:`.im
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import json
 import math
 import re
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,6 +74,8 @@ class TableRow:
     metadata: dict[str, Any] = field(default_factory=dict)
     images: list[ImageRef] = field(default_factory=list)
     image_metadata: list[dict[str, Any]] = field(default_factory=list)
+    source: ImageRef | None = None  # the image an editing task starts from (``source_image``)
+    source_id: str = ""  # ... or the id of an image already in the project
 
 
 @dataclass(frozen=True)
@@ -126,6 +135,8 @@ def image_ref(column: str, value: Any) -> ImageRef | None:
         if not text:
             return None
         lower = text.lower()
+        if lower.startswith("data:"):
+            return _data_uri(column, text)
         if lower.startswith("s3://"):
             return ImageRef(column, "s3", text)
         if lower.startswith(("http://", "https://")):
@@ -134,6 +145,28 @@ def image_ref(column: str, value: Any) -> ImageRef | None:
             raise ValueError(f"{text[:80]!r}: only s3:// and http(s):// URLs, file names or paths are images")
         return ImageRef(column, "name", text)
     raise ValueError(f"expected image bytes, a file name, an s3:// key or an http(s) URL, not {type(value).__name__}")
+
+
+def _data_uri(column: str, text: str) -> ImageRef:
+    """A ``data:image/<type>;base64,<data>`` URI as bytes (the image itself is checked later)."""
+    header, comma, payload = text.partition(",")
+    if not comma or not header.lower().startswith("data:image/") or not header.lower().endswith(";base64"):
+        raise ValueError(f"{text[:40]!r}...: a data URI must be data:image/<type>;base64,<data>")
+    try:
+        data = base64.b64decode("".join(payload.split()), validate=True)
+    except (binascii.Error, ValueError):
+        raise ValueError("the data URI is not valid base64") from None
+    return ImageRef(column, "bytes", data, name="data URI")
+
+
+def _image_id(value: Any) -> str:
+    """``value`` as an image id (a UUID's text), or "" when it is not one."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        return str(uuid.UUID(value.strip()))
+    except ValueError:
+        return ""
 
 
 def _json_value(value: Any) -> Any:
@@ -167,6 +200,7 @@ class Layout:
     numbered: tuple[tuple[int, str | None, str | None], ...]  # (index, image column, url column)
     per_image: dict[str, tuple[int, str]]  # column -> (image index, metadata name)
     consumed: frozenset[str]
+    source: str | None = None  # the source image column (editing tasks)
 
 
 def layout_for(columns: list[str], *, key_column: str = "") -> Layout:
@@ -184,6 +218,7 @@ def layout_for(columns: list[str], *, key_column: str = "") -> Layout:
     else:
         key = next((lower[name] for name in KEY_COLUMNS if name in lower), None)
     images = lower.get("images") or lower.get("image")
+    source = lower.get("source_image")
     numbered_columns: dict[int, str] = {}
     for name, original in lower.items():
         match = _NUMBERED.match(name)
@@ -199,9 +234,10 @@ def layout_for(columns: list[str], *, key_column: str = "") -> Layout:
                      for i in indices)
     if images and numbered_columns:
         raise TableError(f"both an {images!r} column and numbered image columns; use one of them", column=images)
-    if not images and not numbered:
+    if not images and not numbered and not source and "metadata" not in lower:
         raise TableError("no image columns: give 'images' (a list) or numbered 'image_0', 'image_1', ... "
-                         "(Pick-a-Pic: 'jpg_0', 'jpg_1' or 'image_0_url', ...)", column="images")
+                         "(Pick-a-Pic: 'jpg_0', 'jpg_1' or 'image_0_url', ...), or for an editing task a "
+                         "'source_image'", column="images")
     used_urls = {url for _, _, url in numbered if url}
     per_image: dict[str, tuple[int, str]] = {}
     for name, original in lower.items():
@@ -209,10 +245,10 @@ def layout_for(columns: list[str], *, key_column: str = "") -> Layout:
             match = pattern.match(name)
             if match and original not in used_urls:
                 per_image[original] = (int(match.group(1)), meta)
-    consumed = {prompt, *(c for c in (negative, key, images) if c)}
+    consumed = {prompt, *(c for c in (negative, key, images, source) if c)}
     consumed |= {c for _, c, _ in numbered if c} | used_urls | set(per_image)
     return Layout(prompt=prompt, negative=negative, key=key, images=images, numbered=numbered,
-                  per_image=per_image, consumed=frozenset(consumed))
+                  per_image=per_image, consumed=frozenset(consumed), source=source)
 
 
 def row_from_record(record: dict[str, Any], layout: Layout, *, line: int, errors: list[RowError],
@@ -305,6 +341,20 @@ def row_from_record(record: dict[str, Any], layout: Layout, *, line: int, errors
         if plain is not ... and plain is not None:
             metadata[column] = plain
     extra = record.get("metadata")
+    source_column, source_value = layout.source, record.get(layout.source) if layout.source else None
+    if isinstance(extra, dict) and "source_image" in extra:
+        extra = dict(extra)
+        value = extra.pop("source_image")
+        if source_column is None or _is_missing(source_value):
+            source_column, source_value = "metadata.source_image", value
+    source, source_id = None, ""
+    if source_column is not None and not _is_missing(source_value):
+        source_id = _image_id(source_value)
+        if not source_id:
+            try:
+                source = image_ref(source_column, source_value)
+            except ValueError as exc:
+                fail(source_column, str(exc))
     if isinstance(extra, dict) and "metadata" not in layout.consumed:
         plain = _json_value(extra)
         if plain is ...:
@@ -313,10 +363,10 @@ def row_from_record(record: dict[str, Any], layout: Layout, *, line: int, errors
             metadata.update(plain)
     if len(json.dumps(metadata, default=str)) > MAX_METADATA_BYTES:
         fail("metadata", f"the metadata columns hold more than {MAX_METADATA_BYTES:,} bytes of JSON")
-    if len(errors) != before and not refs:
+    if len(errors) != before and not refs and source is None:
         return None
     return TableRow(line=line, prompt=prompt, negative_prompt=negative, key=key, metadata=metadata,
-                    images=refs, image_metadata=image_meta)
+                    images=refs, image_metadata=image_meta, source=source, source_id=source_id)
 
 
 # --- readers ----------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pickwise_client.types import (
     Annotation,
     AnnotationRecord,
     ArenaResults,
+    GenerationJob,
     Handout,
     Member,
     Project,
@@ -256,10 +257,52 @@ class Tasks(Resource):
         body["idempotency_key"] = idempotency_key or f"client-{uuid.uuid4()}"
         return cast("SubmitResult | None", self._http.post(path, body, idempotent=True))
 
+    def generate_edit(self, project: int, task: int, *, source: str | os.PathLike[str] | bytes | None = None,
+                      source_from: str | None = None, mask: str | os.PathLike[str] | bytes | None = None,
+                      strength: float | None = None, outpaint: Sequence[int] | None = None,
+                      model_version: int | None = None) -> GenerationJob:
+        """Generate a leased task's candidates as edits of a source image (the template says which kind:
+        inpainting, image-to-image or outpainting); returns the generation job (wait for it with
+        ``client.generation_jobs.wait(job["id"])``; its images then join the task).
+
+        ``source``: an image file (path or bytes) to upload; or ``source_from="task"`` (the image the task's
+        data names; what the server takes when neither is given and the task has one) or
+        ``"candidate:<image id>"`` (a candidate generated earlier in the task). ``mask``: the
+        mask PNG (white repaints) for inpainting; ``strength``: 0 to 1; ``outpaint``: px to add (left, top,
+        right, bottom), multiples of 8. Bad input raises a ``ValidationError`` whose ``field`` names the
+        template's component and field (``mask.mask``); nothing is stored. The same inputs on the same lease
+        answer with the same job, so a retry is safe.
+        """
+        files: dict[str, tuple[str, bytes]] = {}
+        if source is not None:
+            files["source_image"] = _image_file(source, "source")
+        if mask is not None:
+            files["mask"] = _image_file(mask, "mask.png")
+        data: dict[str, Any] = only_given(source_from=source_from or ("upload" if source is not None else None),
+                                          strength=strength, model_version=model_version)
+        if outpaint is not None:
+            if len(outpaint) != 4:
+                raise ConfigurationError("outpaint is four numbers: left, top, right, bottom.")
+            data.update({f"outpaint_{side}": int(px)
+                         for side, px in zip(("left", "top", "right", "bottom"), outpaint, strict=True)})
+        return cast(GenerationJob, self._http.post(
+            project_path(project, f"tasks/{int(task)}/generate/edit/"), files=files or None,
+            data={key: str(value) for key, value in data.items()}, idempotent=True))
+
     def skip(self, project: int, task: int, reason: str) -> dict[str, Any]:
         """Give a leased task back, with a reason."""
         return cast(dict[str, Any], self._http.post(project_path(project, f"tasks/{int(task)}/skip/"),
                                                     {"reason": reason}))
+
+
+def _image_file(value: str | os.PathLike[str] | bytes, default_name: str) -> tuple[str, bytes]:
+    """(file name, bytes) of an image given as bytes or a path."""
+    if isinstance(value, bytes | bytearray):
+        return default_name, bytes(value)
+    path = Path(value)
+    if not path.is_file():
+        raise ConfigurationError(f"No image file {str(path)!r}.")
+    return path.name, path.read_bytes()
 
 
 class Annotations(Resource):
