@@ -8,6 +8,7 @@ import io
 import pytest
 from django.core.files.storage import default_storage
 from django.core.management import call_command
+from django.urls import reverse
 from PIL import Image
 
 from annotate.builder import presets
@@ -19,7 +20,7 @@ from projects.models import Project
 
 
 @pytest.mark.django_db
-def test_seed_demo_makes_an_inpainting_project_with_shapes_model_sources(settings, tmp_path):
+def test_seed_demo_makes_an_inpainting_project_with_shapes_model_sources(settings, tmp_path, client):
     settings.MEDIA_ROOT = tmp_path / "media"
     call_command("seed_demo")
     call_command("seed_demo")  # idempotent: no second set of tasks, nothing rendered again
@@ -52,3 +53,7 @@ def test_seed_demo_makes_an_inpainting_project_with_shapes_model_sources(setting
     assert plan is not None and plan.kind == "inpaint" and "task" in plan.source["config"]["sources"]
     own, _ = services.task_edit_sources(task=handout.task)
     assert own is not None and str(own.pk) == handout.task.metadata["source_image"]
+    # The task page shows the task's hint under the prompt.
+    client.force_login(annotator)
+    page = client.get(reverse("annotate:task_annotate", args=[project.pk])).content.decode()
+    assert f'<p class="task-hint" data-task-hint>{handout.task.metadata["hint"]}</p>' in page
