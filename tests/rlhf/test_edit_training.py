@@ -23,13 +23,18 @@ from rlhf.models import FineTuneRun, ImageScore, RewardModelRun, RewardModelVers
 from rlhf.runs import finetune, reward, scoring
 from rlhf.training.checkpoint import read_metadata
 from rlhf.training.configs import conditions_on_source
-from rlhf.training.data import PreferenceDataset, iter_rows
+from rlhf.training.data import PreferenceDataset, images_without_source, iter_rows
 from rlhf.training.dpo import EditArea, PreferencePairs, collate_pairs, edit_timesteps, region_errors
 from rlhf.training.reward_base import ImageTransform, MissingSourceError
 from rlhf.training.reward_model import load_reward_model, score
 from rlhf.training.reward_train import reward_preset, train_reward_model
 from rlhf.training.rewards import build_reward
-from rlhf.training.synthetic import shapes_edit_examples, write_shapes_edit_pairs
+from rlhf.training.synthetic import (
+    shapes_edit_examples,
+    write_brightness_lists,
+    write_brightness_pairs,
+    write_shapes_edit_pairs,
+)
 from tests.annotate.factories_workflow import images_for
 from tests.factories import api_client_for
 from tests.rlhf.conftest import build_export
@@ -148,6 +153,16 @@ def test_shapes_reward_conditioned_on_the_source_learns_a_preference_only_the_so
     assert right / total >= 0.75, right / total
     with pytest.raises(MissingSourceError):
         score(model, [held[0].caption], held[0].edits[:1])
+
+
+def test_images_without_a_source_are_counted_in_every_layout(tmp_path):
+    edits = write_shapes_edit_pairs(tmp_path / "edits.parquet", 3)
+    plain = write_brightness_pairs(tmp_path / "plain.parquet", 10)
+    lists = write_brightness_lists(tmp_path / "lists.parquet", 5, k=3)
+    assert images_without_source(edits) == (0, 3 * 6 * 2)
+    assert images_without_source(plain) == (20, 20) and images_without_source(lists) == (15, 15)
+    train = sum(1 for _ in iter_rows(plain, "train"))
+    assert images_without_source(plain, "train") == (2 * train, 2 * train)
 
 
 def test_dpo_edit_pairs_train_on_the_repainted_region_below_their_strength(tmp_path):
