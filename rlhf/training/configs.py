@@ -221,8 +221,13 @@ class RewardModelConfig:
     # [e(candidate), e(source), e(candidate) - e(source)]); needs every training image to be an edit with its
     # source (a run refuses data without), and the trained model then needs the source to score.
     condition_on_source: bool = False
+    # The learning rate of a CLIP's source-conditioned head (a fresh MLP, trained from scratch while the CLIP
+    # fine-tunes at lr: PickScore's 3e-6 would leave it where it starts); the latent model's head trains at lr.
+    source_head_lr: float = 1e-3
 
     def __post_init__(self) -> None:
+        if not self.source_head_lr > 0:
+            raise ValueError(f"source_head_lr must be > 0, not {self.source_head_lr!r}")
         if not isinstance(self.condition_on_source, bool):
             raise ValueError(f"condition_on_source must be true or false, not {self.condition_on_source!r}")
         for name, choices in (

@@ -22,6 +22,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -123,3 +124,8 @@ class RewardModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What a reward run optimises (a frozen feature extractor's weights are not among them)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_groups(self, *, lr: float, source_head_lr: float) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: everything trainable at ``lr`` (a model whose source-conditioned
+        head is a separate fresh module trains it at ``source_head_lr``)."""
+        return [{"params": self.trainable_parameters(), "lr": lr}]

@@ -301,7 +301,8 @@ def train_reward_model(
         collate_fn=partial(collate_ranked, transform=model.transform, with_sources=config.condition_on_source),
         num_workers=config.num_workers,
     )
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameter_groups(lr=config.lr, source_head_lr=config.source_head_lr),
+                                  lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (config.warmup_steps + 1))
     )
