@@ -21,6 +21,7 @@ from generation.editing import EditRequest
 from generation.models import GeneratedImage, ModelKind
 from rlhf.models import FineTuneRun, ImageScore, RewardModelRun, RewardModelVersion, RunStatus
 from rlhf.runs import finetune, reward, scoring
+from rlhf.runs.paths import export_data_path
 from rlhf.training.checkpoint import read_metadata
 from rlhf.training.configs import conditions_on_source
 from rlhf.training.data import PreferenceDataset, images_without_source, iter_rows
@@ -110,6 +111,26 @@ def test_reward_model_conditioned_on_the_source_trains_on_edit_rankings_and_scor
     assert answer.status_code == 400 and answer.json()["field"] == "image_ids"
     with pytest.raises(ValueError, match="conditioned on the source image"):  # DDPO and the loop score text to image
         build_reward("reward_model", version.path)
+
+
+def test_listwise_edit_rankings_train_a_conditioned_reward_model(ranked, ml_engineer, model_cache):
+    sources = make_edits(ranked)
+    export = build_export(ranked, ml_engineer, format="listwise", split_train=0.8, split_validation=0.1,
+                          split_test=0.1)
+    rows = list(iter_rows(export_data_path(export)))
+    assert rows
+    originals = [np.asarray(source) for source in sources.values()]
+    for row in rows:  # every image of every ranking carries its stored source
+        for i in range(len(row.images)):
+            data = row.source_of(i)
+            assert data is not None
+            decoded = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+            assert any(np.array_equal(decoded, original) for original in originals)
+    run = reward.reward_run_create(user=ml_engineer, export=export, preset="tiny", hyperparameters=REWARD_FAST)
+    assert run.config["loss"] == "plackett_luce" and run.config["condition_on_source"] is True
+    run = reward.reward_run_execute(run_id=run.pk)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert conditions_on_source(RewardModelVersion.objects.get(run=run).path)
 
 
 def test_condition_on_source_without_sources_is_a_400_naming_the_field(
