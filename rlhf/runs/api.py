@@ -171,6 +171,7 @@ class RewardVersionViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, vie
                                                        image_ids=data["image_ids"])
             return Response({"queued": queued}, status=status.HTTP_202_ACCEPTED)
         images = scoring.images_for_scoring(user=request.user, image_ids=data["image_ids"])
+        scoring.check_sources_for(version, images)  # a model conditioned on the source scores image edits only
         ids = [str(image.pk) for image in images]
         pending = registered_task(scoring.SCORE_IMAGES).apply_async(args=[version.pk, ids], kwargs={"prompt": data["prompt"] or None,
                                                                            "store": not data["prompt"]})

@@ -63,6 +63,20 @@ def check_data_path(data_path: str) -> tuple[Path, str]:
     return path, layout
 
 
+def check_sources(path: Path, *, field: str = "condition_on_source") -> None:
+    """ApplicationError naming ``field`` unless every image of the preference file at ``path`` (every split:
+    the run evaluates on validation and test too) is an image edit with its source image (what a reward model
+    conditioned on the source trains on)."""
+    from rlhf.training.data import images_without_source  # torch: kept out of web processes
+
+    missing, images = images_without_source(path)
+    if missing:
+        raise ApplicationError(
+            f"condition_on_source needs the source image of every image it trains and evaluates on: {missing} "
+            f"of the {images} images have none (text-to-image or imported images). Train it on rankings of "
+            "image edits (img2img, inpaint, outpaint), or leave condition_on_source off.", field=field)
+
+
 def export_captions(export: PreferenceExport, limit: int = MAX_DDPO_PROMPTS) -> list[str]:
     """The export's distinct captions, in file order."""
     seen: dict[str, None] = {}

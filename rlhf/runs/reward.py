@@ -25,7 +25,7 @@ from core.tasks import enqueue_on_commit
 from generation.inference import HUB_ID_RE
 from projects.webhooks.events import emit, url_for
 from rlhf.models import PreferenceExport, RewardModelRun, RewardModelVersion
-from rlhf.runs.data import check_data_path, check_export
+from rlhf.runs.data import check_data_path, check_export, check_sources
 from rlhf.runs.distributed import check_distributed, train_in_group
 from rlhf.runs.hyperparams import build_config, config_dict, json_safe, parse_hyperparameters
 from rlhf.runs.lifecycle import (
@@ -54,7 +54,7 @@ from rlhf.runs.paths import (
     reward_version_dir,
     run_data_path,
 )
-from rlhf.training.configs import BACKBONE_NAMES, REWARD_PRESETS, RewardModelConfig
+from rlhf.training.configs import BACKBONE_NAMES, REWARD_PRESETS, RewardModelConfig, conditions_on_source
 from rlhf.training.evaluate import agreement_ceiling
 
 logger = logging.getLogger(__name__)
@@ -127,15 +127,21 @@ def reward_run_create(
     project = export.project if export is not None else None
     check_user_may_train(user, project)
     if export is not None:
-        check_export(export, formats=(PreferenceExport.Format.PICKAPIC, PreferenceExport.Format.LISTWISE))
+        path = check_export(export, formats=(PreferenceExport.Format.PICKAPIC, PreferenceExport.Format.LISTWISE))
         listwise = export.format == PreferenceExport.Format.LISTWISE
     else:
-        listwise = check_data_path(data_path)[1] == "listwise"
+        path, layout = check_data_path(data_path)
+        listwise = layout == "listwise"
     config = reward_config_build(
         backbone=backbone, preset=preset, hyperparameters=parse_hyperparameters(hyperparameters),
         export_id=str(export.pk) if export is not None else Path(data_path).name, listwise=listwise,
         trusted_paths=trusted_paths,
     )
+    if config.condition_on_source:
+        check_sources(path)
+    elif config.backbone not in BACKBONE_NAMES and conditions_on_source(config.backbone):
+        raise ApplicationError("This backbone is a reward model conditioned on the source image: set "
+                               "condition_on_source to train it on.", field="condition_on_source")
     check_distributed(config)
     run = RewardModelRun.objects.create(
         project=project, export=export, data_path=str(Path(data_path).expanduser()) if data_path else "",
@@ -270,7 +276,8 @@ def _reward_run_register(*, lease: jobs.Lease, path: Path, results: dict[str, An
                  "ceiling": (results.get("ceiling") or {}).get("oracle")},
         description=(f"Reward model from run {run.pk} on "
                      f"{'export ' + str(run.export_id) if run.export_id else run.data_path}; "
-                     f"backbone {run.backbone}, preset {run.preset}, loss {run.config.get('loss')}."),
+                     f"backbone {run.backbone}, preset {run.preset}, loss {run.config.get('loss')}"
+                     f"{'; conditioned on the source image (scores image edits only)' if run.config.get('condition_on_source') else ''}."),
         created_by=run.created_by,
     )
     jobs.job_finish(lease, results=results, step=int(results.get("step") or run.step))

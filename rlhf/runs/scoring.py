@@ -27,6 +27,7 @@ from projects.models import Project
 from rlhf.models import ImageScore, ProjectPresort, RewardModelVersion
 from rlhf.runs.lifecycle import check_user_may_train
 from rlhf.runs.selectors import reward_versions_for_user
+from rlhf.training.configs import conditions_on_source
 
 SCORE_IMAGES = "rlhf.tasks.score_images"
 SCORE_BATCH = 32
@@ -81,9 +82,39 @@ def _uuid_key(value: Any) -> str | None:
         return None
 
 
+def source_key_of(image: GeneratedImage) -> str:
+    """The storage key of the source image ``image`` edits ("" for a text-to-image or imported image)."""
+    return str((image.edit or {}).get("source_key") or "")
+
+
+def check_sources_for(version: RewardModelVersion, images: Sequence[GeneratedImage]) -> None:
+    """ApplicationError (field ``image_ids``) when ``version`` conditions on the source image and an image is no
+    image edit: such a model scores an edit beside its source and has nothing to score a lone image with."""
+    if not version_conditions_on_source(version):
+        return
+    lone = [str(image.pk) for image in images if not source_key_of(image)]
+    if lone:
+        raise ApplicationError(
+            f"Reward model {version.name} conditions on the source image (condition_on_source), and image "
+            f"{lone[0]} is not an image edit with a source{f' ({len(lone)} such images)' if len(lone) > 1 else ''}: "
+            "it scores image edits only.", field="image_ids")
+
+
+def version_conditions_on_source(version: RewardModelVersion) -> bool:
+    return conditions_on_source(version.path)
+
+
+def _open_rgb(key: str) -> Image.Image:
+    with default_storage.open(key, "rb") as handle:
+        return Image.open(BytesIO(handle.read())).convert("RGB")
+
+
 def image_scores_compute(*, reward_version_id: int, image_ids: list[str], prompt: str | None = None,
                          store: bool = True) -> dict[str, float]:
-    """Score images in batches (under ``prompt``, or each image's own prompt); store the own-prompt scores."""
+    """Score images in batches (under ``prompt``, or each image's own prompt); store the own-prompt scores.
+
+    A reward model conditioned on the source image scores each edit beside its source (read from storage);
+    it refuses (ApplicationError, field ``image_ids``) images that are no edits."""
     from rlhf.training.reward_model import score  # torch: only scoring workers load models
 
     version = RewardModelVersion.objects.get(pk=reward_version_id)
@@ -91,15 +122,15 @@ def image_scores_compute(*, reward_version_id: int, image_ids: list[str], prompt
     images = list(GeneratedImage.objects.filter(pk__in=image_ids))
     by_id = {str(image.pk): image for image in images}
     ordered = [by_id[str(i)] for i in image_ids if str(i) in by_id]
+    check_sources_for(version, ordered)
     scores: dict[str, float] = {}
     for start in range(0, len(ordered), SCORE_BATCH):
         chunk = ordered[start : start + SCORE_BATCH]
-        pictures = []
-        for image in chunk:
-            with default_storage.open(image.storage_key, "rb") as handle:
-                pictures.append(Image.open(BytesIO(handle.read())).convert("RGB"))
+        pictures = [_open_rgb(image.storage_key) for image in chunk]
+        sources = ([_open_rgb(source_key_of(image)) for image in chunk] if model.conditions_on_source else None)
         prompts = [prompt if prompt is not None else image.prompt for image in chunk]
-        for image, value in zip(chunk, score(model, prompts, pictures, batch_size=SCORE_BATCH), strict=True):
+        values = score(model, prompts, pictures, batch_size=SCORE_BATCH, sources=sources)
+        for image, value in zip(chunk, values, strict=True):
             scores[str(image.pk)] = float(value)
     if store and prompt is None and scores:
         image_scores_store(reward_version=version, scores=scores)
@@ -122,6 +153,7 @@ def image_scores_request(*, user: AbstractBaseUser | None, reward_version: Rewar
     if reward_version.project is not None:
         check_user_may_train(user, reward_version.project)
     images = images_for_scoring(user=user, image_ids=image_ids)
+    check_sources_for(reward_version, images)
     done = set(ImageScore.objects.filter(reward_version=reward_version, image__in=images)
                .values_list("image_id", flat=True))
     missing = [str(image.pk) for image in images if image.pk not in done]
@@ -197,5 +229,11 @@ class WorkflowRewardScores:
     def task_images_added(self, *, project: Project, image_ids: Sequence[Any]) -> None:
         version = project_presort_version(project=project) if image_ids else None
         if version is not None:
+            ids = list(image_ids)
+            if version_conditions_on_source(version):  # it scores edits only; other images stay unsorted
+                ids = [str(pk) for pk in GeneratedImage.objects.filter(pk__in=ids).exclude(edit={})
+                       .values_list("pk", flat=True)]
+                if not ids:
+                    return
             # Trusted: the version was checked when it was chosen, the images when they joined the task.
-            image_scores_request(user=None, reward_version=version, image_ids=list(image_ids))
+            image_scores_request(user=None, reward_version=version, image_ids=ids)

@@ -17,6 +17,8 @@ from typing import Any, Literal, Protocol, get_args
 from safetensors import safe_open
 
 from generation.inference import HUB_ID_RE, LORA_WEIGHTS_FILE
+from rlhf.training.conditioning import SOURCE_HEAD_CONFIG as SOURCE_HEAD_CONFIG
+from rlhf.training.conditioning import conditions_on_source as conditions_on_source
 from rlhf.training.rewards import build_reward
 
 RewardLoss = Literal["bradley_terry", "plackett_luce", "choose_one"]
@@ -215,8 +217,19 @@ class RewardModelConfig:
     cpu: bool = False  # force the CPU even where a GPU exists
     num_processes: int = 1  # training processes (ranks), all machines together; > 1 trains with torch.distributed
     num_machines: int = 1  # machines the processes are spread over (rendezvous: the gpu-train worker's TRAIN_MAIN_PROCESS_IP/PORT)
+    # Image-editing preferences: score each edit beside the source image it edits (the head sees
+    # [e(candidate), e(source), e(candidate) - e(source)]); needs every training image to be an edit with its
+    # source (a run refuses data without), and the trained model then needs the source to score.
+    condition_on_source: bool = False
+    # The learning rate of a CLIP's source-conditioned head (a fresh MLP, trained from scratch while the CLIP
+    # fine-tunes at lr: PickScore's 3e-6 would leave it where it starts); the latent model's head trains at lr.
+    source_head_lr: float = 1e-3
 
     def __post_init__(self) -> None:
+        if not self.source_head_lr > 0:
+            raise ValueError(f"source_head_lr must be > 0, not {self.source_head_lr!r}")
+        if not isinstance(self.condition_on_source, bool):
+            raise ValueError(f"condition_on_source must be true or false, not {self.condition_on_source!r}")
         for name, choices in (
             ("loss", RewardLoss),
             ("mixed_precision", MixedPrecision),

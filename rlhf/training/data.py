@@ -12,22 +12,31 @@ batch at a time, never the whole file):
 
 Both are read into the same :class:`RankedList` record: a pair is a list of two images whose ranks come
 from the labels (a tie is ``[0, 0]``) and which keeps its soft ``label_0``.
+
+Image-editing rows (img2img, inpaint, outpaint) also carry, per image, the source image it edits and the
+mask it repainted (pairwise ``source_0``/``source_1``, ``mask_0``/``mask_1``, ``edit_0``/``edit_1``;
+listwise ``sources``, ``masks``, ``edits``, parallel to ``images``): ``RankedList.sources``, ``masks`` and
+``edits`` (the edit's provenance JSON), None / "" for a text-to-image image. A file without those columns
+reads as all text to image.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import random
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import pyarrow.parquet as pq
 import torch
 from PIL import Image
 from torch.utils.data import IterableDataset, get_worker_info
+
+from rlhf.training.reward_base import MissingSourceError
 
 Split = Literal["train", "validation", "test"]
 PAIRWISE_COLUMNS = ("caption", "jpg_0", "jpg_1", "label_0", "label_1", "model_0", "model_1")
@@ -44,6 +53,20 @@ class RankedList:
     prompt_id: str = ""
     models: list[str] = field(default_factory=list)
     label_0: float | None = None  # pairwise rows only: probability that image 0 was preferred
+    sources: list[bytes | None] = field(default_factory=list)  # per image: the edited source's bytes ([]: none)
+    masks: list[bytes | None] = field(default_factory=list)  # per image: the inpainting mask's bytes
+    edits: list[str] = field(default_factory=list)  # per image: the edit's provenance JSON ("" for text to image)
+
+    def source_of(self, index: int) -> bytes | None:
+        return self.sources[index] if index < len(self.sources) else None
+
+    def mask_of(self, index: int) -> bytes | None:
+        return self.masks[index] if index < len(self.masks) else None
+
+    def edit_of(self, index: int) -> dict[str, Any]:
+        """Image ``index``'s edit provenance ({} for text to image)."""
+        raw = self.edits[index] if index < len(self.edits) else ""
+        return json.loads(raw) if raw else {}
 
     @property
     def is_tie(self) -> bool:
@@ -87,6 +110,9 @@ def iter_rows(
                     prompt_id=prompt_id or row["caption"],
                     models=[str(row["model_0"]), str(row["model_1"])],
                     label_0=label_0,
+                    sources=[row.get("source_0"), row.get("source_1")],
+                    masks=[row.get("mask_0"), row.get("mask_1")],
+                    edits=[str(row.get("edit_0") or ""), str(row.get("edit_1") or "")],
                 )
             else:
                 caption = row["prompt"] if "prompt" in row else row["caption"]
@@ -97,6 +123,9 @@ def iter_rows(
                     weight=weight,
                     prompt_id=prompt_id or caption,
                     models=[str(m) for m in row.get("models") or []],
+                    sources=list(row.get("sources") or []),
+                    masks=list(row.get("masks") or []),
+                    edits=[str(e or "") for e in row.get("edits") or []],
                 )
 
 
@@ -109,6 +138,34 @@ def count_rows(path: Path, split: Split | None = None) -> int:
         sum(1 for s in batch.column(0).to_pylist() if s == split)
         for batch in parquet.iter_batches(columns=["split"], batch_size=65536)
     )
+
+
+def images_without_source(path: Path, split: Split | None = None) -> tuple[int, int]:
+    """(images without a source image, images) in ``split``: what a reward model conditioned on the source
+    cannot score. Reads only the source columns (pairwise ``source_0``/``source_1``, listwise ``sources``);
+    a file without them has no sources at all."""
+    parquet = pq.ParquetFile(path)
+    names = set(parquet.schema_arrow.names)
+    layout = table_layout(Path(path))
+    wanted = ["source_0", "source_1"] if layout == "pairwise" else ["sources"]
+    with_split = split is not None and "split" in names
+    missing = total = 0
+    if not set(wanted) <= names:  # no edit columns: every image lacks a source
+        counted = ["label_0"] if layout == "pairwise" else ["ranks"]
+        for batch in parquet.iter_batches(columns=counted + (["split"] if with_split else []), batch_size=4096):
+            for row in batch.to_pylist():
+                if not with_split or row["split"] == split:
+                    n = 2 if layout == "pairwise" else len(row["ranks"] or [])
+                    missing, total = missing + n, total + n
+        return missing, total
+    for batch in parquet.iter_batches(columns=wanted + (["split"] if with_split else []), batch_size=256):
+        for row in batch.to_pylist():
+            if with_split and row["split"] != split:
+                continue
+            sources = [row["source_0"], row["source_1"]] if layout == "pairwise" else list(row["sources"] or [])
+            missing += sum(1 for s in sources if not s)
+            total += len(sources)
+    return missing, total
 
 
 def prompt_counts(path: Path, split: Split | None = None) -> Counter[str]:
@@ -215,6 +272,7 @@ class RankedBatch:
     ranks: torch.Tensor  # (B, N) long, -1 marks padding
     weight: torch.Tensor  # (B,)
     label_0: torch.Tensor | None  # (B,) soft labels when every list is a pair from the pairwise table
+    source_values: torch.Tensor | None = None  # (M, 3, H, W): each image's source (collated with_sources)
 
     def to(self, device: torch.device) -> RankedBatch:
         return RankedBatch(
@@ -225,19 +283,29 @@ class RankedBatch:
             ranks=self.ranks.to(device),
             weight=self.weight.to(device),
             label_0=None if self.label_0 is None else self.label_0.to(device),
+            source_values=None if self.source_values is None else self.source_values.to(device),
         )
 
 
 def collate_ranked(
-    rows: Sequence[RankedList], transform: Callable[[Image.Image], torch.Tensor]
+    rows: Sequence[RankedList], transform: Callable[[Image.Image], torch.Tensor], *, with_sources: bool = False
 ) -> RankedBatch:
+    """Collate lists; ``with_sources`` also decodes each image's source image (MissingSourceError, naming the
+    row's prompt, for an image without one)."""
     n_max = max(len(r.images) for r in rows)
     ranks = torch.full((len(rows), n_max), -1, dtype=torch.long)
-    pixels, list_index, slot_index = [], [], []
+    pixels, sources, list_index, slot_index = [], [], [], []
     for i, row in enumerate(rows):
         ranks[i, : len(row.ranks)] = torch.tensor(row.ranks)
         for j, data in enumerate(row.images):
             pixels.append(transform(decode_image(data)))
+            if with_sources:
+                source = row.source_of(j)
+                if not source:
+                    raise MissingSourceError(
+                        f"image {j} of the ranking of prompt {row.caption!r} has no source image; a reward model "
+                        "conditioned on the source (condition_on_source) trains on image-editing rankings only")
+                sources.append(transform(decode_image(source)))
             list_index.append(i)
             slot_index.append(j)
     labels = [r.label_0 for r in rows]
@@ -249,4 +317,5 @@ def collate_ranked(
         ranks=ranks,
         weight=torch.tensor([r.weight for r in rows], dtype=torch.float32),
         label_0=None if any(lbl is None for lbl in labels) else torch.tensor(labels, dtype=torch.float32),
+        source_values=torch.stack(sources) if with_sources else None,
     )

@@ -13,6 +13,16 @@ at the first step. Chosen and rejected images share noise and timestep. Output l
 Ties (``label_0 == 0.5``, or a listwise row whose best and worst share a rank) carry no preference:
 ``ties="skip"`` (default) drops them; ``ties="symmetric"`` trains both orientations at half weight each,
 which pulls the policy towards treating the two images alike.
+
+Image-editing pairs (img2img, inpaint, outpaint: two edits of one source under one prompt) train the same
+4-channel UNet, which never sees the source as an input: the edit pipelines bring the source in at sampling
+time, by starting from its noised latents (img2img and inpaint at ``strength`` s start at timestep s x T)
+and, for inpaint and outpaint, by pasting its latents back outside the mask at every step. So an edit pair
+trains what sampling used: its timesteps are drawn below s x T (the larger strength of the two edits), and
+its denoising errors are averaged over the repainted region only (the union of the two edits' masks, or the
+outpaint border, at latent resolution; an img2img edit repaints everything), since outside it the UNet's
+prediction never reaches the image. Text-to-image pairs train exactly as before. No pair is dropped: an
+inpainting whose mask bytes the export lacks trains on the whole image.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
 from diffusers import DDPMScheduler
 from diffusers.training_utils import cast_training_params
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -47,7 +58,7 @@ from rlhf.training.configs import DPOTies as DPOTies
 from rlhf.training.configs import MixedPrecision as MixedPrecision
 from rlhf.training.configs import sd15_dpo_preset as sd15_dpo_preset
 from rlhf.training.configs import tiny_dpo_preset as tiny_dpo_preset
-from rlhf.training.data import PreferenceDataset, count_rows, decode_image
+from rlhf.training.data import PreferenceDataset, RankedList, count_rows, decode_image
 from rlhf.training.ddim import encode_prompts
 from rlhf.training.lora import (
     add_lora,
@@ -77,8 +88,45 @@ class FineTuneResult:
 
 
 # ----------------------------------------------------------------------------------------------- data
-class PreferencePairs(IterableDataset[tuple[str, bytes, bytes, float]]):
-    """(caption, chosen bytes, rejected bytes, weight) from an export's train split.
+@dataclass(frozen=True)
+class EditArea:
+    """Where and from how far an image was edited: the repainted region and the strength it started at."""
+
+    mask: bytes | None = None  # inpaint: the mask PNG (255 = repainted)
+    outpaint: tuple[int, int, int, int] | None = None  # outpaint: px added left, top, right, bottom
+    strength: float = 1.0  # img2img / inpaint: where sampling started (1: from pure noise)
+
+    @property
+    def whole(self) -> bool:
+        """True when every pixel was repainted (text to image, img2img, or an inpaint without its mask)."""
+        return self.mask is None and self.outpaint is None
+
+    @classmethod
+    def of(cls, row: RankedList, index: int) -> EditArea:
+        edit = row.edit_of(index)
+        kind = edit.get("kind", "")
+        strength = float(edit.get("strength") or 1.0) if kind in ("img2img", "inpaint") else 1.0
+        mask = row.mask_of(index) if kind == "inpaint" else None
+        box = edit.get("outpaint") if kind == "outpaint" else None
+        return cls(mask=mask or None, outpaint=tuple(int(px) for px in box) if box else None,  # type: ignore[arg-type]
+                   strength=min(max(strength, 0.0), 1.0))
+
+    def region(self, size: tuple[int, int]) -> Image.Image:
+        """The repainted region of an image of ``size`` (width, height) as an "L" image (255 = repainted)."""
+        if self.mask is not None:
+            return decode_image(self.mask).convert("L").resize(size, Image.Resampling.NEAREST)
+        region = Image.new("L", size, 255)
+        if self.outpaint is not None:
+            left, top, right, bottom = self.outpaint
+            region.paste(0, (left, top, size[0] - right, size[1] - bottom))  # the source's own pixels, kept
+        return region
+
+
+Pair = tuple[str, bytes, bytes, float, tuple[EditArea, EditArea]]  # caption, chosen, rejected, weight, areas
+
+
+class PreferencePairs(IterableDataset[Pair]):
+    """(caption, chosen bytes, rejected bytes, weight, their edit areas) from an export's train split.
 
     ``skip`` drops this process's first pairs of the epoch (resuming mid-epoch; a symmetric tie is two pairs).
     """
@@ -87,34 +135,71 @@ class PreferencePairs(IterableDataset[tuple[str, bytes, bytes, float]]):
         self.rows, self.ties = rows, ties
         self.skip = 0
 
-    def __iter__(self) -> Iterator[tuple[str, bytes, bytes, float]]:
+    def __iter__(self) -> Iterator[Pair]:
         for i, pair in enumerate(self._pairs()):
             if i >= self.skip:
                 yield pair
 
-    def _pairs(self) -> Iterator[tuple[str, bytes, bytes, float]]:
+    def _pairs(self) -> Iterator[Pair]:
         for row in self.rows:
             best = int(np.argmin(row.ranks))
             worst = int(np.argmax(row.ranks))
             if row.ranks[best] != row.ranks[worst]:
-                yield row.caption, row.images[best], row.images[worst], row.weight
+                areas = (EditArea.of(row, best), EditArea.of(row, worst))
+                yield row.caption, row.images[best], row.images[worst], row.weight, areas
             elif self.ties == "symmetric" and len(row.images) >= 2:
                 a, b = row.images[0], row.images[1]
-                yield row.caption, a, b, row.weight / 2
-                yield row.caption, b, a, row.weight / 2
+                areas = (EditArea.of(row, 0), EditArea.of(row, 1))
+                yield row.caption, a, b, row.weight / 2, areas
+                yield row.caption, b, a, row.weight / 2, areas[::-1]
 
 
-def _collate(items: Sequence[tuple[str, bytes, bytes, float]], transform: ImageTransform) -> dict[str, Any]:
-    chosen = torch.stack([transform(decode_image(i[1])) for i in items])
+def collate_pairs(items: Sequence[Pair], transform: ImageTransform) -> dict[str, Any]:
+    """Pixels (chosen first, then rejected), captions and weights; for a batch holding image edits also each
+    pair's repainted region (``region``, (B, 1, H, W) in {0, 1}, the union of its two edits', cropped like the
+    images) and strength (``strength``, (B,), the larger of the two); None where every pair is whole / at 1."""
+    chosen_images = [decode_image(i[1]) for i in items]
+    chosen = torch.stack([transform(image) for image in chosen_images])
     rejected = torch.stack([transform(decode_image(i[2])) for i in items])
+    areas = [i[4] for i in items]
+    region = None
+    if not all(a.whole and b.whole for a, b in areas):
+        masks = []
+        for image, (a, b) in zip(chosen_images, areas, strict=True):
+            union = np.maximum(np.asarray(a.region(image.size)), np.asarray(b.region(image.size)))
+            masks.append(transform(Image.fromarray(union).convert("RGB"))[:1] > 0)  # same resize and crop
+        region = torch.stack(masks).float()
+    strengths = [max(a.strength, b.strength) for a, b in areas]
     return {
         "captions": [i[0] for i in items],
         "pixels": torch.cat([chosen, rejected]),  # (2B, 3, H, W): chosen first, then rejected
         "weight": torch.tensor([i[3] for i in items], dtype=torch.float32),
+        "region": region,
+        "strength": None if all(s >= 1.0 for s in strengths) else torch.tensor(strengths, dtype=torch.float32),
     }
 
 
 # ----------------------------------------------------------------------------------------------- loss
+def edit_timesteps(t: Tensor, strength: Tensor | None) -> Tensor:
+    """Timesteps drawn in ``[0, T)`` moved into ``[0, strength x T)`` per pair (an edit at strength s started
+    sampling at s x T); unchanged without ``strength``."""
+    if strength is None:
+        return t
+    return (t.float() * strength.to(t.device).clamp(0, 1)).long()
+
+
+def region_errors(pred: Tensor, target: Tensor, region: Tensor | None) -> Tensor:
+    """Per-image mean squared error ``(2B,)`` of ``pred`` against ``target`` (chosen then rejected); with
+    ``region`` ``(B, 1, h, w)`` (each pair's repainted region, any resolution) the mean over the latent cells
+    it covers (max-pooled: a cell with any repainted pixel counts), for chosen and rejected alike."""
+    squared = F.mse_loss(pred.float(), target.float(), reduction="none")
+    if region is None:
+        return squared.mean(dim=(1, 2, 3))
+    weights = F.adaptive_max_pool2d(region.float().to(pred.device), squared.shape[-2:]).repeat(2, 1, 1, 1)
+    covered = (weights.sum(dim=(1, 2, 3)) * squared.shape[1]).clamp_min(1.0)
+    return (squared * weights).sum(dim=(1, 2, 3)) / covered
+
+
 def _shard_noise(like: Tensor, generator: torch.Generator, index: int, count: int) -> Tensor:
     """Noise shaped as ``like`` (chosen then rejected, ``(2B, ...)``), drawn for the global batch of ``count``
     equal shares (chosen then rejected, ``(2B * count, ...)``) and cut to share ``index``."""
@@ -135,6 +220,8 @@ def dpo_batch_loss(
     generator: torch.Generator | None = None,
     reference_adapter: str | None = None,
     shard: tuple[int, int] = (0, 1),
+    region: Tensor | None = None,
+    strength: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Diffusion-DPO on latents ``(2B, ...)`` (chosen then rejected).
 
@@ -146,6 +233,11 @@ def dpo_batch_loss(
     ``shard=(index, count)``: these pairs are share ``index`` of ``count`` equal shares of a global batch
     (one per process); noise and timesteps are drawn for the whole global batch and this share taken, so
     every pair gets what it would get in one process.
+
+    Image edits: ``region`` ``(B, 1, h, w)`` weights each pair's per-element errors (the repainted region at
+    any resolution; max-pooled to the latents', so a latent cell with any repainted pixel counts), and
+    ``strength`` ``(B,)`` scales each pair's timestep into ``[0, strength x T)`` (the same draws, so a batch
+    of text-to-image pairs gets exactly the timesteps it always did).
     """
     half = latents.shape[0] // 2
     index, count = shard
@@ -153,7 +245,7 @@ def dpo_batch_loss(
     noise = torch.randn((half * count, *latents.shape[1:]), generator=generator)[mine]
     noise = noise.to(latents).repeat(2, 1, 1, 1)
     t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (half * count,), generator=generator)[mine]
-    t = t.to(latents.device).repeat(2)
+    t = edit_timesteps(t, strength).to(latents.device).repeat(2)
     noisy = noise_scheduler.add_noise(latents, noise, t)
     if noise_scheduler.config.prediction_type == "v_prediction":
         target = noise_scheduler.get_velocity(latents, noise, t)
@@ -162,7 +254,7 @@ def dpo_batch_loss(
     cond = text.repeat(2, 1, 1)
 
     def errors(pred: Tensor) -> tuple[Tensor, Tensor]:
-        err = F.mse_loss(pred.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        err = region_errors(pred, target, region)
         return err[:half], err[half:]
 
     model_w, model_l = errors(unet(noisy, t, encoder_hidden_states=cond).sample)
@@ -246,7 +338,7 @@ def train_dpo(
     loader = DataLoader(
         pair_stream,
         batch_size=config.batch_size // processes,  # this process's share of the global micro-batch
-        collate_fn=lambda b: _collate(b, transform),
+        collate_fn=lambda b: collate_pairs(b, transform),
     )
     optimizer = torch.optim.AdamW(lora_parameters(unet), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
@@ -307,6 +399,8 @@ def train_dpo(
                         generator,
                         reference_adapter=reference,
                         shard=(rank, processes),
+                        region=batch["region"],
+                        strength=batch["strength"],
                     )
                 if not torch.isfinite(loss):
                     raise FloatingPointError(

@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from diffusers import DDPMScheduler
 
-from rlhf.training.data import PreferenceDataset, Split, count_rows, decode_image
+from rlhf.training.data import PreferenceDataset, Split, count_rows
 from rlhf.training.ddim import encode_prompts
-from rlhf.training.dpo import DPOConfig, PreferencePairs
+from rlhf.training.dpo import DPOConfig, PreferencePairs, collate_pairs, edit_timesteps, region_errors
 from rlhf.training.lora import (
     add_frozen_adapter,
     add_lora,
@@ -78,32 +78,34 @@ def heldout_implicit_accuracy(config: DPOConfig, lora_dir: Path | str, data_path
     margins: list[float] = []
     for start in range(0, len(pairs), batch_size):
         batch = pairs[start : start + batch_size]
-        images = [pair[1] for pair in batch] + [pair[2] for pair in batch]  # chosen first, then rejected
-        pixels = torch.stack([transform(decode_image(image)) for image in images]).to(device)
+        collated = collate_pairs(batch, transform)  # chosen first, then rejected; edits' regions and strengths
+        pixels = collated["pixels"].to(device)
         latents = pipe.vae.encode(pixels).latent_dist.mean * pipe.vae.config.scaling_factor
         text = encode_prompts(pipe, [pair[0] for pair in batch]).repeat(2, 1, 1)
         total = torch.zeros(len(batch))
         for draw in range(draws):
             generator = torch.Generator().manual_seed(seed * 1_000_003 + start * draws + draw)
-            total += _margins(unet, scheduler, latents, text, config.beta, generator, reference)
+            total += _margins(unet, scheduler, latents, text, config.beta, generator, reference,
+                              region=collated["region"], strength=collated["strength"])
         margins.extend((total / draws).tolist())
     right = sum(1.0 if m > 0 else 0.5 if m == 0 else 0.0 for m in margins)
     return HeldOutFit(right=right, n=len(margins), margin=sum(margins) / len(margins))
 
 
 def _margins(unet: Any, scheduler: Any, latents: torch.Tensor, text: torch.Tensor, beta: float,
-             generator: torch.Generator, reference: str | None) -> torch.Tensor:
-    """DPO's per-pair log-sigmoid argument at one noise and timestep draw (chosen latents first)."""
+             generator: torch.Generator, reference: str | None, *, region: torch.Tensor | None = None,
+             strength: torch.Tensor | None = None) -> torch.Tensor:
+    """DPO's per-pair log-sigmoid argument at one noise and timestep draw (chosen latents first); image edits'
+    errors over their repainted ``region`` at timesteps below their ``strength``, as training has them."""
     half = latents.shape[0] // 2
     noise = torch.randn(latents[:half].shape, generator=generator).to(latents).repeat(2, 1, 1, 1)
     t = torch.randint(0, scheduler.config.num_train_timesteps, (half,), generator=generator)
-    t = t.to(latents.device).repeat(2)
+    t = edit_timesteps(t, strength).to(latents.device).repeat(2)
     noisy = scheduler.add_noise(latents, noise, t)
     target = scheduler.get_velocity(latents, noise, t) if scheduler.config.prediction_type == "v_prediction" else noise
 
     def errors() -> tuple[torch.Tensor, torch.Tensor]:
-        pred = unet(noisy, t, encoder_hidden_states=text).sample
-        err = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
+        err = region_errors(unet(noisy, t, encoder_hidden_states=text).sample, target, region)
         return err[:half], err[half:]
 
     model_w, model_l = errors()

@@ -35,7 +35,7 @@ import hashlib
 import json
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -87,6 +87,9 @@ class LatentRewardConfig:
     conv_channels: tuple[int, ...] = (16, 32, 32)  # conv tower: widths; each layer after the first halves the side
     image_size: int = 64  # the side images are resized to (the shapes model makes 64 px images)
     head: HeadConfig = field(default_factory=HeadConfig)
+    # Image editing: the head sees the candidate's feature map, the source image's and their difference,
+    # concatenated channel-wise (3x the channels), and the model needs the source to score.
+    condition_on_source: bool = False
 
     def __post_init__(self) -> None:
         for name, choices in (("encoder", EncoderKind), ("feature", FeatureKind)):
@@ -202,7 +205,9 @@ class LatentRewardModel(RewardModel):
         self.text_encoder.requires_grad_(False)
         self.register_buffer("feature_shift", torch.zeros(channels))
         self.register_buffer("feature_scale", torch.ones(channels))
-        self.head = RewardHead(channels, int(self.text_encoder.config.hidden_size), config.head)
+        self.feature_channels = channels
+        self.head = RewardHead(channels * (3 if config.condition_on_source else 1),
+                               int(self.text_encoder.config.hidden_size), config.head)
         # The frozen encoder is a pure function of the pixels, and a run shows it each image once per pair it
         # is in (a round's 800 images, ~9 pairs each, per epoch): its outputs are memoised by the pixels'
         # hash, filled while training, read always, so epochs after the first cost only the head.
@@ -268,13 +273,33 @@ class LatentRewardModel(RewardModel):
         pooled: Tensor = out.pooler_output
         return pooled
 
+    @property
+    def conditions_on_source(self) -> bool:
+        return self.config.condition_on_source
+
+    def enable_source_conditioning(self, *, seed: int = 0) -> None:
+        if self.config.condition_on_source:
+            return
+        self.config = replace(self.config, condition_on_source=True)
+        generator_state = torch.random.get_rng_state()
+        torch.manual_seed(seed)
+        self.head = RewardHead(3 * self.feature_channels, int(self.text_encoder.config.hidden_size),
+                               self.config.head).to(self.device)
+        torch.random.set_rng_state(generator_state)
+
     def forward(
-        self, captions: Sequence[str], pixel_values: Tensor, list_index: Tensor | None = None
+        self, captions: Sequence[str], pixel_values: Tensor, list_index: Tensor | None = None,
+        source_values: Tensor | None = None,
     ) -> Tensor:
+        self.check_sources(source_values, pixel_values.shape[0])
         text = self.caption_embeddings(captions)
         if list_index is not None:
             text = text[list_index.to(text.device)]
-        return self.head(self.image_features(pixel_values), text)
+        features = self.image_features(pixel_values)
+        if source_values is not None:
+            source = self.image_features(source_values)
+            features = torch.cat([features, source, features - source], dim=1)
+        return self.head(features, text)
 
     # ------------------------------------------------------------------------------------------- files
     def save_pretrained(self, directory: Path) -> None:

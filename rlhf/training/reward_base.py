@@ -6,6 +6,14 @@ reward per image, with an :class:`ImageTransform` that turns a PIL image into it
 reads back (``config.json`` naming the ``model_type``, ``model.safetensors``, tokenizer files and
 ``preprocess.json``). Two kinds exist: the PickScore-style CLIP (:mod:`rlhf.training.reward_model`) and
 the latent reward model on the shapes model's own VAE (:mod:`rlhf.training.latent_reward`).
+
+Conditioning on the source image (image-editing preferences: which of two edits of one source is better
+can depend on the source, e.g. "keep its colours"): a model with ``conditions_on_source`` scores an edit
+beside the image it edits, ``forward(..., source_values=...)``; each kind feeds its head the candidate's
+embedding, the source's and their difference, ``[e(c), e(s), e(c) - e(s)]`` (the CLIP's pooled image
+embeddings; the latent model's feature maps, channel-wise). ``enable_source_conditioning()`` turns a
+fresh backbone into such a model; the model directory records it, and such a model refuses to score
+without sources (:class:`MissingSourceError`).
 """
 
 from __future__ import annotations
@@ -14,6 +22,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -68,19 +77,44 @@ class ImageTransform:
         return cls(image_size or 224)
 
 
+class MissingSourceError(ValueError):
+    """A reward model conditioned on the source image was asked to score an image without one."""
+
+
 class RewardModel(nn.Module):
     """The interface scoring, training, DDPO's reward function and presort rely on."""
 
     transform: ImageTransform
 
     @property
+    def conditions_on_source(self) -> bool:
+        """True when the model scores an edit beside its source image (``forward``'s ``source_values``)."""
+        return False
+
+    def enable_source_conditioning(self, *, seed: int = 0) -> None:
+        """Add the source-conditioned head (randomly initialised from ``seed``) to a fresh model."""
+        raise NotImplementedError(f"{type(self).__name__} cannot condition on a source image")
+
+    def check_sources(self, source_values: Tensor | None, count: int) -> None:
+        """MissingSourceError unless a source-conditioned model got one source per image (and others none)."""
+        if self.conditions_on_source and source_values is None:
+            raise MissingSourceError("this reward model conditions on the source image (condition_on_source): "
+                                     "score image edits with their source images")
+        if source_values is not None and not self.conditions_on_source:
+            raise ValueError("this reward model does not condition on a source image; give no source_values")
+        if source_values is not None and source_values.shape[0] != count:
+            raise ValueError(f"{source_values.shape[0]} source images for {count} images")
+
+    @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
 
     def forward(
-        self, captions: Sequence[str], pixel_values: Tensor, list_index: Tensor | None = None
+        self, captions: Sequence[str], pixel_values: Tensor, list_index: Tensor | None = None,
+        source_values: Tensor | None = None,
     ) -> Tensor:
-        """Rewards ``(M,)`` for M images; image i is paired with caption ``list_index[i]`` (default i)."""
+        """Rewards ``(M,)`` for M images; image i is paired with caption ``list_index[i]`` (default i) and,
+        for a model conditioned on the source, with source image ``source_values[i]``."""
         raise NotImplementedError
 
     def save_pretrained(self, directory: Path) -> None:
@@ -90,3 +124,8 @@ class RewardModel(nn.Module):
     def trainable_parameters(self) -> list[nn.Parameter]:
         """What a reward run optimises (a frozen feature extractor's weights are not among them)."""
         return [p for p in self.parameters() if p.requires_grad]
+
+    def parameter_groups(self, *, lr: float, source_head_lr: float) -> list[dict[str, Any]]:
+        """The optimiser's parameter groups: everything trainable at ``lr`` (a model whose source-conditioned
+        head is a separate fresh module trains it at ``source_head_lr``)."""
+        return [{"params": self.trainable_parameters(), "lr": lr}]

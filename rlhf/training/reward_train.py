@@ -54,6 +54,7 @@ from rlhf.training.data import (
     Split,
     collate_ranked,
     count_rows,
+    images_without_source,
     iter_rows,
 )
 from rlhf.training.losses import bradley_terry_loss, choose_one_loss, plackett_luce_loss
@@ -67,7 +68,8 @@ from rlhf.training.reward_model import (
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
 OnPhase = Callable[[str], None]  # "loading_model", "training", ... (where the trainer is)
-_RESUME_KEYS = ("backbone", "loss", "seed", "export_id", "batch_size", "grad_accum")
+_RESUME_KEYS = ("backbone", "loss", "seed", "export_id", "batch_size", "grad_accum", "condition_on_source")
+_RESUME_ADDED = {"condition_on_source": False}  # keys newer than some checkpoints: what those ran with
 PAD_SCORE = -1e4  # score of padding slots in listwise batches (kept finite for bf16/fp16)
 
 
@@ -103,7 +105,7 @@ class RewardTrainResult:
 
 # ----------------------------------------------------------------------------------------------- losses
 def _score_matrix(model: RewardModel | torch.nn.Module, batch: RankedBatch) -> Tensor:
-    rewards = model(batch.captions, batch.pixel_values, batch.list_index)
+    rewards = model(batch.captions, batch.pixel_values, batch.list_index, source_values=batch.source_values)
     scores = torch.full(batch.ranks.shape, PAD_SCORE, dtype=rewards.dtype, device=rewards.device)
     return scores.index_put((batch.list_index, batch.slot_index), rewards)
 
@@ -152,7 +154,7 @@ def predict_pairs(
     model.eval()
     for start in range(0, len(rows), batch_size):
         chunk = rows[start : start + batch_size]
-        batch = collate_ranked(chunk, model.transform).to(model.device)
+        batch = collate_ranked(chunk, model.transform, with_sources=model.conditions_on_source).to(model.device)
         scores = _score_matrix(model, batch).float()
         for k, row in enumerate(chunk):
             n = len(row.images)
@@ -265,6 +267,14 @@ def train_reward_model(
         accelerator.wait_for_everyone()
         backbone = main_dir / built.relative_to(own_dir)
     model = load_reward_model(backbone, image_size=config.image_size).train()
+    if config.condition_on_source:  # image edits: the head also sees the source (a no-op for a conditioned backbone)
+        model.enable_source_conditioning(seed=config.seed)
+        missing, images = images_without_source(data_path)  # every split: validation and test are scored too
+        if missing:
+            raise ValueError(f"condition_on_source: {missing} of the {images} images of {data_path.name} have no "
+                             "source image; it trains on image-editing rankings only")
+    elif model.conditions_on_source:
+        raise ValueError(f"backbone {config.backbone} conditions on the source image: set condition_on_source")
     dataset = PreferenceDataset(
         data_path,
         "train",
@@ -288,10 +298,11 @@ def train_reward_model(
     loader = DataLoader(
         dataset,
         batch_size=config.batch_size // processes,  # this process's share of the global micro-batch
-        collate_fn=partial(collate_ranked, transform=model.transform),
+        collate_fn=partial(collate_ranked, transform=model.transform, with_sources=config.condition_on_source),
         num_workers=config.num_workers,
     )
-    optimizer = torch.optim.AdamW(model.trainable_parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(model.parameter_groups(lr=config.lr, source_head_lr=config.source_head_lr),
+                                  lr=config.lr, weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: min(1.0, (s + 1) / (config.warmup_steps + 1))
     )
@@ -302,7 +313,7 @@ def train_reward_model(
     latest = latest_checkpoint(output_dir) if resume else None
     if latest is not None:
         meta = read_metadata(latest)
-        check_resumable(latest, meta, config, _RESUME_KEYS)
+        check_resumable(latest, meta, config, _RESUME_KEYS, _RESUME_ADDED)
         accelerator.load_state(str(latest / STATE_DIR))
         step, epoch, rows_in_epoch = meta["step"], meta["epoch"], meta["rows_in_epoch"]
 

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from generation.shapes.judge import judge
+from rlhf.training.conditioning import conditions_on_source
 
 
 class RewardFunction(Protocol):
@@ -99,6 +100,11 @@ def _reward_model_factory(argument: str | None) -> RewardFunction:
     if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
         raise ValueError(
             f"reward_arg {argument!r} is not a reward-model checkpoint (config.json + model.safetensors)"
+        )
+    if conditions_on_source(path):
+        raise ValueError(
+            f"reward_arg {argument!r} is a reward model conditioned on the source image (condition_on_source): it "
+            "scores image edits beside their sources, and this reward scores text-to-image samples, which have none"
         )
     return RewardModelReward(argument)
 

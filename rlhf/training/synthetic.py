@@ -1,5 +1,5 @@
-"""Synthetic preference exports with a known answer (the brighter image wins, or the one with larger
-shapes), for tests, demos and benches.
+"""Synthetic preference exports with a known answer (the brighter image wins, the one with larger
+shapes, or the edit that keeps closest to its source's colour), for tests, demos and benches.
 
 The files follow the export schemas read by :mod:`rlhf.training.data`, so they exercise the same path a
 real export does.
@@ -7,7 +7,9 @@ real export does.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+import json
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from PIL import Image
 
 from generation.inference import image_to_png_bytes
 from generation.shapes import world
-from generation.shapes.world import Scene
+from generation.shapes.world import Scene, ShapeSpec
 from rlhf.preferences import larger_shapes, noisy_ranking
 
 CAPTIONS = ("a red ball", "a small house", "two cats", "a green tree", "the sea at noon", "a blue car")
@@ -217,3 +219,96 @@ def fit_tiny_vae(
     vae.eval()
     vae.save_pretrained(Path(pipeline_dir) / "vae", safe_serialization=True)
     return Path(pipeline_dir)
+
+
+# --- image-editing preferences ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EditExample:
+    """One source scene and ``edits`` inpaintings of it that repaint its first shape in another colour.
+
+    ``scores`` is the simulated annotators' preference, higher better: minus the RGB distance between the
+    repainted shape's colour and the source's, so the edit that keeps closest to the source's colour wins.
+    The caption ("repaint the circle at the top left") names no colour: only the source tells what is close."""
+
+    caption: str
+    source: Image.Image
+    mask: Image.Image  # the repainted region (255), as the inpainting mask painter stores it
+    edits: list[Image.Image]
+    colours: list[str]  # each edit's colour
+    scores: list[float]
+
+
+def shapes_edit_examples(n: int, *, edits: int = 4, seed: int = 0) -> list[EditExample]:
+    """``n`` shapes-world sources with ``edits`` recolourings each (distinct colours), deterministic from ``seed``."""
+    if not 2 <= edits <= len(world.COLOURS):
+        raise ValueError(f"edits must be from 2 to {len(world.COLOURS)}, not {edits}")
+    rng = np.random.default_rng(seed)
+    names = list(world.COLOURS)
+    out: list[EditExample] = []
+    for _ in range(n):
+        scene = world.sample_scene(rng, "any")
+        jitter_seed = int(rng.integers(2**31))
+        target = scene.objects[0]
+        source = world.render(scene, np.random.default_rng(jitter_seed))
+        colours = [names[i] for i in rng.choice(len(names), size=edits, replace=False)]
+        rendered = []
+        for colour in colours:
+            others = tuple(o if k else ShapeSpec(o.shape, colour, o.size, o.position)
+                           for k, o in enumerate(scene.objects))
+            rendered.append(world.render(Scene(others, scene.background), np.random.default_rng(jitter_seed)))
+        changed = np.zeros(source.shape[:2], dtype=bool)
+        for image in rendered:
+            changed |= (image != source).any(axis=-1)
+        mask = np.zeros(source.shape[:2], dtype=np.uint8)
+        if changed.any():  # the changed pixels' bounding box, grown by 2 px, as an annotator paints it
+            ys, xs = np.nonzero(changed)
+            mask[max(ys.min() - 2, 0) : ys.max() + 3, max(xs.min() - 2, 0) : xs.max() + 3] = 255
+        kept = np.array(world.COLOURS[target.colour], dtype=np.float64)
+        scores = [-float(np.linalg.norm(np.array(world.COLOURS[c], dtype=np.float64) - kept)) for c in colours]
+        out.append(EditExample(
+            caption=f"repaint the {target.shape} {target.position}", source=Image.fromarray(source),
+            mask=Image.fromarray(mask, mode="L"), edits=[Image.fromarray(image) for image in rendered],
+            colours=colours, scores=scores,
+        ))
+    return out
+
+
+EDIT_COLUMNS = ("edit_kind_0", "edit_kind_1", "edit_0", "edit_1", "source_0", "source_1", "mask_0", "mask_1")
+
+
+def write_shapes_edit_pairs(
+    path: Path, sources: int, *, edits: int = 4, temperature: float = 0.0, noise_labels: bool = False,
+    seed: int = 0, split: Callable[[int, int], str] | None = None,
+) -> Path:
+    """A Pick-a-Pic-schema pairwise export of ranked inpaintings (:func:`shapes_edit_examples`), with the edit
+    columns an export of image-editing rankings has (kind, provenance JSON, source and mask bytes).
+
+    One simulated annotator ranks each source's edits by their score with Bradley-Terry noise at
+    ``temperature`` (:func:`rlhf.preferences.noisy_ranking`); ``noise_labels`` ranks them at random instead
+    (the control). Every ranking becomes all its pairs, winner first; ``split(i, sources)`` names source i's
+    split (default 70/15/15 train/validation/test).
+    """
+    rng = np.random.default_rng(seed + 1)
+    columns: dict[str, list[object]] = {k: [] for k in (*PAIR_COLUMNS, *EDIT_COLUMNS)}
+    for i, example in enumerate(shapes_edit_examples(sources, edits=edits, seed=seed)):
+        source, mask = image_to_png_bytes(example.source), image_to_png_bytes(example.mask)
+        encoded = [image_to_png_bytes(image) for image in example.edits]
+        order = ([int(k) for k in rng.permutation(edits)] if noise_labels
+                 else noisy_ranking(example.scores, temperature=temperature, rng=rng))
+        provenance = json.dumps({"kind": "inpaint", "strength": 1.0, "outpaint": None,
+                                 "source_width": example.source.width, "source_height": example.source.height})
+        for row in ranking_pair_rows(example.caption, encoded, order, model="shapes-edit",
+                                     split=(split or _split)(i, sources), prompt_id=f"s{i}"):
+            for key, value in zip(PAIR_COLUMNS, row, strict=True):
+                columns[key].append(value)
+            for side in ("0", "1"):
+                columns[f"edit_kind_{side}"].append("inpaint")
+                columns[f"edit_{side}"].append(provenance)
+                columns[f"source_{side}"].append(source)
+                columns[f"mask_{side}"].append(mask)
+    binary = {"jpg_0", "jpg_1", "source_0", "source_1", "mask_0", "mask_1"}
+    table = pa.table({k: pa.array(v, type=pa.binary()) if k in binary else v for k, v in columns.items()})
+    pq.write_table(table, path, row_group_size=256)
+    return Path(path)

@@ -89,10 +89,11 @@ def test_ties_are_skipped_or_trained_symmetrically(pairs: Path) -> None:
     assert n_ties > 0
     skipped = list(PreferencePairs(PreferenceDataset(pairs, "train", drop_ties=True), "skip"))
     symmetric = list(PreferencePairs(PreferenceDataset(pairs, "train"), "symmetric"))
-    assert len(skipped) == len(rows) - n_ties and all(w == 1.0 for *_, w in skipped)
+    assert len(skipped) == len(rows) - n_ties and all(pair[3] == 1.0 for pair in skipped)
     assert len(symmetric) == len(rows) + n_ties
-    assert sum(w for *_, w in symmetric) == pytest.approx(len(rows))
-    for caption, chosen, rejected, weight in skipped:  # the chosen image is the winner of its row
+    assert sum(pair[3] for pair in symmetric) == pytest.approx(len(rows))
+    assert all(a.whole and b.whole and a.strength == b.strength == 1.0 for *_, (a, b) in symmetric)  # no edits
+    for caption, chosen, rejected, weight, _areas in skipped:  # the chosen image is the winner of its row
         row = next(r for r in rows if r.images[0] in (chosen, rejected) and r.caption == caption)
         assert chosen == row.images[row.ranks.index(0)] and weight == 1.0
 
