@@ -79,6 +79,12 @@ Method = Literal["dpo", "ddpo"]
 # rewards are scaled by one batch-wide spread rather than their own (bench/loop.py measures both).
 ROUND_DDPO_DEFAULTS: dict[str, Any] = {"advantage_scale": "batch"}
 FINETUNE_LOOP_ROUND = "rlhf.tasks.finetune_loop_round"
+# A round's new version against the project's base (its first round's input version): the figures the timeline
+# and the bench show for what the rounds so far add up to (round 1's own evaluation is already against it).
+AGAINST_BASE_KEYS = ("win_rate", "score_version", "score_version_interval", "score_baseline",
+                     "score_baseline_interval", "score_delta", "score_delta_interval", "score_relative",
+                     "score_relative_interval", "score_effect_size", "score_effect_size_interval",
+                     "adherence_version", "adherence_baseline", "adherence_delta", "adherence_delta_interval")
 SPLIT_TRAIN = 0.9  # of the captions' rankings in a round's export; the rest are held out (validation)
 
 
@@ -427,6 +433,15 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
                     "score_effect_size", "score_effect_size_interval", "adherence_version", "adherence_baseline",
                     "adherence_delta", "adherence_delta_interval")})
                 stats["win_rate"] = evaluation.results.get("win_rate")
+                base = _project_base(project=project, loop_round=loop_round)
+                if base.pk != current.pk:  # a later round: what the rounds so far add up to, on the same captions
+                    say(f"round {loop_round.number}: evaluating {new} against the base {base}")
+                    evaluation = version_evaluation_run(
+                        version=new, baseline=base, user=user, project=project, preference=config.preference,
+                        prompts=evaluation_captions(config.eval_prompts, eval_seed=config.eval_caption_seed),
+                        seeds=config.eval_seeds, params=workflow_of(project).generation_settings or None)
+                stats["against_base"] = {"evaluation": evaluation.pk, "version": base.pk,
+                                         **{k: evaluation.results.get(k) for k in AGAINST_BASE_KEYS}}
                 lap("evaluation")
             still_ours()
         except jobs.LeaseLost:
@@ -446,6 +461,12 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
                  data=lambda: round_event(LoopRound.objects.get(pk=round_id)))
     say(f"round {loop_round.number}: new current version {new}")
     return LoopRound.objects.select_related("project", "input_version", "output_version").get(pk=round_id)
+
+
+def _project_base(*, project: Project, loop_round: LoopRound) -> ModelVersion:
+    """The version the project's rounds started from: its first round's input version."""
+    first = (LoopRound.objects.filter(project=project, number=1).select_related("input_version").first())
+    return first.input_version if first is not None else loop_round.input_version
 
 
 def loop_rounds_reap_expired() -> int:
