@@ -22,6 +22,16 @@ temperature it used, the label accuracy its rankings reached and the annotators'
 also records DPO's implicit accuracy on the export's held-out (validation) pairs, a DDPO round its reward
 model's validation accuracy: how well the fine-tune fits labels it never trained on.
 
+A DDPO round's reward model is trained with the ``shapes`` preset (the latent reward model on the shipped shapes
+model's VAE, which sees the sizes, colours and positions the annotators judge) when the round's images come from
+the shipped shapes model or a LoRA on it, and with the ``tiny`` preset for any other model (the tests' tiny
+pipeline); ``RoundConfig.reward_preset`` names one instead.
+
+Each round's evaluation sets its new version against its input version on held-out captions; a later round is
+also evaluated against the project's base (the first round's input version) on the same captions and seeds
+(``stats["against_base"]``; round 1's own evaluation is that one), so the timeline shows what the rounds add up
+to. Both keep the images of their first ``GRID_SAMPLES`` (caption, seed) pairs, the timeline's side-by-side grid.
+
 The data is the project's cumulative export (every round's rankings so far). With DPO that is
 iterative DPO: the reference is the round's starting policy (a frozen copy of the continued LoRA), so
 each round's loss starts at ln 2 and its KL term keeps the round a bounded step from where it started,
