@@ -32,4 +32,6 @@ urlpatterns = [
     path("projects/<int:project_id>/arena/results/", loop_views.arena_results, name="arena_results"),
     path("projects/<int:project_id>/arena/setup/", loop_views.arena_setup, name="arena_setup"),
     path("evaluations/<int:evaluation_id>/", loop_views.evaluation_detail, name="evaluation_detail"),
+    path("evaluations/<int:evaluation_id>/samples/<slug:side>/<int:index>.png", loop_views.evaluation_sample,
+         name="evaluation_sample"),
 ]

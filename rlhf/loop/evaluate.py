@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 from django.contrib.auth.models import User
+from django.core.files.base import ContentFile
+from django.core.files.storage import default_storage
 from django.db import transaction
 from django.utils import timezone
 from PIL import Image
@@ -140,6 +142,30 @@ def scorer_for(*, preference: str = "", reward_path: str = "") -> tuple[Any, str
     return (lambda images, prompts: [float(fn(i, p)) for i, p in zip(images, prompts, strict=True)]), preference
 
 
+SAMPLE_SIDES = ("version", "baseline")
+
+
+def evaluation_sample_key(evaluation_id: int, side: str, index: int) -> str:
+    """Storage key of sample ``index`` (the ``index``-th caption x seed pair) of one side of an evaluation."""
+    if side not in SAMPLE_SIDES:
+        raise ValueError(f"side must be one of {list(SAMPLE_SIDES)}, not {side!r}")
+    return f"evaluations/{evaluation_id}/{side}-{index}.png"
+
+
+def _keep_samples(evaluation_id: int, pairs: Sequence[tuple[str, int]], new: Sequence[Image.Image],
+                  old: Sequence[Image.Image], count: int) -> list[dict[str, Any]]:
+    """Store the first ``count`` pairs' images of both versions (deterministic keys: a re-run overwrites)."""
+    samples = []
+    for index, (caption, seed) in enumerate(pairs[:count]):
+        for side, images in (("version", new), ("baseline", old)):
+            key = evaluation_sample_key(evaluation_id, side, index)
+            if default_storage.exists(key):
+                default_storage.delete(key)
+            default_storage.save(key, ContentFile(inference.image_to_png_bytes(images[index])))
+        samples.append({"index": index, "prompt": caption, "seed": seed})
+    return samples
+
+
 @transaction.atomic
 def _save(evaluation_id: int, **fields: Any) -> None:
     VersionEvaluation.objects.filter(pk=evaluation_id).update(**fields, updated_at=timezone.now())
@@ -148,9 +174,14 @@ def _save(evaluation_id: int, **fields: Any) -> None:
 def version_evaluation_run(
     *, version: ModelVersion, user: User | None, baseline: ModelVersion | None = None, project: Project | None = None,
     preference: str = "larger_shapes", reward_version: Any = None, prompts: Sequence[str] | None = None,
-    n_prompts: int = 64, seeds: Sequence[int] = (0,), params: dict[str, Any] | None = None,
+    n_prompts: int = 64, seeds: Sequence[int] = (0,), params: dict[str, Any] | None = None, samples: int = 0,
 ) -> VersionEvaluation:
-    """Evaluate ``version`` against ``baseline`` (its parent by default) in this process; returns the row."""
+    """Evaluate ``version`` against ``baseline`` (its parent by default) in this process; returns the row.
+
+    ``samples``: keep the images of the first this many (caption, seed) pairs of both versions in storage
+    (:func:`evaluation_sample_key`), listed in the results' ``samples`` (the rounds' side-by-side grid)."""
+    if samples < 0:
+        raise ApplicationError(f"samples must be >= 0, not {samples}", field="samples")
     baseline = baseline or version.parent
     if baseline is None:
         raise ApplicationError(f"{version.name} has no parent; name a baseline version.", field="baseline")
@@ -169,9 +200,11 @@ def version_evaluation_run(
         new = render(version, captions, seeds, params=params)
         old = render(baseline, captions, seeds, params=params)
         result = compare(new, old, pairs, scorer=scorer, score_name=score_name)
+        kept = _keep_samples(evaluation.pk, [(c, s) for c in captions for s in seeds], new, old, samples)
     except Exception as exc:
         _save(evaluation.pk, status=RunStatus.FAILED, error=str(exc)[:2000], finished_at=timezone.now())
         raise
-    _save(evaluation.pk, status=RunStatus.SUCCEEDED, results=result.as_dict(), finished_at=timezone.now())
+    _save(evaluation.pk, status=RunStatus.SUCCEEDED, results={**result.as_dict(), "samples": kept},
+          finished_at=timezone.now())
     evaluation.refresh_from_db()
     return evaluation

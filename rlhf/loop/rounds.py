@@ -22,6 +22,16 @@ temperature it used, the label accuracy its rankings reached and the annotators'
 also records DPO's implicit accuracy on the export's held-out (validation) pairs, a DDPO round its reward
 model's validation accuracy: how well the fine-tune fits labels it never trained on.
 
+A DDPO round's reward model is trained with the ``shapes`` preset (the latent reward model on the shipped shapes
+model's VAE, which sees the sizes, colours and positions the annotators judge) when the round's images come from
+the shipped shapes model or a LoRA on it, and with the ``tiny`` preset for any other model (the tests' tiny
+pipeline); ``RoundConfig.reward_preset`` names one instead.
+
+Each round's evaluation sets its new version against its input version on held-out captions; a later round is
+also evaluated against the project's base (the first round's input version) on the same captions and seeds
+(``stats["against_base"]``; round 1's own evaluation is that one), so the timeline shows what the rounds add up
+to. Both keep the images of their first ``GRID_SAMPLES`` (caption, seed) pairs, the timeline's side-by-side grid.
+
 The data is the project's cumulative export (every round's rankings so far). With DPO that is
 iterative DPO: the reference is the round's starting policy (a frozen copy of the continued LoRA), so
 each round's loss starts at ln 2 and its KL term keeps the round a bounded step from where it started,
@@ -37,6 +47,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from django.conf import settings
@@ -79,6 +90,18 @@ Method = Literal["dpo", "ddpo"]
 # rewards are scaled by one batch-wide spread rather than their own (bench/loop.py measures both).
 ROUND_DDPO_DEFAULTS: dict[str, Any] = {"advantage_scale": "batch"}
 FINETUNE_LOOP_ROUND = "rlhf.tasks.finetune_loop_round"
+# A round's new version against the project's base (its first round's input version): the figures the timeline
+# and the bench show for what the rounds so far add up to (round 1's own evaluation is already against it).
+AGAINST_BASE_KEYS = ("win_rate", "score_version", "score_version_interval", "score_baseline",
+                     "score_baseline_interval", "score_delta", "score_delta_interval", "score_relative",
+                     "score_relative_interval", "score_effect_size", "score_effect_size_interval",
+                     "adherence_version", "adherence_baseline", "adherence_delta", "adherence_delta_interval")
+# The reward-model preset of a DDPO round ("auto": ``shapes``, the latent reward model on the shipped shapes
+# model's VAE, when the round's images come from that model or a LoRA on it; ``tiny`` otherwise, e.g. on the
+# tests' tiny pipeline, whose images the shapes VAE was never trained on).
+REWARD_PRESETS = ("auto", "tiny", "shapes")
+SHAPES_MODEL_DIR = Path(settings.BASE_DIR) / "generation" / "weights" / "shapes"  # generation.shapes.model's
+GRID_SAMPLES = 6  # (caption, seed) pairs whose images each round's evaluations keep: the timeline's grid
 SPLIT_TRAIN = 0.9  # of the captions' rankings in a round's export; the rest are held out (validation)
 
 
@@ -99,6 +122,7 @@ class RoundConfig:
     label_accuracy: float | None = None
     method: Method = "dpo"
     reward_model: bool = False  # train a reward model on the export (DDPO then optimises it)
+    reward_preset: str = "auto"  # REWARD_PRESETS: "auto" picks shapes for shapes-model images, tiny otherwise
     reward_hyperparameters: dict[str, Any] = field(default_factory=dict)
     hyperparameters: dict[str, Any] = field(default_factory=dict)  # fine-tune overrides
     eval_prompts: int = 64  # held-out captions of the round's evaluation (0 = skip it)
@@ -110,6 +134,8 @@ class RoundConfig:
             raise ValueError(f"method must be dpo or ddpo, not {self.method!r}")
         if self.method == "ddpo" and not self.reward_model:
             raise ValueError("DDPO in a round optimises the round's reward model: set reward_model")
+        if self.reward_preset not in REWARD_PRESETS:
+            raise ValueError(f"reward_preset must be one of {list(REWARD_PRESETS)}, not {self.reward_preset!r}")
         for name in ("prompts", "images_per_prompt", "annotators"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1")
@@ -377,7 +403,9 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
             if config.reward_model:
                 reward_run = loop_round.reward_run if _reusable(loop_round.reward_run) else None
                 if reward_run is None:
-                    reward_run = reward.reward_run_create(user=user, export=export, preset="tiny",
+                    preset = round_reward_preset(config=config, version=current)
+                    say(f"round {loop_round.number}: reward model, preset {preset}")
+                    reward_run = reward.reward_run_create(user=user, export=export, preset=preset,
                                                           hyperparameters=config.reward_hyperparameters,
                                                           name=f"round {loop_round.number}", enqueue=False)
                 stage(LoopRound.Stage.REWARD, JobPhase.TRAINING, reward_run=reward_run)
@@ -419,7 +447,8 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
                 evaluation = version_evaluation_run(
                     version=new, baseline=current, user=user, project=project, preference=config.preference,
                     prompts=evaluation_captions(config.eval_prompts, eval_seed=config.eval_caption_seed),
-                    seeds=config.eval_seeds, params=workflow_of(project).generation_settings or None)
+                    seeds=config.eval_seeds, params=workflow_of(project).generation_settings or None,
+                    samples=GRID_SAMPLES)
                 stats["evaluation"] = evaluation.pk
                 stats.update({k: evaluation.results.get(k) for k in (
                     "score_version", "score_version_interval", "score_baseline", "score_baseline_interval",
@@ -427,6 +456,16 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
                     "score_effect_size", "score_effect_size_interval", "adherence_version", "adherence_baseline",
                     "adherence_delta", "adherence_delta_interval")})
                 stats["win_rate"] = evaluation.results.get("win_rate")
+                base = _project_base(project=project, loop_round=loop_round)
+                if base.pk != current.pk:  # a later round: what the rounds so far add up to, on the same captions
+                    say(f"round {loop_round.number}: evaluating {new} against the base {base}")
+                    evaluation = version_evaluation_run(
+                        version=new, baseline=base, user=user, project=project, preference=config.preference,
+                        prompts=evaluation_captions(config.eval_prompts, eval_seed=config.eval_caption_seed),
+                        seeds=config.eval_seeds, params=workflow_of(project).generation_settings or None,
+                        samples=GRID_SAMPLES)
+                stats["against_base"] = {"evaluation": evaluation.pk, "version": base.pk,
+                                         **{k: evaluation.results.get(k) for k in AGAINST_BASE_KEYS}}
                 lap("evaluation")
             still_ours()
         except jobs.LeaseLost:
@@ -446,6 +485,28 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
                  data=lambda: round_event(LoopRound.objects.get(pk=round_id)))
     say(f"round {loop_round.number}: new current version {new}")
     return LoopRound.objects.select_related("project", "input_version", "output_version").get(pk=round_id)
+
+
+def round_reward_preset(*, config: RoundConfig, version: ModelVersion) -> str:
+    """The reward-model preset of a round whose images ``version`` makes: the config's, or with "auto" ``shapes``
+    when ``version`` is the shipped shapes model or a LoRA on it (its root base's source is that directory)
+    and ``tiny`` for any other model."""
+    if config.reward_preset != "auto":
+        return config.reward_preset
+    root = version
+    while root.parent_id is not None:
+        root = ModelVersion.objects.get(pk=root.parent_id)
+    try:
+        shapes = Path(root.source).resolve() == SHAPES_MODEL_DIR.resolve()
+    except (OSError, ValueError):
+        shapes = False
+    return "shapes" if shapes else "tiny"
+
+
+def _project_base(*, project: Project, loop_round: LoopRound) -> ModelVersion:
+    """The version the project's rounds started from: its first round's input version."""
+    first = (LoopRound.objects.filter(project=project, number=1).select_related("input_version").first())
+    return first.input_version if first is not None else loop_round.input_version
 
 
 def loop_rounds_reap_expired() -> int:
@@ -468,4 +529,5 @@ def _dpo_heldout(run: FineTuneRun, export: Any) -> dict[str, Any] | None:
 
 
 __all__ = ["RoundConfig", "loop_round_create", "loop_round_execute", "loop_round_start", "project_current_version",
-           "round_config_from_dict", "round_image_seeds", "round_run", "rounds_for_project"]
+           "round_config_from_dict", "round_image_seeds", "round_reward_preset", "round_run",
+           "rounds_for_project"]

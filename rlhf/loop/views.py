@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.core.files.storage import default_storage
+from django.http import FileResponse, Http404, HttpRequest, HttpResponse
 from django.shortcuts import get_object_or_404, render
 from django.urls import reverse
 from django.views.decorators.http import require_http_methods
@@ -19,6 +22,7 @@ from projects import roles
 from projects.access import project_check, project_view, user_can
 from projects.models import Project
 from rlhf.loop import arena as arena_services
+from rlhf.loop.evaluate import SAMPLE_SIDES, evaluation_sample_key
 from rlhf.loop.forms import ArenaSetupForm, RoundStartForm
 from rlhf.loop.rounds import RoundConfig, loop_round_start, project_current_version, rounds_for_project
 from rlhf.models import Arena, RunStatus, VersionEvaluation
@@ -38,6 +42,36 @@ def _rounds_chart(rounds: list) -> str:
     return line_chart_svg(chart)
 
 
+def _rounds_grid(rounds: list) -> dict[str, Any] | None:
+    """The same held-out captions and seeds by every version: the base, then each finished round's new version.
+
+    From the images each round's evaluation against the base kept (``stats["against_base"]``, whose
+    ``samples`` list them); one row per (caption, seed), one column per version, None where a version has no
+    image for the row (an evaluation on other captions). One query, however many rounds. None before the first
+    round is evaluated.
+    """
+    done = [r for r in rounds if (r.stats.get("against_base") or {}).get("evaluation") and r.output_version]
+    if not done:
+        return None
+    evaluations = {e.pk: e for e in VersionEvaluation.objects.filter(
+        pk__in=[r.stats["against_base"]["evaluation"] for r in done]).only("pk", "results", "baseline_id")}
+    columns: list[dict[str, Any]] = [{"title": f"base ({done[0].input_version.name})"
+                                      if done[0].number == 1 else "base"}]
+    cells: dict[tuple[str, int], dict[int, str]] = {}
+    for column, r in enumerate(done, start=1):
+        evaluation = evaluations.get(r.stats["against_base"]["evaluation"])
+        columns.append({"title": f"round {r.number} ({r.output_version.name})"})
+        for sample in ((evaluation.results or {}).get("samples") or []) if evaluation else []:
+            row = cells.setdefault((sample["prompt"], sample["seed"]), {})
+            row[column] = reverse("rlhf:evaluation_sample", args=[evaluation.pk, "version", sample["index"]])
+            row.setdefault(0, reverse("rlhf:evaluation_sample", args=[evaluation.pk, "baseline", sample["index"]]))
+    if not cells:
+        return None
+    rows = [{"prompt": prompt, "seed": seed, "cells": [row.get(i) for i in range(len(columns))]}
+            for (prompt, seed), row in cells.items()]
+    return {"columns": columns, "rows": rows}
+
+
 def _round_form(request: HttpRequest, project: Project) -> RoundStartForm | None:
     """The Start-a-round form for users who may train in this project (None for everyone else)."""
     if not user_can(user=request.user, action="train", project=project):
@@ -52,7 +86,7 @@ def _timeline(request: HttpRequest, project: Project, form: RoundStartForm | Non
     rounds = rounds_for_project(project=project)
     running = any(r.status in (RunStatus.QUEUED, RunStatus.RUNNING) for r in rounds)
     context = {"project": project, "rounds": rounds, "chart": _rounds_chart(rounds), "form": form,
-               "running": running}
+               "running": running, "grid": _rounds_grid(rounds)}
     response = render_page_or_partial(request, "rlhf/round_timeline.html", "timeline", context)
     response.status_code = status
     if getattr(request, "htmx", False) and request.method == "GET" and not running:
@@ -144,14 +178,35 @@ def arena_results(request: HttpRequest, project: Project) -> HttpResponse:
                                   {"project": project, "results": results})
 
 
-@login_required
-def evaluation_detail(request: HttpRequest, evaluation_id: int) -> HttpResponse:
+def _evaluation(request: HttpRequest, evaluation_id: int) -> VersionEvaluation:
+    """The evaluation, for members of its project (or, without a project, users who may train); 404 otherwise."""
     evaluation = get_object_or_404(VersionEvaluation.objects.select_related("version", "baseline", "project"),
                                    pk=evaluation_id)
     if evaluation.project is not None:
         project_check(user=request.user, project=evaluation.project, action="view")
     elif not request.user.has_perm(roles.TRAIN):
         raise Http404("No such evaluation")
+    return evaluation
+
+
+@login_required
+def evaluation_sample(request: HttpRequest, evaluation_id: int, side: str, index: int) -> FileResponse:
+    """One image an evaluation kept (``side`` version or baseline), for whoever may read the evaluation."""
+    evaluation = _evaluation(request, evaluation_id)
+    kept = {sample["index"] for sample in (evaluation.results or {}).get("samples") or []}
+    if side not in SAMPLE_SIDES or index not in kept:
+        raise Http404("No such image")
+    key = evaluation_sample_key(evaluation.pk, side, index)
+    if not default_storage.exists(key):
+        raise Http404("No such image")
+    response = FileResponse(default_storage.open(key, "rb"), content_type="image/png")
+    response["Cache-Control"] = "private, max-age=3600"
+    return response
+
+
+@login_required
+def evaluation_detail(request: HttpRequest, evaluation_id: int) -> HttpResponse:
+    evaluation = _evaluation(request, evaluation_id)
     results = evaluation.results or {}
     relative = results.get("score_relative")
     low, high = results.get("score_relative_interval") or (None, None)

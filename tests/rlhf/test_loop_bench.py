@@ -129,3 +129,37 @@ def test_every_section_of_a_reduced_bench_uses_the_chosen_preference(tiny_base_d
             assert f"{fit['accuracy']:.3f} [{fit['low']:.3f}, {fit['high']:.3f}] n={fit['n']}" in text
         else:
             assert "reward model's validation accuracy (DDPO's reward)" in text
+
+
+def test_rounds_are_reported_against_their_input_and_the_base_with_the_rounds_targets(tiny_base_dir, tmp_path):
+    done = run_bench("--base", str(tiny_base_dir), "--preference", PREFERENCE, "--sections", "dpo", "--rounds", "2",
+                     "--prompts", "3", "--keep", *FAST, tmp_path=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
+    titles = re.findall(r"^== (.*)$", out, flags=re.MULTILINE)
+    assert titles == [f"DPO round ({PREFERENCE}), round 1 (against the base)",
+                      f"DPO round ({PREFERENCE}), round 2 (against round 1's version)",
+                      f"DPO round ({PREFERENCE}): round 2's version against the base",
+                      f"DPO round ({PREFERENCE}): 2 rounds, each continuing the last"]
+    workdir = Path(re.search(r"^work directory kept: (.*)$", out, flags=re.MULTILINE).group(1))
+    db = sqlite3.connect(workdir / "bench.sqlite3")
+    try:
+        stats = [json.loads(s) for (s,) in db.execute("SELECT stats FROM rlhf_loopround ORDER BY number")]
+    finally:
+        db.close()
+    table = out.split("each continuing the last\n")[1]
+    for number, round_stats in enumerate(stats, start=1):
+        own, base = round_stats["win_rate"], round_stats["against_base"]["win_rate"]
+        row = re.search(rf"^{number} +(.*)$", table, flags=re.MULTILINE).group(1)
+        assert row.startswith(f"{own['rate']:.3f} [{own['low']:.3f}, {own['high']:.3f}]")
+        assert f"{base['rate']:.3f} [{base['low']:.3f}, {base['high']:.3f}]" in row
+    lows = " ".join(f"{s['win_rate']['low']:.3f}" for s in stats)
+    assert re.search(rf"^every round beats its input version \(CI low > 0\.5\) +{lows} +FAIL$", table,
+                     flags=re.MULTILINE)  # three captions: intervals far too wide to clear 0.5
+    last = stats[-1]["against_base"]["win_rate"]
+    assert re.search(r"^round 2 against the base \(target >= 0\.90\) +"
+                     + re.escape(f"{last['rate']:.3f} [{last['low']:.3f}, {last['high']:.3f}]")
+                     + (" +PASS$" if last["rate"] >= 0.9 else " +FAIL$"), table, flags=re.MULTILINE)
+    assert re.search(r"^adherence against the base \(points, target >= -5 every round\) ", table, flags=re.MULTILINE)
+    assert re.search(r"^all rounds \(minutes, target < 60\) +\d+\.\d wall, \d+\.\d CPU +PASS$", table,
+                     flags=re.MULTILINE)

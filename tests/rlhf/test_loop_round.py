@@ -3,6 +3,7 @@ round continues its LoRA."""
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -19,6 +20,7 @@ from rlhf.loop.rounds import (
     project_current_version,
     round_annotator_seed,
     round_image_seeds,
+    round_reward_preset,
     round_run,
 )
 from rlhf.models import LoopRound, RunStatus, VersionEvaluation
@@ -53,6 +55,25 @@ def test_round_config_is_validated_when_built():
         RoundConfig(temperature=float("inf"))
     with pytest.raises(ValueError, match="eval_caption_seed"):
         RoundConfig(eval_caption_seed=-1)
+
+
+def test_a_ddpo_rounds_reward_model_sees_shapes_model_images_with_the_shapes_preset(tiny_base, tiny_base_dir,
+                                                                                     tmp_path):
+    from generation.services import model_version_register
+    from generation.shapes.model import WEIGHTS_DIR
+    from generation.tiny import build_tiny_lora
+
+    shapes = model_version_register(name="shapes-v1", source=str(WEIGHTS_DIR), dtype="float32")
+    on_shapes = model_version_register(name="shapes-lora", parent=shapes, lora_path=str(tmp_path / "lora"))
+    on_tiny = model_version_register(name="tiny-lora", parent=tiny_base,
+                                     lora_path=str(build_tiny_lora(tiny_base_dir, tmp_path / "tiny-lora", seed=3)))
+    auto = RoundConfig(method="ddpo", reward_model=True)
+    assert [round_reward_preset(config=auto, version=v) for v in (shapes, on_shapes, tiny_base, on_tiny)] == [
+        "shapes", "shapes", "tiny", "tiny"]
+    assert round_reward_preset(config=RoundConfig(reward_preset="tiny"), version=shapes) == "tiny"
+    assert round_reward_preset(config=RoundConfig(reward_preset="shapes"), version=tiny_base) == "shapes"
+    with pytest.raises(ValueError, match=r"reward_preset must be one of \['auto', 'tiny', 'shapes'\], not 'big'"):
+        RoundConfig(reward_preset="big")
 
 
 def test_evaluation_captions_of_other_eval_seeds_are_other_held_out_draws():
@@ -183,6 +204,7 @@ def test_reduced_ddpo_round_optimises_the_rounds_reward_model(project, admin_use
     assert stats["label_accuracy_target"] == 0.9
     assert stats["temperature"] == pytest.approx(temperature_for_label_accuracy(differences, 0.9), rel=1e-9)
     assert "dpo_heldout" not in stats and "reward_accuracy" in stats
+    assert loop_round.reward_run.preset == "tiny"  # the tiny pipeline's images: not the shapes model's
     run = loop_round.finetune_run
     reward_version = loop_round.reward_run.registered_version
     assert run.method == "ddpo" and run.reward_version == reward_version and run.step == 2
@@ -278,10 +300,11 @@ def test_evaluate_version_command(tiny_base, model_cache, tiny_base_dir, tmp_pat
     assert lora.parent == tiny_base
 
 
-def test_the_second_round_continues_the_first_rounds_lora(project, admin_user, tiny_base, model_cache):
+def test_the_second_round_continues_the_first_rounds_lora(project, admin_user, annotator, outsider, tiny_base,
+                                                          model_cache):
     ready_to_rank(project, admin_user)
     config = RoundConfig(prompts=3, images_per_prompt=4, annotators=2, preference="brighter", method="dpo",
-                         hyperparameters=DPO_FAST, eval_prompts=0)
+                         hyperparameters=DPO_FAST, eval_prompts=4)
     first = round_run(project=project, user=admin_user, config=config, start_version=tiny_base)
     assert first.status == RunStatus.SUCCEEDED, first.error
     second = round_run(project=project, user=admin_user, config=config)
@@ -295,6 +318,52 @@ def test_the_second_round_continues_the_first_rounds_lora(project, admin_user, t
     assert run.history[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # DPO's reference: round 1's model
     assert two.parent == tiny_base and one.parent == tiny_base  # one adapter on the base, round after round
     assert project_current_version(project=project) == two and list(project.model_versions.all()) == [two]
+
+    # Each round against the base too: round 1's own evaluation is against it, round 2 adds one on the same
+    # held-out captions and seeds, and each keeps its first GRID_SAMPLES pairs' images for the timeline's grid.
+    assert first.stats["against_base"]["evaluation"] == first.stats["evaluation"]
+    against = second.stats["against_base"]
+    base_evaluation = VersionEvaluation.objects.get(pk=against["evaluation"])
+    assert (base_evaluation.version, base_evaluation.baseline) == (two, tiny_base)
+    assert VersionEvaluation.objects.get(pk=second.stats["evaluation"]).baseline == one
+    assert against["version"] == tiny_base.pk
+    for key in ("win_rate", "score_effect_size", "score_effect_size_interval", "adherence_delta",
+                "adherence_delta_interval"):
+        assert against[key] == base_evaluation.results[key], key
+    samples = base_evaluation.results["samples"]
+    captions = VersionEvaluation.objects.get(pk=first.stats["evaluation"]).config["prompts"]
+    assert [(s["index"], s["prompt"], s["seed"]) for s in samples] == [(i, c, 0) for i, c in enumerate(captions)]
+
+    browser = Client()
+    assert browser.login(username=annotator.username, password=PASSWORD)  # a member who may view the project
+    page = browser.get(f"/ml/projects/{project.pk}/rounds/").content.decode()
+    effect, (low, high) = against["score_effect_size"], against["score_effect_size_interval"]
+    assert f"d<sub>av</sub> {effect:.3f} (95% CI {low:.3f} to {high:.3f})" in page
+    win = against["win_rate"]
+    assert f"win rate {win['rate']:.3f} (95% CI {win['low']:.3f}–{win['high']:.3f}, n=4)" in page
+    grid = page[page.index('id="round-grid"'):page.index("</table>", page.index('id="round-grid"'))]
+    assert f"<th>base (tiny-base)</th><th>round 1 ({one.name})</th><th>round 2 ({two.name})</th>" in grid
+    first_evaluation = first.stats["evaluation"]
+    for i, caption in enumerate(captions):  # base and round 1 from round 1's evaluation, round 2 from its own
+        row = (f'<td>{caption}</td><td>0</td>'
+               f'<td><img src="/ml/evaluations/{first_evaluation}/samples/baseline/{i}.png"')
+        assert row in grid
+        assert f'src="/ml/evaluations/{first_evaluation}/samples/version/{i}.png"' in grid
+        assert f'src="/ml/evaluations/{against["evaluation"]}/samples/version/{i}.png"' in grid
+    image = browser.get(f"/ml/evaluations/{against['evaluation']}/samples/version/0.png")
+    assert image.status_code == 200 and image["Content-Type"] == "image/png"
+    from rlhf.loop.evaluate import render
+
+    rendered = render(two, captions[:1], (0,), params=TINY_GENERATION)[0]
+    from PIL import Image
+
+    assert np.array_equal(np.asarray(Image.open(io.BytesIO(b"".join(image.streaming_content))).convert("RGB")),
+                          np.asarray(rendered.convert("RGB")))  # the image round 2's version draws there
+    assert browser.get(f"/ml/evaluations/{against['evaluation']}/samples/version/4.png").status_code == 404
+    assert browser.get(f"/ml/evaluations/{against['evaluation']}/samples/other/0.png").status_code == 404
+    stranger = Client()
+    assert stranger.login(username=outsider.username, password=PASSWORD)
+    assert stranger.get(f"/ml/evaluations/{against['evaluation']}/samples/version/0.png").status_code == 404
 
 
 def test_a_first_round_may_start_from_a_lora_version(project, ml_engineer, tiny_base, tiny_base_dir, tmp_path,
