@@ -18,7 +18,7 @@ task, exactly the acknowledged rankings stored.
 
 Targets (issue 4): >= 110 annotations/s, p99 < 200 ms per operation, <= 8 SQL statements per
 operation, not growing with images, tasks or annotators. The first is read with no think time, the second at
-``--rate 110``.
+``--rate 110 --warmup 15`` (a schedule carries the cold workers' first-second backlog for a while: warm up longer).
 """
 
 from __future__ import annotations
