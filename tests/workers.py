@@ -83,3 +83,20 @@ class KillableWorkers:
 
     def log_tail(self) -> str:
         return self.log.read_text(errors="replace")[-3000:] if self.log.exists() else ""
+
+
+def processes_naming(path: Path) -> set[int]:
+    """The live processes whose command line names ``path`` (a launch spec names one training group's
+    torchrun and ranks)."""
+    from rlhf.runs.distributed import alive
+
+    marker = str(path).encode()
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cmdline").read_bytes():
+                    found.add(int(entry.name))
+            except OSError:
+                continue
+    return alive(found)

@@ -103,7 +103,7 @@ def world(project, admin_user, annotator, ml_engineer):
     values = {
         "project_id": secret.pk, "template_id": template.pk, "name": "ranking", "task_id": task.pk,
         "job_id": image.job_id, "annotation_id": annotation.pk, "export_id": export.pk, "label": "final",
-        "index": 0, "evaluation_id": 1, "image_id": image.pk, "object_id": secret.pk, "app_label": "projects",
+        "index": 0, "side": "version", "evaluation_id": 1, "image_id": image.pk, "object_id": secret.pk, "app_label": "projects",
         "content_type_id": ContentType.objects.get_for_model(secret).pk, "id": b_admin.pk,
         "comparison_id": 1, "import_id": task_import.pk, "endpoint_id": endpoint.pk, "delivery_id": delivery.pk,
         "user_id": b_annotator.pk, "username": b_annotator.username, "task_key": "b-task-1",

@@ -29,7 +29,7 @@ from rlhf.runs import paths, reward
 from rlhf.runs.distributed import LAUNCH_DIR, Machines, Rendezvous, TrainingProcessFailed, alive, process_tree
 from rlhf.training.configs import RewardModelConfig
 from rlhf.training.reward_train import train_reward_model
-from tests.workers import start_worker, stop, wait_for
+from tests.workers import processes_naming, start_worker, stop, wait_for
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-4  # as tests/rlhf/test_distributed_training.py
@@ -47,16 +47,7 @@ def free_port() -> int:
 def launched_pids(run: RewardModelRun, launch_dir: str) -> set[int]:
     """The live torchrun and ranks of one machine's part of the run's first attempt (their command lines name
     that machine's launch spec)."""
-    spec = str(paths.reward_run_dir(run) / "attempt-1" / launch_dir / "spec.json").encode()
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if spec in (entry / "cmdline").read_bytes():
-                    found.add(int(entry.name))
-            except OSError:
-                continue
-    return alive(found)
+    return processes_naming(paths.reward_run_dir(run) / "attempt-1" / launch_dir / "spec.json")
 
 
 def finished(run_id: int, seconds: float, logs: list[Path]) -> RewardModelRun:

@@ -21,6 +21,7 @@ from rlhf.runs.distributed import alive, process_tree
 from rlhf.training.checkpoint import latest_checkpoint, read_metadata
 from tests.factories import PASSWORD, api_client_for
 from tests.rlhf.conftest import build_export
+from tests.workers import processes_naming
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 TWO_RANKS = {"max_steps": 3, "batch_size": 4, "num_processes": 2}
@@ -37,16 +38,7 @@ def wait_for(api, url: str, until, seconds: float = 300):
 
 def launched_pids(run: FineTuneRun, attempt: int) -> set[int]:
     """torchrun and the ranks of the run's attempt ``attempt`` (their command lines name its launch spec)."""
-    spec = str(paths.finetune_run_dir(run) / f"attempt-{attempt}" / "launch" / "spec.json").encode()
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if spec in (entry / "cmdline").read_bytes():
-                    found.add(int(entry.name))
-            except OSError:
-                continue
-    return alive(found)
+    return processes_naming(paths.finetune_run_dir(run) / f"attempt-{attempt}" / "launch" / "spec.json")
 
 
 @pytest.mark.django_db(transaction=True)
