@@ -127,7 +127,10 @@ def image_scores_compute(*, reward_version_id: int, image_ids: list[str], prompt
     for start in range(0, len(ordered), SCORE_BATCH):
         chunk = ordered[start : start + SCORE_BATCH]
         pictures = [_open_rgb(image.storage_key) for image in chunk]
-        sources = ([_open_rgb(source_key_of(image)) for image in chunk] if model.conditions_on_source else None)
+        sources = None
+        if model.conditions_on_source:  # a task's edits share their source: read each one once
+            opened = {key: _open_rgb(key) for key in {source_key_of(image) for image in chunk}}
+            sources = [opened[source_key_of(image)] for image in chunk]
         prompts = [prompt if prompt is not None else image.prompt for image in chunk]
         values = score(model, prompts, pictures, batch_size=SCORE_BATCH, sources=sources)
         for image, value in zip(chunk, values, strict=True):
