@@ -55,7 +55,9 @@ database and media directory under a temporary directory, whatever the environme
 touches your data), removed at the end (also when killed) unless ``--keep``. The base version is
 the shipped model with the demo's settings (DPM-Solver++ 12 steps, guidance 2.5, 64 px), or another pipeline
 directory (``--base``, with ``--generation`` settings; the suite runs a reduced bench on its tiny one). Each
-recipe below can be replaced from the command line (``--dpo '{"max_steps": 600}'``).
+recipe below can be replaced from the command line (``--dpo '{"max_steps": 600}'``); every recipe the chosen
+sections train with is checked before the bench makes anything, and a bad one stops it at once (exit 2, naming
+the flag and the field).
 """
 
 from __future__ import annotations
@@ -192,13 +194,49 @@ def setup(workdir: Path, *, threads: int) -> None:
     import django
 
     django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
     if threads:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def migrate() -> None:
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+
+
+def recipe_problem(args: argparse.Namespace) -> str | None:
+    """The first recipe of the chosen sections that would not train, as ``--flag: problem``, found before the
+    bench migrates its database or generates anything (a round's images take minutes); None when all are fine.
+    The same checks a round and a fine-tune run make when they are created."""
+    from core.exceptions import ApplicationError
+    from rlhf.loop.rounds import ROUND_DDPO_DEFAULTS
+    from rlhf.runs.finetune import finetune_recipe_check
+    from rlhf.runs.reward import reward_recipe_check
+
+    generation = {**BASE_GENERATION, **args.generation}
+    resolution = generation["width"] if generation["width"] == generation["height"] else None
+    base = args.base.resolve()
+
+    def finetune(method: str, hyperparameters: dict[str, Any]) -> None:
+        finetune_recipe_check(method=method, base_dir=base, hyperparameters=hyperparameters, resolution=resolution)
+
+    # A round's reward model: the shapes preset on the shipped model (rlhf.loop.rounds.round_reward_preset).
+    reward_preset = "shapes" if base == WEIGHTS.resolve() else "tiny"
+    checks = {"dpo": (("dpo", "dpo-noise-labels"), lambda: finetune("dpo", args.dpo)),
+              "reward": (("ddpo", "ddpo-noise-labels"),
+                         lambda: reward_recipe_check(preset=reward_preset, hyperparameters=args.reward)),
+              "ddpo": (("ddpo", "ddpo-noise-labels", "control"),
+                       lambda: finetune("ddpo", {**ROUND_DDPO_DEFAULTS, **args.ddpo})),
+              "judge": (("judge",), lambda: finetune("ddpo", args.judge))}
+    for flag, (sections, check) in checks.items():
+        if set(sections) & set(args.sections):
+            try:
+                check()
+            except ApplicationError as exc:
+                return f"--{flag}: {exc.message}"
+    return None
 
 
 def quiet_warnings() -> None:
@@ -484,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
     failed = True
     try:
         setup(workdir, threads=args.threads)
+        problem = recipe_problem(args)
+        if problem is not None:
+            print(f"bench/loop.py: error: {problem}", file=sys.stderr)
+            failed = False  # nothing was made
+            return 2
+        migrate()
         quiet_warnings()
         from core.exceptions import ApplicationError
 

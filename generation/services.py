@@ -152,12 +152,12 @@ def model_version_register(
     lora_path: str = "",
     lora_scale: float = 1.0,
     dtype: str = "float16",
-    scheduler: str = "dpmpp_2m",
-    steps: int = 30,
-    guidance: float = 7.0,
-    width: int = 512,
-    height: int = 512,
-    negative_prompt: str = "",
+    scheduler: str | None = None,
+    steps: int | None = None,
+    guidance: float | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    negative_prompt: str | None = None,
     enabled: bool = True,
     description: str = "",
     created_by: AbstractBaseUser | None = None,
@@ -166,7 +166,9 @@ def model_version_register(
     """Create (or with ``update=True`` replace the settings of) the model version called ``name``.
 
     A base version names ``source`` (a diffusers directory or hub id); a LoRA version names ``parent``
-    and ``lora_path`` and inherits the parent's dtype. Whether the weights load is checked by the
+    and ``lora_path`` and inherits the parent's dtype. The generation settings not given (None) are the
+    existing version's when updating, else a LoRA version's parent's (an adapter on a 64-px model generates
+    at 64 px) and a base version's ``GenerationParams`` defaults. Whether the weights load is checked by the
     ``register_model_version`` command, not here (that needs the device).
     """
     name = name.strip()
@@ -187,10 +189,11 @@ def model_version_register(
         raise ApplicationError("LoRA weights need a parent version.", field="parent")
     if dtype not in ("float32", "float16", "bfloat16"):
         raise ApplicationError(f"Unknown dtype {dtype!r}.", field="dtype")
-    defaults = _validated_params(
-        {"scheduler": scheduler, "steps": steps, "guidance": guidance, "width": width, "height": height,
-         "negative_prompt": negative_prompt}
-    )
+    given = {"scheduler": scheduler, "steps": steps, "guidance": guidance, "width": width, "height": height,
+             "negative_prompt": negative_prompt}
+    like = existing if existing is not None else parent
+    inherited = like.default_params().to_dict() if like is not None else GenerationParams().to_dict()
+    defaults = _validated_params({key: inherited[key] if value is None else value for key, value in given.items()})
     if not 0 <= lora_scale <= 10:
         raise ApplicationError("lora_scale must be in [0, 10].", field="lora_scale")
     values: dict[str, Any] = {

@@ -165,6 +165,31 @@ def rounds_for_project(*, project: Project) -> list[LoopRound]:
                 .select_related("input_version", "output_version").order_by("number"))
 
 
+def round_finetune_hyperparameters(config: RoundConfig) -> dict[str, Any]:
+    """The hyper-parameters a round's fine-tune runs with: the round defaults of its method, then the config's."""
+    return {**(ROUND_DDPO_DEFAULTS if config.method == "ddpo" else {}), **config.hyperparameters}
+
+
+def round_recipe_check(config: RoundConfig, *, base_dir: Path, reward_preset: str, resolution: int | None = None,
+                       init_lora: Path | None = None) -> None:
+    """A round's training recipes, validated before the round makes anything (its images take minutes; a
+    wrong hyper-parameter used to surface only when the fine-tune was created). ApplicationError, field
+    ``reward_hyperparameters.<name>`` or ``hyperparameters.<name>``, the message naming the recipe."""
+    if config.reward_model:
+        try:
+            reward.reward_recipe_check(preset=reward_preset, hyperparameters=config.reward_hyperparameters)
+        except ApplicationError as exc:
+            raise ApplicationError(f"The round's reward model ({reward_preset} preset): {exc.message}",
+                                   field=f"reward_hyperparameters.{exc.field}" if exc.field
+                                   else "reward_hyperparameters") from None
+    try:
+        finetune.finetune_recipe_check(method=config.method, base_dir=base_dir, resolution=resolution,
+                                       init_lora=init_lora, hyperparameters=round_finetune_hyperparameters(config))
+    except ApplicationError as exc:
+        raise ApplicationError(f"The round's {config.method.upper()} fine-tune: {exc.message}",
+                               field=f"hyperparameters.{exc.field}" if exc.field else "hyperparameters") from None
+
+
 @transaction.atomic
 def loop_round_create(*, project: Project, user: User | None, config: RoundConfig,
                       start_version: ModelVersion | None = None) -> LoopRound:
@@ -173,6 +198,9 @@ def loop_round_create(*, project: Project, user: User | None, config: RoundConfi
     current = project_current_version(project=project) or start_version
     if current is None:
         raise ApplicationError("The first round needs a start version.", field="version")
+    root, base_dir, init_lora = finetune.finetune_start(current)
+    round_recipe_check(config, base_dir=base_dir, reward_preset=round_reward_preset(config=config, version=current),
+                       resolution=finetune.native_resolution(root), init_lora=init_lora)
     number = (LoopRound.objects.filter(project=project).aggregate(m=Max("number"))["m"] or 0) + 1
     return LoopRound.objects.create(project=project, number=number, created_by=user, input_version=current,
                                     config=config.as_dict(), max_attempts=settings.JOB_MAX_ATTEMPTS)
@@ -424,8 +452,7 @@ def loop_round_execute(*, round_id: int, log: Any = None) -> LoopRound | None:
                     export=export if config.method == "dpo" else None,
                     reward_version=reward_version if config.method == "ddpo" else None,
                     prompt_source="project" if config.method == "ddpo" else "",
-                    hyperparameters={**(ROUND_DDPO_DEFAULTS if config.method == "ddpo" else {}),
-                                     **config.hyperparameters},
+                    hyperparameters=round_finetune_hyperparameters(config),
                     eval_prompts=captions[:1],
                     name=f"round {loop_round.number}", enqueue=False,
                 )

@@ -164,6 +164,18 @@ def finetune_config_build(
                          rename=rename)
 
 
+def finetune_recipe_check(*, method: str, base_dir: Path, hyperparameters: Mapping[str, Any], preset: str = "tiny",
+                          resolution: int | None = None, init_lora: Path | None = None) -> None:
+    """The hyper-parameters of a fine-tune to come, validated before anything is made for it (a loop round
+    checks its recipe before it generates its images): an ApplicationError naming the field, as
+    :func:`finetune_run_create` would raise once the data exists. Needs no database."""
+    config = finetune_config_build(
+        method=method, preset=preset, base_dir=base_dir, hyperparameters=parse_hyperparameters(hyperparameters),
+        export_id="recipe-check", prompts=("a photo",), reward="brightness" if method == FineTuneRun.Method.DDPO else "",
+        resolution=resolution, init_lora=init_lora)
+    check_distributed(config)
+
+
 @transaction.atomic
 def finetune_run_create(
     *,
@@ -398,10 +410,7 @@ def _finetune_run_register(*, lease: jobs.Lease, lora_dir: Path, step: int, last
                    f"preset {run.preset}, {step} steps). Lineage: "
                    + json.dumps({k: v for k, v in run.lineage.items() if k != "config"}, sort_keys=True))
     version = model_version_register(
-        name=finetune_version_name(run), parent=base, lora_path=str(lora_dir), lora_scale=1.0,
-        scheduler=base.default_scheduler, steps=base.default_steps, guidance=base.default_guidance,
-        width=base.default_width, height=base.default_height, negative_prompt=base.default_negative_prompt,
-        enabled=True, description=description, created_by=run.created_by,
+        name=finetune_version_name(run), parent=base, lora_path=str(lora_dir), lora_scale=1.0, enabled=True, description=description, created_by=run.created_by,
     )
     if run.project is not None:  # offered where its start version was
         project_model_version_offer_beside(project=run.project, version=version, beside=start)

@@ -103,6 +103,14 @@ def reward_config_build(
                         protected={"backbone", "export_id", "cpu"}, rename={})
 
 
+def reward_recipe_check(*, preset: str, hyperparameters: Mapping[str, Any], backbone: str = "") -> None:
+    """A reward run's preset and hyper-parameters, validated before its export exists (a loop round checks its
+    recipe before it generates its images): an ApplicationError naming the field. Needs no database."""
+    check_distributed(reward_config_build(backbone=backbone, preset=preset,
+                                          hyperparameters=parse_hyperparameters(hyperparameters),
+                                          export_id="recipe-check", listwise=False))
+
+
 @transaction.atomic
 def reward_run_create(
     *,

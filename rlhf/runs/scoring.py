@@ -82,17 +82,12 @@ def _uuid_key(value: Any) -> str | None:
         return None
 
 
-def source_key_of(image: GeneratedImage) -> str:
-    """The storage key of the source image ``image`` edits ("" for a text-to-image or imported image)."""
-    return str((image.edit or {}).get("source_key") or "")
-
-
 def check_sources_for(version: RewardModelVersion, images: Sequence[GeneratedImage]) -> None:
     """ApplicationError (field ``image_ids``) when ``version`` conditions on the source image and an image is no
     image edit: such a model scores an edit beside its source and has nothing to score a lone image with."""
     if not version_conditions_on_source(version):
         return
-    lone = [str(image.pk) for image in images if not source_key_of(image)]
+    lone = [str(image.pk) for image in images if not image.edit_source_key]
     if lone:
         raise ApplicationError(
             f"Reward model {version.name} conditions on the source image (condition_on_source), and image "
@@ -129,8 +124,8 @@ def image_scores_compute(*, reward_version_id: int, image_ids: list[str], prompt
         pictures = [_open_rgb(image.storage_key) for image in chunk]
         sources = None
         if model.conditions_on_source:  # a task's edits share their source: read each one once
-            opened = {key: _open_rgb(key) for key in {source_key_of(image) for image in chunk}}
-            sources = [opened[source_key_of(image)] for image in chunk]
+            opened = {key: _open_rgb(key) for key in {image.edit_source_key for image in chunk}}
+            sources = [opened[image.edit_source_key] for image in chunk]
         prompts = [prompt if prompt is not None else image.prompt for image in chunk]
         values = score(model, prompts, pictures, batch_size=SCORE_BATCH, sources=sources)
         for image, value in zip(chunk, values, strict=True):
@@ -234,8 +229,8 @@ class WorkflowRewardScores:
         if version is not None:
             ids = list(image_ids)
             if version_conditions_on_source(version):  # it scores edits only; other images stay unsorted
-                ids = [str(pk) for pk in GeneratedImage.objects.filter(pk__in=ids).exclude(edit={})
-                       .values_list("pk", flat=True)]
+                ids = [str(image.pk) for image in GeneratedImage.objects.filter(pk__in=ids).only("pk", "edit")
+                       if image.edit_source_key]
                 if not ids:
                     return
             # Trusted: the version was checked when it was chosen, the images when they joined the task.

@@ -49,17 +49,13 @@ def test_register_command_rolls_back_when_the_weights_do_not_load(db, tmp_path):
 def test_lora_version_loads_its_adapter_onto_the_cached_parent(
     annotator, project, tiny_version, tiny_lora_dir
 ):
-    lora = services.model_version_register(
-        name="tiny-lora",
-        parent=tiny_version,
-        lora_path=str(tiny_lora_dir),
-        steps=4,
-        scheduler="ddim",
-        width=32,
-        height=32,
-        guidance=5.0,
-    )
+    lora = services.model_version_register(name="tiny-lora", parent=tiny_version, lora_path=str(tiny_lora_dir))
     assert lora.dtype == "float32" and lora.kind == "lora"
+    # Its generation settings are its parent's unless given: an adapter generates at its base's size.
+    assert lora.default_params() == tiny_version.default_params() and lora.default_width == 32
+    assert services.model_version_register(name="tiny-lora-8", parent=tiny_version, lora_path=str(tiny_lora_dir),
+                                           steps=8).default_params() == inference.GenerationParams(
+        **{**tiny_version.default_params().to_dict(), "steps": 8})
     spec = worker.spec_for(lora)
     assert spec.is_lora and spec.parent == worker.spec_for(tiny_version) and spec.key == f"mv-{lora.pk}"
     jobs = [
@@ -87,8 +83,10 @@ def test_register_validates(db, tiny_version):
     assert info.value.field == "width"
     with pytest.raises(ApplicationError):
         services.model_version_register(name="bad name!", source="org/model")
+    before = tiny_version.default_params().to_dict()
     updated = services.model_version_register(name="tiny", source="org/model", steps=9, update=True)
     assert updated.pk == tiny_version.pk and updated.default_steps == 9
+    assert updated.default_params().to_dict() == {**before, "steps": 9}  # what is not given stays as it was
 
 
 def test_database_constraints(annotator, tiny_version):

@@ -67,12 +67,17 @@ def run_bench(*argv: str, tmp_path: Path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True, timeout=900, check=False)
 
 
-def test_a_bad_recipe_stops_the_bench_with_its_field_and_leaves_nothing_behind(tiny_base_dir, tmp_path):
-    done = run_bench("--base", str(tiny_base_dir), "--preference", PREFERENCE, "--sections", "control",
-                     "--prompts", "2", "--ddpo", '{"iterations": 0}', "--generation", json.dumps(TINY),
-                     tmp_path=tmp_path)
-    assert done.returncode == 1, done.stderr
-    assert "the bench stopped: iterations must be > 0" in done.stderr
+@pytest.mark.parametrize(("sections", "recipe", "problem"), [
+    (["control"], ["--ddpo", '{"iterations": 0}'], "--ddpo: iterations must be > 0, not 0."),
+    (["dpo", "ddpo"], ["--reward", '{"max_steps": "many"}'], "--reward: max_steps has the wrong type: 'many'."),
+])
+def test_a_bad_recipe_stops_the_bench_before_it_makes_anything(tiny_base_dir, tmp_path, sections, recipe, problem):
+    """Found before the bench migrates its database or generates a round's images (minutes of work)."""
+    done = run_bench("--base", str(tiny_base_dir), "--preference", PREFERENCE, "--sections", *sections,
+                     "--prompts", "2", *recipe, "--generation", json.dumps(TINY), tmp_path=tmp_path)
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1] == f"bench/loop.py: error: {problem}"
+    assert done.stdout == ""
     assert list(tmp_path.glob("pickwise-loop-bench-*")) == []  # the work directory is gone
 
 

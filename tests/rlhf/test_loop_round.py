@@ -13,6 +13,8 @@ from django.test import Client
 from annotate.builder import services as template_services
 from annotate.models import Annotation, AnnotationTask
 from annotate.workflow.services import project_update_settings
+from core.exceptions import ApplicationError
+from generation.models import GenerationJob
 from projects.roles import Role
 from rlhf import tasks
 from rlhf.loop.rounds import (
@@ -55,6 +57,23 @@ def test_round_config_is_validated_when_built():
         RoundConfig(temperature=float("inf"))
     with pytest.raises(ValueError, match="eval_caption_seed"):
         RoundConfig(eval_caption_seed=-1)
+
+
+@pytest.mark.parametrize(("config", "field", "message"), [
+    (RoundConfig(hyperparameters={"max_steps": 0}), "hyperparameters.max_steps",
+     "The round's DPO fine-tune: max_steps must be > 0, not 0."),
+    (RoundConfig(method="ddpo", reward_model=True, hyperparameters={"sample_stepz": 3}), "hyperparameters.sample_stepz",
+     "The round's DDPO fine-tune: Unknown hyper-parameter 'sample_stepz'."),
+    (RoundConfig(method="ddpo", reward_model=True, reward_hyperparameters={"lr": "fast"}),
+     "reward_hyperparameters.lr", "The round's reward model (tiny preset): lr has the wrong type: 'fast'."),
+])
+def test_a_rounds_recipe_is_checked_before_it_makes_anything(project, admin_user, tiny_base, config, field, message):
+    """A wrong hyper-parameter used to surface once the round had generated and ranked its images."""
+    ready_to_rank(project, admin_user)
+    with pytest.raises(ApplicationError) as error:
+        round_run(project=project, user=admin_user, config=config, start_version=tiny_base)
+    assert (error.value.field, error.value.message) == (field, message)
+    assert not LoopRound.objects.exists() and not GenerationJob.objects.exists()
 
 
 def test_a_ddpo_rounds_reward_model_sees_shapes_model_images_with_the_shapes_preset(tiny_base, tiny_base_dir,

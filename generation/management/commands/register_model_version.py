@@ -26,12 +26,15 @@ class Command(BaseCommand):
         parser.add_argument("--lora", default="", help="LoRA weights: a directory or a .safetensors file")
         parser.add_argument("--lora-scale", type=float, default=1.0)
         parser.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float16")
-        parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), default="dpmpp_2m")
-        parser.add_argument("--steps", type=int, default=30)
-        parser.add_argument("--guidance", type=float, default=7.0)
-        parser.add_argument("--width", type=int, default=512)
-        parser.add_argument("--height", type=int, default=512)
-        parser.add_argument("--negative-prompt", default="")
+        # Generation settings: unless given, a LoRA version's are its parent's, an updated version's stay as
+        # they are, and a new base version gets GenerationParams' defaults (dpmpp_2m, 30 steps, 7.0, 512x512).
+        inherit = " (default: the parent's for a LoRA version, unchanged on --update, else %s)"
+        parser.add_argument("--scheduler", choices=sorted(SCHEDULERS), help=inherit % "dpmpp_2m")
+        parser.add_argument("--steps", type=int, help=inherit % "30")
+        parser.add_argument("--guidance", type=float, help=inherit % "7.0")
+        parser.add_argument("--width", type=int, help=inherit % "512")
+        parser.add_argument("--height", type=int, help=inherit % "512")
+        parser.add_argument("--negative-prompt", help=inherit % "none")
         parser.add_argument("--description", default="")
         parser.add_argument("--disabled", action="store_true", help="register without offering it to annotators")
         parser.add_argument("--update", action="store_true", help="replace the settings of an existing version")
