@@ -34,6 +34,42 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+TEMPLATE_DATABASE = "test_pickwise_template"
+
+
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings(django_db_modify_db_settings_parallel_suffix: None,
+                                 tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Under pytest-xdist on PostgreSQL, the workers' test databases are copies of one migrated template
+    (``CREATE DATABASE ... TEMPLATE``): the first worker to need a database migrates the template (in a
+    process of its own, so no connection of this one stays on it), the others wait for it, and each then
+    creates its own from it, where Django's migrate finds nothing left to apply. Migrating is most of
+    making a test database (about 13 s of CPU, nearly all Django rendering model states), once instead of
+    once per worker. Alone, or on SQLite, the database is made as usual."""
+    import fcntl
+
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not db["ENGINE"].endswith("postgresql"):
+        return
+    shared = tmp_path_factory.getbasetemp().parent  # one folder for every worker of this run
+    with open(shared / "template-database.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        ready = shared / "template-database.ready"
+        if not ready.exists():
+            import psycopg
+
+            with psycopg.connect(host=db["HOST"], port=db["PORT"], user=db["USER"], password=db.get("PASSWORD"),
+                                 dbname="postgres", autocommit=True) as server:
+                server.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DATABASE}"')  # a run killed midway left it
+                server.execute(f'CREATE DATABASE "{TEMPLATE_DATABASE}"')
+            subprocess.run([sys.executable, "manage.py", "migrate", "--verbosity", "0"], cwd=ROOT,  # noqa: S603
+                           env=_worker_env(TEMPLATE_DATABASE), check=True)
+            ready.touch()
+    db["TEST"]["TEMPLATE"] = TEMPLATE_DATABASE
+
+
 @pytest.fixture(scope="session")
 def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny diffusers pipeline (seed 0) every test that needs one shares, built once per session (per xdist

@@ -112,6 +112,17 @@ def tiny_base_dir(tiny_pipeline_dir) -> Path:
     return tiny_pipeline_dir
 
 
+@pytest.fixture(scope="session")
+def brightness_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny pipeline (seed 0) whose VAE is fitted briefly, so that decoded brightness follows the latents (a
+    random VAE decodes everything to one grey): what the DPO and DDPO brightness tests fine-tune. Built once per
+    session (per xdist worker); read-only."""
+    from generation.tiny import build_tiny_pipeline
+    from rlhf.training.synthetic import fit_tiny_vae
+
+    return fit_tiny_vae(build_tiny_pipeline(tmp_path_factory.mktemp("brightness") / "base", seed=0))
+
+
 @pytest.fixture
 def tiny_base(db, tiny_base_dir):
     from generation.services import model_version_register

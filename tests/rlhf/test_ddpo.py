@@ -12,7 +12,6 @@ from diffusers import DDIMScheduler
 from PIL import Image
 from transformers.utils import logging as hf_logging
 
-from generation.tiny import build_tiny_pipeline
 from rlhf.training.checkpoint import read_metadata
 from rlhf.training.ddim import (
     ddim_step_mean_std,
@@ -25,7 +24,6 @@ from rlhf.training.ddpo import ddpo_scheduler, tiny_ddpo_preset, to_pil, train_d
 from rlhf.training.lora import eval_images, load_pipeline
 from rlhf.training.reward_model import build_tiny_clip
 from rlhf.training.rewards import brightness, build_reward, jpeg_compressibility
-from rlhf.training.synthetic import fit_tiny_vae
 
 hf_logging.disable_progress_bar()
 PROMPTS = ("a cat", "a dog", "a red house", "a tree")
@@ -256,9 +254,9 @@ def test_ddpo_kl_reference_sees_the_model_input_the_policy_sees(
 
 @pytest.mark.slow
 @pytest.mark.parametrize("advantage_scale", ["group", "batch"])
-def test_ddpo_with_brightness_reward_raises_mean_reward(tmp_path: Path, advantage_scale: str) -> None:
-    # VAE fitted briefly so decoded brightness follows the latents (see test_dpo.py).
-    base = fit_tiny_vae(build_tiny_pipeline(tmp_path / "base", seed=0))
+def test_ddpo_with_brightness_reward_raises_mean_reward(brightness_base: Path, tmp_path: Path,
+                                                       advantage_scale: str) -> None:
+    base = brightness_base
     rewards: list[float] = []
     config = tiny_ddpo_preset(str(base), PROMPTS, lr=1e-2, iterations=15, inner_epochs=2,
                               advantage_scale=advantage_scale)

@@ -13,7 +13,6 @@ from PIL import Image
 from safetensors.torch import load_file
 from transformers.utils import logging as hf_logging
 
-from generation.tiny import build_tiny_pipeline
 from rlhf.training.callbacks import notify_checkpoint
 from rlhf.training.checkpoint import list_checkpoints, read_metadata
 from rlhf.training.data import PreferenceDataset
@@ -21,7 +20,7 @@ from rlhf.training.ddim import sample_with_logprob
 from rlhf.training.ddpo import to_pil
 from rlhf.training.dpo import PreferencePairs, tiny_dpo_preset, train_dpo
 from rlhf.training.lora import add_lora, eval_images, load_pipeline, save_lora
-from rlhf.training.synthetic import fit_tiny_vae, write_brightness_pairs, write_generated_brightness_pairs
+from rlhf.training.synthetic import write_brightness_pairs, write_generated_brightness_pairs
 
 hf_logging.disable_progress_bar()
 PROMPTS = ("a cat", "a dog", "a red house", "a tree")
@@ -205,10 +204,10 @@ def brightness_of(pipe: object, prompts: list[str], seeds: list[int]) -> np.ndar
 
 
 @pytest.mark.slow
-def test_dpo_on_brighter_preferences_makes_images_brighter(tmp_path: Path) -> None:
-    # The tiny pipeline's VAE is fitted briefly so decoded brightness follows the latents (a random VAE
-    # decodes everything to one grey). The export pairs the base model's own samples: brighter wins.
-    base = fit_tiny_vae(build_tiny_pipeline(tmp_path / "base", seed=0))
+def test_dpo_on_brighter_preferences_makes_images_brighter(brightness_base: Path, tmp_path: Path) -> None:
+    # The export pairs the base model's own samples (brightness_base's VAE makes brightness follow the
+    # latents): brighter wins.
+    base = brightness_base
     pipe = load_pipeline(base)
     prompts = [PROMPTS[(i // 2) % 4] for i in range(128)]
     sched = DDIMScheduler.from_config(pipe.scheduler.config)
