@@ -17,6 +17,8 @@ from __future__ import annotations
 import os
 import re
 
+import pytest
+
 _REDIS_DB = re.compile(r"^(rediss?://[^/]*)(?:/(\d*))?$")
 
 
@@ -36,6 +38,31 @@ def _isolate_worker(worker: str) -> None:
     if var_dir:
         os.environ["PICKWISE_VAR_DIR"] = os.path.join(var_dir, worker)
         os.makedirs(os.environ["PICKWISE_VAR_DIR"], exist_ok=True)
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items) -> None:
+    """In an xdist worker: the tests marked ``slow`` first (in their collection order), so that the longest
+    ones start while every worker is busy and the run ends on short ones rather than one worker finishing a
+    long test alone (every worker sorts alike, as xdist requires); and ``xdist_group`` made to work.
+
+    ``--dist loadgroup`` sends the tests of one ``xdist_group`` to one worker by the ``@group`` suffix that
+    pytest-xdist 3.8 appends to each test's ``_nodeid``; pytest 9.2 reads a node's id from ``_id`` instead,
+    so the suffix never showed and grouped tests spread over every worker (each making its module's
+    fixtures again: the distributed module's four launches, twice a run). Here the suffix goes where pytest
+    reads it; a pytest or xdist that already carries it is left alone."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    if not config.getvalue("loadgroup"):
+        return
+    from _pytest.nodeid import NodeId
+
+    for item in items:
+        groups = sorted({str(mark.args[0] if mark.args else mark.kwargs.get("name", "default"))
+                         for mark in item.iter_markers("xdist_group")})
+        if groups and "@" not in item.nodeid and isinstance(getattr(item, "_id", None), NodeId):
+            item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(groups)}")
 
 
 if os.environ.get("PYTEST_XDIST_WORKER"):

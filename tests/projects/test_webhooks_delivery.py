@@ -33,7 +33,9 @@ from tests.projects.webhook_receiver import HOLD, Receiver, Sleep, new_queue, st
 from tests.rlhf.conftest import TINY_GENERATION
 from tests.rlhf.test_loop_round import DPO_FAST, ready_to_rank
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("one_torch_thread")]
+# One xdist worker runs the module: its tests share the module's worker process (``webhook_worker``).
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.usefixtures("one_torch_thread"),
+              pytest.mark.xdist_group("webhooks_delivery")]
 
 QUEUE = new_queue()
 SITE = "https://pickwise.example.org"
@@ -260,6 +262,7 @@ def test_every_event_type_is_delivered_signed(webhook_worker, project, admin_use
     assert json.dumps(events)  # plain JSON all the way down
 
 
+@pytest.mark.slow
 def test_a_worker_killed_mid_delivery_leaves_it_to_a_new_worker_with_the_same_webhook_id(
         project, receiver, settings, tmp_path):
     queue = new_queue()
