@@ -410,8 +410,9 @@ def _finetune_run_register(*, lease: jobs.Lease, lora_dir: Path, step: int, last
                    f"preset {run.preset}, {step} steps). Lineage: "
                    + json.dumps({k: v for k, v in run.lineage.items() if k != "config"}, sort_keys=True))
     version = model_version_register(
-        name=finetune_version_name(run), parent=base, lora_path=str(lora_dir), lora_scale=1.0, enabled=True, description=description, created_by=run.created_by,
-    )
+        name=finetune_version_name(run), parent=base, lora_path=str(lora_dir), lora_scale=1.0, enabled=True,
+        description=description, created_by=run.created_by,
+    )  # the base's generation settings, as every LoRA version unless told otherwise
     if run.project is not None:  # offered where its start version was
         project_model_version_offer_beside(project=run.project, version=version, beside=start)
     jobs.job_finish(lease, result_version=version, step=step, last_metrics={**run.last_metrics, **last_metrics},
