@@ -163,7 +163,7 @@ def model_version_register(
     created_by: AbstractBaseUser | None = None,
     update: bool = False,
 ) -> ModelVersion:
-    """Create (or with ``update=True`` change the settings given of) the model version called ``name``.
+    """Create (or with ``update=True`` replace the settings of) the model version called ``name``.
 
     A base version names ``source`` (a diffusers directory or hub id); a LoRA version names ``parent``
     and ``lora_path`` and inherits the parent's dtype. The generation settings not given (None) are the
