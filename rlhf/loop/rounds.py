@@ -235,14 +235,22 @@ def round_annotator_seed(*, config: RoundConfig, number: int) -> int:
 
 def _split_seed(project: Project) -> int:
     """The export's split seed: the first that puts at least one of the project's captions in each of the train
-    and validation splits, so even a round of a few captions has held-out rankings to measure its fit on (0
-    for any round of a realistic size, whose split is then the export's default)."""
+    and validation splits and most of them in train, so even a round of a few captions has held-out rankings
+    to measure its fit on and keeps enough to train on (a seed that held out two captions of three left too
+    few pairs to train); failing that (two captions), the first with both splits non-empty. 0 for any round
+    of a realistic size, whose split is then the export's default."""
     keys = [str(pk) for pk in Prompt.objects.filter(project=project).values_list("pk", flat=True)]
+    if len(keys) < 2:
+        return 0
+    fallback = None
     for seed in range(1000):
         spec = SplitSpec(train=SPLIT_TRAIN, validation=1 - SPLIT_TRAIN, test=0.0, seed=seed)
-        if len(keys) < 2 or {spec.assign(key) for key in keys} == {"train", "validation"}:
-            return seed
-    return 0
+        held_out = sum(spec.assign(key) == "validation" for key in keys)
+        if 0 < held_out < len(keys):
+            if 2 * held_out < len(keys):
+                return seed
+            fallback = seed if fallback is None else fallback
+    return fallback or 0
 
 
 def round_image_seeds(*, config: RoundConfig, number: int, caption_index: int) -> list[int]:

@@ -12,7 +12,7 @@ from django.test import Client
 
 from annotate.builder import services as template_services
 from annotate.models import Annotation, AnnotationTask
-from annotate.workflow.services import project_update_settings
+from annotate.workflow.services import project_update_settings, task_create
 from core.exceptions import ApplicationError
 from generation.models import GenerationJob
 from projects.roles import Role
@@ -29,7 +29,7 @@ from rlhf.models import LoopRound, RunStatus, VersionEvaluation
 from rlhf.runs.paths import export_data_path
 from rlhf.training.data import iter_rows
 from tests.annotate.factories_workflow import RANK_SCHEMA
-from tests.factories import PASSWORD, UserFactory
+from tests.factories import PASSWORD, ProjectFactory, UserFactory
 from tests.rlhf.conftest import TINY_GENERATION
 
 DPO_FAST = {"max_steps": 2, "batch_size": 4}
@@ -126,6 +126,23 @@ def test_means_relative_change_and_effect_size_with_their_intervals():
     assert stats.standardised_difference([x * 100 for x in new], [x * 100 for x in old]) == effect
     assert stats.relative_change([1.0, -1.0], [1.0, -1.0]) is None  # the baseline's mean is 0
     assert stats.standardised_difference([1.0, 1.0], [1.0, 1.0]) is None  # no spread to standardise by
+
+
+@pytest.mark.django_db
+def test_a_small_rounds_split_holds_out_one_caption_and_trains_on_the_rest(admin_user):
+    """Which captions a seed holds out depends on their ids; a round of three captions once held out two,
+    leaving its fine-tune too few pairs to train on."""
+    from annotate.models import Prompt
+    from rlhf.exports.splits import SplitSpec
+    from rlhf.loop.rounds import SPLIT_TRAIN, _split_seed
+
+    for attempt in range(12):  # twelve id sets: the old rule took a two-held-out seed for some of them
+        made = ProjectFactory(name=f"small round {attempt}", created_by=admin_user)
+        for i in range(3):
+            task_create(project=made, prompt_text=f"caption {attempt}-{i}", created_by=admin_user)
+        spec = SplitSpec(train=SPLIT_TRAIN, validation=1 - SPLIT_TRAIN, test=0.0, seed=_split_seed(made))
+        splits = sorted(spec.assign(str(pk)) for pk in Prompt.objects.filter(project=made).values_list("pk", flat=True))
+        assert splits == ["train", "train", "validation"], attempt
 
 
 def test_rounds_of_other_prompt_seeds_are_labelled_with_other_noise():
