@@ -34,6 +34,9 @@ def _isolate_worker(worker: str) -> None:
         os.environ["CELERY_BROKER_URL"] = _redis_db(broker, 2 + 2 * number)
         os.environ["CELERY_RESULT_BACKEND"] = _redis_db(os.environ.get("CELERY_RESULT_BACKEND") or broker,
                                                         3 + 2 * number)
+    # Three workers share two cores: a second intra-op thread only makes torch's kernels wait on each other
+    # (a seeded demo's renders took minutes under load). Set before torch loads; children inherit it.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     var_dir = os.environ.get("PICKWISE_VAR_DIR")
     if var_dir:
         os.environ["PICKWISE_VAR_DIR"] = os.path.join(var_dir, worker)
@@ -42,19 +45,14 @@ def _isolate_worker(worker: str) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config, items) -> None:
-    """In an xdist worker: the tests marked ``slow`` first (in their collection order), so that the longest
-    ones start while every worker is busy and the run ends on short ones rather than one worker finishing a
-    long test alone (every worker sorts alike, as xdist requires); and ``xdist_group`` made to work.
+    """Make ``xdist_group`` work in an xdist worker.
 
     ``--dist loadgroup`` sends the tests of one ``xdist_group`` to one worker by the ``@group`` suffix that
     pytest-xdist 3.8 appends to each test's ``_nodeid``; pytest 9.2 reads a node's id from ``_id`` instead,
     so the suffix never showed and grouped tests spread over every worker (each making its module's
     fixtures again: the distributed module's four launches, twice a run). Here the suffix goes where pytest
     reads it; a pytest or xdist that already carries it is left alone."""
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
-    if not config.getvalue("loadgroup"):
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not config.getvalue("loadgroup"):
         return
     from _pytest.nodeid import NodeId
 

@@ -66,7 +66,6 @@ def _edit_project(project, admin_user, version, images: int = 4):
     return workflow_services.task_create(project=project, prompt_text="a red circle", created_by=None)
 
 
-@pytest.mark.slow
 def test_paint_a_mask_generate_inpaintings_rank_and_submit(page, project, admin_user, annotator, tiny_dir, tmp_path,
                                                            celery_worker_process):
     version = generation_services.model_version_register(

@@ -6,8 +6,6 @@ process whose database is a fresh SQLite file.
 
 from __future__ import annotations
 
-import pytest
-
 from tests.core.test_settings import run_python
 
 SCRIPT = r"""
@@ -62,7 +60,6 @@ print("ok")
 """
 
 
-@pytest.mark.slow
 def test_annotator_loop_runs_on_sqlite(tmp_path):
     result = run_python(SCRIPT, PICKWISE_VAR_DIR=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]

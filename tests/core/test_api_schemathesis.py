@@ -81,7 +81,6 @@ def _failures_of(operation, mode, token: str) -> list[str]:
     return [f"{operation.label} [{mode.value}] {key}\n{detail}" for key, detail in found.items()]
 
 
-@pytest.mark.slow
 def test_api_conforms_to_its_schema(api_schema, demo_token):
     failures: list[str] = []
     operations = [result.ok() for result in api_schema.get_all_operations()]

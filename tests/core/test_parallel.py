@@ -1,6 +1,6 @@
-"""The suite's own xdist plugin (tests/parallel.py): an ``xdist_group`` runs on one worker, and tests marked
-``slow`` start first. Checked in a small pytest run of its own, since a broken group shows only as a slower
-suite (pytest 9.2 and pytest-xdist 3.8 disagreed on where a test's id lives, and the groups quietly spread)."""
+"""The suite's own xdist plugin (tests/parallel.py): an ``xdist_group`` runs on one worker. Checked in a small
+pytest run of its own, since a broken group shows only as a slower suite (pytest 9.2 and pytest-xdist 3.8
+disagreed on where a test's id lives, and the groups quietly spread)."""
 
 from __future__ import annotations
 
@@ -32,27 +32,6 @@ def test_grouped(made_once, n):
     (OUT / f"grouped-{n}").write_text(os.environ["PYTEST_XDIST_WORKER"])
 '''
 
-ORDER = '''
-import os
-from pathlib import Path
-
-import pytest
-
-OUT = Path(os.environ["GROUP_CHECK_OUT"])
-
-
-def test_quick():
-    with (OUT / "order").open("a") as handle:
-        handle.write("quick\\n")
-
-
-@pytest.mark.slow
-def test_long():
-    with (OUT / "order").open("a") as handle:
-        handle.write("long\\n")
-'''
-
-
 def run(tmp_path: Path, workers: int, files: dict[str, str]) -> subprocess.CompletedProcess[str]:
     for name, text in files.items():
         (tmp_path / name).write_text(text)
@@ -61,7 +40,7 @@ def run(tmp_path: Path, workers: int, files: dict[str, str]) -> subprocess.Compl
     env.pop("PYTEST_XDIST_WORKER", None)  # the inner run's controller is no worker of ours
     return subprocess.run(  # noqa: S603
         [sys.executable, "-m", "pytest", "-p", "tests.parallel", "-p", "no:cacheprovider", "-p", "no:django", "-c", os.devnull,
-         "--rootdir", str(tmp_path), "-o", "markers=slow", "-n", str(workers), "--dist", "loadgroup", "-q",
+         "--rootdir", str(tmp_path), "-n", str(workers), "--dist", "loadgroup", "-q",
          str(tmp_path)],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300, check=False)
 
@@ -72,9 +51,3 @@ def test_a_group_runs_on_one_worker_and_makes_its_module_fixture_once(tmp_path):
     out = tmp_path / "out"
     assert len({(out / f"grouped-{n}").read_text() for n in range(6)}) == 1
     assert len((out / "fixture").read_text().split()) == 1
-
-
-def test_slow_tests_start_first(tmp_path):
-    done = run(tmp_path, 1, {"test_order.py": ORDER})
-    assert done.returncode == 0, done.stdout + done.stderr
-    assert (tmp_path / "out" / "order").read_text().split() == ["long", "quick"]

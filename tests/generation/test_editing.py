@@ -251,7 +251,6 @@ def test_a_missing_source_file_fails_the_job_with_the_reason(annotator, project,
     assert job.status == "failed" and job.error.startswith("The edit's source or mask file is missing")
 
 
-@pytest.mark.slow
 def test_the_judge_reads_the_new_colour_where_the_shape_was_painted_over():
     """Paint over a shape (its bounding box), prompt for another colour: the judge reads the new colour in
     at least 80% of 50 cases. In this process, through the inference code the worker runs (one case per

@@ -29,7 +29,6 @@ def start_worker(log: Path) -> subprocess.Popen[bytes]:
     return workers.start_worker(log, QUEUE, GENERATION_LEASE_SECONDS="3", GENERATION_BATCH_LIMIT="2")
 
 
-@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_sigkill_mid_job_ends_with_exactly_the_requested_images(
     annotator, project, tiny_pipeline_dir, tmp_path, monkeypatch

@@ -30,7 +30,6 @@ def perms_of(holder) -> set[str]:
     return {f"{p.content_type.app_label}.{p.codename}" for p in holder.permissions.select_related("content_type")}
 
 
-@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_old_shape_data_arrives_in_the_new_apps():
     executor = migrate([("projects", None)])  # back to the old shape: projects lived in annotate

@@ -134,7 +134,6 @@ def test_arena_pages(project, admin_user, annotator, ml_engineer):
     assert "arena-c" in results and "arena-d" in results and "Leaderboard" in results
 
 
-@pytest.mark.slow
 def test_admins_set_up_an_arena_in_the_browser_and_a_gpu_task_fills_it(
     project, admin_user, annotator, tiny_base, tiny_base_dir, django_capture_on_commit_callbacks
 ):

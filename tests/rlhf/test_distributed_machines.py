@@ -79,7 +79,6 @@ def loopback_machines(transactional_db, tmp_path):
     stop(node)
 
 
-@pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
 def test_two_machines_train_as_one_process_and_a_dead_machine_fails_the_run(
     loopback_machines, pairs_export, ml_engineer, settings, tmp_path

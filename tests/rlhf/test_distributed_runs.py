@@ -66,7 +66,6 @@ def test_two_ranks_on_a_real_worker_register_a_lora(celery_worker_process, ranke
     assert version.name in page and "<svg" in page  # the run page charts the ranks' metrics
 
 
-@pytest.mark.slow
 def test_a_killed_rank_fails_the_run_a_retry_resumes_and_a_cancel_stops_every_rank(
     pairs_export, ml_engineer, tiny_base, model_cache
 ):

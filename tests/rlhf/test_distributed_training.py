@@ -26,9 +26,8 @@ from rlhf.training.reward_train import train_reward_model
 from rlhf.training.synthetic import write_brightness_pairs
 
 # One xdist worker runs the module: its tests share the four launches of ``launched`` (about 85 s of CPU), which
-# every worker that ran one of its tests made again. Slow: started first.
-pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.xdist_group("distributed_training"),
-              pytest.mark.slow]
+# every worker that ran one of its tests made again.
+pytestmark = [pytest.mark.usefixtures("one_torch_thread"), pytest.mark.xdist_group("distributed_training")]
 PROMPTS = ("a cat", "a dog", "a red house", "a tree")
 LOSS_RTOL, WEIGHT_ATOL = 1e-5, 1e-4
 

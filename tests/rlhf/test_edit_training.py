@@ -151,7 +151,6 @@ def test_condition_on_source_without_sources_is_a_400_naming_the_field(
     assert reward.reward_run_create(user=ml_engineer, export=export, preset="tiny", enqueue=False).pk
 
 
-@pytest.mark.slow
 def test_shapes_reward_conditioned_on_the_source_learns_a_preference_only_the_source_tells(tmp_path):
     """The shapes VAE preset on simulated inpaintings: the edit that keeps the source's colour wins, and the
     prompt names no colour. Conditioned, it ranks held-out edits well above chance (bench/reward_edit.py has

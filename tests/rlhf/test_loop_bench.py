@@ -81,7 +81,6 @@ def test_a_bad_recipe_stops_the_bench_before_it_makes_anything(tiny_base_dir, tm
     assert list(tmp_path.glob("pickwise-loop-bench-*")) == []  # the work directory is gone
 
 
-@pytest.mark.slow
 def test_every_section_of_a_reduced_bench_uses_the_chosen_preference(tiny_base_dir, tmp_path):
     done = run_bench("--base", str(tiny_base_dir), "--preference", PREFERENCE, "--label-accuracy", "0.8",
                      "--sections", *bench.SECTIONS, "--prompts", "4", "--keep", *FAST, tmp_path=tmp_path)
@@ -137,7 +136,6 @@ def test_every_section_of_a_reduced_bench_uses_the_chosen_preference(tiny_base_d
             assert "reward model's validation accuracy (DDPO's reward)" in text
 
 
-@pytest.mark.slow
 def test_rounds_are_reported_against_their_input_and_the_base_with_the_rounds_targets(tiny_base_dir, tmp_path):
     done = run_bench("--base", str(tiny_base_dir), "--preference", PREFERENCE, "--sections", "dpo", "--rounds", "2",
                      "--prompts", "3", "--keep", *FAST, tmp_path=tmp_path)

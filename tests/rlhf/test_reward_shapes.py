@@ -22,7 +22,6 @@ hf_logging.disable_progress_bar()
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.mark.slow
 def test_default_tiny_reward_model_learns_larger_shapes(tmp_path: Path) -> None:
     export = write_shapes_pairs(tmp_path / "pairs.parquet", 120, annotators=2, temperature=0.005,
                                 spread=1, seed=0)

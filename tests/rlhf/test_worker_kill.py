@@ -48,7 +48,7 @@ QUEUE = f"rlhf-kill-{uuid.uuid4().hex[:8]}"  # the session's shared worker never
 LEASES = {"JOB_LEASE_SECONDS": "4", "JOB_HEARTBEAT_SECONDS": "1", "GENERATION_LEASE_SECONDS": "4"}
 ONE_PROMPT = ["a shape number 1"]
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture(scope="module")
