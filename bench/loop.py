@@ -211,7 +211,7 @@ def recipe_problem(args: argparse.Namespace) -> str | None:
     bench migrates its database or generates anything (a round's images take minutes); None when all are fine.
     The same checks a round and a fine-tune run make when they are created."""
     from core.exceptions import ApplicationError
-    from rlhf.loop.rounds import ROUND_DDPO_DEFAULTS
+    from rlhf.loop.rounds import ROUND_DDPO_DEFAULTS, auto_reward_preset
     from rlhf.runs.finetune import finetune_recipe_check
     from rlhf.runs.reward import reward_recipe_check
 
@@ -222,8 +222,7 @@ def recipe_problem(args: argparse.Namespace) -> str | None:
     def finetune(method: str, hyperparameters: dict[str, Any]) -> None:
         finetune_recipe_check(method=method, base_dir=base, hyperparameters=hyperparameters, resolution=resolution)
 
-    # A round's reward model: the shapes preset on the shipped model (rlhf.loop.rounds.round_reward_preset).
-    reward_preset = "shapes" if base == WEIGHTS.resolve() else "tiny"
+    reward_preset = auto_reward_preset(base)  # what a round on this base trains its reward model with
     checks = {"dpo": (("dpo", "dpo-noise-labels"), lambda: finetune("dpo", args.dpo)),
               "reward": (("ddpo", "ddpo-noise-labels"),
                          lambda: reward_recipe_check(preset=reward_preset, hyperparameters=args.reward)),

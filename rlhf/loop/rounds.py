@@ -249,7 +249,8 @@ def _split_seed(project: Project) -> int:
         if 0 < held_out < len(keys):
             if 2 * held_out < len(keys):
                 return seed
-            fallback = seed if fallback is None else fallback
+            if fallback is None:
+                fallback = seed
     return fallback or 0
 
 
@@ -531,8 +532,14 @@ def round_reward_preset(*, config: RoundConfig, version: ModelVersion) -> str:
     root = version
     while root.parent_id is not None:
         root = ModelVersion.objects.get(pk=root.parent_id)
+    return auto_reward_preset(root.source)
+
+
+def auto_reward_preset(base_source: str | Path) -> str:
+    """"auto"'s choice for images of the base pipeline at ``base_source``: ``shapes`` for the shipped shapes
+    model's directory, ``tiny`` for any other model."""
     try:
-        shapes = Path(root.source).resolve() == SHAPES_MODEL_DIR.resolve()
+        shapes = Path(base_source).resolve() == SHAPES_MODEL_DIR.resolve()
     except (OSError, ValueError):
         shapes = False
     return "shapes" if shapes else "tiny"

@@ -171,8 +171,8 @@ def finetune_recipe_check(*, method: str, base_dir: Path, hyperparameters: Mappi
     :func:`finetune_run_create` would raise once the data exists. Needs no database."""
     config = finetune_config_build(
         method=method, preset=preset, base_dir=base_dir, hyperparameters=parse_hyperparameters(hyperparameters),
-        export_id="recipe-check", prompts=("a photo",), reward="brightness" if method == FineTuneRun.Method.DDPO else "",
-        resolution=resolution, init_lora=init_lora)
+        export_id="recipe-check", prompts=("a photo",), resolution=resolution, init_lora=init_lora,
+        reward="brightness" if method == FineTuneRun.Method.DDPO else "")
     check_distributed(config)
 
 

@@ -37,7 +37,8 @@ class Command(BaseCommand):
         parser.add_argument("--negative-prompt", help=inherit % "none")
         parser.add_argument("--description", default="")
         parser.add_argument("--disabled", action="store_true", help="register without offering it to annotators")
-        parser.add_argument("--update", action="store_true", help="replace the settings of an existing version (generation settings not given stay as they are)")
+        parser.add_argument("--update", action="store_true",
+                            help="replace the settings of an existing version (generation settings not given stay)")
         parser.add_argument("--skip-check", action="store_true", help="do not load the weights")
         parser.add_argument("--allow-download", action="store_true",
                             help="let the load check download a hub id (otherwise the local HF cache only)")
