@@ -4,7 +4,8 @@
   parameter), 404 (no such object, a page past the last), 401 and 403 where it needs a caller with a role,
   415 where it reads a body.
 - :func:`page_of` describes a page of a function view that paginates (``count``, ``next``, ``previous``,
-  ``results``), so such endpoints are documented as pages, not arrays.
+  ``results``), so such endpoints are documented as pages, not arrays; :data:`PAGE_PARAMETERS` are the
+  query parameters of a view that pages with :class:`core.pagination.LargePagination`.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from drf_spectacular import openapi
 from drf_spectacular.utils import OpenApiParameter, inline_serializer
 from rest_framework import permissions, serializers
 
+from core.pagination import LargePagination
 from core.parsing import MAX_ID
 
 
@@ -82,3 +84,9 @@ def page_of(serializer_class: type[serializers.BaseSerializer]) -> serializers.S
         "previous": serializers.URLField(allow_null=True),
         "results": serializer_class(many=True),
     })
+
+
+PAGE_PARAMETERS = [
+    OpenApiParameter("page", int, description="Page number, from 1"),
+    OpenApiParameter("page_size", int, description=f"Objects a page, 1 to {LargePagination.max_page_size}"),
+]

@@ -56,7 +56,7 @@ from core.exceptions import ApplicationError
 from core.pagination import LargePagination
 from core.parsers import JSONParser
 from core.parsing import query_bool, query_id
-from core.schema import id_field, id_parameter, page_of
+from core.schema import PAGE_PARAMETERS, id_field, id_parameter, page_of
 from generation import selectors as generation_selectors
 from generation.api import JobStatusSerializer
 from generation.selectors import project_model_versions
@@ -244,12 +244,6 @@ def _paginate(request: Request, queryset: QuerySet[Any], serializer_class: type[
     paginator = LargePagination()
     page = paginator.paginate_queryset(queryset, request)
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
-
-
-PAGE_PARAMETERS = [
-    OpenApiParameter("page", int, description="Page number, from 1"),
-    OpenApiParameter("page_size", int, description=f"Objects a page, 1 to {LargePagination.max_page_size}"),
-]
 
 
 # --- the annotator loop ---------------------------------------------------------------------

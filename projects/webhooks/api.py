@@ -13,22 +13,17 @@ from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.request import Request
 from rest_framework.response import Response
 
 from core.exceptions import ApplicationError
+from core.pagination import LargePagination
 from core.parsing import parse_bool
+from core.schema import PAGE_PARAMETERS, page_of
 from projects.access import project_api
 from projects.models import DeliveryStatus, Project, WebhookAttempt, WebhookDelivery, WebhookEndpoint
 from projects.webhooks import selectors, services, signing
 from projects.webhooks.events import EVENT_TYPES, PING, url_for
-
-
-class Pagination(PageNumberPagination):
-    page_size = 50
-    page_size_query_param = "page_size"
-    max_page_size = 500
 
 
 class EndpointSerializer(serializers.ModelSerializer):
@@ -93,7 +88,7 @@ class DeliveryDetailSerializer(DeliverySerializer):
 
 
 def _paginate(request: Request, queryset: QuerySet[Any], serializer: type[serializers.BaseSerializer]) -> Response:
-    paginator = Pagination()
+    paginator = LargePagination()
     page = paginator.paginate_queryset(queryset, request)
     return paginator.get_paginated_response(serializer(page, many=True).data)
 
@@ -104,8 +99,8 @@ def _input(request: Request, *, partial: bool) -> dict[str, Any]:
     return dict(body.validated_data)
 
 
-@extend_schema(methods=["GET"], responses=EndpointSerializer(many=True), summary="The project's webhook endpoints",
-               parameters=[OpenApiParameter("page", int), OpenApiParameter("page_size", int)])
+@extend_schema(methods=["GET"], responses=page_of(EndpointSerializer), summary="The project's webhook endpoints",
+               parameters=PAGE_PARAMETERS)
 @extend_schema(methods=["POST"], request=EndpointInputSerializer, responses={201: EndpointWithSecretSerializer},
                summary="Register an endpoint (the answer holds its secret, shown this once)")
 @api_view(["GET", "POST"])
@@ -170,10 +165,9 @@ def endpoint_test(request: Request, project: Project, endpoint_id: int) -> Respo
 
 
 @extend_schema(
-    responses=DeliverySerializer(many=True), summary="An endpoint's deliveries, newest first",
+    responses=page_of(DeliverySerializer), summary="An endpoint's deliveries, newest first",
     parameters=[OpenApiParameter("status", str, enum=DeliveryStatus.values),
-                OpenApiParameter("event_type", str, enum=[*EVENT_TYPES, PING]),
-                OpenApiParameter("page", int), OpenApiParameter("page_size", int)])
+                OpenApiParameter("event_type", str, enum=[*EVENT_TYPES, PING]), *PAGE_PARAMETERS])
 @api_view(["GET"])
 @project_api("manage")
 def delivery_list(request: Request, project: Project, endpoint_id: int) -> Response:

@@ -14,7 +14,6 @@ from django.urls import path
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers, status
 from rest_framework.decorators import api_view, parser_classes
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.parsers import FormParser, MultiPartParser
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -24,6 +23,8 @@ from annotate.workflow.access import workflow_api
 from annotate.workflow.imports import services as import_services
 from annotate.workflow.imports.table import FORMATS
 from core.api import JobProgressFields
+from core.pagination import LargePagination
+from core.schema import PAGE_PARAMETERS, page_of
 from projects.models import Project
 
 
@@ -71,13 +72,8 @@ class TaskImportRequestSerializer(serializers.Serializer):
         return attrs
 
 
-class _Pagination(PageNumberPagination):
-    page_size = 50
-    max_page_size = 200
-    page_size_query_param = "page_size"
-
-
-@extend_schema(methods=["GET"], responses=TaskImportSerializer(many=True), summary="The project's task imports")
+@extend_schema(methods=["GET"], responses=page_of(TaskImportSerializer), parameters=PAGE_PARAMETERS,
+               summary="The project's task imports, newest first")
 @extend_schema(
     methods=["POST"], request={"multipart/form-data": TaskImportRequestSerializer},
     responses={201: TaskImportSerializer, 202: TaskImportSerializer},
@@ -91,7 +87,7 @@ class _Pagination(PageNumberPagination):
 @workflow_api("manage")
 def import_list(request: Request, project: Project) -> Response:
     if request.method == "GET":
-        paginator = _Pagination()
+        paginator = LargePagination()
         page = paginator.paginate_queryset(
             TaskImport.objects.filter(project=project).select_related("created_by").order_by("-created_at", "-pk"),
             request)
