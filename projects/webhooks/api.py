@@ -100,7 +100,7 @@ def _input(request: Request, *, partial: bool) -> dict[str, Any]:
 
 
 @extend_schema(methods=["GET"], responses=page_of(EndpointSerializer), summary="The project's webhook endpoints",
-               parameters=PAGE_PARAMETERS)
+               parameters=PAGE_PARAMETERS, operation_id="projects_webhooks_list")
 @extend_schema(methods=["POST"], request=EndpointInputSerializer, responses={201: EndpointWithSecretSerializer},
                summary="Register an endpoint (the answer holds its secret, shown this once)")
 @api_view(["GET", "POST"])
@@ -166,6 +166,7 @@ def endpoint_test(request: Request, project: Project, endpoint_id: int) -> Respo
 
 @extend_schema(
     responses=page_of(DeliverySerializer), summary="An endpoint's deliveries, newest first",
+    operation_id="projects_webhooks_deliveries_list",
     parameters=[OpenApiParameter("status", str, enum=DeliveryStatus.values),
                 OpenApiParameter("event_type", str, enum=[*EVENT_TYPES, PING]), *PAGE_PARAMETERS])
 @api_view(["GET"])

@@ -13,6 +13,7 @@ import pytest
 from axe_playwright_python.sync_playwright import Axe
 from django.core.files.storage import default_storage
 from PIL import Image
+from playwright.sync_api import expect
 
 from annotate.workflow import services as workflow_services
 from generation import services as generation_services
@@ -147,8 +148,9 @@ def test_keyboard_painting_outpaint_snapping_and_the_upload_limit_in_the_browser
     page.goto(f"/projects/{project.pk}/annotate/")
     page.locator("input[name='source.file']").set_input_files(str(_source_png(tmp_path)))
     canvas = page.locator("canvas[data-mask-canvas]")
-    # A 64 px source gets an 8 px brush (an eighth of its side) until the annotator picks a size.
-    assert page.locator("[data-brush-size-out]").inner_text() == "8 px"
+    # A 64 px source gets an 8 px brush (an eighth of its side) once it has loaded, until the annotator picks a
+    # size (before it loads, the brush is the default 32 px).
+    expect(page.locator("[data-brush-size-out]")).to_have_text("8 px")
     page.locator("[data-brush-size]").fill("32")
     canvas.focus()
     page.keyboard.press("]")

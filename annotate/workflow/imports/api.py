@@ -73,6 +73,7 @@ class TaskImportRequestSerializer(serializers.Serializer):
 
 
 @extend_schema(methods=["GET"], responses=page_of(TaskImportSerializer), parameters=PAGE_PARAMETERS,
+               operation_id="projects_imports_list",
                summary="The project's task imports, newest first")
 @extend_schema(
     methods=["POST"], request={"multipart/form-data": TaskImportRequestSerializer},
