@@ -4,7 +4,7 @@ the product's services, from the shipped shapes model (needs generation/weights/
     .venv/bin/python bench/loop.py                                    # larger_shapes, sections dpo ddpo control judge
     .venv/bin/python bench/loop.py --preference mypkg.prefs:score --label-accuracy 0.6 --sections dpo ddpo control
 
-``--preference`` is a built-in (larger_shapes, brighter, shape_centred) or any callable
+``--preference`` is a built-in (larger_shapes, brighter, shape_centred, warmer) or any callable
 ``(image, prompt) -> float`` named by its dotted path; the simulated annotators rank by it, and every
 section's evaluation scores by it. Sections (``--sections``):
 

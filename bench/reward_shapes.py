@@ -2,7 +2,7 @@
 set against the simulated annotators' own accuracy (the ceiling) and a noise-label control.
 
     nice .venv/bin/python bench/reward_shapes.py [--preset shapes] [--preferences larger_shapes brighter
-        shape_centred] [--seeds 0 1 2] [--temperature '{"brighter": 0.0005}'] [--reward '{"epochs": 8}']
+        shape_centred warmer] [--seeds 0 1 2] [--temperature '{"brighter": 0.0005}'] [--reward '{"epochs": 8}']
         [--prompts 200] [--held-out 400] [--threads 1] [--cache /tmp/pickwise-reward-shapes]
 
 One round, without Django: ``--prompts`` train-split captions (``prompt_captions(n, seed=1, split="train")``,
@@ -26,8 +26,8 @@ Temperatures: the loop's annotators use T = 0.005 on ``larger_shapes``, where th
 pairs right (the shapes model's four images of a caption differ by a few pixels). The default
 temperatures put every preference where the annotators get about 70% right, so the ceiling is well away
 from chance for each: 0.0025 for ``larger_shapes``, 0.001 for ``brighter`` (mean grey differs by ~0.1%
-between a caption's images) and 0.02 for ``shape_centred``. The images are cached under ``--cache``, so
-a second run only trains. Numbers vary with the machine and its load; report the machine alongside them.
+between a caption's images), 0.02 for ``shape_centred`` and 0.001 for ``warmer`` (not yet measured). The
+images are cached under ``--cache``, so a second run only trains. Numbers vary with the machine and its load; report the machine alongside them.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ IMAGES_PER_PROMPT = 4
 ROUND = 1  # round 1 of a project: captions from prompt_captions(n, seed=0 + 1), annotator noise seed 1000
 CEILING_SEED = 2000  # the fresh annotators who label the held-out pairs for the ceiling
 NOISE_SEED = 3000  # the permutations of the noise-label control
-TEMPERATURES = {"larger_shapes": 0.0025, "brighter": 0.001, "shape_centred": 0.02}
+TEMPERATURES = {"larger_shapes": 0.0025, "brighter": 0.001, "shape_centred": 0.02, "warmer": 0.001}
 BOOTSTRAP = 2000
 
 

@@ -5,7 +5,12 @@ A preference function scores one image for its prompt, higher = preferred:
 
 - ``larger_shapes``: the share of the image that is not background (bigger shapes score higher);
 - ``brighter``: the mean grey level in [0, 1];
-- ``shape_centred``: 1 minus the normalised distance of the foreground's centroid from the centre.
+- ``shape_centred``: 1 minus the normalised distance of the foreground's centroid from the centre;
+- ``warmer``: red over blue, the mean of (R - B) in [-1, 1] (warm tones preferred).
+
+In the shapes world a caption fixes each shape's colour, size class, grid cell and the background, so a
+preference can only move what the caption leaves open: a shape's exact size, edges and tints (room for
+``larger_shapes`` and ``warmer``) but barely its position (two pixels of jitter) or its grey level.
 
 Any other callable is named by a dotted path, ``"package.module:function"`` or
 ``"package.module.function"``; :func:`build_preference` imports and checks it when a
@@ -78,10 +83,17 @@ def shape_centred(image: Image.Image, prompt: str) -> float:
     return float(1.0 - min(1.0, np.hypot(dy, dx) / np.sqrt(2)))
 
 
+def warmer(image: Image.Image, prompt: str) -> float:
+    """Red over blue: the mean of (R - B) / 255, in [-1, 1]."""
+    pixels = _pixels(image)
+    return float((pixels[..., 0] - pixels[..., 2]).mean() / 255.0)
+
+
 PREFERENCES: dict[str, PreferenceFunction] = {
     "larger_shapes": larger_shapes,
     "brighter": brighter,
     "shape_centred": shape_centred,
+    "warmer": warmer,
 }
 
 

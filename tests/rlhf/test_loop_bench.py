@@ -47,8 +47,8 @@ def test_the_bench_validates_its_arguments_before_doing_anything(capsys):
 
     assert "--preference: preference 'tests.rlhf.test_loop_bench:nope': 'tests.rlhf.test_loop_bench' has no " \
            "attribute 'nope'" in usage_error(["--preference", "tests.rlhf.test_loop_bench:nope"], capsys)
-    assert "--preference: preference must be one of ['brighter', 'larger_shapes', 'shape_centred'] or a dotted " \
-           "path, not 'reddest'" in usage_error(["--preference", "reddest"], capsys)
+    assert "--preference: preference must be one of ['brighter', 'larger_shapes', 'shape_centred', 'warmer'] or a " \
+           "dotted path, not 'reddest'" in usage_error(["--preference", "reddest"], capsys)
     assert "--label-accuracy: label_accuracy must be from 0.5 (labels of pure noise) to 1" in usage_error(
         ["--label-accuracy", "0.4"], capsys)
     assert "argument --temperature: not allowed with argument --label-accuracy" in usage_error(

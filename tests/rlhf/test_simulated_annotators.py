@@ -24,6 +24,7 @@ from rlhf.preferences import (
     noisy_ranking,
     shape_centred,
     temperature_for_label_accuracy,
+    warmer,
 )
 from tests.annotate.factories_workflow import RANK_SCHEMA, task_with_images
 from tests.factories import MembershipFactory, UserFactory
@@ -47,6 +48,9 @@ def test_builtin_preferences_score_what_they_say():
     assert larger_shapes(square(24), "") == pytest.approx(24 * 24 / 64**2)
     assert brighter(square(2, colour=(250, 250, 250)), "") > brighter(square(30, colour=(10, 10, 10)), "")
     assert shape_centred(square(12), "") > 0.95 > shape_centred(square(12, at=(8, 8)), "")
+    assert warmer(square(24, colour=(220, 30, 30)), "") > warmer(square(12, colour=(220, 30, 30)), "") > 0
+    assert warmer(square(24, colour=(40, 80, 220)), "") < 0
+    assert warmer(square(64, colour=(255, 0, 0)), "") == 1.0
 
 
 def test_preferences_by_name_or_dotted_path_validated_when_the_config_is_built():
