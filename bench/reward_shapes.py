@@ -27,7 +27,8 @@ pairs right (the shapes model's four images of a caption differ by a few pixels)
 temperatures put every preference where the annotators get about 70% right, so the ceiling is well away
 from chance for each: 0.0025 for ``larger_shapes``, 0.001 for ``brighter`` (mean grey differs by ~0.1%
 between a caption's images), 0.02 for ``shape_centred`` and 0.001 for ``warmer`` (not yet measured). The
-images are cached under ``--cache``, so a second run only trains. Numbers vary with the machine and its load; report the machine alongside them.
+images are cached under ``--cache``, so a second run only trains. Numbers vary with the machine and its
+load; report the machine alongside them.
 """
 
 from __future__ import annotations
