@@ -2,6 +2,7 @@
 bare GPU machine as well as here.
 
     .venv/bin/python -m bench.ddpo_judge --ddpo '{"iterations": 40}'                  # this CPU
+    .venv/bin/python -m bench.ddpo_judge --task two-shape --ddpo '{"seed": 1}'        # one kind of caption
     python -m bench.ddpo_judge --device cuda --ddpo '{...}' --eval-every 25 --out DIR  # a GPU
 
 It trains a LoRA on the shipped shapes model with ``rlhf.training.ddpo.train_ddpo`` (the code a fine-tune
@@ -10,8 +11,10 @@ and every checkpoint on the held-out captions the loop bench uses (``held_out_ca
 shipped version's settings: DPM-Solver++ 12 steps, guidance 2.5, 64 px) through ``generation.inference``,
 the worker's code. It prints the judge's adherence per checkpoint, how many captions the checkpoint fixed
 and broke against the base image of the same caption and seed, and the loop bench's larger-shapes paired
-win rate. ``--reward noise`` is the control: DDPO with rewards that carry no signal. ``--out`` keeps the
-last checkpoint's LoRA and ``results.json``.
+win rate. ``--reward noise`` is the control: DDPO with rewards that carry no signal (drawn from the run's
+seed). ``--task`` trains and evaluates on one kind of caption only (``generation.shapes.world.TASKS``: two
+shapes, a held-out (shape, colour) pair, ...), where ``bench/shapes.py --room`` finds room to improve.
+``--out`` keeps the last checkpoint's LoRA and ``results.json``.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import sys
 import tempfile
@@ -33,7 +37,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.loop import DDPO_JUDGE, WEIGHTS  # noqa: E402
-from generation.shapes.world import held_out_captions, prompt_captions  # noqa: E402
+from generation.shapes.world import HELD_OUT_SEED, TASKS, task_captions  # noqa: E402
 
 TRAIN_SEED = 7  # the loop bench's judge project draws its captions with this seed
 
@@ -67,8 +71,8 @@ class PooledReward:
 class NoiseReward:
     """The control: rewards with no information in them."""
 
-    def __init__(self) -> None:
-        self.rng = np.random.default_rng(0)
+    def __init__(self, seed: int = 0) -> None:
+        self.rng = np.random.default_rng(seed)
 
     def __call__(self, images, prompts) -> np.ndarray:
         return self.rng.standard_normal(len(images))
@@ -77,12 +81,12 @@ class NoiseReward:
 class Evaluator:
     """Held-out adherence of the base model and of LoRA checkpoints, rendered by the worker's code."""
 
-    def __init__(self, device: str, captions: list[str], seeds: list[int], batch: int) -> None:
+    def __init__(self, device: str, captions: list[str], seeds: list[int], batch: int, weights: Path) -> None:
         from generation import inference
 
         self.inference = inference
         self.cache = inference.PipelineCache(device)
-        self.base = inference.ModelSpec(key="shapes", source=str(WEIGHTS), dtype="float32")
+        self.base = inference.ModelSpec(key="shapes", source=str(weights), dtype="float32")
         self.params = inference.GenerationParams(scheduler="dpmpp_2m", steps=12, guidance=2.5, width=64, height=64)
         self.captions, self.seeds, self.batch = captions, seeds, batch
         self.base_ok: np.ndarray | None = None
@@ -119,6 +123,8 @@ class Evaluator:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu, cuda or mps")
+    parser.add_argument("--weights", type=Path, default=WEIGHTS,
+                        help="the shapes-world pipeline to fine-tune (default: the shipped model)")
     parser.add_argument("--reward", default="shapes_overall", choices=("shapes_overall", "shapes_adherence", "noise"),
                         help="noise: a control, standard normal rewards (what does DDPO do with no signal?)")
     parser.add_argument("--ddpo", type=json.loads, default={}, metavar="JSON",
@@ -126,6 +132,8 @@ def main() -> int:
     parser.add_argument("--train-prompts", type=int, default=200, help="captions DDPO samples")
     parser.add_argument("--train-split", default="train", choices=("train", "any"),
                         help="draw them from the shapes model's training combinations only, or from any")
+    parser.add_argument("--task", default="any", choices=TASKS,
+                        help="train and evaluate on captions of this kind only (any: every caption, as bench/loop.py)")
     parser.add_argument("--eval-prompts", type=int, default=200, help="held-out captions (as bench/loop.py)")
     parser.add_argument("--eval-seeds", type=int, default=1, help="seeds per held-out caption (0, 1, ...)")
     parser.add_argument("--eval-every", type=int, default=0, help="evaluate every N iterations (0: at the end)")
@@ -134,8 +142,10 @@ def main() -> int:
     parser.add_argument("--eval-batch", type=int, default=8)
     parser.add_argument("--out", type=Path, default=None, help="keep the final LoRA and results.json here")
     args = parser.parse_args()
-    if not (WEIGHTS / "model_index.json").is_file():
-        print(f"No shapes weights at {WEIGHTS} (model_index.json); train them first.")
+    if args.task == "held-out-pairs" and args.train_split == "train":
+        parser.error("--task held-out-pairs has no captions in the train split: add --train-split any")
+    if not (args.weights / "model_index.json").is_file():
+        print(f"No shapes weights at {args.weights} (model_index.json); train them first.")
         return 2
     if args.device == "cpu":
         os.environ.setdefault("CUDA_VISIBLE_DEVICES", "")
@@ -151,17 +161,19 @@ def main() -> int:
                  **args.ddpo, "cpu": args.device == "cpu"}
     if "lora_targets" in overrides:
         overrides["lora_targets"] = tuple(overrides["lora_targets"])
-    captions = held_out_captions(args.eval_prompts)
+    captions = task_captions(args.eval_prompts, HELD_OUT_SEED, args.task)  # held_out_captions() for "any"
     held_out = set(captions)  # a caption drawn twice (short ones can be) is never trained on
-    prompts = tuple(c for c in prompt_captions(args.train_prompts, seed=TRAIN_SEED, split=args.train_split)
+    prompts = tuple(c for c in task_captions(args.train_prompts, TRAIN_SEED, args.task, split=args.train_split)
                     if c not in held_out)
     control = args.reward == "noise"
-    config = tiny_ddpo_preset(str(WEIGHTS), prompts, reward="shapes_overall" if control else args.reward, **overrides)
-    evaluator = Evaluator(args.device, captions, list(range(args.eval_seeds)), args.eval_batch)
+    config = tiny_ddpo_preset(str(args.weights), prompts, reward="shapes_overall" if control else args.reward, **overrides)
+    evaluator = Evaluator(args.device, captions, list(range(args.eval_seeds)), args.eval_batch, args.weights)
     shown = {k: v for k, v in overrides.items() if k != "cpu"}
-    print(f"DDPO on {args.reward}, {len(prompts)} {args.train_split}-split training captions, device {args.device}: "
+    print(f"DDPO on {args.reward}, {len(prompts)} {args.train_split}-split training captions of task {args.task}, "
+          f"{len(captions)} held-out, device {args.device}: "
           f"{json.dumps(shown)}")
     results: dict = {"config": shown, "reward": args.reward, "device": args.device, "train_prompts": len(prompts),
+                     "task": args.task, "weights": str(args.weights),
                      "train_split": args.train_split, "eval": {}, "log": []}
     started = time.monotonic()
     results["eval"]["0"] = evaluator.run(None, "base")
@@ -192,10 +204,12 @@ def main() -> int:
     deadline = started + 60 * args.max_minutes if args.max_minutes else None
     train_ddpo(config, workdir, on_log=on_log, on_checkpoint=on_checkpoint,
                         should_stop=(lambda: time.monotonic() > deadline) if deadline else None,
-                        reward_fn=NoiseReward() if control else PooledReward(args.reward, args.judge_workers))
+                        reward_fn=NoiseReward(config.seed) if control else PooledReward(args.reward, args.judge_workers))
     results["minutes"] = round((time.monotonic() - started) / 60, 2)
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    results["cpu_minutes"] = round(sum(r.ru_utime + r.ru_stime for r in (own, children)) / 60, 2)
     save()
-    print(f"done in {results['minutes']} min; work directory {workdir}")
+    print(f"done in {results['minutes']} min wall, {results['cpu_minutes']} CPU min; work directory {workdir}")
     return 0
 
 

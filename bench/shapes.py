@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.shapes [--weights DIR] [--n 500] [--held-out-n 500]
     .venv/bin/python -m bench.shapes --vae DIR     # only the ceiling of another VAE (a training run's)
+    .venv/bin/python -m bench.shapes --room two-shape held-out-pairs --room-n 150   # only the room per task
 
 Prints, for captions of the world with fresh seeds (never used in training), the judge's
 per-attribute and overall accuracy; the same on captions using the (shape, colour) pairs held
@@ -12,6 +13,12 @@ reconstructions, with the shape accuracy per (shape, size), since no fine-tune o
 DDPO, can render what the decoder loses) and the decoder's reach: latents optimised to decode to each
 render (Adam on the VAE's shape-weighted pixel loss, from the encoder's latent), about the most any UNet
 could get out of this decoder.
+
+``--room`` measures where a fine-tune of the UNet has room to raise adherence: for each task (captions of
+one shape, of two shapes, or using a held-out (shape, colour) pair), the model's adherence on the task's
+captions and the decoder's reach on their ground-truth renders, caption by caption, and the difference
+with its 95% interval. A task with little room is one no UNet fine-tune can improve much, whatever the
+reward.
 """
 
 from __future__ import annotations
@@ -36,19 +43,27 @@ from generation.shapes.model import (
     random_pipeline_like,
 )
 from generation.shapes.train import TrainConfig, shape_pixels, to_tensor, vae_loss
-from generation.shapes.world import make_examples, parse_caption, prompt_captions
+from generation.shapes.world import TASKS, in_task, make_examples, parse_caption, prompt_captions
+from rlhf.loop.stats import paired_difference
 
 BENCH_SEED = 20_261_126  # caption seed; training draws from other streams (see generation/shapes/train.py)
 CEILING_SEED = BENCH_SEED + 2  # the ground-truth renders of the ceiling and the reach
+ROOM_SEED = BENCH_SEED + 3  # the ground-truth renders of --room
 BATCH = 50
 
 
-def adherence(pipe, captions: list[str], *, steps: int, guidance: float) -> dict[str, float]:
+def model_judgements(pipe, captions: list[str], *, steps: int, guidance: float) -> list:
+    """The judge on one image of the model per caption (seeds from BENCH_SEED, one batch at a time)."""
     judgements = []
     for start in range(0, len(captions), BATCH):
         batch = captions[start : start + BATCH]
         images = generate(pipe, batch, seed=BENCH_SEED + start, steps=steps, guidance=guidance)
         judgements += [judge(im, c) for im, c in zip(images, batch, strict=True)]
+    return judgements
+
+
+def adherence(pipe, captions: list[str], *, steps: int, guidance: float) -> dict[str, float]:
+    judgements = model_judgements(pipe, captions, steps=steps, guidance=guidance)
     scores = summarize(judgements)
     for count in (1, 2):
         subset = [j for j in judgements if len(parse_caption(j.caption).objects) == count]
@@ -89,6 +104,11 @@ def decoder_reach(
     """The judge on the decoder's best attempt at each ground-truth render: the latent, started at the
     encoder's mode, is optimised by Adam on the VAE's training loss (shape pixels weighted as in training).
     Given the renders of reconstruction_ceiling, the two compare caption by caption."""
+    return _judge_renders(decoder_reach_pixels(vae, images, steps, lr), captions)
+
+
+def decoder_reach_pixels(vae: AutoencoderKL, images: np.ndarray, steps: int, lr: float = 0.05) -> list:
+    """The decoder's best attempt at each ground-truth render (see decoder_reach), as uint8 arrays."""
     shape_weight = TrainConfig().shape_weight
     vae.requires_grad_(False)
     pixels = []
@@ -106,7 +126,36 @@ def decoder_reach(
             optimiser.step()
         with torch.no_grad():
             pixels += _pixels(vae.decode(latent).sample)
-    return _judge_renders(pixels, captions)
+    return pixels
+
+
+def task_examples(task: str, n: int) -> tuple[np.ndarray, list[str]]:
+    """N ground-truth renders of a task (``generation.shapes.world.TASKS``), deterministic (ROOM_SEED)."""
+    split = "held_out" if task == "held-out-pairs" else "any"
+    images, captions = make_examples(4 * n, seed=ROOM_SEED, split=split)
+    keep = [i for i, c in enumerate(captions) if in_task(parse_caption(c), task)][:n]
+    if len(keep) < n:
+        raise ValueError(f"only {len(keep)} {task} scenes among {4 * n} drawn; ask for fewer")
+    return images[keep], [captions[i] for i in keep]
+
+
+def room(pipe, task: str, n: int, *, reach_steps: int, steps: int, guidance: float) -> dict:
+    """The model against the decoder's reach on one task's captions, caption by caption (see --room)."""
+    images, captions = task_examples(task, n)
+    model = model_judgements(pipe, captions, steps=steps, guidance=guidance)
+    reach = [
+        judge(im, c)
+        for im, c in zip(decoder_reach_pixels(pipe.vae, images, reach_steps), captions, strict=True)
+    ]
+    gap = paired_difference([float(j.overall) for j in reach], [float(j.overall) for j in model])
+    return {
+        "task": task,
+        "n": n,
+        "model": summarize(model),
+        "reach": summarize(reach),
+        "room_points": 100 * gap.mean,
+        "room_interval": [100 * gap.low, 100 * gap.high],
+    }
 
 
 def ground_truth(n: int) -> tuple[np.ndarray, list[str]]:
@@ -161,6 +210,14 @@ def main() -> None:
     parser.add_argument("--reach-n", type=int, default=100, help="renders the decoder's reach is measured on")
     parser.add_argument("--reach-steps", type=int, default=200, help="Adam steps on each batch's latents")
     parser.add_argument("--vae", metavar="DIR", help="only the reconstruction ceiling of the VAE in DIR")
+    parser.add_argument(
+        "--room",
+        nargs="+",
+        choices=TASKS,
+        metavar="TASK",
+        help=f"only the room below the decoder's reach on these tasks ({', '.join(TASKS)})",
+    )
+    parser.add_argument("--room-n", type=int, default=100, help="ground-truth renders per --room task")
     parser.add_argument("--steps", type=int, default=DEFAULT_STEPS)
     parser.add_argument("--guidance", type=float, default=DEFAULT_GUIDANCE)
     parser.add_argument(
@@ -179,6 +236,16 @@ def main() -> None:
     pipe = load_pipeline(args.weights)
     settings = {"steps": args.steps, "guidance": args.guidance}
     print(f"weights {args.weights}; {settings}; torch threads {torch.get_num_threads()}")
+    if args.room:
+        rooms = []
+        for task in args.room:
+            rooms.append(found := room(pipe, task, args.room_n, reach_steps=args.reach_steps, **settings))
+            low, high = found["room_interval"]
+            print(f"{task} (n={args.room_n}): the model {fmt(found['model'])}")
+            print(f"{task}: the decoder's reach {fmt(found['reach'])}")
+            print(f"{task}: room {found['room_points']:+.1f} points [{low:+.1f}, {high:+.1f}]", flush=True)
+        print(json.dumps({"settings": settings, "reach_steps": args.reach_steps, "room": rooms}))
+        return
     results: dict[str, object] = {"settings": settings}
     seconds = latency(pipe, **settings)
     results["four_images_s"] = seconds

@@ -79,6 +79,9 @@ class TrainConfig:
     vae_crop_fraction: float = 0.85
     vae_minutes: float | None = None  # a wall-clock budget: then crops and lr follow the elapsed share of it
     vae_lr: float = 2e-3
+    # A VAE directory (another run's, or a pipeline's ``vae/``) used instead of training one: phase 1 copies it
+    # in, so the diffusion phase learns against a decoder whose limits are already measured.
+    vae_from: str = ""
     kl_weight: float = 1e-5  # weight of the mean per-element KL term (a nearly deterministic autoencoder)
     shape_weight: float = (
         10.0  # loss weight of shape pixels (they are few; unweighted, colours are not learnt)
@@ -248,6 +251,14 @@ def train_vae(cfg: TrainConfig) -> AutoencoderKL:
     if (out / "config.json").exists():
         _log(f"VAE: found {out}, skipping phase 1")
         return AutoencoderKL.from_pretrained(out)
+    if cfg.vae_from:
+        vae = AutoencoderKL.from_pretrained(cfg.vae_from)
+        if vae.config.latent_channels != cfg.model.latent_channels:
+            raise ValueError(f"the VAE in {cfg.vae_from} has {vae.config.latent_channels} latent channels, "
+                             f"the model {cfg.model.latent_channels}")
+        vae.save_pretrained(out)
+        _log(f"VAE: copied from {cfg.vae_from} into {out}, phase 1 not run")
+        return vae
     torch.manual_seed(cfg.seed)
     vae = build_vae(cfg.model).to(cfg.device).train()
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr, weight_decay=0.0)
@@ -503,6 +514,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--max-minutes", type=float, help="override the diffusion phase's wall-clock limit")
     parser.add_argument("--vae-minutes", type=float, help="override the VAE phase's wall-clock budget")
     parser.add_argument("--latent-channels", type=int, help="override the model's latent channels")
+    parser.add_argument("--vae-from", metavar="DIR", help="take this VAE (e.g. a pipeline's vae/) instead of phase 1")
+    parser.add_argument("--steps", type=int, help="override the diffusion phase's steps")
     parser.add_argument("--vae-only", action="store_true", help="stop after phase 1 (the VAE)")
     parser.add_argument("--export", metavar="DIR", help="only export the run's last checkpoint to DIR")
     parser.add_argument(
@@ -514,6 +527,10 @@ def main(argv: list[str] | None = None) -> None:
         cfg = replace(cfg, run_dir=args.run_dir)
     if args.max_minutes is not None:
         cfg = replace(cfg, max_minutes=args.max_minutes)
+    if args.vae_from:
+        cfg = replace(cfg, vae_from=args.vae_from)
+    if args.steps is not None:
+        cfg = replace(cfg, steps=args.steps)
     try:
         if args.vae_minutes is not None:
             cfg = replace(cfg, vae_minutes=args.vae_minutes)

@@ -156,6 +156,36 @@ def prompt_captions(n: int, seed: int = 0, split: Split = "any") -> list[str]:
     return [s.caption for s in sample_scenes(n, seed, split)]
 
 
+# Kinds of caption a benchmark can single out, to measure or train where the model has room to improve
+# (``bench/shapes.py --room``, ``bench/ddpo_judge.py --task``).
+TASKS: tuple[str, ...] = ("any", "one-shape", "two-shape", "held-out-pairs")
+
+
+def in_task(scene: Scene, task: str) -> bool:
+    """Whether a scene is one of a task's: any scene, one of one or two shapes, or one using a held-out pair."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}, not {task!r}")
+    if task == "held-out-pairs":
+        return any((o.shape, o.colour) in HELD_OUT_PAIRS for o in scene.objects)
+    return task == "any" or len(scene.objects) == TASKS.index(task)
+
+
+def task_captions(n: int, seed: int, task: str, split: Split = "any") -> list[str]:
+    """The first N captions of a task in the seed's stream of ``split`` scenes (for ``"any"``, exactly
+    :func:`prompt_captions`). Held-out pairs never occur in the train split, so that task draws from
+    ``"held_out"`` unless asked for ``"train"``, which it refuses."""
+    if task == "held-out-pairs":
+        if split == "train":
+            raise ValueError("the held-out-pairs task has no captions in the train split")
+        split = "held_out"
+    rng, captions = np.random.default_rng(seed), []
+    while len(captions) < n:
+        scene = sample_scene(rng, split)
+        if in_task(scene, task):
+            captions.append(scene.caption)
+    return captions
+
+
 HELD_OUT_SEED = 1_000_003  # captions drawn with this seed are never a round's prompts (rounds use 0..)
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from generation.shapes.model import ModelConfig, build_train_scheduler, load_pipeline, tiny_config
+from generation.shapes.model import ModelConfig, build_train_scheduler, build_vae, load_pipeline, tiny_config
 from generation.shapes.train import (
     TrainConfig,
     diffusion_target,
@@ -119,3 +119,21 @@ def test_tiny_recipe_trains_resumes_and_exports_a_loadable_pipeline(tmp_path):
     assert json.loads((vae_ft / "progress.json").read_text()) == {"step": 3}
     again = export_pipeline(cfg.run_dir, tmp_path / "export-ft")
     assert json.loads((again / "training.json").read_text())["vae"] == "vae_ft"
+
+
+def test_a_run_can_take_a_given_vae_instead_of_training_one(tmp_path):
+    torch.manual_seed(5)
+    given = build_vae(tiny_config())
+    given.save_pretrained(tmp_path / "given")
+    cfg = replace(
+        smoke_recipe(str(tmp_path / "run")), model=tiny_config(), vae_from=str(tmp_path / "given"),
+        vae_steps=10**6, pool_size=32, steps=2, ckpt_every=2,
+    )  # fmt: skip
+    train(cfg)  # a million VAE steps would never finish: phase 1 is not run
+    out = export_pipeline(cfg.run_dir, tmp_path / "export")
+    exported = load_pipeline(out).vae.state_dict()
+    assert all(torch.equal(exported[k], v) for k, v in given.state_dict().items())
+    assert json.loads((out / "training.json").read_text())["config"]["vae_from"] == str(tmp_path / "given")
+    wrong = replace(cfg, run_dir=str(tmp_path / "other"), model=replace(tiny_config(), latent_channels=8))
+    with pytest.raises(ValueError, match=r"has 4 latent channels, the model 8"):
+        train(wrong)

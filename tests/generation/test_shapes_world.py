@@ -7,12 +7,15 @@ from generation.shapes.world import (
     COLOURS,
     HELD_OUT_PAIRS,
     SHAPES,
+    TASKS,
+    in_task,
     make_examples,
     parse_caption,
     prompt_captions,
     render,
     sample_scenes,
     shape_mask,
+    task_captions,
 )
 
 
@@ -75,3 +78,26 @@ def test_shape_masks_differ():
         for b in SHAPES:
             if a != b:
                 assert (masks[a] != masks[b]).sum() > 20
+
+
+def test_task_captions_are_the_tasks_own_and_any_is_every_caption():
+    assert task_captions(40, 9, "any") == prompt_captions(40, seed=9)
+    assert task_captions(40, 9, "any", split="train") == prompt_captions(40, seed=9, split="train")
+    one, two = task_captions(60, 9, "one-shape"), task_captions(60, 9, "two-shape")
+    assert [len(parse_caption(c).objects) for c in one] == [1] * 60
+    assert [len(parse_caption(c).objects) for c in two] == [2] * 60
+    # the stream's own order: the two tasks split the first captions of "any" between them
+    mixed = prompt_captions(20, seed=9)
+    assert [c for c in mixed if c in one[:20] or c in two[:20]] == mixed
+    pairs = task_captions(60, 9, "held-out-pairs")
+    assert all(any((o.shape, o.colour) in HELD_OUT_PAIRS for o in parse_caption(c).objects) for c in pairs)
+    assert pairs == task_captions(60, 9, "held-out-pairs", split="held_out")
+    assert all(in_task(parse_caption(c), "any") for c in one + two + pairs)
+
+
+def test_task_names_and_splits_are_checked():
+    assert TASKS == ("any", "one-shape", "two-shape", "held-out-pairs")
+    with pytest.raises(ValueError, match="task must be one of .*'three-shape'"):
+        task_captions(3, 0, "three-shape")
+    with pytest.raises(ValueError, match="held-out-pairs task has no captions in the train split"):
+        task_captions(3, 0, "held-out-pairs", split="train")
