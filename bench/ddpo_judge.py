@@ -14,7 +14,9 @@ and broke against the base image of the same caption and seed, and the loop benc
 win rate. ``--reward noise`` is the control: DDPO with rewards that carry no signal (drawn from the run's
 seed). ``--task`` trains and evaluates on one kind of caption only (``generation.shapes.world.TASKS``: two
 shapes, a held-out (shape, colour) pair, ...), where ``bench/shapes.py --room`` finds room to improve.
-``--out`` keeps the last checkpoint's LoRA and ``results.json``.
+``--out`` keeps the last checkpoint's LoRA and ``results.json``. On a CPU torch runs ``--threads`` threads,
+1 by default (a run and its control side by side on two cores, each with torch's default, spent about three
+times the CPU time an iteration).
 """
 
 from __future__ import annotations
@@ -140,6 +142,9 @@ def main() -> int:
     parser.add_argument("--max-minutes", type=float, default=0, help="stop training (and evaluate) after this")
     parser.add_argument("--judge-workers", type=int, default=1, help="processes scoring the reward")
     parser.add_argument("--eval-batch", type=int, default=8)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch's CPU threads (default 1: two runs side by side on two cores, each with torch's "
+                             "default, spent about three times the CPU time an iteration; 0 = torch's default)")
     parser.add_argument("--out", type=Path, default=None, help="keep the final LoRA and results.json here")
     args = parser.parse_args()
     if args.task == "held-out-pairs" and args.train_split == "train":
@@ -153,6 +158,8 @@ def main() -> int:
 
     from rlhf.training.ddpo import tiny_ddpo_preset, train_ddpo
 
+    if args.device == "cpu" and args.threads:
+        torch.set_num_threads(args.threads)
     if args.device == "cuda":
         torch.set_num_threads(2)  # the GPU does the work; several runs may share the machine's cores
         torch.backends.cuda.matmul.allow_tf32 = True
