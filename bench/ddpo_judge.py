@@ -96,7 +96,7 @@ class Evaluator:
 
     def run(self, lora: Path | None, key: str) -> dict:
         from generation.shapes.judge import judge, summarize
-        from rlhf.loop.stats import paired_win_rate
+        from rlhf.loop.stats import paired_difference, paired_win_rate
         from rlhf.preferences import larger_shapes
 
         spec = self.base if lora is None else self.inference.ModelSpec.lora(key, lora, self.base)
@@ -116,6 +116,9 @@ class Evaluator:
             summary["fixed"] = int((ok & ~self.base_ok).sum())
             summary["broken"] = int((~ok & self.base_ok).sum())
             summary["delta_points"] = round(100 * (ok.mean() - self.base_ok.mean()), 2)
+            change = paired_difference(ok.astype(float).tolist(), self.base_ok.astype(float).tolist())
+            if change.low is not None and change.high is not None:  # 95%, over the held-out captions
+                summary["delta_interval"] = [round(100 * change.low, 2), round(100 * change.high, 2)]
             win = paired_win_rate(size.tolist(), self.base_size.tolist())  # the loop bench's preference
             summary["larger_win_rate"] = round(win.rate, 3)
             summary["larger_win_interval"] = [round(win.low, 3), round(win.high, 3)]
