@@ -82,7 +82,8 @@ def main() -> int:
     import torch.nn.functional as F
     from diffusers import DDPMScheduler
 
-    from generation.inference import _make_scheduler
+    from generation.inference import make_scheduler
+    from generation.shapes.train import diffusion_target
     from rlhf.training.ddim import decode_latents, encode_prompts
     from rlhf.training.ddpo import to_pil
     from rlhf.training.dpo import dpo_batch_loss
@@ -111,7 +112,7 @@ def main() -> int:
     add_lora(pipe.unet, rank=args.rank, alpha=args.rank)
     params = lora_parameters(pipe.unet)
     optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=1e-4)
-    pipe.scheduler = _make_scheduler("dpmpp_2m", pipe.scheduler.config)
+    pipe.scheduler = make_scheduler("dpmpp_2m", pipe.scheduler.config)
     train_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
     with torch.no_grad():
         empty = encode_prompts(pipe, [""])
@@ -165,20 +166,14 @@ def main() -> int:
                 generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
                 loss, _, _, _ = dpo_batch_loss(pipe.unet, train_scheduler, both, pool_embeds[idx],
                                                torch.ones(args.batch), args.beta, generator)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
-                losses.append(loss.item())
-                continue
-            x0, cond = pool_latents[idx], pool_embeds[idx]
-            drop = torch.from_numpy(rng.random(args.batch) < args.caption_dropout)
-            cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
-            noise = torch.randn_like(x0)
-            t = torch.from_numpy(rng.integers(0, train_scheduler.config.num_train_timesteps, size=args.batch))
-            pred = pipe.unet(train_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
-            target = train_scheduler.get_velocity(x0, noise, t) if train_scheduler.config.prediction_type == "v_prediction" else noise
-            loss = F.mse_loss(pred, target)
+            else:
+                x0, cond = pool_latents[idx], pool_embeds[idx]
+                drop = torch.from_numpy(rng.random(args.batch) < args.caption_dropout)
+                cond = torch.where(drop[:, None, None], empty.expand_as(cond), cond)
+                noise = torch.randn_like(x0)
+                t = torch.from_numpy(rng.integers(0, train_scheduler.config.num_train_timesteps, size=args.batch))
+                pred = pipe.unet(train_scheduler.add_noise(x0, noise, t), t, encoder_hidden_states=cond).sample
+                loss = F.mse_loss(pred, diffusion_target(train_scheduler, x0, noise, t))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)

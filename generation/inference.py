@@ -721,7 +721,8 @@ def ddim_from_config(config: Mapping[str, Any], **overrides: Any) -> Any:
         dict(config), **{"clip_sample": bool(config.get("clip_sample", False)), **overrides})
 
 
-def _make_scheduler(name: SchedulerName, base_config: Mapping[str, Any]) -> Any:
+def make_scheduler(name: SchedulerName, base_config: Mapping[str, Any]) -> Any:
+    """The named scheduler (``SCHEDULERS``) built from a pipeline's scheduler config: what the worker samples with."""
     import diffusers  # lazy: web processes import this module (for its types) and never load torch
 
     class_name, extra = SCHEDULERS[name]
@@ -811,7 +812,7 @@ def _run_chunk(
     vae = getattr(pipe, "vae", None)
     if vae is not None and hasattr(vae, "use_slicing"):
         vae.use_slicing = not pad_to or len(prompts) * params.width * params.height > VAE_BATCH_PIXELS
-    pipe.scheduler = _make_scheduler(params.scheduler, slot.scheduler_config)
+    pipe.scheduler = make_scheduler(params.scheduler, slot.scheduler_config)
 
     last_reported = -1
 
