@@ -155,6 +155,15 @@ def finetune_run_charts(run: FineTuneRun) -> list[dict[str, object]]:
             Chart(title="Denoising error on chosen images", series=[_series(history, "mse_chosen", "MSE (chosen)")],
                   x_label="step"),
         ]
+    elif any("implicit_accuracy" in p for p in history):  # DDPO's group_dpo objective: DPO on ranked groups
+        charts = [
+            Chart(title="Mean reward", series=[_series(history, "reward_mean", "mean reward")],
+                  x_label="iteration", markers=True),
+            Chart(title="Implicit accuracy on the replayed pairs",
+                  series=[_series(history, "implicit_accuracy", "implicit accuracy")],
+                  x_label="iteration", y_range=(0.0, 1.0), markers=True),
+            Chart(title="DPO loss", series=[_series(history, "loss", "loss")], x_label="iteration", markers=True),
+        ]
     else:
         charts = [
             Chart(title="Mean reward", series=[_series(history, "reward_mean", "mean reward")],

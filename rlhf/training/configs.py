@@ -9,6 +9,7 @@ seconds and a lot of memory; only the worker that trains imports the trainers (:
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,7 @@ MixedPrecision = Literal["no", "fp16", "bf16"]
 TieHandling = Literal["soft", "skip"]
 DPOTies = Literal["skip", "symmetric"]
 AdvantageScale = Literal["group", "batch"]
+DDPOObjective = Literal["policy_gradient", "group_dpo"]
 DEFAULT_TARGETS = ("to_q", "to_k", "to_v", "to_out.0")
 
 
@@ -455,9 +457,18 @@ class DDPOConfig:
     eta: float = 1.0  # DDIM stochasticity (> 0: the policy needs a density)
     guidance_scale: float = 5.0
     resolution: int = 512
-    train_batch_size: int = 4  # trajectories per micro-batch, all processes together (each takes an equal share)
+    # What an iteration trains on its samples. "policy_gradient": DDPO, the PPO clipped surrogate over the
+    # recorded denoising steps. "group_dpo": Diffusion-DPO on each prompt's best-rewarded image against its
+    # worst (a group whose rewards are all equal gives no pair), the starting model as the reference, over
+    # the pairs of the last `replay` iterations: online DPO from the model's own samples, which learns from
+    # whole ranked images rather than one noisy log-probability per step.
+    objective: DDPOObjective = "policy_gradient"
+    train_batch_size: int = 4  # trajectories (group_dpo: pairs) per micro-batch, all processes together (equal shares)
     grad_accum: int = 1  # micro-batches per optimisation step (each already sums over its timesteps)
-    inner_epochs: int = 1  # passes over each iteration's samples
+    inner_epochs: int = 1  # passes over each iteration's samples (group_dpo: over the replayed pairs)
+    dpo_beta: float = 500.0  # group_dpo: Diffusion-DPO's beta (larger keeps the policy nearer the reference)
+    replay: int = 1  # group_dpo: the iterations whose pairs each iteration trains on (this one and those before)
+    pair_min_reward: float | None = None  # group_dpo: keep a pair only where its best image scores at least this
     timestep_fraction: float = 1.0  # share of denoising steps trained on per trajectory
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -492,6 +503,8 @@ class DDPOConfig:
             raise ValueError(
                 f"advantage_scale must be one of {get_args(AdvantageScale)}, not {self.advantage_scale!r}"
             )
+        if self.objective not in get_args(DDPOObjective):
+            raise ValueError(f"objective must be one of {get_args(DDPOObjective)}, not {self.objective!r}")
         try:
             build_reward(self.reward, self.reward_arg)
         except ValueError as exc:
@@ -505,7 +518,7 @@ class DDPOConfig:
         positive = (
             "iterations", "prompts_per_iteration", "images_per_prompt", "sample_steps", "eta", "resolution",
             "train_batch_size", "grad_accum", "inner_epochs", "lr", "lora_rank", "clip_range", "adv_clip_max",
-            "max_grad_norm",
+            "max_grad_norm", "dpo_beta", "replay",
         )  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
@@ -519,6 +532,11 @@ class DDPOConfig:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0 or None, not {self.lora_alpha!r}")
+        if self.objective == "group_dpo" and self.images_per_prompt < 2:
+            raise ValueError(f"images_per_prompt must be >= 2 for group_dpo (a best and a worst image), "
+                             f"not {self.images_per_prompt}")
+        if self.pair_min_reward is not None and not math.isfinite(self.pair_min_reward):
+            raise ValueError(f"pair_min_reward must be a finite number or None, not {self.pair_min_reward!r}")
         check_processes(self.num_processes, self.num_machines, ("train_batch_size", self.train_batch_size),
                         ("prompts_per_iteration x images_per_prompt",
                          self.prompts_per_iteration * self.images_per_prompt))

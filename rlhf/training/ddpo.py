@@ -7,6 +7,12 @@ PPO clipped surrogate over the recorded denoising steps, optionally adding a KL 
 policy (the same UNet with adapters disabled). Checkpoint layout as in :mod:`rlhf.training.dpo`, with
 ``step`` counting iterations.
 
+``objective="group_dpo"`` trains differently on the same samples: each prompt's best-rewarded image against its
+worst with the Diffusion-DPO loss (:func:`rlhf.training.dpo.dpo_batch_loss`), the starting model as the
+reference, over the pairs of the last ``replay`` iterations (kept with each checkpoint, so a resumed run goes
+on as an unbroken one would). Online DPO from whole ranked images: the reward ranks a group; nothing depends
+on the per-step log-probabilities, whose ratios DDPO's noisy per-image rewards hardly move.
+
 A run may continue a saved adapter (``init_lora``): the policy then starts as that adapter, so its first
 iteration samples what the adapter's version generates, and the KL penalty (if any) is to a frozen copy
 of it rather than to the base UNet.
@@ -14,6 +20,7 @@ of it rather than to the base UNet.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,6 +30,7 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import set_seed
+from diffusers import DDPMScheduler
 from diffusers.training_utils import cast_training_params
 from PIL import Image
 
@@ -41,7 +49,7 @@ from rlhf.training.configs import MixedPrecision as MixedPrecision
 from rlhf.training.configs import sd15_ddpo_preset as sd15_ddpo_preset
 from rlhf.training.configs import tiny_ddpo_preset as tiny_ddpo_preset
 from rlhf.training.ddim import Trajectory, ddim_step_full, encode_prompts, guided_noise, sample_with_logprob
-from rlhf.training.dpo import FineTuneResult
+from rlhf.training.dpo import FineTuneResult, dpo_batch_loss
 from rlhf.training.lora import (
     add_lora,
     load_pipeline,
@@ -61,8 +69,11 @@ from rlhf.training.rewards import RewardFunction, build_reward
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
 OnPhase = Callable[[str], None]  # "loading_model", "training", ... (where the trainer is)
-_RESUME_KEYS = ("base_model", "reward", "reward_arg", "seed", "lora_rank", "lora_alpha", "init_lora")
-_RESUME_ADDED = {"init_lora": ""}  # keys newer than some checkpoints: what those checkpoints ran with
+_RESUME_KEYS = ("base_model", "reward", "reward_arg", "seed", "lora_rank", "lora_alpha", "init_lora", "objective")
+# keys newer than some checkpoints: what those checkpoints ran with
+_RESUME_ADDED = {"init_lora": "", "objective": "policy_gradient"}
+REPLAY_FILE = "group_dpo_replay.pt"  # group_dpo's replayed pairs, in a checkpoint's state directory
+Pairs = tuple[torch.Tensor, torch.Tensor]  # ((2, n, C, h, w) best then worst clean latents, (n, L, D) embeddings)
 
 
 def ddpo_scheduler(config: Any) -> Any:  # a DDIMScheduler (diffusers types its mixins loosely)
@@ -95,6 +106,19 @@ def gather_trajectory(accelerator: Any, traj: Trajectory) -> Trajectory:
     )
 
 
+def best_worst_pairs(
+    rewards: np.ndarray, group_size: int, min_reward: float | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Indices of each group's best and worst sample (groups are consecutive runs of ``group_size``), for the
+    groups whose rewards differ and, with ``min_reward``, whose best reaches it. Ties go to the first."""
+    grouped = np.asarray(rewards, dtype=np.float64).reshape(-1, group_size)
+    offsets = np.arange(len(grouped)) * group_size
+    keep = grouped.max(axis=1) > grouped.min(axis=1)
+    if min_reward is not None:
+        keep &= grouped.max(axis=1) >= min_reward
+    return (grouped.argmax(axis=1) + offsets)[keep], (grouped.argmin(axis=1) + offsets)[keep]
+
+
 def train_ddpo(
     config: DDPOConfig,
     output_dir: Path,
@@ -118,13 +142,14 @@ def train_ddpo(
     log: OnLog = on_log or (lambda step, metrics: None)
     phase: OnPhase = on_phase or (lambda name: None)
     reward = reward_fn or build_reward(config.reward, config.reward_arg)
+    group_dpo = config.objective == "group_dpo"
     n_train_t = max(1, int(config.sample_steps * config.timestep_fraction))
 
     phase("loading_model")
     # --- setup: accelerator, frozen pipeline + LoRA, DDIM scheduler, optimiser
     accelerator = Accelerator(
         mixed_precision=config.mixed_precision,
-        gradient_accumulation_steps=config.grad_accum * n_train_t,
+        gradient_accumulation_steps=config.grad_accum * (1 if group_dpo else n_train_t),
         cpu=config.cpu,
     )
     set_seed(config.seed)
@@ -147,9 +172,11 @@ def train_ddpo(
     if config.init_lora:  # the policy starts as the saved adapter; the KL, if any, is to a frozen copy of it
         reference = start_from_adapter(
             pipe.unet, Path(config.init_lora), rank=config.lora_rank, alpha=config.lora_alpha or config.lora_rank,
-            targets=config.lora_targets, keep_reference=config.kl_coef > 0,
+            targets=config.lora_targets, keep_reference=config.kl_coef > 0 or group_dpo,
         )  # fmt: skip
     scheduler = ddpo_scheduler(pipe.scheduler.config)
+    # group_dpo trains the diffusion loss's noise schedule, as DPO does
+    noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config) if group_dpo else None
     optimizer = torch.optim.AdamW(lora_parameters(pipe.unet), lr=config.lr, weight_decay=config.weight_decay)
     register_lora_state_hooks(accelerator, accelerator.unwrap_model)
     unet, optimizer = accelerator.prepare(pipe.unet, optimizer)
@@ -158,18 +185,25 @@ def train_ddpo(
 
     # --- resume
     iteration = 0
+    replay: list[Pairs] = []
     latest = latest_checkpoint(output_dir) if resume else None
     if latest is not None:
         meta = read_metadata(latest)
         check_resumable(latest, meta, config, _RESUME_KEYS, _RESUME_ADDED)
         accelerator.load_state(str(latest / STATE_DIR))
         iteration = int(meta["step"])
+        if group_dpo and (latest / STATE_DIR / REPLAY_FILE).is_file():
+            saved = torch.load(latest / STATE_DIR / REPLAY_FILE, map_location=accelerator.device)
+            replay = [(pair["latents"], pair["embeds"]) for pair in saved]
 
     def checkpoint(directory: Path, with_state: bool, metrics: dict[str, float]) -> None:
         save_lora_checkpoint(
             accelerator, unet, directory, kind="ddpo", config=config, seed=config.seed, step=iteration,
             reward_id=config.reward_id, with_state=with_state, extra={"metrics": metrics},
         )  # fmt: skip
+        if group_dpo and with_state and accelerator.is_main_process:
+            pairs = [{"latents": latents.cpu(), "embeds": embeds.cpu()} for latents, embeds in replay]
+            torch.save(pairs, directory / STATE_DIR / REPLAY_FILE)
 
     processes, rank = accelerator.num_processes, accelerator.process_index
     n = config.prompts_per_iteration * config.images_per_prompt
@@ -200,77 +234,27 @@ def train_ddpo(
         if processes > 1:
             rewards = accelerator.gather(torch.from_numpy(rewards).to(accelerator.device)).cpu().numpy()
             traj = gather_trajectory(accelerator, traj)
-        advantages = normalize_advantages_per_prompt(
-            torch.from_numpy(rewards), prompts, scale=config.advantage_scale
-        ).to(accelerator.device)
-
-        # --- train: clipped surrogate over (a share of) the recorded denoising steps
         unet.train()
-        stats: list[list[float]] = []
-        for _ in range(config.inner_epochs):
-            order = torch.from_numpy(rng.permutation(n))
-            for start in range(0, n, config.train_batch_size):
-                batch = order[start : start + config.train_batch_size]  # the global micro-batch: this
-                share = len(batch) // processes  # process trains its share, gradients are averaged
-                idx = batch[rank * share : (rank + 1) * share]
-                cond = traj.prompt_embeds[idx]
-                uncond = None if uncond_one is None else uncond_one.expand(len(idx), -1, -1)
-                for j in rng.permutation(config.sample_steps)[:n_train_t].tolist():
-                    t = traj.timesteps[j]
-                    with accelerator.accumulate(unet), accelerator.autocast():
-                        x_t = traj.latents[idx, j]
-                        # The UNet's input at t: the policy and the KL's reference both see exactly this.
-                        model_input = scheduler.scale_model_input(x_t, t)
-                        eps = guided_noise(unet, model_input, t, cond, uncond, config.guidance_scale)
-                        step = ddim_step_full(
-                            scheduler,
-                            eps,
-                            t,
-                            x_t,
-                            config.eta,
-                            prev_sample=traj.latents[idx, j + 1],
-                            reduction="mean",
-                        )
-                        out = ddpo_clipped_loss(
-                            step.log_prob,
-                            traj.log_probs[idx, j],
-                            advantages[idx],
-                            config.clip_range,
-                            config.adv_clip_max,
-                        )
-                        loss, kl = out.loss, torch.zeros(())
-                        if config.kl_coef > 0:
-                            with torch.no_grad():
-                                with reference_pass(accelerator.unwrap_model(unet), reference):
-                                    ref_eps = guided_noise(unet, model_input, t, cond, uncond, config.guidance_scale)
-                                ref = ddim_step_full(
-                                    scheduler, ref_eps, t, x_t, config.eta, prev_sample=step.prev_sample
-                                )
-                            kl = gaussian_kl_same_std(step.mean, ref.mean, step.std).mean()
-                            loss = loss + config.kl_coef * kl
-                        if not torch.isfinite(loss):
-                            raise FloatingPointError(
-                                f"DDPO loss became {loss.item()} at iteration {iteration + 1}"
-                            )
-                        accelerator.backward(loss)
-                        if accelerator.sync_gradients:
-                            accelerator.clip_grad_norm_(
-                                lora_parameters(accelerator.unwrap_model(unet)), config.max_grad_norm
-                            )
-                        optimizer.step()
-                        optimizer.zero_grad()
-                    stats.append(
-                        [loss.item(), out.approx_kl.item(), out.clip_fraction.item(), float(kl.detach())]
-                    )
+        if group_dpo:
+            assert noise_scheduler is not None
+            best, worst = best_worst_pairs(rewards, config.images_per_prompt, config.pair_min_reward)
+            final = traj.latents[:, -1]  # x_0 of every image: what DPO trains on, as it would on encoded images
+            replay.append((torch.stack([final[best], final[worst]]).detach(), traj.prompt_embeds[best].detach()))
+            replay = replay[-config.replay :]
+            metrics = _group_dpo_train(
+                accelerator, unet, optimizer, noise_scheduler, replay, config, rng, reference, iteration
+            )
+            metrics["pairs"] = float(len(best))
+        else:
+            metrics = _policy_gradient_train(
+                accelerator, unet, optimizer, scheduler, traj, rewards, prompts, config, rng, reference,
+                uncond_one, n_train_t, iteration,
+            )  # fmt: skip
 
         # --- log, checkpoint, maybe stop
         iteration += 1
-        means = np.mean(stats, axis=0)
-        if processes > 1:  # equal shares: the mean of the processes' means is the global mean
-            means = accelerator.reduce(torch.tensor(means, device=accelerator.device), "mean").cpu().numpy()
         last = {
-            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), "loss": float(means[0]),
-            "approx_kl": float(means[1]), "clip_fraction": float(means[2]), "kl": float(means[3]),
+            "reward_mean": float(rewards.mean()), "reward_std": float(rewards.std()), **metrics,
             "s_per_iteration": time.perf_counter() - tick,
         }  # fmt: skip
         log(iteration, last)
@@ -284,6 +268,110 @@ def train_ddpo(
 
     if stopped:
         return FineTuneResult(checkpoint_dir(output_dir, iteration), iteration, True, last)
-    final = output_dir / "final"
-    checkpoint(final, False, last)
-    return FineTuneResult(final, iteration, False, last)
+    final_dir = output_dir / "final"
+    checkpoint(final_dir, False, last)
+    return FineTuneResult(final_dir, iteration, False, last)
+
+
+def _policy_gradient_train(
+    accelerator: Any, unet: Any, optimizer: Any, scheduler: Any, traj: Trajectory, rewards: np.ndarray,
+    prompts: list[str], config: DDPOConfig, rng: np.random.Generator, reference: str | None,
+    uncond_one: torch.Tensor | None, n_train_t: int, iteration: int,
+) -> dict[str, float]:
+    """DDPO's update on one iteration's samples: the clipped surrogate over (a share of) the recorded
+    denoising steps, plus the KL to the reference when ``kl_coef`` > 0. Returns the iteration's mean loss,
+    approximate KL, clipped fraction and KL over every process."""
+    processes, rank, n = accelerator.num_processes, accelerator.process_index, len(prompts)
+    advantages = normalize_advantages_per_prompt(
+        torch.from_numpy(rewards), prompts, scale=config.advantage_scale
+    ).to(accelerator.device)
+    stats: list[list[float]] = []
+    for _ in range(config.inner_epochs):
+        order = torch.from_numpy(rng.permutation(n))
+        for start in range(0, n, config.train_batch_size):
+            batch = order[start : start + config.train_batch_size]  # the global micro-batch: this
+            share = len(batch) // processes  # process trains its share, gradients are averaged
+            idx = batch[rank * share : (rank + 1) * share]
+            cond = traj.prompt_embeds[idx]
+            uncond = None if uncond_one is None else uncond_one.expand(len(idx), -1, -1)
+            for j in rng.permutation(config.sample_steps)[:n_train_t].tolist():
+                t = traj.timesteps[j]
+                with accelerator.accumulate(unet), accelerator.autocast():
+                    x_t = traj.latents[idx, j]
+                    # The UNet's input at t: the policy and the KL's reference both see exactly this.
+                    model_input = scheduler.scale_model_input(x_t, t)
+                    eps = guided_noise(unet, model_input, t, cond, uncond, config.guidance_scale)
+                    step = ddim_step_full(
+                        scheduler, eps, t, x_t, config.eta, prev_sample=traj.latents[idx, j + 1], reduction="mean"
+                    )
+                    out = ddpo_clipped_loss(
+                        step.log_prob, traj.log_probs[idx, j], advantages[idx], config.clip_range, config.adv_clip_max
+                    )
+                    loss, kl = out.loss, torch.zeros(())
+                    if config.kl_coef > 0:
+                        with torch.no_grad():
+                            with reference_pass(accelerator.unwrap_model(unet), reference):
+                                ref_eps = guided_noise(unet, model_input, t, cond, uncond, config.guidance_scale)
+                            ref = ddim_step_full(scheduler, ref_eps, t, x_t, config.eta, prev_sample=step.prev_sample)
+                        kl = gaussian_kl_same_std(step.mean, ref.mean, step.std).mean()
+                        loss = loss + config.kl_coef * kl
+                    _optimise(accelerator, unet, optimizer, loss, config, iteration)
+                stats.append([loss.item(), out.approx_kl.item(), out.clip_fraction.item(), float(kl.detach())])
+    means = _mean_over_processes(accelerator, stats)
+    return {"loss": means[0], "approx_kl": means[1], "clip_fraction": means[2], "kl": means[3]}
+
+
+def _group_dpo_train(
+    accelerator: Any, unet: Any, optimizer: Any, noise_scheduler: Any, replay: list[Pairs], config: DDPOConfig,
+    rng: np.random.Generator, reference: str | None, iteration: int,
+) -> dict[str, float]:
+    """group_dpo's update: ``inner_epochs`` passes over the replayed pairs in global micro-batches of
+    ``train_batch_size`` pairs (the last one filled from the next pass's order, so every process always
+    takes an equal share), Diffusion-DPO against the reference. Returns the mean loss, implicit accuracy and
+    reward margin (0 while the policy is the reference), and the pairs replayed."""
+    chosen = torch.cat([latents[0] for latents, _ in replay])
+    rejected = torch.cat([latents[1] for latents, _ in replay])
+    embeds = torch.cat([e for _, e in replay])
+    size, batch_size = len(embeds), config.train_batch_size
+    if not size:  # no group has told its images apart yet: nothing to learn from, nothing to report
+        return {"replayed_pairs": 0.0}
+    processes, rank = accelerator.num_processes, accelerator.process_index
+    steps = config.inner_epochs * math.ceil(size / batch_size)
+    passes = math.ceil(steps * batch_size / size)
+    order = np.concatenate([rng.permutation(size) for _ in range(passes)])
+    share = batch_size // processes
+    stats: list[list[float]] = []
+    for step in range(steps):
+        batch = order[step * batch_size : (step + 1) * batch_size]
+        idx = torch.from_numpy(batch[rank * share : (rank + 1) * share]).to(chosen.device)
+        generator = torch.Generator().manual_seed(int(rng.integers(2**31)))  # the same on every process
+        with accelerator.accumulate(unet), accelerator.autocast():
+            loss, accuracy, margin, _ = dpo_batch_loss(
+                unet, noise_scheduler, torch.cat([chosen[idx], rejected[idx]]), embeds[idx],
+                torch.ones(len(idx), device=chosen.device), config.dpo_beta, generator,
+                reference_adapter=reference, shard=(rank, processes),
+            )  # fmt: skip
+            _optimise(accelerator, unet, optimizer, loss, config, iteration)
+        stats.append([loss.item(), accuracy.item(), margin.item()])
+    means = _mean_over_processes(accelerator, stats)
+    return {"loss": means[0], "implicit_accuracy": means[1], "reward_margin": means[2], "replayed_pairs": float(size)}
+
+
+def _optimise(accelerator: Any, unet: Any, optimizer: Any, loss: torch.Tensor, config: DDPOConfig,
+              iteration: int) -> None:
+    """Backward, clip on the accumulation's last micro-batch, step (a no-op between accumulation steps)."""
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"DDPO loss became {loss.item()} at iteration {iteration + 1}")
+    accelerator.backward(loss)
+    if accelerator.sync_gradients:
+        accelerator.clip_grad_norm_(lora_parameters(accelerator.unwrap_model(unet)), config.max_grad_norm)
+    optimizer.step()
+    optimizer.zero_grad()
+
+
+def _mean_over_processes(accelerator: Any, stats: list[list[float]]) -> list[float]:
+    """Column means of one process's rows, averaged over the processes (equal shares: the global mean)."""
+    means = np.mean(stats, axis=0)
+    if accelerator.num_processes > 1:
+        means = accelerator.reduce(torch.tensor(means, device=accelerator.device), "mean").cpu().numpy()
+    return [float(m) for m in means]

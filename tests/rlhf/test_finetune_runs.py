@@ -17,6 +17,7 @@ from generation.models import GeneratedImage, ModelKind, ModelVersion
 from generation.selectors import model_versions_enabled
 from rlhf.models import FineTuneRun, RunStatus
 from rlhf.runs import finetune, grids, lifecycle, paths
+from rlhf.runs import selectors as run_selectors
 from tests.factories import PASSWORD, api_client_for
 from tests.rlhf.conftest import build_export
 
@@ -124,6 +125,24 @@ def test_ddpo_with_the_brightness_reward_in_process(ranked, ml_engineer, tiny_ba
     assert [p["step"] for p in run.history] == [1] and "reward_mean" in run.history[-1]
     assert run.result_version.parent == tiny_base and "brightness" in run.result_version.description
     assert Path(run.result_version.lora_path).is_relative_to(model_cache)
+
+
+def test_ddpo_run_with_the_group_dpo_objective_trains_dpo_on_ranked_groups(
+    ranked, ml_engineer, tiny_base, model_cache
+):
+    run = finetune.finetune_run_create(
+        user=ml_engineer, base_version=tiny_base, method="ddpo", project=ranked, reward_name="brightness",
+        prompt_source="project", hyperparameters={**DDPO_FAST, "objective": "group_dpo", "replay": 2},
+        eval_prompts=ONE_PROMPT,
+    )  # fmt: skip
+    run = finetune.finetune_run_execute(run_id=run.pk)
+    assert run.status == RunStatus.SUCCEEDED, run.error
+    assert [p["step"] for p in run.history] == [1, 2]
+    assert [p["pairs"] for p in run.history] == [2, 2] and [p["replayed_pairs"] for p in run.history] == [2, 4]
+    assert all(0 <= p["implicit_accuracy"] <= 1 for p in run.history)
+    titles = [chart["title"] for chart in run_selectors.finetune_run_charts(run)]
+    assert titles == ["Mean reward", "Implicit accuracy on the replayed pairs", "DPO loss"]
+    assert run.result_version.parent == tiny_base
 
 
 class WorkerKilled(BaseException):
@@ -357,6 +376,9 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
         ({**ddpo, "prompt_source": "dreams"}, "prompt_source"),
         ({**ddpo, "prompt_source": "export"}, "export"),
         ({**ddpo, "hyperparameters": {"iterations": 0}}, "iterations"),
+        ({**ddpo, "hyperparameters": {"objective": "grpo"}}, "objective"),
+        ({**ddpo, "hyperparameters": {"objective": "group_dpo", "images_per_prompt": 1}}, "images_per_prompt"),
+        ({**ddpo, "hyperparameters": {"objective": "group_dpo", "dpo_beta": 0}}, "dpo_beta"),
     ]
     api = api_client_for(ml_engineer)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
