@@ -5,6 +5,7 @@ on each caption's best and worst image, or reward-ranked fine-tuning (RAFT, Dong
     .venv/bin/python -m bench.judge_online --weights DIR --rounds 80 --eval-every 20 --out DIR
     .venv/bin/python -m bench.judge_online --weights DIR --reward noise ...    # the control
     .venv/bin/python -m bench.judge_online --method raft --weights DIR ...
+    .venv/bin/python -m bench.judge_online --weights DIR --rounds 100 --out DIR --resume   # go on from DIR
 
 Each round samples ``--images`` images of each of ``--captions`` training captions with the product's
 sampler (DPM-Solver++ 12 steps, guidance ``--guidance``, 64 px: what the evaluation and the generation worker
@@ -18,7 +19,10 @@ every sampled step, one noisy number per image; these learn from whole images th
 ``--reward noise`` is the control: the same loop ranking each group by rewards drawn at random (DPO on pairs
 in random order, RAFT on a random image). Evaluation is ``bench.ddpo_judge``'s: held-out captions of the task
 rendered through the worker's code, the change in adherence points against the base with its paired 95%
-interval, and the captions fixed and broken. RAFT drifts: trained on its own guided samples the latents grow
+interval, and the captions fixed and broken. ``--out`` keeps the run's state at every evaluation (the LoRA, the
+optimiser, the replayed picks, the log) and ``--resume`` goes on from it, to the same figures a run without a
+stop prints; the log gives the fine-tune's own CPU minutes (``train_cpu_minutes``, evaluation left out) beside
+the wall clock. RAFT drifts: trained on its own guided samples the latents grow
 (guidance compounds round on round), on unguided ones they shrink; DPO's reference holds them.
 """
 
@@ -42,6 +46,9 @@ sys.path.insert(0, str(ROOT))
 from bench.ddpo_judge import TRAIN_SEED, Evaluator, NoiseReward, PooledReward  # noqa: E402
 from bench.loop import WEIGHTS  # noqa: E402
 from generation.shapes.world import HELD_OUT_SEED, TASKS, task_captions  # noqa: E402
+
+# what a resumed run may set anew; every other setting must be the run's own
+RESUMABLE = frozenset({"rounds", "eval_every", "threads", "out", "resume"})
 
 
 def main() -> int:
@@ -72,8 +79,14 @@ def main() -> int:
     parser.add_argument("--eval-every", type=int, default=20, help="evaluate every N rounds (and at the end)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--out", type=Path, default=None, help="keep the last LoRA and results.json here")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="keep the last LoRA, results.json and the run's state (state.pt) here")
+    parser.add_argument("--resume", action="store_true",
+                        help="go on from --out's state.pt (its last evaluation) up to --rounds")
     args = parser.parse_args()
+    if args.resume and (args.out is None or not (args.out / "state.pt").is_file()):
+        print(f"--resume needs --out with a state.pt in it (not at {args.out})")
+        return 2
     if not (args.weights / "model_index.json").is_file():
         print(f"No shapes weights at {args.weights} (model_index.json)")
         return 2
@@ -102,8 +115,35 @@ def main() -> int:
     results: dict = {"config": shown, "train_prompts": len(prompts), "eval": {}, "log": []}
     print(f"{args.method} on {args.reward}, {len(prompts)} training captions of task {args.task}, {len(captions)} held-out: "
           f"{json.dumps(shown)}", flush=True)
-    started = time.monotonic()
-    results["eval"]["0"] = evaluator.run(None, "base")
+    state = torch.load(args.out / "state.pt", weights_only=False) if args.resume else None
+    # the clocks go on from a resumed run's: wall minutes, the fine-tune's CPU seconds, the whole process's
+    started = time.monotonic() - (state["wall_seconds"] if state else 0.0)
+    prior_cpu = state["cpu_seconds"] if state else 0.0
+    eval_cpu = 0.0  # CPU seconds this process spent evaluating (left out of the fine-tune's)
+
+    def evaluate(lora: Path | None, key: str) -> dict:
+        nonlocal eval_cpu
+        tick = time.process_time()
+        summary = evaluator.run(lora, key)
+        eval_cpu += time.process_time() - tick
+        return summary
+
+    def train_cpu_seconds() -> float:
+        return (state["train_cpu_seconds"] if state else 0.0) + time.process_time() - eval_cpu
+
+    if state:
+        fixed = {k: v for k, v in shown.items() if k not in RESUMABLE}
+        before = {k: v for k, v in state["results"]["config"].items() if k not in RESUMABLE}
+        if fixed != before:
+            changed = sorted(k for k in fixed if fixed[k] != before.get(k))
+            print(f"--resume goes on with the run's own settings; these differ from it: {', '.join(changed)}")
+            return 2
+        results = state["results"]
+        results.setdefault("resumed", []).append({"after_round": state["round"], "config": shown})
+        evaluator.base_ok, evaluator.base_size = state["base_ok"], state["base_size"]
+        print(f"resumed from {args.out / 'state.pt'} after round {state['round']}", flush=True)
+    else:
+        results["eval"]["0"] = evaluate(None, "base")
     print(f"base: adherence {results['eval']['0']['overall']:.3f}", flush=True)
 
     pipe = load_pipeline(args.weights)
@@ -118,14 +158,35 @@ def main() -> int:
         empty = encode_prompts(pipe, [""])
     # per round: (latents, caption embeddings); for dpo the latents are (2, captions, ...): best, then worst
     picks: list[tuple[torch.Tensor, torch.Tensor]] = []
+    first = 1
+    if state:
+        with torch.no_grad():
+            for param, saved in zip(params, state["lora"], strict=True):
+                param.copy_(saved)
+        optimizer.load_state_dict(state["optimizer"])
+        picks, first = state["picks"], state["round"] + 1
+        torch.set_rng_state(state["torch_rng"])
     workdir = Path(tempfile.mkdtemp(prefix="pickwise-judge-online-"))
 
-    def save() -> None:
-        if args.out is not None:
-            args.out.mkdir(parents=True, exist_ok=True)
-            (args.out / "results.json").write_text(json.dumps(results, indent=1))
+    def cpu_seconds() -> float:  # this process and its children, with a resumed run's before it
+        own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return prior_cpu + sum(r.ru_utime + r.ru_stime for r in (own, children))
 
-    for round_ in range(1, args.rounds + 1):
+    def save(round_: int | None = None) -> None:
+        if args.out is None:
+            return
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "results.json").write_text(json.dumps(results, indent=1))
+        if round_ is not None:  # what --resume needs to go on exactly as an unbroken run would
+            snapshot = {"round": round_, "results": results, "lora": [p.detach().clone() for p in params],
+                        "optimizer": optimizer.state_dict(), "picks": picks, "torch_rng": torch.get_rng_state(),
+                        "base_ok": evaluator.base_ok, "base_size": evaluator.base_size,
+                        "cpu_seconds": cpu_seconds(), "train_cpu_seconds": train_cpu_seconds(),
+                        "wall_seconds": time.monotonic() - started}
+            torch.save(snapshot, args.out / "state.tmp")
+            (args.out / "state.tmp").replace(args.out / "state.pt")
+
+    for round_ in range(first, args.rounds + 1):
         tick = time.perf_counter()
         rng = np.random.default_rng([args.seed, round_])
         chosen = [prompts[i] for i in rng.choice(len(prompts), size=args.captions, replace=False)]
@@ -183,24 +244,26 @@ def main() -> int:
                "pass_rate": round(float((scores >= 1.0).mean()), 4) if not control else None,
                "best_pass_rate": round(float((scores.max(axis=1) >= 1.0).mean()), 4) if not control else None,
                "loss": round(float(np.mean(losses)), 5), "pool": size,
-               "latent_std": round(float(latents.std()), 4), "s_per_round": round(time.perf_counter() - tick, 2)}
+               "latent_std": round(float(latents.std()), 4), "s_per_round": round(time.perf_counter() - tick, 2),
+               "train_cpu_minutes": round(train_cpu_seconds() / 60, 2)}
         results["log"].append(row)
         print(json.dumps(row), flush=True)
         if round_ % args.eval_every == 0 or round_ == args.rounds:
             directory = save_lora(pipe.unet, workdir / f"round-{round_}")
-            summary = evaluator.run(directory, f"r{round_}")
+            summary = evaluate(directory, f"r{round_}")
             results["eval"][str(round_)] = summary
             print(f"round {round_}: adherence {summary['overall']:.3f} ({summary['delta_points']:+.1f} points "
                   f"{summary.get('delta_interval')}, fixed {summary['fixed']}, broke {summary['broken']}) "
                   f"{json.dumps(summary)}", flush=True)
             if args.out is not None:
                 shutil.copytree(directory, args.out / "lora", dirs_exist_ok=True)
-            save()
+            save(round_)
     results["minutes"] = round((time.monotonic() - started) / 60, 2)
-    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    results["cpu_minutes"] = round(sum(r.ru_utime + r.ru_stime for r in (own, children)) / 60, 2)
+    results["cpu_minutes"] = round(cpu_seconds() / 60, 2)
+    results["train_cpu_minutes"] = round(train_cpu_seconds() / 60, 2)
     save()
-    print(f"done in {results['minutes']} min wall, {results['cpu_minutes']} CPU min", flush=True)
+    print(f"done in {results['minutes']} min wall, {results['cpu_minutes']} CPU min "
+          f"({results['train_cpu_minutes']} fine-tuning, the rest evaluating)", flush=True)
     return 0
 
 
