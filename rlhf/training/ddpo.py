@@ -234,6 +234,8 @@ def train_ddpo(
         if processes > 1:
             rewards = accelerator.gather(torch.from_numpy(rewards).to(accelerator.device)).cpu().numpy()
             traj = gather_trajectory(accelerator, traj)
+
+        # --- train: DPO on the groups' best and worst samples, or DDPO's clipped surrogate over their steps
         unet.train()
         if group_dpo:
             assert noise_scheduler is not None
