@@ -20,7 +20,14 @@ from rlhf.training.ddim import (
     guided_noise,
     sample_with_logprob,
 )
-from rlhf.training.ddpo import best_worst_pairs, ddpo_scheduler, tiny_ddpo_preset, to_pil, train_ddpo
+from rlhf.training.ddpo import (
+    DDPOConfig,
+    best_worst_pairs,
+    ddpo_scheduler,
+    tiny_ddpo_preset,
+    to_pil,
+    train_ddpo,
+)
 from rlhf.training.lora import eval_images, load_pipeline
 from rlhf.training.reward_model import build_tiny_clip
 from rlhf.training.rewards import brightness, build_reward, jpeg_compressibility
@@ -252,17 +259,9 @@ def test_ddpo_kl_reference_sees_the_model_input_the_policy_sees(
     assert logged[0]["kl"] == pytest.approx(0.0, abs=1e-12)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("advantage_scale", ["group", "batch"])
-def test_ddpo_with_brightness_reward_raises_mean_reward(brightness_base: Path, tmp_path: Path,
-                                                       advantage_scale: str) -> None:
-    base = brightness_base
-    rewards: list[float] = []
-    config = tiny_ddpo_preset(str(base), PROMPTS, lr=1e-2, iterations=15, inner_epochs=2,
-                              advantage_scale=advantage_scale)
-    result = train_ddpo(config, tmp_path / "run", on_log=lambda s, m: rewards.append(m["reward_mean"]))
-    assert np.mean(rewards[-4:]) > np.mean(rewards[:4])
-
+def held_out_brightness_gain(base: Path, lora_dir: Path, config: DDPOConfig) -> tuple[float, float]:
+    """How much brighter the LoRA renders 32 held-out (prompt, seed) pairs than the base, sampled as the run
+    samples: the mean paired gain and its paired t statistic."""
     held_out = [PROMPTS[i % 4] for i in range(32)]
     seeds = list(range(10_000, 10_032))
 
@@ -274,12 +273,24 @@ def test_ddpo_with_brightness_reward_raises_mean_reward(brightness_base: Path, t
         )  # fmt: skip
         return np.asarray(brightness(to_pil(traj.images), held_out))
 
-    diff = mean_brightness(load_pipeline(base, result.lora_dir)) - mean_brightness(load_pipeline(base))
-    t_stat = diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff)))
-    print(
-        f"DDPO brightness gain {diff.mean():.4f} (paired t = {t_stat:.1f}); reward {rewards[0]:.3f} -> {rewards[-1]:.3f}"
-    )
-    assert diff.mean() > 0.03 and t_stat > 3, (diff.mean(), t_stat)
+    diff = mean_brightness(load_pipeline(base, lora_dir)) - mean_brightness(load_pipeline(base))
+    return float(diff.mean()), float(diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff))))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("advantage_scale", ["group", "batch"])
+def test_ddpo_with_brightness_reward_raises_mean_reward(brightness_base: Path, tmp_path: Path,
+                                                       advantage_scale: str) -> None:
+    base = brightness_base
+    rewards: list[float] = []
+    config = tiny_ddpo_preset(str(base), PROMPTS, lr=1e-2, iterations=15, inner_epochs=2,
+                              advantage_scale=advantage_scale)
+    result = train_ddpo(config, tmp_path / "run", on_log=lambda s, m: rewards.append(m["reward_mean"]))
+    assert np.mean(rewards[-4:]) > np.mean(rewards[:4])
+
+    gain, t_stat = held_out_brightness_gain(base, result.lora_dir, config)
+    print(f"DDPO brightness gain {gain:.4f} (paired t = {t_stat:.1f}); reward {rewards[0]:.3f} -> {rewards[-1]:.3f}")
+    assert gain > 0.03 and t_stat > 3, (gain, t_stat)
 
 
 def test_group_dpo_pairs_each_groups_best_with_its_worst_where_the_rewards_differ(tiny_base: Path) -> None:
@@ -332,22 +343,10 @@ def test_group_dpo_with_brightness_reward_raises_brightness(brightness_base: Pat
     config = tiny_ddpo_preset(str(base), PROMPTS, objective="group_dpo", lr=1e-2, iterations=15, inner_epochs=4,
                               replay=4, dpo_beta=50.0)
     result = train_ddpo(config, tmp_path / "run", on_log=lambda s, m: rewards.append(m["reward_mean"]))
-    held_out = [PROMPTS[i % 4] for i in range(32)]
-    seeds = list(range(10_000, 10_032))
-
-    def mean_brightness(pipe: object) -> np.ndarray:
-        sched = DDIMScheduler.from_config(pipe.scheduler.config)  # type: ignore[attr-defined]
-        traj = sample_with_logprob(
-            pipe, sched, held_out, seeds=seeds, num_steps=config.sample_steps,
-            guidance_scale=config.guidance_scale, eta=config.eta, resolution=config.resolution,
-        )  # fmt: skip
-        return np.asarray(brightness(to_pil(traj.images), held_out))
-
-    diff = mean_brightness(load_pipeline(base, result.lora_dir)) - mean_brightness(load_pipeline(base))
-    t_stat = diff.mean() / (diff.std(ddof=1) / np.sqrt(len(diff)))
-    print(f"group DPO brightness gain {diff.mean():.4f} (paired t = {t_stat:.1f}); "
+    gain, t_stat = held_out_brightness_gain(base, result.lora_dir, config)
+    print(f"group DPO brightness gain {gain:.4f} (paired t = {t_stat:.1f}); "
           f"reward {rewards[0]:.3f} -> {rewards[-1]:.3f}")
-    assert diff.mean() > 0.03 and t_stat > 3, (diff.mean(), t_stat)
+    assert gain > 0.03 and t_stat > 3, (gain, t_stat)
 
 
 def test_shapes_adherence_reward_gives_partial_credit_by_the_judge():
