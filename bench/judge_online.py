@@ -29,6 +29,7 @@ the wall clock. RAFT drifts: trained on its own guided samples the latents grow
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import os
 import resource
@@ -166,7 +167,8 @@ def main() -> int:
         optimizer.load_state_dict(state["optimizer"])
         picks, first = state["picks"], state["round"] + 1
         torch.set_rng_state(state["torch_rng"])
-    workdir = Path(tempfile.mkdtemp(prefix="pickwise-judge-online-"))
+    workdir = Path(tempfile.mkdtemp(prefix="pickwise-judge-online-"))  # each evaluation's LoRA, gone at exit
+    atexit.register(shutil.rmtree, workdir, True)
 
     def cpu_seconds() -> float:  # this process and its children, with a resumed run's before it
         own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
