@@ -99,7 +99,7 @@ def main() -> int:
     from generation.inference import make_scheduler
     from generation.shapes.train import diffusion_target
     from rlhf.training.ddim import decode_latents, encode_prompts
-    from rlhf.training.ddpo import to_pil
+    from rlhf.training.ddpo import best_worst_pairs, to_pil
     from rlhf.training.dpo import dpo_batch_loss
     from rlhf.training.lora import add_lora, load_pipeline, lora_parameters, save_lora
 
@@ -206,13 +206,11 @@ def main() -> int:
             if args.method == "raft":
                 picks.append((latents[best].clone(), encode_prompts(pipe, [batch[i] for i in best])))
             else:  # a pair where the caption's images differ in reward (a group all right or all wrong has none)
-                worst = scores.argmin(axis=1) + np.arange(args.captions) * args.images
-                keep = scores.max(axis=1) > scores.min(axis=1)
-                if args.right_only and not control:
-                    keep &= scores.max(axis=1) >= 1.0
-                if keep.any():
-                    pair = torch.stack([latents[best[keep]], latents[worst[keep]]])
-                    picks.append((pair.clone(), encode_prompts(pipe, [batch[i] for i in best[keep]])))
+                winners, losers = best_worst_pairs(scores.ravel(), args.images,
+                                                   1.0 if args.right_only and not control else None)
+                if len(winners):
+                    pair = torch.stack([latents[winners], latents[losers]])
+                    picks.append((pair.clone(), encode_prompts(pipe, [batch[i] for i in winners])))
         picks = picks[-args.replay :]
         if not picks:
             continue
