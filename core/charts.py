@@ -44,10 +44,22 @@ def clean_points(points: Sequence[tuple[float | None, float | None]]) -> list[tu
     return [(float(x), float(y)) for x, y in points if _finite(x) and _finite(y)]  # type: ignore[arg-type]
 
 
-def _ticks(low: float, high: float, count: int = 5) -> list[float]:
-    if high == low:
+def _ticks(low: float, high: float, count: int = 5, *, integer: bool = False) -> list[float]:
+    """Round-numbered ticks inside ``[low, high]``, about ``count`` of them: a step of 1, 2 or 5 times a power of
+    ten (whole numbers only when ``integer``, e.g. for steps and iterations)."""
+    if high <= low:
         return [low]
-    return [low + (high - low) * i / (count - 1) for i in range(count)]
+    rough = (high - low) / count
+    power = 10.0 ** math.floor(math.log10(rough))
+    error = rough / power
+    step = power * (10 if error >= math.sqrt(50) else 5 if error >= math.sqrt(10) else 2 if error >= math.sqrt(2)
+                    else 1)
+    if integer:
+        step = max(1.0, round(step))
+    digits = max(0, -math.floor(math.log10(step)) + 1)
+    first = math.ceil(low / step - 1e-9)
+    ticks = [round(k * step, digits) for k in range(first, math.floor(high / step + 1e-9) + 1)]
+    return ticks or [low]
 
 
 def _fh(template: str, *args: object) -> SafeString:
@@ -103,7 +115,8 @@ def line_chart_svg(chart: Chart, *, width: int = 520, height: int = 260) -> Safe
                                  left + plot_w, y))
         parts.append(_fh('<text x="{}" y="{}" font-size="10" text-anchor="end">{}</text>', left - 4,
                                  y + 3, _fmt(tick)))
-    for tick in _ticks(x0, x1):
+    whole_x = chart.x_range is None and bool(xs) and all(x.is_integer() for x in xs)
+    for tick in _ticks(x0, x1, integer=whole_x):
         x = sx(tick)
         parts.append(_fh('<text x="{}" y="{}" font-size="10" text-anchor="middle">{}</text>', x,
                                  top + plot_h + 14, _fmt(tick)))

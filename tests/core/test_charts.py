@@ -41,3 +41,20 @@ def test_component_template_renders_the_svg_or_says_there_is_no_data():
     assert "<svg" in html and "A &amp; B" in html
     empty = render_to_string("components/chart.html", {"chart": chart_context(Chart(title="E", series=[]))})
     assert "<svg" not in empty and "no points yet" in empty
+
+
+def tick_labels(svg: str, anchor: str) -> list[str]:
+    return re.findall(rf'<text x="[^"]+" y="[^"]+" font-size="10" text-anchor="{anchor}">([^<]+)</text>', svg)
+
+
+def test_ticks_are_round_numbers_and_whole_steps_for_whole_x():
+    iterations = Chart(title="Reward", series=[Series("r", [(i, 0.429 + 0.019 * (i - 1)) for i in range(1, 13)])])
+    svg = str(line_chart_svg(iterations))
+    assert tick_labels(svg, "middle") == ["2", "4", "6", "8", "10", "12"]  # no "3.75" iteration
+    assert tick_labels(svg, "end") == ["0.45", "0.5", "0.55", "0.6"]  # inside 0.429..0.638
+    two = str(line_chart_svg(Chart(title="Two", series=[Series("r", [(1, 0.5), (2, 0.6)])])))
+    assert tick_labels(two, "middle") == ["1", "2"]
+    fractional = str(line_chart_svg(Chart(title="Epochs", series=[Series("r", [(0.5, 1), (1.5, 2)])])))
+    assert tick_labels(fractional, "middle") == ["0.6", "0.8", "1", "1.2", "1.4"]
+    accuracy = str(line_chart_svg(Chart(title="Acc", series=[Series("a", [(1, 0.7)])], y_range=(0, 1))))
+    assert tick_labels(accuracy, "end") == ["0", "0.2", "0.4", "0.6", "0.8", "1"]

@@ -114,6 +114,12 @@ def test_main_pages_report_no_policy_violation(watched_page, admin_user, reviewe
     # The run page draws its charts (server-side SVG).
     visit(page, f"/ml/reward-runs/{reward_run.pk}/")
     assert page.locator("figure.chart-figure svg").count() >= 1
+    # On a phone the charts shrink to the card rather than pushing the page sideways.
+    page.set_viewport_size({"width": 390, "height": 844})
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+    widths = page.locator("svg.chart").evaluate_all("svgs => svgs.map(s => s.getBoundingClientRect().width)")
+    assert widths and all(0 < width < 390 for width in widths)
+    page.set_viewport_size({"width": 1280, "height": 900})
 
     # Swagger UI renders from its static files and the split start-up script.
     visit(page, "/api/docs/")
