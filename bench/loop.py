@@ -55,7 +55,9 @@ database and media directory under a temporary directory, whatever the environme
 touches your data), removed at the end (also when killed) unless ``--keep``. The base version is
 the shipped model with the demo's settings (DPM-Solver++ 12 steps, guidance 2.5, 64 px), or another pipeline
 directory (``--base``, with ``--generation`` settings; the suite runs a reduced bench on its tiny one). Each
-recipe below can be replaced from the command line (``--dpo '{"max_steps": 600}'``); every recipe the chosen
+recipe below can be replaced from the command line (``--dpo '{"max_steps": 600}'``; the ddpo sections run the
+product round's recipe, group DPO on groups of eight, over which ``--ddpo`` JSON goes, or ``--ddpo
+policy_gradient``, the rounds' earlier policy gradient); every recipe the chosen
 sections train with is checked before the bench makes anything, and a bad one stops it at once (exit 2, naming
 the flag and the field).
 """
@@ -87,16 +89,21 @@ from rlhf.preferences import build_preference, check_label_accuracy  # noqa: E40
 LABEL_ACCURACY = 0.6  # the default label noise: 60% of the annotators' pairwise labels agree with the preference
 DPO: dict[str, Any] = {}  # the "tiny" preset: 300 steps of 8 pairs, lr 1e-3, beta 500, LoRA rank 4
 REWARD: dict[str, Any] = {}
-# DDPO: the "tiny" preset sampled like the shipped model (12 steps, guidance 2.5), 40 iterations of 8 prompts x 4.
-# Advantages over one batch-wide std (not each caption's own): a caption's four images mostly differ by less
-# than the annotators' noise, and the round's reward model cannot tell them apart, so per-caption scaling
-# turned its guesses into full-size updates.
-DDPO_REWARD_MODEL = {"iterations": 40, "prompts_per_iteration": 8, "images_per_prompt": 4, "sample_steps": 12,
-                     "guidance_scale": 2.5, "lr": 1e-3, "clip_range": 0.2, "train_batch_size": 8,
-                     "timestep_fraction": 0.5, "advantage_scale": "batch"}
+# The ddpo sections' default recipe: the product round's own (rlhf.loop.rounds.ROUND_DDPO_DEFAULTS, group DPO on
+# groups of eight over the "tiny" preset), so the bench measures what a round in the browser runs.
+DDPO_ROUND: dict[str, Any] = {}
+# DDPO's policy gradient as the rounds ran it before group DPO (the README's earlier DDPO tables; `--ddpo
+# policy_gradient`): the "tiny" preset sampled like the shipped model (12 steps, guidance 2.5), 40 iterations of
+# 8 prompts x 4. Advantages over one batch-wide std (not each caption's own): a caption's four images mostly
+# differ by less than the annotators' noise, and the round's reward model cannot tell them apart, so
+# per-caption scaling turned its guesses into full-size updates.
+DDPO_POLICY_GRADIENT = {"objective": "policy_gradient", "iterations": 40, "prompts_per_iteration": 8,
+                        "images_per_prompt": 4, "sample_steps": 12, "guidance_scale": 2.5, "lr": 1e-3,
+                        "clip_range": 0.2, "train_batch_size": 8, "timestep_fraction": 0.5, "advantage_scale": "batch"}
+DDPO_RECIPES = {"round": DDPO_ROUND, "policy_gradient": DDPO_POLICY_GRADIENT}  # --ddpo NAME
 # DDPO on the judge: groups of 8 images (a caption's images are mostly all right or all wrong), 30 iterations,
 # each group's own scale (the judge's verdicts are exact).
-DDPO_JUDGE = {**DDPO_REWARD_MODEL, "iterations": 30, "images_per_prompt": 8, "advantage_scale": "group"}
+DDPO_JUDGE = {**DDPO_POLICY_GRADIENT, "iterations": 30, "images_per_prompt": 8, "advantage_scale": "group"}
 BASE_GENERATION = {"scheduler": "dpmpp_2m", "steps": 12, "guidance": 2.5, "width": 64, "height": 64}  # the demo's
 SECTIONS = ("dpo", "ddpo", "control", "dpo-noise-labels", "ddpo-noise-labels", "judge")
 DEFAULT_SECTIONS = ("dpo", "ddpo", "control", "judge")
@@ -115,6 +122,16 @@ def json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"must be a JSON object of hyper-parameters, not {text!r}")
     return value
+
+
+def ddpo_recipe(text: str) -> dict[str, Any]:
+    """``--ddpo``: a recipe's name (DDPO_RECIPES) or a JSON object of hyper-parameters over the round's defaults."""
+    if text in DDPO_RECIPES:
+        return dict(DDPO_RECIPES[text])
+    if not text.lstrip().startswith("{"):
+        raise argparse.ArgumentTypeError(f"must be a recipe's name ({', '.join(DDPO_RECIPES)}) or a JSON object of "
+                                         f"hyper-parameters, not {text!r}")
+    return json_object(text)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -147,9 +164,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="torch's CPU threads (default 1: on a busy machine a second thread made generation "
                              "18 times slower; 0 = torch's default)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (database, media, runs)")
-    for name, default in (("dpo", DPO), ("reward", REWARD), ("ddpo", DDPO_REWARD_MODEL), ("judge", DDPO_JUDGE)):
+    for name, default in (("dpo", DPO), ("reward", REWARD), ("judge", DDPO_JUDGE)):
         parser.add_argument(f"--{name}", type=json_object, default=default, metavar="JSON",
                             help=f"hyper-parameters of the {name} run (default {json.dumps(default)})")
+    parser.add_argument("--ddpo", type=ddpo_recipe, default=DDPO_ROUND, metavar="JSON|NAME",
+                        help="hyper-parameters of the ddpo sections' runs over the round's defaults "
+                             "(rlhf.loop.rounds.ROUND_DDPO_DEFAULTS: group DPO on groups of eight), or a recipe's "
+                             f"name: 'round' (the default, {{}}) or 'policy_gradient' ({json.dumps(DDPO_POLICY_GRADIENT)})")
     args = parser.parse_args(argv)
     try:
         build_preference(args.preference)
@@ -417,7 +438,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
              else f"temperature {args.temperature:g}")
     recipes = {"DPO": (args.dpo, ("dpo", "dpo-noise-labels")),
                "reward model": (args.reward, ("ddpo", "ddpo-noise-labels")),
-               "DDPO on it": (args.ddpo, ("ddpo", "ddpo-noise-labels", "control")),
+               "DDPO on it": ({**ROUND_DDPO_DEFAULTS, **args.ddpo}, ("ddpo", "ddpo-noise-labels", "control")),
                f"DDPO on the judge ({args.judge_reward})": (args.judge, ("judge",))}
     used = "; ".join(f"{name} {json.dumps(recipe)}" for name, (recipe, sections) in recipes.items()
                      if set(sections) & set(args.sections))

@@ -85,10 +85,14 @@ from rlhf.runs.paths import export_data_path
 logger = logging.getLogger(__name__)
 
 Method = Literal["dpo", "ddpo"]
-# What a round's DDPO runs with unless its hyperparameters say otherwise. A round's reward model is trained on
-# the round's few noisy rankings and mostly cannot tell a caption's images apart, so each caption's centred
-# rewards are scaled by one batch-wide spread rather than their own (bench/loop.py measures both).
-ROUND_DDPO_DEFAULTS: dict[str, Any] = {"advantage_scale": "batch"}
+# What a round's DDPO runs with unless its hyperparameters say otherwise: group DPO, Diffusion-DPO on each
+# caption's best image against its worst of eight as the round's reward model ranks them. That reward model is
+# trained on one round's noisy rankings and barely tells two images apart; the best and worst of eight differ
+# enough for it to rank them, where the policy gradient follows its per-image noise (bench/loop.py measured
+# both: README, "The loop bench, for any preference"). `advantage_scale` applies when a round's
+# hyper-parameters ask for the policy gradient back (each caption's centred rewards over one batch-wide spread).
+ROUND_DDPO_DEFAULTS: dict[str, Any] = {"objective": "group_dpo", "prompts_per_iteration": 8, "images_per_prompt": 8,
+                                       "advantage_scale": "batch"}
 FINETUNE_LOOP_ROUND = "rlhf.tasks.finetune_loop_round"
 # A round's new version against the project's base (its first round's input version): the figures the timeline
 # and the bench show for what the rounds so far add up to (round 1's own evaluation is already against it).

@@ -44,6 +44,11 @@ def test_the_bench_validates_its_arguments_before_doing_anything(capsys):
     assert args.sections == ["dpo", "ddpo", "control", "judge"] and (args.seed, args.eval_seed) == (0, 0)
     raw = bench.parse_args(["--temperature", "0.01", "--sections", "dpo", "dpo", "dpo-noise-labels"])
     assert (raw.label_accuracy, raw.temperature, raw.sections) == (None, 0.01, ["dpo", "dpo-noise-labels"])
+    # DDPO sections run the product round's recipe unless told otherwise; the earlier policy gradient by name.
+    assert args.ddpo == {} and bench.parse_args(["--ddpo", "round"]).ddpo == {}
+    policy = bench.parse_args(["--ddpo", "policy_gradient"]).ddpo
+    assert policy["objective"] == "policy_gradient" and policy["images_per_prompt"] == 4
+    assert bench.parse_args(["--ddpo", '{"lr": 5e-4}']).ddpo == {"lr": 5e-4}
 
     assert "--preference: preference 'tests.rlhf.test_loop_bench:nope': 'tests.rlhf.test_loop_bench' has no " \
            "attribute 'nope'" in usage_error(["--preference", "tests.rlhf.test_loop_bench:nope"], capsys)
@@ -56,6 +61,8 @@ def test_the_bench_validates_its_arguments_before_doing_anything(capsys):
     assert "--temperature must be a finite number >= 0, not inf" in usage_error(["--temperature", "inf"], capsys)
     assert "argument --dpo: must be a JSON object of hyper-parameters, not '[1]'" in usage_error(
         ["--dpo", "[1]"], capsys)
+    assert ("argument --ddpo: must be a recipe's name (round, policy_gradient) or a JSON object of "
+            "hyper-parameters, not 'grpo'") in usage_error(["--ddpo", "grpo"], capsys)
     assert "--generation: unknown settings ['stepz']" in usage_error(["--generation", '{"stepz": 3}'], capsys)
     assert "--eval-seed must be >= 0" in usage_error(["--eval-seed", "-1"], capsys)
     assert "--rounds must be at least 1" in usage_error(["--rounds", "0"], capsys)

@@ -245,7 +245,7 @@ def test_reduced_ddpo_round_optimises_the_rounds_reward_model(project, admin_use
     reward_version = loop_round.reward_run.registered_version
     assert run.method == "ddpo" and run.reward_version == reward_version and run.step == 2
     assert run.config["reward_arg"] == reward_version.path  # DDPO's reward is the model this round trained
-    assert run.config["advantage_scale"] == "batch"  # the round's default for a learned reward model
+    assert run.config["objective"] == "group_dpo"  # the round's default for a learned reward model
     assert sorted(run.config["prompts"]) == sorted(AnnotationTask.objects.filter(project=project)
                                                    .values_list("prompt__text", flat=True))
     assert loop_round.output_version.finetune_run == run and loop_round.stats["win_rate"]["n"] == 2
