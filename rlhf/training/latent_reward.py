@@ -212,6 +212,7 @@ class LatentRewardModel(RewardModel):
         # is in (a round's 800 images, ~9 pairs each, per epoch): its outputs are memoised by the pixels'
         # hash, filled while training, read always, so epochs after the first cost only the head.
         self._feature_cache: OrderedDict[bytes, Tensor] = OrderedDict()
+        self.feature_cache_size = FEATURE_CACHE_SIZE  # the most recently used are kept
         self.eval()
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
@@ -232,15 +233,20 @@ class LatentRewardModel(RewardModel):
         if self.tower is not None:
             return self.tower(pixels)
         keys = [hashlib.blake2b(p.detach().cpu().numpy().tobytes(), digest_size=16).digest() for p in pixels]
-        missing = [i for i, key in enumerate(keys) if key not in self._feature_cache]
+        # Hits are read before this batch's new features go in: storing those may evict them (a project's
+        # cumulative export outgrows the memo by its third round).
+        found = {i: self._feature_cache[key] for i, key in enumerate(keys) if key in self._feature_cache}
+        missing = [i for i in range(len(keys)) if i not in found]
         computed = dict(zip(missing, self._encode(pixels[missing]), strict=True)) if missing else {}
         if self.training:
+            for i in found:
+                self._feature_cache.move_to_end(keys[i])
             for i, features in computed.items():
                 self._feature_cache[keys[i]] = features
-            while len(self._feature_cache) > FEATURE_CACHE_SIZE:
+            while len(self._feature_cache) > self.feature_cache_size:
                 self._feature_cache.popitem(last=False)
-        return torch.stack([computed[i] if i in computed else self._feature_cache[key].to(pixels.device)
-                            for i, key in enumerate(keys)])
+        features = {**found, **computed}
+        return torch.stack([features[i].to(pixels.device) for i in range(len(keys))])
 
     def _encode(self, pixels: Tensor) -> Tensor:
         encoder = self.vae_encoder

@@ -188,3 +188,22 @@ def test_frozen_features_are_memoised_while_training_only(latent_backbone: Path)
     torch.testing.assert_close(model.raw_features(pixels[[2, 0]]), fresh[[2, 0]])  # served from the memo
     model.load_state_dict(model.state_dict())
     assert len(model._feature_cache) == 0  # new weights, new features
+
+
+def test_a_full_memo_serves_a_batch_whose_new_features_evict_its_own_hits(latent_backbone: Path) -> None:
+    """More images than the memo holds (a project's third round): the least recently used go, never a hit
+    of the batch being read (that was a KeyError that failed the round's reward run)."""
+    model = load_reward_model(latent_backbone)
+    assert isinstance(model, LatentRewardModel)
+    pixels = torch.stack([model.transform(im) for im in images(4)])
+    fresh = model.raw_features(pixels)
+    model.train()
+    model.feature_cache_size = 2
+    model.raw_features(pixels[[0, 1]])
+    # Image 0 is a hit; images 2 and 3 are new, and storing them pushes the memo past its size.
+    torch.testing.assert_close(model.raw_features(pixels[[0, 2, 3]]), fresh[[0, 2, 3]])
+    assert len(model._feature_cache) == 2
+    torch.testing.assert_close(model.raw_features(pixels[[3, 1]]), fresh[[3, 1]])
+    # A hit is kept as recently used: 3 was read last, so 1's entry evicted the older 2.
+    assert len(model._feature_cache) == 2
+    torch.testing.assert_close(model.raw_features(pixels[[3]]), fresh[[3]])
