@@ -436,9 +436,10 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
     held_out = evaluation_captions(args.prompts, eval_seed=args.eval_seed)
     noise = (f"label accuracy {args.label_accuracy:g} (calibrated per round)" if args.temperature is None
              else f"temperature {args.temperature:g}")
+    ddpo = {**ROUND_DDPO_DEFAULTS, **args.ddpo}  # what the ddpo sections' runs train with (a round merges it too)
     recipes = {"DPO": (args.dpo, ("dpo", "dpo-noise-labels")),
                "reward model": (args.reward, ("ddpo", "ddpo-noise-labels")),
-               "DDPO on it": ({**ROUND_DDPO_DEFAULTS, **args.ddpo}, ("ddpo", "ddpo-noise-labels", "control")),
+               "DDPO on it": (ddpo, ("ddpo", "ddpo-noise-labels", "control")),
                f"DDPO on the judge ({args.judge_reward})": (args.judge, ("judge",))}
     used = "; ".join(f"{name} {json.dumps(recipe)}" for name, (recipe, sections) in recipes.items()
                      if set(sections) & set(args.sections))
@@ -504,7 +505,7 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                 task_create(project=made, prompt_text=caption, created_by=admin)
             finetune = finetunes.finetune_run_create(
                 user=admin, base_version=base, method="ddpo", project=made, reward_name=NOISE_REWARD,
-                prompt_source="project", hyperparameters={**ROUND_DDPO_DEFAULTS, **args.ddpo},
+                prompt_source="project", hyperparameters=ddpo,
                 eval_prompts=held_out[:1], name="control: noise rewards", enqueue=False)
             finetune = finetunes.finetune_run_execute(run_id=finetune.pk)
             if finetune is None or finetune.result_version is None:
