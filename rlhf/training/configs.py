@@ -469,6 +469,10 @@ class DDPOConfig:
     dpo_beta: float = 500.0  # group_dpo: Diffusion-DPO's beta (larger keeps the policy nearer the reference)
     replay: int = 1  # group_dpo: the iterations whose pairs each iteration trains on (this one and those before)
     pair_min_reward: float | None = None  # group_dpo: keep a pair only where its best image scores at least this
+    # group_dpo: pairs from each prompt's group, its best against its worst, then its second best against its
+    # second worst, ... (at most images_per_prompt // 2): more updates from the same samples, each on fresh
+    # pairs, so that a reward's noise averages out in the optimiser rather than steering each update
+    pairs_per_prompt: int = 1
     timestep_fraction: float = 1.0  # share of denoising steps trained on per trajectory
     lr: float = 3e-4
     weight_decay: float = 1e-4
@@ -518,7 +522,7 @@ class DDPOConfig:
         positive = (
             "iterations", "prompts_per_iteration", "images_per_prompt", "sample_steps", "eta", "resolution",
             "train_batch_size", "grad_accum", "inner_epochs", "lr", "lora_rank", "clip_range", "adv_clip_max",
-            "max_grad_norm", "dpo_beta", "replay",
+            "max_grad_norm", "dpo_beta", "replay", "pairs_per_prompt",
         )  # fmt: skip
         for name in positive:
             if not getattr(self, name) > 0:
@@ -535,6 +539,9 @@ class DDPOConfig:
         if self.objective == "group_dpo" and self.images_per_prompt < 2:
             raise ValueError(f"images_per_prompt must be >= 2 for group_dpo (a best and a worst image), "
                              f"not {self.images_per_prompt}")
+        if self.pairs_per_prompt > max(1, self.images_per_prompt // 2):
+            raise ValueError(f"pairs_per_prompt must be at most images_per_prompt // 2 "
+                             f"({self.images_per_prompt // 2}: each image in one pair), not {self.pairs_per_prompt}")
         if self.pair_min_reward is not None and not math.isfinite(self.pair_min_reward):
             raise ValueError(f"pair_min_reward must be a finite number or None, not {self.pair_min_reward!r}")
         check_processes(self.num_processes, self.num_machines, ("train_batch_size", self.train_batch_size),

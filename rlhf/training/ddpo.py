@@ -107,16 +107,21 @@ def gather_trajectory(accelerator: Any, traj: Trajectory) -> Trajectory:
 
 
 def best_worst_pairs(
-    rewards: np.ndarray, group_size: int, min_reward: float | None = None
+    rewards: np.ndarray, group_size: int, min_reward: float | None = None, pairs_per_group: int = 1
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of each group's best and worst sample (groups are consecutive runs of ``group_size``), for the
-    groups whose rewards differ and, with ``min_reward``, whose best reaches it. Ties go to the first."""
+    """Indices of the chosen and rejected image of each group's pairs (groups are consecutive runs of
+    ``group_size``): its best against its worst, then (``pairs_per_group`` > 1) its second best against its
+    second worst, and so on, each pair kept where its rewards differ and, with ``min_reward``, where its chosen
+    image reaches it. Ties go to the first. Pairs come group by group, best pair first."""
     grouped = np.asarray(rewards, dtype=np.float64).reshape(-1, group_size)
-    offsets = np.arange(len(grouped)) * group_size
-    keep = grouped.max(axis=1) > grouped.min(axis=1)
+    offsets = np.arange(len(grouped))[:, None] * group_size
+    depth = slice(0, pairs_per_group)
+    chosen = np.argsort(-grouped, axis=1, kind="stable")[:, depth]  # each group's best, second best, ...
+    rejected = np.argsort(grouped, axis=1, kind="stable")[:, depth]  # ... against its worst, second worst, ...
+    keep = np.take_along_axis(grouped, chosen, 1) > np.take_along_axis(grouped, rejected, 1)
     if min_reward is not None:
-        keep &= grouped.max(axis=1) >= min_reward
-    return (grouped.argmax(axis=1) + offsets)[keep], (grouped.argmin(axis=1) + offsets)[keep]
+        keep &= np.take_along_axis(grouped, chosen, 1) >= min_reward
+    return (chosen + offsets)[keep], (rejected + offsets)[keep]
 
 
 def train_ddpo(
@@ -239,7 +244,8 @@ def train_ddpo(
         unet.train()
         if group_dpo:
             assert noise_scheduler is not None
-            best, worst = best_worst_pairs(rewards, config.images_per_prompt, config.pair_min_reward)
+            best, worst = best_worst_pairs(rewards, config.images_per_prompt, config.pair_min_reward,
+                                           config.pairs_per_prompt)
             final = traj.latents[:, -1]  # x_0 of every image: what DPO trains on, as it would on encoded images
             replay.append((torch.stack([final[best], final[worst]]).detach(), traj.prompt_embeds[best].detach()))
             replay = replay[-config.replay :]

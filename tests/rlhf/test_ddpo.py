@@ -299,6 +299,10 @@ def test_group_dpo_pairs_each_groups_best_with_its_worst_where_the_rewards_diffe
     assert best.tolist() == [1, 9] and worst.tolist() == [0, 11]  # the middle group's images all tie: no pair
     best, worst = best_worst_pairs(rewards, 4, min_reward=0.5)
     assert best.tolist() == [1] and worst.tolist() == [0]  # the last group's best (0.3) falls short
+    best, worst = best_worst_pairs(rewards, 4, pairs_per_group=2)  # then second best against second worst
+    assert best.tolist() == [1, 9, 10] and worst.tolist() == [0, 11, 8]  # the first group's middle pair ties
+    with pytest.raises(ValueError, match=r"pairs_per_prompt must be at most images_per_prompt // 2 \(2"):
+        tiny_ddpo_preset(str(tiny_base), PROMPTS, objective="group_dpo", images_per_prompt=4, pairs_per_prompt=3)
     with pytest.raises(ValueError, match="images_per_prompt must be >= 2 for group_dpo"):
         tiny_ddpo_preset(str(tiny_base), PROMPTS, objective="group_dpo", images_per_prompt=1)
     with pytest.raises(ValueError, match="objective must be one of"):
