@@ -26,23 +26,26 @@ GROUP_PERMISSIONS = {
 
 
 def create_role_groups(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
     # Permissions are normally created after all migrations; make them exist now.
     for app_config in apps.get_app_configs():
         app_config.models_module = True
-        create_permissions(app_config, apps=apps, verbosity=0)
+        create_permissions(app_config, apps=apps, verbosity=0, using=db)
         app_config.models_module = None
     group_model, permission_model = apps.get_model("auth", "Group"), apps.get_model("auth", "Permission")
     for role, name in GROUP_NAMES.items():
-        group, _ = group_model.objects.get_or_create(name=name)
+        group, _ = group_model.objects.using(db).get_or_create(name=name)
         perms = []
         for dotted in GROUP_PERMISSIONS[role]:
             app_label, codename = dotted.split(".", 1)
-            perms.append(permission_model.objects.get(content_type__app_label=app_label, codename=codename))
+            perms.append(permission_model.objects.using(db).get(content_type__app_label=app_label,
+                                                                 codename=codename))
         group.permissions.set(perms)
 
 
 def remove_role_groups(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
-    apps.get_model("auth", "Group").objects.filter(name__in=GROUP_NAMES.values()).delete()
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
+    apps.get_model("auth", "Group").objects.using(db).filter(name__in=GROUP_NAMES.values()).delete()
 
 
 class Migration(migrations.Migration):

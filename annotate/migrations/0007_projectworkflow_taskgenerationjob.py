@@ -12,18 +12,21 @@ SETTINGS = ("instructions", "template_version_id", "images_per_task", "overlap",
 
 
 def copy_settings_to_workflows(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
     project_model = apps.get_model("annotate", "Project")  # the old shape, still holding the settings
     workflow_model = apps.get_model("annotate", "ProjectWorkflow")
-    workflow_model.objects.bulk_create(
+    workflow_model.objects.using(db).bulk_create(
         workflow_model(project_id=row["id"], **{name: row[name] for name in SETTINGS})
-        for row in project_model.objects.values("id", *SETTINGS).iterator()
+        for row in project_model.objects.using(db).values("id", *SETTINGS).iterator()
     )
 
 
 def copy_workflows_to_settings(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
     project_model = apps.get_model("annotate", "Project")
-    for row in apps.get_model("annotate", "ProjectWorkflow").objects.values("project_id", *SETTINGS).iterator():
-        project_model.objects.filter(pk=row.pop("project_id")).update(**row)
+    workflow_model = apps.get_model("annotate", "ProjectWorkflow")
+    for row in workflow_model.objects.using(db).values("project_id", *SETTINGS).iterator():
+        project_model.objects.using(db).filter(pk=row.pop("project_id")).update(**row)
 
 
 class Migration(migrations.Migration):

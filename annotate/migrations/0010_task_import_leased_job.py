@@ -18,9 +18,10 @@ def phases_to_job_phases(apps, schema_editor):
     """Map each import's phase text onto a JobPhase code (the rows it had checked into step/total_steps); give
     every import that was running under the old code an expired lease, so the reaper takes it (re-queues it
     until its attempts are used, then fails it and deletes what it stored)."""
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
     TaskImport = apps.get_model("annotate", "TaskImport")
     now = timezone.now()
-    for row in TaskImport.objects.all().iterator():
+    for row in TaskImport.objects.using(db).all().iterator():
         fields = ["phase"]
         checking = CHECKING.fullmatch(row.phase)
         if checking:
@@ -40,10 +41,11 @@ def phases_to_job_phases(apps, schema_editor):
 
 
 def job_phases_to_phases(apps, schema_editor):
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
     TaskImport = apps.get_model("annotate", "TaskImport")
     for code, text in LABELS.items():
-        TaskImport.objects.filter(phase=code).update(phase=text)
-    TaskImport.objects.exclude(phase__in=list(LABELS.values())).update(phase="")
+        TaskImport.objects.using(db).filter(phase=code).update(phase=text)
+    TaskImport.objects.using(db).exclude(phase__in=list(LABELS.values())).update(phase="")
 
 
 class Migration(migrations.Migration):

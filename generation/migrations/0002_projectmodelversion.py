@@ -9,20 +9,23 @@ from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 
 def copy_offers(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
     through = apps.get_model("annotate", "Project").model_versions.through  # the old many-to-many table
     offer_model = apps.get_model("generation", "ProjectModelVersion")
-    offer_model.objects.bulk_create(
+    offer_model.objects.using(db).bulk_create(
         offer_model(project_id=project_id, model_version_id=version_id)
-        for project_id, version_id in through.objects.values_list("project_id", "modelversion_id").iterator()
+        for project_id, version_id in through.objects.using(db).values_list("project_id", "modelversion_id")
+        .iterator()
     )
 
 
 def copy_offers_back(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
     through = apps.get_model("annotate", "Project").model_versions.through
-    through.objects.bulk_create(
+    through.objects.using(db).bulk_create(
         through(project_id=project_id, modelversion_id=version_id)
-        for project_id, version_id in apps.get_model("generation", "ProjectModelVersion").objects.values_list(
-            "project_id", "model_version_id").iterator()
+        for project_id, version_id in apps.get_model("generation", "ProjectModelVersion").objects.using(db)
+        .values_list("project_id", "model_version_id").iterator()
     )
 
 

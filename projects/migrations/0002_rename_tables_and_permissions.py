@@ -21,7 +21,7 @@ GROUP_PERMISSIONS = {
 }
 
 
-def _move_content_types(apps: Apps, source: str, target: str) -> None:
+def _move_content_types(apps: Apps, db: str, source: str, target: str) -> None:
     """Give ``source``'s content types of the project models to ``target``; where ``target`` has one
     already (a post-migrate run made it), move the permission grants and log entries onto it."""
     content_type = apps.get_model("contenttypes", "ContentType")
@@ -30,48 +30,50 @@ def _move_content_types(apps: Apps, source: str, target: str) -> None:
     user_permissions = apps.get_model("auth", "User").user_permissions.through
     log_entry = apps.get_model("admin", "LogEntry")
     for model in MODELS:
-        old = content_type.objects.filter(app_label=source, model=model).first()
+        old = content_type.objects.using(db).filter(app_label=source, model=model).first()
         if old is None:
             continue
-        new = content_type.objects.filter(app_label=target, model=model).first()
+        new = content_type.objects.using(db).filter(app_label=target, model=model).first()
         if new is None:
             old.app_label = target
             old.save(update_fields=["app_label"])
             continue
-        for perm in permission.objects.filter(content_type=old):
-            twin = permission.objects.filter(content_type=new, codename=perm.codename).first()
+        for perm in permission.objects.using(db).filter(content_type=old):
+            twin = permission.objects.using(db).filter(content_type=new, codename=perm.codename).first()
             if twin is None:
                 perm.content_type = new
                 perm.save(update_fields=["content_type"])
                 continue
             for through in (group_permissions, user_permissions):
                 owner = "group_id" if through is group_permissions else "user_id"
-                have = set(through.objects.filter(permission=twin).values_list(owner, flat=True))
-                through.objects.bulk_create(
+                have = set(through.objects.using(db).filter(permission=twin).values_list(owner, flat=True))
+                through.objects.using(db).bulk_create(
                     through(**{owner: holder, "permission_id": twin.pk})
-                    for holder in through.objects.filter(permission=perm).values_list(owner, flat=True)
+                    for holder in through.objects.using(db).filter(permission=perm).values_list(owner, flat=True)
                     if holder not in have
                 )
             perm.delete()
-        log_entry.objects.filter(content_type=old).update(content_type=new)
+        log_entry.objects.using(db).filter(content_type=old).update(content_type=new)
         old.delete()
 
 
 def to_projects(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
-    _move_content_types(apps, "annotate", "projects")
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
+    _move_content_types(apps, db, "annotate", "projects")
     config = apps.get_app_config("projects")
     config.models_module = True  # create_permissions skips apps without models in historical states
-    create_permissions(config, apps=apps, verbosity=0)
+    create_permissions(config, apps=apps, verbosity=0, using=db)
     config.models_module = None
     group_model, permission_model = apps.get_model("auth", "Group"), apps.get_model("auth", "Permission")
     for role, name in GROUP_NAMES.items():
-        group, _ = group_model.objects.get_or_create(name=name)
-        group.permissions.set(permission_model.objects.filter(
+        group, _ = group_model.objects.using(db).get_or_create(name=name)
+        group.permissions.set(permission_model.objects.using(db).filter(
             content_type__app_label="projects", codename__in=GROUP_PERMISSIONS[role]))
 
 
 def to_annotate(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
-    _move_content_types(apps, "projects", "annotate")
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
+    _move_content_types(apps, db, "projects", "annotate")
 
 
 class Migration(migrations.Migration):

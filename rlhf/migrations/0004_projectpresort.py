@@ -9,20 +9,22 @@ from django.db.backends.base.schema import BaseDatabaseSchemaEditor
 
 
 def copy_presorts(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
     project_model = apps.get_model("annotate", "Project")  # the old shape, still holding the column
     presort_model = apps.get_model("rlhf", "ProjectPresort")
-    presort_model.objects.bulk_create(
+    presort_model.objects.using(db).bulk_create(
         presort_model(project_id=project_id, reward_version_id=version_id)
-        for project_id, version_id in project_model.objects.filter(presort_reward_version__isnull=False)
-        .values_list("id", "presort_reward_version_id").iterator()
+        for project_id, version_id in project_model.objects.using(db)
+        .filter(presort_reward_version__isnull=False).values_list("id", "presort_reward_version_id").iterator()
     )
 
 
 def copy_presorts_back(apps: Apps, schema_editor: BaseDatabaseSchemaEditor) -> None:
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
     project_model = apps.get_model("annotate", "Project")
-    for project_id, version_id in apps.get_model("rlhf", "ProjectPresort").objects.values_list(
+    for project_id, version_id in apps.get_model("rlhf", "ProjectPresort").objects.using(db).values_list(
             "project_id", "reward_version_id").iterator():
-        project_model.objects.filter(pk=project_id).update(presort_reward_version_id=version_id)
+        project_model.objects.using(db).filter(pk=project_id).update(presort_reward_version_id=version_id)
 
 
 def _project_fk(related_name: str, *, null: bool) -> models.ForeignKey:

@@ -13,10 +13,11 @@ def lease_running_rows(apps, schema_editor):
 
     from django.utils import timezone
 
+    db = schema_editor.connection.alias  # the database being migrated (``migrate --database``)
     now = timezone.now()
     for name in ("PreferenceExport", "RewardModelRun", "FineTuneRun", "LoopRound"):
         model = apps.get_model("rlhf", name)
-        for row in model.objects.filter(status="running", lease_token__isnull=True):
+        for row in model.objects.using(db).filter(status="running", lease_token__isnull=True):
             row.lease_token = uuid.uuid4()
             row.lease_expires_at = now
             row.attempts = max(row.attempts, 1)
