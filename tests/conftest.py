@@ -34,6 +34,18 @@ def one_torch_thread() -> Iterator[None]:
     torch.set_num_threads(before)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _fast_password_hashing() -> Iterator[None]:
+    """Users are made in nearly every test (the role fixtures, factories, logins): PBKDF2's million rounds cost
+    about a second of CPU each on a busy 2-core machine, seconds of setup per test over the whole suite.
+    Session-wide, so module-scoped fixtures' users are covered too; the login and lockout code paths are the
+    same whichever hasher Django uses (Django's own advice for test settings)."""
+    from django.test import override_settings
+
+    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+        yield
+
+
 TEMPLATE_DATABASE = "test_pickwise_template"
 
 

@@ -15,11 +15,6 @@ from tests.rlhf.conftest import TINY_GENERATION, rank_project
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def _no_saved_login(tmp_path, monkeypatch):
     """Nothing from the developer's own environment or ``pickwise login``: every client is explicit."""
     for name in ("PICKWISE_URL", "PICKWISE_TOKEN"):

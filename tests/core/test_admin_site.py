@@ -29,11 +29,6 @@ SUPERUSER_ADD_STATUS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 @pytest.fixture
 def superuser(db):
     return get_user_model().objects.create_superuser("root", "root@example.org", PASSWORD)

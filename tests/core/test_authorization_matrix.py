@@ -167,7 +167,6 @@ def _client(user) -> Client:
 
 
 def test_no_caller_sees_or_changes_another_projects_data(world, settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     every = urls(world)
     assert len(every) > 100  # pages, API, admin and media, from the resolver
     problems: list[str] = []

@@ -20,11 +20,6 @@ WRONG = "Please enter a correct username and password."
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def _documented_defaults(settings):
     """The README's defaults, whatever the environment running the tests says."""
     settings.LOGIN_FAILURE_LIMIT, settings.LOGIN_FAILURE_LIMIT_PER_IP, settings.LOGIN_LOCKOUT_MINUTES = 5, 20, 15

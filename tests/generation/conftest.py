@@ -44,12 +44,6 @@ def _one_torch_thread():
 
 
 @pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    """The role fixtures hash passwords; PBKDF2 costs seconds per test on a busy 2-core machine."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
-@pytest.fixture(autouse=True)
 def _fresh_pipeline_cache():
     """Model-version ids (the cache keys) repeat across tests that roll back: start each test cold."""
     worker.reset_pipeline_cache()

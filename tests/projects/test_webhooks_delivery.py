@@ -60,7 +60,6 @@ def _webhook_settings(settings):
     settings.OUTBOUND_ALLOW_PRIVATE_ADDRESSES = True
     settings.WEBHOOK_RETRY_FOR_SECONDS = 120
     settings.SITE_URL = SITE
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture

@@ -16,11 +16,6 @@ from tests.factories import MembershipFactory, UserFactory
 TINY_GENERATION = {"scheduler": "ddim", "steps": 4, "guidance": 5.0, "width": 32, "height": 32}
 
 
-@pytest.fixture(autouse=True)
-def _fast_password_hashing(settings):
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
-
-
 def rank_project(project, admin_user, *, tasks: int = 10, raters: int = 2):
     """``tasks`` prompts of four stored images, each fully ranked by ``raters`` annotators.
 
