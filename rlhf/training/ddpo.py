@@ -8,9 +8,10 @@ policy (the same UNet with adapters disabled). Checkpoint layout as in :mod:`rlh
 ``step`` counting iterations.
 
 ``objective="group_dpo"`` trains differently on the same samples: each prompt's best-rewarded image against its
-worst with the Diffusion-DPO loss (:func:`rlhf.training.dpo.dpo_batch_loss`), the starting model as the
-reference, over the pairs of the last ``replay`` iterations (kept with each checkpoint, so a resumed run goes
-on as an unbroken one would). Online DPO from whole ranked images: the reward ranks a group; nothing depends
+worst (with ``pairs_per_prompt`` k > 1, also its i-th best against its i-th worst for i <= k) with the
+Diffusion-DPO loss (:func:`rlhf.training.dpo.dpo_batch_loss`), the starting model as the reference, over the
+pairs of the last ``replay`` iterations (kept with each checkpoint, so a resumed run goes on as an unbroken one
+would). Online DPO from whole ranked images: the reward ranks a group; nothing depends
 on the per-step log-probabilities, whose ratios DDPO's noisy per-image rewards hardly move.
 
 A run may continue a saved adapter (``init_lora``): the policy then starts as that adapter, so its first
