@@ -15,6 +15,8 @@ section's evaluation scores by it. Sections (``--sections``):
 - ``control``: DDPO with the ddpo section's recipe on the round's captions, rewarded with pure noise: how
   far DDPO drifts with no signal at all. It swings the win rate either way (0.74, 0.74 and 0.16 over three
   seeds on larger shapes; 0.175 on the README's warmth), so a DDPO round's figure counts only beside it.
+  One control's interval says only whether that run's change had a direction; ``bench/seeds.py`` reads
+  several runs' logs and judges the control over seeds.
 - ``dpo-noise-labels``, ``ddpo-noise-labels``: the dpo and ddpo rounds on the same images with labels of
   pure noise (label accuracy 0.5), each round's own control.
 - ``judge``: DDPO with the shapes-world judge as the reward (target: adherence +10 points).

@@ -16,6 +16,7 @@ import pytest
 from PIL import Image
 
 from bench import loop as bench
+from bench import seeds
 
 ROOT = Path(__file__).resolve().parents[2]
 PREFERENCE = "tests.rlhf.test_loop_bench:redness"
@@ -141,6 +142,29 @@ def test_every_section_of_a_reduced_bench_uses_the_chosen_preference(tiny_base_d
             assert f"{fit['accuracy']:.3f} [{fit['low']:.3f}, {fit['high']:.3f}] n={fit['n']}" in text
         else:
             assert "reward model's validation accuracy (DDPO's reward)" in text
+
+    # bench/seeds.py reads these logs: this run as seed 0 and again as seed 1 (its figures, another header).
+    logs = [tmp_path / "seed-0.log", tmp_path / "seed-1.log"]
+    logs[0].write_text(out)
+    logs[1].write_text(out.replace("; seed 0, eval seed 0;", "; seed 1, eval seed 0;", 1))
+    lines, _ = seeds.summarise(logs)
+    summary = "\n".join(lines)
+    for title, section in zip(titles, sections, strict=True):
+        rate = re.search(r"^paired preference win rate.*?(\d\.\d{3} \[\d\.\d{3}, \d\.\d{3}\] n=\d+)", section,
+                         flags=re.MULTILINE).group(1)
+        name = re.sub(rf" \((preference figures: )?{re.escape(PREFERENCE)}\)", "", title)
+        block = summary.split(f"== {PREFERENCE}: {name}\n")[1].split("\n== ")[0]
+        assert re.search(rf"^seed 0 \(eval seed 0\) +{re.escape(rate)}", block, flags=re.MULTILINE), block
+        assert re.search(rf"^seed 1 \(eval seed 0\) +{re.escape(rate)}", block, flags=re.MULTILINE), block
+        mean = float(rate[:5])
+        assert f"mean {mean:.3f}, sd 0.000, 95% t interval [{mean:.3f}, {mean:.3f}]" in block
+        target = block.strip().splitlines()[-1]
+        if title.startswith("Control"):  # two identical runs: an interval of one point, 50% inside only if equal
+            assert target.endswith("PASS" if mean == 0.5 else "FAIL"), block
+        else:
+            low = float(re.search(r"\[(\d\.\d{3}),", rate).group(1))
+            assert target.endswith("PASS" if low > 0.5 else "FAIL"), block
+    assert seeds.main([str(tmp_path / "nothing.log")]) == 2
 
 
 def test_rounds_are_reported_against_their_input_and_the_base_with_the_rounds_targets(tiny_base_dir, tmp_path):
