@@ -39,10 +39,12 @@ def _fast_password_hashing() -> Iterator[None]:
     """Users are made in nearly every test (the role fixtures, factories, logins): PBKDF2's million rounds cost
     about a second of CPU each on a busy 2-core machine, seconds of setup per test over the whole suite.
     Session-wide, so module-scoped fixtures' users are covered too; the login and lockout code paths are the
-    same whichever hasher Django uses (Django's own advice for test settings)."""
+    same whichever hasher Django uses (Django's own advice for test settings). PBKDF2 stays second, so a
+    password a subprocess hashed with the real settings still checks."""
     from django.test import override_settings
 
-    with override_settings(PASSWORD_HASHERS=["django.contrib.auth.hashers.MD5PasswordHasher"]):
+    hashers = ["django.contrib.auth.hashers.MD5PasswordHasher", "django.contrib.auth.hashers.PBKDF2PasswordHasher"]
+    with override_settings(PASSWORD_HASHERS=hashers):
         yield
 
 
