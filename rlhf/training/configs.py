@@ -470,8 +470,8 @@ class DDPOConfig:
     replay: int = 1  # group_dpo: the iterations whose pairs each iteration trains on (this one and those before)
     pair_min_reward: float | None = None  # group_dpo: keep a pair only where its best image scores at least this
     # group_dpo: pairs from each prompt's group, its best against its worst, then its second best against its
-    # second worst, ... (at most images_per_prompt // 2): more updates from the same samples, each on fresh
-    # pairs, so that a reward's noise averages out in the optimiser rather than steering each update
+    # second worst, ... (at most images_per_prompt // 2): more updates from the same samples, each on other
+    # pairs (tried against noise rewards' drift, it did not shrink it: README, DDPO's group_dpo figures)
     pairs_per_prompt: int = 1
     timestep_fraction: float = 1.0  # share of denoising steps trained on per trajectory
     lr: float = 3e-4
