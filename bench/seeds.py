@@ -17,7 +17,6 @@ over the seeds, and the targets. A round's target: every seed's interval above 5
 from __future__ import annotations
 
 import argparse
-import math
 import re
 import statistics
 import sys
@@ -25,7 +24,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from scipy import stats as scipy_stats
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script, as bench/loop.py is
+
+from rlhf.loop.stats import mean_interval  # noqa: E402
 
 HEADER = re.compile(r"^preference (?P<preference>\S+);.*; seed (?P<seed>\d+), eval seed (?P<eval_seed>\d+);")
 RECIPE = re.compile(r"; DDPO on it (?P<ddpo>\{.*?\})(?:; |$)")
@@ -70,13 +71,13 @@ def read_log(path: Path) -> tuple[str, list[tuple[str, Win]]]:
     return header["preference"], wins
 
 
-def t_interval(values: list[float], confidence: float = 0.95) -> tuple[float, float] | None:
-    """The mean win rate's t interval over independent runs, within [0, 1] (None for fewer than two runs)."""
-    if len(values) < 2:
+def t_interval(values: list[float]) -> tuple[float, float] | None:
+    """The mean win rate's 95% t interval over independent runs (``rlhf.loop.stats.mean_interval``), within
+    [0, 1] (None for fewer than two runs)."""
+    estimate = mean_interval(values)
+    if estimate.low is None or estimate.high is None:
         return None
-    mean, spread = statistics.fmean(values), statistics.stdev(values)
-    half = float(scipy_stats.t.ppf((1 + confidence) / 2, len(values) - 1)) * spread / math.sqrt(len(values))
-    return max(0.0, mean - half), min(1.0, mean + half)
+    return max(0.0, estimate.low), min(1.0, estimate.high)
 
 
 def summarise(logs: list[Path]) -> tuple[list[str], bool]:
