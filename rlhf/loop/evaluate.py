@@ -16,7 +16,9 @@ came to be (a round's captions, images, labels and training), which only other r
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,17 +50,69 @@ def evaluation_captions(n: int, *, eval_seed: int = 0) -> list[str]:
     return held_out_captions(n) if eval_seed == 0 else prompt_captions(n, seed=HELD_OUT_SEED + eval_seed)
 
 
+class RenderMemo:
+    """This process's latest renders, so that an evaluation whose side another evaluation rendered already
+    takes those images (a round's input version is the last round's new version, on the same captions and
+    seeds; the base is rendered once for every round against it). Keyed by everything that decides the
+    pixels (the weights' spec, the resolved params, prompts, seeds and batch size: sampling is deterministic
+    given them); the oldest renders go first once the images kept exceed ``max_pixels``."""
+
+    def __init__(self, max_pixels: int) -> None:
+        self.max_pixels = max_pixels
+        self._renders: OrderedDict[Hashable, list[Image.Image]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _pixels(images: Sequence[Image.Image]) -> int:
+        return sum(image.width * image.height for image in images)
+
+    def get(self, key: Hashable) -> list[Image.Image] | None:
+        with self._lock:
+            images = self._renders.get(key)
+            if images is None:
+                return None
+            self._renders.move_to_end(key)
+            return list(images)
+
+    def put(self, key: Hashable, images: Sequence[Image.Image]) -> None:
+        if self._pixels(images) > self.max_pixels:  # one render over the budget alone is not kept
+            return
+        with self._lock:
+            self._renders[key] = list(images)
+            self._renders.move_to_end(key)
+            while sum(map(self._pixels, self._renders.values())) > self.max_pixels:
+                self._renders.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._renders.clear()
+
+    def __len__(self) -> int:
+        return len(self._renders)
+
+
+# 32 Mpx: about 96 MB of RGB, e.g. 8,192 images of the shapes model (64 px) or 128 at 512 px.
+RENDERS = RenderMemo(max_pixels=32 * 1024 * 1024)
+
+
 def render(version: ModelVersion, prompts: Sequence[str], seeds: Sequence[int], *,
            params: dict[str, Any] | None = None, batch: int = 8) -> list[Image.Image]:
-    """Every prompt x seed (prompt-major) by ``version`` with its default params (plus ``params``)."""
+    """Every prompt x seed (prompt-major) by ``version`` with its default params (plus ``params``); a render
+    this process made already with the same weights, params, prompts, seeds and batch comes from ``RENDERS``."""
     cache = worker.pipeline_cache()
     spec = worker.spec_for(version, device_type=cache.device.type)
-    loaded = cache.get(spec)
     resolved = inference.GenerationParams.from_dict({**version.default_params().to_dict(), **(params or {})})
+    key = (spec, resolved, tuple(prompts), tuple(seeds), batch)
+    kept = RENDERS.get(key)
+    if kept is not None:
+        return kept
+    loaded = cache.get(spec)
     requests = [inference.GenerationRequest(prompt=p, seeds=list(seeds), params=resolved, spec=spec)
                 for p in prompts]
     rows = inference.generate_batch(loaded, requests, max_batch=batch)
-    return [generated.image for row in rows for generated in row]
+    images = [generated.image for row in rows for generated in row]
+    RENDERS.put(key, images)
+    return images
 
 
 def _verdicts(images: Sequence[Image.Image], captions: Sequence[str]) -> list[bool] | None:

@@ -319,6 +319,45 @@ def test_comparison_counts_fixed_and_broken_captions_and_sizes_the_changes():
     assert result["score_delta"] > 0 and result["score_delta_interval"][0] < result["score_delta"]
 
 
+def test_renders_this_process_made_already_are_taken_not_made_again(tiny_base, model_cache):
+    from generation.shapes.world import held_out_captions
+    from rlhf.loop.evaluate import RENDERS, render
+
+    RENDERS.clear()
+    captions = held_out_captions(3)
+    first = render(tiny_base, captions, (0, 1))
+    assert len(first) == 6 and len(RENDERS) == 1
+    again = render(tiny_base, captions, (0, 1))
+    assert all(a is b for a, b in zip(again, first, strict=True))  # the same images, not a second render
+    # Anything that decides the pixels is part of the key: other seeds, params or batch size render anew.
+    assert render(tiny_base, captions, (0, 2))[0] is not first[0]
+    assert render(tiny_base, captions, (0, 1), params={"steps": 3})[0] is not first[0]
+    assert render(tiny_base, captions, (0, 1), batch=2)[0] is not first[0]
+    assert len(RENDERS) == 4
+    # What the memo hands back is what rendering gives: sampling is deterministic in its key.
+    RENDERS.clear()
+    fresh = render(tiny_base, captions, (0, 1))
+    assert fresh[0] is not first[0]
+    assert [image.tobytes() for image in fresh] == [image.tobytes() for image in first]
+
+
+def test_the_render_memo_drops_its_oldest_renders_beyond_its_pixel_budget():
+    from PIL import Image
+
+    from rlhf.loop.evaluate import RenderMemo
+
+    memo = RenderMemo(max_pixels=3 * 32 * 32)
+    images = {name: [Image.new("RGB", (32, 32), colour)] for name, colour in (("a", "red"), ("b", "green"),
+                                                                                ("c", "blue"), ("d", "white"))}
+    for name in "abc":
+        memo.put(name, images[name])
+    assert memo.get("a") == images["a"]  # a is now the latest used
+    memo.put("d", images["d"])  # four images over a budget of three: b, the least recently used, goes
+    assert memo.get("b") is None and [memo.get(name) for name in "acd"] == [images[name] for name in "acd"]
+    memo.put("big", [Image.new("RGB", (64, 64))])  # one render over the budget alone is not kept
+    assert memo.get("big") is None and len(memo) == 3
+
+
 def test_evaluate_version_command(tiny_base, model_cache, tiny_base_dir, tmp_path, capsys):
     import json
 
