@@ -225,8 +225,8 @@ def main() -> int:
             if args.method == "dpo":
                 both = torch.cat([pool_latents[0, idx], pool_latents[1, idx]])
                 generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
-                loss, _, _, _ = dpo_batch_loss(pipe.unet, train_scheduler, both, pool_embeds[idx],
-                                               torch.ones(args.batch), args.beta, generator)
+                loss = dpo_batch_loss(pipe.unet, train_scheduler, both, pool_embeds[idx],
+                                      torch.ones(args.batch), args.beta, generator).loss
             else:
                 x0, cond = pool_latents[idx], pool_embeds[idx]
                 drop = torch.from_numpy(rng.random(args.batch) < args.caption_dropout)

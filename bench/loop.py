@@ -304,6 +304,14 @@ def interval(stats: dict, key: str, form: str, *, scale: float = 1) -> str:
     return text if low is None else f"{text} [{form.format(scale * low)}, {form.format(scale * high)}]"
 
 
+def chosen_error_change(run) -> float | None:
+    """The fine-tune's mean change in the denoising error on the preferred images against its reference over
+    the last quarter of its logged steps (DPO) or iterations (group_dpo); None where it logged none."""
+    history = type(run).objects.get(pk=run.pk).history if run is not None else None  # as the run left it
+    points = [p["chosen_error_change"] for p in history or [] if "chosen_error_change" in p]
+    return float(np.mean(points[-max(1, len(points) // 4):])) if points else None
+
+
 def report(title: str, stats: dict, clock: Clock | None = None, *, targets: str = "") -> None:
     """A section's figures. ``targets``: "round" (the issue-10 round targets), "judge" (adherence +10) or ""
     (figures only, PASS/FAIL nowhere: the controls and the later rounds)."""
@@ -328,6 +336,9 @@ def report(title: str, stats: dict, clock: Clock | None = None, *, targets: str 
              f"{fit['accuracy']:.3f} [{fit['low']:.3f}, {fit['high']:.3f}] n={fit['n']}")
     if stats.get("reward_accuracy") is not None:
         line("reward model's validation accuracy (DDPO's reward)", f"{stats['reward_accuracy']:.3f}")
+    if stats.get("chosen_error_change") is not None:
+        line("preferred images' denoising error, policy - reference", f"{stats['chosen_error_change']:+.3g}"
+             " (the fine-tune's last quarter; above 0: less likely)")
     win = stats.get("win_rate") or {}
     if win:
         preference_round = targets == "round"
@@ -485,7 +496,8 @@ def run(args: argparse.Namespace, workdir: Path) -> int:
                                    log=lambda message: print(message, flush=True))
             label = (title if args.rounds == 1 else f"{title}, round 1 (against the base)" if number == 1
                      else f"{title}, round {number} (against round {number - 1}'s version)")
-            report(label, loop_round.stats, clock, targets="round" if number == 1 and not control else "")
+            report(label, {**loop_round.stats, "chosen_error_change": chosen_error_change(loop_round.finetune_run)},
+                   clock, targets="round" if number == 1 and not control else "")
             if number > 1:
                 report(f"{title}: round {number}'s version against the base", loop_round.stats["against_base"])
             done.append((loop_round, *clock.minutes()))

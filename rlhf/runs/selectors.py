@@ -173,6 +173,13 @@ def finetune_run_charts(run: FineTuneRun) -> list[dict[str, object]]:
                                                _series(history, "loss", "loss", dashed=True)],
                   x_label="iteration", markers=True),
         ]
+    if any("chosen_error_change" in p for p in history):  # DPO and group_dpo runs since DPO-Positive
+        charts.append(Chart(
+            title="Preferred images against the starting model",
+            series=[_series(history, "chosen_error_change", "denoising error, policy minus reference")],
+            x_label="iteration" if run.method == FineTuneRun.Method.DDPO else "step",
+            y_label="above 0: less likely", markers=run.method == FineTuneRun.Method.DDPO,
+        ))
     return [chart_context(c) for c in charts]
 
 

@@ -375,6 +375,12 @@ class DPOConfig:
     seed: int = 0
     resolution: int = 512  # training images are resized (short side) and centre-cropped to this
     ties: DPOTies = "skip"
+    # DPO-Positive's lambda (Pal et al. 2024): > 0 charges the policy for finding a preferred image less likely
+    # than the reference does, which plain DPO (0) allows as long as the rejected image falls further
+    dpop_lambda: float = 0.0
+    # > 0 charges the batch's drift in the likelihood of both images of a pair together (losses.dpo_loss's
+    # anchor), along which labels carrying no preference move the policy freely
+    likelihood_anchor: float = 0.0
     checkpoint_every: int = 500  # optimisation steps between checkpoints (0: only at the end or on stop)
     keep_last: int = 2  # checkpoints that keep their resumable training state
     shuffle_buffer: int = 512
@@ -406,7 +412,8 @@ class DPOConfig:
             raise ValueError(f"resolution must be a multiple of 8, not {self.resolution}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:
             raise ValueError(f"lora_alpha must be > 0 or None, not {self.lora_alpha!r}")
-        for name in ("weight_decay", "checkpoint_every", "keep_last", "shuffle_buffer"):
+        for name in ("weight_decay", "checkpoint_every", "keep_last", "shuffle_buffer", "dpop_lambda",
+                     "likelihood_anchor"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if not self.lora_targets:
@@ -467,6 +474,8 @@ class DDPOConfig:
     grad_accum: int = 1  # micro-batches per optimisation step (each already sums over its timesteps)
     inner_epochs: int = 1  # passes over each iteration's samples (group_dpo: over the replayed pairs)
     dpo_beta: float = 500.0  # group_dpo: Diffusion-DPO's beta (larger keeps the policy nearer the reference)
+    dpop_lambda: float = 0.0  # group_dpo: DPO-Positive's lambda, as DPOConfig's
+    likelihood_anchor: float = 0.0  # group_dpo: as DPOConfig's
     replay: int = 1  # group_dpo: the iterations whose pairs each iteration trains on (this one and those before)
     pair_min_reward: float | None = None  # group_dpo: keep a pair only where its best image scores at least this
     # group_dpo: pairs from each prompt's group, its best against its worst, then its second best against its
@@ -531,7 +540,8 @@ class DDPOConfig:
             raise ValueError(f"timestep_fraction must be in (0, 1], not {self.timestep_fraction}")
         if self.resolution % 8:
             raise ValueError(f"resolution must be a multiple of 8, not {self.resolution}")
-        for name in ("kl_coef", "weight_decay", "checkpoint_every", "keep_last", "guidance_scale"):
+        for name in ("kl_coef", "weight_decay", "checkpoint_every", "keep_last", "guidance_scale", "dpop_lambda",
+                     "likelihood_anchor"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, not {getattr(self, name)!r}")
         if self.lora_alpha is not None and self.lora_alpha <= 0:

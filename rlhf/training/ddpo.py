@@ -70,9 +70,10 @@ from rlhf.training.rewards import RewardFunction, build_reward
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
 OnPhase = Callable[[str], None]  # "loading_model", "training", ... (where the trainer is)
-_RESUME_KEYS = ("base_model", "reward", "reward_arg", "seed", "lora_rank", "lora_alpha", "init_lora", "objective")
+_RESUME_KEYS = ("base_model", "reward", "reward_arg", "seed", "lora_rank", "lora_alpha", "init_lora", "objective",
+                "dpop_lambda", "likelihood_anchor")
 # keys newer than some checkpoints: what those checkpoints ran with
-_RESUME_ADDED = {"init_lora": "", "objective": "policy_gradient"}
+_RESUME_ADDED = {"init_lora": "", "objective": "policy_gradient", "dpop_lambda": 0.0, "likelihood_anchor": 0.0}
 REPLAY_FILE = "group_dpo_replay.pt"  # group_dpo's replayed pairs, in a checkpoint's state directory
 Pairs = tuple[torch.Tensor, torch.Tensor]  # ((2, n, C, h, w) best then worst clean latents, (n, L, D) embeddings)
 
@@ -336,8 +337,10 @@ def _group_dpo_train(
 ) -> dict[str, float]:
     """group_dpo's update: ``inner_epochs`` passes over the replayed pairs in global micro-batches of
     ``train_batch_size`` pairs (the last one filled from the next pass's order, so every process always
-    takes an equal share), Diffusion-DPO against the reference. Returns the mean loss, implicit accuracy and
-    reward margin (0 while the policy is the reference), and the pairs replayed."""
+    takes an equal share), Diffusion-DPO against the reference (DPO-Positive with ``dpop_lambda`` > 0, the
+    likelihood anchored with ``likelihood_anchor`` > 0). Returns the mean loss, implicit accuracy, reward margin
+    (0 while the policy is the reference), change in the denoising error on the chosen images, and the pairs
+    replayed."""
     chosen = torch.cat([latents[0] for latents, _ in replay])
     rejected = torch.cat([latents[1] for latents, _ in replay])
     embeds = torch.cat([e for _, e in replay])
@@ -355,15 +358,17 @@ def _group_dpo_train(
         idx = torch.from_numpy(batch[rank * share : (rank + 1) * share]).to(chosen.device)
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))  # the same on every process
         with accelerator.accumulate(unet), accelerator.autocast():
-            loss, accuracy, margin, _ = dpo_batch_loss(
+            out = dpo_batch_loss(
                 unet, noise_scheduler, torch.cat([chosen[idx], rejected[idx]]), embeds[idx],
                 torch.ones(len(idx), device=chosen.device), config.dpo_beta, generator,
-                reference_adapter=reference, shard=(rank, processes),
+                reference_adapter=reference, shard=(rank, processes), positive=config.dpop_lambda,
+                anchor=config.likelihood_anchor,
             )  # fmt: skip
-            _optimise(accelerator, unet, optimizer, loss, config, iteration)
-        stats.append([loss.item(), accuracy.item(), margin.item()])
+            _optimise(accelerator, unet, optimizer, out.loss, config, iteration)
+        stats.append([out.loss.item(), out.accuracy.item(), out.margin.item(), out.chosen_error_change.item()])
     means = _mean_over_processes(accelerator, stats)
-    return {"loss": means[0], "implicit_accuracy": means[1], "reward_margin": means[2], "replayed_pairs": float(size)}
+    return {"loss": means[0], "implicit_accuracy": means[1], "reward_margin": means[2],
+            "chosen_error_change": means[3], "replayed_pairs": float(size)}
 
 
 def _optimise(accelerator: Any, unet: Any, optimizer: Any, loss: torch.Tensor, config: DDPOConfig,

@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -75,8 +75,9 @@ from rlhf.training.reward_model import ImageTransform
 OnLog = Callable[[int, Mapping[str, float]], None]
 ShouldStop = Callable[[], bool]
 OnPhase = Callable[[str], None]  # "loading_model", "training", ... (where the trainer is)
-_RESUME_KEYS = ("base_model", "export_id", "seed", "lora_rank", "lora_alpha", "beta", "init_lora")
-_RESUME_ADDED = {"init_lora": ""}  # keys newer than some checkpoints: what those checkpoints ran with
+_RESUME_KEYS = ("base_model", "export_id", "seed", "lora_rank", "lora_alpha", "beta", "init_lora", "dpop_lambda",
+                "likelihood_anchor")
+_RESUME_ADDED = {"init_lora": "", "dpop_lambda": 0.0, "likelihood_anchor": 0.0}  # keys newer than some checkpoints: what those checkpoints ran with
 
 
 @dataclass(frozen=True)
@@ -210,6 +211,14 @@ def _shard_noise(like: Tensor, generator: torch.Generator, index: int, count: in
     return torch.cat([chosen, rejected]).to(like)
 
 
+class DPOBatchLoss(NamedTuple):
+    loss: Tensor  # scalar, to backpropagate
+    accuracy: Tensor  # implicit accuracy: share of pairs the policy ranks as people did, against the reference
+    margin: Tensor  # mean implicit reward margin (the log-sigmoid's argument)
+    mse_chosen: Tensor  # the policy's mean denoising error on the preferred images
+    chosen_error_change: Tensor  # ... minus the reference's (above 0: they grew less likely)
+
+
 def dpo_batch_loss(
     unet: Any,
     noise_scheduler: Any,  # a diffusers DDPMScheduler
@@ -222,11 +231,14 @@ def dpo_batch_loss(
     shard: tuple[int, int] = (0, 1),
     region: Tensor | None = None,
     strength: Tensor | None = None,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Diffusion-DPO on latents ``(2B, ...)`` (chosen then rejected).
+    positive: float = 0.0,
+    anchor: float = 0.0,
+) -> DPOBatchLoss:
+    """Diffusion-DPO on latents ``(2B, ...)`` (chosen then rejected); ``positive`` is DPO-Positive's lambda,
+    ``anchor`` the likelihood anchor's weight (:func:`rlhf.training.losses.dpo_loss`; with several processes
+    each anchors its own share of the batch).
 
-    Returns (loss, implicit accuracy, implicit reward margin, model MSE on the chosen images); the margin is
-    the mean argument of the log-sigmoid, 0 while the policy is the reference. Noise and timesteps come
+    The margin is the mean argument of the log-sigmoid, 0 while the policy is the reference. Noise and timesteps come
     from ``generator`` (a CPU generator), the same for chosen and rejected. The reference pass runs the
     UNet with its adapters disabled, or with only ``reference_adapter`` active (a frozen starting adapter).
 
@@ -262,8 +274,9 @@ def dpo_batch_loss(
         base = unet.module if hasattr(unet, "module") else unet
         with reference_pass(base, reference_adapter):
             ref_w, ref_l = errors(unet(noisy, t, encoder_hidden_states=cond).sample)
-    out = dpo_loss(model_w, model_l, ref_w, ref_l, beta, weight)
-    return out.loss, out.implicit_accuracy, out.inside_term.mean(), model_w.detach().mean()
+    out = dpo_loss(model_w, model_l, ref_w, ref_l, beta, weight, positive=positive, anchor=anchor)
+    return DPOBatchLoss(loss=out.loss, accuracy=out.implicit_accuracy, margin=out.inside_term.mean(),
+                        mse_chosen=model_w.detach().mean(), chosen_error_change=out.chosen_error_change.mean())
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -280,9 +293,9 @@ def train_dpo(
 ) -> FineTuneResult:
     """Run Diffusion-DPO on the export's train split; returns where the final (or stop) LoRA is.
 
-    ``on_log(step, {"loss", "implicit_accuracy", "reward_margin", "mse_chosen", "lr", "s_per_step", "pairs"})`` after every
-    optimisation step; ``should_stop()`` polled after every step (saves a checkpoint, returns
-    ``stopped=True``). ``on_checkpoint(step, checkpoint_dir)`` after every checkpoint under
+    ``on_log(step, {"loss", "implicit_accuracy", "reward_margin", "mse_chosen", "chosen_error_change", "lr",
+    "s_per_step", "pairs"})`` after every optimisation step; ``should_stop()`` polled after every step
+    (saves a checkpoint, returns ``stopped=True``). ``on_checkpoint(step, checkpoint_dir)`` after every checkpoint under
     ``checkpoints/`` is written (periodic, last-step and stop ones; not ``final/``), on the main process,
     under saved random state (:mod:`rlhf.training.callbacks`); its time is left out of ``s_per_step``.
     ``on_phase(name)`` hears where it is: "loading_model", then "training".
@@ -370,7 +383,7 @@ def train_dpo(
     phase("training")
     unet.train()
     stopped, last = False, {}
-    micro: list[tuple[float, float, float, float, int]] = []
+    micro: list[tuple[float, float, float, float, float, int]] = []
     tick = time.perf_counter()
     while step < config.max_steps and not stopped:
         rows.set_epoch(epoch)
@@ -389,7 +402,7 @@ def train_dpo(
                     latents = (posterior.mean + posterior.std * noise) * pipe.vae.config.scaling_factor
                     text = encode_prompts(pipe, batch["captions"])
                 with accelerator.autocast():
-                    loss, accuracy, margin, mse = dpo_batch_loss(
+                    out = dpo_batch_loss(
                         unet,
                         noise_scheduler,
                         latents,
@@ -401,12 +414,14 @@ def train_dpo(
                         shard=(rank, processes),
                         region=batch["region"],
                         strength=batch["strength"],
+                        positive=config.dpop_lambda,
+                        anchor=config.likelihood_anchor,
                     )
-                if not torch.isfinite(loss):
+                if not torch.isfinite(out.loss):
                     raise FloatingPointError(
-                        f"DPO loss became {loss.item()} at step {step + 1}; lower lr or beta"
+                        f"DPO loss became {out.loss.item()} at step {step + 1}; lower lr or beta"
                     )
-                accelerator.backward(loss)
+                accelerator.backward(out.loss)
                 if accelerator.sync_gradients:
                     accelerator.clip_grad_norm_(
                         lora_parameters(accelerator.unwrap_model(unet)), config.max_grad_norm
@@ -414,7 +429,8 @@ def train_dpo(
                 optimizer.step()
                 scheduler.step()
                 optimizer.zero_grad()
-            micro.append((loss.item(), accuracy.item(), margin.item(), mse.item(), len(batch["captions"])))
+            micro.append((out.loss.item(), out.accuracy.item(), out.margin.item(), out.mse_chosen.item(),
+                          out.chosen_error_change.item(), len(batch["captions"])))
             pairs_in_epoch += len(batch["captions"])  # pairs this process consumed
             if not accelerator.sync_gradients:
                 continue
@@ -425,11 +441,12 @@ def train_dpo(
             means = np.mean(micro, axis=0)
             if processes > 1:  # every process's share: the global batch's means and pair count
                 means = accelerator.reduce(torch.tensor(means, device=accelerator.device), "mean").cpu().numpy()
-                means[4] *= processes
+                means[5] *= processes
             last = {
                 "loss": float(means[0]), "implicit_accuracy": float(means[1]), "reward_margin": float(means[2]),
-                "mse_chosen": float(means[3]), "lr": float(scheduler.get_last_lr()[0]), "s_per_step": now - tick,
-                "pairs": float(means[4] * len(micro)),  # pairs (all processes) accumulated into the step
+                "mse_chosen": float(means[3]), "chosen_error_change": float(means[4]),
+                "lr": float(scheduler.get_last_lr()[0]), "s_per_step": now - tick,
+                "pairs": float(means[5] * len(micro)),  # pairs (all processes) accumulated into the step
             }  # fmt: skip
             micro, tick = [], now
             log(step, last)

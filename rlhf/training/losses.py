@@ -93,6 +93,9 @@ class DPOLossOutput(NamedTuple):
     loss: Tensor  # scalar, to backpropagate
     implicit_accuracy: Tensor  # scalar in [0, 1]: share of pairs where the policy beats the reference
     inside_term: Tensor  # (B,) the argument of the log-sigmoid, for logging
+    # (B,) the policy's denoising error on each preferred image minus the reference's: above 0, the policy
+    # finds the images people preferred less likely than the model it started from
+    chosen_error_change: Tensor
 
 
 def dpo_loss(
@@ -102,6 +105,8 @@ def dpo_loss(
     ref_err_l: Tensor,
     beta: float,
     weight: Tensor | None = None,
+    positive: float = 0.0,
+    anchor: float = 0.0,
 ) -> DPOLossOutput:
     """Diffusion-DPO loss (Wallace et al. 2023), in the diffusers example's form.
 
@@ -109,15 +114,29 @@ def dpo_loss(
     (mean over pixels) for the preferred (``w``) and rejected (``l``) images, from the policy and the
     reference model, all at the same noise and timestep::
 
-        inside = -0.5 * beta * ((model_w - ref_w) - (model_l - ref_l))
+        inside = -0.5 * beta * ((model_w - ref_w) - (model_l - ref_l) + positive * max(0, model_w - ref_w))
         loss = -logsigmoid(inside)
 
-    The implicit accuracy counts ``inside > 0`` (a tie at exactly 0 counts as wrong, as in diffusers).
+    DPO's loss sees only the difference between the two changes, so the policy can lower the likelihood of
+    the preferred images too, as long as it lowers the rejected ones' more. ``positive`` (the lambda of
+    DPO-Positive, Pal et al. 2024; 0 is plain DPO) charges every unit by which the policy's error on a
+    preferred image exceeds the reference's.
+
+    On labels that carry no preference the loss is flat along the changes both images share, so the policy
+    drifts there freely: every image less likely (plain DPO), or more likely (DPO-Positive). ``anchor``
+    (0: off) charges that drift, ``anchor * common**2`` with ``common = -0.25 * beta * mean((model_w - ref_w)
+    + (model_l - ref_l))`` over the batch (the inside term's units): the policy may move likelihood from
+    rejected images to preferred ones, not onto or off both. The implicit accuracy counts ``inside > 0`` (a
+    tie at exactly 0 counts as wrong, as in diffusers).
     """
-    inside = -0.5 * beta * ((model_err_w - ref_err_w) - (model_err_l - ref_err_l))
+    chosen_change, rejected_change = model_err_w - ref_err_w, model_err_l - ref_err_l
+    inside = -0.5 * beta * (chosen_change - rejected_change + positive * F.relu(chosen_change))
     loss = _weighted_mean(-F.logsigmoid(inside), weight)
+    if anchor:
+        loss = loss + anchor * _weighted_mean(-0.25 * beta * (chosen_change + rejected_change), weight) ** 2
     accuracy = (inside > 0).to(inside.dtype).mean()
-    return DPOLossOutput(loss=loss, implicit_accuracy=accuracy, inside_term=inside.detach())
+    return DPOLossOutput(loss=loss, implicit_accuracy=accuracy, inside_term=inside.detach(),
+                         chosen_error_change=chosen_change.detach())
 
 
 class PolicyLossOutput(NamedTuple):

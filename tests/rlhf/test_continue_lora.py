@@ -106,7 +106,7 @@ def test_the_reference_pass_is_the_start_adapter_not_the_base(base: Path, start:
     def loss(adapter: str | None) -> tuple[float, float]:
         out = dpo_batch_loss(pipe.unet, scheduler, latents, text, torch.ones(4), 500.0,
                              torch.Generator().manual_seed(1), reference_adapter=adapter)
-        return out[0].item(), out[2].item()
+        return out.loss.item(), out.margin.item()
 
     assert loss(reference) == (pytest.approx(math.log(2), abs=1e-6), 0.0)
     against_base, margin = loss(None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -51,6 +52,8 @@ def test_config_validation(tiny_base: Path) -> None:
         ({"lora_rank": 0}, "lora_rank"),
         ({"mixed_precision": "fp8"}, "mixed_precision"),
         ({"resolution": 30}, "resolution"),
+        ({"dpop_lambda": -1.0}, "dpop_lambda"),
+        ({"likelihood_anchor": -1.0}, "likelihood_anchor"),
     ]:
         with pytest.raises(ValueError, match=field):
             tiny_dpo_preset(str(tiny_base), **overrides)
@@ -120,6 +123,9 @@ def test_dpo_stop_resume_matches_uninterrupted_run(tiny_base: Path, pairs: Path,
     assert logged[0]["loss"] == pytest.approx(
         np.log(2), abs=1e-3
     )  # LoRA B starts at zero: policy == reference
+    assert logged[0]["chosen_error_change"] == 0.0
+    with pytest.raises(ValueError, match="dpop_lambda was 0.0, now 1.0"):  # another objective: not this run
+        train_dpo(replace(config, dpop_lambda=1.0), pairs, tmp_path / "run")
     resumed = train_dpo(config, pairs, tmp_path / "run", on_checkpoint=on_checkpoint)
     straight = train_dpo(config, pairs, tmp_path / "straight")
     assert resumed.step == straight.step == 3

@@ -3,6 +3,7 @@ validation, permissions, pages."""
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from pathlib import Path
@@ -85,6 +86,9 @@ def test_dpo_on_a_real_worker_registers_a_lora_that_generates(
     assert body["status"] == "succeeded", body["error"]
     assert body["step"] == 3 and "implicit_accuracy" in body["history"][-1]
     run = FineTuneRun.objects.get(pk=body["id"])
+    assert [chart["title"] for chart in run_selectors.finetune_run_charts(run)] == [
+        "DPO loss", "Implicit accuracy", "Denoising error on chosen images",
+        "Preferred images against the starting model"]
     version = run.result_version
     assert version.kind == ModelKind.LORA and version.parent == tiny_base and version.enabled
     assert version.name == f"tiny-base-dpo-{run.pk}" and f"export {export.pk}" in version.description
@@ -141,7 +145,9 @@ def test_ddpo_run_with_the_group_dpo_objective_trains_dpo_on_ranked_groups(
     assert [p["pairs"] for p in run.history] == [2, 2] and [p["replayed_pairs"] for p in run.history] == [2, 4]
     assert all(0 <= p["implicit_accuracy"] <= 1 for p in run.history)
     titles = [chart["title"] for chart in run_selectors.finetune_run_charts(run)]
-    assert titles == ["Mean reward", "Implicit accuracy on the replayed pairs", "DPO loss"]
+    assert titles == ["Mean reward", "Implicit accuracy on the replayed pairs", "DPO loss",
+                      "Preferred images against the starting model"]
+    assert all(math.isfinite(p["chosen_error_change"]) for p in run.history)
     assert run.result_version.parent == tiny_base
 
 
@@ -370,6 +376,7 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
         ({**base, "hyperparameters": {"resolution": 33}}, "resolution"),
         ({**base, "hyperparameters": {"max_steps": 0}}, "max_steps"),
         ({**base, "hyperparameters": {"base_model": "/tmp"}}, "base_model"),
+        ({**base, "hyperparameters": {"dpop_lambda": -1}}, "dpop_lambda"),
         ({**ddpo, "reward": ""}, "reward"),
         ({**ddpo, "reward": "aesthetics"}, "reward"),
         ({**ddpo, "reward": "", "reward_version": 999999}, "reward_version"),
@@ -379,6 +386,7 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
         ({**ddpo, "hyperparameters": {"objective": "grpo"}}, "objective"),
         ({**ddpo, "hyperparameters": {"objective": "group_dpo", "images_per_prompt": 1}}, "images_per_prompt"),
         ({**ddpo, "hyperparameters": {"objective": "group_dpo", "dpo_beta": 0}}, "dpo_beta"),
+        ({**ddpo, "hyperparameters": {"objective": "group_dpo", "likelihood_anchor": -0.5}}, "likelihood_anchor"),
     ]
     api = api_client_for(ml_engineer)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:

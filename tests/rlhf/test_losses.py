@@ -96,6 +96,34 @@ def test_dpo_loss_and_implicit_accuracy() -> None:
     assert out.implicit_accuracy.item() == 0.5
 
 
+def test_dpo_positive_charges_only_a_preferred_image_the_policy_finds_less_likely() -> None:
+    # pair 0: the policy's error on the winner rose by 0.1 and on the loser by 0.3: plain DPO rewards it
+    #   (inside = -0.5*10*(0.1-0.3) = +1); DPO-Positive with lambda 4 adds 4*0.1 -> -0.5*10*(0.1-0.3+0.4) = -1
+    # pair 1: the winner's error fell by 0.1 (the hinge is 0): -0.5*10*(-0.1-0.1) = +1 with or without it
+    model_w, model_l, ref_w, ref_l = t(0.3, 0.1), t(0.5, 0.3), t(0.2, 0.2), t(0.2, 0.2)
+    plain = dpo_loss(model_w, model_l, ref_w, ref_l, beta=10.0)
+    positive = dpo_loss(model_w, model_l, ref_w, ref_l, beta=10.0, positive=4.0)
+    assert plain.inside_term.tolist() == pytest.approx([1.0, 1.0])
+    assert positive.inside_term.tolist() == pytest.approx([-1.0, 1.0])
+    assert positive.loss.item() == pytest.approx((softplus(1) + softplus(-1)) / 2, rel=1e-12)
+    assert positive.implicit_accuracy.item() == 0.5
+    assert positive.chosen_error_change.tolist() == pytest.approx([0.1, -0.1])
+
+
+def test_dpo_anchor_charges_what_both_images_gain_or_lose_together_not_what_moves_between_them() -> None:
+    # both pairs: the loser's error rose 0.2 more than the winner's (inside = -0.5*10*(-0.2) = +1 each);
+    # pair 0 also moved both by +0.1 (common = -0.25*10*(0.1+0.3) = -1), pair 1 by -0.1 (-0.25*10*(-0.1+0.1) = 0)
+    model_w, model_l, ref_w, ref_l = t(0.3, 0.1), t(0.5, 0.3), t(0.2, 0.2), t(0.2, 0.2)
+    plain = dpo_loss(model_w, model_l, ref_w, ref_l, beta=10.0)
+    anchored = dpo_loss(model_w, model_l, ref_w, ref_l, beta=10.0, anchor=2.0)
+    assert anchored.inside_term.tolist() == plain.inside_term.tolist() == pytest.approx([1.0, 1.0])
+    assert anchored.loss.item() == pytest.approx(softplus(-1) + 2.0 * ((-1 + 0) / 2) ** 2, rel=1e-12)
+    # every image 0.1 likelier: pair 0's common -0.5, pair 1's +0.5; the batch's mean drift is 0, so no charge
+    shifted = dpo_loss(model_w - 0.1, model_l - 0.1, ref_w, ref_l, beta=10.0, anchor=2.0)
+    assert shifted.inside_term.tolist() == pytest.approx([1.0, 1.0])
+    assert shifted.loss.item() == pytest.approx(softplus(-1), rel=1e-12)
+
+
 def test_dpo_loss_at_reference_is_log_two() -> None:
     out = dpo_loss(t(0.4), t(0.7), t(0.4), t(0.7), beta=5000.0)
     assert out.loss.item() == pytest.approx(math.log(2))
