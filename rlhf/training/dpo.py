@@ -77,7 +77,8 @@ ShouldStop = Callable[[], bool]
 OnPhase = Callable[[str], None]  # "loading_model", "training", ... (where the trainer is)
 _RESUME_KEYS = ("base_model", "export_id", "seed", "lora_rank", "lora_alpha", "beta", "init_lora", "dpop_lambda",
                 "likelihood_anchor")
-_RESUME_ADDED = {"init_lora": "", "dpop_lambda": 0.0, "likelihood_anchor": 0.0}  # keys newer than some checkpoints: what those checkpoints ran with
+# keys newer than some checkpoints: what those checkpoints ran with
+_RESUME_ADDED = {"init_lora": "", "dpop_lambda": 0.0, "likelihood_anchor": 0.0}
 
 
 @dataclass(frozen=True)
@@ -238,8 +239,8 @@ def dpo_batch_loss(
     ``anchor`` the likelihood anchor's weight (:func:`rlhf.training.losses.dpo_loss`; with several processes
     each anchors its own share of the batch).
 
-    The margin is the mean argument of the log-sigmoid, 0 while the policy is the reference. Noise and timesteps come
-    from ``generator`` (a CPU generator), the same for chosen and rejected. The reference pass runs the
+    The margin is the mean argument of the log-sigmoid, 0 while the policy is the reference. Noise and
+    timesteps come from ``generator`` (a CPU generator), the same for chosen and rejected. The reference pass runs the
     UNet with its adapters disabled, or with only ``reference_adapter`` active (a frozen starting adapter).
 
     ``shard=(index, count)``: these pairs are share ``index`` of ``count`` equal shares of a global batch
@@ -295,8 +296,8 @@ def train_dpo(
 
     ``on_log(step, {"loss", "implicit_accuracy", "reward_margin", "mse_chosen", "chosen_error_change", "lr",
     "s_per_step", "pairs"})`` after every optimisation step; ``should_stop()`` polled after every step
-    (saves a checkpoint, returns ``stopped=True``). ``on_checkpoint(step, checkpoint_dir)`` after every checkpoint under
-    ``checkpoints/`` is written (periodic, last-step and stop ones; not ``final/``), on the main process,
+    (saves a checkpoint, returns ``stopped=True``). ``on_checkpoint(step, checkpoint_dir)`` after every
+    checkpoint under ``checkpoints/`` is written (periodic, last-step and stop ones; not ``final/``), on the main process,
     under saved random state (:mod:`rlhf.training.callbacks`); its time is left out of ``s_per_step``.
     ``on_phase(name)`` hears where it is: "loading_model", then "training".
     A non-finite loss raises FloatingPointError.
