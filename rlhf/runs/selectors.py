@@ -173,7 +173,7 @@ def finetune_run_charts(run: FineTuneRun) -> list[dict[str, object]]:
                                                _series(history, "loss", "loss", dashed=True)],
                   x_label="iteration", markers=True),
         ]
-    if any("chosen_error_change" in p for p in history):  # DPO and group_dpo runs since DPO-Positive
+    if any("chosen_error_change" in p for p in history):  # DPO and group_dpo runs (older ones did not log it)
         charts.append(Chart(
             title="Preferred images against the starting model",
             series=[_series(history, "chosen_error_change", "denoising error, policy minus reference")],

@@ -549,6 +549,9 @@ class DDPOConfig:
         if self.objective == "group_dpo" and self.images_per_prompt < 2:
             raise ValueError(f"images_per_prompt must be >= 2 for group_dpo (a best and a worst image), "
                              f"not {self.images_per_prompt}")
+        for name in ("dpop_lambda", "likelihood_anchor"):  # DPO's loss: nothing DDPO's policy gradient would read
+            if getattr(self, name) and self.objective != "group_dpo":
+                raise ValueError(f"{name} applies to objective group_dpo only, not {self.objective}")
         if self.pairs_per_prompt > max(1, self.images_per_prompt // 2):
             raise ValueError(f"pairs_per_prompt must be at most images_per_prompt // 2 "
                              f"({self.images_per_prompt // 2}: each image in one pair), not {self.pairs_per_prompt}")

@@ -307,6 +307,8 @@ def test_group_dpo_pairs_each_groups_best_with_its_worst_where_the_rewards_diffe
         tiny_ddpo_preset(str(tiny_base), PROMPTS, objective="group_dpo", images_per_prompt=1)
     with pytest.raises(ValueError, match="objective must be one of"):
         tiny_ddpo_preset(str(tiny_base), PROMPTS, objective="grpo")
+    with pytest.raises(ValueError, match="likelihood_anchor applies to objective group_dpo only, not policy_gradient"):
+        tiny_ddpo_preset(str(tiny_base), PROMPTS, likelihood_anchor=1.0)
 
 
 def test_group_dpo_resumes_exactly_as_an_unbroken_run(brightness_base: Path, tmp_path: Path) -> None:

@@ -387,6 +387,7 @@ def test_bad_input_is_a_400_naming_the_field_and_queues_nothing(
         ({**ddpo, "hyperparameters": {"objective": "group_dpo", "images_per_prompt": 1}}, "images_per_prompt"),
         ({**ddpo, "hyperparameters": {"objective": "group_dpo", "dpo_beta": 0}}, "dpo_beta"),
         ({**ddpo, "hyperparameters": {"objective": "group_dpo", "likelihood_anchor": -0.5}}, "likelihood_anchor"),
+        ({**ddpo, "hyperparameters": {"dpop_lambda": 1.0}}, "dpop_lambda"),  # DDPO's policy gradient has no such loss
     ]
     api = api_client_for(ml_engineer)
     with django_capture_on_commit_callbacks(execute=False) as callbacks:
